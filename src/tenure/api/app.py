@@ -1,0 +1,151 @@
+"""The FastAPI application: wiring of runtime, auth, routes, errors and metrics.
+
+The server listens at once but restores in a background thread: until the
+store is loaded (and the admin token and example pools exist), ``/healthz``
+answers 503 and every API call answers 503 ``not_ready`` (DESIGN.md invariant
+3). The ``before_ready`` hook lets tests hold the restore open to observe that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tenure.api import errors, routes
+from tenure.api.metrics import Metrics
+from tenure.api.middleware import BodyLimit, RequestMetrics
+from tenure.config import ADMIN_TOKEN_FILE
+from tenure.domain.errors import Unavailable
+from tenure.services.runtime import Runtime
+from tenure.services.writer import Clock, utcnow
+
+log = logging.getLogger("tenure.server")
+
+
+EXAMPLE_POOLS: list[dict[str, Any]] = [
+    {"name": "mpls-labels", "ranges": [[16, 1048575]], "strategy": "lowest"},
+    {"name": "vlans", "ranges": [[1, 4094]], "reserved": [[1, 1], [1002, 1005]], "strategy": "lowest"},
+    {"name": "vxlan-vnis", "ranges": [[1, 16777215]], "strategy": "random"},
+    {"name": "ifindexes", "ranges": [[1, 65535]], "strategy": "next"},
+]
+
+
+@dataclass
+class ServerConfig:
+    db_url: str
+    data_dir: Path
+    example: bool = False
+    clock: Clock = utcnow
+    before_ready: Callable[[], None] | None = None  # test hook, runs in the restore thread
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    runtime: Runtime | None = None
+    error: BaseException | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def require(self) -> Runtime:
+        if self.runtime is None or not self.ready.is_set():
+            raise Unavailable("the server is restoring its state; retry shortly", code="not_ready")
+        return self.runtime
+
+
+def write_admin_token(runtime: Runtime, data_dir: Path) -> Path | None:
+    """On the first start (no tokens at all), create an admin token and write it 0600."""
+    if not runtime.tokens.empty:
+        return None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret, _ = runtime.run(runtime.tokens.create_op(role="admin", description="bootstrap admin"))
+    path = data_dir / ADMIN_TOKEN_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def ensure_examples(runtime: Runtime) -> None:
+    svc = runtime.allocator
+    for spec in EXAMPLE_POOLS:
+        if spec["name"] not in {v.name for v in svc.pool_views()}:
+            runtime.run(svc.create_pool_op(spec["name"], ranges=spec["ranges"], reserved=spec.get("reserved", ()),
+                                           strategy=spec["strategy"]))
+
+
+def _restore(state: ServerState) -> None:
+    cfg = state.config
+    try:
+        rt = Runtime.open(cfg.db_url, clock=cfg.clock)
+        state.runtime = rt
+        token_path = write_admin_token(rt, cfg.data_dir)
+        if token_path:
+            log.info("admin token written", extra={"path": str(token_path)})
+        if cfg.example:
+            ensure_examples(rt)
+        if cfg.before_ready is not None:
+            cfg.before_ready()
+        state.ready.set()
+        log.info("ready", extra={"revision": rt.revision, "restore_seconds": round(rt.restore_seconds, 3)})
+    except BaseException as exc:  # surfaced by /healthz and logged; the process stays up to report it
+        state.error = exc
+        log.exception("restore failed")
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    state = ServerState(config)
+    metrics = Metrics(lambda: state.runtime if state.ready.is_set() else None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        thread = threading.Thread(target=_restore, args=(state,), name="tenure-restore", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(thread.join)
+            if state.runtime is not None:
+                state.runtime.close()
+
+    app = FastAPI(
+        title="Tenure",
+        version="0.1.0",
+        description="Stable identifiers, reservations in time and resource operations that survive restarts.",
+        lifespan=lifespan,
+    )
+    app.state.tenure = state
+    app.state.metrics = metrics
+    errors.install(app)
+    app.include_router(routes.router)
+
+    @app.get("/healthz", tags=["system"])
+    def healthz() -> Response:
+        if state.error is not None:
+            return JSONResponse({"status": "failed", "error": str(state.error)}, status_code=503)
+        if not state.ready.is_set() or state.runtime is None:
+            return JSONResponse({"status": "restoring"}, status_code=503)
+        rt = state.runtime
+        return JSONResponse({"status": "ok", "revision": rt.revision})
+
+    @app.get("/metrics", tags=["system"])
+    def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit)
+    return app

@@ -1,0 +1,61 @@
+"""Prometheus metrics: requests, latency, claims and pool utilisation.
+
+Each app gets its own registry (tests build many apps in one process). Pool
+gauges are computed at scrape time from the published pool views, so they cost
+nothing on the claim path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+disable_created_metrics()  # the _created series double every counter for no use here
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _StateCollector(Collector):
+    def __init__(self, runtime: Callable[[], Any]) -> None:
+        self._runtime = runtime
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        rt = self._runtime()
+        if rt is None:
+            return []
+        size = GaugeMetricFamily("tenure_pool_size", "Values a pool can hand out (ranges minus reserved)",
+                                 labels=["pool"])
+        used = GaugeMetricFamily("tenure_pool_used", "Values currently claimed in a pool", labels=["pool"])
+        util = GaugeMetricFamily("tenure_pool_utilization", "Share of a pool in use (0..1)", labels=["pool"])
+        for v in rt.allocator.pool_views():
+            size.add_metric([v.name], v.size)
+            used.add_metric([v.name], v.used)
+            util.add_metric([v.name], v.used / v.size if v.size else 1.0)
+        rev = GaugeMetricFamily("tenure_revision", "Newest committed revision of the event log")
+        rev.add_metric([], rt.revision)
+        batches = GaugeMetricFamily("tenure_writer_batches", "Transactions committed by the writer")
+        batches.add_metric([], rt.writer.batches)
+        commands = GaugeMetricFamily("tenure_writer_commands", "Commands applied by the writer")
+        commands.add_metric([], rt.writer.commands)
+        return [size, used, util, rev, batches, commands]
+
+
+class Metrics:
+    def __init__(self, runtime: Callable[[], Any]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tenure_http_requests", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("tenure_http_request_duration_seconds", "HTTP request latency",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.claims = Counter("tenure_claims", "Claim requests by pool and outcome (created, existing, refused)",
+                              ["pool", "outcome"], registry=self.registry)
+        self.releases = Counter("tenure_releases", "Claims released", ["pool"], registry=self.registry)
+        self.registry.register(_StateCollector(runtime))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)

@@ -1,0 +1,208 @@
+"""Routes of /v1: pools, claims, audit and tokens. Thin: parse, authorize, call a service.
+
+Writes are ``async`` and await the writer's group commit without holding a
+thread; reads of the store are plain ``def`` so they run in the thread pool.
+Request models forbid unknown fields and use strict types, so ``"5"`` is not a
+value and ``true`` is not 1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from tenure.api.auth import authenticate
+from tenure.domain.access import Principal
+from tenure.domain.errors import TenureError
+from tenure.services.allocator import MAX_BULK, MAX_PAGE
+from tenure.services.runtime import Runtime
+
+router = APIRouter(prefix="/v1")
+
+Auth = Annotated[Principal, Depends(authenticate)]
+RangeList = list[Annotated[list[StrictInt], Field(min_length=2, max_length=2)]]
+
+
+async def runtime(request: Request) -> Runtime:
+    return request.app.state.tenure.require()
+
+
+RT = Annotated[Runtime, Depends(runtime)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolCreate(_Strict):
+    name: StrictStr
+    ranges: RangeList = Field(max_length=1024)
+    reserved: RangeList = Field(default_factory=list, max_length=1024)
+    strategy: Literal["lowest", "next", "random"] = "lowest"
+    projects: list[StrictStr] | None = Field(default=None, max_length=1024)
+
+
+class ClaimCreate(_Strict):
+    key: StrictStr
+    value: StrictInt | None = None
+    project: StrictStr | None = None
+    host: StrictStr | None = None
+
+
+class BulkItem(_Strict):
+    key: StrictStr
+    value: StrictInt | None = None
+
+
+class BulkClaim(_Strict):
+    claims: list[BulkItem] = Field(min_length=1, max_length=MAX_BULK)
+    project: StrictStr | None = None
+    host: StrictStr | None = None
+
+
+class TokenCreate(_Strict):
+    role: Literal["admin", "agent", "member"]
+    project: StrictStr | None = None
+    host: StrictStr | None = None
+    description: StrictStr | None = Field(default=None, max_length=1024)
+
+
+def _count(request: Request, pool: str, outcome: str, n: int = 1) -> None:
+    rt: Runtime = request.app.state.tenure.runtime
+    if rt is not None and pool in {v.name for v in rt.allocator.pool_views()}:  # bounded label values only
+        request.app.state.metrics.claims.labels(pool, outcome).inc(n)
+
+
+# ------------------------------------------------------------------- pools
+
+
+@router.post("/pools", status_code=201, tags=["pools"])
+async def create_pool(body: PoolCreate, rt: RT, who: Auth) -> dict[str, Any]:
+    op = rt.allocator.create_pool_op(
+        body.name, ranges=body.ranges, reserved=body.reserved, strategy=body.strategy, projects=body.projects,
+        principal=who,
+    )
+    return (await rt.arun(op)).body()
+
+
+@router.get("/pools", tags=["pools"])
+def list_pools(rt: RT, who: Auth) -> dict[str, Any]:
+    return {"pools": [v.body() for v in rt.allocator.pool_views(who)], "revision": rt.revision}
+
+
+@router.get("/pools/{pool}", tags=["pools"])
+def get_pool(pool: str, rt: RT, who: Auth) -> dict[str, Any]:
+    return rt.allocator.pool_view(pool, who).body()
+
+
+@router.delete("/pools/{pool}", tags=["pools"])
+async def delete_pool(pool: str, rt: RT, who: Auth, force: bool = False) -> dict[str, Any]:
+    revision = await rt.arun(rt.allocator.delete_pool_op(pool, force=force, principal=who))
+    return {"deleted": pool, "revision": revision}
+
+
+# ------------------------------------------------------------------ claims
+
+
+@router.post("/pools/{pool}/claims", tags=["claims"], status_code=201)
+async def claim(pool: str, body: ClaimCreate, request: Request, response: Response, rt: RT, who: Auth) -> Any:
+    try:
+        op = rt.allocator.claim_op(pool, body.key, value=body.value, project=body.project, host=body.host,
+                                   principal=who)
+        result = await rt.arun(op)
+    except TenureError:
+        _count(request, pool, "refused")
+        raise
+    _count(request, pool, "created" if result.created else "existing")
+    if not result.created:
+        response.status_code = 200
+    return result.body()
+
+
+@router.post("/pools/{pool}/claims:bulk", tags=["claims"])
+async def claim_bulk(pool: str, body: BulkClaim, request: Request, rt: RT, who: Auth) -> dict[str, Any]:
+    items = [(i.key, i.value) for i in body.claims]
+    try:
+        op = rt.allocator.claim_many_op(pool, items, project=body.project, host=body.host, principal=who)
+        results = await rt.arun(op)
+    except TenureError:
+        _count(request, pool, "refused", len(items))
+        raise
+    created = sum(r.created for r in results)
+    _count(request, pool, "created", created)
+    _count(request, pool, "existing", len(results) - created)
+    return {
+        "claims": [{**r.body(), "created": r.created} for r in results],
+        "revision": max(r.revision for r in results),
+    }
+
+
+@router.get("/pools/{pool}/claims", tags=["claims"])
+def list_claims(
+    pool: str,
+    rt: RT,
+    who: Auth,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    after: Annotated[str | None, Query(max_length=256)] = None,
+) -> dict[str, Any]:
+    page, nxt = rt.allocator.list_claims(pool, limit=limit, after=after, principal=who)
+    return {"claims": [c.body() for c in page], "next": nxt, "revision": rt.revision}
+
+
+@router.get("/pools/{pool}/values/{value}", tags=["claims"])
+def claim_by_value(pool: str, value: Annotated[int, Path(ge=0, le=2**32 - 1)], rt: RT, who: Auth) -> dict[str, Any]:
+    return rt.allocator.find_value(pool, value, principal=who).body()
+
+
+@router.get("/pools/{pool}/claims/{key:path}", tags=["claims"])
+def get_claim(pool: str, key: str, rt: RT, who: Auth) -> dict[str, Any]:
+    return rt.allocator.get_claim(pool, key, principal=who).body()
+
+
+@router.delete("/pools/{pool}/claims/{key:path}", tags=["claims"])
+async def release(pool: str, key: str, request: Request, rt: RT, who: Auth) -> dict[str, Any]:
+    result = await rt.arun(rt.allocator.release_op(pool, key, principal=who))
+    request.app.state.metrics.releases.labels(pool).inc()
+    return result.body()
+
+
+# ------------------------------------------------------------------- audit
+
+
+@router.post("/pools/{pool}/audit:begin", tags=["audit"])
+async def audit_begin(pool: str, rt: RT, who: Auth) -> dict[str, Any]:
+    return (await rt.arun(rt.allocator.audit_begin_op(pool, principal=who))).body()
+
+
+@router.post("/pools/{pool}/audit:end", tags=["audit"])
+async def audit_end(pool: str, rt: RT, who: Auth) -> dict[str, Any]:
+    view, released = await rt.arun(rt.allocator.audit_end_op(pool, principal=who))
+    return {**view.body(), "released": [c.body() for c in released]}
+
+
+# ------------------------------------------------------------------ tokens
+
+
+@router.post("/tokens", status_code=201, tags=["tokens"])
+async def create_token(body: TokenCreate, rt: RT, who: Auth) -> dict[str, Any]:
+    op = rt.tokens.create_op(role=body.role, project=body.project, host=body.host, description=body.description,
+                             principal=who)
+    secret, info = await rt.arun(op)
+    return {**info.body(), "token": secret}
+
+
+@router.get("/tokens", tags=["tokens"])
+def list_tokens(rt: RT, who: Auth, revoked: bool = False) -> dict[str, Any]:
+    return {"tokens": [t.body() for t in rt.tokens.list(principal=who, include_revoked=revoked)]}
+
+
+@router.delete("/tokens/{token_id}", tags=["tokens"])
+async def revoke_token(token_id: str, rt: RT, who: Auth) -> dict[str, Any]:
+    return (await rt.arun(rt.tokens.revoke_op(token_id, principal=who))).body()
+
+
+@router.get("/whoami", tags=["tokens"])
+def whoami(who: Auth) -> dict[str, Any]:
+    return {"role": who.role, "project": who.project, "host": who.host, "token_id": who.token_id}

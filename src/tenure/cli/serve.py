@@ -1,0 +1,43 @@
+"""``tenure serve``: run the server on uvicorn (one process: the single writer owns the store)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from tenure import logs
+from tenure.api.app import ServerConfig, create_app
+from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def serve(*, db: str | None, listen: str, data_dir: Path, example: bool, log_level: str) -> None:
+    logs.configure(log_level)
+    host, port = parse_listen(listen)
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db_url = db or default_db_url(data_dir)
+    # Bind first, so port 0 works and the printed URL is the real one.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound_port}"
+    write_server_info(data_dir, url)
+    console = Console(stderr=True)
+    console.print(f"[bold]Tenure[/] serving on [cyan]{url}[/] (store: {db_url})")
+    console.print(f"admin token: [cyan]{data_dir / ADMIN_TOKEN_FILE}[/] (written on first start, mode 0600)")
+    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])

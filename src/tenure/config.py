@@ -1,0 +1,49 @@
+"""Where things live by default: the data dir, its database, admin token and server address.
+
+The data dir is ``$TENURE_DATA_DIR``, else ``$XDG_DATA_HOME/tenure``, else
+``~/.local/share/tenure``. ``tenure serve`` writes ``server.json`` there with the
+URL it listens on, so the CLI finds the local server and its admin token with no
+flags at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+SERVER_FILE = "server.json"
+ADMIN_TOKEN_FILE = "admin.token"
+DEFAULT_LISTEN = "127.0.0.1:7470"
+
+
+def default_data_dir() -> Path:
+    if env := os.environ.get("TENURE_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tenure"
+
+
+def default_db_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir.resolve() / 'tenure.db'}"
+
+
+def write_server_info(data_dir: Path, url: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / (SERVER_FILE + ".tmp")
+    tmp.write_text(json.dumps({"url": url}) + "\n")
+    os.replace(tmp, data_dir / SERVER_FILE)
+
+
+def local_server_url(data_dir: Path) -> str | None:
+    try:
+        return json.loads((data_dir / SERVER_FILE).read_text())["url"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def local_admin_token(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / ADMIN_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,1 @@
+"""Pure rules of Tenure: no I/O, no asyncio, no store. Tested fast and exhaustively."""

@@ -1,0 +1,1 @@
+"""Services: one command per transaction over the domain model and the store."""

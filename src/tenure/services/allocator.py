@@ -1,0 +1,535 @@
+"""The allocator service: pools and claims, durable, one command per transaction.
+
+Writes go through the :class:`~tenure.services.writer.Writer`: each command
+validates against the in-memory :class:`~tenure.domain.pool.Pool`, changes it,
+and records its row writes and events; the caller is answered after the group
+commit. Reads of claims go to the store, so a reader only ever sees committed
+claims; pool summaries come from views published after each commit.
+
+Memory and start-up grow with the number of claims: at restore each pool loads
+its claims' keys and values (raw driver rows, no ORM) and rebuilds its taken
+runs in one sorted pass; nothing is proportional to the size of a range.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, select, update
+
+from tenure.domain.access import ADMIN, Principal, claim_scope, may_see_claim, may_use_pool, require_admin
+from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tenure.domain.idspace import IdSpace
+from tenure.domain.pool import Claim, ClaimOutcome, Pool, validate_key
+from tenure.services.writer import Batch, Op, Writer
+from tenure.store import schema
+
+log = logging.getLogger("tenure.allocator")
+
+MAX_BULK = 10_000
+MAX_PAGE = 1000
+
+_C = schema.claims.c
+INSERT_CLAIM = schema.claims.insert()
+DELETE_CLAIM = schema.claims.delete().where(and_(_C.pool_id == bindparam("b_pool"), _C.key == bindparam("b_key")))
+MARK_CLAIM = (
+    update(schema.claims)
+    .where(and_(_C.pool_id == bindparam("b_pool"), _C.key == bindparam("b_key")))
+    .values(mark=bindparam("b_mark"), revision=bindparam("b_revision"))
+)
+INSERT_POOL = schema.pools.insert()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A pool as committed: what GET /v1/pools/{pool} returns."""
+
+    name: str
+    ranges: tuple[tuple[int, int], ...]
+    reserved: tuple[tuple[int, int], ...]
+    strategy: str
+    projects: tuple[str, ...] | None
+    size: int
+    used: int
+    auditing: bool
+    audit_epoch: int
+    revision: int
+    created_at: datetime
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ranges": [list(r) for r in self.ranges],
+            "reserved": [list(r) for r in self.reserved],
+            "strategy": self.strategy,
+            "projects": list(self.projects) if self.projects is not None else None,
+            "size": self.size,
+            "used": self.used,
+            "auditing": self.auditing,
+            "audit_epoch": self.audit_epoch,
+            "revision": self.revision,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """A claim as the API returns it; ``created`` tells 201 from 200."""
+
+    pool: str
+    key: str
+    value: int
+    project: str | None
+    host: str | None
+    revision: int
+    created: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "key": self.key,
+            "value": self.value,
+            "project": self.project,
+            "host": self.host,
+            "revision": self.revision,
+        }
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A pool as held by the writer: the domain pool plus its storage identity."""
+
+    id: int
+    pool: Pool
+    created_at: datetime
+    revision: int  # revision of the pool's own last change (create, audit)
+
+
+def _claim_result(pool: str, c: Claim, created: bool = False) -> ClaimResult:
+    return ClaimResult(pool, c.key, c.value, c.project, c.host, c.revision, created)
+
+
+def _labels(pool: str, project: str | None, host: str | None) -> dict[str, str]:
+    labels = {"pool": pool}
+    if project is not None:
+        labels["project"] = project
+    if host is not None:
+        labels["host"] = host
+    return labels
+
+
+class AllocatorService:
+    def __init__(self, *, writer: Writer, engine: Any, rng: random.Random | None = None) -> None:
+        self.writer = writer
+        self.engine = engine
+        self.rng = rng or random.Random()
+        self._entries: dict[str, _Entry] = {}  # owned by the writer thread
+        self._views: dict[str, PoolView] = {}  # replaced after each commit; read by anyone
+        self._next_id = 1
+
+    # ---------------------------------------------------------------- restore
+
+    def load(self, conn: Connection) -> None:
+        """Restore every pool and its claims from the store (before serving)."""
+        p = schema.pools.c
+        for row in conn.execute(select(schema.pools).order_by(p.id)):
+            ids = IdSpace(
+                json.loads(row.ranges), json.loads(row.reserved), strategy=row.strategy, cursor=row.cursor, rng=self.rng
+            )
+            projects = tuple(json.loads(row.projects)) if row.projects is not None else None
+            pool = Pool(row.name, ids, projects=projects, audit_epoch=row.audit_epoch, auditing=row.auditing)
+            # Raw driver rows: a million claims load in about a second; the ORM layer would triple it.
+            raw = conn.exec_driver_sql(
+                "SELECT key, value, project, host, mark, revision FROM claims WHERE pool_id = "
+                + ("?" if conn.dialect.paramstyle == "qmark" else "%(p)s")
+                + " ORDER BY value",
+                (row.id,) if conn.dialect.paramstyle == "qmark" else {"p": row.id},
+            ).fetchall()
+            pool.claims = {r[0]: Claim(r[0], r[1], r[2], r[3], r[4], r[5]) for r in raw}
+            ids.load(r[1] for r in raw)
+            self._entries[row.name] = _Entry(row.id, pool, row.created_at, row.revision)
+            self._publish(row.name)
+            self._next_id = max(self._next_id, row.id + 1)
+
+    # ----------------------------------------------------------------- views
+
+    def _make_view(self, e: _Entry) -> PoolView:
+        pool = e.pool
+        return PoolView(
+            name=pool.name,
+            ranges=pool.ids.ranges,
+            reserved=pool.ids.reserved,
+            strategy=pool.ids.strategy,
+            projects=pool.projects,
+            size=pool.size,
+            used=pool.used,
+            auditing=pool.auditing,
+            audit_epoch=pool.audit_epoch,
+            revision=e.revision,
+            created_at=e.created_at,
+        )
+
+    def _publish(self, name: str) -> None:
+        """Make the pool's current (committed) state visible to readers."""
+        e = self._entries.get(name)
+        if e is None:
+            self._views.pop(name, None)
+        else:
+            self._views[name] = self._make_view(e)
+
+    def _publish_on_commit(self, batch: Batch, name: str) -> None:
+        batch.on_commit_once(("publish", name), lambda: self._publish(name))
+
+    def pool_view(self, name: str, principal: Principal = ADMIN) -> PoolView:
+        view = self._views.get(name)
+        if view is None:
+            raise NotFound(f"no pool named {name!r}", code="pool_not_found", pool=name)
+        if not may_use_pool(principal, view.projects):
+            raise Forbidden(f"pool {name!r} is not open to this {principal.describe()}")
+        return view
+
+    def pool_views(self, principal: Principal = ADMIN) -> list[PoolView]:
+        views = sorted(self._views.values(), key=lambda v: v.name)
+        return [v for v in views if may_use_pool(principal, v.projects)]
+
+    def _entry(self, name: str, principal: Principal) -> _Entry:
+        """The writer's entry for a pool the principal may use (writer thread only)."""
+        e = self._entries.get(name)
+        if e is None:
+            raise NotFound(f"no pool named {name!r}", code="pool_not_found", pool=name)
+        if not may_use_pool(principal, e.pool.projects):
+            raise Forbidden(f"pool {name!r} is not open to this {principal.describe()}")
+        return e
+
+    # --------------------------------------------------------------- commands
+
+    def create_pool_op(
+        self,
+        name: str,
+        *,
+        ranges: Sequence[Sequence[int]],
+        reserved: Sequence[Sequence[int]] = (),
+        strategy: str = "lowest",
+        projects: Sequence[str] | None = None,
+        principal: Principal = ADMIN,
+    ) -> Op:
+        require_admin(principal, "creating a pool")
+        pool = Pool.create(name, ranges=ranges, reserved=reserved, strategy=strategy, projects=projects, rng=self.rng)
+
+        def apply(batch: Batch) -> PoolView:
+            if name in self._entries:
+                raise Conflict(f"a pool named {name!r} already exists", code="pool_exists", pool=name)
+            pool_id = self._next_id
+            self._next_id += 1
+            revision = batch.next_revision()
+            entry = _Entry(pool_id, pool, batch.now, revision)
+            self._entries[name] = entry
+            batch.on_undo(lambda: self._entries.pop(name, None))
+            batch.write(
+                INSERT_POOL,
+                {
+                    "id": pool_id,
+                    "name": name,
+                    "ranges": json.dumps([list(r) for r in pool.ids.ranges]),
+                    "reserved": json.dumps([list(r) for r in pool.ids.reserved]),
+                    "strategy": pool.ids.strategy,
+                    "projects": json.dumps(list(pool.projects)) if pool.projects is not None else None,
+                    "cursor": pool.ids.cursor,
+                    "audit_epoch": 0,
+                    "auditing": False,
+                    "created_at": batch.now,
+                    "revision": revision,
+                },
+            )
+            view = self._make_view(entry)
+            self._publish_on_commit(batch, name)
+            batch.emit("pool", name, "created", {"pool": name}, view.body())
+            log.info("pool created", extra={"pool": name, "revision": revision})
+            return view
+
+        return Op(apply)
+
+    def delete_pool_op(self, name: str, *, force: bool = False, principal: Principal = ADMIN) -> Op:
+        require_admin(principal, "deleting a pool")
+
+        def apply(batch: Batch) -> int:
+            e = self._entry(name, principal)
+            if e.pool.claims and not force:
+                raise Conflict(
+                    f"pool {name!r} still has {e.pool.used} claims; release them or delete with force",
+                    code="pool_in_use",
+                    pool=name,
+                    used=e.pool.used,
+                )
+            for c in list(e.pool.claims.values()):
+                batch.emit("claim", f"{name}/{c.key}", "deleted", _labels(name, c.project, c.host),
+                           _claim_result(name, c).body())
+            del self._entries[name]
+            batch.on_undo(lambda: self._entries.__setitem__(name, e))
+            # Claims go with the pool (ON DELETE CASCADE is not relied upon: SQLite needs the pragma).
+            batch.write(schema.claims.delete().where(_C.pool_id == e.id), {})
+            batch.write(schema.pools.delete().where(schema.pools.c.id == e.id), {})
+            rev = batch.emit("pool", name, "deleted", {"pool": name}, self._make_view(e).body())
+            self._publish_on_commit(batch, name)
+            log.info("pool deleted", extra={"pool": name, "revision": rev, "claims": len(e.pool.claims)})
+            return rev
+
+        return Op(apply)
+
+    def _claim_in(
+        self,
+        batch: Batch,
+        e: _Entry,
+        key: str,
+        value: int | None,
+        project: str | None,
+        host: str | None,
+        principal: Principal,
+    ) -> tuple[ClaimOutcome, ClaimResult]:
+        pool = e.pool
+        existing = pool.claims.get(key)
+        if existing is not None and not may_see_claim(principal, existing.project, existing.host):
+            raise Conflict(
+                f"key {key!r} in pool {pool.name!r} is held by another owner", code="key_in_use", pool=pool.name
+            )
+        if existing is None and pool.projects is not None and project is not None and project not in pool.projects:
+            raise Forbidden(f"pool {pool.name!r} is not open to project {project!r}")
+        cursor, mark, rev = pool.ids.cursor, (existing.mark if existing else 0), (existing.revision if existing else 0)
+        out = pool.claim(key, value=value, project=project, host=host, revision=batch.next_revision())
+        batch.on_undo(lambda: pool.unclaim(out, cursor=cursor, mark=mark, revision=rev))
+        c = out.claim
+        if out.created:
+            batch.write(
+                INSERT_CLAIM,
+                {
+                    "pool_id": e.id,
+                    "key": key,
+                    "value": c.value,
+                    "project": c.project,
+                    "host": c.host,
+                    "mark": c.mark,
+                    "created_at": batch.now,
+                    "revision": c.revision,
+                },
+            )
+            if pool.ids.strategy == "next":
+                batch.write_once(("cursor", e.id), lambda: self._cursor_write(e))
+        elif out.marked:
+            batch.write(MARK_CLAIM, {"b_pool": e.id, "b_key": key, "b_mark": c.mark, "b_revision": c.revision})
+        result = _claim_result(pool.name, c, out.created)
+        if out.created or out.marked:
+            batch.emit("claim", f"{pool.name}/{key}", "created" if out.created else "updated",
+                       _labels(pool.name, c.project, c.host), result.body())
+            log.info(
+                "claim %s", "created" if out.created else "re-marked",
+                extra={"pool": pool.name, "key": key, "value": c.value, "revision": c.revision},
+            )
+        return out, result
+
+    def _cursor_write(self, e: _Entry) -> tuple[Any, dict[str, Any]]:
+        stmt = update(schema.pools).where(schema.pools.c.id == e.id).values(cursor=e.pool.ids.cursor)
+        return stmt, {}
+
+    def claim_op(
+        self,
+        pool: str,
+        key: str,
+        *,
+        value: int | None = None,
+        project: str | None = None,
+        host: str | None = None,
+        principal: Principal = ADMIN,
+    ) -> Op:
+        validate_key(key)
+        project, host = claim_scope(principal, project, host)
+
+        def apply(batch: Batch) -> ClaimResult:
+            e = self._entry(pool, principal)
+            _, result = self._claim_in(batch, e, key, value, project, host, principal)
+            self._publish_on_commit(batch, pool)
+            return result
+
+        return Op(apply)
+
+    def claim_many_op(
+        self,
+        pool: str,
+        items: Sequence[tuple[str, int | None]],
+        *,
+        project: str | None = None,
+        host: str | None = None,
+        principal: Principal = ADMIN,
+    ) -> Op:
+        """Claim many keys in one transaction: all succeed, or none does."""
+        if not items:
+            raise InvalidInput("a bulk claim needs at least one key", code="invalid_bulk")
+        if len(items) > MAX_BULK:
+            raise InvalidInput(f"a bulk claim takes at most {MAX_BULK} keys, got {len(items)}", code="invalid_bulk")
+        seen: set[str] = set()
+        for key, _ in items:
+            validate_key(key)
+            if key in seen:
+                raise InvalidInput(f"key {key!r} appears twice in the bulk claim", code="duplicate_key")
+            seen.add(key)
+        project, host = claim_scope(principal, project, host)
+
+        def apply(batch: Batch) -> list[ClaimResult]:
+            e = self._entry(pool, principal)
+            # Any refusal raises; the writer then runs the undo of every claim made so far.
+            results = [self._claim_in(batch, e, k, v, project, host, principal)[1] for k, v in items]
+            self._publish_on_commit(batch, pool)
+            return results
+
+        return Op(apply)
+
+    def release_op(self, pool: str, key: str, *, principal: Principal = ADMIN) -> Op:
+        validate_key(key)
+
+        def apply(batch: Batch) -> ClaimResult:
+            e = self._entry(pool, principal)
+            c = e.pool.get(key)
+            if not may_see_claim(principal, c.project, c.host):
+                raise Forbidden(f"the claim of key {key!r} belongs to another owner")
+            e.pool.release(key)
+
+            def undo() -> None:
+                e.pool.claims[key] = c
+                e.pool.ids.take(c.value)
+
+            batch.on_undo(undo)
+            batch.write(DELETE_CLAIM, {"b_pool": e.id, "b_key": key})
+            body = _claim_result(pool, c).body()
+            rev = batch.emit("claim", f"{pool}/{key}", "deleted", _labels(pool, c.project, c.host), body)
+            self._publish_on_commit(batch, pool)
+            log.info("claim released", extra={"pool": pool, "key": key, "value": c.value, "revision": rev})
+            return ClaimResult(pool, key, c.value, c.project, c.host, rev)
+
+        return Op(apply)
+
+    def _pool_write(self, batch: Batch, e: _Entry) -> None:
+        batch.write(
+            update(schema.pools)
+            .where(schema.pools.c.id == e.id)
+            .values(audit_epoch=e.pool.audit_epoch, auditing=e.pool.auditing, revision=e.revision),
+            {},
+        )
+
+    def audit_begin_op(self, pool: str, *, principal: Principal = ADMIN) -> Op:
+        require_admin(principal, "an audit")
+
+        def apply(batch: Batch) -> PoolView:
+            e = self._entry(pool, principal)
+            old_rev = e.revision
+            epoch = e.pool.audit_begin()
+
+            def undo() -> None:
+                e.pool.audit_epoch, e.pool.auditing, e.revision = epoch - 1, False, old_rev
+
+            batch.on_undo(undo)
+            e.revision = batch.next_revision()
+            self._pool_write(batch, e)
+            view = self._make_view(e)
+            self._publish_on_commit(batch, pool)
+            batch.emit("pool", pool, "updated", {"pool": pool}, view.body())
+            log.info("audit begun", extra={"pool": pool, "epoch": epoch})
+            return view
+
+        return Op(apply)
+
+    def audit_end_op(self, pool: str, *, principal: Principal = ADMIN) -> Op:
+        require_admin(principal, "an audit")
+
+        def apply(batch: Batch) -> tuple[PoolView, list[ClaimResult]]:
+            e = self._entry(pool, principal)
+            old_rev = e.revision
+            stale = e.pool.audit_end()
+
+            def undo() -> None:
+                for c in stale:
+                    e.pool.claims[c.key] = c
+                    e.pool.ids.take(c.value)
+                e.pool.auditing, e.revision = True, old_rev
+
+            batch.on_undo(undo)
+            released = []
+            for c in stale:
+                batch.write(DELETE_CLAIM, {"b_pool": e.id, "b_key": c.key})
+                rev = batch.emit("claim", f"{pool}/{c.key}", "deleted", _labels(pool, c.project, c.host),
+                                 _claim_result(pool, c).body())
+                released.append(ClaimResult(pool, c.key, c.value, c.project, c.host, rev))
+            e.revision = batch.next_revision()
+            self._pool_write(batch, e)
+            view = self._make_view(e)
+            self._publish_on_commit(batch, pool)
+            batch.emit("pool", pool, "updated", {"pool": pool}, view.body())
+            log.info("audit ended", extra={"pool": pool, "released": len(released)})
+            return view, released
+
+        return Op(apply)
+
+    # ------------------------------------------------------------------ reads
+
+    def _claim_from_row(self, pool: str, row: Any) -> ClaimResult:
+        return ClaimResult(pool, row.key, row.value, row.project, row.host, row.revision)
+
+    def get_claim(self, pool: str, key: str, *, principal: Principal = ADMIN) -> ClaimResult:
+        validate_key(key)
+        view = self.pool_view(pool, principal)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_C.key, _C.value, _C.project, _C.host, _C.revision)
+                .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
+                .where(schema.pools.c.name == view.name, _C.key == key)
+            ).first()
+        if row is None:
+            raise NotFound(f"pool {pool!r} has no claim for key {key!r}", code="claim_not_found", pool=pool, key=key)
+        if not may_see_claim(principal, row.project, row.host):
+            raise Forbidden(f"the claim of key {key!r} belongs to another owner")
+        return self._claim_from_row(pool, row)
+
+    def find_value(self, pool: str, value: int, *, principal: Principal = ADMIN) -> ClaimResult:
+        view = self.pool_view(pool, principal)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_C.key, _C.value, _C.project, _C.host, _C.revision)
+                .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
+                .where(schema.pools.c.name == view.name, _C.value == value)
+            ).first()
+        if row is None or not may_see_claim(principal, row.project, row.host):
+            raise NotFound(f"no claim holds value {value} in pool {pool!r}", code="claim_not_found", pool=pool)
+        return self._claim_from_row(pool, row)
+
+    def list_claims(
+        self, pool: str, *, limit: int = 100, after: str | None = None, principal: Principal = ADMIN
+    ) -> tuple[list[ClaimResult], str | None]:
+        """A page of claims in key order, and the cursor for the next page (None at the end)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+        view = self.pool_view(pool, principal)
+        q = (
+            select(_C.key, _C.value, _C.project, _C.host, _C.revision)
+            .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
+            .where(schema.pools.c.name == view.name)
+            .order_by(_C.key)
+            .limit(limit + 1)
+        )
+        if after is not None:
+            q = q.where(_C.key > after)
+        if principal.role == "member":
+            q = q.where(_C.project == principal.project)
+        elif principal.role == "agent":
+            q = q.where(_C.host == principal.host, _C.project.is_(None))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).fetchall()
+        page = [self._claim_from_row(pool, r) for r in rows[:limit]]
+        return page, (page[-1].key if len(rows) > limit else None)
+
+    def count_claims(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(schema.claims)).scalar_one()

@@ -1,0 +1,83 @@
+"""The runtime: one open store, its writer and the services over it.
+
+``Runtime.open(url)`` takes ownership of the store (see
+:mod:`tenure.store.engine`), migrates it, restores every service's state from
+it, and only then starts the writer (DESIGN.md invariant 3: restore before
+serve). The server and the embedded library both use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from tenure.services.allocator import AllocatorService
+from tenure.services.tokens import TokenService
+from tenure.services.writer import Clock, Op, Writer, utcnow
+from tenure.store import schema
+from tenure.store.engine import acquire_owner_lock, make_engine, migrate
+
+log = logging.getLogger("tenure.runtime")
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class Runtime:
+    def __init__(self, url: str, *, clock: Clock = utcnow, rng: random.Random | None = None) -> None:
+        started = time.monotonic()
+        self.url = url
+        self.engine = make_engine(url)
+        self._lock = acquire_owner_lock(self.engine)
+        try:
+            migrate(self.engine)
+            with self.engine.connect() as conn:
+                revision = conn.execute(select(schema.state.c.revision)).scalar_one()
+                self.writer = Writer(self.engine, revision=revision, clock=clock)
+                self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
+                self.tokens = TokenService(writer=self.writer)
+                self.allocator.load(conn)
+                self.tokens.load(conn)
+        except BaseException:
+            self._lock.release()
+            self.engine.dispose()
+            raise
+        self.writer.start()
+        self.restore_seconds = time.monotonic() - started
+        log.info("store restored", extra={"revision": revision, "seconds": round(self.restore_seconds, 3)})
+
+    @classmethod
+    def open(cls, url: str, **kwargs: Any) -> Runtime:
+        return cls(url, **kwargs)
+
+    @property
+    def revision(self) -> int:
+        """The newest committed revision."""
+        return self.writer.revision
+
+    def run(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        return self.writer.execute(op, timeout=timeout)
+
+    async def arun(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        fut = asyncio.wrap_future(self.writer.submit(op))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            from tenure.domain.errors import Unavailable
+
+            raise Unavailable(f"the store did not commit within {timeout} s", code="store_timeout") from None
+
+    def close(self) -> None:
+        self.writer.close()
+        self._lock.release()
+        self.engine.dispose()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The durable store: SQLAlchemy Core schema, Alembic migrations, SQLite or PostgreSQL."""

@@ -1,0 +1,116 @@
+"""Opening a store: engine, durability settings, migrations, and the single-owner lock.
+
+SQLite (the default) runs in WAL mode with ``synchronous=FULL``: a commit
+returns only after the WAL is fsynced, so a claim acknowledged after its commit
+survives a kill -9 or a power cut. PostgreSQL runs through psycopg 3 with its
+default synchronous commit.
+
+Tenure keeps each pool's free/taken index in memory and changes it only through
+one writer (DESIGN.md invariant 2), so exactly one process may own a store. For
+SQLite the owner holds an exclusive ``flock`` on ``<db>.lock``; for PostgreSQL
+it holds a session advisory lock. A second owner is refused at open instead of
+silently diverging.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection, make_url
+
+from tenure.domain.errors import Unavailable
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_PG_LOCK_ID = 0x7E_4E_0E  # arbitrary constant: "the owner of this Tenure database"
+
+
+class StoreLocked(Unavailable):
+    """Another process owns this store."""
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with Tenure's durability settings for the URL's backend."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise ValueError("Tenure needs a SQLite file, not an in-memory database")
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            u, connect_args={"check_same_thread": False, "timeout": 10}, pool_size=8, max_overflow=8
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if u.get_backend_name() == "postgresql":
+        if u.drivername == "postgresql":
+            u = u.set(drivername="postgresql+psycopg")
+        return create_engine(u, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+@dataclass
+class OwnerLock:
+    """Proof that this process is the store's only owner; release on close."""
+
+    _file: Any = None
+    _conn: Connection | None = None
+    description: str = ""
+    _closed: bool = field(default=False)
+
+    def release(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _PG_LOCK_ID})
+            finally:
+                self._conn.close()
+
+
+def acquire_owner_lock(engine: Engine) -> OwnerLock:
+    if engine.dialect.name == "sqlite":
+        path = f"{engine.url.database}.lock"
+        f = open(path, "a+")  # noqa: SIM115 - held for the store's lifetime
+        os.chmod(path, 0o600)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StoreLocked(
+                f"another process owns the store {engine.url.database}", code="store_locked"
+            ) from None
+        return OwnerLock(_file=f, description=path)
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    got = conn.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": _PG_LOCK_ID}).scalar()
+    if not got:
+        conn.close()
+        raise StoreLocked("another process owns this PostgreSQL database", code="store_locked")
+    return OwnerLock(_conn=conn, description="pg advisory lock")

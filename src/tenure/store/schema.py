@@ -1,0 +1,114 @@
+"""The tables, in SQLAlchemy Core.
+
+State rows and their event rows are written in the same transaction by the
+service layer (DESIGN.md invariant 1). Times are UTC. Values are BIGINT because
+pools hold values up to 2**32 - 1. ``claims`` has a unique (pool, value) index,
+so even a bug above the store can never give one value to two keys.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is UTC-aware on both backends (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: Tenure stores UTC-aware times only")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# One row: the newest revision committed, and the oldest still in the event log.
+state = Table(
+    "state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("revision", BigInteger, nullable=False),
+    Column("compacted_revision", BigInteger, nullable=False),
+)
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("ranges", Text, nullable=False),  # JSON [[lo, hi], ...]
+    Column("reserved", Text, nullable=False),  # JSON [[lo, hi], ...]
+    Column("strategy", String(16), nullable=False),
+    Column("projects", Text, nullable=True),  # JSON list, NULL = open to all
+    Column("cursor", BigInteger, nullable=False),
+    Column("audit_epoch", Integer, nullable=False),
+    Column("auditing", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+)
+
+claims = Table(
+    "claims",
+    metadata,
+    Column("pool_id", Integer, ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    Column("project", String(128), nullable=True),
+    Column("host", String(128), nullable=True),
+    Column("mark", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    UniqueConstraint("pool_id", "value", name="uq_claims_pool_value"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("revision", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", UTCDateTime(), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("object_id", Text, nullable=False),
+    Column("op", String(16), nullable=False),  # created | updated | deleted
+    Column("labels", Text, nullable=False),  # JSON object
+    Column("body", Text, nullable=False),  # JSON: the object as the API returns it
+)
+Index("ix_events_kind_revision", events.c.kind, events.c.revision)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),  # sha256 hex of the secret token
+    Column("role", String(16), nullable=False),  # admin | agent | member
+    Column("project", String(128), nullable=True),
+    Column("host", String(128), nullable=True),
+    Column("description", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("revision", BigInteger, nullable=False),
+)
