@@ -1,0 +1,117 @@
+"""Shared fixtures: every store-touching test runs on SQLite and on PostgreSQL.
+
+``db_url`` is parametrized over both backends. PostgreSQL is a throwaway server
+started once per session from the machine's binaries (tests/support/postgres.py);
+each test gets a fresh database in it. Without the binaries the PostgreSQL half
+is skipped, unless ``TENURE_REQUIRE_POSTGRES=1`` (set by .ci/run), which turns
+that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tenure.api.app import ServerConfig, create_app
+from tenure.services.runtime import Runtime
+from tests.support.postgres import PostgresServer, PostgresUnavailable
+
+BACKENDS = ["sqlite", "postgresql"]
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("TENURE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required (TENURE_REQUIRE_POSTGRES=1) but unavailable: {exc}")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / f'tenure-{next(_db_counter)}.db'}"
+    pg: PostgresServer = request.getfixturevalue("pg_server")
+    return pg.create_database(f"tenure_{os.getpid()}_{next(_db_counter)}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the parametrized backend."""
+    return make_db_url(backend, tmp_path, request)
+
+
+@pytest.fixture
+def new_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """A factory of fresh databases on the parametrized backend (for tests that need several)."""
+    return lambda: make_db_url(backend, tmp_path, request)
+
+
+@pytest.fixture
+def runtime(db_url: str) -> Iterator[Runtime]:
+    rt = Runtime.open(db_url)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@dataclass
+class Api:
+    """A TestClient bound to a running app, with the bootstrap admin token."""
+
+    client: TestClient
+    admin_token: str
+    data_dir: Path
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.admin_token}"}
+
+    def request(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
+        return self.client.request(method, path, headers=self.headers(token), **kw)
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+    def token(self, role: str, *, project: str | None = None, host: str | None = None) -> str:
+        r = self.post("/v1/tokens", json={"role": role, "project": project, "host": host})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+
+def start_api(db_url: str, data_dir: Path, **config: Any) -> Iterator[Api]:
+    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, **config))
+    with TestClient(app) as client:
+        state = app.state.tenure
+        assert state.ready.wait(30), f"server did not become ready: {state.error!r}"
+        token = (data_dir / "admin.token").read_text().strip()
+        yield Api(client, token, data_dir)
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
+    yield from start_api(db_url, tmp_path / "data")
