@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
+import uvicorn
+from fastapi import FastAPI
 
 from tenure.api.app import ServerConfig, create_app
 from tenure.services.runtime import Runtime
@@ -76,17 +80,24 @@ def runtime(db_url: str) -> Iterator[Runtime]:
 
 @dataclass
 class Api:
-    """A TestClient bound to a running app, with the bootstrap admin token."""
+    """An HTTP client bound to a real uvicorn server on loopback, with the bootstrap admin token.
 
-    client: TestClient
+    A real server and not Starlette's TestClient: the TestClient decodes the
+    path twice, so keys containing ``%`` would not round-trip as they do on the wire.
+    """
+
+    client: httpx.Client
     admin_token: str
     data_dir: Path
+    app: FastAPI
 
     def headers(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.admin_token}"}
 
-    def request(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
-        return self.client.request(method, path, headers=self.headers(token), **kw)
+    def request(
+        self, method: str, path: str, *, token: str | None = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Any:
+        return self.client.request(method, path, headers={**self.headers(token), **(headers or {})}, **kw)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -103,13 +114,35 @@ class Api:
         return r.json()["token"]
 
 
-def start_api(db_url: str, data_dir: Path, **config: Any) -> Iterator[Api]:
+def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, **config: Any) -> Iterator[Api]:
+    """Serve the app with uvicorn in a thread on a free loopback port; stop it afterwards."""
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, **config))
-    with TestClient(app) as client:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    started = threading.Event()
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            started.set()
+
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(30), "uvicorn did not start"
         state = app.state.tenure
-        assert state.ready.wait(30), f"server did not become ready: {state.error!r}"
-        token = (data_dir / "admin.token").read_text().strip()
-        yield Api(client, token, data_dir)
+        if wait_ready:
+            assert state.ready.wait(30), f"server did not become ready: {state.error!r}"
+        token_file = data_dir / "admin.token"
+        token = token_file.read_text().strip() if token_file.exists() else ""
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield Api(client, token, data_dir, app)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
 
 
 @pytest.fixture

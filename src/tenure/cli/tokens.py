@@ -1,0 +1,69 @@
+"""``tenure token create|list|revoke``: bearer tokens for people, agents and projects.
+
+The server keeps only a hash of each secret, so ``create`` is the one moment the
+secret exists in the clear; the command says so, on stderr, so that stdout holds
+only what a script may capture.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import typer
+
+from tenure.cli.common import JsonOption, run, say, table, warn
+
+app = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=True)
+
+Role = Literal["admin", "agent", "member"]
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    role: Annotated[Role, typer.Option(help="admin: everything; agent: one host's claims; member: one project's.")],
+    project: Annotated[str | None, typer.Option(help="The project a member token acts for.")] = None,
+    host: Annotated[str | None, typer.Option(help="The host an agent token acts for.")] = None,
+    description: Annotated[str | None, typer.Option(help="A note for whoever lists tokens later.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a token and print its secret (shown only this once)."""
+    run(ctx, lambda c: c.create_token(role, project=project, host=host, description=description), _created,
+        as_json=as_json)
+    warn("warning: the secret is shown only this once; store it now")  # reached only if the call succeeded
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked tokens.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List tokens (never their secrets)."""
+    run(ctx, lambda c: c.tokens(revoked=revoked), _list, as_json=as_json)
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id (from `tenure token list`).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a token: it stops working at once."""
+    run(ctx, lambda c: c.revoke_token(token_id), lambda t: say(f"revoked token {t['id']}"), as_json=as_json)
+
+
+def _created(t: dict[str, Any]) -> None:
+    scope = "".join(f", {k} {t[k]}" for k in ("project", "host") if t.get(k))
+    say(f"created token {t['id']} (role {t['role']}{scope})")
+    say(t["token"])
+
+
+def _list(answer: dict[str, Any]) -> None:
+    tokens = answer["tokens"]
+    if not tokens:
+        say("no tokens")
+        return
+    table(("id", "role", "project", "host", "description", "created", "revoked"),
+          ((t["id"], t["role"], t.get("project"), t.get("host"), t.get("description"), t["created_at"],
+            t.get("revoked_at")) for t in tokens))

@@ -1,0 +1,29 @@
+"""Python client of the Tenure HTTP API.
+
+Usage::
+
+    from tenure.client import TenureClient, TenureAPIError
+
+    with TenureClient.from_env() as tenure:           # local server + admin token, or TENURE_URL/TENURE_TOKEN
+        vlan = tenure.claim("vlans", "web/eth0")["value"]
+
+The public names are re-exported here; the modules behind them are private.
+"""
+
+from __future__ import annotations
+
+from tenure.client._client import MAX_PAGE, TenureClient, segment
+from tenure.client._errors import TenureAPIError, TenureClientError, TenureConfigError, TenureConnectionError
+from tenure.client._locate import Target, locate
+
+__all__ = [
+    "MAX_PAGE",
+    "Target",
+    "TenureAPIError",
+    "TenureClient",
+    "TenureClientError",
+    "TenureConfigError",
+    "TenureConnectionError",
+    "locate",
+    "segment",
+]

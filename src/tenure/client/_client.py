@@ -1,0 +1,268 @@
+"""A small synchronous client of the /v1 API: one method per route, JSON dicts out.
+
+It is deliberately thin: the server validates, so the client sends what it is
+given and turns failures into the three exceptions of :mod:`._errors`. Answers
+are the API's JSON documents unchanged, with one addition: :meth:`claim` adds
+``created`` (the API tells a new claim from an existing one by 201 vs 200, which
+a dict cannot carry otherwise).
+
+One ``httpx.Client`` underneath, configured once and never mutated afterwards
+(the token goes into each request's headers, not into shared client state), so
+one :class:`TenureClient` may be used from many threads at once.
+
+Every request is sent to an absolute URL built from ``base_url``, so an injected
+``http`` client (e.g. FastAPI's ``TestClient``, which is an ``httpx.Client``)
+is used only as a transport; its own base URL and headers do not leak in.
+
+Path segments are percent-encoded with nothing left safe: a key ``a/b`` must
+reach the server as one segment ``a%2Fb``, and ``?``, ``#`` and ``%`` must not
+start a query, a fragment or an escape. The keys ``.`` and ``..`` are dot
+segments that URL normalisation would remove, so their dots are escaped too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from tenure.client._errors import TenureAPIError, TenureConfigError, TenureConnectionError
+from tenure.client._locate import locate
+
+#: The largest page the server hands out; :meth:`TenureClient.iter_claims` asks for it.
+MAX_PAGE = 1000
+
+ClaimItem = str | tuple[str, int | None]
+
+
+def segment(text: str) -> str:
+    """``text`` as one URL path segment: every reserved character escaped, dot segments included."""
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def _api_error(response: httpx.Response) -> TenureAPIError:
+    """The server's ``{"error": {...}}`` as an exception; something sensible for any other body."""
+    try:
+        body = response.json()["error"]
+        details = {k: v for k, v in body.items() if k not in ("code", "message")}
+        return TenureAPIError(response.status_code, str(body["code"]), str(body["message"]), details)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        text = response.text.strip()[:200] or response.reason_phrase
+        return TenureAPIError(response.status_code, f"http_{response.status_code}", text)
+
+
+class TenureClient:
+    """Talks to one Tenure server with one token. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
+        ``httpx.Client`` and stays owned by the caller (it is not closed by :meth:`close`)."""
+        if http is not None and transport is not None:
+            raise ValueError("pass either transport or http, not both")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout, transport=transport)
+
+    @classmethod
+    def from_env(
+        cls,
+        url: str | None = None,
+        token: str | None = None,
+        data_dir: Path | str | None = None,
+        **kwargs: Any,
+    ) -> TenureClient:
+        """A client for the argument, else ``TENURE_URL``/``TENURE_TOKEN``, else the local server and admin token."""
+        target = locate(url, token, data_dir)
+        return cls(target.url, target.token, **kwargs)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> TenureClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TenureClient({self.base_url!r})"
+
+    def _send(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        url = self.base_url + path
+        try:
+            return self._http.request(method, url, headers=self._headers, json=json, params=params)
+        except httpx.TimeoutException:
+            raise TenureConnectionError(self.base_url, f"no answer within {self.timeout:g}s") from None
+        except httpx.ConnectError as exc:
+            reason = f"{str(exc) or 'connection failed'} (is `tenure serve` running there?)"
+            raise TenureConnectionError(self.base_url, reason) from None
+        except httpx.TransportError as exc:
+            raise TenureConnectionError(self.base_url, str(exc) or type(exc).__name__) from None
+        except httpx.InvalidURL as exc:
+            raise TenureConfigError(f"invalid server URL {self.base_url!r}: {exc}") from None
+
+    def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+        response = self._send(method, path, json=json, params=params)
+        if response.is_error:
+            raise _api_error(response)
+        return self._decode(response)
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise TenureAPIError(
+                response.status_code, "invalid_response", f"the server's answer is not JSON: {response.text[:200]!r}"
+            ) from None
+
+    # ------------------------------------------------------------------- pools
+
+    def create_pool(
+        self,
+        name: str,
+        ranges: Iterable[Sequence[int]],
+        reserved: Iterable[Sequence[int]] = (),
+        strategy: str = "lowest",
+        projects: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "ranges": [list(r) for r in ranges],
+            "reserved": [list(r) for r in reserved],
+            "strategy": strategy,
+            "projects": list(projects) if projects is not None else None,
+        }
+        return self._call("POST", "/v1/pools", json=body)
+
+    def pools(self) -> dict[str, Any]:
+        """``{"pools": [...], "revision": N}``."""
+        return self._call("GET", "/v1/pools")
+
+    def pool(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/pools/{segment(name)}")
+
+    def delete_pool(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Refused while the pool holds claims, unless ``force``."""
+        params = {"force": "true"} if force else None
+        return self._call("DELETE", f"/v1/pools/{segment(name)}", params=params)
+
+    # ------------------------------------------------------------------ claims
+
+    def claim(
+        self,
+        pool: str,
+        key: str,
+        value: int | None = None,
+        project: str | None = None,
+        host: str | None = None,
+    ) -> dict[str, Any]:
+        """Claim ``key`` (idempotent); the answer has ``created``: False when the key was already held."""
+        body = {"key": key, "value": value, "project": project, "host": host}
+        response = self._send("POST", f"/v1/pools/{segment(pool)}/claims", json=body)
+        if response.is_error:
+            raise _api_error(response)
+        return {**self._decode(response), "created": response.status_code == 201}
+
+    def claim_many(
+        self,
+        pool: str,
+        items: Iterable[ClaimItem],
+        project: str | None = None,
+        host: str | None = None,
+    ) -> dict[str, Any]:
+        """Claim keys (``"key"`` or ``(key, value)``) in one transaction: all or none."""
+        claims = [{"key": i, "value": None} if isinstance(i, str) else {"key": i[0], "value": i[1]} for i in items]
+        body = {"claims": claims, "project": project, "host": host}
+        return self._call("POST", f"/v1/pools/{segment(pool)}/claims:bulk", json=body)
+
+    def get_claim(self, pool: str, key: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/pools/{segment(pool)}/claims/{segment(key)}")
+
+    def find_value(self, pool: str, value: int) -> dict[str, Any]:
+        """The claim that holds ``value``; ``claim_not_found`` if none does."""
+        return self._call("GET", f"/v1/pools/{segment(pool)}/values/{int(value)}")
+
+    def claims(self, pool: str, limit: int = 100, after: str | None = None) -> dict[str, Any]:
+        """One page in key order: ``{"claims": [...], "next": KEY or None, "revision": N}``."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return self._call("GET", f"/v1/pools/{segment(pool)}/claims", params=params)
+
+    def iter_claims(self, pool: str, page_size: int = MAX_PAGE, after: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every claim of the pool (after key ``after``) in key order, a page at a time as the caller consumes them."""
+        while True:
+            page = self.claims(pool, limit=page_size, after=after)
+            yield from page["claims"]
+            after = page.get("next")
+            if after is None:
+                return
+
+    def release(self, pool: str, key: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/pools/{segment(pool)}/claims/{segment(key)}")
+
+    # ------------------------------------------------------------------- audit
+
+    def audit_begin(self, pool: str) -> dict[str, Any]:
+        """Start a mark-and-sweep: owners re-claim their keys, then :meth:`audit_end` releases the rest."""
+        return self._call("POST", f"/v1/pools/{segment(pool)}/audit:begin")
+
+    def audit_end(self, pool: str) -> dict[str, Any]:
+        """The pool after the sweep, with ``released``: the claims nobody re-claimed."""
+        return self._call("POST", f"/v1/pools/{segment(pool)}/audit:end")
+
+    # ------------------------------------------------------------------ tokens
+
+    def create_token(
+        self,
+        role: str,
+        project: str | None = None,
+        host: str | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """The token's record with its secret under ``token``; the server never shows the secret again."""
+        body = {"role": role, "project": project, "host": host, "description": description}
+        return self._call("POST", "/v1/tokens", json=body)
+
+    def tokens(self, revoked: bool = False) -> dict[str, Any]:
+        """``{"tokens": [...]}``; revoked tokens only when ``revoked``."""
+        return self._call("GET", "/v1/tokens", params={"revoked": "true"} if revoked else None)
+
+    def revoke_token(self, id: str) -> dict[str, Any]:  # noqa: A002 - mirrors the API's name
+        return self._call("DELETE", f"/v1/tokens/{segment(id)}")
+
+    def whoami(self) -> dict[str, Any]:
+        """The role, project and host of this client's token."""
+        return self._call("GET", "/v1/whoami")
+
+    # ------------------------------------------------------------------ system
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "restoring" | "failed", ...}``; a server still restoring is an answer, not an error."""
+        response = self._send("GET", "/healthz")
+        if response.is_error and response.status_code != 503:
+            raise _api_error(response)
+        return self._decode(response)
