@@ -1,4 +1,10 @@
-"""Entry point of the ``tenure`` command."""
+"""Entry point of the ``tenure`` command: the root options and the table of commands.
+
+``--url``, ``--token`` and ``--data-dir`` belong to the root (``tenure --url URL
+pool list``) so every client command takes them the same way; each command lives
+in the module of its noun (:mod:`.pools`, :mod:`.claims`, :mod:`.audit`,
+:mod:`.tokens`) and shares :mod:`.common`. ``serve`` keeps its own options.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from tenure.cli import audit, claims, pools, tokens
+from tenure.cli.common import session
 from tenure.config import DEFAULT_LISTEN, default_data_dir
 
 app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resource operations.",
@@ -14,8 +22,29 @@ app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resour
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(envvar="TENURE_URL", show_envvar=True,
+                                            help="Server URL; default: the local server (server.json in the "
+                                                 "data dir).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="TENURE_TOKEN", show_envvar=True,
+                                              help="Bearer token; default: the local admin token.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="TENURE_DATA_DIR", show_envvar=True,
+                                                  help="Where the local server keeps server.json and "
+                                                       "admin.token.")] = None,
+) -> None:
     """Tenure: stable identifiers, reservations in time, resource operations."""
+    s = session(ctx)
+    s.url, s.token, s.data_dir = url, token, data_dir
+
+
+app.add_typer(pools.app, name="pool")
+app.add_typer(audit.app, name="audit")
+app.add_typer(tokens.app, name="token")
+app.command("claim")(claims.claim)
+app.command("release")(claims.release)
+app.command("claims")(claims.claims)
+app.command("lookup")(claims.lookup)
 
 
 @app.command()
