@@ -17,13 +17,13 @@ Strategy = Literal["lowest", "next", "random"]
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Pool name (letters, digits, - _ . :).")],
-    ranges: Annotated[list[str], typer.Option("--range", metavar="LO-HI", help="Values to hand out (repeatable); "
-                                              "N alone means N-N.")],
-    reserved: Annotated[list[str] | None, typer.Option("--reserved", metavar="LO-HI",
-                                                       help="Values never handed out (repeatable).")] = None,
+    ranges: Annotated[list[str], typer.Option(
+        "--range", metavar="LO-HI", help="Values to hand out (repeatable); N alone means N-N.")],
+    reserved: Annotated[list[str] | None, typer.Option(
+        "--reserved", metavar="LO-HI", help="Values never handed out (repeatable).")] = None,
     strategy: Annotated[Strategy, typer.Option(help="Which free value a claim gets.")] = "lowest",
-    projects: Annotated[list[str] | None, typer.Option("--project", help="Open the pool only to these projects "
-                                                       "(repeatable); default: open to all.")] = None,
+    projects: Annotated[list[str] | None, typer.Option(
+        "--project", metavar="P", help="Open the pool only to these projects (repeatable); default: all.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a pool."""

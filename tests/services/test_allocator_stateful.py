@@ -1,0 +1,484 @@
+"""The durable allocator against a few-line model, across restarts, on both stores.
+
+Each example opens an embedded :class:`~tenure.Allocator` on a fresh database,
+creates three small pools (one per strategy: lowest, next, random) and runs a
+random sequence of commands against it and against a model: per pool a dict
+``{key: value}``, the reserved values, the next-fit cursor and the audit state.
+Pools hold 8-20 values and there are more keys than that, so exhaustion, reuse
+of released values and wrap-around of the cursor happen in most examples.
+
+The model says exactly what each command must answer: the value (for ``lowest``
+the lowest free value, for ``next`` the first free value at or after the
+cursor, wrapping; for ``random`` any free value), or the error class *and* code.
+A refused command must change nothing; a bulk claim is all or nothing.
+
+RESTART closes the allocator and opens a new one on the same URL: every pool,
+claim (with its revision), the pool counters, the cursor and an open audit with
+its marks must come back as they were. The model is not told about the restart
+at all, so every later step checks that the restored state behaves the same.
+
+Hypothesis drives one state machine per backend; the database is created
+inside the machine (a fixture per example does not fit hypothesis), and the
+machine's ``teardown`` closes the allocator, which otherwise holds the store's
+owner lock, and throws the database away.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from sqlalchemy import create_engine, text
+
+from tenure import Allocator
+from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError
+from tenure.domain.idspace import MAX_VALUE, STRATEGIES
+from tenure.services.allocator import ClaimResult
+
+# More keys than any pool has values; a few unusual but valid ones among them.
+KEY_NAMES = [f"k{i}" for i in range(18)] + [
+    "vrf:blue",
+    "route:blue/10.0.0.0/24",
+    "🦀",
+    "日本語",
+    "k" * 256,
+]
+KEYS = st.sampled_from(KEY_NAMES)
+PAGE = 7  # small pages, so listing a pool's claims takes several of them
+
+
+# ------------------------------------------------------------------ the model
+
+
+@dataclass(frozen=True)
+class Refusal:
+    error: type[TenureError]
+    code: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grant:
+    value: int | None  # None: any free value (random strategy)
+    created: bool
+
+
+@dataclass
+class PoolModel:
+    name: str
+    strategy: str
+    ranges: list[list[int]]
+    reserved: set[int]
+    values: list[int]  # every value of the ranges, ascending
+    claims: dict[str, int] = field(default_factory=dict)
+    cursor: int = 0
+    auditing: bool = False
+    epoch: int = 0
+    marked: set[str] = field(default_factory=set)
+
+    @classmethod
+    def new(cls, name: str, strategy: str, ranges: list[list[int]], reserved: list[list[int]]) -> PoolModel:
+        values = sorted(v for lo, hi in ranges for v in range(lo, hi + 1))
+        res = {v for lo, hi in reserved for v in range(lo, hi + 1)}
+        return cls(name, strategy, ranges, res, values, cursor=values[0])
+
+    @property
+    def size(self) -> int:
+        return len(self.values) - len(self.reserved)
+
+    def in_range(self, v: int) -> bool:
+        return any(lo <= v <= hi for lo, hi in self.ranges)
+
+    def free_values(self) -> list[int]:
+        taken = set(self.claims.values())
+        return [v for v in self.values if v not in self.reserved and v not in taken]
+
+    def predict(self, key: str, value: int | None) -> Refusal | Grant:
+        """What claiming ``key`` (optionally pinned to ``value``) must answer."""
+        if key in self.claims:
+            held = self.claims[key]
+            if value is not None and value != held:
+                return Refusal(Conflict, "key_holds_other_value", {"key": key, "value": held})
+            return Grant(held, created=False)
+        if value is not None:
+            if not self.in_range(value):
+                return Refusal(InvalidInput, "value_out_of_range")
+            if value in self.reserved:
+                return Refusal(Conflict, "value_reserved", {"value": value})
+            if value in self.claims.values():
+                return Refusal(Conflict, "value_taken", {"value": value})
+            return Grant(value, created=True)
+        free = self.free_values()
+        if not free:
+            return Refusal(
+                Conflict, "pool_exhausted", {"pool": self.name, "size": self.size, "used": len(self.claims)}
+            )
+        if self.strategy == "lowest":
+            return Grant(free[0], created=True)
+        if self.strategy == "next":
+            return Grant(next((v for v in free if v >= self.cursor), free[0]), created=True)
+        return Grant(None, created=True)
+
+    def apply(self, key: str, value: int, *, picked: bool) -> None:
+        """Record a granted claim (``picked``: chosen by the strategy, not pinned)."""
+        if key not in self.claims:
+            self.claims[key] = value
+            if picked and self.strategy == "next":
+                self.cursor = value + 1 if value < self.values[-1] else self.values[0]
+        if self.auditing:
+            self.marked.add(key)
+
+    def out_of_range_values(self) -> list[int]:
+        near = {-1, 0, MAX_VALUE, MAX_VALUE + 1}
+        for lo, hi in self.ranges:
+            near |= {lo - 1, hi + 1}
+        return sorted(v for v in near if not self.in_range(v))
+
+
+def check_grant(grant: Grant, result: ClaimResult, model: PoolModel) -> None:
+    assert result.created == grant.created, (result, grant)
+    if grant.value is not None:
+        assert result.value == grant.value, f"{model.strategy} pool gave {result.value}, model says {grant.value}"
+    else:
+        assert result.value in model.free_values(), f"random pool gave {result.value}, not a free value"
+
+
+def check_refusal(refusal: Refusal, exc: TenureError) -> None:
+    assert type(exc) is refusal.error, f"expected {refusal.error.__name__}/{refusal.code}, got {exc!r} {exc.code}"
+    assert exc.code == refusal.code, (exc.code, refusal.code, exc.message)
+    for name, value in refusal.details.items():
+        assert exc.details.get(name) == value, (name, exc.details, refusal.details)
+
+
+# ------------------------------------------------------------------- the pools
+
+
+@st.composite
+def pool_shapes(draw: st.DrawFn) -> tuple[list[list[int]], list[list[int]]]:
+    """One or two ranges of 8-20 values in all, sometimes at the top of the 32-bit space; a few reserved."""
+    first = draw(st.integers(min_value=4, max_value=12))
+    start = draw(st.integers(min_value=0, max_value=40))
+    ranges = [[start, start + first - 1]]
+    where = draw(st.sampled_from(["none", "touching", "gap", "top"]))
+    second = draw(st.integers(min_value=4, max_value=8))
+    if where == "none":
+        ranges[0][1] += second
+    elif where in ("touching", "gap"):
+        lo = ranges[0][1] + 1 + (draw(st.integers(min_value=1, max_value=5)) if where == "gap" else 0)
+        ranges.append([lo, lo + second - 1])
+    else:
+        hi = MAX_VALUE - draw(st.sampled_from([0, 0, 2]))
+        ranges.append([hi - second + 1, hi])
+    values = [v for lo, hi in ranges for v in range(lo, hi + 1)]
+    reserved = sorted(draw(st.sets(st.sampled_from(values), max_size=3)))
+    return draw(st.permutations(ranges)), [[v, v] for v in reserved]
+
+
+# ------------------------------------------------------------- the machine
+
+
+def all_claims(alloc: Allocator, pool: str) -> list[ClaimResult]:
+    out: list[ClaimResult] = []
+    after: str | None = None
+    while True:
+        page, after = alloc.claims(pool, limit=PAGE, after=after)
+        out.extend(page)
+        if after is None:
+            return out
+        assert len(page) == PAGE
+
+
+def make_machine(new_url: Callable[[], str], drop_url: Callable[[str], None]) -> type[RuleBasedStateMachine]:
+    class AllocatorMachine(RuleBasedStateMachine):
+        """The embedded allocator over ``new_url()`` against :class:`PoolModel` per pool."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.url = new_url()
+            self.seed = 0
+            self.opened = 0
+            self.alloc: Allocator | None = None
+            self.models: dict[str, PoolModel] = {}
+
+        def open(self) -> Allocator:
+            # A seeded generator per opening keeps the random strategy reproducible, so hypothesis can shrink.
+            self.alloc = Allocator.open(self.url, rng=random.Random(self.seed + self.opened))
+            self.opened += 1
+            return self.alloc
+
+        def teardown(self) -> None:
+            if self.alloc is not None:
+                self.alloc.close()
+                self.alloc = None
+            drop_url(self.url)
+
+        @initialize(
+            seed=st.integers(min_value=0, max_value=2**32),
+            shapes=st.tuples(pool_shapes(), pool_shapes(), pool_shapes()),
+        )
+        def create_pools(self, seed: int, shapes: tuple[Any, ...]) -> None:
+            self.seed = seed
+            alloc = self.open()
+            for strategy, (ranges, reserved) in zip(STRATEGIES, shapes, strict=True):
+                name = f"pool-{strategy}"
+                view = alloc.create_pool(name, ranges=ranges, reserved=reserved, strategy=strategy)
+                model = PoolModel.new(name, strategy, ranges, reserved)
+                assert view.size == model.size and view.used == 0 and view.strategy == strategy
+                self.models[name] = model
+
+        # -- helpers ------------------------------------------------------
+
+        @property
+        def a(self) -> Allocator:
+            assert self.alloc is not None
+            return self.alloc
+
+        def claim(self, m: PoolModel, key: str, value: int | None) -> None:
+            expected = m.predict(key, value)
+            try:
+                result = self.a.claim(m.name, key, value=value)
+            except TenureError as exc:
+                assert isinstance(expected, Refusal), f"claim({key!r}, value={value}) refused: {exc!r}; model: {expected}"
+                check_refusal(expected, exc)
+                return
+            assert isinstance(expected, Grant), f"claim({key!r}, value={value}) gave {result}; model: {expected}"
+            check_grant(expected, result, m)
+            assert result.key == key and result.pool == m.name
+            m.apply(key, result.value, picked=value is None)
+
+        # -- rules --------------------------------------------------------
+
+        @rule(pool=st.sampled_from(STRATEGIES), key=KEYS)
+        def claim_any_value(self, pool: str, key: str) -> None:
+            self.claim(self.models[f"pool-{pool}"], key, None)
+
+        @rule(
+            pool=st.sampled_from(STRATEGIES),
+            key=KEYS,
+            kind=st.sampled_from(["free", "taken", "reserved", "out_of_range"]),
+            data=st.data(),
+        )
+        def claim_pinned_value(self, pool: str, key: str, kind: str, data: st.DataObject) -> None:
+            m = self.models[f"pool-{pool}"]
+            candidates = {
+                "free": m.free_values(),
+                "taken": sorted(m.claims.values()),
+                "reserved": sorted(m.reserved),
+                "out_of_range": m.out_of_range_values(),
+            }[kind]
+            if not candidates:
+                return
+            self.claim(m, key, data.draw(st.sampled_from(candidates), label=f"{kind} value"))
+
+        @rule(pool=st.sampled_from(STRATEGIES), pinned=st.booleans(), data=st.data())
+        def reclaim_existing_key(self, pool: str, pinned: bool, data: st.DataObject) -> None:
+            m = self.models[f"pool-{pool}"]
+            if not m.claims:
+                return
+            key = data.draw(st.sampled_from(sorted(m.claims)), label="existing key")
+            self.claim(m, key, m.claims[key] if pinned else None)
+
+        @rule(pool=st.sampled_from(STRATEGIES), key=KEYS)
+        def release(self, pool: str, key: str) -> None:
+            m = self.models[f"pool-{pool}"]
+            try:
+                result = self.a.release(m.name, key)
+            except NotFound as exc:
+                assert key not in m.claims, f"release of held key {key!r} said {exc!r}"
+                assert exc.code == "claim_not_found"
+                return
+            assert key in m.claims, f"release of missing key {key!r} answered {result}"
+            assert (result.key, result.value) == (key, m.claims.pop(key))
+            m.marked.discard(key)
+
+        @rule(
+            pool=st.sampled_from(STRATEGIES),
+            shape=st.lists(st.tuples(KEYS, st.sampled_from(["pick", "pick", "pin", "outside"])), min_size=1, max_size=6),
+            data=st.data(),
+        )
+        def claim_many(self, pool: str, shape: list[tuple[str, str]], data: st.DataObject) -> None:
+            m = self.models[f"pool-{pool}"]
+            # "pin": any value of the pool, so free, taken and reserved ones; "outside": out of range.
+            items: list[tuple[str, int | None]] = [
+                (key, None)
+                if how == "pick"
+                else (key, data.draw(st.sampled_from(m.values if how == "pin" else m.out_of_range_values())))
+                for key, how in shape
+            ]
+            keys = [k for k, _ in items]
+            try:
+                results = self.a.claim_many(m.name, items)
+            except TenureError as exc:
+                self.check_bulk_refusal(m, items, exc)
+                return
+            assert len(set(keys)) == len(keys), f"bulk with a duplicate key accepted: {keys}"
+            # Granted: replay the items on a copy, with the values actually handed out.
+            trial = copy.deepcopy(m)
+            for (key, value), result in zip(items, results, strict=True):
+                expected = trial.predict(key, value)
+                assert isinstance(expected, Grant), f"bulk item {key!r}={value} granted {result}; model: {expected}"
+                check_grant(expected, result, trial)
+                trial.apply(key, result.value, picked=value is None)
+            self.models[m.name] = trial
+
+        def check_bulk_refusal(self, m: PoolModel, items: list[tuple[str, int | None]], exc: TenureError) -> None:
+            keys = [k for k, _ in items]
+            if len(set(keys)) != len(keys):
+                assert isinstance(exc, InvalidInput) and exc.code == "duplicate_key", repr(exc)
+                return
+            # The first item the model refuses, picking for ``random`` a value no later item pins.
+            trial = copy.deepcopy(m)
+            pinned_later = [v for _, v in items]
+            for i, (key, value) in enumerate(items):
+                expected = trial.predict(key, value)
+                if isinstance(expected, Refusal):
+                    break
+                got = expected.value
+                if got is None:
+                    avoid = {v for v in pinned_later[i + 1 :] if v is not None}
+                    free = trial.free_values()
+                    got = next((v for v in free if v not in avoid), free[0])
+                trial.apply(key, got, picked=value is None)
+            else:
+                raise AssertionError(f"bulk {items} refused with {exc!r}, the model grants it")
+            if type(exc) is not expected.error or exc.code != expected.code:
+                # Only a random pick landing on a value pinned by a later item may explain another answer.
+                assert m.strategy == "random" and isinstance(exc, Conflict) and exc.code == "value_taken", (
+                    f"bulk {items} refused with {exc!r} {exc.code}, the model says {expected}"
+                )
+                assert exc.details["value"] in m.free_values() and exc.details["value"] in pinned_later
+                return
+            check_refusal(expected, exc)
+
+        @rule(pool=st.sampled_from(STRATEGIES))
+        def audit_begin(self, pool: str) -> None:
+            m = self.models[f"pool-{pool}"]
+            try:
+                view = self.a.audit_begin(m.name)
+            except Conflict as exc:
+                assert m.auditing and exc.code == "audit_in_progress", repr(exc)
+                return
+            assert not m.auditing, "a second audit_begin was accepted"
+            m.auditing, m.epoch, m.marked = True, m.epoch + 1, set()
+            assert view.auditing and view.audit_epoch == m.epoch
+
+        @rule(pool=st.sampled_from(STRATEGIES))
+        def audit_end(self, pool: str) -> None:
+            m = self.models[f"pool-{pool}"]
+            try:
+                view, released = self.a.audit_end(m.name)
+            except Conflict as exc:
+                assert not m.auditing and exc.code == "no_audit", repr(exc)
+                return
+            assert m.auditing, "audit_end without an open audit was accepted"
+            stale = {k: v for k, v in m.claims.items() if k not in m.marked}
+            assert {r.key: r.value for r in released} == stale
+            assert len(released) == len(stale)
+            for key in stale:
+                del m.claims[key]
+            m.auditing, m.marked = False, set()
+            assert not view.auditing and view.used == len(m.claims)
+
+        @rule(pool=st.sampled_from(STRATEGIES), key=KEYS)
+        def read_one(self, pool: str, key: str) -> None:
+            m = self.models[f"pool-{pool}"]
+            if key in m.claims:
+                assert self.a.get(m.name, key).value == m.claims[key]
+                assert self.a.find_value(m.name, m.claims[key]).key == key
+            else:
+                with pytest.raises(NotFound):
+                    self.a.get(m.name, key)
+
+        @rule()
+        def restart(self) -> None:
+            before_views = {name: self.a.pool(name) for name in self.models}
+            before_claims = {name: all_claims(self.a, name) for name in self.models}
+            before_revision = self.a.runtime.revision
+            self.a.close()
+            self.alloc = None
+            alloc = self.open()
+            assert alloc.runtime.revision == before_revision
+            for name in self.models:
+                assert alloc.pool(name) == before_views[name]
+                assert all_claims(alloc, name) == before_claims[name]
+
+        # -- invariants ---------------------------------------------------
+
+        @invariant()
+        def store_matches_model(self) -> None:
+            if self.alloc is None:
+                return
+            for name, m in self.models.items():
+                stored = all_claims(self.a, name)
+                keys = [c.key for c in stored]
+                assert len(set(keys)) == len(keys), f"a key listed twice: {keys}"
+                assert {c.key: c.value for c in stored} == m.claims
+                values = [c.value for c in stored]
+                assert len(set(values)) == len(values), f"one value held by two keys: {stored}"
+                for v in values:
+                    assert m.in_range(v) and v not in m.reserved, v
+                view = self.a.pool(name)
+                assert view.used == len(m.claims)
+                assert view.size == m.size
+                assert (view.auditing, view.audit_epoch) == (m.auditing, m.epoch)
+
+    return AllocatorMachine
+
+
+# ------------------------------------------------------------------ the test
+
+BUDGET = {
+    # examples x steps; each file runs well under a minute on a 2-core machine.
+    "sqlite": settings(max_examples=40, stateful_step_count=30),
+    "postgresql": settings(max_examples=25, stateful_step_count=30),
+}
+
+
+def test_allocator_matches_the_model_across_restarts(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    counter = itertools.count()
+    if backend == "sqlite":
+        root = Path(tempfile.mkdtemp(dir=tmp_path))
+
+        def new_url() -> str:
+            d = root / f"example-{next(counter)}"
+            d.mkdir()
+            return f"sqlite:///{d / 'tenure.db'}"
+
+        def drop_url(url: str) -> None:
+            shutil.rmtree(Path(url.removeprefix("sqlite:///")).parent, ignore_errors=True)
+
+    else:
+        pg = request.getfixturevalue("pg_server")
+        admin = create_engine(pg.base_url, isolation_level="AUTOCOMMIT")
+        request.addfinalizer(admin.dispose)
+
+        def new_url() -> str:
+            return pg.create_database(f"tenure_sm_{os.getpid()}_{next(counter)}")
+
+        def drop_url(url: str) -> None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+
+    machine = make_machine(new_url, drop_url)
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            BUDGET[backend],
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        ),
+    )
