@@ -59,7 +59,9 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg")
-        return create_engine(u, pool_size=8, max_overflow=8, pool_pre_ping=True)
+        # Everything ends: bounded connects, statements and lock waits.
+        connect_args = {"connect_timeout": 10, "options": "-c statement_timeout=60000 -c lock_timeout=10000"}
+        return create_engine(u, pool_size=8, max_overflow=8, pool_pre_ping=True, connect_args=connect_args)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")
 
 
