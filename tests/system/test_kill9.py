@@ -63,17 +63,17 @@ def test_claims_survive_kill_9(db_url, tmp_path):
                 f.result()
         assert len(acked) >= KILL_AFTER
 
-        seen_before_ready: list[int] = []
+        seen_before_ready: list[tuple[int, int | None]] = []
 
         def probe(client: httpx.Client) -> None:
             try:
-                seen_before_ready.append(client.get("/v1/pools/vni", headers=headers).status_code)
+                r = client.get("/v1/pools/vni", headers=headers)
             except httpx.TransportError:
-                pass
+                return
+            seen_before_ready.append((r.status_code, r.json().get("used") if r.status_code == 200 else None))
 
         server.start()
         server.wait_ready(on_not_ready=probe)
-        assert all(code == 503 for code in seen_before_ready), seen_before_ready
 
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
             stored: dict[str, int] = {}
@@ -89,6 +89,10 @@ def test_claims_survive_kill_9(db_url, tmp_path):
                 assert stored.get(key) == value, f"acknowledged claim {key}={value} lost or changed"
             assert len(set(stored.values())) == len(stored), "a value is held by two keys"
             assert client.get("/v1/pools/vni").json()["used"] == len(stored)
+            # Before /healthz said ready, the API answered 503, or (if it became ready between the two
+            # requests) the whole restored state: never a partial one.
+            assert all(code == 503 or (code == 200 and used == len(stored)) for code, used in seen_before_ready), \
+                seen_before_ready
             # Claims in flight at the kill either committed entirely or not at all; the same key
             # claimed again keeps the value it had.
             for key in list(acked)[:50]:

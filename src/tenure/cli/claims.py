@@ -40,7 +40,7 @@ def release(ctx: typer.Context, pool: Pool, key: Key, as_json: JsonOption = Fals
 def claims(
     ctx: typer.Context,
     pool: Pool,
-    limit: Annotated[int, typer.Option(min=1, max=MAX_PAGE, help="Claims per page.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_PAGE, help="Claims per page (per request with --all).")] = 100,
     after: Annotated[str | None, typer.Option(help="Start after this key (the previous page's next).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Follow pages to the end.")] = False,
     as_json: JsonOption = False,

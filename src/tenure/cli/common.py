@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -32,8 +33,8 @@ from tenure.client import TenureClient, TenureClientError, locate
 T = TypeVar("T")
 Connect = Callable[[str, str], TenureClient]  # (url, token) -> client
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer instead of a human view.")]
 
@@ -108,10 +109,22 @@ def percent(part: int, whole: int) -> str:
     return "<0.1%" if 0 < pct < 0.1 else f"{pct:.1f}%"
 
 
+def when(iso: str | None) -> str | None:
+    """A UTC timestamp to the minute: tables need the day and hour, not the microseconds."""
+    if not iso:
+        return None
+    t = datetime.fromisoformat(iso)
+    return (t.astimezone(timezone.utc) if t.tzinfo else t).strftime("%Y-%m-%d %H:%MZ")
+
+
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
-    t = Table(*columns, title=title, title_justify="left")
+    # The first column names the row (key, pool, token id) and is what gets copied into the next
+    # command, so it never wraps; the others fold rather than end in "…", so nothing is lost.
+    t = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        t.add_column(name, no_wrap=i == 0, overflow="fold")
     for row in rows:
-        t.add_row(*(cell(v) for v in row))
+        t.add_row(*(Text(cell(v)) for v in row))  # Text: a key like "a[b]" or ":x:" is data, not markup
     out.print(t)
 
 
@@ -121,7 +134,7 @@ def fields(pairs: Sequence[tuple[str, Any]]) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     for name, value in pairs:
-        grid.add_row(name, cell(value))
+        grid.add_row(name, Text(cell(value)))
     out.print(grid)
 
 

@@ -49,17 +49,20 @@ app.command("lookup")(claims.lookup)
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     db: Annotated[str | None, typer.Option(help="Database URL (sqlite:///PATH or postgresql://...); "
                                               "default: SQLite in the data dir")] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (port 0 picks a free one)")] = DEFAULT_LISTEN,
-    data_dir: Annotated[Path, typer.Option(help="Where the database, admin token and server.json live",
-                                           envvar="TENURE_DATA_DIR")] = default_data_dir(),
+    data_dir: Annotated[Path | None, typer.Option(help="Where the database, admin token and server.json live; "
+                                                  "default: the root --data-dir, else ~/.local/share/tenure",
+                                                  envvar="TENURE_DATA_DIR")] = None,
     example: Annotated[bool, typer.Option(help="Create example pools if missing")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
 
+    data_dir = data_dir or session(ctx).data_dir or default_data_dir()
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from tenure.cli.common import JsonOption, run, say, table, warn
+from tenure.cli.common import JsonOption, run, say, table, warn, when
 
 app = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=True)
 
@@ -65,5 +65,5 @@ def _list(answer: dict[str, Any]) -> None:
         say("no tokens")
         return
     table(("id", "role", "project", "host", "description", "created", "revoked"),
-          ((t["id"], t["role"], t.get("project"), t.get("host"), t.get("description"), t["created_at"],
-            t.get("revoked_at")) for t in tokens))
+          ((t["id"], t["role"], t.get("project"), t.get("host"), t.get("description"), when(t["created_at"]),
+            when(t.get("revoked_at"))) for t in tokens))

@@ -29,6 +29,10 @@ from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
 
+# Claim keys order byte-wise on every backend ("C" collation on PostgreSQL; SQLite's BINARY is the
+# default), so pages and `after` cursors agree whatever locale the database was created with.
+KEY_TYPE = Text().with_variant(Text(collation="C"), "postgresql")
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp that is UTC-aware on both backends (SQLite drops the zone)."""
@@ -76,7 +80,7 @@ claims = Table(
     "claims",
     metadata,
     Column("pool_id", Integer, ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True),
-    Column("key", Text, primary_key=True),
+    Column("key", KEY_TYPE, primary_key=True),
     Column("value", BigInteger, nullable=False),
     Column("project", String(128), nullable=True),
     Column("host", String(128), nullable=True),

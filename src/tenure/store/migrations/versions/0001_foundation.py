@@ -44,7 +44,7 @@ def upgrade() -> None:
     op.create_table(
         "claims",
         sa.Column("pool_id", sa.Integer, sa.ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("key", sa.Text().with_variant(sa.Text(collation="C"), "postgresql"), primary_key=True),
         sa.Column("value", sa.BigInteger, nullable=False),
         sa.Column("project", sa.String(128), nullable=True),
         sa.Column("host", sa.String(128), nullable=True),
