@@ -21,6 +21,7 @@ gets ``store_error``: memory never runs ahead of the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -209,7 +210,6 @@ class Writer:
     def _run(self) -> None:
         conn = None
         try:
-            conn = self.engine.connect()
             while True:
                 first = self._queue.get()
                 if first is None:
@@ -231,7 +231,8 @@ class Writer:
         finally:
             self._drain_refused()
             if conn is not None:
-                conn.close()
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     def _drain_refused(self) -> None:
         while True:
@@ -243,6 +244,7 @@ class Writer:
                 item.future.set_exception(Unavailable("the store is closed", code="store_closed"))
 
     def _commit_batch(self, conn: Any, items: list[_Pending]) -> Any:
+        """Apply and commit one batch; returns the connection to use next (None after a failure)."""
         batch = Batch(revision=self.revision, now=self.clock())
         outcomes: list[tuple[_Pending, bool, Any]] = []
         for item in items:
@@ -262,6 +264,8 @@ class Writer:
                 outcomes.append((item, True, result))
         if batch.events or batch.writes or batch.end_of_batch:
             try:
+                if conn is None:  # first batch, or the last commit failed: (re)connect now
+                    conn = self.engine.connect()
                 with conn.begin():
                     for stmt, params in batch.writes:
                         conn.execute(stmt, params if len(params) > 1 else params[0])
@@ -278,11 +282,10 @@ class Writer:
                 err = Unavailable(f"the store failed to commit: {type(exc).__name__}", code="store_error")
                 for item, ok, value in outcomes:
                     item.future.set_exception(err if ok else value)
-                try:
-                    conn.close()
-                finally:
-                    conn = self.engine.connect()
-                return conn
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                return None
             self.revision = batch.revision
         for fn in batch.after_commit:
             fn()

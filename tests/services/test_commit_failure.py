@@ -1,0 +1,41 @@
+"""A commit that fails undoes every command of its batch: memory never runs ahead of the store."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event
+
+from tenure import Allocator
+from tenure.domain.errors import Unavailable
+
+
+class FailNextInsertIntoClaims:
+    """Fault injection at the driver boundary: the next INSERT into claims raises, once."""
+
+    def __init__(self, engine) -> None:
+        self.armed = True
+        event.listen(engine, "before_cursor_execute", self)
+
+    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if self.armed and statement.lstrip().upper().startswith("INSERT INTO CLAIMS"):
+            self.armed = False
+            raise RuntimeError("injected: disk full")
+
+
+def test_failed_commit_is_undone_and_the_writer_recovers(db_url):
+    with Allocator.open(db_url) as ids:
+        ids.create_pool("p", ranges=[[1, 10]], strategy="next")
+        assert ids.claim("p", "before").value == 1
+        revision = ids.runtime.revision
+        FailNextInsertIntoClaims(ids.runtime.engine)
+        with pytest.raises(Unavailable) as exc:
+            ids.claim("p", "lost")
+        assert exc.value.code == "store_error"
+        # Nothing of the failed command remains: count, revision, cursor and the key itself.
+        assert ids.pool("p").used == 1
+        assert ids.runtime.revision == revision
+        assert ids.claim("p", "after").value == 2
+        assert ids.claims("p")[0] == [ids.get("p", "after"), ids.get("p", "before")]
+    with Allocator.open(db_url) as ids:
+        assert {c.key: c.value for c in ids.claims("p")[0]} == {"before": 1, "after": 2}
+        assert ids.claim("p", "lost").value == 3
