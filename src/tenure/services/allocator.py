@@ -136,23 +136,36 @@ class AllocatorService:
     # ---------------------------------------------------------------- restore
 
     def load(self, conn: Connection) -> None:
-        """Restore every pool and its claims from the store (before serving)."""
-        p = schema.pools.c
-        for row in conn.execute(select(schema.pools).order_by(p.id)):
+        """Restore every pool and its claims from the store (before serving).
+
+        One sequential scan of the claims table through the raw driver cursor: a
+        million claims come back in about a second, where the (pool, value) index
+        walk plus SQLAlchemy rows took four times as long. Values are sorted here,
+        not by the database. The caller disables the garbage collector meanwhile.
+        """
+        by_pool: dict[int, list[Claim]] = {}
+        scan = "SELECT pool_id, key, value, project, host, mark, revision FROM claims"
+        if conn.dialect.name == "sqlite":
+            scan += " NOT INDEXED"  # a table scan, not a walk of the unique index with a row look-up each
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(scan)
+            for pool_id, key, value, project, host, mark, revision in cursor.fetchall():
+                claims = by_pool.get(pool_id)
+                if claims is None:
+                    claims = by_pool[pool_id] = []
+                claims.append(Claim(key, value, project, host, mark, revision))
+        finally:
+            cursor.close()
+        for row in conn.execute(select(schema.pools).order_by(schema.pools.c.id)):
             ids = IdSpace(
                 json.loads(row.ranges), json.loads(row.reserved), strategy=row.strategy, cursor=row.cursor, rng=self.rng
             )
             projects = tuple(json.loads(row.projects)) if row.projects is not None else None
             pool = Pool(row.name, ids, projects=projects, audit_epoch=row.audit_epoch, auditing=row.auditing)
-            # Raw driver rows: a million claims load in about a second; the ORM layer would triple it.
-            raw = conn.exec_driver_sql(
-                "SELECT key, value, project, host, mark, revision FROM claims WHERE pool_id = "
-                + ("?" if conn.dialect.paramstyle == "qmark" else "%(p)s")
-                + " ORDER BY value",
-                (row.id,) if conn.dialect.paramstyle == "qmark" else {"p": row.id},
-            ).fetchall()
-            pool.claims = {r[0]: Claim(r[0], r[1], r[2], r[3], r[4], r[5]) for r in raw}
-            ids.load(r[1] for r in raw)
+            claims = by_pool.pop(row.id, [])
+            pool.claims = {c.key: c for c in claims}
+            ids.load(sorted(c.value for c in claims))
             self._entries[row.name] = _Entry(row.id, pool, row.created_at, row.revision)
             self._publish(row.name)
             self._next_id = max(self._next_id, row.id + 1)
