@@ -20,6 +20,8 @@ MAX_BODY = 1024 * 1024
 
 
 class BodyLimit:
+    """Ours, not FastAPI's max_body_size: that one answers an over-long Content-Length in plain text."""
+
     def __init__(self, app: ASGIApp, *, limit: int = MAX_BODY) -> None:
         self.app = app
         self.limit = limit

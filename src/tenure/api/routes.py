@@ -71,7 +71,7 @@ class TokenCreate(_Strict):
 
 def _count(request: Request, pool: str, outcome: str, n: int = 1) -> None:
     rt: Runtime = request.app.state.tenure.runtime
-    if rt is not None and pool in {v.name for v in rt.allocator.pool_views()}:  # bounded label values only
+    if rt is not None and rt.allocator.has_pool(pool):  # bounded label values: only pools that exist
         request.app.state.metrics.claims.labels(pool, outcome).inc(n)
 
 

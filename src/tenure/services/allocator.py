@@ -25,7 +25,7 @@ from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from tenure.domain.access import ADMIN, Principal, claim_scope, may_see_claim, may_use_pool, require_admin
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
-from tenure.domain.idspace import IdSpace
+from tenure.domain.idspace import MAX_VALUE, IdSpace
 from tenure.domain.pool import Claim, ClaimOutcome, Pool, validate_key
 from tenure.services.writer import Batch, Op, Writer
 from tenure.store import schema
@@ -198,6 +198,9 @@ class AllocatorService:
 
     def _publish_on_commit(self, batch: Batch, name: str) -> None:
         batch.on_commit_once(("publish", name), lambda: self._publish(name))
+
+    def has_pool(self, name: str) -> bool:
+        return name in self._views
 
     def pool_view(self, name: str, principal: Principal = ADMIN) -> PoolView:
         view = self._views.get(name)
@@ -508,6 +511,8 @@ class AllocatorService:
 
     def find_value(self, pool: str, value: int, *, principal: Principal = ADMIN) -> ClaimResult:
         view = self.pool_view(pool, principal)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_VALUE:
+            raise NotFound(f"no claim holds value {value} in pool {pool!r}", code="claim_not_found", pool=pool)
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(_C.key, _C.value, _C.project, _C.host, _C.revision)
@@ -524,6 +529,8 @@ class AllocatorService:
         """A page of claims in key order, and the cursor for the next page (None at the end)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", code="invalid_limit")
+        if after:  # "" means from the start; anything else must be a possible key
+            validate_key(after)
         view = self.pool_view(pool, principal)
         q = (
             select(_C.key, _C.value, _C.project, _C.host, _C.revision)
@@ -532,7 +539,7 @@ class AllocatorService:
             .order_by(_C.key)
             .limit(limit + 1)
         )
-        if after is not None:
+        if after:
             q = q.where(_C.key > after)
         if principal.role == "member":
             q = q.where(_C.project == principal.project)

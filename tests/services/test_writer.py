@@ -1,0 +1,319 @@
+"""The single writer: group commit, refusals inside a batch, and undo.
+
+To put several commands in one batch without sleeping, a test *holds* the
+writer: it submits a command that blocks inside the writer thread until the
+test releases it. Everything submitted meanwhile queues up, and the writer
+takes the whole queue as the next batch, so which commands share a batch is
+decided by the test, not by timing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from tenure import Allocator
+from tenure.domain.errors import Conflict, InvalidInput, NotFound, Unavailable
+from tenure.services.writer import Batch, Op, Writer
+from tenure.store import schema
+
+WAIT = 30  # seconds; a bound on a synchronisation wait, never a sleep
+
+
+@contextmanager
+def writer_held(writer: Writer) -> Iterator[None]:
+    """Block the writer thread inside one command until the ``with`` block ends."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_: Batch) -> None:
+        entered.set()
+        assert release.wait(WAIT), "the test never released the writer"
+
+    fut = writer.submit(Op(hold))
+    assert entered.wait(WAIT), "the writer did not start the holding command"
+    try:
+        yield
+    finally:
+        release.set()
+        fut.result(WAIT)
+
+
+def events_count(alloc: Allocator) -> int:
+    with alloc.runtime.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(schema.events)).scalar_one()
+
+
+def event_rows(alloc: Allocator, after: int) -> list[Any]:
+    with alloc.runtime.engine.connect() as conn:
+        return conn.execute(
+            select(schema.events.c.revision, schema.events.c.object_id, schema.events.c.op)
+            .where(schema.events.c.revision > after)
+            .order_by(schema.events.c.revision)
+        ).fetchall()
+
+
+def stored_claims(alloc: Allocator, pool: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    after = None
+    while True:
+        page, after = alloc.claims(pool, limit=1000, after=after)
+        out.update({c.key: c.value for c in page})
+        if after is None:
+            return out
+
+
+def outcome(fut: Future[Any]) -> Any:
+    try:
+        return fut.result(WAIT)
+    except Exception as exc:  # noqa: BLE001 - the test inspects the refusal
+        return exc
+
+
+@pytest.fixture
+def alloc(db_url: str) -> Iterator[Allocator]:
+    a = Allocator.open(db_url)
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+# -- group commit -----------------------------------------------------------------
+
+
+def test_64_concurrent_claimers_get_distinct_durable_values(db_url: str) -> None:
+    n = 64
+    with Allocator.open(db_url) as a:
+        a.create_pool("p", ranges=[[1000, 1000 + n - 1]], strategy="random")
+        start = threading.Barrier(n)
+        results: dict[str, int] = {}
+        errors: list[BaseException] = []
+
+        def claimer(i: int) -> None:
+            try:
+                start.wait(WAIT)
+                results[f"k{i}"] = a.claim("p", f"k{i}").value
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert not errors, errors
+        assert len(results) == n
+        assert sorted(results.values()) == list(range(1000, 1000 + n))  # distinct, and so the pool is full
+        assert a.pool("p").used == n
+        assert events_count(a) == 1 + n  # the pool, then one event per claim
+    with Allocator.open(db_url) as again:
+        assert stored_claims(again, "p") == results
+        assert again.pool("p").used == n
+        with pytest.raises(Conflict) as info:
+            again.claim("p", "one-more")
+        assert info.value.code == "pool_exhausted"
+
+
+def test_concurrent_claims_share_a_group_commit(alloc: Allocator, db_url: str) -> None:
+    """64 callers of Allocator.claim queued while one commit is in flight cost one more commit, not 64."""
+    n = 64
+    alloc.create_pool("p", ranges=[[0, 99]])
+    writer = alloc.runtime.writer
+    submitted = threading.Semaphore(0)
+    real_submit = writer.submit
+
+    def counting_submit(command: Any) -> Future[Any]:
+        fut = real_submit(command)
+        submitted.release()
+        return fut
+
+    writer.submit = counting_submit  # type: ignore[method-assign] - observe when each caller is queued
+    batches_before, commands_before = writer.batches, writer.commands
+    results: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def claimer(i: int) -> None:
+        try:
+            results[f"k{i:02d}"] = alloc.claim("p", f"k{i:02d}").value
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with writer_held(writer):
+        submitted.acquire()  # the holding command itself
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for _ in range(n):
+            assert submitted.acquire(timeout=WAIT)
+    for t in threads:
+        t.join(WAIT)
+    assert not errors, errors
+    assert sorted(results.values()) == list(range(n))
+    assert writer.commands - commands_before == n + 1
+    assert writer.batches - batches_before == 2  # the holding command, then all 64 claims together
+    assert writer.batches - batches_before < n
+    alloc.close()
+    with Allocator.open(db_url) as again:
+        assert stored_claims(again, "p") == results
+
+
+# -- refusals and undo inside a batch -------------------------------------------------
+
+
+def test_a_refused_command_in_a_batch_does_not_affect_the_others(alloc: Allocator, db_url: str) -> None:
+    alloc.create_pool("p", ranges=[[0, 9]], strategy="next")
+    alloc.claim("p", "taken")  # 0
+    rt, svc = alloc.runtime, alloc.runtime.allocator
+    revision = rt.revision
+    batches_before = rt.writer.batches
+    with writer_held(rt.writer):
+        futs = [
+            rt.writer.submit(svc.claim_op("p", "a")),
+            rt.writer.submit(svc.claim_op("p", "pinned-on-taken", value=0)),
+            rt.writer.submit(svc.claim_many_op("p", [("x", None), ("y", None), ("z", 0)])),
+            rt.writer.submit(svc.claim_op("p", "b")),
+            rt.writer.submit(svc.release_op("p", "missing")),
+            rt.writer.submit(svc.claim_op("p", "c", value=7)),
+            rt.writer.submit(svc.release_op("p", "taken")),
+        ]
+    a, pinned, bulk, b, missing, c, released = (outcome(f) for f in futs)
+    assert rt.writer.batches - batches_before == 2  # the holding command, then these seven together
+    assert isinstance(pinned, Conflict) and pinned.code == "value_taken"
+    assert isinstance(bulk, Conflict) and bulk.code == "value_taken"
+    assert isinstance(missing, NotFound) and missing.code == "claim_not_found"
+    # The refused commands neither took values nor moved the next-fit cursor.
+    assert (a.value, b.value, c.value, released.value) == (1, 2, 7, 0)
+    # Revisions are contiguous: the refused commands left no gap and no event.
+    rows = event_rows(alloc, revision)
+    assert [(r.object_id, r.op) for r in rows] == [
+        ("p/a", "created"), ("p/b", "created"), ("p/c", "created"), ("p/taken", "deleted")
+    ]
+    assert [r.revision for r in rows] == list(range(revision + 1, revision + 5))
+    assert (a.revision, b.revision, c.revision, released.revision) == tuple(r.revision for r in rows)
+    assert rt.revision == revision + 4
+    expected = {"a": 1, "b": 2, "c": 7}
+    assert stored_claims(alloc, "p") == expected
+    assert alloc.claim("p", "d").value == 3
+    alloc.close()
+    with Allocator.open(db_url) as again:
+        assert stored_claims(again, "p") == {**expected, "d": 3}
+        assert again.claim("p", "e").value == 4  # the cursor went on from d, and was persisted
+
+
+def test_a_bulk_claim_failing_at_its_last_item_leaves_no_trace(alloc: Allocator, db_url: str) -> None:
+    alloc.create_pool("p", ranges=[[10, 29]], reserved=[[15, 15]], strategy="next")
+    for key in ("old", "kept", "blocker"):
+        alloc.claim("p", key)  # 10, 11, 12
+    alloc.audit_begin("p")
+    alloc.claim("p", "kept")  # marked in this audit
+    revision, events, view = alloc.runtime.revision, events_count(alloc), alloc.pool("p")
+    before = stored_claims(alloc, "p")
+
+    # "old" would be re-marked, three new keys would take 13, 14, 16; the last item asks for a taken value.
+    items = [("old", None), ("n1", None), ("n2", None), ("n3", 16), ("last", 12)]
+    with pytest.raises(Conflict) as info:
+        alloc.claim_many("p", items)
+    assert info.value.code == "value_taken" and info.value.details["value"] == 12
+
+    assert stored_claims(alloc, "p") == before
+    assert events_count(alloc) == events
+    assert alloc.runtime.revision == revision
+    assert alloc.pool("p") == view
+    for key in ("n1", "n2", "n3"):
+        with pytest.raises(NotFound):
+            alloc.get("p", key)
+    with pytest.raises(NotFound):
+        alloc.find_value("p", 16)
+
+    # The undo reaches what is not visible in the claims table: the cursor and the audit mark.
+    alloc.close()
+    with Allocator.open(db_url) as again:
+        assert stored_claims(again, "p") == before
+        assert events_count(again) == events
+        assert again.claim("p", "after").value == 13  # the cursor did not move past 13, 14
+        _, released = again.audit_end("p")
+        assert sorted(r.key for r in released) == ["blocker", "old"]  # "old"'s mark was undone
+
+
+def test_bulk_claim_validation_is_refused_before_the_writer(alloc: Allocator) -> None:
+    alloc.create_pool("p", ranges=[[0, 9]])
+    events = events_count(alloc)
+    with pytest.raises(InvalidInput) as info:
+        alloc.claim_many("p", [("a", None), ("a", None)])
+    assert info.value.code == "duplicate_key"
+    with pytest.raises(InvalidInput) as info:
+        alloc.claim_many("p", [])
+    assert info.value.code == "invalid_bulk"
+    with pytest.raises(InvalidInput) as info:
+        alloc.claim_many("p", [("ok", None), ("", None)])
+    assert info.value.code == "invalid_key"
+    assert stored_claims(alloc, "p") == {}
+    assert events_count(alloc) == events
+
+
+def test_a_failed_commit_undoes_every_command_of_the_batch(alloc: Allocator, db_url: str) -> None:
+    alloc.create_pool("p", ranges=[[0, 9]], strategy="next")
+    alloc.claim("p", "r")  # 0
+    alloc.claim("p", "s")  # 1
+    rt, svc = alloc.runtime, alloc.runtime.allocator
+    revision, view, before = rt.revision, alloc.pool("p"), stored_claims(alloc, "p")
+    # A row squatting on the next revision makes the batch's event insert, and so its commit, fail.
+    squatter = {
+        "revision": revision + 3, "ts": view.created_at, "kind": "test", "object_id": "x", "op": "created",
+        "labels": "{}", "body": "{}",
+    }
+    with rt.engine.begin() as conn:
+        conn.execute(insert(schema.events), squatter)
+    with writer_held(rt.writer):
+        futs = [
+            rt.writer.submit(svc.claim_op("p", "new")),
+            rt.writer.submit(svc.release_op("p", "r")),
+            rt.writer.submit(svc.claim_op("p", "reuses-r", value=0)),
+            rt.writer.submit(svc.claim_op("p", "refused", value=1)),
+            rt.writer.submit(svc.audit_begin_op("p")),
+            rt.writer.submit(svc.claim_many_op("p", [("m1", None), ("m2", None)])),
+        ]
+    results = [outcome(f) for f in futs]
+    for i, res in enumerate(results):
+        if i == 3:
+            assert isinstance(res, Conflict) and res.code == "value_taken"  # its own refusal, not the store's
+        else:
+            assert isinstance(res, Unavailable) and res.code == "store_error", res
+    # Memory is back where the store is.
+    assert rt.revision == revision
+    assert alloc.pool("p") == view
+    assert stored_claims(alloc, "p") == before
+    with rt.engine.begin() as conn:
+        conn.execute(schema.events.delete().where(schema.events.c.kind == "test"))
+    # The same commands now succeed with exactly the answers they would have had.
+    assert alloc.claim("p", "new").value == 2
+    assert alloc.release("p", "r").value == 0
+    assert alloc.claim("p", "reuses-r", value=0).value == 0
+    with pytest.raises(Conflict):
+        alloc.audit_end("p")  # the undone audit_begin left no audit open
+    alloc.close()
+    with Allocator.open(db_url) as again:
+        assert stored_claims(again, "p") == {"s": 1, "new": 2, "reuses-r": 0}
+        assert again.claim("p", "next").value == 3
+
+
+def test_an_unchanged_reclaim_writes_nothing(alloc: Allocator) -> None:
+    alloc.create_pool("p", ranges=[[0, 9]])
+    first = alloc.claim("p", "k")
+    revision, events = alloc.runtime.revision, events_count(alloc)
+    again = alloc.claim("p", "k")
+    assert (again.value, again.revision, again.created) == (first.value, first.revision, False)
+    assert (alloc.runtime.revision, events_count(alloc)) == (revision, events)
+    # During an audit the first re-claim is a change (the mark), the second is not.
+    alloc.audit_begin("p")
+    revision = alloc.runtime.revision
+    marked = alloc.claim("p", "k")
+    assert marked.revision == revision + 1 and events_count(alloc) == events + 2
+    assert alloc.claim("p", "k").revision == marked.revision
+    assert events_count(alloc) == events + 2
