@@ -58,6 +58,53 @@ def fsync_rate(directory: str | Path, seconds: float = 2.0) -> float:
         os.unlink(path)
 
 
+def _proc_stat_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(parts[:8]) - idle) / tick, sum(parts[:8]) / tick
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and its waited-for children (servers, wrk, helpers)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Share of the machine's CPU (0..1) busy over ``seconds``, whoever uses it."""
+    b0, t0 = _proc_stat_busy()
+    time.sleep(seconds)
+    b1, t1 = _proc_stat_busy()
+    return (b1 - b0) / max(t1 - t0, 1e-9)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.15) -> dict[str, float]:
+    """Wait (at most ``max_wait`` s) until other work uses under ``threshold`` of the machine."""
+    start = time.monotonic()
+    busy = machine_busy()
+    while busy > threshold and time.monotonic() - start < max_wait:
+        busy = machine_busy()
+    return {"busy_before": round(busy, 3), "waited_s": round(time.monotonic() - start - 1, 1)}
+
+
+class LoadMeter:
+    """How much of the machine other processes used while a bench ran (they skew its numbers)."""
+
+    def __init__(self) -> None:
+        self.busy0, self.total0 = _proc_stat_busy()
+        self.own0 = _own_cpu()
+
+    def others_share(self) -> float:
+        busy1, total1 = _proc_stat_busy()
+        others = (busy1 - self.busy0) - (_own_cpu() - self.own0)
+        return max(0.0, others / max(total1 - self.total0, 1e-9))
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -80,7 +127,23 @@ def _mem_total() -> int:
     return 0
 
 
-def machine(data_dir: str | Path | None = None, *, measure_fsync: bool = True) -> dict[str, Any]:
+def _git_commit() -> str:
+    """The commit measured, with "+dirty" when src/ differs from it (benchmarks measure the working tree)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine(data_dir: str | Path | None = None, *, measure_fsync: bool = True,
+            quiet_wait: float = 60.0) -> dict[str, Any]:
+    quiet = wait_quiet(quiet_wait)
     info: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
@@ -90,8 +153,10 @@ def machine(data_dir: str | Path | None = None, *, measure_fsync: bool = True) -
         "sqlite": sqlite3.sqlite_version,
         "kernel": platform.release(),
     }
+    info["commit"] = _git_commit()
     if measure_fsync:
         info["fsync_per_s"] = round(fsync_rate(data_dir or tempfile.gettempdir()))
+    info["machine_busy_before"] = quiet["busy_before"]
     return info
 
 
@@ -132,6 +197,8 @@ class Report:
     results: list[dict[str, Any]] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    load: LoadMeter = field(default_factory=LoadMeter)
+    others_share: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +208,7 @@ class Report:
             "results": self.results,
             "goals": [g.as_dict() for g in self.goals],
             "all_met": all(g.met for g in self.goals),
+            "other_processes_cpu_share": self.others_share,
             "notes": self.notes,
         }
 
@@ -155,7 +223,9 @@ class Report:
 def console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    import shutil as _sh
+
+    return Console(highlight=False, width=max(_sh.get_terminal_size((140, 40)).columns, 140))
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -189,6 +259,10 @@ def print_machine(m: dict[str, Any]) -> None:
 
 def finish(report: Report) -> None:
     """Print the goals, save the JSON, and end with the one-line JSON summary."""
+    report.others_share = round(report.load.others_share(), 3)
+    if report.others_share > 0.05:
+        report.notes.append(f"other processes used {report.others_share:.0%} of the machine's CPU during this "
+                            f"run: numbers are skewed (lower) by that much contention")
     print_goals(report.goals)
     for n in report.notes:
         console().print(f"[dim]note: {n}[/]")
