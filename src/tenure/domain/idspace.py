@@ -47,18 +47,21 @@ class RunSet:
         self._count = 0
 
     @classmethod
-    def from_sorted_values(cls, values: Sequence[int]) -> RunSet:
-        """Build from ascending, distinct values in one linear pass (restore path: keep it lean)."""
+    def from_sorted_values(cls, values: Iterable[int]) -> RunSet:
+        """Build from ascending, distinct values in one linear pass (the restore path: keep it lean)."""
+        starts: list[int] = []
+        ends: list[int] = []
+        count = 0
+        for v in values:
+            count += 1
+            if ends and v == ends[-1] + 1:
+                ends[-1] = v
+            else:
+                starts.append(v)
+                ends.append(v)
         rs = cls()
-        n = len(values)
-        if n == 0:
-            return rs
-        # Index of every value that does not continue the previous one: the start of a run.
-        breaks = [i for i, (a, b) in enumerate(zip(values, values[1:]), 1) if b != a + 1]
-        starts = [values[0], *(values[i] for i in breaks)]
-        ends = [*(values[i - 1] for i in breaks), values[-1]]
         rs._runs = SortedDict(zip(starts, ends))
-        rs._count = n
+        rs._count = count
         return rs
 
     def __len__(self) -> int:

@@ -143,7 +143,8 @@ class AllocatorService:
         walk plus SQLAlchemy rows took four times as long. Values are sorted here,
         not by the database. The caller disables the garbage collector meanwhile.
         """
-        by_pool: dict[int, list[Claim]] = {}
+        claims_of: dict[int, dict[str, Claim]] = {}
+        values_of: dict[int, list[int]] = {}
         scan = "SELECT pool_id, key, value, project, host, mark, revision FROM claims"
         if conn.dialect.name == "sqlite":
             scan += " NOT INDEXED"  # a table scan, not a walk of the unique index with a row look-up each
@@ -151,10 +152,12 @@ class AllocatorService:
         try:
             cursor.execute(scan)
             for pool_id, key, value, project, host, mark, revision in cursor.fetchall():
-                claims = by_pool.get(pool_id)
+                claims = claims_of.get(pool_id)
                 if claims is None:
-                    claims = by_pool[pool_id] = []
-                claims.append(Claim(key, value, project, host, mark, revision))
+                    claims = claims_of[pool_id] = {}
+                    values_of[pool_id] = []
+                claims[key] = Claim(key, value, project, host, mark, revision)
+                values_of[pool_id].append(value)
         finally:
             cursor.close()
         for row in conn.execute(select(schema.pools).order_by(schema.pools.c.id)):
@@ -163,9 +166,10 @@ class AllocatorService:
             )
             projects = tuple(json.loads(row.projects)) if row.projects is not None else None
             pool = Pool(row.name, ids, projects=projects, audit_epoch=row.audit_epoch, auditing=row.auditing)
-            claims = by_pool.pop(row.id, [])
-            pool.claims = {c.key: c for c in claims}
-            ids.load(sorted(c.value for c in claims))
+            pool.claims = claims_of.pop(row.id, {})
+            values = values_of.pop(row.id, [])
+            values.sort()
+            ids.load(values)
             self._entries[row.name] = _Entry(row.id, pool, row.created_at, row.revision)
             self._publish(row.name)
             self._next_id = max(self._next_id, row.id + 1)
