@@ -38,6 +38,8 @@ def serve(*, db: str | None, listen: str, data_dir: Path, example: bool, log_lev
     console.print(f"[bold]Tenure[/] serving on [cyan]{url}[/] (store: {db_url})")
     console.print(f"admin token: [cyan]{data_dir / ADMIN_TOKEN_FILE}[/] (written on first start, mode 0600)")
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+                            proxy_headers=False)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])

@@ -29,6 +29,7 @@ from tenure.domain.idspace import MAX_VALUE, IdSpace
 from tenure.domain.pool import Claim, ClaimOutcome, Pool, validate_key
 from tenure.services.writer import Batch, Op, Writer
 from tenure.store import schema
+from tenure.store.rawinsert import RawInsert
 
 log = logging.getLogger("tenure.allocator")
 
@@ -36,7 +37,7 @@ MAX_BULK = 10_000
 MAX_PAGE = 1000
 
 _C = schema.claims.c
-INSERT_CLAIM = schema.claims.insert()
+INSERT_CLAIM = RawInsert(schema.claims)
 DELETE_CLAIM = schema.claims.delete().where(and_(_C.pool_id == bindparam("b_pool"), _C.key == bindparam("b_key")))
 MARK_CLAIM = (
     update(schema.claims)

@@ -32,16 +32,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, bindparam, update
 from sqlalchemy.sql import Executable
 
 from tenure.domain.errors import TenureError, Unavailable
 from tenure.store import schema
+from tenure.store.rawinsert import RawInsert
 
 log = logging.getLogger("tenure.writer")
 
 Clock = Callable[[], datetime]
 MAX_BATCH = 512
+INSERT_EVENTS = RawInsert(schema.events)
+UPDATE_REVISION = update(schema.state).where(schema.state.c.id == 1).values(revision=bindparam("b_revision"))
 
 
 def utcnow() -> datetime:
@@ -82,7 +85,7 @@ class Batch:
     def __init__(self, *, revision: int, now: datetime) -> None:
         self.revision = revision  # the last revision allocated so far
         self.now = now
-        self.writes: list[tuple[Executable, list[dict[str, Any]]]] = []
+        self.writes: list[tuple[Executable | RawInsert, list[dict[str, Any]]]] = []
         self.events: list[Event] = []
         self.undo: list[Callable[[], None]] = []
         self.after_commit: list[Callable[[], None]] = []
@@ -98,7 +101,7 @@ class Batch:
         self.events.append(Event(self.revision, self.now, kind, object_id, op, labels, body))
         return self.revision
 
-    def write(self, stmt: Executable, params: dict[str, Any]) -> None:
+    def write(self, stmt: Executable | RawInsert, params: dict[str, Any]) -> None:
         """Queue one row write; consecutive writes of the same statement become one executemany."""
         if self.writes and self.writes[-1][0] is stmt:
             self.writes[-1][1].append(params)
@@ -268,13 +271,16 @@ class Writer:
                     conn = self.engine.connect()
                 with conn.begin():
                     for stmt, params in batch.writes:
-                        conn.execute(stmt, params if len(params) > 1 else params[0])
+                        if isinstance(stmt, RawInsert):
+                            stmt.execute(conn, params)
+                        else:
+                            conn.execute(stmt, params if len(params) > 1 else params[0])
                     for build in batch.end_of_batch.values():
                         stmt, params = build()
                         conn.execute(stmt, params)
                     if batch.events:
-                        conn.execute(schema.events.insert(), [e.row() for e in batch.events])
-                    conn.execute(update(schema.state).where(schema.state.c.id == 1).values(revision=batch.revision))
+                        INSERT_EVENTS.execute(conn, [e.row() for e in batch.events])
+                    conn.execute(UPDATE_REVISION, {"b_revision": batch.revision})
             except Exception as exc:
                 log.error("commit of %d commands failed: %s", len(items), exc)
                 for fn in reversed(batch.undo):
