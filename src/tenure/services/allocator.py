@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 
 from tenure.domain.access import ADMIN, Principal, claim_scope, may_see_claim, may_use_pool, require_admin
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -114,6 +114,12 @@ class _Entry:
 
 def _claim_result(pool: str, c: Claim, created: bool = False) -> ClaimResult:
     return ClaimResult(pool, c.key, c.value, c.project, c.host, c.revision, created)
+
+
+def _log_on_commit(batch: Batch, level: int, msg: str, **fields: Any) -> None:
+    """Log a change once it is committed (a refused or failed command leaves no line)."""
+    if log.isEnabledFor(level):
+        batch.on_commit(lambda: log.log(level, msg, extra=fields))
 
 
 def _labels(pool: str, project: str | None, host: str | None) -> dict[str, str]:
@@ -271,7 +277,7 @@ class AllocatorService:
             view = self._make_view(entry)
             self._publish_on_commit(batch, name)
             batch.emit("pool", name, "created", {"pool": name}, view.body())
-            log.info("pool created", extra={"pool": name, "revision": revision})
+            _log_on_commit(batch, logging.INFO, "pool created", pool=name, revision=revision)
             return view
 
         return Op(apply)
@@ -298,7 +304,7 @@ class AllocatorService:
             batch.write(schema.pools.delete().where(schema.pools.c.id == e.id), {})
             rev = batch.emit("pool", name, "deleted", {"pool": name}, self._make_view(e).body())
             self._publish_on_commit(batch, name)
-            log.info("pool deleted", extra={"pool": name, "revision": rev, "claims": len(e.pool.claims)})
+            _log_on_commit(batch, logging.INFO, "pool deleted", pool=name, revision=rev, claims=len(e.pool.claims))
             return rev
 
         return Op(apply)
@@ -322,7 +328,12 @@ class AllocatorService:
         if existing is None and pool.projects is not None and project is not None and project not in pool.projects:
             raise Forbidden(f"pool {pool.name!r} is not open to project {project!r}")
         cursor, mark, rev = pool.ids.cursor, (existing.mark if existing else 0), (existing.revision if existing else 0)
-        out = pool.claim(key, value=value, project=project, host=host, revision=batch.next_revision())
+        try:
+            out = pool.claim(key, value=value, project=project, host=host, revision=batch.next_revision())
+        except Conflict as exc:
+            if exc.code == "pool_exhausted":
+                log.warning("pool exhausted", extra={"pool": pool.name, "key": key, "size": pool.size})
+            raise
         batch.on_undo(lambda: pool.unclaim(out, cursor=cursor, mark=mark, revision=rev))
         c = out.claim
         if out.created:
@@ -347,10 +358,9 @@ class AllocatorService:
         if out.created or out.marked:
             batch.emit("claim", f"{pool.name}/{key}", "created" if out.created else "updated",
                        _labels(pool.name, c.project, c.host), result.body())
-            log.info(
-                "claim %s", "created" if out.created else "re-marked",
-                extra={"pool": pool.name, "key": key, "value": c.value, "revision": c.revision},
-            )
+            # One line per claim: at debug level only (thousands a second otherwise).
+            _log_on_commit(batch, logging.DEBUG, "claim created" if out.created else "claim re-marked",
+                           pool=pool.name, key=key, value=c.value, revision=c.revision)
         return out, result
 
     def _cursor_write(self, e: _Entry) -> tuple[Any, dict[str, Any]]:
@@ -428,7 +438,7 @@ class AllocatorService:
             body = _claim_result(pool, c).body()
             rev = batch.emit("claim", f"{pool}/{key}", "deleted", _labels(pool, c.project, c.host), body)
             self._publish_on_commit(batch, pool)
-            log.info("claim released", extra={"pool": pool, "key": key, "value": c.value, "revision": rev})
+            _log_on_commit(batch, logging.DEBUG, "claim released", pool=pool, key=key, value=c.value, revision=rev)
             return ClaimResult(pool, key, c.value, c.project, c.host, rev)
 
         return Op(apply)
@@ -458,7 +468,7 @@ class AllocatorService:
             view = self._make_view(e)
             self._publish_on_commit(batch, pool)
             batch.emit("pool", pool, "updated", {"pool": pool}, view.body())
-            log.info("audit begun", extra={"pool": pool, "epoch": epoch})
+            _log_on_commit(batch, logging.INFO, "audit begun", pool=pool, epoch=epoch)
             return view
 
         return Op(apply)
@@ -489,7 +499,7 @@ class AllocatorService:
             view = self._make_view(e)
             self._publish_on_commit(batch, pool)
             batch.emit("pool", pool, "updated", {"pool": pool}, view.body())
-            log.info("audit ended", extra={"pool": pool, "released": len(released)})
+            _log_on_commit(batch, logging.INFO, "audit ended", pool=pool, released=len(released))
             return view, released
 
         return Op(apply)
@@ -499,15 +509,20 @@ class AllocatorService:
     def _claim_from_row(self, pool: str, row: Any) -> ClaimResult:
         return ClaimResult(pool, row.key, row.value, row.project, row.host, row.revision)
 
+    @staticmethod
+    def _claims_of(view: PoolView) -> Any:
+        """SELECT of a pool's claims, as committed (reads go to the store, never to the writer's memory)."""
+        return (
+            select(_C.key, _C.value, _C.project, _C.host, _C.revision)
+            .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
+            .where(schema.pools.c.name == view.name)
+        )
+
     def get_claim(self, pool: str, key: str, *, principal: Principal = ADMIN) -> ClaimResult:
         validate_key(key)
         view = self.pool_view(pool, principal)
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(_C.key, _C.value, _C.project, _C.host, _C.revision)
-                .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
-                .where(schema.pools.c.name == view.name, _C.key == key)
-            ).first()
+            row = conn.execute(self._claims_of(view).where(_C.key == key)).first()
         if row is None:
             raise NotFound(f"pool {pool!r} has no claim for key {key!r}", code="claim_not_found", pool=pool, key=key)
         if not may_see_claim(principal, row.project, row.host):
@@ -519,11 +534,7 @@ class AllocatorService:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_VALUE:
             raise NotFound(f"no claim holds value {value} in pool {pool!r}", code="claim_not_found", pool=pool)
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(_C.key, _C.value, _C.project, _C.host, _C.revision)
-                .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
-                .where(schema.pools.c.name == view.name, _C.value == value)
-            ).first()
+            row = conn.execute(self._claims_of(view).where(_C.value == value)).first()
         if row is None or not may_see_claim(principal, row.project, row.host):
             raise NotFound(f"no claim holds value {value} in pool {pool!r}", code="claim_not_found", pool=pool)
         return self._claim_from_row(pool, row)
@@ -537,13 +548,7 @@ class AllocatorService:
         if after:  # "" means from the start; anything else must be a possible key
             validate_key(after)
         view = self.pool_view(pool, principal)
-        q = (
-            select(_C.key, _C.value, _C.project, _C.host, _C.revision)
-            .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
-            .where(schema.pools.c.name == view.name)
-            .order_by(_C.key)
-            .limit(limit + 1)
-        )
+        q = self._claims_of(view).order_by(_C.key).limit(limit + 1)
         if after:
             q = q.where(_C.key > after)
         if principal.role == "member":
@@ -554,7 +559,3 @@ class AllocatorService:
             rows = conn.execute(q).fetchall()
         page = [self._claim_from_row(pool, r) for r in rows[:limit]]
         return page, (page[-1].key if len(rows) > limit else None)
-
-    def count_claims(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(schema.claims)).scalar_one()
