@@ -139,42 +139,6 @@ class SqliteBackend(Backend):
         pass
 
 
-def durable_postgres_server() -> Any:
-    """tests/support/postgres.py's throwaway server, but durable: that one runs with fsync=off.
-
-    Its command-line ``-c fsync=off`` would beat ALTER SYSTEM, so the launch is redone here with
-    PostgreSQL's durable defaults (fsync, full_page_writes and synchronous_commit all on).
-    """
-    import subprocess
-
-    from tests.support.postgres import PostgresServer, PostgresUnavailable, _free_port
-
-    class DurablePostgres(PostgresServer):
-        def _launch(self) -> bool:
-            self.port = _free_port()
-            cmd = [str(self.bin_dir / "postgres"), "-D", str(self.dir / "data"), "-k", str(self.dir),
-                   "-p", str(self.port), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
-                   "-c", "shared_buffers=256MB", "-c", "fsync=on", "-c", "full_page_writes=on",
-                   "-c", "synchronous_commit=on"]
-            with open(self._log_path, "ab") as log:
-                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                              **self._subprocess_kwargs())
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    tail = self._log_tail()
-                    self._proc = None
-                    if "Address already in use" in tail:
-                        return False
-                    raise PostgresUnavailable(f"postgres exited during start-up:\n{tail}")
-                if self._accepting():
-                    return True
-                time.sleep(0.1)
-            raise PostgresUnavailable("postgres did not accept connections within 30 s")
-
-    return DurablePostgres()
-
-
 class PostgresBackend(Backend):
     name = "postgresql"
     paramstyle_insert = (PG_INSERT_CLAIM, PG_INSERT_EVENT)
@@ -183,7 +147,9 @@ class PostgresBackend(Backend):
         import psycopg
 
         self.psycopg = psycopg
-        self.server = durable_postgres_server().start()
+        from tests.support.postgres import PostgresServer
+
+        self.server = PostgresServer(durable=True).start()  # the test one runs with fsync=off
         self.n = itertools.count()
         self.neutron_range = neutron_range
         self._neutron_template = False

@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from tenure.api.app import ServerConfig, create_app
-from tenure.services.runtime import Runtime
+from tenure.services.embedded import Allocator
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -70,12 +70,13 @@ def new_db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture
-def runtime(db_url: str) -> Iterator[Runtime]:
-    rt = Runtime.open(db_url)
+def alloc(db_url: str) -> Iterator[Allocator]:
+    """The embedded allocator over a fresh store on the parametrized backend."""
+    a = Allocator.open(db_url)
     try:
-        yield rt
+        yield a
     finally:
-        rt.close()
+        a.close()
 
 
 @dataclass

@@ -6,22 +6,12 @@ these pin down a few sequences exactly, on both stores.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 
 from tenure import Allocator
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError, Unavailable
 from tenure.domain.idspace import MAX_VALUE
-
-
-@pytest.fixture
-def alloc(db_url: str) -> Iterator[Allocator]:
-    a = Allocator.open(db_url)
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 def reopen(alloc: Allocator, url: str) -> Allocator:

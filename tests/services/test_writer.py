@@ -75,15 +75,6 @@ def outcome(fut: Future[Any]) -> Any:
         return exc
 
 
-@pytest.fixture
-def alloc(db_url: str) -> Iterator[Allocator]:
-    a = Allocator.open(db_url)
-    try:
-        yield a
-    finally:
-        a.close()
-
-
 # -- group commit -----------------------------------------------------------------
 
 

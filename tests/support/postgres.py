@@ -99,8 +99,10 @@ class PostgresServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, bin_dir: pathlib.Path | None = None) -> None:
+    def __init__(self, bin_dir: pathlib.Path | None = None, *, durable: bool = False) -> None:
+        """``durable=True`` keeps PostgreSQL's crash-safe defaults (benchmarks compare durable stores)."""
         self.bin_dir = bin_dir or find_pg_bin()
+        self.durable = durable
         self.port: int | None = None
         self.dir: pathlib.Path | None = None
         self._proc: subprocess.Popen | None = None
@@ -250,12 +252,14 @@ class PostgresServer:
             "-k", str(self.dir),  # Unix socket in our own dir, not /run/postgresql
             "-p", str(self.port),
             "-c", "listen_addresses=127.0.0.1",
-            # Throwaway data: durability buys nothing and costs a lot of time.
-            "-c", "fsync=off",
-            "-c", "full_page_writes=off",
             "-c", "max_connections=200",
             "-c", "shared_buffers=128MB",
         ]
+        if self.durable:
+            cmd += ["-c", "fsync=on", "-c", "full_page_writes=on", "-c", "synchronous_commit=on"]
+        else:
+            # Throwaway data: durability buys nothing and costs a lot of time.
+            cmd += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         with open(self._log_path, "ab") as log:
             # Own session/process group, so stop() can kill everything the
             # postmaster spawned, and a Ctrl-C on the terminal doesn't hit it
