@@ -48,6 +48,7 @@ class ServerConfig:
     example: bool = False
     clock: Clock = utcnow
     before_ready: Callable[[], None] | None = None  # test hook, runs in the restore thread
+    on_restore_failed: Callable[[BaseException], None] | None = None  # e.g. stop the server: nothing to serve
 
 
 @dataclass
@@ -102,9 +103,11 @@ def _restore(state: ServerState) -> None:
             cfg.before_ready()
         state.ready.set()
         log.info("ready", extra={"revision": rt.revision, "restore_seconds": round(rt.restore_seconds, 3)})
-    except BaseException as exc:  # surfaced by /healthz and logged; the process stays up to report it
+    except BaseException as exc:  # surfaced by /healthz and logged; `tenure serve` then exits non-zero
         state.error = exc
         log.exception("restore failed")
+        if cfg.on_restore_failed is not None:
+            cfg.on_restore_failed(exc)
 
 
 def create_app(config: ServerConfig) -> FastAPI:

@@ -37,9 +37,18 @@ def serve(*, db: str | None, listen: str, data_dir: Path, example: bool, log_lev
     console = Console(stderr=True)
     console.print(f"[bold]Tenure[/] serving on [cyan]{url}[/] (store: {db_url})")
     console.print(f"admin token: [cyan]{data_dir / ADMIN_TOKEN_FILE}[/] (written on first start, mode 0600)")
-    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example))
+    failure: list[BaseException] = []
+
+    def stop(exc: BaseException) -> None:  # the restore failed: nothing to serve, exit non-zero
+        failure.append(exc)
+        server.should_exit = True
+
+    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop))
     # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
                             proxy_headers=False)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
+    if failure:
+        console.print(f"[red]error:[/] could not restore the store: {failure[0]}")
+        raise SystemExit(1)
