@@ -35,9 +35,13 @@ class ServerProcess:
             )
         deadline = time.monotonic() + START_DEADLINE
         info = self.data_dir / "server.json"
-        while not info.exists():
-            self._check_alive(deadline)
-            time.sleep(0.01)  # polling for the file the server writes, bounded by the deadline
+        try:
+            while not info.exists():
+                self._check_alive(deadline)
+                time.sleep(0.01)  # polling for the file the server writes, bounded by the deadline
+        except BaseException:
+            self.stop()  # a server that did not start must not outlive the test
+            raise
         self.url = json.loads(info.read_text())["url"]
         return self
 

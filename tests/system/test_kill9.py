@@ -105,13 +105,15 @@ def test_claims_survive_kill_9(db_url, tmp_path):
 @pytest.mark.system
 def test_second_server_on_the_same_store_exits_with_an_error(db_url, tmp_path):
     first = ServerProcess(db_url=db_url, data_dir=tmp_path / "a").start()
+    second = ServerProcess(db_url=db_url, data_dir=tmp_path / "b")
     try:
         first.wait_ready()
-        second = ServerProcess(db_url=db_url, data_dir=tmp_path / "b").start()
+        second.start()
         assert second.proc is not None
         assert second.proc.wait(60) == 1
         assert "owns" in second.log.read_text()
         with httpx.Client(base_url=first.url, timeout=10) as client:
             assert client.get("/healthz").status_code == 200
     finally:
+        second.stop()  # never leave a process behind, also when an assertion failed
         first.stop()
