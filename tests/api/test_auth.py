@@ -46,6 +46,7 @@ def test_token_scopes_are_validated(api):
         {"role": "admin", "project": "p"},
         {"role": "root"},
         {"role": "member", "project": "bad/name"},
+        {"role": "admin", "description": "nul\u0000inside"},
     ):
         r = api.post("/v1/tokens", json=body)
         assert r.status_code == 400, (body, r.text)
@@ -100,3 +101,12 @@ def test_agent_claims_are_scoped_to_its_host(api):
     assert api.delete("/v1/pools/ids/claims/q", token=h2).status_code == 403
     assert api.get("/v1/pools/ids/claims", token=h2).json()["claims"] == []
     assert api.delete("/v1/pools/ids/claims/q", token=h1).status_code == 200
+
+
+def test_bulk_exhaustion_reports_the_pool_as_it_stays(api):
+    api.post("/v1/pools", json={"name": "small", "ranges": [[1, 10]]})
+    api.post("/v1/pools/small/claims", json={"key": "held"})
+    r = api.post("/v1/pools/small/claims:bulk", json={"claims": [{"key": f"k{i}"} for i in range(20)]})
+    err = r.json()["error"]
+    assert r.status_code == 409 and err["code"] == "pool_exhausted"
+    assert err["used"] == 1 and err["size"] == 10 and err["requested"] == 20

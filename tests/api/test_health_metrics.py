@@ -46,7 +46,9 @@ def test_metrics_count_requests_claims_and_utilisation(api):
     api.post("/v1/pools/p/claims", json={"key": "a"})
     api.post("/v1/pools/p/claims", json={"key": "b", "value": 99})
     api.post("/v1/pools/nope/claims", json={"key": "b"})
-    s = _samples(api.client.get("/metrics").text)
+    assert api.client.get("/metrics").status_code == 401
+    assert api.get("/metrics", token=api.token("member", project="x")).status_code == 403
+    s = _samples(api.get("/metrics").text)
     assert s[("tenure_claims_total", (("outcome", "created"), ("pool", "p")))] == 1
     assert s[("tenure_claims_total", (("outcome", "existing"), ("pool", "p")))] == 1
     assert s[("tenure_claims_total", (("outcome", "refused"), ("pool", "p")))] == 1

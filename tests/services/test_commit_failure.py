@@ -39,3 +39,37 @@ def test_failed_commit_is_undone_and_the_writer_recovers(db_url):
     with Allocator.open(db_url) as ids:
         assert {c.key: c.value for c in ids.claims("p")[0]} == {"before": 1, "after": 2}
         assert ids.claim("p", "lost").value == 3
+
+
+class FailRowsWithKey:
+    """Fault injection: any INSERT INTO claims whose rows include ``key`` raises (a value the driver refuses)."""
+
+    def __init__(self, engine, key: str) -> None:
+        self.key = key
+        event.listen(engine, "before_cursor_execute", self)
+
+    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO CLAIMS") and self.key in repr(parameters):
+            raise RuntimeError("injected: the driver refuses this row")
+
+
+def test_one_bad_command_does_not_fail_the_others_in_its_batch(db_url):
+    from tests.services.test_writer import writer_held
+
+    with Allocator.open(db_url) as ids:
+        ids.create_pool("p", ranges=[[1, 100]])
+        FailRowsWithKey(ids.runtime.engine, "poison")
+        svc, writer = ids.runtime.allocator, ids.runtime.writer
+        with writer_held(writer):  # everything submitted now lands in one batch
+            futures = {k: writer.submit(svc.claim_op("p", k)) for k in ("a", "poison", "b", "c")}
+        results = {}
+        for k, f in futures.items():
+            try:
+                results[k] = f.result(30).value
+            except Unavailable as exc:
+                results[k] = exc.code
+        assert results["poison"] == "store_error"
+        assert sorted(v for k, v in results.items() if k != "poison") == [1, 2, 3]
+        assert ids.pool("p").used == 3
+    with Allocator.open(db_url) as ids:
+        assert {c.key for c in ids.claims("p")[0]} == {"a", "b", "c"}

@@ -248,13 +248,15 @@ def test_bulk_claim_validation_is_refused_before_the_writer(alloc: Allocator) ->
     assert events_count(alloc) == events
 
 
-def test_a_failed_commit_undoes_every_command_of_the_batch(alloc: Allocator, db_url: str) -> None:
+def test_a_failed_commit_is_retried_command_by_command(alloc: Allocator, db_url: str) -> None:
+    """A batch whose commit fails is undone, then each command is committed alone: those that can
+    commit do, the one that broke it (and only what it keeps breaking) fails, and memory stays the store."""
     alloc.create_pool("p", ranges=[[0, 9]], strategy="next")
     alloc.claim("p", "r")  # 0
     alloc.claim("p", "s")  # 1
     rt, svc = alloc.runtime, alloc.runtime.allocator
-    revision, view, before = rt.revision, alloc.pool("p"), stored_claims(alloc, "p")
-    # A row squatting on the next revision makes the batch's event insert, and so its commit, fail.
+    revision, view = rt.revision, alloc.pool("p")
+    # A row squatting on revision + 3 makes every commit that would write that revision fail.
     squatter = {
         "revision": revision + 3, "ts": view.created_at, "kind": "test", "object_id": "x", "op": "created",
         "labels": "{}", "body": "{}",
@@ -263,35 +265,32 @@ def test_a_failed_commit_undoes_every_command_of_the_batch(alloc: Allocator, db_
         conn.execute(insert(schema.events), squatter)
     with writer_held(rt.writer):
         futs = [
-            rt.writer.submit(svc.claim_op("p", "new")),
-            rt.writer.submit(svc.release_op("p", "r")),
-            rt.writer.submit(svc.claim_op("p", "reuses-r", value=0)),
-            rt.writer.submit(svc.claim_op("p", "refused", value=1)),
-            rt.writer.submit(svc.audit_begin_op("p")),
-            rt.writer.submit(svc.claim_many_op("p", [("m1", None), ("m2", None)])),
+            rt.writer.submit(svc.claim_op("p", "new")),  # alone: revision + 1, commits
+            rt.writer.submit(svc.release_op("p", "r")),  # alone: revision + 2, commits
+            rt.writer.submit(svc.claim_op("p", "reuses-r", value=0)),  # revision + 3: fails
+            rt.writer.submit(svc.claim_op("p", "refused", value=1)),  # refused before any commit
+            rt.writer.submit(svc.audit_begin_op("p")),  # revision + 3 again: fails
+            rt.writer.submit(svc.claim_many_op("p", [("m1", None), ("m2", None)])),  # fails
         ]
     results = [outcome(f) for f in futs]
-    for i, res in enumerate(results):
-        if i == 3:
-            assert isinstance(res, Conflict) and res.code == "value_taken"  # its own refusal, not the store's
-        else:
-            assert isinstance(res, Unavailable) and res.code == "store_error", res
-    # Memory is back where the store is.
-    assert rt.revision == revision
-    assert alloc.pool("p") == view
-    assert stored_claims(alloc, "p") == before
+    assert results[0].value == 2 and results[1].value == 0
+    assert isinstance(results[3], Conflict) and results[3].code == "value_taken"  # its own refusal
+    for res in (results[2], results[4], results[5]):
+        assert isinstance(res, Unavailable) and res.code == "store_error", res
+    # Memory is where the store is.
+    assert rt.revision == revision + 2
+    assert stored_claims(alloc, "p") == {"s": 1, "new": 2}
+    assert alloc.pool("p").used == 2 and not alloc.pool("p").auditing
     with rt.engine.begin() as conn:
         conn.execute(schema.events.delete().where(schema.events.c.kind == "test"))
-    # The same commands now succeed with exactly the answers they would have had.
-    assert alloc.claim("p", "new").value == 2
-    assert alloc.release("p", "r").value == 0
     assert alloc.claim("p", "reuses-r", value=0).value == 0
     with pytest.raises(Conflict):
-        alloc.audit_end("p")  # the undone audit_begin left no audit open
+        alloc.audit_end("p")  # the failed audit_begin left no audit open
     alloc.close()
     with Allocator.open(db_url) as again:
         assert stored_claims(again, "p") == {"s": 1, "new": 2, "reuses-r": 0}
         assert again.claim("p", "next").value == 3
+
 
 
 def test_an_unchanged_reclaim_writes_nothing(alloc: Allocator) -> None:

@@ -16,18 +16,21 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tenure.api import errors, routes
+from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
 from tenure.config import ADMIN_TOKEN_FILE
-from tenure.domain.errors import Unavailable
+from tenure.domain.access import Principal, require_admin
+from tenure.domain.errors import Unauthorized, Unavailable
 from tenure.services.runtime import Runtime
+from tenure.services.tokens import new_secret
 from tenure.services.writer import Clock, utcnow
 
 log = logging.getLogger("tenure.server")
@@ -65,19 +68,34 @@ class ServerState:
 
 
 def write_admin_token(runtime: Runtime, data_dir: Path) -> Path | None:
-    """On the first start (no tokens at all), create an admin token and write it 0600."""
+    """On the first start (no tokens at all), create an admin token and write it 0600.
+
+    The secret is written (and fsynced) to ``admin.token.pending`` before the token is committed,
+    then renamed: a crash between the commit and the rename is finished at the next start, so the
+    operator is never locked out by a token that exists only as a hash.
+    """
+    path = data_dir / ADMIN_TOKEN_FILE
+    pending = path.with_name(ADMIN_TOKEN_FILE + ".pending")
+    if pending.exists():
+        secret = pending.read_text().strip()
+        try:
+            runtime.tokens.authenticate(secret)
+        except Unauthorized:
+            pending.unlink()  # written, never committed: a new bootstrap follows if none exists
+        else:
+            os.replace(pending, path)
+            return path
     if not runtime.tokens.empty:
         return None
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret, _ = runtime.run(runtime.tokens.create_op(role="admin", description="bootstrap admin"))
-    path = data_dir / ADMIN_TOKEN_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    secret = new_secret()
+    fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    runtime.run(runtime.tokens.create_op(role="admin", description="bootstrap admin", secret=secret))
+    os.replace(pending, path)
     return path
 
 
@@ -143,10 +161,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         if not state.ready.is_set() or state.runtime is None:
             return JSONResponse({"status": "restoring"}, status_code=503)
         rt = state.runtime
+        if rt.writer.failure is not None:
+            return JSONResponse({"status": "failed", "error": f"writer stopped: {rt.writer.failure}"}, status_code=503)
         return JSONResponse({"status": "ok", "revision": rt.revision})
 
     @app.get("/metrics", tags=["system"])
-    def prometheus(request: Request) -> Response:
+    def prometheus(who: Annotated[Principal, Depends(authenticate)]) -> Response:
+        # Admin only: pool names and usage span every project (Prometheus sends a bearer token).
+        require_admin(who, "reading metrics")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(RequestMetrics, metrics=metrics)

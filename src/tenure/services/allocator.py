@@ -412,8 +412,18 @@ class AllocatorService:
 
         def apply(batch: Batch) -> list[ClaimResult]:
             e = self._entry(pool, principal)
+            used = e.pool.used
             # Any refusal raises; the writer then runs the undo of every claim made so far.
-            results = [self._claim_in(batch, e, k, v, project, host, principal)[1] for k, v in items]
+            try:
+                results = [self._claim_in(batch, e, k, v, project, host, principal)[1] for k, v in items]
+            except Conflict as exc:
+                if exc.code != "pool_exhausted":
+                    raise
+                # Report the pool as it stays (the bulk is undone), not as it was mid-way.
+                raise Conflict(
+                    f"pool {pool!r} has {e.pool.size - used} free values, fewer than this bulk claim needs",
+                    code="pool_exhausted", pool=pool, size=e.pool.size, used=used, requested=len(items),
+                ) from None
             self._publish_on_commit(batch, pool)
             return results
 

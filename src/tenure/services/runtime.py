@@ -90,12 +90,18 @@ class Runtime:
         return self.writer.execute(op, timeout=timeout)
 
     async def arun(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        fut = asyncio.wrap_future(self.writer.submit(op))
+        cf = self.writer.submit(op)
+        fut = asyncio.wrap_future(cf)
         try:
             async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
                 return await fut
         except TimeoutError:
-            raise Unavailable(f"the store did not commit within {timeout} s", code="store_timeout") from None
+            # A still-queued command is cancelled and will not run; a running one may yet commit,
+            # and the caller must know that (retry idempotently, then look).
+            if cf.cancel():
+                raise Unavailable(f"the store did not start within {timeout} s", code="store_timeout") from None
+            raise Unavailable(f"no answer from the store within {timeout} s; the change may still commit",
+                              code="outcome_unknown") from None
 
     def close(self) -> None:
         self.writer.close()

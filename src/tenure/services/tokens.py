@@ -18,10 +18,15 @@ from sqlalchemy import Connection, select, update
 
 from tenure.domain.access import ADMIN, Principal, check_scope, require_admin
 from tenure.domain.errors import NotFound, Unauthorized
+from tenure.domain.pool import validate_text
 from tenure.services.writer import Batch, Op, Writer
 from tenure.store import schema
 
 TOKEN_PREFIX = "tnr_"
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
@@ -86,14 +91,21 @@ class TokenService:
         host: str | None = None,
         description: str | None = None,
         principal: Principal = ADMIN,
+        secret: str | None = None,
     ) -> Op:
-        """Returns ``(secret, info)``; the secret is never stored or shown again."""
+        """Returns ``(secret, info)``; the secret is never stored or shown again.
+
+        ``secret`` is given only by the bootstrap, which must write it to its file before the commit.
+        """
         require_admin(principal, "creating a token")
         check_scope(role, project, host)
+        if description is not None:
+            validate_text(description, what="description")
+        chosen = secret or new_secret()
 
         def apply(batch: Batch) -> tuple[str, TokenInfo]:
             token_id = secrets.token_hex(8)
-            secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            secret = chosen
             digest = hash_token(secret)
             info = TokenInfo(token_id, role, project, host, description, batch.now, None, batch.next_revision())
             batch.write(

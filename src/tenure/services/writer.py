@@ -176,6 +176,7 @@ class Writer:
         self._stopped = threading.Event()
         self.batches = 0
         self.commands = 0
+        self.failure: BaseException | None = None  # set if the writer thread stopped on a bug
 
     def start(self) -> None:
         self._thread.start()
@@ -198,7 +199,11 @@ class Writer:
         try:
             return fut.result(timeout=timeout)
         except TimeoutError:
-            raise Unavailable(f"the store did not commit within {timeout} s", code="store_timeout") from None
+            # Still queued: it will not run. Already running: it may yet commit, so say so.
+            if fut.cancel():
+                raise Unavailable(f"the store did not start within {timeout} s", code="store_timeout") from None
+            raise Unavailable(f"no answer from the store within {timeout} s; the change may still commit",
+                              code="outcome_unknown") from None
 
     def close(self, timeout: float = 30.0) -> None:
         if self._stopped.is_set():
@@ -228,7 +233,16 @@ class Writer:
                         stop = True
                         break
                     items.append(nxt)
-                conn = self._commit_batch(conn, items)
+                try:
+                    conn = self._commit_batch(conn, items)
+                except BaseException as exc:  # a bug in an undo or after-commit step: stop, loudly
+                    log.critical("writer stopped: %s", exc, exc_info=True)
+                    self.failure = exc
+                    self._stopped.set()
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(Unavailable("the writer failed", code="writer_failed"))
+                    break
                 if stop:
                     break
         finally:
@@ -246,12 +260,15 @@ class Writer:
             if item is not None and not item.future.done():
                 item.future.set_exception(Unavailable("the store is closed", code="store_closed"))
 
-    def _commit_batch(self, conn: Any, items: list[_Pending]) -> Any:
-        """Apply and commit one batch; returns the connection to use next (None after a failure)."""
+    def _commit_batch(self, conn: Any, items: list[_Pending], *, retry: bool = False) -> Any:
+        """Apply and commit one batch; returns the connection to use next (None after a failure).
+
+        ``retry``: the items' futures are already running (a failed batch being retried one by one).
+        """
         batch = Batch(revision=self.revision, now=self.clock())
         outcomes: list[tuple[_Pending, bool, Any]] = []
         for item in items:
-            if not item.future.set_running_or_notify_cancel():
+            if not retry and not item.future.set_running_or_notify_cancel():
                 continue
             mark = batch.mark()
             try:
@@ -285,12 +302,23 @@ class Writer:
                 log.error("commit of %d commands failed: %s", len(items), exc)
                 for fn in reversed(batch.undo):
                     fn()
-                err = Unavailable(f"the store failed to commit: {type(exc).__name__}", code="store_error")
-                for item, ok, value in outcomes:
-                    item.future.set_exception(err if ok else value)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
+                conn = None
+                applied = [item for item, ok, _ in outcomes if ok]
+                for item, ok, value in outcomes:
+                    if not ok:
+                        item.future.set_exception(value)
+                if len(applied) > 1:
+                    # One command's rows may have broken the commit for all (say, a value the driver
+                    # refuses): commit each alone, so only the culprit fails and the others go through.
+                    for item in applied:
+                        conn = self._commit_batch(conn, [item], retry=True)
+                    return conn
+                err = Unavailable(f"the store failed to commit: {type(exc).__name__}", code="store_error")
+                for item in applied:
+                    item.future.set_exception(err)
                 return None
             self.revision = batch.revision
         for fn in batch.after_commit:
