@@ -217,6 +217,11 @@ class Pool:
         self.ids.release(claim.value)
         return claim
 
+    def reinstate(self, claim: Claim) -> None:
+        """Put back a released claim (undo of a release or an audit sweep being rolled back)."""
+        self.claims[claim.key] = claim
+        self.ids.take(claim.value)
+
     def unclaim(self, outcome: ClaimOutcome, *, cursor: int, mark: int, revision: int) -> None:
         """Undo a claim made in a command that is being rolled back."""
         claim = outcome.claim

@@ -438,12 +438,7 @@ class AllocatorService:
             if not may_see_claim(principal, c.project, c.host):
                 raise Forbidden(f"the claim of key {key!r} belongs to another owner")
             e.pool.release(key)
-
-            def undo() -> None:
-                e.pool.claims[key] = c
-                e.pool.ids.take(c.value)
-
-            batch.on_undo(undo)
+            batch.on_undo(lambda: e.pool.reinstate(c))
             batch.write(DELETE_CLAIM, {"b_pool": e.id, "b_key": key})
             body = _claim_result(pool, c).body()
             rev = batch.emit("claim", f"{pool}/{key}", "deleted", _labels(pool, c.project, c.host), body)
@@ -493,8 +488,7 @@ class AllocatorService:
 
             def undo() -> None:
                 for c in stale:
-                    e.pool.claims[c.key] = c
-                    e.pool.ids.take(c.value)
+                    e.pool.reinstate(c)
                 e.pool.auditing, e.revision = True, old_rev
 
             batch.on_undo(undo)

@@ -60,7 +60,8 @@ class TokenInfo:
 class TokenService:
     def __init__(self, *, writer: Writer) -> None:
         self.writer = writer
-        self._by_hash: dict[str, tuple[str, Principal]] = {}  # hash -> (id, principal), active only
+        self._by_hash: dict[str, Principal] = {}  # hash -> principal, active tokens only
+        self._hash_of: dict[str, str] = {}  # token id -> hash, active tokens only
         self._tokens: dict[str, TokenInfo] = {}  # id -> info, revoked included
 
     def load(self, conn: Connection) -> None:
@@ -69,7 +70,8 @@ class TokenService:
                              row.revoked_at, row.revision)
             self._tokens[row.id] = info
             if row.revoked_at is None:
-                self._by_hash[row.hash] = (row.id, Principal(row.role, row.project, row.host, row.id))
+                self._by_hash[row.hash] = Principal(row.role, row.project, row.host, row.id)
+                self._hash_of[row.id] = row.hash
 
     @property
     def empty(self) -> bool:
@@ -81,7 +83,7 @@ class TokenService:
         found = self._by_hash.get(hash_token(token))
         if found is None:
             raise Unauthorized("the token is not valid or has been revoked", code="invalid_token")
-        return found[1]
+        return found
 
     def create_op(
         self,
@@ -101,12 +103,11 @@ class TokenService:
         check_scope(role, project, host)
         if description is not None:
             validate_text(description, what="description")
-        chosen = secret or new_secret()
+        secret = secret or new_secret()
+        digest = hash_token(secret)
 
         def apply(batch: Batch) -> tuple[str, TokenInfo]:
             token_id = secrets.token_hex(8)
-            secret = chosen
-            digest = hash_token(secret)
             info = TokenInfo(token_id, role, project, host, description, batch.now, None, batch.next_revision())
             batch.write(
                 schema.tokens.insert(),
@@ -126,7 +127,8 @@ class TokenService:
 
             def commit() -> None:
                 self._tokens[token_id] = info
-                self._by_hash[digest] = (token_id, Principal(role, project, host, token_id))
+                self._by_hash[digest] = Principal(role, project, host, token_id)
+                self._hash_of[token_id] = digest
 
             batch.on_commit(commit)
             return secret, info
@@ -152,9 +154,7 @@ class TokenService:
 
             def commit() -> None:
                 self._tokens[token_id] = revoked
-                for h, (tid, _) in list(self._by_hash.items()):
-                    if tid == token_id:
-                        del self._by_hash[h]
+                self._by_hash.pop(self._hash_of.pop(token_id), None)
 
             batch.on_commit(commit)
             return revoked
