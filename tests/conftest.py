@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from tenure.api.app import ServerConfig, create_app
+from tenure.api.app import Server, ServerConfig, create_app
 from tenure.services.embedded import Allocator
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 
@@ -123,7 +123,7 @@ def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, **config:
     port = sock.getsockname()[1]
     started = threading.Event()
 
-    class _Server(uvicorn.Server):
+    class _Server(Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             started.set()

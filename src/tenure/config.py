@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVER_FILE = "server.json"
@@ -47,3 +48,15 @@ def local_admin_token(data_dir: Path) -> str | None:
         return (data_dir / ADMIN_TOKEN_FILE).read_text().strip() or None
     except OSError:
         return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunables of a runtime (``tenure serve`` options)."""
+
+    history_age: float = 24 * 3600.0  # seconds of event history kept for resuming watchers
+    history_events: int = 1_000_000  # at most this many events kept
+    compact_interval: float = 60.0  # how often the history is compacted
+    agent_down_after: float = 75.0  # an agent silent this long is marked down (Neutron's default)
+    agent_sweep_interval: float = 5.0  # how often silent agents are looked for
+    housekeeping: bool = True  # run the background threads (tests drive them by hand instead)

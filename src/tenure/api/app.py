@@ -18,20 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import errors, routes
+from tenure.api import agents, errors, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
 from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Unauthorized, Unavailable
-from tenure.services.runtime import Runtime
+from tenure.services.runtime import Runtime, Settings
 from tenure.services.tokens import new_secret
 from tenure.services.writer import Clock, utcnow
+from tenure.watch.hub import BOOKMARK_INTERVAL, MAX_PENDING, RING_SIZE, Hub
 
 log = logging.getLogger("tenure.server")
 
@@ -50,6 +52,11 @@ class ServerConfig:
     data_dir: Path
     example: bool = False
     clock: Clock = utcnow
+    settings: Settings = field(default_factory=Settings)
+    watch_mode: str = "index"  # "broadcast": the baseline dispatcher of bench/watch.py
+    bookmark_interval: float = BOOKMARK_INTERVAL
+    watch_max_pending: int = MAX_PENDING
+    watch_ring: int = RING_SIZE
     before_ready: Callable[[], None] | None = None  # test hook, runs in the restore thread
     on_restore_failed: Callable[[BaseException], None] | None = None  # e.g. stop the server: nothing to serve
 
@@ -60,6 +67,8 @@ class ServerState:
     runtime: Runtime | None = None
     error: BaseException | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    hub: Hub = field(default_factory=Hub)
+    loop: asyncio.AbstractEventLoop | None = None
 
     def require(self) -> Runtime:
         if self.runtime is None or not self.ready.is_set():
@@ -110,8 +119,11 @@ def ensure_examples(runtime: Runtime) -> None:
 def _restore(state: ServerState) -> None:
     cfg = state.config
     try:
-        rt = Runtime.open(cfg.db_url, clock=cfg.clock)
+        rt = Runtime.open(cfg.db_url, clock=cfg.clock, settings=cfg.settings)
         state.runtime = rt
+        assert state.loop is not None
+        state.hub.attach(state.loop, rt.revision)  # before any command: the hub misses no commit
+        rt.writer.subscribe(state.hub.publish)
         token_path = write_admin_token(rt, cfg.data_dir)
         if token_path:
             log.info("admin token written", extra={"path": str(token_path)})
@@ -129,16 +141,20 @@ def _restore(state: ServerState) -> None:
 
 
 def create_app(config: ServerConfig) -> FastAPI:
-    state = ServerState(config)
-    metrics = Metrics(lambda: state.runtime if state.ready.is_set() else None)
+    hub = Hub(ring_size=config.watch_ring, max_pending=config.watch_max_pending,
+              bookmark_interval=config.bookmark_interval, mode=config.watch_mode)
+    state = ServerState(config, hub=hub)
+    metrics = Metrics(lambda: state.runtime if state.ready.is_set() else None, hub)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
         thread = threading.Thread(target=_restore, args=(state,), name="tenure-restore", daemon=True)
         thread.start()
         try:
             yield
         finally:
+            hub.close()
             await asyncio.to_thread(thread.join)
             if state.runtime is not None:
                 state.runtime.close()
@@ -153,6 +169,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(watch.router)
+    app.include_router(agents.router)
 
     @app.get("/healthz", tags=["system"])
     def healthz() -> Response:
@@ -163,7 +181,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         rt = state.runtime
         if rt.writer.failure is not None:
             return JSONResponse({"status": "failed", "error": f"writer stopped: {rt.writer.failure}"}, status_code=503)
-        return JSONResponse({"status": "ok", "revision": rt.revision})
+        return JSONResponse({"status": "ok", "revision": rt.revision, "compacted_revision": rt.history.compacted,
+                             "watchers": hub.watchers})
 
     @app.get("/metrics", tags=["system"])
     def prometheus(who: Annotated[Principal, Depends(authenticate)]) -> Response:
@@ -173,4 +192,41 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit)
+    app.add_middleware(watch.WatchEndpoint, state=state)
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, ending watch streams first when it shuts down.
+
+    uvicorn waits for open responses to finish before it runs the app's shutdown; a watch never
+    finishes on its own, so the hub ends every stream (clients resume elsewhere or later) first.
+    """
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        app = self.config.loaded_app if self.config.loaded else self.config.app
+        state = getattr(getattr(_unwrap(app), "state", None), "tenure", None)
+        if state is not None:
+            state.hub.close()
+        await super().shutdown(sockets)
+
+
+def _unwrap(app: Any) -> Any:
+    """The FastAPI app under uvicorn's middleware wrappers."""
+    while not isinstance(app, FastAPI) and hasattr(app, "app"):
+        app = app.app
+    return app
+
+
+class _QuietCutoffs(logging.Filter):
+    """A watcher cut off while the server was blocked writing to it ends without a final chunk; uvicorn
+    reports that as an error. It is expected (the hub logs the cut-off), so it goes to debug instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "ASGI callable returned without completing response.":
+            logging.getLogger("tenure.watch").debug("stream ended without its final chunk (cut off)")
+            return False
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietCutoffs())

@@ -25,6 +25,7 @@ STATUS: dict[type[E.TenureError], int] = {
     E.Forbidden: 403,
     E.NotFound: 404,
     E.Conflict: 409,
+    E.Gone: 410,
     E.TooLarge: 413,
     E.Unavailable: 503,
 }
@@ -35,7 +36,7 @@ def error_response(status: int, code: str, message: str, **details: Any) -> JSON
     return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status, headers=headers)
 
 
-def _status_of(exc: E.TenureError) -> int:
+def status_of(exc: E.TenureError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]
@@ -55,7 +56,7 @@ def _describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str, list[d
 def install(app: FastAPI) -> None:
     @app.exception_handler(E.TenureError)
     async def _tenure(_: Request, exc: E.TenureError) -> JSONResponse:
-        return error_response(_status_of(exc), exc.code, exc.message, **exc.details)
+        return error_response(status_of(exc), exc.code, exc.message, **exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

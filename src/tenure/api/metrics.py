@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -20,8 +25,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class _StateCollector(Collector):
-    def __init__(self, runtime: Callable[[], Any]) -> None:
+    def __init__(self, runtime: Callable[[], Any], hub: Any) -> None:
         self._runtime = runtime
+        self._hub = hub
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         rt = self._runtime()
@@ -41,11 +47,25 @@ class _StateCollector(Collector):
         batches.add_metric([], rt.writer.batches)
         commands = GaugeMetricFamily("tenure_writer_commands", "Commands applied by the writer")
         commands.add_metric([], rt.writer.commands)
-        return [size, used, util, rev, batches, commands]
+        compacted = GaugeMetricFamily("tenure_compacted_revision", "Events at or below this revision are compacted")
+        compacted.add_metric([], rt.history.compacted)
+        out = [size, used, util, rev, batches, commands, compacted]
+        hub = self._hub
+        if hub is not None:
+            for name, doc, value in (
+                ("tenure_watchers", "Open watch streams", hub.watchers),
+                ("tenure_watch_events", "Events dispatched to watchers (counter)", hub.dispatched),
+                ("tenure_watch_deliveries", "Event deliveries to watchers (counter)", hub.delivered),
+                ("tenure_watch_cutoffs", "Watchers cut off for reading too slowly (counter)", hub.cutoffs),
+            ):
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], value)
+                out.append(g)
+        return out
 
 
 class Metrics:
-    def __init__(self, runtime: Callable[[], Any]) -> None:
+    def __init__(self, runtime: Callable[[], Any], hub: Any = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("tenure_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
@@ -54,7 +74,7 @@ class Metrics:
         self.claims = Counter("tenure_claims", "Claim requests by pool and outcome (created, existing, refused)",
                               ["pool", "outcome"], registry=self.registry)
         self.releases = Counter("tenure_releases", "Claims released", ["pool"], registry=self.registry)
-        self.registry.register(_StateCollector(runtime))
+        self.registry.register(_StateCollector(runtime, hub))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -2,7 +2,7 @@
 
 Every error a client can cause is one of these classes. Each carries a stable
 machine-readable ``code``, a human ``message`` and optional ``details``; the API
-layer maps the class to an HTTP status (400, 401, 403, 404, 409, 413, 503) and
+layer maps the class to an HTTP status (400, 401, 403, 404, 409, 410, 413, 503) and
 renders ``{"error": {"code", "message", ...details}}``. The domain layer knows
 nothing of HTTP: the class says what kind of failure it is, not how to send it.
 """
@@ -55,6 +55,12 @@ class Conflict(TenureError):
     """The request is valid but conflicts with the current state (409)."""
 
     default_code = "conflict"
+
+
+class Gone(TenureError):
+    """What was asked for is no longer kept, e.g. event history older than the compaction (410)."""
+
+    default_code = "gone"
 
 
 class TooLarge(TenureError):

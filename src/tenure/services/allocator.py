@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from tenure.domain.access import ADMIN, Principal, claim_scope, may_see_claim, may_use_pool, require_admin
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -35,6 +35,7 @@ log = logging.getLogger("tenure.allocator")
 
 MAX_BULK = 10_000
 MAX_PAGE = 1000
+PAGE_STREAM = 1000  # rows fetched at a time when a snapshot streams every claim
 
 _C = schema.claims.c
 INSERT_CLAIM = RawInsert(schema.claims)
@@ -120,6 +121,13 @@ def _log_on_commit(batch: Batch, level: int, msg: str, **fields: Any) -> None:
     """Log a change once it is committed (a refused or failed command leaves no line)."""
     if log.isEnabledFor(level):
         batch.on_commit(lambda: log.log(level, msg, extra=fields))
+
+
+def _emit_deleted(batch: Batch, pool: str, c: Claim) -> ClaimResult:
+    """The event of a claim's release; its body is what DELETE answers (the release's revision)."""
+    result = ClaimResult(pool, c.key, c.value, c.project, c.host, batch.next_revision())
+    batch.emit("claim", f"{pool}/{c.key}", "deleted", _labels(pool, c.project, c.host), result.body())
+    return result
 
 
 def _labels(pool: str, project: str | None, host: str | None) -> dict[str, str]:
@@ -295,8 +303,7 @@ class AllocatorService:
                     used=e.pool.used,
                 )
             for c in list(e.pool.claims.values()):
-                batch.emit("claim", f"{name}/{c.key}", "deleted", _labels(name, c.project, c.host),
-                           _claim_result(name, c).body())
+                _emit_deleted(batch, name, c)
             del self._entries[name]
             batch.on_undo(lambda: self._entries.__setitem__(name, e))
             # Claims go with the pool (ON DELETE CASCADE is not relied upon: SQLite needs the pragma).
@@ -440,11 +447,11 @@ class AllocatorService:
             e.pool.release(key)
             batch.on_undo(lambda: e.pool.reinstate(c))
             batch.write(DELETE_CLAIM, {"b_pool": e.id, "b_key": key})
-            body = _claim_result(pool, c).body()
-            rev = batch.emit("claim", f"{pool}/{key}", "deleted", _labels(pool, c.project, c.host), body)
+            result = _emit_deleted(batch, pool, c)
             self._publish_on_commit(batch, pool)
-            _log_on_commit(batch, logging.DEBUG, "claim released", pool=pool, key=key, value=c.value, revision=rev)
-            return ClaimResult(pool, key, c.value, c.project, c.host, rev)
+            _log_on_commit(batch, logging.DEBUG, "claim released", pool=pool, key=key, value=c.value,
+                           revision=result.revision)
+            return result
 
         return Op(apply)
 
@@ -495,9 +502,7 @@ class AllocatorService:
             released = []
             for c in stale:
                 batch.write(DELETE_CLAIM, {"b_pool": e.id, "b_key": c.key})
-                rev = batch.emit("claim", f"{pool}/{c.key}", "deleted", _labels(pool, c.project, c.host),
-                                 _claim_result(pool, c).body())
-                released.append(ClaimResult(pool, c.key, c.value, c.project, c.host, rev))
+                released.append(_emit_deleted(batch, pool, c))
             e.revision = batch.next_revision()
             self._pool_write(batch, e)
             view = self._make_view(e)
@@ -563,3 +568,48 @@ class AllocatorService:
             rows = conn.execute(q).fetchall()
         page = [self._claim_from_row(pool, r) for r in rows[:limit]]
         return page, (page[-1].key if len(rows) > limit else None)
+
+    # ------------------------------------------- snapshots (watch initial=true)
+
+    def list_pools_at(
+        self, conn: Connection, pins: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        """Every pool as of ``conn``'s snapshot, as events carry it: (id, labels, body)."""
+        P = schema.pools.c
+        used = dict(conn.execute(select(_C.pool_id, func.count()).group_by(_C.pool_id)).all())
+        q = select(schema.pools).order_by(P.name)
+        if "pool" in pins:
+            q = q.where(P.name.in_(sorted(pins["pool"])))
+        for row in conn.execute(q).all():
+            ranges, reserved = json.loads(row.ranges), json.loads(row.reserved)
+            view = PoolView(
+                name=row.name,
+                ranges=tuple((lo, hi) for lo, hi in ranges),
+                reserved=tuple((lo, hi) for lo, hi in reserved),
+                strategy=row.strategy,
+                projects=tuple(json.loads(row.projects)) if row.projects is not None else None,
+                size=IdSpace(ranges, reserved, strategy=row.strategy).size,
+                used=used.get(row.id, 0),
+                auditing=row.auditing,
+                audit_epoch=row.audit_epoch,
+                revision=row.revision,
+                created_at=row.created_at,
+            )
+            yield row.name, {"pool": row.name}, view.body()
+
+    def list_claims_at(
+        self, conn: Connection, pins: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        """Every claim as of ``conn``'s snapshot, narrowed in SQL by the pinned labels; streamed."""
+        name = schema.pools.c.name
+        q = (
+            select(name, _C.key, _C.value, _C.project, _C.host, _C.revision)
+            .join_from(schema.claims, schema.pools, schema.pools.c.id == _C.pool_id)
+            .order_by(name, _C.key)
+        )
+        for label, col in (("pool", name), ("project", _C.project), ("host", _C.host)):
+            if label in pins:
+                q = q.where(col.in_(sorted(pins[label])))
+        for r in conn.execution_options(stream_results=True, yield_per=PAGE_STREAM).execute(q):
+            c = ClaimResult(r.name, r.key, r.value, r.project, r.host, r.revision)
+            yield f"{r.name}/{r.key}", _labels(r.name, r.project, r.host), c.body()

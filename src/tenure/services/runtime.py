@@ -19,13 +19,16 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tenure.config import Settings
 from tenure.domain.errors import Unavailable
-
+from tenure.services.agents import AgentService
 from tenure.services.allocator import AllocatorService
+from tenure.services.periodic import Periodic
 from tenure.services.tokens import TokenService
 from tenure.services.writer import Clock, Op, Writer, utcnow
 from tenure.store import schema
 from tenure.store.engine import acquire_owner_lock, make_engine, migrate
+from tenure.watch.history import History
 
 log = logging.getLogger("tenure.runtime")
 
@@ -55,9 +58,13 @@ def _no_gc() -> Iterator[None]:
 
 
 class Runtime:
-    def __init__(self, url: str, *, clock: Clock = utcnow, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, url: str, *, clock: Clock = utcnow, rng: random.Random | None = None, settings: Settings | None = None
+    ) -> None:
         started = time.monotonic()
         self.url = url
+        self.clock = clock
+        self.settings = settings or Settings()
         self.engine = make_engine(url)
         self._lock = acquire_owner_lock(self.engine)
         try:
@@ -67,13 +74,28 @@ class Runtime:
                 self.writer = Writer(self.engine, revision=revision, clock=clock)
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
                 self.tokens = TokenService(writer=self.writer)
+                self.agents = AgentService(writer=self.writer, clock=clock, down_after=self.settings.agent_down_after)
                 self.allocator.load(conn)
                 self.tokens.load(conn)
+                self.history = History(self.engine, self.writer, clock=clock, max_age=self.settings.history_age,
+                                       max_events=self.settings.history_events)
+                self.history.load(conn)
+                self.history.listers.update(pool=self.allocator.list_pools_at, claim=self.allocator.list_claims_at,
+                                            token=self.tokens.list_at, agent=self.agents.list_at)
+                self.agents.load(conn)
         except BaseException:
             self._lock.release()
             self.engine.dispose()
             raise
         self.writer.start()
+        self._compactor: Periodic | None = None
+        if self.settings.housekeeping:
+            self._compactor = Periodic("compactor", self.settings.compact_interval, self.history.compact).start()
+        self._agent_sweeper: Periodic | None = None
+        if self.settings.housekeeping:
+            self._agent_sweeper = Periodic(
+                "agent-sweeper", self.settings.agent_sweep_interval, self.agents.sweep
+            ).start()
         self.restore_seconds = time.monotonic() - started
         log.info("store restored", extra={"revision": revision, "seconds": round(self.restore_seconds, 3)})
 
@@ -104,6 +126,10 @@ class Runtime:
                               code="outcome_unknown") from None
 
     def close(self) -> None:
+        if self._compactor is not None:
+            self._compactor.stop()
+        if self._agent_sweeper is not None:
+            self._agent_sweeper.stop()
         self.writer.close()
         self._lock.release()
         self.engine.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -160,6 +161,18 @@ class TokenService:
             return revoked
 
         return Op(apply)
+
+    def list_at(
+        self, conn: Connection, pins: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        """Every token (revoked ones included) as of ``conn``'s snapshot: (id, labels, body)."""
+        T = schema.tokens.c
+        q = select(T.id, T.role, T.project, T.host, T.description, T.created_at, T.revoked_at, T.revision)
+        if "#id" in pins:
+            q = q.where(T.id.in_(sorted(pins["#id"])))
+        for row in conn.execute(q.order_by(T.id)).all():
+            info = TokenInfo(*row)
+            yield info.id, _labels(info), info.body()
 
     def list(self, *, principal: Principal = ADMIN, include_revoked: bool = False) -> list[TokenInfo]:
         require_admin(principal, "listing tokens")

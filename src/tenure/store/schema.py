@@ -116,3 +116,17 @@ tokens = Table(
     Column("revoked_at", UTCDateTime(), nullable=True),
     Column("revision", BigInteger, nullable=False),
 )
+
+# One agent per host (services/agents.py); last_seen moves with every heartbeat, revision only with events.
+agents = Table(
+    "agents",
+    metadata,
+    Column("host", String(128), primary_key=True),
+    Column("kinds", Text, nullable=False),  # JSON list of event kinds
+    Column("version", String(64), nullable=False),
+    Column("capabilities", Text, nullable=False),  # JSON object
+    Column("state", String(8), nullable=False),  # up | down
+    Column("registered_at", UTCDateTime(), nullable=False),
+    Column("last_seen", UTCDateTime(), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+)

@@ -1,0 +1,74 @@
+"""Routes of /v1/agents: registration, heartbeat (report_state), listing and removal of host agents.
+
+Thin like :mod:`tenure.api.routes`: strict request models, scope and validation
+in :mod:`tenure.services.agents`, writes awaited on the writer's group commit.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from tenure.api.auth import authenticate
+from tenure.domain.access import Principal
+from tenure.services.runtime import Runtime
+
+router = APIRouter(prefix="/v1")
+
+Auth = Annotated[Principal, Depends(authenticate)]
+
+
+async def runtime(request: Request) -> Runtime:
+    return request.app.state.tenure.require()
+
+
+RT = Annotated[Runtime, Depends(runtime)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentRegister(_Strict):
+    host: StrictStr
+    kinds: list[StrictStr] = Field(max_length=64)
+    version: StrictStr
+    capabilities: dict[str, Any] | None = None
+
+
+class Heartbeat(_Strict):
+    """Empty for now; a strict model so that a misspelt field is refused rather than ignored."""
+
+
+@router.post("/agents", status_code=201, tags=["agents"])
+async def register_agent(body: AgentRegister, response: Response, rt: RT, who: Auth) -> dict[str, Any]:
+    op = rt.agents.register_op(body.host, kinds=body.kinds, version=body.version, capabilities=body.capabilities,
+                               principal=who)
+    info, created = await rt.arun(op)
+    if not created:
+        response.status_code = 200
+    return info.body()
+
+
+@router.post("/agents/{host}/heartbeat", tags=["agents"])
+async def heartbeat(
+    host: str, rt: RT, who: Auth, body: Annotated[Heartbeat | None, Body()] = None
+) -> dict[str, Any]:
+    return (await rt.arun(rt.agents.heartbeat_op(host, principal=who))).body()
+
+
+@router.get("/agents", tags=["agents"])
+def list_agents(rt: RT, who: Auth) -> dict[str, Any]:
+    return {"agents": [a.body() for a in rt.agents.list(principal=who)], "revision": rt.revision}
+
+
+@router.get("/agents/{host}", tags=["agents"])
+def get_agent(host: str, rt: RT, who: Auth) -> dict[str, Any]:
+    return rt.agents.get(host, principal=who).body()
+
+
+@router.delete("/agents/{host}", tags=["agents"])
+async def remove_agent(host: str, rt: RT, who: Auth) -> dict[str, Any]:
+    return (await rt.arun(rt.agents.remove_op(host, principal=who))).body()

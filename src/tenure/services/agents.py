@@ -1,0 +1,390 @@
+"""The agent registry: one agent per host, its heartbeats, and up/down as events (Neutron's report_state).
+
+An agent registers (host, the kinds of events it consumes, version,
+capabilities) and then heartbeats. A registration that is new, or that changes
+something, is an event; a heartbeat alone only moves ``last_seen`` (written
+through the writer like every change, but with no event and no new revision).
+The sweeper marks silent agents ``down`` in one command; the next heartbeat or
+registration brings them ``up`` again. Each transition is an event of kind
+``agent``, object id the host, label ``host``.
+
+Silence is measured from ``max(last_seen, restored_at)``: an agent is not
+marked down merely because the server itself was down for a while.
+
+As in the allocator, the writer thread owns the working map (changed inside a
+command, with undo steps) and readers see a map published after each commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, select, update
+
+from tenure.domain.access import ADMIN, Principal, require_admin
+from tenure.domain.errors import Forbidden, InvalidInput, NotFound
+from tenure.domain.events import KINDS
+from tenure.domain.pool import validate_name
+from tenure.services.writer import Batch, Clock, Op, Writer, utcnow
+from tenure.store import schema
+
+log = logging.getLogger("tenure.agents")
+
+MAX_VERSION_LENGTH = 64
+MAX_CAPABILITIES_BYTES = 16 * 1024
+MAX_CAPABILITIES_DEPTH = 32  # deeper JSON is no capability list, and some JSON encoders refuse it
+UP, DOWN = "up", "down"
+
+# Consecutive heartbeats of one batch become one executemany of this statement.
+UPDATE_SEEN = (
+    update(schema.agents)
+    .where(schema.agents.c.host == bindparam("b_host"))
+    .values(last_seen=bindparam("b_last_seen"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    host: str
+    kinds: tuple[str, ...]
+    version: str
+    capabilities: dict[str, Any]
+    state: str  # up | down
+    registered_at: datetime
+    last_seen: datetime
+    revision: int
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "kinds": list(self.kinds),
+            "version": self.version,
+            "capabilities": self.capabilities,
+            "state": self.state,
+            "registered_at": self.registered_at.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "revision": self.revision,
+        }
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "kinds": json.dumps(list(self.kinds)),
+            "version": self.version,
+            "capabilities": json.dumps(self.capabilities, ensure_ascii=False),
+            "state": self.state,
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+            "revision": self.revision,
+        }
+
+    def same_registration(self, kinds: tuple[str, ...], version: str, capabilities: dict[str, Any]) -> bool:
+        # Compared as canonical JSON: in Python 1 == 1.0 == True, in JSON they differ.
+        return (self.kinds, self.version, _canonical(self.capabilities)) == (kinds, version, _canonical(capabilities))
+
+
+# ----------------------------------------------------------------- validation
+
+
+def validate_kinds(kinds: object) -> tuple[str, ...]:
+    """The kinds of events an agent consumes: a list of known kinds, kept sorted and without repeats."""
+    if not isinstance(kinds, list | tuple) or not all(isinstance(k, str) for k in kinds):
+        raise InvalidInput("kinds must be a list of strings", code="invalid_kind")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise InvalidInput(
+            f"unknown kind {unknown[0]!r}; valid kinds: {', '.join(KINDS)}", code="invalid_kind", valid=list(KINDS)
+        )
+    return tuple(sorted(set(kinds)))
+
+
+def validate_version(version: object) -> str:
+    if not isinstance(version, str) or not version or len(version) > MAX_VERSION_LENGTH:
+        raise InvalidInput(f"version must be a string of 1 to {MAX_VERSION_LENGTH} characters",
+                           code="invalid_version")
+    if "\x00" in version:
+        raise InvalidInput("version must not contain the NUL character", code="invalid_version")
+    try:
+        version.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("version must be valid Unicode (no lone surrogates)", code="invalid_version") from None
+    return version
+
+
+def validate_capabilities(capabilities: object) -> dict[str, Any]:
+    """A JSON object of at most 16 kB that every store and every JSON reader can take back."""
+    if capabilities is None:
+        return {}
+    if not isinstance(capabilities, dict):
+        raise InvalidInput("capabilities must be a JSON object", code="invalid_capabilities")
+    if _depth(capabilities) > MAX_CAPABILITIES_DEPTH:
+        raise InvalidInput(f"capabilities are nested more than {MAX_CAPABILITIES_DEPTH} levels deep",
+                           code="invalid_capabilities")
+    try:
+        size = len(json.dumps(capabilities, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except (ValueError, TypeError):  # NaN or Infinity (not JSON), lone surrogates (not UTF-8)
+        raise InvalidInput("capabilities must be plain JSON: no NaN or Infinity, no lone surrogates",
+                           code="invalid_capabilities") from None
+    if size > MAX_CAPABILITIES_BYTES:
+        raise InvalidInput(
+            f"capabilities are {size} bytes of JSON; the limit is {MAX_CAPABILITIES_BYTES}",
+            code="invalid_capabilities",
+        )
+    return json.loads(json.dumps(capabilities))  # a private copy the caller cannot change afterwards
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest in ``value`` (iteratively: no recursion limit to hit)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list | tuple):
+            deepest = max(deepest, d)
+            if d <= MAX_CAPABILITIES_DEPTH:  # deeper than the limit is refused anyway: stop looking
+                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _canonical(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _from_row(row: Any) -> AgentInfo:
+    return AgentInfo(row.host, tuple(json.loads(row.kinds)), row.version, json.loads(row.capabilities), row.state,
+                     row.registered_at, row.last_seen, row.revision)
+
+
+def _labels(host: str) -> dict[str, str]:
+    return {"host": host}
+
+
+# -------------------------------------------------------------------- access
+
+
+def _authorize(p: Principal, host: str, action: str) -> None:
+    """Admins act for any host; an agent only for its own; members not at all."""
+    if p.is_admin:
+        return
+    if p.role == "agent":
+        if host != p.host:
+            raise Forbidden(f"{action} for host {host!r}: this token is an {p.describe()}")
+        return
+    raise Forbidden(f"{action} needs an admin or agent token; this token is a {p.describe()}")
+
+
+def _not_found(host: str, *, code: str = "agent_not_found") -> NotFound:
+    return NotFound(f"no agent is registered for host {host!r}", code=code, host=host)
+
+
+# ------------------------------------------------------------------- service
+
+
+class AgentService:
+    def __init__(self, *, writer: Writer, clock: Clock = utcnow, down_after: float = 75.0) -> None:
+        if down_after <= 0:
+            raise ValueError("down_after must be positive")
+        self.writer = writer
+        self.clock = clock
+        self.down_after = timedelta(seconds=down_after)
+        self.restored_at = clock()  # silence is counted from here at the earliest
+        self._agents: dict[str, AgentInfo] = {}  # owned by the writer thread
+        self._views: dict[str, AgentInfo] = {}  # committed state, replaced after each commit; read by anyone
+
+    def load(self, conn: Connection) -> None:
+        for row in conn.execute(select(schema.agents)):
+            info = _from_row(row)
+            self._agents[row.host] = info
+            self._views[row.host] = info
+        self.restored_at = self.clock()
+
+    # ------------------------------------------------------------- helpers
+
+    def _set(self, batch: Batch, info: AgentInfo | None, host: str) -> None:
+        """Change the working map (undone if the command or the commit fails), publish after the commit."""
+        before = self._agents.get(host)
+
+        def undo() -> None:
+            if before is None:
+                self._agents.pop(host, None)
+            else:
+                self._agents[host] = before
+
+        if info is None:
+            self._agents.pop(host, None)
+        else:
+            self._agents[host] = info
+        batch.on_undo(undo)
+        batch.on_commit_once(("agent", host), lambda: self._publish(host))
+
+    def _publish(self, host: str) -> None:
+        info = self._agents.get(host)
+        if info is None:
+            self._views.pop(host, None)
+        else:
+            self._views[host] = info
+
+    def _silent_since(self, info: AgentInfo) -> datetime:
+        return max(info.last_seen, self.restored_at)
+
+    # ------------------------------------------------------------- commands
+
+    def register_op(
+        self,
+        host: str,
+        *,
+        kinds: object,
+        version: object,
+        capabilities: object = None,
+        principal: Principal = ADMIN,
+    ) -> Op:
+        """Returns ``(info, created)``: created is True for a first registration (or one after removal)."""
+        _authorize(principal, host, "registering an agent")
+        validate_name(host, what="host")
+        kinds_ = validate_kinds(kinds)
+        version_ = validate_version(version)
+        caps = validate_capabilities(capabilities)
+
+        def apply(batch: Batch) -> tuple[AgentInfo, bool]:
+            old = self._agents.get(host)
+            if old is None:
+                info = AgentInfo(host, kinds_, version_, caps, UP, batch.now, batch.now, batch.next_revision())
+                batch.write(schema.agents.insert(), info.row())
+                self._set(batch, info, host)
+                batch.emit("agent", host, "created", _labels(host), info.body())
+                _log_on_commit(batch, "agent registered", host=host, version=version_)
+                return info, True
+            if old.state == UP and old.same_registration(kinds_, version_, caps):
+                info = replace(old, last_seen=batch.now)
+                batch.write(UPDATE_SEEN, {"b_host": host, "b_last_seen": batch.now})
+                self._set(batch, info, host)
+                return info, False
+            info = AgentInfo(host, kinds_, version_, caps, UP, old.registered_at, batch.now, batch.next_revision())
+            row = info.row()
+            del row["host"], row["registered_at"]
+            batch.write(update(schema.agents).where(schema.agents.c.host == host).values(**row), {})
+            self._set(batch, info, host)
+            batch.emit("agent", host, "updated", _labels(host), info.body())
+            if old.state == DOWN:
+                _log_on_commit(batch, "agent up", host=host)
+            return info, False
+
+        return Op(apply)
+
+    def heartbeat_op(self, host: str, *, principal: Principal = ADMIN) -> Op:
+        """report_state: moves ``last_seen`` (no event), and brings a down agent up (an event)."""
+        _authorize(principal, host, "heartbeating")
+
+        def apply(batch: Batch) -> AgentInfo:
+            old = self._agents.get(host)
+            if old is None:
+                raise NotFound(f"no agent is registered for host {host!r}; register it again",
+                               code="agent_not_registered", host=host)
+            if old.state == UP:
+                info = replace(old, last_seen=batch.now)
+                batch.write(UPDATE_SEEN, {"b_host": host, "b_last_seen": batch.now})
+                self._set(batch, info, host)
+                return info
+            info = replace(old, state=UP, last_seen=batch.now, revision=batch.next_revision())
+            batch.write(
+                update(schema.agents)
+                .where(schema.agents.c.host == host)
+                .values(state=UP, last_seen=batch.now, revision=info.revision),
+                {},
+            )
+            self._set(batch, info, host)
+            batch.emit("agent", host, "updated", _labels(host), info.body())
+            _log_on_commit(batch, "agent up", host=host)
+            return info
+
+        return Op(apply)
+
+    def remove_op(self, host: str, *, principal: Principal = ADMIN) -> Op:
+        require_admin(principal, "removing an agent")
+
+        def apply(batch: Batch) -> AgentInfo:
+            old = self._agents.get(host)
+            if old is None:
+                raise _not_found(host)
+            removed = replace(old, revision=batch.next_revision())
+            batch.write(delete(schema.agents).where(schema.agents.c.host == host), {})
+            self._set(batch, None, host)
+            batch.emit("agent", host, "deleted", _labels(host), removed.body())
+            _log_on_commit(batch, "agent removed", host=host)
+            return removed
+
+        return Op(apply)
+
+    def sweep_op(self) -> Op:
+        """Mark down every up agent silent for longer than ``down_after`` (as of the batch's clock).
+
+        Returns the agents marked down, in host order.
+        """
+
+        def apply(batch: Batch) -> list[AgentInfo]:
+            cutoff = batch.now - self.down_after
+            marked = []
+            for host in sorted(self._agents):
+                old = self._agents[host]
+                if old.state != UP or self._silent_since(old) >= cutoff:
+                    continue
+                info = replace(old, state=DOWN, revision=batch.next_revision())
+                batch.write(
+                    update(schema.agents)
+                    .where(schema.agents.c.host == host)
+                    .values(state=DOWN, revision=info.revision),
+                    {},
+                )
+                self._set(batch, info, host)
+                batch.emit("agent", host, "updated", _labels(host), info.body())
+                _log_on_commit(batch, "agent down", host=host, last_seen=old.last_seen.isoformat())
+                marked.append(info)
+            return marked
+
+        return Op(apply)
+
+    def sweep(self) -> list[AgentInfo]:
+        """What the periodic sweeper calls: a command only when some agent looks silent."""
+        cutoff = self.clock() - self.down_after
+        if not any(a.state == UP and self._silent_since(a) < cutoff for a in list(self._views.values())):
+            return []
+        return self.writer.execute(self.sweep_op())
+
+    # ---------------------------------------------------------------- reads
+
+    def list_at(
+        self, conn: Connection, pins: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        """Every agent as of ``conn``'s snapshot (a watch's ``initial=true``): (host, labels, body)."""
+        A = schema.agents.c
+        q = select(schema.agents)
+        for pin in ("#id", "host"):  # the object id of an agent is its host, and so is its one label
+            if pin in pins:
+                q = q.where(A.host.in_(sorted(pins[pin])))
+        for row in conn.execute(q.order_by(A.host)).all():
+            info = _from_row(row)
+            yield info.host, _labels(info.host), info.body()
+
+    def list(self, *, principal: Principal = ADMIN) -> list[AgentInfo]:
+        if principal.is_admin:
+            return sorted(self._views.values(), key=lambda a: a.host)
+        if principal.role == "agent":
+            own = self._views.get(principal.host or "")
+            return [own] if own is not None else []
+        raise Forbidden(f"listing agents needs an admin or agent token; this token is a {principal.describe()}")
+
+    def get(self, host: str, *, principal: Principal = ADMIN) -> AgentInfo:
+        _authorize(principal, host, "reading an agent")
+        info = self._views.get(host)
+        if info is None:
+            raise _not_found(host)
+        return info
+
+
+def _log_on_commit(batch: Batch, msg: str, **fields: Any) -> None:
+    batch.on_commit(lambda: log.info(msg, extra=fields))

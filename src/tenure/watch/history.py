@@ -1,0 +1,167 @@
+"""The retained event log: replay by pages, consistent snapshots, and compaction by age and count.
+
+Replays read the ``events`` table in revision order after a watcher's resume
+point. Compaction deletes the oldest events through the writer (one command
+per chunk, so it never holds the writer for long) and records the new
+``compacted_revision``. Before a chunk is deleted its upper bound is announced
+in :attr:`History.floor`; a replay checks the floor after each page it reads,
+so a page that compaction thinned out is never passed off as complete: the
+watcher gets ``gone`` and re-lists.
+
+Snapshots (for ``initial=true``) read every listed object and the revision
+they are at in one transaction with a stable view: a ``BEGIN`` on SQLite (WAL
+readers see one snapshot per transaction) and ``REPEATABLE READ`` on
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, select, update
+
+from tenure.domain.errors import Gone
+from tenure.services.writer import Batch, Clock, Op, Writer
+from tenure.store import schema
+
+log = logging.getLogger("tenure.history")
+
+PAGE = 1000
+CHUNK = 10_000  # events deleted per writer command
+
+_E = schema.events.c
+DELETE_EVENTS = schema.events.delete().where(_E.revision <= bindparam("b_upto"))
+SET_COMPACTED = update(schema.state).where(schema.state.c.id == 1).values(compacted_revision=bindparam("b_upto"))
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """An event as stored: labels and body still JSON text (a replay sends them as they are)."""
+
+    revision: int
+    ts: datetime
+    kind: str
+    object_id: str
+    op: str
+    labels: str
+    body: str
+
+
+# A lister streams the current objects of one kind: (object_id, labels, body) in a stable order.
+Lister = Callable[[Connection], Iterator[tuple[str, dict[str, str], dict[str, Any]]]]
+
+
+class History:
+    def __init__(self, engine: Engine, writer: Writer, *, clock: Clock, max_age: float, max_events: int) -> None:
+        self.engine = engine
+        self.writer = writer
+        self.clock = clock
+        self.max_age = max_age
+        self.max_events = max_events
+        self.compacted = 0  # committed: events at or below this revision are gone
+        self.floor = 0  # announced: events at or below this revision may be gone already
+        self.listers: dict[str, Lister] = {}
+
+    def load(self, conn: Connection) -> None:
+        self.compacted = self.floor = conn.execute(select(schema.state.c.compacted_revision)).scalar_one()
+
+    def gone(self, after: int) -> Gone:
+        return Gone(
+            f"history after revision {after} is no longer kept (compacted up to {self.floor}); "
+            "list the objects, then watch from the list's revision (or watch with initial=true)",
+            revision=self.writer.revision,
+            compacted_revision=self.floor,
+        )
+
+    # ------------------------------------------------------------------ replay
+
+    def page(self, after: int, kinds: frozenset[str] | None, limit: int = PAGE) -> list[Row]:
+        """Up to ``limit`` events above ``after`` (of ``kinds``, if given), in revision order.
+
+        Raises :class:`Gone` if compaction may have removed any of them.
+        """
+        if after < self.floor:
+            raise self.gone(after)
+        q = (
+            select(_E.revision, _E.ts, _E.kind, _E.object_id, _E.op, _E.labels, _E.body)
+            .where(_E.revision > after)
+            .order_by(_E.revision)
+            .limit(limit)
+        )
+        if kinds is not None:
+            q = q.where(_E.kind.in_(sorted(kinds)))
+        with self.engine.connect() as conn:
+            rows = [Row(*r) for r in conn.execute(q)]
+        if after < self.floor:  # compaction started meanwhile: the page may have holes
+            raise self.gone(after)
+        return rows
+
+    # --------------------------------------------------------------- snapshots
+
+    def open_snapshot(self) -> tuple[Connection, int]:
+        """A connection inside a stable read transaction, and the revision its view is at."""
+        conn = self.engine.connect()
+        try:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                conn.exec_driver_sql("BEGIN")
+            revision = conn.execute(select(schema.state.c.revision)).scalar_one()
+        except BaseException:
+            conn.close()
+            raise
+        return conn, revision
+
+    # -------------------------------------------------------------- compaction
+
+    def _revision_before(self, conn: Connection, cutoff: datetime, lo: int, hi: int) -> int:
+        """The newest revision in (lo, hi] whose event is older than ``cutoff`` (``lo`` if none).
+
+        A binary search on the primary key: event times grow with revisions (one clock, one writer).
+        """
+        q = select(_E.ts).where(_E.revision >= bindparam("r")).order_by(_E.revision).limit(1)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            ts = conn.execute(q, {"r": mid}).scalar()
+            if ts is not None and ts < cutoff:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def target(self, now: datetime | None = None) -> int:
+        """The revision history should be compacted up to now, by count and by age."""
+        newest = self.writer.revision
+        upto = max(self.compacted, newest - self.max_events)
+        cutoff = (now or self.clock()) - timedelta(seconds=self.max_age)
+        with self.engine.connect() as conn:
+            upto = max(upto, self._revision_before(conn, cutoff, self.compacted, newest))
+        return upto
+
+    def compact_op(self, upto: int) -> Op:
+        def apply(batch: Batch) -> int:
+            if upto <= self.compacted:
+                return self.compacted
+            previous = self.floor
+            self.floor = max(self.floor, upto)  # announced before the delete commits: replays re-check it
+            batch.on_undo(lambda: setattr(self, "floor", previous))
+            batch.write(DELETE_EVENTS, {"b_upto": upto})
+            batch.write(SET_COMPACTED, {"b_upto": upto})
+            batch.on_commit(lambda: setattr(self, "compacted", upto))
+            return upto
+
+        return Op(apply)
+
+    def compact(self, upto: int | None = None) -> int:
+        """Compact up to ``upto`` (default: what age and count call for), in chunks; the new compacted revision."""
+        target = self.target() if upto is None else min(upto, self.writer.revision)
+        start = self.compacted
+        while self.compacted < target:
+            self.writer.execute(self.compact_op(min(target, self.compacted + CHUNK)))
+        if self.compacted > start:
+            log.info("history compacted", extra={"compacted_revision": self.compacted, "events": self.compacted - start})
+        return self.compacted
