@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
-from tenure.cli import audit, claims, pools, tokens
+from tenure.cli import agents, audit, claims, pools, tokens, watch
 from tenure.cli.common import session
-from tenure.config import DEFAULT_LISTEN, default_data_dir
+from tenure.config import DEFAULT_LISTEN, Settings, default_data_dir
 
 app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resource operations.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -45,6 +45,8 @@ app.command("claim")(claims.claim)
 app.command("release")(claims.release)
 app.command("claims")(claims.claims)
 app.command("lookup")(claims.lookup)
+app.command("watch")(watch.watch)
+app.command("agents")(agents.agents)
 
 
 @app.command()
@@ -58,12 +60,24 @@ def serve(
                                                   envvar="TENURE_DATA_DIR")] = None,
     example: Annotated[bool, typer.Option(help="Create example pools if missing")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    history_age: Annotated[float, typer.Option(min=1, help="Seconds of event history kept for watchers to "
+                                                          "resume from")] = Settings.history_age,
+    history_events: Annotated[int, typer.Option(min=1, help="Most events kept in the history")]
+    = Settings.history_events,
+    agent_down_after: Annotated[float, typer.Option(min=1, help="Seconds without a heartbeat before an agent is "
+                                                               "marked down")] = Settings.agent_down_after,
+    watch_dispatch: Annotated[str, typer.Option(hidden=True, help="index, or broadcast (benchmark baseline)")]
+    = "index",
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
 
+    if watch_dispatch not in ("index", "broadcast"):
+        raise typer.BadParameter("index or broadcast", param_hint="--watch-dispatch")
     data_dir = data_dir or session(ctx).data_dir or default_data_dir()
-    run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level)
+    settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after)
+    run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
+        watch_dispatch=watch_dispatch)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ import uvicorn
 from rich.console import Console
 
 from tenure import logs
-from tenure.api.app import ServerConfig, create_app
+from tenure.api.app import Server, ServerConfig, create_app
+from tenure.services.runtime import Settings
 from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
 
 
@@ -20,7 +21,16 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(*, db: str | None, listen: str, data_dir: Path, example: bool, log_level: str) -> None:
+def serve(
+    *,
+    db: str | None,
+    listen: str,
+    data_dir: Path,
+    example: bool,
+    log_level: str,
+    settings: Settings | None = None,
+    watch_dispatch: str = "index",
+) -> None:
     logs.configure(log_level)
     host, port = parse_listen(listen)
     data_dir = data_dir.resolve()
@@ -43,11 +53,12 @@ def serve(*, db: str | None, listen: str, data_dir: Path, example: bool, log_lev
         failure.append(exc)
         server.should_exit = True
 
-    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop))
+    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop,
+                                  settings=settings or Settings(), watch_mode=watch_dispatch))
     # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
                             proxy_headers=False)
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run(sockets=[sock])
     if failure:
         console.print(f"[red]error:[/] could not restore the store: {failure[0]}")

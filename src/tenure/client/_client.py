@@ -22,7 +22,9 @@ segments that URL normalisation would remove, so their dots are escaped too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,8 +32,9 @@ from urllib.parse import quote
 
 import httpx
 
-from tenure.client._errors import TenureAPIError, TenureConfigError, TenureConnectionError
+from tenure.client._errors import TenureAPIError, TenureClientError, TenureConfigError, TenureConnectionError
 from tenure.client._locate import locate
+from tenure.client._watch import WATCH_READ_TIMEOUT, Backoff, Watch, WatchQuery, WatchSession
 
 #: The largest page the server hands out; :meth:`TenureClient.iter_claims` asks for it.
 MAX_PAGE = 1000
@@ -54,6 +57,27 @@ def _api_error(response: httpx.Response) -> TenureAPIError:
     except (ValueError, KeyError, TypeError, AttributeError):
         text = response.text.strip()[:200] or response.reason_phrase
         return TenureAPIError(response.status_code, f"http_{response.status_code}", text)
+
+
+def _transport_error(base_url: str, timeout: float | None, exc: Exception) -> TenureClientError:
+    """An httpx failure to reach ``base_url`` (or to hear from it in time) as a client error."""
+    if isinstance(exc, httpx.TimeoutException):
+        return TenureConnectionError(base_url, f"no answer within {timeout:g}s" if timeout else "timed out")
+    if isinstance(exc, httpx.ConnectError):
+        return TenureConnectionError(base_url, f"{str(exc) or 'connection failed'} (is `tenure serve` running there?)")
+    if isinstance(exc, httpx.InvalidURL):
+        return TenureConfigError(f"invalid server URL {base_url!r}: {exc}")
+    return TenureConnectionError(base_url, str(exc) or type(exc).__name__)
+
+
+def _decode(response: httpx.Response) -> Any:
+    """The answer's JSON; ``invalid_response`` if it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        raise TenureAPIError(
+            response.status_code, "invalid_response", f"the server's answer is not JSON: {response.text[:200]!r}"
+        ) from None
 
 
 class TenureClient:
@@ -113,15 +137,8 @@ class TenureClient:
         url = self.base_url + path
         try:
             return self._http.request(method, url, headers=self._headers, json=json, params=params)
-        except httpx.TimeoutException:
-            raise TenureConnectionError(self.base_url, f"no answer within {self.timeout:g}s") from None
-        except httpx.ConnectError as exc:
-            reason = f"{str(exc) or 'connection failed'} (is `tenure serve` running there?)"
-            raise TenureConnectionError(self.base_url, reason) from None
-        except httpx.TransportError as exc:
-            raise TenureConnectionError(self.base_url, str(exc) or type(exc).__name__) from None
-        except httpx.InvalidURL as exc:
-            raise TenureConfigError(f"invalid server URL {self.base_url!r}: {exc}") from None
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise _transport_error(self.base_url, self.timeout, exc) from None
 
     def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
         response = self._send(method, path, json=json, params=params)
@@ -129,14 +146,7 @@ class TenureClient:
             raise _api_error(response)
         return self._decode(response)
 
-    @staticmethod
-    def _decode(response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            raise TenureAPIError(
-                response.status_code, "invalid_response", f"the server's answer is not JSON: {response.text[:200]!r}"
-            ) from None
+    _decode = staticmethod(_decode)
 
     # ------------------------------------------------------------------- pools
 
@@ -258,6 +268,65 @@ class TenureClient:
         """The role, project and host of this client's token."""
         return self._call("GET", "/v1/whoami")
 
+    # ------------------------------------------------------------------- watch
+
+    def watch(
+        self,
+        kinds: str | Iterable[str] | None = None,
+        *,
+        ids: str | Iterable[str] | None = None,
+        selectors: str | Iterable[str] | None = None,
+        ops: str | Iterable[str] | None = None,
+        since: int | None = None,
+        initial: bool = False,
+        bookmarks: bool = True,
+        read_timeout: float = WATCH_READ_TIMEOUT,
+        max_retries: int | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], object] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> Watch:
+        """Stream the matching events (``GET /v1/watch``) as :class:`WatchEvent`, resuming across lost
+        connections from the last revision received, so none is lost or repeated.
+
+        Filters: one string or several each (all must match). ``since``: events after that revision;
+        ``initial``: the current objects first (``revision`` None), then a bookmark with ``initial_end``,
+        then live events; neither: from now. A listing cut short starts over after a ``resync`` event.
+        Raises :class:`WatchGone` (410) when ``since`` is older than the kept history, and
+        :class:`TenureAPIError` on any other refusal; retries 5xx and connection failures (forever, or
+        ``max_retries`` attempts in a row) with ``backoff``. Lazy: nothing is sent before the first
+        ``next()``. See :mod:`tenure.client._watch`.
+        """
+        query = WatchQuery.of(kinds, ids, selectors, ops, bookmarks)
+        session = WatchSession(query, url=self.base_url, since=since, initial=initial, backoff=backoff, rng=rng,
+                               max_retries=max_retries)
+        return Watch(session, self._watch(session, read_timeout, sleep))
+
+    def _watch(self, session: WatchSession, read_timeout: float, sleep: Callable[[float], object]) -> Iterator[Any]:
+        url = self.base_url + "/v1/watch"
+        headers = {**self._headers, "Accept": "text/event-stream"}
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        while True:
+            error: TenureClientError | None = None
+            try:
+                if session.needs_start and not session.on_start(self._http.get(
+                        self.base_url + "/healthz", headers=self._headers, timeout=self.timeout)):
+                    sleep(session.connection_lost())
+                    continue
+                with self._http.stream("GET", url, params=session.params(), headers=headers, timeout=timeout) as r:
+                    if r.is_error:
+                        r.read()
+                    events = session.on_response(r)
+                    if events is not None:
+                        yield from events
+                        for chunk in r.iter_bytes():
+                            yield from session.feed(chunk)
+            except (httpx.TransportError, httpx.InvalidURL) as exc:
+                error = _transport_error(self.base_url, read_timeout, exc)
+                if isinstance(error, TenureConfigError):
+                    raise error from None
+            sleep(session.connection_lost(error))
+
     # ------------------------------------------------------------------ system
 
     def health(self) -> dict[str, Any]:
@@ -266,3 +335,34 @@ class TenureClient:
         if response.is_error and response.status_code != 503:
             raise _api_error(response)
         return self._decode(response)
+
+    # ------------------------------------------------------------------ agents
+
+    def register_agent(
+        self,
+        host: str,
+        kinds: Iterable[str],
+        version: str,
+        capabilities: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Register (or re-register) the agent of ``host``; the answer has ``created``: False on re-registration."""
+        body = {"host": host, "kinds": list(kinds), "version": version, "capabilities": capabilities}
+        response = self._send("POST", "/v1/agents", json=body)
+        if response.is_error:
+            raise _api_error(response)
+        return {**self._decode(response), "created": response.status_code == 201}
+
+    def heartbeat(self, host: str) -> dict[str, Any]:
+        """report_state: the agent as it stands; ``agent_not_registered`` means register again."""
+        return self._call("POST", f"/v1/agents/{segment(host)}/heartbeat", json={})
+
+    def agents(self) -> dict[str, Any]:
+        """``{"agents": [...], "revision": N}``; an agent token sees only its own record."""
+        return self._call("GET", "/v1/agents")
+
+    def agent(self, host: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/agents/{segment(host)}")
+
+    def remove_agent(self, host: str) -> dict[str, Any]:
+        """Forget the agent of ``host`` (admin); it may register again."""
+        return self._call("DELETE", f"/v1/agents/{segment(host)}")

@@ -1,0 +1,206 @@
+"""The asyncio client: :class:`AsyncTenureClient`, the same contract as :class:`TenureClient` over
+``httpx.AsyncClient``, for programs that live on an event loop (the host agent's sync loop, say).
+
+It shares with the sync client everything but the waiting: where the server and
+token come from (:func:`~tenure.client._locate.locate`), how a failure becomes an
+exception (``_api_error``, ``_transport_error``, ``_decode`` of :mod:`._client`),
+how path segments are escaped, and the whole watch logic
+(:class:`~tenure.client._watch.WatchSession`). It covers the routes an
+event-driven program needs; the rest are one :meth:`request` away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from tenure.client._client import _api_error, _decode, _transport_error, segment
+from tenure.client._errors import TenureClientError, TenureConfigError
+from tenure.client._locate import locate
+from tenure.client._watch import WATCH_READ_TIMEOUT, AsyncWatch, Backoff, WatchEvent, WatchQuery, WatchSession
+
+
+class AsyncTenureClient:
+    """Talks to one Tenure server with one token, asynchronously. ``async with``, or ``await aclose()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
+        ``httpx.AsyncClient`` and stays owned by the caller (it is not closed by :meth:`aclose`)."""
+        if http is not None and transport is not None:
+            raise ValueError("pass either transport or http, not both")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    @classmethod
+    def from_env(
+        cls,
+        url: str | None = None,
+        token: str | None = None,
+        data_dir: Path | str | None = None,
+        **kwargs: Any,
+    ) -> AsyncTenureClient:
+        """A client for the argument, else ``TENURE_URL``/``TENURE_TOKEN``, else the local server and admin token."""
+        target = locate(url, token, data_dir)
+        return cls(target.url, target.token, **kwargs)
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncTenureClient({self.base_url!r})"
+
+    async def send(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """One request, the answer as it is (errors included); failing to get one raises a client error."""
+        try:
+            return await self._http.request(
+                method, self.base_url + path, headers=self._headers, json=json, params=params
+            )
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise _transport_error(self.base_url, self.timeout, exc) from None
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """Any route: the answer's JSON, or :class:`TenureAPIError` for an error answer."""
+        response = await self.send(method, path, json=json, params=params)
+        if response.is_error:
+            raise _api_error(response)
+        return _decode(response)
+
+    async def _created(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A POST answered 201 (new) or 200 (already there): the JSON plus ``created``."""
+        response = await self.send("POST", path, json=body)
+        if response.is_error:
+            raise _api_error(response)
+        return {**_decode(response), "created": response.status_code == 201}
+
+    # ----------------------------------------------------------------- routes
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "restoring" | "failed", ...}``; a server still restoring is an answer, not an error."""
+        response = await self.send("GET", "/healthz")
+        if response.is_error and response.status_code != 503:
+            raise _api_error(response)
+        return _decode(response)
+
+    async def whoami(self) -> dict[str, Any]:
+        return await self.request("GET", "/v1/whoami")
+
+    async def pools(self) -> dict[str, Any]:
+        """``{"pools": [...], "revision": N}``."""
+        return await self.request("GET", "/v1/pools")
+
+    async def claim(
+        self,
+        pool: str,
+        key: str,
+        value: int | None = None,
+        project: str | None = None,
+        host: str | None = None,
+    ) -> dict[str, Any]:
+        """Claim ``key`` (idempotent); the answer has ``created``: False when the key was already held."""
+        body = {"key": key, "value": value, "project": project, "host": host}
+        return await self._created(f"/v1/pools/{segment(pool)}/claims", body)
+
+    async def release(self, pool: str, key: str) -> dict[str, Any]:
+        return await self.request("DELETE", f"/v1/pools/{segment(pool)}/claims/{segment(key)}")
+
+    async def register_agent(
+        self, host: str, kinds: Iterable[str], version: str, capabilities: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Register (or re-register) the agent of ``host``; ``created``: False for a re-registration."""
+        body = {"host": host, "kinds": list(kinds), "version": version, "capabilities": capabilities}
+        return await self._created("/v1/agents", body)
+
+    async def heartbeat(self, host: str) -> dict[str, Any]:
+        """The agent's record; ``agent_not_registered`` (404) means: register again."""
+        return await self.request("POST", f"/v1/agents/{segment(host)}/heartbeat", json={})
+
+    async def agents(self) -> dict[str, Any]:
+        """``{"agents": [...], "revision": N}``."""
+        return await self.request("GET", "/v1/agents")
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(
+        self,
+        kinds: str | Iterable[str] | None = None,
+        *,
+        ids: str | Iterable[str] | None = None,
+        selectors: str | Iterable[str] | None = None,
+        ops: str | Iterable[str] | None = None,
+        since: int | None = None,
+        initial: bool = False,
+        bookmarks: bool = True,
+        read_timeout: float = WATCH_READ_TIMEOUT,
+        max_retries: int | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> AsyncWatch:
+        """``async for event in client.watch(...)``: the same as :meth:`TenureClient.watch`, awaiting instead of
+        blocking (``sleep`` is awaited between reconnection attempts)."""
+        query = WatchQuery.of(kinds, ids, selectors, ops, bookmarks)
+        session = WatchSession(query, url=self.base_url, since=since, initial=initial, backoff=backoff, rng=rng,
+                               max_retries=max_retries)
+        return AsyncWatch(session, self._watch(session, read_timeout, sleep))
+
+    async def _watch(
+        self, session: WatchSession, read_timeout: float, sleep: Callable[[float], Awaitable[object]]
+    ) -> AsyncIterator[WatchEvent]:
+        url = self.base_url + "/v1/watch"
+        headers = {**self._headers, "Accept": "text/event-stream"}
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        while True:
+            error: TenureClientError | None = None
+            try:
+                if session.needs_start and not session.on_start(await self._http.get(
+                        self.base_url + "/healthz", headers=self._headers, timeout=self.timeout)):
+                    await sleep(session.connection_lost())
+                    continue
+                async with self._http.stream("GET", url, params=session.params(), headers=headers,
+                                             timeout=timeout) as r:
+                    if r.is_error:
+                        await r.aread()
+                    events = session.on_response(r)
+                    if events is not None:
+                        for event in events:
+                            yield event
+                        async for chunk in r.aiter_bytes():
+                            for event in session.feed(chunk):
+                                yield event
+            except (httpx.TransportError, httpx.InvalidURL) as exc:
+                error = _transport_error(self.base_url, read_timeout, exc)
+                if isinstance(error, TenureConfigError):
+                    raise error from None
+            await sleep(session.connection_lost(error))
