@@ -12,6 +12,7 @@ from tenure import logs
 from tenure.api.app import Server, ServerConfig, create_app
 from tenure.services.runtime import Settings
 from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
+from tenure.gcpolicy import GCPolicy
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -53,6 +54,7 @@ def serve(
         failure.append(exc)
         server.should_exit = True
 
+    GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop,
                                   settings=settings or Settings(), watch_mode=watch_dispatch))
     # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
