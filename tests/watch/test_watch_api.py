@@ -105,6 +105,17 @@ def test_resume_with_since_and_last_event_id(wapi: Api) -> None:
     s.close()
 
 
+def test_last_event_id_turns_an_initial_watch_into_a_resume(wapi: Api) -> None:
+    """A browser's EventSource reconnects to the same URL with Last-Event-ID: resume, do not list again."""
+    _pool(wapi, "p1")
+    first = _claim(wapi, "p1", "a")["revision"]
+    second = _claim(wapi, "p1", "b")["revision"]
+    s = open_stream(wapi.client, wapi.admin_token, {"kind": "claim", "initial": "true"},
+                    headers={"Last-Event-ID": str(first)})
+    assert [(f.event, f.id) for f in s.events(1)] == [("created", second)]
+    s.close()
+
+
 def test_replay_from_the_database_when_the_ring_is_short(db_url: str, tmp_path: Path) -> None:
     for api in start_api(db_url, tmp_path / "data", watch_ring=8, bookmark_interval=3600):
         _pool(api, "p1")

@@ -197,15 +197,36 @@ def create_app(config: ServerConfig) -> FastAPI:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, ending watch streams first when it shuts down.
+    """uvicorn's server, ending watch streams first when it shuts down, and dropping cut-off ones.
 
     uvicorn waits for open responses to finish before it runs the app's shutdown; a watch never
     finishes on its own, so the hub ends every stream (clients resume elsewhere or later) first.
+
+    A stream cut off because its reader stopped reading ends without completing its response, and
+    uvicorn then *closes* the transport, which waits for the unread bytes to drain: forever, for a
+    reader that never reads (and a shutdown would wait on it). ASGI has no way to say "abort", so the
+    hub is given one here: find the connection serving that request and abort its transport.
     """
 
-    async def shutdown(self, sockets: Any = None) -> None:
+    def _state(self) -> Any:
         app = self.config.loaded_app if self.config.loaded else self.config.app
-        state = getattr(getattr(_unwrap(app), "state", None), "tenure", None)
+        return getattr(getattr(_unwrap(app), "state", None), "tenure", None)
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        state = self._state()
+        if state is not None:
+            state.hub.abort_connection = self._abort
+
+    def _abort(self, scope: Any) -> None:
+        for conn in list(self.server_state.connections):
+            cycle = getattr(conn, "cycle", None)
+            if cycle is not None and cycle.scope is scope:
+                conn.transport.abort()
+                return
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        state = self._state()
         if state is not None:
             state.hub.close()
         await super().shutdown(sockets)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenure.api import errors
 from tenure.api.routes import Auth
 from tenure.domain.access import Principal
-from tenure.domain.errors import Forbidden, Gone, InvalidInput, TenureError, Unavailable
+from tenure.domain.errors import Forbidden, InvalidInput, TenureError, Unavailable
 from tenure.domain.events import implied_scope, may_see_event
 from tenure.watch.history import PAGE, History, Row
 from tenure.watch.hub import (
@@ -45,17 +46,22 @@ log = logging.getLogger("tenure.watch")
 router = APIRouter(prefix="/v1")
 
 SEND_BATCH = 512  # frames per write while replaying
+LISTING_TIMEOUT = 600.0  # an initial listing (or its wait for a turn) ends within this
 
 
 class _Cut(Exception):
     """The stream must end now (client gone, cut off, token revoked, shutdown)."""
 
 
+class _Stuck(Exception):
+    """A write to the client did not complete in time: end without another write."""
+
+
 def parse_since(raw: str | None, current: int, history: History) -> int | None:
     if raw is None:
         return None
     text = raw.strip()
-    if not text.isdigit() or len(text) > 19:
+    if not _REVISION.fullmatch(text):  # ASCII digits only: "²" is a digit to str.isdigit, not to int()
         raise InvalidInput(f"since must be a revision (an integer >= 0), got {raw[:40]!r}", code="invalid_since")
     since = int(text)
     if since > current:
@@ -66,6 +72,7 @@ def parse_since(raw: str | None, current: int, history: History) -> int | None:
     return since
 
 
+_REVISION = re.compile(r"[0-9]{1,19}")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 MAX_QUERY = 16 * 1024
@@ -101,20 +108,23 @@ def prepare(state: Any, principal: Principal, scope: Scope) -> WatchStream:
     initial = _flag(params, "initial", False)
     bookmarks = _flag(params, "bookmarks", True)
     since = params.get("since", [None])[-1]
+    if since is not None and initial:
+        raise InvalidInput("initial=true lists the current objects; it cannot be combined with since",
+                           code="invalid_since")
     if since is None:
         for name, value in scope.get("headers", ()):
             if name == b"last-event-id":
                 since = value.decode("latin-1")
+                initial = False  # an EventSource reconnecting (same URL): resume, do not list again
     start = parse_since(since, rt.revision, rt.history)
-    if initial and start is not None:
-        raise InvalidInput("initial=true lists the current objects; it cannot be combined with since",
-                           code="invalid_since")
     hub: Hub = state.hub
-    if not hub.can_register():
+    if not hub.can_open():
         raise Unavailable("too many open watches on this server; retry later", code="too_many_watchers")
     if start is None and not initial:
         start = rt.revision  # from now: everything committed after this request arrived
-    return WatchStream(hub, rt.history, Watcher(flt, principal, bookmarks=bookmarks), start=start, initial=initial)
+    w = Watcher(flt, principal, bookmarks=bookmarks)
+    hub.open(w)  # counted, revocable and closable from now on; the stream releases it when it ends
+    return WatchStream(hub, rt.history, w, start=start, initial=initial)
 
 
 _PARAMS = [
@@ -193,6 +203,7 @@ class WatchStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         w.task = asyncio.current_task()
         listener = asyncio.ensure_future(self._listen(receive))
+        error: dict[str, Any] | None = None
         try:
             if self.start is None:
                 pos = await self._initial()
@@ -202,29 +213,37 @@ class WatchStream(Response):
                 self.sent = pos
             await self._replay(pos)
             await self._live()
-        except Gone as exc:
-            await self._write(error_frame(exc.to_dict()), final=True)
-            return
+        except TenureError as exc:  # gone (compacted under a replay), too many listings, listing timeout
+            error = exc.to_dict()
         except _Cut:
             pass
-        except Exception as exc:  # the store failed under a replay or snapshot: end cleanly, the client resumes
-            log.exception("watch stream failed")
-            err = {"code": "unavailable", "message": f"the stream failed ({type(exc).__name__}); resume from the "
-                   "last id received"}
-            if w.closed is None:
-                await self._write(error_frame(err), final=True)
+        except _Stuck:
+            self._abort(scope)  # a write never completed: drop the connection, no further write
             return
         except asyncio.CancelledError:
             if w.closed is None:  # a real cancellation (server shutting down): let it through
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            return  # cut off while blocked on a slow client: return; the server closes the connection
+            self._abort(scope)  # cut off while blocked writing to a reader that does not read
+            return
+        except Exception as exc:  # the store failed under a replay or snapshot: end cleanly, the client resumes
+            log.exception("watch stream failed")
+            error = {"code": "unavailable", "message": f"the stream failed ({type(exc).__name__}); resume from "
+                     "the last id received"}
         finally:
             w.task = None
-            self.hub.unregister(w)
+            self.hub.release(w)
             listener.cancel()
-        if w.closed != "disconnected":
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if w.closed == "disconnected":
+            return
+        try:
+            await self._write(error_frame(error) if error is not None and w.closed is None else b"", final=True)
+        except _Stuck:
+            self._abort(scope)
+
+    def _abort(self, scope: Scope) -> None:
+        if self.hub.abort_connection is not None:
+            self.hub.abort_connection(scope)
 
     async def _listen(self, receive: Receive) -> None:
         while True:
@@ -234,26 +253,53 @@ class WatchStream(Response):
                 return
 
     async def _write(self, data: bytes, *, final: bool = False) -> None:
-        if self.w.closed is not None and not final:
+        w = self.w
+        if w.closed is not None and not final:
             raise _Cut
         assert self._send is not None
-        self.w.sending = True
+        w.sending = True
         try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": not final})
+            async with asyncio.timeout(self.hub.send_timeout):
+                await self._send({"type": "http.response.body", "body": data, "more_body": not final})
+        except TimeoutError:  # the reader stopped reading (any phase: listing, replay or live)
+            self.hub.cutoffs += 1
+            log.warning("watch stream cut off: a write blocked", extra={"seconds": self.hub.send_timeout})
+            w.close("too slow")
+            raise _Stuck from None
         finally:
-            self.w.sending = False
+            w.sending = False
 
     # ---------------------------------------------------------------- phases
 
     async def _initial(self) -> int:
-        """Phase 1: the current matching objects, then the bookmark that ends them. Returns its revision."""
+        """Phase 1: the current matching objects, then the bookmark that ends them. Returns its revision.
+
+        At most ``hub.snapshots`` listings read the store at once (each holds a connection and a read
+        transaction), and a listing ends within ``LISTING_TIMEOUT``: a reader that stalls cannot hold them.
+        """
+        hub = self.hub
+        try:
+            async with asyncio.timeout(LISTING_TIMEOUT):
+                await hub.snapshots.acquire()
+        except TimeoutError:
+            raise Unavailable("too many initial listings at once; retry", code="too_many_listings") from None
+        try:
+            async with asyncio.timeout(LISTING_TIMEOUT):
+                return await self._list()
+        except TimeoutError:
+            raise Unavailable(f"the initial listing took over {LISTING_TIMEOUT:g} s; retry",
+                              code="listing_timeout") from None
+        finally:
+            hub.snapshots.release()
+
+    async def _list(self) -> int:
         w, history = self.w, self.history
-        pins = w.filter.equalities()
         conn, revision = await asyncio.to_thread(history.open_snapshot)
         try:
             for kind in sorted(w.filter.kinds):
                 lister = history.listers.get(kind)
-                if lister is None:
+                pins = w.filter.pins(w.principal, kind)
+                if lister is None or pins is None:
                     continue
                 it = lister(conn, pins)
                 while True:
@@ -297,9 +343,10 @@ class WatchStream(Response):
             frames = [_row_frame(r) for r in rows if _row_wanted(w, r)]
             for i in range(0, len(frames), SEND_BATCH):
                 await self._write(b"".join(frames[i:i + SEND_BATCH]))
-            if rows:
-                self.sent = rows[-1].revision
             pos = rows[-1].revision if len(rows) == PAGE else max(rows[-1].revision if rows else pos, before)
+            if not frames and pos > self.sent:  # progress a selective watcher can resume from
+                await self._write(bookmark_frame(pos))
+            self.sent = max(self.sent, pos)
 
     async def _send_items(self, items: list[Item]) -> None:
         for i in range(0, len(items), SEND_BATCH):

@@ -153,7 +153,8 @@ class SSEParser:
             if text[0] == "\ufeff":
                 text = text[1:]
         if self._pending_cr and text.startswith("\n"):
-            text = text[1:]
+            text = text[1:]  # the LF of a CRLF split across chunks: the line already ended at the CR
+        self._pending_cr = False
         if not text:
             return []
         self._pending_cr = text.endswith("\r")

@@ -332,8 +332,14 @@ class AllocatorService:
             raise Conflict(
                 f"key {key!r} in pool {pool.name!r} is held by another owner", code="key_in_use", pool=pool.name
             )
-        if existing is None and pool.projects is not None and project is not None and project not in pool.projects:
-            raise Forbidden(f"pool {pool.name!r} is not open to project {project!r}")
+        if existing is None and pool.projects is not None:
+            if project is None and host is not None:  # a host's claim where agents may not look (GET refuses)
+                raise InvalidInput(
+                    f"pool {pool.name!r} is restricted to projects {', '.join(pool.projects)}, which agents may "
+                    f"not use; a claim for host {host!r} in it needs one of those projects",
+                    code="project_required", pool=pool.name)
+            if project is not None and project not in pool.projects:
+                raise Forbidden(f"pool {pool.name!r} is not open to project {project!r}")
         cursor, mark, rev = pool.ids.cursor, (existing.mark if existing else 0), (existing.revision if existing else 0)
         try:
             out = pool.claim(key, value=value, project=project, host=host, revision=batch.next_revision())

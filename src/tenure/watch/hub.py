@@ -25,6 +25,7 @@ import asyncio
 import bisect
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from tenure.domain.access import Principal
@@ -38,6 +39,8 @@ RING_SIZE = 10_000
 MAX_PENDING = 4096
 BOOKMARK_INTERVAL = 10.0
 MAX_WATCHERS = 20_000
+SEND_TIMEOUT = 30.0  # a write blocked this long on a reader that does not read ends the stream
+MAX_SNAPSHOTS = 4  # initial listings reading the store at once (each holds a connection and a transaction)
 
 
 def sse_frame(revision: int | None, event: str, data: str) -> bytes:
@@ -181,19 +184,26 @@ class Hub:
         max_pending: int = MAX_PENDING,
         bookmark_interval: float = BOOKMARK_INTERVAL,
         max_watchers: int = MAX_WATCHERS,
+        send_timeout: float = SEND_TIMEOUT,
+        max_snapshots: int = MAX_SNAPSHOTS,
         mode: str = "index",
     ) -> None:
         if mode not in ("index", "broadcast"):
             raise ValueError("mode is 'index' or 'broadcast'")
+        if ring_size < 1 or max_pending < 1 or max_snapshots < 1:
+            raise ValueError("ring_size, max_pending and max_snapshots must be at least 1")
         self.mode = mode
         self.max_pending = max_pending
         self.bookmark_interval = bookmark_interval
         self.max_watchers = max_watchers
+        self.send_timeout = send_timeout
+        self.snapshots = asyncio.Semaphore(max_snapshots)
         self.ring = Ring(ring_size)
         self.revision = 0  # the newest revision dispatched
         self.loop: asyncio.AbstractEventLoop | None = None
         self._index: dict[IndexKey, set[Watcher]] = {}
-        self._watchers: set[Watcher] = set()
+        self._watchers: set[Watcher] = set()  # filed in the index (live)
+        self._streams: set[Watcher] = set()  # every open stream, catching up or live
         self._by_token: dict[str, set[Watcher]] = {}
         self.closed = False
         # counters for /metrics
@@ -201,6 +211,8 @@ class Hub:
         self.delivered = 0
         self.cutoffs = 0
         self._ticker: asyncio.Task[None] | None = None
+        # Set by the server (api.app.Server): drop the connection of a stream that ends mid-response.
+        self.abort_connection: Callable[[Any], None] | None = None
 
     # ----------------------------------------------------------- the writer side
 
@@ -261,8 +273,17 @@ class Hub:
 
     # ---------------------------------------------------------------- watchers
 
-    def can_register(self) -> bool:
-        return not self.closed and len(self._watchers) < self.max_watchers
+    def can_open(self) -> bool:
+        return not self.closed and len(self._streams) < self.max_watchers
+
+    def open(self, w: Watcher) -> None:
+        """Count a new stream from its first moment: revocation, shutdown and the limit reach it while it
+        is still catching up, before it is filed."""
+        self._streams.add(w)
+        if w.principal.token_id:
+            self._by_token.setdefault(w.principal.token_id, set()).add(w)
+        if self.closed:
+            w.close("server shutting down")
 
     def register(self, w: Watcher, *, floor: int, pending: list[Item]) -> None:
         """File ``w``: it has been sent everything up to ``floor``; ``pending`` are the ring's matches above it.
@@ -275,8 +296,6 @@ class Hub:
         self._watchers.add(w)
         for key in w.keys:
             self._index.setdefault(key, set()).add(w)
-        if w.principal.token_id:
-            self._by_token.setdefault(w.principal.token_id, set()).add(w)
         if self.closed:
             w.close("server shutting down")
         elif self._ticker is None and self.bookmark_interval:
@@ -297,9 +316,9 @@ class Hub:
                         w.wake()
                     w.active = False
 
-    def unregister(self, w: Watcher) -> None:
-        if w not in self._watchers:
-            return
+    def release(self, w: Watcher) -> None:
+        """The stream ended: forget it everywhere."""
+        self._streams.discard(w)
         self._watchers.discard(w)
         for key in w.keys:
             bucket = self._index.get(key)
@@ -328,6 +347,12 @@ class Hub:
 
     @property
     def watchers(self) -> int:
+        """Open streams (catching up or live)."""
+        return len(self._streams)
+
+    @property
+    def filed(self) -> int:
+        """Streams filed in the index (live)."""
         return len(self._watchers)
 
     def close(self) -> None:
@@ -335,5 +360,5 @@ class Hub:
         self.closed = True
         if self._ticker is not None:
             self._ticker.cancel()
-        for w in list(self._watchers):
+        for w in list(self._streams):
             w.close("server shutting down")

@@ -178,24 +178,34 @@ class Filter:
                 eq[r.key] = eq[r.key] & r.values if r.key in eq else r.values
         return eq
 
+    def pins(self, principal: Principal, kind: str) -> dict[str, frozenset[str]] | None:
+        """What every event of ``kind`` this watcher receives has: label (or ``#id``) -> possible values.
+
+        The filter's own equalities and ids, narrowed by what the token's scope implies (an agent's host,
+        a member's project, a member's own token). None: the principal may see nothing of this kind.
+        """
+        scope = implied_scope(principal, kind)
+        if scope is None:
+            return None
+        pinned = self.equalities()
+        if self.ids is not None:
+            pinned["#id"] = self.ids
+        if principal.role != "admin" and kind == "token" and principal.token_id:
+            scope = {**scope, "#id": principal.token_id}
+        for label, value in scope.items():
+            pinned[label] = pinned[label] & {value} if label in pinned else frozenset([value])
+        return pinned
+
     def index_keys(self, principal: Principal) -> list[IndexKey]:
         """The hub index keys to file a watcher under: per kind, its most selective pinned label.
 
         Kinds the principal may not see at all get no key: such a watcher costs those events nothing.
         """
-        eq = self.equalities()
         keys: list[IndexKey] = []
         for kind in sorted(self.kinds):
-            scope = implied_scope(principal, kind)
-            if scope is None:
+            pinned = self.pins(principal, kind)
+            if pinned is None:
                 continue
-            pinned = dict(eq)
-            if self.ids is not None:
-                pinned["#id"] = self.ids
-            for label, value in scope.items():
-                pinned.setdefault(label, frozenset([value]))
-            if principal.role != "admin" and kind == "token" and principal.token_id:
-                pinned.setdefault("#id", frozenset([principal.token_id]))
             label = next((lab for lab in _PREFERENCE if lab in pinned), None)
             if label is None and pinned:
                 label = min(pinned, key=lambda lab: (len(pinned[lab]), lab))
