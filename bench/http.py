@@ -33,18 +33,15 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 from typing import Any  # noqa: E402
 
 import benchkit  # noqa: E402
 from benchkit import Goal, Report, fmt, median  # noqa: E402
+from benchkit.server import TenureServer, taskset  # noqa: E402
 
-VENV_BIN = Path(sys.executable).parent
 RANGE = [1, 2**24 - 1]
 
 LUA_DONE = r"""
@@ -109,74 +106,11 @@ end
 """ + LUA_DONE
 
 
-class Server:
-    def __init__(self, data_dir: Path, log_level: str, cpu: str | None) -> None:
-        self.dir = data_dir
-        cmd = [str(VENV_BIN / "tenure"), "serve", "--db", f"sqlite:///{data_dir / 'tenure.db'}",
-               "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--log-level", log_level]
-        if cpu is not None:
-            cmd = ["taskset", "-c", cpu, *cmd]
-        self.log = open(data_dir / "server.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        self.url, self.token = self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60) -> tuple[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tenure serve exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                url = json.loads((self.dir / "server.json").read_text())["url"]
-                token = (self.dir / "admin.token").read_text().strip()
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                    if r.status == 200 and token:
-                        return url, token
-            except (OSError, ValueError, KeyError, urllib.error.URLError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"tenure serve not ready within {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join((self.dir / "server.log").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
 def run_wrk(url: str, connections: int, seconds: float, threads: int, script: Path, script_args: list[str],
             cpu: str | None) -> dict[str, Any]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s",
            "-s", str(script), url, "--", *script_args]
-    if cpu is not None:
-        cmd = ["taskset", "-c", cpu, *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    out = subprocess.run(taskset(cmd, cpu), capture_output=True, text=True, timeout=seconds + 60, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr}")
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
@@ -218,7 +152,7 @@ def main() -> None:
     floor_results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in floors}
     data_dir = workdir / "data"
     data_dir.mkdir()
-    server = Server(data_dir, args.server_log_level, server_cpu)
+    server = TenureServer(data_dir, args.server_log_level, server_cpu)
     rows = []
     try:
         con.print(f"tenure serve at {server.url} (pid {server.proc.pid}, "

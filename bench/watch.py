@@ -60,30 +60,19 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 from typing import Any  # noqa: E402
 
 import benchkit  # noqa: E402
 from benchkit import Goal, Report, fmt, median  # noqa: E402
+from benchkit.server import TenureServer, taskset  # noqa: E402
 
 CLIENT = HERE / "benchkit" / "watchclient.py"
 GCTRACE = HERE / "benchkit" / "gctrace.py"
-VENV_BIN = Path(sys.executable).parent
 RANGE = [1, 16_000_000]
 MODES = ("index", "broadcast")
 
 
 # ------------------------------------------------------------------------------------------- processes
-
-
-def _taskset(cmd: list[str], cpu: str | None) -> list[str]:
-    return ["taskset", "-c", cpu, *cmd] if cpu is not None else cmd
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory(pid: int) -> dict[str, int]:
@@ -102,60 +91,17 @@ def proc_memory(pid: int) -> dict[str, int]:
     return out
 
 
-class Server:
+class Server(TenureServer):
+    """The benchmark's server: a dispatcher mode, optionally under the GC tracing hook."""
+
     def __init__(self, data_dir: Path, mode: str, log_level: str, cpu: str | None, gc_log: Path | None) -> None:
-        self.dir = data_dir
         self.mode = mode
         self.gc_log = gc_log
-        tenure = [sys.executable, str(GCTRACE), str(gc_log)] if gc_log else [str(VENV_BIN / "tenure")]
-        cmd = _taskset([*tenure, "serve", "--db", f"sqlite:///{data_dir / 'tenure.db'}",
-                        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--log-level", log_level,
-                        "--watch-dispatch", mode], cpu)
-        self.log = open(data_dir / "server.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        self.url, self.token = self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60) -> tuple[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tenure serve exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                url = json.loads((self.dir / "server.json").read_text())["url"]
-                token = (self.dir / "admin.token").read_text().strip()
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                    if r.status == 200 and token:
-                        return url, token
-            except (OSError, ValueError, KeyError, urllib.error.URLError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"tenure serve not ready within {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join((self.dir / "server.log").read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        command = [sys.executable, str(GCTRACE), str(gc_log)] if gc_log else None
+        super().__init__(data_dir, log_level, cpu, command=command, extra=["--watch-dispatch", mode])
 
     def log_warnings(self) -> list[str]:
-        try:
-            lines = (self.dir / "server.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return []
-        return [ln for ln in lines if "level=warning" in ln or "level=error" in ln or "Traceback" in ln]
-
-    def call(self, method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                payload = r.read()
-                return r.status, payload.decode() if raw else json.loads(payload)
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+        return [ln for ln in self.log_lines() if "level=warning" in ln or "level=error" in ln or "Traceback" in ln]
 
     def health(self) -> dict[str, Any]:
         return self.call("GET", "/healthz")[1]
@@ -169,9 +115,6 @@ class Server:
                     name, _, value = line.rpartition(" ")
                     out[name] = float(value)
         return out
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.proc.pid)
 
     def memory(self) -> dict[str, int]:
         return proc_memory(self.proc.pid)
@@ -196,16 +139,6 @@ class Server:
                 return w
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
 
 class WatcherProc:
     """One watchers client process (benchkit/watchclient.py watchers), driven by JSON lines."""
@@ -213,7 +146,7 @@ class WatcherProc:
     def __init__(self, url: str, token: str, cpu: str | None, log: Path) -> None:
         self.logpath = log
         self.log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(_taskset([sys.executable, str(CLIENT), "watchers", url, token], cpu),
+        self.proc = subprocess.Popen(taskset([sys.executable, str(CLIENT), "watchers", url, token], cpu),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      bufsize=1, start_new_session=True)
         self.recv()  # {"ready": true}
@@ -321,7 +254,7 @@ def measure(mode: str, run: int, watchers: int, seconds: float, args: argparse.N
         ask_all(procs, [{"cmd": "reset"}] * len(procs))
         metrics0 = server.watch_metrics()
         cpu0, t0, epoch0 = server.cpu_seconds(), time.monotonic(), time.time()
-        load_cmd = _taskset([sys.executable, str(CLIENT), "load", server.url, server.token, "bench",
+        load_cmd = taskset([sys.executable, str(CLIENT), "load", server.url, server.token, "bench",
                              "--hosts", f"0:{watchers}", "--rate", str(args.rate), "--seconds", str(seconds),
                              "--keys", str(args.keys), "--connections", str(args.connections),
                              "--prefix", f"r{run}", "--grace", str(args.grace)], client_cpu)

@@ -91,6 +91,8 @@ class Api:
     admin_token: str
     data_dir: Path
     app: FastAPI
+    server: Server | None = None  # the uvicorn server and its thread, for tests that stop it themselves
+    thread: threading.Thread | None = None
 
     def headers(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.admin_token}"}
@@ -139,10 +141,13 @@ def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, **config:
         token_file = data_dir / "admin.token"
         token = token_file.read_text().strip() if token_file.exists() else ""
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield Api(client, token, data_dir, app)
+            yield Api(client, token, data_dir, app, server, thread)
     finally:
         server.should_exit = True
-        thread.join(30)
+        thread.join(15)
+        if thread.is_alive():  # a shutdown that hangs must not leave the server behind
+            server.force_exit = True
+            thread.join(15)
         sock.close()
 
 

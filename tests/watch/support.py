@@ -1,7 +1,7 @@
 """Helpers of the catch-up tests: a server whose uvicorn object the test can see, and a raw, slow HTTP client.
 
-``serve`` is ``tests.conftest.start_api`` with the uvicorn server and its thread exposed, so a test can
-stop the server and check that it really stopped (start_api's ``thread.join(30)`` does not check).
+``serve`` is ``tests.conftest.start_api`` with the uvicorn server and its thread in reach, so a test can
+stop the server and check that it really stopped.
 ``SlowWatch`` opens a watch on a socket with a tiny receive buffer and does not read past the headers
 until told to: the server then blocks writing to it, as with a client that stalled.
 """
@@ -20,11 +20,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import h11
-import httpx
 import uvicorn
 
-from tenure.api.app import Server, ServerConfig, create_app
-from tests.conftest import Api
+from tests.conftest import Api, start_api
 from tests.watch.stream import END, Frame, parse
 
 
@@ -39,9 +37,20 @@ def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condi
 @dataclass
 class Served:
     api: Api
-    server: uvicorn.Server
-    thread: threading.Thread
-    port: int
+
+    @property
+    def server(self) -> uvicorn.Server:
+        assert self.api.server is not None
+        return self.api.server
+
+    @property
+    def thread(self) -> threading.Thread:
+        assert self.api.thread is not None
+        return self.api.thread
+
+    @property
+    def port(self) -> int:
+        return int(str(self.api.client.base_url).rstrip("/").rsplit(":", 1)[1])
 
     def paused_writers(self) -> int:
         """Connections on which the server is blocked writing (its transport's buffer is full)."""
@@ -51,33 +60,12 @@ class Served:
 
 @contextlib.contextmanager
 def serve(db_url: str, data_dir: Path, **config: Any) -> Iterator[Served]:
-    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, **config))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    started = threading.Event()
-
-    class _Server(Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            started.set()
-
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
+    """:func:`tests.conftest.start_api`, with the uvicorn server and its thread in reach."""
+    servers = start_api(db_url, data_dir, **config)
     try:
-        assert started.wait(30), "uvicorn did not start"
-        assert app.state.tenure.ready.wait(30)
-        token = (data_dir / "admin.token").read_text().strip()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield Served(Api(client, token, data_dir, app), server, thread, port)
+        yield Served(next(servers))
     finally:
-        server.should_exit = True
-        thread.join(15)
-        if thread.is_alive():  # a test showed that shutdown hangs: do not leave the server behind
-            server.force_exit = True
-            thread.join(15)
-        sock.close()
+        servers.close()
 
 
 class SlowWatch:

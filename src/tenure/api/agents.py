@@ -8,37 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from fastapi import APIRouter, Body, Response
+from pydantic import Field, StrictStr
 
-from tenure.api.auth import authenticate
-from tenure.domain.access import Principal
-from tenure.services.runtime import Runtime
+from tenure.api.routes import RT, Auth, StrictModel
 
 router = APIRouter(prefix="/v1")
 
-Auth = Annotated[Principal, Depends(authenticate)]
 
-
-async def runtime(request: Request) -> Runtime:
-    return request.app.state.tenure.require()
-
-
-RT = Annotated[Runtime, Depends(runtime)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AgentRegister(_Strict):
+class AgentRegister(StrictModel):
     host: StrictStr
     kinds: list[StrictStr] = Field(max_length=64)
     version: StrictStr
     capabilities: dict[str, Any] | None = None
 
 
-class Heartbeat(_Strict):
+class Heartbeat(StrictModel):
     """Empty for now; a strict model so that a misspelt field is refused rather than ignored."""
 
 

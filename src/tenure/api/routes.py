@@ -32,11 +32,11 @@ async def runtime(request: Request) -> Runtime:
 RT = Annotated[Runtime, Depends(runtime)]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PoolCreate(_Strict):
+class PoolCreate(StrictModel):
     name: StrictStr
     ranges: RangeList = Field(max_length=1024)
     reserved: RangeList = Field(default_factory=list, max_length=1024)
@@ -44,25 +44,25 @@ class PoolCreate(_Strict):
     projects: list[StrictStr] | None = Field(default=None, max_length=1024)
 
 
-class ClaimCreate(_Strict):
+class ClaimCreate(StrictModel):
     key: StrictStr
     value: StrictInt | None = None
     project: StrictStr | None = None
     host: StrictStr | None = None
 
 
-class BulkItem(_Strict):
+class BulkItem(StrictModel):
     key: StrictStr
     value: StrictInt | None = None
 
 
-class BulkClaim(_Strict):
+class BulkClaim(StrictModel):
     claims: list[BulkItem] = Field(min_length=1, max_length=MAX_BULK)
     project: StrictStr | None = None
     host: StrictStr | None = None
 
 
-class TokenCreate(_Strict):
+class TokenCreate(StrictModel):
     role: Literal["admin", "agent", "member"]
     project: StrictStr | None = None
     host: StrictStr | None = None

@@ -14,19 +14,31 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
-from tenure.client._client import _api_error, _decode, _transport_error, segment
+from tenure.client._client import (
+    _api_error,
+    _ClientBase,
+    _created,
+    _decode,
+    _transport_error,
+    segment,
+)
 from tenure.client._errors import TenureClientError, TenureConfigError
-from tenure.client._locate import locate
-from tenure.client._watch import WATCH_READ_TIMEOUT, AsyncWatch, Backoff, WatchEvent, WatchQuery, WatchSession
+from tenure.client._watch import (
+    WATCH_READ_TIMEOUT,
+    AsyncWatch,
+    Backoff,
+    WatchEvent,
+    WatchQuery,
+    WatchSession,
+)
 
 
-class AsyncTenureClient:
+class AsyncTenureClient(_ClientBase):
     """Talks to one Tenure server with one token, asynchronously. ``async with``, or ``await aclose()``."""
 
     def __init__(
@@ -40,25 +52,8 @@ class AsyncTenureClient:
     ) -> None:
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
         ``httpx.AsyncClient`` and stays owned by the caller (it is not closed by :meth:`aclose`)."""
-        if http is not None and transport is not None:
-            raise ValueError("pass either transport or http, not both")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self._owns_http = http is None
+        super().__init__(base_url, token, timeout, http, transport)
         self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, transport=transport)
-
-    @classmethod
-    def from_env(
-        cls,
-        url: str | None = None,
-        token: str | None = None,
-        data_dir: Path | str | None = None,
-        **kwargs: Any,
-    ) -> AsyncTenureClient:
-        """A client for the argument, else ``TENURE_URL``/``TENURE_TOKEN``, else the local server and admin token."""
-        target = locate(url, token, data_dir)
-        return cls(target.url, target.token, **kwargs)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -73,9 +68,6 @@ class AsyncTenureClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"AsyncTenureClient({self.base_url!r})"
 
     async def send(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
@@ -96,13 +88,6 @@ class AsyncTenureClient:
         if response.is_error:
             raise _api_error(response)
         return _decode(response)
-
-    async def _created(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A POST answered 201 (new) or 200 (already there): the JSON plus ``created``."""
-        response = await self.send("POST", path, json=body)
-        if response.is_error:
-            raise _api_error(response)
-        return {**_decode(response), "created": response.status_code == 201}
 
     # ----------------------------------------------------------------- routes
 
@@ -130,7 +115,7 @@ class AsyncTenureClient:
     ) -> dict[str, Any]:
         """Claim ``key`` (idempotent); the answer has ``created``: False when the key was already held."""
         body = {"key": key, "value": value, "project": project, "host": host}
-        return await self._created(f"/v1/pools/{segment(pool)}/claims", body)
+        return _created(await self.send("POST", f"/v1/pools/{segment(pool)}/claims", json=body))
 
     async def release(self, pool: str, key: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/v1/pools/{segment(pool)}/claims/{segment(key)}")
@@ -140,7 +125,7 @@ class AsyncTenureClient:
     ) -> dict[str, Any]:
         """Register (or re-register) the agent of ``host``; ``created``: False for a re-registration."""
         body = {"host": host, "kinds": list(kinds), "version": version, "capabilities": capabilities}
-        return await self._created("/v1/agents", body)
+        return _created(await self.send("POST", "/v1/agents", json=body))
 
     async def heartbeat(self, host: str) -> dict[str, Any]:
         """The agent's record; ``agent_not_registered`` (404) means: register again."""

@@ -27,14 +27,25 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
 
-from tenure.client._errors import TenureAPIError, TenureClientError, TenureConfigError, TenureConnectionError
+from tenure.client._errors import (
+    TenureAPIError,
+    TenureClientError,
+    TenureConfigError,
+    TenureConnectionError,
+)
 from tenure.client._locate import locate
-from tenure.client._watch import WATCH_READ_TIMEOUT, Backoff, Watch, WatchQuery, WatchSession
+from tenure.client._watch import (
+    WATCH_READ_TIMEOUT,
+    Backoff,
+    Watch,
+    WatchQuery,
+    WatchSession,
+)
 
 #: The largest page the server hands out; :meth:`TenureClient.iter_claims` asks for it.
 MAX_PAGE = 1000
@@ -80,7 +91,41 @@ def _decode(response: httpx.Response) -> Any:
         ) from None
 
 
-class TenureClient:
+def _created(response: httpx.Response) -> dict[str, Any]:
+    """A POST answered 201 (new) or 200 (already there): the JSON plus ``created``."""
+    if response.is_error:
+        raise _api_error(response)
+    return {**_decode(response), "created": response.status_code == 201}
+
+
+class _ClientBase:
+    """What the sync and async clients share: the server, the token's headers, the timeout, ``from_env``."""
+
+    def __init__(self, base_url: str, token: str, timeout: float, http: Any, transport: Any) -> None:
+        if http is not None and transport is not None:
+            raise ValueError("pass either transport or http, not both")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._owns_http = http is None
+
+    @classmethod
+    def from_env(
+        cls,
+        url: str | None = None,
+        token: str | None = None,
+        data_dir: Path | str | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """A client for the argument, else ``TENURE_URL``/``TENURE_TOKEN``, else the local server and admin token."""
+        target = locate(url, token, data_dir)
+        return cls(target.url, target.token, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+
+class TenureClient(_ClientBase):
     """Talks to one Tenure server with one token. Use as a context manager, or call :meth:`close`."""
 
     def __init__(
@@ -94,25 +139,8 @@ class TenureClient:
     ) -> None:
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
         ``httpx.Client`` and stays owned by the caller (it is not closed by :meth:`close`)."""
-        if http is not None and transport is not None:
-            raise ValueError("pass either transport or http, not both")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self._owns_http = http is None
+        super().__init__(base_url, token, timeout, http, transport)
         self._http = http if http is not None else httpx.Client(timeout=timeout, transport=transport)
-
-    @classmethod
-    def from_env(
-        cls,
-        url: str | None = None,
-        token: str | None = None,
-        data_dir: Path | str | None = None,
-        **kwargs: Any,
-    ) -> TenureClient:
-        """A client for the argument, else ``TENURE_URL``/``TENURE_TOKEN``, else the local server and admin token."""
-        target = locate(url, token, data_dir)
-        return cls(target.url, target.token, **kwargs)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -127,9 +155,6 @@ class TenureClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"TenureClient({self.base_url!r})"
 
     def _send(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
@@ -191,10 +216,7 @@ class TenureClient:
     ) -> dict[str, Any]:
         """Claim ``key`` (idempotent); the answer has ``created``: False when the key was already held."""
         body = {"key": key, "value": value, "project": project, "host": host}
-        response = self._send("POST", f"/v1/pools/{segment(pool)}/claims", json=body)
-        if response.is_error:
-            raise _api_error(response)
-        return {**self._decode(response), "created": response.status_code == 201}
+        return _created(self._send("POST", f"/v1/pools/{segment(pool)}/claims", json=body))
 
     def claim_many(
         self,
@@ -347,10 +369,7 @@ class TenureClient:
     ) -> dict[str, Any]:
         """Register (or re-register) the agent of ``host``; the answer has ``created``: False on re-registration."""
         body = {"host": host, "kinds": list(kinds), "version": version, "capabilities": capabilities}
-        response = self._send("POST", "/v1/agents", json=body)
-        if response.is_error:
-            raise _api_error(response)
-        return {**self._decode(response), "created": response.status_code == 201}
+        return _created(self._send("POST", "/v1/agents", json=body))
 
     def heartbeat(self, host: str) -> dict[str, Any]:
         """report_state: the agent as it stands; ``agent_not_registered`` means register again."""

@@ -51,16 +51,16 @@ def validate_key(key: object) -> str:
     return key
 
 
-def validate_text(text: object, *, what: str, max_length: int = 1024) -> str:
+def validate_text(text: object, *, what: str, max_length: int = 1024, code: str = "invalid_text") -> str:
     """Free text (descriptions): bounded, and storable by every backend (no NUL, no lone surrogates)."""
     if not isinstance(text, str) or len(text) > max_length:
-        raise InvalidInput(f"{what} must be a string of at most {max_length} characters", code="invalid_text")
+        raise InvalidInput(f"{what} must be a string of at most {max_length} characters", code=code)
     if "\x00" in text:
-        raise InvalidInput(f"{what} must not contain the NUL character", code="invalid_text")
+        raise InvalidInput(f"{what} must not contain the NUL character", code=code)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(f"{what} must be valid Unicode (no lone surrogates)", code="invalid_text") from None
+        raise InvalidInput(f"{what} must be valid Unicode (no lone surrogates)", code=code) from None
     return text
 
 

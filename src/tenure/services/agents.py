@@ -29,7 +29,7 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 from tenure.domain.access import ADMIN, Principal, require_admin
 from tenure.domain.errors import Forbidden, InvalidInput, NotFound
 from tenure.domain.events import KINDS
-from tenure.domain.pool import validate_name
+from tenure.domain.pool import validate_name, validate_text
 from tenure.services.writer import Batch, Clock, Op, Writer, utcnow
 from tenure.store import schema
 
@@ -104,16 +104,10 @@ def validate_kinds(kinds: object) -> tuple[str, ...]:
 
 
 def validate_version(version: object) -> str:
-    if not isinstance(version, str) or not version or len(version) > MAX_VERSION_LENGTH:
+    if not isinstance(version, str) or not version:
         raise InvalidInput(f"version must be a string of 1 to {MAX_VERSION_LENGTH} characters",
                            code="invalid_version")
-    if "\x00" in version:
-        raise InvalidInput("version must not contain the NUL character", code="invalid_version")
-    try:
-        version.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("version must be valid Unicode (no lone surrogates)", code="invalid_version") from None
-    return version
+    return validate_text(version, what="version", max_length=MAX_VERSION_LENGTH, code="invalid_version")
 
 
 def validate_capabilities(capabilities: object) -> dict[str, Any]:
