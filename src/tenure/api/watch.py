@@ -46,6 +46,7 @@ log = logging.getLogger("tenure.watch")
 router = APIRouter(prefix="/v1")
 
 SEND_BATCH = 512  # frames per write while replaying
+FINAL_WRITE_TIMEOUT = 1.0  # the last chunk of a stream (end or error frame)
 LISTING_TIMEOUT = 600.0  # an initial listing (or its wait for a turn) ends within this
 
 
@@ -259,7 +260,10 @@ class WatchStream(Response):
         assert self._send is not None
         w.sending = True
         try:
-            async with asyncio.timeout(self.hub.send_timeout):
+            # The end of a stream gets a short grace only: a stream closed by shutdown or revocation while its
+            # reader stalls must not keep the connection (and a shutdown) for the whole send timeout.
+            async with asyncio.timeout(min(self.hub.send_timeout, FINAL_WRITE_TIMEOUT) if final
+                                       else self.hub.send_timeout):
                 await self._send({"type": "http.response.body", "body": data, "more_body": not final})
         except TimeoutError:  # the reader stopped reading (any phase: listing, replay or live)
             self.hub.cutoffs += 1
