@@ -1,0 +1,214 @@
+"""Capacity over time on a topology: ledgers per hop, per-project holdings, limits, admission.
+
+:class:`Capacity` is the arithmetic of reservations, without storage or
+clocks: one :class:`~tenure.domain.ledger.Ledger` per hop (link direction) for
+everything booked, one per (project, hop) for what each project holds (Tegu's
+fences are checked against it), and the path search that ties them together.
+
+Admission of a leg of ``rate`` over a window: the fewest-hops path on which,
+for every hop, the peak usage over the window plus ``rate`` is at most the
+hop's usable capacity (capacity minus headroom), and the project's own peak
+plus ``rate`` is at most its limit there. Legs of one reservation are booked
+one after another, so a later leg sees the earlier ones (two steering segments
+crossing the same hop count twice). A refusal names the first hop that stops
+the static shortest path, with what was needed, what was available and when.
+
+Only the future matters: the check runs over ``[max(start, now), end)``; the
+booking covers the whole window, so the usage of the past stays what it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from tenure.domain.errors import Conflict, InvalidInput
+from tenure.domain.ledger import Ledger
+from tenure.domain.reservation import Leg
+from tenure.domain.topology import Topology
+from tenure.domain.units import iso, share_text
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The most a project may hold on any one hop at any instant: absolute, or a share of the hop's capacity."""
+
+    project: str
+    max_bps: int | None = None
+    share: Fraction | None = None
+    revision: int = 0
+    updated_at: int = 0
+
+    def cap(self, capacity: int) -> int:
+        if self.max_bps is not None:
+            return self.max_bps
+        assert self.share is not None
+        return math.floor(capacity * self.share)
+
+    def body(self) -> dict[str, Any]:
+        return {"project": self.project, "max": self.max_bps,
+                "share": share_text(self.share) if self.share is not None else None,
+                "revision": self.revision, "updated_at": iso(self.updated_at)}
+
+
+class Capacity:
+    """Ledgers of one topology. Mutated only by the writer thread."""
+
+    def __init__(self, topology: Topology, limits: dict[str, Limit]) -> None:
+        self.topology = topology
+        self.limits = limits  # shared with the service: the current limits by project
+        self.use: list[Ledger] = [Ledger() for _ in topology.hops]
+        self.held: dict[tuple[str, int], Ledger] = {}  # (project, hop) → what that project holds
+
+    # ------------------------------------------------------------ booking
+
+    def book(self, hops: Sequence[int], start: int, end: int, rate: int, project: str | None) -> None:
+        for h in hops:
+            self.use[h].add(start, end, rate)
+            if project is not None:
+                led = self.held.get((project, h))
+                if led is None:
+                    led = self.held[(project, h)] = Ledger()
+                led.add(start, end, rate)
+
+    def unbook(self, hops: Sequence[int], start: int, end: int, rate: int, project: str | None) -> None:
+        for h in hops:
+            self.use[h].add(start, end, -rate)
+            if project is not None:
+                led = self.held[(project, h)]
+                led.add(start, end, -rate)
+                if not led:
+                    del self.held[(project, h)]
+
+    def book_legs(self, legs: Sequence[Leg], start: int, end: int, project: str | None, sign: int = 1) -> None:
+        """Book (or with ``sign=-1`` release) routed legs; legs whose links are gone are skipped."""
+        for leg in legs:
+            hops = self.topology.hops_of(list(leg.hops))
+            if hops is None:
+                continue
+            if sign > 0:
+                self.book(hops, start, end, leg.rate, project)
+            else:
+                self.unbook(hops, start, end, leg.rate, project)
+
+    # ------------------------------------------------------------ checks
+
+    def _limit_cap(self, project: str | None, h: int) -> int | None:
+        limit = self.limits.get(project) if project is not None else None
+        return limit.cap(self.topology.capacity[h]) if limit is not None else None
+
+    def hop_ok(self, h: int, start: int, end: int, rate: int, project: str | None) -> bool:
+        if self.use[h].peak(start, end) + rate > self.topology.usable[h]:
+            return False
+        cap = self._limit_cap(project, h)
+        if cap is None:
+            return True
+        led = self.held.get((project, h))  # type: ignore[arg-type]
+        return (led.peak(start, end) if led is not None else 0) + rate <= cap
+
+    def fits(self, hops: Sequence[int], start: int, end: int, rate: int, project: str | None) -> bool:
+        return all(self.hop_ok(h, start, end, rate, project) for h in hops)
+
+    def residual(self, h: int, start: int, end: int, project: str | None) -> int:
+        """What one more booking could take on hop ``h`` over the window (capacity and limit)."""
+        free = self.topology.usable[h] - self.use[h].peak(start, end)
+        cap = self._limit_cap(project, h)
+        if cap is not None:
+            led = self.held.get((project, h))  # type: ignore[arg-type]
+            free = min(free, cap - (led.peak(start, end) if led is not None else 0))
+        return free
+
+    # ------------------------------------------------------------ routing
+
+    def endpoints(self, src: str, dst: str) -> tuple[int, int]:
+        index = self.topology.index
+        for node in (src, dst):
+            if node not in index:
+                raise InvalidInput(f"node {node!r} is not in the topology", code="unknown_node", node=node)
+        return index[src], index[dst]
+
+    def route(self, leg: Leg, start: int, end: int, project: str | None, *, mode: str = "shortest") -> list[int]:
+        """The path for ``leg`` over the window, or a :class:`Conflict` naming why there is none."""
+        s, d = self.endpoints(leg.src, leg.dst)
+        finder = self.topology.finder
+        rate = leg.rate
+        if mode == "widest":
+            path = finder.widest(s, d, lambda h: self.residual(h, start, end, project), rate)
+        else:
+            path = finder.shortest(s, d, lambda h: self.hop_ok(h, start, end, rate, project))
+        if path is None:
+            raise self.refusal(leg, start, end, project)
+        return path
+
+    def alternatives(self, leg: Leg, start: int, end: int, project: str | None, k: int) -> list[list[int]]:
+        s, d = self.endpoints(leg.src, leg.dst)
+        return self.topology.finder.k_shortest(
+            s, d, lambda h: self.hop_ok(h, start, end, leg.rate, project), k)
+
+    def refusal(self, leg: Leg, start: int, end: int, project: str | None) -> Conflict:
+        """Why no path fits: the first hop of the static shortest path that does not (or no path at all)."""
+        s, d = self.endpoints(leg.src, leg.dst)
+        topo = self.topology
+        static = topo.finder.shortest(s, d, lambda h: True)
+        if static is None:
+            return Conflict(f"no path from {leg.src!r} to {leg.dst!r} in the topology", code="no_path",
+                            src=leg.src, dst=leg.dst)
+        for h in static:
+            link, direction = topo.hops[h]
+            peak, when = self.use[h].peak_at(start, end)
+            available = topo.usable[h] - peak
+            if peak + leg.rate > topo.usable[h]:
+                return Conflict(
+                    f"link {link} ({direction}) has {max(available, 0)} bit/s free at {iso(when)}; "
+                    f"{leg.rate} bit/s are needed from {leg.src} to {leg.dst}",
+                    code="insufficient_capacity", link=link, direction=direction, needed=leg.rate,
+                    available=max(available, 0), when=iso(when), leg=leg.name)
+            cap = self._limit_cap(project, h)
+            if cap is not None:
+                led = self.held.get((project, h))  # type: ignore[arg-type]
+                held, when = led.peak_at(start, end) if led is not None else (0, start)
+                if held + leg.rate > cap:
+                    return Conflict(
+                        f"project {project} may hold at most {cap} bit/s on link {link} ({direction}); "
+                        f"it holds {held} at {iso(when)} and {leg.rate} more are needed",
+                        code="limit_exceeded", link=link, direction=direction, limit=cap, held=held,
+                        needed=leg.rate, when=iso(when), leg=leg.name, project=project)
+        # Not reached: had every hop of this path fit, the search would have found it.
+        return Conflict(f"no path from {leg.src!r} to {leg.dst!r} fits", code="insufficient_capacity",
+                        needed=leg.rate, leg=leg.name)
+
+    def alarms(self, hops: Sequence[int], start: int, end: int) -> list[dict[str, Any]]:
+        """Hops whose peak usage over the window is above their alarm threshold."""
+        out = []
+        for h in hops:
+            threshold = self.topology.alarm_at[h]
+            if threshold is None:
+                continue
+            peak, when = self.use[h].peak_at(start, end)
+            if peak > threshold:
+                link, direction = self.topology.hops[h]
+                out.append({"link": link, "direction": direction, "peak": peak, "threshold": threshold,
+                            "when": iso(when)})
+        return out
+
+    # ------------------------------------------------------------ reads
+
+    def usage(self, link_id: str, start: int | None, end: int | None, *, max_steps: int) -> dict[str, Any]:
+        topo = self.topology
+        link = topo.links[link_id]
+        directions = {}
+        for d in ("ab", "ba"):
+            h = topo.hop_index[(link_id, d)]
+            steps = self.use[h].steps(start, end)
+            truncated = len(steps) > max_steps
+            frm, to = topo.node_ids[topo.graph.ends[h][0]], topo.node_ids[topo.graph.ends[h][1]]
+            directions[d] = {
+                "from": frm, "to": to, "capacity": topo.capacity[h], "usable": topo.usable[h],
+                "alarm": topo.alarm_at[h], "truncated": truncated,
+                "steps": [{"from": iso(a), "to": iso(b) if b is not None else None, "used": u}
+                          for a, b, u in steps[:max_steps]],
+            }
+        return {"link": link.id, "a": link.a, "b": link.b, "directions": directions}

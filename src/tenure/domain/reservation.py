@@ -1,0 +1,217 @@
+"""Reservations: promises of capacity for a window, their kinds, legs and states (pure rules).
+
+A reservation is broken into *legs*, each a one-way demand of a rate from one
+node to another; every leg is admitted on its own path (Tegu's pledges):
+
+- ``bandwidth``: ``out`` src → dst at ``rate_out`` and ``in`` dst → src at
+  ``rate_in`` (defaults to ``rate_out``; 0 means one way only). Each direction
+  finds its own path;
+- ``oneway``: ``out`` only;
+- ``steering``: src → via[0] → … → dst, one leg per segment at ``rate_out``;
+- ``mirror``: the copy of a host's (or a switch port's) traffic from the
+  mirroring switch to the collector, at ``rate_out``.
+
+States follow time: ``pending`` before the window, ``active`` inside it,
+``expired`` after it; ``cancelled`` ends it early. ``degraded`` is a reservation
+that a topology change left without a path that fits: it holds no capacity
+(never silently over-committed) and is re-admitted at the next topology change
+or modification, and expires at its end like the others.
+
+Instants are µs since the epoch and rates whole bit/s (:mod:`tenure.domain.units`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenure.domain.errors import InvalidInput
+from tenure.domain.pool import validate_name, validate_text
+from tenure.domain.units import iso
+
+KINDS = ("bandwidth", "oneway", "steering", "mirror")
+PENDING, ACTIVE, EXPIRED, CANCELLED, DEGRADED = "pending", "active", "expired", "cancelled", "degraded"
+STATES = (PENDING, ACTIVE, EXPIRED, CANCELLED, DEGRADED)
+LIVE = frozenset({PENDING, ACTIVE, DEGRADED})  # may still change; hold capacity unless degraded
+ENDED = frozenset({EXPIRED, CANCELLED})
+PROTOCOLS = ("tcp", "udp", "icmp", "sctp")
+MAX_VIA = 8
+MAX_LABELS = 32
+MAX_REQUEST_ID = 128
+PATH_MODES = ("shortest", "widest")
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One one-way demand of a reservation and the path it was admitted on."""
+
+    name: str  # out | in | seg0.. | mirror
+    src: str
+    dst: str
+    rate: int
+    hops: tuple[tuple[str, str], ...] = ()  # (link, direction) in order; () while unrouted or degraded
+    nodes: tuple[str, ...] = ()
+
+    def doc(self) -> dict[str, Any]:
+        return {"leg": self.name, "from": self.src, "to": self.dst, "rate": self.rate,
+                "nodes": list(self.nodes), "links": [h[0] for h in self.hops],
+                "directions": [h[1] for h in self.hops]}
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What traffic the reservation is for (enforced by agents; not part of admission)."""
+
+    protocol: str | None = None
+    src_port: int | None = None
+    dst_port: int | None = None
+    dscp: int | None = None
+
+    def doc(self) -> dict[str, Any]:
+        return {k: v for k, v in (("protocol", self.protocol), ("src_port", self.src_port),
+                                  ("dst_port", self.dst_port), ("dscp", self.dscp)) if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    kind: str
+    project: str | None
+    owner: str | None  # the token id that made it
+    src: str
+    dst: str  # the collector, for a mirror
+    via: tuple[str, ...]
+    port: str | None  # mirror: the link whose traffic is copied
+    rate_out: int
+    rate_in: int
+    match: Match
+    start: int
+    end: int
+    state: str
+    legs: tuple[Leg, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    path_mode: str = "shortest"
+    request_id: str | None = None
+    request_hash: str | None = None
+    reason: str | None = None  # why degraded or re-routed
+    created_at: int = 0
+    updated_at: int = 0
+    ended_at: int | None = None
+    revision: int = 0
+
+    @property
+    def holds_capacity(self) -> bool:
+        return self.state in (PENDING, ACTIVE)
+
+    def body(self) -> dict[str, Any]:
+        """The reservation as the API returns it (and as its events carry it)."""
+        d: dict[str, Any] = {
+            "id": self.id, "kind": self.kind, "project": self.project, "owner": self.owner,
+            "state": self.state, "src": self.src, "dst": self.dst,
+            "rate_out": self.rate_out, "rate_in": self.rate_in,
+            "start": iso(self.start), "end": iso(self.end),
+            "paths": [leg.doc() for leg in self.legs], "labels": dict(self.labels), "path_mode": self.path_mode,
+            "request_id": self.request_id, "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "revision": self.revision,
+        }
+        if self.kind == "steering":
+            d["via"] = list(self.via)
+        if self.kind == "mirror":
+            d["collector"] = self.dst
+            d["port"] = self.port
+        if self.match.doc():
+            d["match"] = self.match.doc()
+        if self.reason:
+            d["reason"] = self.reason
+        if self.ended_at is not None:
+            d["ended_at"] = iso(self.ended_at)
+        return d
+
+    def event_labels(self) -> dict[str, str]:
+        labels = {"type": self.kind, "state": self.state, "src": self.src, "dst": self.dst}
+        if self.project is not None:
+            labels["project"] = self.project
+        return labels
+
+    def next_due(self, retention: int) -> int:
+        """The instant of this reservation's next scheduled change (activation, expiry, purge)."""
+        if self.state == PENDING:
+            return self.start
+        if self.state in (ACTIVE, DEGRADED):
+            return self.end
+        return (self.ended_at if self.ended_at is not None else self.end) + retention
+
+
+def time_state(start: int, end: int, now: int) -> str:
+    """The state a reservation that holds its capacity is in at ``now``."""
+    if now < start:
+        return PENDING
+    return ACTIVE if now < end else EXPIRED
+
+
+# ------------------------------------------------------------------ validation
+
+
+def validate_labels(labels: object) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping) or len(labels) > MAX_LABELS:
+        raise InvalidInput(f"labels must be an object of at most {MAX_LABELS} string values", code="invalid_labels")
+    out = {}
+    for k, v in labels.items():
+        validate_name(k, what="label name")
+        if not isinstance(v, str):
+            raise InvalidInput(f"label {k!r} must be a string", code="invalid_labels")
+        out[k] = validate_text(v, what=f"label {k!r}", max_length=256, code="invalid_labels")
+    return out
+
+
+def validate_match(*, protocol: object = None, src_port: object = None, dst_port: object = None,
+                   dscp: object = None) -> Match:
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise InvalidInput(f"protocol must be one of {', '.join(PROTOCOLS)}", code="invalid_match")
+    for name, port in (("src_port", src_port), ("dst_port", dst_port)):
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            raise InvalidInput(f"{name} must be a port number 1-65535", code="invalid_match")
+        if port is not None and protocol not in ("tcp", "udp", "sctp"):
+            raise InvalidInput(f"{name} needs protocol tcp, udp or sctp", code="invalid_match")
+    if dscp is not None and (isinstance(dscp, bool) or not isinstance(dscp, int) or not 0 <= dscp <= 63):
+        raise InvalidInput("dscp must be 0-63", code="invalid_match")
+    return Match(protocol, src_port, dst_port, dscp)  # type: ignore[arg-type]
+
+
+def validate_request_id(request_id: object) -> str | None:
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidInput("request_id must be a non-empty string", code="invalid_request_id")
+    return validate_text(request_id, what="request_id", max_length=MAX_REQUEST_ID, code="invalid_request_id")
+
+
+def request_hash(raw: Mapping[str, Any]) -> str:
+    """What a retry must repeat: the request as sent, without its request_id (``now`` stays ``now``)."""
+    canon = json.dumps({k: v for k, v in raw.items() if k != "request_id" and v is not None},
+                       sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def plan_legs(*, kind: str, src: str, dst: str, via: tuple[str, ...], rate_out: int, rate_in: int,
+              mirror_from: str | None = None) -> tuple[Leg, ...]:
+    """The unrouted legs of a reservation (mirror: ``mirror_from`` is the mirroring switch)."""
+    if kind == "bandwidth":
+        legs = [Leg("out", src, dst, rate_out)]
+        if rate_in:
+            legs.append(Leg("in", dst, src, rate_in))
+        return tuple(legs)
+    if kind == "oneway":
+        return (Leg("out", src, dst, rate_out),)
+    if kind == "steering":
+        stops = (src, *via, dst)
+        return tuple(Leg(f"seg{i}", a, b, rate_out) for i, (a, b) in enumerate(zip(stops, stops[1:], strict=False)))
+    if kind == "mirror":
+        assert mirror_from is not None
+        return (Leg("mirror", mirror_from, dst, rate_out),)
+    raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", code="invalid_kind")
