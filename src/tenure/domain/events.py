@@ -13,7 +13,7 @@ from typing import Any
 
 from tenure.domain.access import Principal, may_see_claim, may_use_pool
 
-KINDS: tuple[str, ...] = ("pool", "claim", "token", "agent")
+KINDS: tuple[str, ...] = ("pool", "claim", "token", "agent", "reservation", "topology", "limit")
 OPS: tuple[str, ...] = ("created", "updated", "deleted")
 
 
@@ -30,6 +30,14 @@ def may_see_event(p: Principal, kind: str, object_id: str, labels: Mapping[str, 
         return p.role == "agent" and labels.get("host") == p.host
     if kind == "token":
         return object_id == p.token_id
+    if kind == "reservation":  # as GET /v1/reservations/{id}: a member its project's, an agent its host's
+        if p.role == "member":
+            return labels.get("project") == p.project
+        return p.role == "agent" and p.host in (labels.get("src"), labels.get("dst"))
+    if kind == "topology":
+        return True
+    if kind == "limit":
+        return p.role == "member" and labels.get("project") == p.project
     return False
 
 
@@ -47,4 +55,10 @@ def implied_scope(p: Principal, kind: str) -> dict[str, str] | None:
         return {"host": p.host} if p.role == "agent" and p.host else None
     if kind == "token":
         return {} if p.token_id else None
+    if kind == "reservation":  # an agent's host may be src or dst: no single label to index it by
+        return {"project": p.project} if p.role == "member" and p.project else ({} if p.role == "agent" else None)
+    if kind == "topology":
+        return {}
+    if kind == "limit":
+        return {"project": p.project} if p.role == "member" and p.project else None
     return None

@@ -24,6 +24,7 @@ from tenure.domain.errors import Unavailable
 from tenure.services.agents import AgentService
 from tenure.services.allocator import AllocatorService
 from tenure.services.periodic import Periodic
+from tenure.services.reservations import ReservationService
 from tenure.services.tokens import TokenService
 from tenure.services.writer import Clock, Op, Writer, utcnow
 from tenure.store import schema
@@ -75,19 +76,36 @@ class Runtime:
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
                 self.tokens = TokenService(writer=self.writer)
                 self.agents = AgentService(writer=self.writer, clock=clock, down_after=self.settings.agent_down_after)
+                self.reservations = ReservationService(
+                    writer=self.writer, clock=clock, horizon=self.settings.reservation_horizon,
+                    retention=self.settings.reservation_retention, start_grace=self.settings.reservation_start_grace)
                 self.allocator.load(conn)
                 self.tokens.load(conn)
                 self.history = History(self.engine, self.writer, clock=clock, max_age=self.settings.history_age,
                                        max_events=self.settings.history_events)
                 self.history.load(conn)
                 self.history.listers.update(pool=self.allocator.list_pools_at, claim=self.allocator.list_claims_at,
-                                            token=self.tokens.list_at, agent=self.agents.list_at)
+                                            token=self.tokens.list_at, agent=self.agents.list_at,
+                                            reservation=self.reservations.list_reservations_at,
+                                            topology=self.reservations.list_topology_at,
+                                            limit=self.reservations.list_limits_at)
                 self.agents.load(conn)
+                self.reservations.load(conn)
         except BaseException:
             self._lock.release()
             self.engine.dispose()
             raise
         self.writer.start()
+        try:
+            # Timers re-armed at load; what fell due while the server was down is applied before serving.
+            self.reservations.scheduler.run_due()
+        except BaseException:
+            self.writer.close()
+            self._lock.release()
+            self.engine.dispose()
+            raise
+        if self.settings.housekeeping:
+            self.reservations.scheduler.start()
         self._compactor: Periodic | None = None
         if self.settings.housekeeping:
             self._compactor = Periodic("compactor", self.settings.compact_interval, self.history.compact).start()
@@ -126,6 +144,7 @@ class Runtime:
                               code="outcome_unknown") from None
 
     def close(self) -> None:
+        self.reservations.scheduler.stop()
         if self._compactor is not None:
             self._compactor.stop()
         if self._agent_sweeper is not None:

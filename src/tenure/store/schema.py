@@ -130,3 +130,42 @@ agents = Table(
     Column("last_seen", UTCDateTime(), nullable=False),
     Column("revision", BigInteger, nullable=False),
 )
+
+# The network as one canonical JSON document (domain/topology.py); one row, id 1, written whole on each change.
+topology = Table(
+    "topology",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("doc", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+)
+
+# Reservations (services/reservations.py): the columns that are looked up, and the body as the API returns it,
+# paths included, so a restart rebuilds the ledgers from exactly the paths that were admitted.
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("seq", BigInteger, nullable=False),  # admission order: topology changes re-admit oldest first
+    Column("project", String(128), nullable=True),
+    Column("request_id", String(128), nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("start_us", BigInteger, nullable=False),
+    Column("end_us", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+)
+Index("ix_reservations_state", reservations.c.state)
+
+# Per-project limits (Tegu's fences): the most a project may hold on any link direction at any instant.
+limits = Table(
+    "limits",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("max_bps", BigInteger, nullable=True),
+    Column("share", String(32), nullable=True),  # exact decimal share of each link's capacity, e.g. "0.25"
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+)

@@ -1,0 +1,870 @@
+"""The reservation service: topology, limits and reservations as writer commands.
+
+Every change is one writer command (DESIGN.md invariants 1 and 2): the
+admission check against the ledgers and the booking that consumes the capacity
+happen in the same step of the single writer, so two requests can never both
+take the last bit/s; the reservation row and its event commit together, and
+the caller is answered after the commit. A refused command unbooks whatever it
+booked before it raises; a failed commit runs the undo steps, so the ledgers
+never run ahead of the store.
+
+The writer thread owns the working state (``_res``, the
+:class:`~tenure.domain.capacity.Capacity`, limits); readers see views
+published after each commit. Reads that need the ledgers (link usage, path
+queries) run as read-only commands, so they see one consistent state.
+
+Restart: the topology, limits and every reservation not yet purged are loaded;
+the ledgers are rebuilt from the *stored paths* (not re-routed), so usage after
+a restart is identical; every reservation's next instant is re-armed in the
+:class:`~tenure.services.scheduler.Scheduler`, and the runtime applies the
+overdue transitions before it reports ready.
+
+Idempotency: a create with a ``request_id`` is remembered per project with a
+hash of the request as sent; a retry returns the reservation it made (200),
+the same id with a different request is a 409. Ended reservations are kept
+(with their request ids) for ``reservation_retention``, then purged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+
+from tenure.domain.access import ADMIN, Principal, require_admin
+from tenure.domain.capacity import Capacity, Limit
+from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TenureError
+from tenure.domain.pool import validate_name
+from tenure.domain.reservation import (
+    ACTIVE,
+    CANCELLED,
+    DEGRADED,
+    ENDED,
+    EXPIRED,
+    KINDS,
+    LIVE,
+    MAX_VIA,
+    PATH_MODES,
+    PENDING,
+    STATES,
+    Leg,
+    Match,
+    Reservation,
+    plan_legs,
+    request_hash,
+    time_state,
+    validate_labels,
+    validate_match,
+    validate_request_id,
+)
+from tenure.domain.topology import Link, Node, Topology, empty_topology
+from tenure.domain.units import US, iso, parse_instant, parse_rate, parse_share, to_us
+from tenure.services.scheduler import Scheduler
+from tenure.services.writer import Batch, Clock, Op, Writer, utcnow
+from tenure.store import schema
+
+log = logging.getLogger("tenure.reservations")
+
+MAX_PAGE = 10_000
+MAX_USAGE_STEPS = 10_000
+MAX_K = 16
+RETRY_DUE_US = 5 * US  # a failed transition command is retried this much later
+
+_R = schema.reservations.c
+UPDATE_RES = (
+    update(schema.reservations)
+    .where(_R.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), start_us=bindparam("b_start"), end_us=bindparam("b_end"),
+            body=bindparam("b_body"), revision=bindparam("b_revision"))
+)
+DELETE_RES = delete(schema.reservations).where(_R.id == bindparam("b_id"))
+
+
+def _ts(text: str) -> int:
+    return to_us(datetime.fromisoformat(text))
+
+
+def _from_body(body: Mapping[str, Any], request_hash_: str | None) -> Reservation:
+    legs = tuple(
+        Leg(p["leg"], p["from"], p["to"], p["rate"], tuple(zip(p["links"], p["directions"], strict=True)),
+            tuple(p["nodes"]))
+        for p in body["paths"]
+    )
+    m = body.get("match", {})
+    return Reservation(
+        id=body["id"], kind=body["kind"], project=body["project"], owner=body["owner"], src=body["src"],
+        dst=body["dst"], via=tuple(body.get("via", ())), port=body.get("port"), rate_out=body["rate_out"],
+        rate_in=body["rate_in"], match=Match(m.get("protocol"), m.get("src_port"), m.get("dst_port"), m.get("dscp")),
+        start=_ts(body["start"]), end=_ts(body["end"]), state=body["state"], legs=legs, labels=body["labels"],
+        path_mode=body["path_mode"], request_id=body["request_id"], request_hash=request_hash_,
+        reason=body.get("reason"), created_at=_ts(body["created_at"]), updated_at=_ts(body["updated_at"]),
+        ended_at=_ts(body["ended_at"]) if "ended_at" in body else None, revision=body["revision"],
+    )
+
+
+def may_see(p: Principal, project: str | None, src: str, dst: str) -> bool:
+    """Admins see all; a member its project's reservations; an agent those that begin or end at its host."""
+    if p.is_admin:
+        return True
+    if p.role == "member":
+        return project == p.project
+    return p.role == "agent" and p.host in (src, dst)
+
+
+def _unrouted(legs: Sequence[Leg]) -> tuple[Leg, ...]:
+    return tuple(Leg(leg.name, leg.src, leg.dst, leg.rate) for leg in legs)
+
+
+class ReservationService:
+    def __init__(self, *, writer: Writer, clock: Clock = utcnow, horizon: float = 366 * 86400.0,
+                 retention: float = 7 * 86400.0, start_grace: float = 300.0) -> None:
+        self.writer = writer
+        self.clock = clock
+        self.horizon = int(horizon * US)
+        self.retention = int(retention * US)
+        self.grace = int(start_grace * US)
+        self.limits: dict[str, Limit] = {}  # writer-owned, shared with the Capacity
+        self.cap = Capacity(empty_topology(), self.limits)
+        self._topology_revision = 0
+        self._topology_updated = 0
+        self._res: dict[str, Reservation] = {}  # writer-owned; in admission order
+        self._seq: dict[str, int] = {}
+        self._next_seq = 1
+        self._requests: dict[tuple[str, str], str] = {}
+        # Published after each commit; read by anyone.
+        self._views: dict[str, Reservation] = {}
+        self._limit_views: dict[str, Limit] = {}
+        self._topology_view: tuple[Topology, int, int] = (self.cap.topology, 0, 0)
+        self.scheduler = Scheduler(now_us=self.now_us, run=self._run_due)
+
+    def now_us(self) -> int:
+        return to_us(self.clock())
+
+    # ================================================================ restore
+
+    def load(self, conn: Connection) -> None:
+        row = conn.execute(select(schema.topology)).first()
+        if row is not None:
+            topo = Topology.parse(json.loads(row.doc))
+            self._topology_revision, self._topology_updated = row.revision, to_us(row.updated_at)
+        else:
+            topo = empty_topology()
+        for lr in conn.execute(select(schema.limits)):
+            share = Fraction(lr.share) if lr.share is not None else None
+            self.limits[lr.project] = Limit(lr.project, lr.max_bps, share, lr.revision, to_us(lr.updated_at))
+        self.cap = Capacity(topo, self.limits)
+        for r in conn.execute(select(_R.id, _R.seq, _R.request_hash, _R.body).order_by(_R.seq)):
+            res = _from_body(json.loads(r.body), r.request_hash)
+            self._res[res.id] = res
+            self._seq[res.id] = r.seq
+            self._next_seq = max(self._next_seq, r.seq + 1)
+            if res.request_id is not None:
+                self._requests[(res.project or "", res.request_id)] = res.id
+            if res.holds_capacity:
+                self.cap.book_legs(res.legs, res.start, res.end, res.project)
+            self.scheduler.arm(res.next_due(self.retention), res.id)
+        self._views = dict(self._res)
+        self._limit_views = dict(self.limits)
+        self._topology_view = (topo, self._topology_revision, self._topology_updated)
+
+    # ================================================================ helpers
+
+    def _put(self, batch: Batch, res: Reservation | None, rid: str) -> None:
+        """Change the working map (undone if the command or commit fails); publish and arm after the commit."""
+        before = self._res.get(rid)
+
+        def undo() -> None:
+            if before is None:
+                self._res.pop(rid, None)
+            else:
+                self._res[rid] = before
+
+        if res is None:
+            self._res.pop(rid, None)
+        else:
+            self._res[rid] = res
+        batch.on_undo(undo)
+        batch.on_commit_once(("reservation", rid), lambda: self._publish(rid))
+
+    def _publish(self, rid: str) -> None:
+        res = self._res.get(rid)
+        if res is None:
+            self._views.pop(rid, None)
+            return
+        self._views[rid] = res
+        self.scheduler.arm(res.next_due(self.retention), rid)
+
+    def _book(self, batch: Batch, legs: Sequence[Leg], res: Reservation, sign: int = 1) -> None:
+        """Book (or release) ``legs`` for ``res``'s window, undone with the command."""
+        self.cap.book_legs(legs, res.start, res.end, res.project, sign)
+        cap = self.cap  # a topology change swaps the Capacity: undo must touch the one booked
+        batch.on_undo(lambda: cap.book_legs(legs, res.start, res.end, res.project, -sign))
+
+    def _lookup(self, rid: str, p: Principal) -> Reservation:
+        res = self._res.get(rid)
+        if res is None or not may_see(p, res.project, res.src, res.dst):
+            raise NotFound(f"no reservation {rid!r}", code="reservation_not_found", id=rid)
+        return res
+
+    def _row(self, res: Reservation) -> dict[str, Any]:
+        return {"id": res.id, "seq": self._seq[res.id], "project": res.project, "request_id": res.request_id,
+                "request_hash": res.request_hash, "state": res.state, "start_us": res.start, "end_us": res.end,
+                "body": json.dumps(res.body(), ensure_ascii=False), "revision": res.revision}
+
+    def _write_update(self, batch: Batch, res: Reservation) -> None:
+        batch.write(UPDATE_RES, {"b_id": res.id, "b_state": res.state, "b_start": res.start, "b_end": res.end,
+                                 "b_body": json.dumps(res.body(), ensure_ascii=False), "b_revision": res.revision})
+
+    def _changed(self, batch: Batch, res: Reservation, op: str = "updated") -> Reservation:
+        """Stamp ``res`` with this change's revision, write it, emit its event, and put it in the map."""
+        res = replace(res, revision=batch.next_revision(), updated_at=to_us(batch.now))
+        if op == "created":
+            batch.write(insert(schema.reservations), self._row(res))
+        else:
+            self._write_update(batch, res)
+        batch.emit("reservation", res.id, op, res.event_labels(), res.body())
+        self._put(batch, res, res.id)
+        return res
+
+    def _window(self, start: int, end: int, now: int) -> tuple[int, int]:
+        """Check a window against the clock: not far in the past, not beyond the horizon; start clamped to now."""
+        if end <= start:
+            raise InvalidInput(f"end ({iso(end)}) must be after start ({iso(start)})", code="invalid_window")
+        if start < now - self.grace:
+            raise InvalidInput(f"start ({iso(start)}) is in the past; use 'now' or a later time",
+                               code="start_in_past")
+        start = max(start, now)
+        if end <= start:
+            raise InvalidInput(f"end ({iso(end)}) is not in the future", code="invalid_window")
+        if end > now + self.horizon:
+            raise InvalidInput(f"end ({iso(end)}) is beyond the horizon of {self.horizon // (86400 * US)} days "
+                               f"({iso(now + self.horizon)})", code="beyond_horizon",
+                               horizon=iso(now + self.horizon))
+        return start, end
+
+    def _mirror_point(self, src: str, port: str | None) -> str:
+        """Where a mirror's copy starts: the switch at the far end of the mirrored host's port (or that switch)."""
+        topo = self.cap.topology
+        node = topo.nodes.get(src)
+        if node is None:
+            raise InvalidInput(f"node {src!r} is not in the topology", code="unknown_node", node=src)
+        if port is not None:
+            link = topo.links.get(port)
+            if link is None or src not in (link.a, link.b):
+                raise InvalidInput(f"port {port!r} is not a link of {src!r}", code="invalid_port", port=port)
+        if node.kind == "switch":
+            return src
+        links = [topo.links[port]] if port is not None else [topo.links[i] for i in topo.links_of(src)]
+        if not links:
+            raise InvalidInput(f"{src!r} has no links to mirror", code="invalid_port")
+        if len(links) > 1:
+            raise InvalidInput(f"{src!r} has {len(links)} links; say which one with port", code="port_required",
+                               ports=[lk.id for lk in links])
+        far = links[0].b if links[0].a == src else links[0].a
+        return far
+
+    def _plan(self, res: Reservation) -> tuple[Leg, ...]:
+        """The unrouted legs of ``res`` on the current topology (InvalidInput if an endpoint is gone)."""
+        topo = self.cap.topology
+        for node in (res.src, res.dst, *res.via):
+            if node not in topo.nodes:
+                raise InvalidInput(f"node {node!r} is not in the topology", code="unknown_node", node=node)
+        for mb in res.via:
+            if topo.nodes[mb].kind != "middlebox":
+                raise InvalidInput(f"steering goes through middleboxes; {mb!r} is a {topo.nodes[mb].kind}",
+                                   code="not_a_middlebox", node=mb)
+        mirror_from = self._mirror_point(res.src, res.port) if res.kind == "mirror" else None
+        if mirror_from is not None and mirror_from == res.dst:
+            raise InvalidInput("the collector is the mirroring switch itself", code="same_endpoints")
+        return plan_legs(kind=res.kind, src=res.src, dst=res.dst, via=res.via, rate_out=res.rate_out,
+                         rate_in=res.rate_in, mirror_from=mirror_from)
+
+    def _chains(self, hops: list[int], src: str, dst: str) -> bool:
+        topo = self.cap.topology
+        ends = topo.graph.ends
+        if not hops or topo.node_ids[ends[hops[0]][0]] != src or topo.node_ids[ends[hops[-1]][1]] != dst:
+            return False
+        return all(ends[a][1] == ends[b][0] for a, b in zip(hops, hops[1:], strict=False))
+
+    def _admit(self, batch: Batch, planned: Sequence[Leg], res: Reservation, now: int, *,
+               prior: Sequence[Leg] = ()) -> tuple[Leg, ...]:
+        """Route and book every leg over ``res``'s window (a prior path first, if it still fits).
+
+        Legs are booked one by one so a later leg sees the earlier ones; if one cannot be placed, what was
+        booked is released and the refusal raised: all or nothing.
+        """
+        cap, topo = self.cap, self.cap.topology
+        check_from = max(res.start, now)
+        old = {leg.name: leg for leg in prior}
+        done: list[tuple[list[int], int]] = []
+        try:
+            routed = []
+            for leg in planned:
+                hops = None
+                if leg.name in old and old[leg.name].hops:
+                    hops = topo.hops_of(list(old[leg.name].hops))
+                    if hops is not None and not (self._chains(hops, leg.src, leg.dst)
+                                                 and cap.fits(hops, check_from, res.end, leg.rate, res.project)):
+                        hops = None
+                if hops is None:
+                    hops = cap.route(leg, check_from, res.end, res.project, mode=res.path_mode)
+                cap.book(hops, res.start, res.end, leg.rate, res.project)
+                done.append((hops, leg.rate))
+                doc = topo.path_doc(hops)
+                routed.append(Leg(leg.name, leg.src, leg.dst, leg.rate, tuple(topo.hops[h] for h in hops),
+                                  tuple(doc["nodes"])))
+        except BaseException:
+            for hops, rate in reversed(done):
+                cap.unbook(hops, res.start, res.end, rate, res.project)
+            raise
+
+        def undo() -> None:
+            for hops, rate in reversed(done):
+                cap.unbook(hops, res.start, res.end, rate, res.project)
+
+        batch.on_undo(undo)
+        return tuple(routed)
+
+    def _alarms(self, res: Reservation) -> list[dict[str, Any]]:
+        topo = self.cap.topology
+        hops = [h for leg in res.legs for h in (topo.hops_of(list(leg.hops)) or [])]
+        alarms = self.cap.alarms(sorted(set(hops)), max(res.start, to_us(self.clock())), res.end)
+        if alarms:
+            log.warning("link above its alarm threshold",
+                        extra={"reservation": res.id, "links": ",".join(a["link"] for a in alarms)})
+        return alarms
+
+    # ================================================================ reservations
+
+    def create_op(self, raw: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
+        """Returns ``(reservation, created, alarms)``; created is False for an idempotent retry."""
+        p = principal
+        if p.role == "agent":
+            raise Forbidden(f"making reservations needs an admin or member token; this token is an {p.describe()}")
+        project = raw.get("project")
+        if p.role == "member":
+            if project is not None and project != p.project:
+                raise Forbidden(f"a {p.describe()} may reserve only for its own project")
+            project = p.project
+        elif project is not None:
+            validate_name(project, what="project")
+        kind = raw.get("kind")
+        if kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", code="invalid_kind")
+        src = raw.get("src")
+        dst = raw.get("collector") if kind == "mirror" else raw.get("dst")
+        if kind == "mirror" and raw.get("dst") is not None:
+            raise InvalidInput("a mirror has a collector, not a dst", code="invalid_request")
+        for name, value in (("src", src), ("collector" if kind == "mirror" else "dst", dst)):
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"{name} must name a node", code="invalid_endpoint")
+        if src == dst:
+            raise InvalidInput(f"src and {'collector' if kind == 'mirror' else 'dst'} are the same node {src!r}",
+                               code="same_endpoints")
+        via = tuple(raw.get("via") or ())
+        if kind == "steering":
+            if not via or len(via) > MAX_VIA or len(set(via)) != len(via) or not all(isinstance(v, str) for v in via):
+                raise InvalidInput(f"steering needs via: 1 to {MAX_VIA} distinct middleboxes", code="invalid_via")
+            if src in via or dst in via:
+                raise InvalidInput("via must not repeat src or dst", code="invalid_via")
+        elif via:
+            raise InvalidInput("via is only for steering", code="invalid_via")
+        port = raw.get("port")
+        if port is not None and kind != "mirror":
+            raise InvalidInput("port is only for mirror", code="invalid_port")
+        rate_out = parse_rate(raw.get("rate_out", raw.get("rate")), what="rate_out")
+        if raw.get("rate") is not None and raw.get("rate_out") is not None:
+            raise InvalidInput("give rate or rate_out, not both", code="invalid_rate")
+        if kind == "bandwidth":
+            rate_in = rate_out if raw.get("rate_in") is None else parse_rate(raw["rate_in"], what="rate_in",
+                                                                                 allow_zero=True)
+        elif raw.get("rate_in") not in (None, 0):
+            raise InvalidInput(f"a {kind} reservation has one rate (rate_out); rate_in is for bandwidth",
+                               code="invalid_rate")
+        else:
+            rate_in = 0
+        match = validate_match(protocol=raw.get("protocol"), src_port=raw.get("src_port"),
+                               dst_port=raw.get("dst_port"), dscp=raw.get("dscp"))
+        labels = validate_labels(raw.get("labels"))
+        request_id = validate_request_id(raw.get("request_id"))
+        mode = raw.get("path_mode") or "shortest"
+        if mode not in PATH_MODES:
+            raise InvalidInput(f"path_mode must be one of {', '.join(PATH_MODES)}", code="invalid_path_mode")
+        if raw.get("start") is None or raw.get("end") is None:
+            raise InvalidInput("start and end are required", code="invalid_window")
+        now = self.now_us()
+        start = parse_instant(raw["start"], now=now, what="start")
+        end = parse_instant(raw["end"], now=now, what="end")
+        digest = request_hash({**raw, "project": project})
+        owner = p.token_id
+
+        def apply(batch: Batch) -> tuple[Reservation, bool, list[dict[str, Any]]]:
+            bnow = to_us(batch.now)
+            if request_id is not None:
+                rid = self._requests.get((project or "", request_id))
+                if rid is not None:
+                    old = self._res[rid]
+                    if old.request_hash != digest:
+                        raise Conflict(f"request_id {request_id!r} was used for a different request ({rid})",
+                                       code="request_id_conflict", id=rid)
+                    return old, False, []
+            w_start, w_end = self._window(start, end, bnow)
+            rid = "r-" + secrets.token_hex(8)
+            res = Reservation(
+                id=rid, kind=kind, project=project, owner=owner, src=src, dst=dst, via=via, port=port,
+                rate_out=rate_out, rate_in=rate_in, match=match, start=w_start, end=w_end,
+                state=time_state(w_start, w_end, bnow), legs=(), labels=labels, path_mode=mode,
+                request_id=request_id, request_hash=digest, created_at=bnow, updated_at=bnow,
+            )
+            legs = self._admit(batch, self._plan(res), res, bnow)
+            self._seq[rid] = seq = self._next_seq
+            self._next_seq += 1
+
+            def undo_seq() -> None:
+                self._seq.pop(rid, None)
+                self._next_seq = seq
+
+            batch.on_undo(undo_seq)
+            if request_id is not None:
+                key = (project or "", request_id)
+                self._requests[key] = rid
+                batch.on_undo(lambda: self._requests.pop(key, None))
+            res = self._changed(batch, replace(res, legs=legs), "created")
+            _log_on_commit(batch, "reservation admitted", reservation=rid, kind=kind, project=project,
+                           src=src, dst=dst, rate=rate_out)
+            return res, True, self._alarms(res)
+
+        return Op(apply)
+
+    def modify_op(self, rid: str, changes: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
+        """Change the window, rates or labels of a reservation, re-admitted atomically: all or nothing."""
+        now = self.now_us()
+        start = parse_instant(changes["start"], now=now, what="start") if changes.get("start") is not None else None
+        end = parse_instant(changes["end"], now=now, what="end") if changes.get("end") is not None else None
+        new_rate = changes.get("rate_out", changes.get("rate"))
+        rate_out = parse_rate(new_rate, what="rate_out") if new_rate is not None else None
+        rate_in = parse_rate(changes["rate_in"], what="rate_in", allow_zero=True) \
+            if changes.get("rate_in") is not None else None
+        labels = validate_labels(changes["labels"]) if changes.get("labels") is not None else None
+
+        def apply(batch: Batch) -> tuple[Reservation, list[dict[str, Any]]]:
+            bnow = to_us(batch.now)
+            old = self._lookup(rid, principal)
+            if old.state in ENDED:
+                raise Conflict(f"reservation {rid} has {old.state}; make a new one", code="reservation_ended",
+                               state=old.state)
+            if rate_in is not None and old.kind != "bandwidth" and rate_in != 0:
+                raise InvalidInput(f"a {old.kind} reservation has no rate_in", code="invalid_rate")
+            new_start = old.start if start is None else start
+            if old.state == ACTIVE and start is not None and start != old.start:
+                raise InvalidInput("the reservation is active: its start cannot move", code="start_immutable")
+            new_end = old.end if end is None else end
+            if old.state == ACTIVE:
+                if new_end <= bnow:
+                    raise InvalidInput("end must be in the future; cancel to end it now", code="invalid_window")
+                if new_end > bnow + self.horizon:
+                    raise InvalidInput(f"end ({iso(new_end)}) is beyond the horizon", code="beyond_horizon")
+            else:
+                new_start, new_end = self._window(new_start, new_end, bnow)
+            new = replace(
+                old, start=new_start, end=new_end,
+                rate_out=old.rate_out if rate_out is None else rate_out,
+                rate_in=(old.rate_in if rate_in is None else rate_in) if old.kind == "bandwidth" else 0,
+                labels=old.labels if labels is None else labels, reason=None,
+            )
+            # Release the old booking, then admit the new one; a refusal rolls the command back, which
+            # books the old one again (the writer runs this command's undo steps): all or nothing.
+            if old.holds_capacity:
+                self._book(batch, old.legs, old, -1)
+            legs = self._admit(batch, self._plan(new), new, bnow, prior=old.legs)
+            new = self._changed(batch, replace(new, legs=legs, state=time_state(new_start, new_end, bnow)))
+            _log_on_commit(batch, "reservation modified", reservation=rid)
+            return new, self._alarms(new)
+
+        return Op(apply)
+
+    def cancel_op(self, rid: str, *, principal: Principal = ADMIN) -> Op:
+        """Cancel: the capacity is free at once. Cancelling a cancelled reservation answers it again."""
+
+        def apply(batch: Batch) -> Reservation:
+            old = self._lookup(rid, principal)
+            if old.state == CANCELLED:
+                return old
+            if old.state == EXPIRED:
+                raise Conflict(f"reservation {rid} has expired", code="reservation_ended", state=old.state)
+            if old.holds_capacity:
+                self._book(batch, old.legs, old, -1)
+            new = self._changed(batch, replace(old, state=CANCELLED, ended_at=to_us(batch.now)))
+            _log_on_commit(batch, "reservation cancelled", reservation=rid)
+            return new
+
+        return Op(apply)
+
+    # ---------------------------------------------------------------- timers
+
+    def _run_due(self, ids: list[str]) -> list[Reservation]:
+        try:
+            return self.writer.execute(self.due_op(ids))
+        except Exception:
+            retry = self.now_us() + RETRY_DUE_US
+            for rid in ids:
+                self.scheduler.arm(retry, rid)
+            raise
+
+    def due_op(self, ids: Sequence[str]) -> Op:
+        """Activate, expire or purge the given reservations if they are due by the batch's clock."""
+
+        def apply(batch: Batch) -> list[Reservation]:
+            now = to_us(batch.now)
+            changed = []
+            for rid in ids:
+                res = self._res.get(rid)
+                if res is None:
+                    continue
+                if res.state in ENDED:
+                    if now >= res.next_due(self.retention):
+                        self._purge(batch, res)
+                    continue
+                if res.state == PENDING and res.start <= now < res.end:
+                    changed.append(self._changed(batch, replace(res, state=ACTIVE)))
+                elif res.state in LIVE and now >= res.end:
+                    if res.holds_capacity:
+                        self._book(batch, res.legs, res, -1)
+                    changed.append(self._changed(batch, replace(res, state=EXPIRED, ended_at=res.end)))
+            return changed
+
+        return Op(apply)
+
+    def _purge(self, batch: Batch, res: Reservation) -> None:
+        batch.write(DELETE_RES, {"b_id": res.id})
+        gone = replace(res, revision=batch.next_revision())
+        batch.emit("reservation", res.id, "deleted", gone.event_labels(), gone.body())
+        seq = self._seq.pop(res.id)
+        batch.on_undo(lambda: self._seq.__setitem__(res.id, seq))
+        if res.request_id is not None:
+            key = (res.project or "", res.request_id)
+            self._requests.pop(key, None)
+            batch.on_undo(lambda: self._requests.__setitem__(key, res.id))
+        self._put(batch, None, res.id)
+
+    # ================================================================ topology
+
+    def set_topology_op(self, topology: Topology, *, principal: Principal = ADMIN) -> Op:
+        """Replace the whole topology; re-check every live reservation on it."""
+        require_admin(principal, "changing the topology")
+        return Op(lambda batch: self._change_topology(batch, topology))
+
+    def edit_topology_op(self, edit: Callable[[Topology], Topology], *, principal: Principal = ADMIN) -> Op:
+        """One node or link changed (``edit`` builds the new topology from the current one, in the writer)."""
+        require_admin(principal, "changing the topology")
+        return Op(lambda batch: self._change_topology(batch, edit(self.cap.topology)))
+
+    def put_node(self, node: Node) -> Callable[[Topology], Topology]:
+        return lambda t: t.with_node(node)
+
+    def delete_node(self, node_id: str) -> Callable[[Topology], Topology]:
+        def edit(t: Topology) -> Topology:
+            if node_id not in t.nodes:
+                raise NotFound(f"no node {node_id!r}", code="node_not_found", node=node_id)
+            links = t.links_of(node_id)
+            if links:
+                raise Conflict(f"node {node_id!r} still has links; delete them first", code="node_in_use",
+                               links=links)
+            return t.without_node(node_id)
+        return edit
+
+    def put_link(self, link: Link) -> Callable[[Topology], Topology]:
+        return lambda t: t.with_link(link)
+
+    def delete_link(self, link_id: str) -> Callable[[Topology], Topology]:
+        def edit(t: Topology) -> Topology:
+            if link_id not in t.links:
+                raise NotFound(f"no link {link_id!r}", code="link_not_found", link=link_id)
+            return t.without_link(link_id)
+        return edit
+
+    def _change_topology(self, batch: Batch, topo: Topology) -> dict[str, Any]:
+        """Swap in ``topo`` and re-admit every live reservation, oldest first: on its old path if that still
+        fits, else on a new one, else it becomes ``degraded`` (holding nothing). Undone as a whole."""
+        now = to_us(batch.now)
+        old_cap = self.cap
+        self.cap = Capacity(topo, self.limits)
+
+        def undo() -> None:
+            self.cap = old_cap
+
+        batch.on_undo(undo)
+        outcome = {"kept": 0, "rerouted": [], "degraded": [], "restored": []}
+        for res in list(self._res.values()):
+            if res.state not in LIVE or res.end <= now:
+                if res.holds_capacity:  # due to expire: keep its booking until the scheduler ends it
+                    self.cap.book_legs(res.legs, res.start, res.end, res.project)
+                continue
+            try:
+                legs = self._admit(batch, self._plan(res), res, now,
+                                   prior=res.legs if res.holds_capacity else ())
+            except TenureError as exc:
+                if res.state != DEGRADED:
+                    self._changed(batch, replace(res, state=DEGRADED, legs=_unrouted(res.legs),
+                                                 reason=f"topology change: {exc.message}"))
+                    outcome["degraded"].append(res.id)
+                continue
+            if res.state == DEGRADED:
+                self._changed(batch, replace(res, legs=legs, state=time_state(res.start, res.end, now), reason=None))
+                outcome["restored"].append(res.id)
+            elif legs != res.legs:
+                self._changed(batch, replace(res, legs=legs, reason="re-routed after a topology change"))
+                outcome["rerouted"].append(res.id)
+            else:
+                outcome["kept"] += 1
+        revision = batch.next_revision()
+        values = {"doc": json.dumps(topo.doc(), ensure_ascii=False), "updated_at": batch.now, "revision": revision}
+        if self._topology_revision == 0:
+            batch.write(insert(schema.topology), {"id": 1, **values})
+        else:
+            batch.write(update(schema.topology).where(schema.topology.c.id == 1).values(**values), {})
+        old_meta = (self._topology_revision, self._topology_updated)
+        self._topology_revision, self._topology_updated = revision, now
+
+        def undo_meta() -> None:
+            self._topology_revision, self._topology_updated = old_meta
+
+        batch.on_undo(undo_meta)
+        body = self._topology_body(topo, revision, now)
+        batch.emit("topology", "topology", "updated" if old_meta[0] else "created", {}, body)
+        batch.on_commit_once("topology", self._publish_topology)
+        if outcome["degraded"]:
+            _log_on_commit(batch, "reservations degraded by a topology change", count=len(outcome["degraded"]))
+        return {**body, "recheck": outcome}
+
+    def _publish_topology(self) -> None:
+        self._topology_view = (self.cap.topology, self._topology_revision, self._topology_updated)
+
+    @staticmethod
+    def _topology_body(topo: Topology, revision: int, updated: int) -> dict[str, Any]:
+        return {**topo.doc(), "revision": revision, "updated_at": iso(updated) if revision else None}
+
+    # ================================================================ limits
+
+    def set_limit_op(self, project: str, *, max_bps: object = None, share: object = None,
+                     principal: Principal = ADMIN) -> Op:
+        require_admin(principal, "setting limits")
+        validate_name(project, what="project")
+        if (max_bps is None) == (share is None):
+            raise InvalidInput("a limit is either max (bit/s) or share (of each link's capacity)",
+                               code="invalid_limit")
+        m = parse_rate(max_bps, what="max") if max_bps is not None else None
+        s = parse_share(share, what="share") if share is not None else None
+        if s is not None and s == 0:
+            raise InvalidInput("share must be more than 0", code="invalid_limit")
+
+        def apply(batch: Batch) -> Limit:
+            old = self.limits.get(project)
+            limit = Limit(project, m, s, batch.next_revision(), to_us(batch.now))
+            row = {"max_bps": m, "share": str(s) if s is not None else None, "updated_at": batch.now,
+                   "revision": limit.revision}
+            if old is None:
+                batch.write(insert(schema.limits), {"project": project, **row})
+            else:
+                batch.write(update(schema.limits).where(schema.limits.c.project == project).values(**row), {})
+            self._set_limit(batch, project, limit)
+            batch.emit("limit", project, "created" if old is None else "updated", {"project": project},
+                       limit.body())
+            return limit
+
+        return Op(apply)
+
+    def delete_limit_op(self, project: str, *, principal: Principal = ADMIN) -> Op:
+        require_admin(principal, "removing limits")
+
+        def apply(batch: Batch) -> Limit:
+            old = self.limits.get(project)
+            if old is None:
+                raise NotFound(f"project {project!r} has no limit", code="limit_not_found", project=project)
+            batch.write(delete(schema.limits).where(schema.limits.c.project == project), {})
+            self._set_limit(batch, project, None)
+            gone = replace(old, revision=batch.next_revision())
+            batch.emit("limit", project, "deleted", {"project": project}, gone.body())
+            return gone
+
+        return Op(apply)
+
+    def _set_limit(self, batch: Batch, project: str, limit: Limit | None) -> None:
+        before = self.limits.get(project)
+
+        def put(value: Limit | None) -> None:
+            if value is None:
+                self.limits.pop(project, None)
+            else:
+                self.limits[project] = value
+
+        put(limit)
+        batch.on_undo(lambda: put(before))
+        batch.on_commit_once(("limit", project), lambda: self._publish_limit(project))
+
+    def _publish_limit(self, project: str) -> None:
+        limit = self.limits.get(project)
+        if limit is None:
+            self._limit_views.pop(project, None)
+        else:
+            self._limit_views[project] = limit
+
+    # ================================================================ reads
+
+    def get(self, rid: str, *, principal: Principal = ADMIN) -> Reservation:
+        res = self._views.get(rid)
+        if res is None or not may_see(principal, res.project, res.src, res.dst):
+            raise NotFound(f"no reservation {rid!r}", code="reservation_not_found", id=rid)
+        return res
+
+    def list(self, *, principal: Principal = ADMIN, state: str | None = None, project: str | None = None,
+             after: str | None = None, limit: int = 1000) -> tuple[list[Reservation], str | None]:
+        """Reservations in admission order, filtered; returns a page and the cursor of the next one."""
+        if state is not None and state not in STATES:
+            raise InvalidInput(f"state must be one of {', '.join(STATES)}", code="invalid_state")
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be 1 to {MAX_PAGE}", code="invalid_limit")
+        if principal.role == "member" and project is not None and project != principal.project:
+            raise Forbidden(f"a {principal.describe()} sees only its own project's reservations")
+        items = list(self._views.values())  # one atomic copy: the writer may publish meanwhile
+        if after is not None:
+            ids = [r.id for r in items]
+            if after not in ids:
+                raise InvalidInput(f"after {after!r} is not a reservation id", code="invalid_cursor")
+            items = items[ids.index(after) + 1:]
+        page: list[Reservation] = []
+        for r in items:
+            if (state is None or r.state == state) and (project is None or r.project == project) \
+                    and may_see(principal, r.project, r.src, r.dst):
+                if len(page) == limit:
+                    return page, page[-1].id
+                page.append(r)
+        return page, None
+
+    def topology_body(self) -> dict[str, Any]:
+        topo, revision, updated = self._topology_view
+        return self._topology_body(topo, revision, updated)
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology_view[0]
+
+    def node(self, node_id: str) -> Node:
+        node = self.topology.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}", code="node_not_found", node=node_id)
+        return node
+
+    def link(self, link_id: str) -> Link:
+        link = self.topology.links.get(link_id)
+        if link is None:
+            raise NotFound(f"no link {link_id!r}", code="link_not_found", link=link_id)
+        return link
+
+    def list_limits(self, *, principal: Principal = ADMIN) -> list[Limit]:
+        views = sorted(self._limit_views.values(), key=lambda lim: lim.project)
+        if principal.is_admin:
+            return views
+        return [lim for lim in views if principal.role == "member" and lim.project == principal.project]
+
+    def get_limit(self, project: str, *, principal: Principal = ADMIN) -> Limit:
+        limit = self._limit_views.get(project)
+        if limit is None or not (principal.is_admin or (principal.role == "member" and principal.project == project)):
+            raise NotFound(f"project {project!r} has no limit", code="limit_not_found", project=project)
+        return limit
+
+    def usage_op(self, link_id: str, *, start: object = None, end: object = None) -> Op:
+        """A link's usage steps per direction (read-only command: consistent with the ledgers)."""
+        now = self.now_us()
+        s = parse_instant(start, now=now, what="from") if start is not None else None
+        e = parse_instant(end, now=now, what="to") if end is not None else None
+        if s is not None and e is not None and e <= s:
+            raise InvalidInput("to must be after from", code="invalid_window")
+
+        def apply(batch: Batch) -> dict[str, Any]:
+            if link_id not in self.cap.topology.links:
+                raise NotFound(f"no link {link_id!r}", code="link_not_found", link=link_id)
+            return self.cap.usage(link_id, s, e, max_steps=MAX_USAGE_STEPS)
+
+        return Op(apply)
+
+    def paths_op(self, query: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
+        """Up to ``k`` feasible paths for a one-way demand over a window (nothing is booked)."""
+        src, dst = query.get("src"), query.get("dst")
+        if not isinstance(src, str) or not isinstance(dst, str) or src == dst:
+            raise InvalidInput("src and dst must name two different nodes", code="invalid_endpoint")
+        rate = parse_rate(query.get("rate"), what="rate")
+        k = query.get("k", 1)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InvalidInput(f"k must be 1 to {MAX_K}", code="invalid_k")
+        mode = query.get("path_mode") or "shortest"
+        if mode not in PATH_MODES:
+            raise InvalidInput(f"path_mode must be one of {', '.join(PATH_MODES)}", code="invalid_path_mode")
+        project = principal.project if principal.role == "member" else query.get("project")
+        now = self.now_us()
+        start = parse_instant(query.get("start", "now"), now=now, what="start")
+        end = parse_instant(query.get("end"), now=now, what="end") if query.get("end") is not None else None
+        if end is None:
+            raise InvalidInput("end is required", code="invalid_window")
+
+        def apply(batch: Batch) -> dict[str, Any]:
+            bnow = to_us(batch.now)
+            s, e = self._window(start, end, bnow)
+            leg = Leg("out", src, dst, rate)
+            cap, topo = self.cap, self.cap.topology
+            if mode == "widest" and k == 1:
+                paths = [cap.route(leg, s, e, project, mode="widest")]
+            else:
+                paths = cap.alternatives(leg, s, e, project, k)
+            if not paths:
+                raise cap.refusal(leg, s, e, project)
+            return {"paths": [{**topo.path_doc(h), "hops": len(h),
+                               "residual": min(cap.residual(x, s, e, project) for x in h)} for h in paths],
+                    "start": iso(s), "end": iso(e)}
+
+        return Op(apply)
+
+    # ---------------------------------------------------------------- watch listers
+
+    def list_reservations_at(self, conn: Connection, pins: Mapping[str, frozenset[str]]
+                             ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        q = select(_R.id, _R.request_hash, _R.body).order_by(_R.seq)
+        if "#id" in pins:
+            q = q.where(_R.id.in_(sorted(pins["#id"])))
+        if "project" in pins:
+            q = q.where(_R.project.in_(sorted(pins["project"])))
+        if "state" in pins:
+            q = q.where(_R.state.in_(sorted(pins["state"])))
+        for r in conn.execute(q).all():
+            body = json.loads(r.body)
+            res = _from_body(body, r.request_hash)
+            yield res.id, res.event_labels(), body
+
+    def list_topology_at(self, conn: Connection, pins: Mapping[str, frozenset[str]]
+                         ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        row = conn.execute(select(schema.topology)).first()
+        if row is not None:
+            yield "topology", {}, {**json.loads(row.doc), "revision": row.revision,
+                                   "updated_at": iso(to_us(row.updated_at))}
+
+    def list_limits_at(self, conn: Connection, pins: Mapping[str, frozenset[str]]
+                       ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        q = select(schema.limits).order_by(schema.limits.c.project)
+        if "project" in pins:
+            q = q.where(schema.limits.c.project.in_(sorted(pins["project"])))
+        for lr in conn.execute(q).all():
+            limit = Limit(lr.project, lr.max_bps, Fraction(lr.share) if lr.share is not None else None,
+                          lr.revision, to_us(lr.updated_at))
+            yield lr.project, {"project": lr.project}, limit.body()
+
+
+def _log_on_commit(batch: Batch, msg: str, **fields: Any) -> None:
+    batch.on_commit(lambda: log.info(msg, extra=fields))
+
