@@ -1,0 +1,87 @@
+"""Shared by the reservation tests: small topologies, a fake clock, and what "the same usage" means."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tenure.domain.topology import Topology
+from tenure.services.runtime import Runtime, Settings
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def open_rt(db_url: str, clock: FakeClock, **settings: Any) -> Runtime:
+    return Runtime.open(db_url, clock=clock, settings=Settings(**{"housekeeping": False, **settings}))
+
+
+def at(clock: FakeClock, **delta: float) -> str:
+    """An ISO instant relative to the fake clock's now."""
+    return (clock.now + timedelta(**delta)).isoformat()
+
+
+# h1 ─ s1 ═ s2 ─ h2, with a longer way s1 ─ s3 ─ s2; h3 is on s1 and s3 (multi-homed); m1 is a middlebox on s2.
+SQUARE: dict[str, Any] = {
+    "nodes": [
+        {"id": "h1", "kind": "host"}, {"id": "h2", "kind": "host"}, {"id": "h3", "kind": "host"},
+        {"id": "s1", "kind": "switch"}, {"id": "s2", "kind": "switch"}, {"id": "s3", "kind": "switch"},
+        {"id": "m1", "kind": "middlebox"}, {"id": "c1", "kind": "host"},
+    ],
+    "links": [
+        {"id": "h1-s1", "a": "h1", "b": "s1", "capacity": "1G"},
+        {"id": "h2-s2", "a": "h2", "b": "s2", "capacity": "1G"},
+        {"id": "h3-s1", "a": "h3", "b": "s1", "capacity": "1G"},
+        {"id": "h3-s3", "a": "h3", "b": "s3", "capacity": "1G"},
+        {"id": "s1-s2", "a": "s1", "b": "s2", "capacity_ab": "10G", "capacity_ba": "5G"},
+        {"id": "s1-s3", "a": "s1", "b": "s3", "capacity": "1G"},
+        {"id": "s3-s2", "a": "s3", "b": "s2", "capacity": "1G"},
+        {"id": "m1-s2", "a": "m1", "b": "s2", "capacity": "1G"},
+        {"id": "c1-s3", "a": "c1", "b": "s3", "capacity": "1G"},
+    ],
+}
+
+
+def square() -> Topology:
+    return Topology.parse(SQUARE)
+
+
+def usage_of(rt: Runtime) -> dict[tuple[str, str], list[tuple[int, int | None, int]]]:
+    """Every hop's usage steps: equal dicts mean identical usage."""
+    cap = rt.reservations.cap
+    return {cap.topology.hops[h]: cap.use[h].steps() for h in range(len(cap.topology.hops))}
+
+
+def check_usage_matches_reservations(rt: Runtime) -> None:
+    """The ledgers hold exactly what the holding reservations' paths say, and from now on never more than usable."""
+    now = rt.reservations.now_us()
+    svc = rt.reservations
+    cap = svc.cap
+    topo = cap.topology
+    expected: dict[int, list[tuple[int, int, int]]] = {}
+    for res in svc._res.values():
+        if not res.holds_capacity:
+            continue
+        for leg in res.legs:
+            for key in leg.hops:
+                expected.setdefault(topo.hop_index[key], []).append((res.start, res.end, leg.rate))
+    for h in range(len(topo.hops)):
+        bookings = expected.get(h, [])
+        instants = sorted({t for s, e, _ in bookings for t in (s, e)} | {now})
+        for t in instants:
+            want = sum(r for s, e, r in bookings if s <= t < e)
+            assert cap.use[h].usage_at(t) == want, (topo.hops[h], t)
+            if t >= now:
+                assert want <= topo.usable[h], ("over-committed", topo.hops[h], t)
+        if not bookings:
+            assert not cap.use[h], topo.hops[h]
