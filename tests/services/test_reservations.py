@@ -415,3 +415,24 @@ def test_a_failed_commit_leaves_the_ledgers_as_they_were(rt: Runtime) -> None:
         event.remove(rt.engine, "before_cursor_execute", fail)
     assert usage_of(rt) == before
     reserve(rt, kind="oneway", src="h1", dst="h2", rate="900M")  # nothing phantom holds the capacity
+
+
+def test_a_degraded_reservation_inside_its_window_can_be_modified_back(rt: Runtime, clock: FakeClock) -> None:
+    r = reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M")
+    clock.advance(minutes=10)
+    rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "h1-s1", "10M")))
+    assert rt.reservations.get(r.id).state == "degraded"
+    back = rt.run(rt.reservations.modify_op(r.id, {"rate": "5M", "end": "+30m"}))[0]
+    assert (back.state, back.start, back.rate_out) == ("active", r.start, 5_000_000)
+    check_usage_matches_reservations(rt)
+
+
+def test_rates_and_shares_print_exactly() -> None:
+    from fractions import Fraction
+
+    from tenure.domain.units import format_rate, parse_rate, share_text
+
+    for bps in (1, 999, 20_000, 100_000_000, 125_000_000, 1_500_000_000, 10**10, 40 * 10**9):
+        assert parse_rate(format_rate(bps)) == bps
+    assert (format_rate(10**8), format_rate(10**10)) == ("100M", "10G")
+    assert (share_text(Fraction(1)), share_text(Fraction(1, 4)), share_text(Fraction(0))) == ("100%", "25%", "0%")

@@ -23,13 +23,14 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, errors, routes, watch
+from tenure.api import agents, errors, reservations, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
 from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Unauthorized, Unavailable
+from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime, Settings
 from tenure.services.tokens import new_secret
 from tenure.services.writer import Clock, utcnow
@@ -44,6 +45,19 @@ EXAMPLE_POOLS: list[dict[str, Any]] = [
     {"name": "vxlan-vnis", "ranges": [[1, 16777215]], "strategy": "random"},
     {"name": "ifindexes", "ranges": [[1, 65535]], "strategy": "next"},
 ]
+
+
+# A small leaf-spine for `dev.py serve`: two spines, two leaves, four hosts, a middlebox (firewall).
+EXAMPLE_TOPOLOGY: dict[str, Any] = {
+    "alarm": "90%",
+    "nodes": [{"id": n, "kind": "switch"} for n in ("spine1", "spine2", "leaf1", "leaf2")]
+    + [{"id": f"h{i}", "kind": "host"} for i in range(1, 5)] + [{"id": "fw1", "kind": "middlebox"}],
+    "links": [{"id": f"{leaf}-{spine}", "a": leaf, "b": spine, "capacity": "40G"}
+              for leaf in ("leaf1", "leaf2") for spine in ("spine1", "spine2")]
+    + [{"id": f"h{i}-leaf{1 + (i - 1) // 2}", "a": f"h{i}", "b": f"leaf{1 + (i - 1) // 2}", "capacity": "10G"}
+       for i in range(1, 5)]
+    + [{"id": "fw1-leaf2", "a": "fw1", "b": "leaf2", "capacity": "10G"}],
+}
 
 
 @dataclass
@@ -109,6 +123,8 @@ def write_admin_token(runtime: Runtime, data_dir: Path) -> Path | None:
 
 
 def ensure_examples(runtime: Runtime) -> None:
+    if not runtime.reservations.topology.nodes and runtime.reservations.topology_body()["revision"] == 0:
+        runtime.run(runtime.reservations.set_topology_op(Topology.parse(EXAMPLE_TOPOLOGY)))
     svc = runtime.allocator
     for spec in EXAMPLE_POOLS:
         if spec["name"] not in {v.name for v in svc.pool_views()}:
@@ -171,6 +187,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(watch.router)
     app.include_router(agents.router)
+    app.include_router(reservations.router)
 
     @app.get("/healthz", tags=["system"])
     def healthz() -> Response:

@@ -17,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenure.api.metrics import Metrics
 
 MAX_BODY = 1024 * 1024
+# A whole topology can be larger than any other request (a k=32 fat tree is about 2 MB of JSON).
+LARGE_BODIES = {"/v1/topology": 64 * 1024 * 1024}
 
 
 class BodyLimit:
@@ -30,16 +32,17 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = LARGE_BODIES.get(scope.get("path", ""), self.limit)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     length = int(value)
                 except ValueError:
                     length = -1
-                if length < 0 or length > self.limit:
-                    await _send_error(send, 413 if length > self.limit else 400,
-                                      "too_large" if length > self.limit else "invalid_request",
-                                      f"the request body is over {self.limit} bytes" if length > self.limit
+                if length < 0 or length > limit:
+                    await _send_error(send, 413 if length > limit else 400,
+                                      "too_large" if length > limit else "invalid_request",
+                                      f"the request body is over {limit} bytes" if length > limit
                                       else "invalid Content-Length")
                     return
         seen = 0
@@ -49,8 +52,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise HTTPException(413, f"the request body is over {self.limit} bytes")
+                if seen > limit:
+                    raise HTTPException(413, f"the request body is over {limit} bytes")
             return message
 
         await self.app(scope, limited, send)

@@ -72,8 +72,7 @@ def format_rate(bps: int) -> str:
         if bps >= scale:
             q = Fraction(bps, scale)
             if q.denominator in (1, 2, 4, 5, 8, 10, 20, 25, 50, 100, 1000):
-                text = f"{Decimal(q.numerator) / Decimal(q.denominator):f}".rstrip("0").rstrip(".")
-                return f"{text}{suffix}"
+                return f"{_plain(Decimal(q.numerator) / Decimal(q.denominator))}{suffix}"
     return str(bps)
 
 
@@ -95,7 +94,13 @@ def parse_share(value: object, *, what: str) -> Fraction:
 
 
 def share_text(share: Fraction) -> str:
-    return f"{Decimal(share.numerator) / Decimal(share.denominator) * 100:f}".rstrip("0").rstrip(".") + "%"
+    return _plain(Decimal(share.numerator) / Decimal(share.denominator) * 100) + "%"
+
+
+def _plain(d: Decimal) -> str:
+    """A decimal without exponent or trailing fractional zeros: 100, 1.5, 12.25 (never "1" for 100)."""
+    text = f"{d:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def to_us(dt: datetime) -> int:
