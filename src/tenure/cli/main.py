@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tenure.cli import agents, audit, claims, pools, tokens, watch
+from tenure.cli import agents, audit, claims, limits, pools, reservations, tokens, topology, watch
 from tenure.cli.common import session
 from tenure.config import DEFAULT_LISTEN, Settings, default_data_dir
 
@@ -47,6 +47,15 @@ app.command("claims")(claims.claims)
 app.command("lookup")(claims.lookup)
 app.command("watch")(watch.watch)
 app.command("agents")(agents.agents)
+app.add_typer(topology.app, name="topology")
+app.add_typer(reservations.reserve_app, name="reserve")
+app.command("reservations")(reservations.reservations)
+app.command("reservation")(reservations.reservation)
+app.command("modify")(reservations.modify)
+app.command("cancel")(reservations.cancel)
+app.command("paths")(reservations.paths)
+app.command("usage")(reservations.usage)
+app.add_typer(limits.app, name="limit")
 
 
 @app.command()

@@ -2,9 +2,9 @@
 
 It is deliberately thin: the server validates, so the client sends what it is
 given and turns failures into the three exceptions of :mod:`._errors`. Answers
-are the API's JSON documents unchanged, with one addition: :meth:`claim` adds
-``created`` (the API tells a new claim from an existing one by 201 vs 200, which
-a dict cannot carry otherwise).
+are the API's JSON documents unchanged, with one addition: :meth:`claim` (and
+:meth:`reserve`, :meth:`register_agent`) add ``created`` (the API tells a new
+object from an existing one by 201 vs 200, which a dict cannot carry otherwise).
 
 One ``httpx.Client`` underneath, configured once and never mutated afterwards
 (the token goes into each request's headers, not into shared client state), so
@@ -157,16 +157,22 @@ class TenureClient(_ClientBase):
         self.close()
 
     def _send(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+        content: str | bytes | None = None, content_type: str | None = None,
     ) -> httpx.Response:
+        """One request; ``content`` (with its ``content_type``) is a raw body sent instead of ``json``."""
         url = self.base_url + path
+        headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
         try:
-            return self._http.request(method, url, headers=self._headers, json=json, params=params)
+            return self._http.request(method, url, headers=headers, json=json, params=params, content=content)
         except (httpx.TransportError, httpx.InvalidURL) as exc:
             raise _transport_error(self.base_url, self.timeout, exc) from None
 
-    def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
-        response = self._send(method, path, json=json, params=params)
+    def _call(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+        content: str | bytes | None = None, content_type: str | None = None,
+    ) -> Any:
+        response = self._send(method, path, json=json, params=params, content=content, content_type=content_type)
         if response.is_error:
             raise _api_error(response)
         return self._decode(response)
@@ -289,6 +295,117 @@ class TenureClient(_ClientBase):
     def whoami(self) -> dict[str, Any]:
         """The role, project and host of this client's token."""
         return self._call("GET", "/v1/whoami")
+
+    # ---------------------------------------------------------------- topology
+
+    def topology(self) -> dict[str, Any]:
+        """``{"nodes": [...], "links": [...], "revision": N, "updated_at": ...}``."""
+        return self._call("GET", "/v1/topology")
+
+    def put_topology(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Replace the whole topology (admin); the answer has ``recheck``: kept, rerouted, degraded, restored."""
+        return self._call("PUT", "/v1/topology", json=doc)
+
+    def put_topology_yaml(self, text: str) -> dict[str, Any]:
+        """:meth:`put_topology` with the document as YAML text, parsed by the server."""
+        return self._call("PUT", "/v1/topology", content=text.encode("utf-8"), content_type="application/yaml")
+
+    def node(self, id: str) -> dict[str, Any]:  # noqa: A002 - mirrors the API's name
+        return self._call("GET", f"/v1/topology/nodes/{segment(id)}")
+
+    def put_node(self, id: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: A002
+        """Add or replace one node (``{"kind": ..., "labels": ...}``); answers like :meth:`put_topology`."""
+        return self._call("PUT", f"/v1/topology/nodes/{segment(id)}", json=body)
+
+    def delete_node(self, id: str) -> dict[str, Any]:  # noqa: A002
+        """Refused (``node_in_use``) while links still end at the node."""
+        return self._call("DELETE", f"/v1/topology/nodes/{segment(id)}")
+
+    def link(self, id: str) -> dict[str, Any]:  # noqa: A002
+        return self._call("GET", f"/v1/topology/links/{segment(id)}")
+
+    def put_link(self, id: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: A002
+        """Add or replace one link (``{"a", "b", "capacity"}`` or ``capacity_ab``/``capacity_ba``)."""
+        return self._call("PUT", f"/v1/topology/links/{segment(id)}", json=body)
+
+    def delete_link(self, id: str) -> dict[str, Any]:  # noqa: A002
+        return self._call("DELETE", f"/v1/topology/links/{segment(id)}")
+
+    def usage(self, link: str, start: str | None = None, end: str | None = None) -> dict[str, Any]:
+        """Both directions of ``link`` as steps of booked bit/s, from ``start`` to ``end`` (query ``from``/``to``)."""
+        params = {k: v for k, v in (("from", start), ("to", end)) if v is not None}
+        return self._call("GET", f"/v1/links/{segment(link)}/usage", params=params or None)
+
+    # ------------------------------------------------------------ reservations
+
+    def reserve(self, **fields: Any) -> dict[str, Any]:
+        """Make a reservation (``kind``, ``src``, ``dst``, ``rate``, ``end``, ...; None fields are left out).
+
+        The answer has ``created``: False when a ``request_id`` retry returned the reservation it made.
+        """
+        body = {k: v for k, v in fields.items() if v is not None}
+        return _created(self._send("POST", "/v1/reservations", json=body))
+
+    def reservations(
+        self,
+        state: str | None = None,
+        project: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """One page in admission order: ``{"reservations": [...], "next": ID or None, "revision": N}``."""
+        params = {k: v for k, v in (("state", state), ("project", project), ("after", after), ("limit", limit))
+                  if v is not None}
+        return self._call("GET", "/v1/reservations", params=params or None)
+
+    def iter_reservations(
+        self,
+        state: str | None = None,
+        project: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every matching reservation (after id ``after``), a page of ``limit`` at a time, following ``next``."""
+        while True:
+            page = self.reservations(state=state, project=project, after=after, limit=limit)
+            yield from page["reservations"]
+            after = page.get("next")
+            if after is None:
+                return
+
+    def reservation(self, id: str) -> dict[str, Any]:  # noqa: A002
+        return self._call("GET", f"/v1/reservations/{segment(id)}")
+
+    def modify_reservation(self, id: str, **changes: Any) -> dict[str, Any]:  # noqa: A002
+        """Change ``start``, ``end``, ``rate``/``rate_out``, ``rate_in`` or ``labels``: re-admitted, all or nothing."""
+        body = {k: v for k, v in changes.items() if v is not None}
+        return self._call("PATCH", f"/v1/reservations/{segment(id)}", json=body)
+
+    def cancel_reservation(self, id: str) -> dict[str, Any]:  # noqa: A002
+        """Cancel: the capacity is free at once; cancelling again answers the cancelled reservation."""
+        return self._call("DELETE", f"/v1/reservations/{segment(id)}")
+
+    def paths(self, **query: Any) -> dict[str, Any]:
+        """Up to ``k`` feasible paths for ``src`` → ``dst`` at ``rate`` over ``start``-``end``; nothing is booked."""
+        return self._call("POST", "/v1/paths", json={k: v for k, v in query.items() if v is not None})
+
+    # ------------------------------------------------------------------ limits
+
+    def limits(self) -> dict[str, Any]:
+        """``{"limits": [...], "revision": N}``."""
+        return self._call("GET", "/v1/limits")
+
+    def limit(self, project: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/limits/{segment(project)}")
+
+    def set_limit(self, project: str, max: int | str | None = None,  # noqa: A002 - the API's field
+                  share: float | str | None = None) -> dict[str, Any]:
+        """Cap what ``project`` may hold per link direction: ``max`` bit/s, or a ``share`` of each capacity."""
+        body = {k: v for k, v in (("max", max), ("share", share)) if v is not None}
+        return self._call("PUT", f"/v1/limits/{segment(project)}", json=body)
+
+    def delete_limit(self, project: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/limits/{segment(project)}")
 
     # ------------------------------------------------------------------- watch
 
