@@ -463,10 +463,11 @@ class ReservationService:
             if rate_in is not None and old.kind != "bandwidth" and rate_in != 0:
                 raise InvalidInput(f"a {old.kind} reservation has no rate_in", code="invalid_rate")
             new_start = old.start if start is None else start
-            if old.state == ACTIVE and start is not None and start != old.start:
-                raise InvalidInput("the reservation is active: its start cannot move", code="start_immutable")
+            started = old.start <= bnow  # active, or degraded while its window runs: the start is history
+            if started and start is not None and start != old.start:
+                raise InvalidInput("the reservation has started: its start cannot move", code="start_immutable")
             new_end = old.end if end is None else end
-            if old.state == ACTIVE:
+            if started:
                 if new_end <= bnow:
                     raise InvalidInput("end must be in the future; cancel to end it now", code="invalid_window")
                 if new_end > bnow + self.horizon:
