@@ -268,3 +268,22 @@ def test_a_node_or_link_body_naming_another_id_is_refused(net: Any) -> None:
     assert_error(net.request("PUT", "/v1/topology/links/x", json={"id": "y", "a": "h1", "b": "s1", "capacity": 1}),
                  400, "id_mismatch")
     assert fingerprint(net) == before
+
+
+def test_metrics_count_reservations_by_state_and_outcome(net: Any) -> None:
+    from tests.api.test_health_metrics import _samples
+
+    post(net, kind="oneway", src="h1", dst="h2", rate="900M", request_id="m")
+    post(net, kind="oneway", src="h1", dst="h2", rate="900M", request_id="m")
+    post(net, kind="oneway", src="h1", dst="h2", rate="900M", start="+1h", end="+2h")
+    post(net, kind="oneway", src="h1", dst="h2", rate="900M")
+    post(net, kind="oneway", src="h1", dst="h1", rate="900M")
+    s = _samples(net.get("/metrics").text)
+
+    def sample(name: str, **labels: str) -> float:
+        return s[(name, tuple(sorted(labels.items())))]
+
+    assert sample("tenure_reservations", state="active") == 1 and sample("tenure_reservations", state="pending") == 1
+    requests = "tenure_reservation_requests_total"
+    assert sample(requests, outcome="created") == 2 and sample(requests, outcome="existing") == 1
+    assert sample(requests, outcome="insufficient_capacity") == 1 and sample(requests, outcome="invalid") == 1

@@ -1,4 +1,4 @@
-"""Prometheus metrics: requests, latency, claims and pool utilisation.
+"""Prometheus metrics: requests, latency, claims, pool utilisation and reservations.
 
 Each app gets its own registry (tests build many apps in one process). Pool
 gauges are computed at scrape time from the published pool views, so they cost
@@ -49,7 +49,11 @@ class _StateCollector(Collector):
         commands.add_metric([], rt.writer.commands)
         compacted = GaugeMetricFamily("tenure_compacted_revision", "Events at or below this revision are compacted")
         compacted.add_metric([], rt.history.compacted)
-        out = [size, used, util, rev, batches, commands, compacted]
+        by_state = GaugeMetricFamily("tenure_reservations", "Reservations by state (ended ones until purged)",
+                                     labels=["state"])
+        for state, n in rt.reservations.count_by_state().items():
+            by_state.add_metric([state], n)
+        out = [size, used, util, rev, batches, commands, compacted, by_state]
         hub = self._hub
         if hub is not None:
             for name, doc, value in (
@@ -74,6 +78,10 @@ class Metrics:
         self.claims = Counter("tenure_claims", "Claim requests by pool and outcome (created, existing, refused)",
                               ["pool", "outcome"], registry=self.registry)
         self.releases = Counter("tenure_releases", "Claims released", ["pool"], registry=self.registry)
+        self.reservations = Counter(
+            "tenure_reservation_requests",
+            "Reservation creates by outcome (created, existing, insufficient_capacity, limit_exceeded, no_path, "
+            "invalid)", ["outcome"], registry=self.registry)
         self.registry.register(_StateCollector(runtime, hub))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

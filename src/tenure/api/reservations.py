@@ -16,12 +16,13 @@ from pydantic import Field, StrictFloat, StrictInt, StrictStr
 
 from tenure.api.routes import RT, Auth, StrictModel
 from tenure.domain.access import Principal, require_admin
-from tenure.domain.errors import Forbidden, InvalidInput
+from tenure.domain.errors import Conflict, Forbidden, InvalidInput
 from tenure.domain.reservation import MAX_VIA
 from tenure.domain.topology import Topology, parse_link, parse_node
 from tenure.services.reservations import MAX_PAGE
 
 router = APIRouter(prefix="/v1")
+REFUSALS = ("insufficient_capacity", "limit_exceeded", "no_path")
 
 Rate = StrictInt | StrictFloat | StrictStr
 Instant = StrictInt | StrictFloat | StrictStr
@@ -83,9 +84,19 @@ def _with_alarms(body: dict[str, Any], alarms: list[dict[str, Any]]) -> dict[str
 
 
 @router.post("/reservations", status_code=201, tags=["reservations"])
-async def create_reservation(body: ReservationCreate, response: Response, rt: RT, who: Auth) -> dict[str, Any]:
+async def create_reservation(body: ReservationCreate, request: Request, response: Response, rt: RT,
+                             who: Auth) -> dict[str, Any]:
     raw = body.model_dump(exclude_none=True)
-    res, created, alarms = await rt.arun(rt.reservations.create_op(raw, principal=who))
+    counter = request.app.state.metrics.reservations
+    try:
+        res, created, alarms = await rt.arun(rt.reservations.create_op(raw, principal=who))
+    except Conflict as exc:
+        counter.labels(exc.code if exc.code in REFUSALS else "conflict").inc()
+        raise
+    except InvalidInput:
+        counter.labels("invalid").inc()
+        raise
+    counter.labels("created" if created else "existing").inc()
     if not created:
         response.status_code = 200
     return _with_alarms(res.body(), alarms)

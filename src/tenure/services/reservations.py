@@ -642,7 +642,10 @@ class ReservationService:
         batch.emit("topology", "topology", "updated" if old_meta[0] else "created", {}, body)
         batch.on_commit_once("topology", self._publish_topology)
         if outcome["degraded"]:
-            _log_on_commit(batch, "reservations degraded by a topology change", count=len(outcome["degraded"]))
+            _log_on_commit(batch, "reservations degraded by a topology change", level=logging.WARNING,
+                           count=len(outcome["degraded"]))
+        _log_on_commit(batch, "topology changed", level=logging.INFO, nodes=len(topo.nodes), links=len(topo.links),
+                       kept=outcome["kept"], rerouted=len(outcome["rerouted"]), restored=len(outcome["restored"]))
         return {**body, "recheck": outcome}
 
     def _publish_topology(self) -> None:
@@ -748,6 +751,12 @@ class ReservationService:
                     return page, page[-1].id
                 page.append(r)
         return page, None
+
+    def count_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for r in list(self._views.values()):
+            counts[r.state] += 1
+        return counts
 
     def topology_body(self) -> dict[str, Any]:
         topo, revision, updated = self._topology_view
@@ -866,6 +875,8 @@ class ReservationService:
             yield lr.project, {"project": lr.project}, limit.body()
 
 
-def _log_on_commit(batch: Batch, msg: str, **fields: Any) -> None:
-    batch.on_commit(lambda: log.info(msg, extra=fields))
+def _log_on_commit(batch: Batch, msg: str, *, level: int = logging.DEBUG, **fields: Any) -> None:
+    """Log a change once committed: each reservation's at debug (like claims), the rest at the level given."""
+    if log.isEnabledFor(level):
+        batch.on_commit(lambda: log.log(level, msg, extra=fields))
 
