@@ -36,7 +36,9 @@ def fingerprint(api: Any) -> tuple[Any, ...]:
 def post(api: Any, token: str | None = None, **body: Any) -> Any:
     body.setdefault("kind", "bandwidth")
     body.setdefault("end", "+1h")
-    return api.post("/v1/reservations", json=body, token=token)
+    # As JSON text with \u escapes: a lone surrogate is valid JSON, though not encodable UTF-8.
+    return api.post("/v1/reservations", content=json.dumps(body), token=token,
+                    headers={"content-type": "application/json"})
 
 
 def test_create_read_modify_cancel(net: Any) -> None:
@@ -133,6 +135,11 @@ def test_a_malformed_topology_is_refused_and_changes_nothing(net: Any, doc: Any,
 
 def test_malformed_documents_are_400(net: Any) -> None:
     before = fingerprint(net)
+    deep = "[" * 100_000 + "]" * 100_000
+    assert_error(net.request("PUT", "/v1/topology", content=deep, headers={"content-type": "application/json"}),
+                 400)
+    assert_error(net.request("PUT", "/v1/topology", content="nodes: []\n1: a\nzz: b\n",
+                             headers={"content-type": "application/yaml"}), 400, "invalid_topology")
     r = net.request("PUT", "/v1/topology", content="nodes: [", headers={"content-type": "application/yaml"})
     assert_error(r, 400, "malformed_topology")
     r = net.request("PUT", "/v1/topology", content="{", headers={"content-type": "application/json"})
@@ -154,7 +161,7 @@ BAD_RESERVATIONS = [
     ({"src": "h1", "dst": "h2", "rate": "1M", "end": "+5000d"}, "beyond_horizon"),
     ({"src": "h1", "dst": "h2", "rate": "1M", "end": "+1x"}, "invalid_time"),
     ({"src": "h1", "dst": "h2", "rate": "1M", "end": 1e300}, "invalid_time"),
-    ({"src": "h1", "dst": "h2", "rate": "1M", "end": "9999-12-31T23:59:59+14:00"}, "beyond_horizon"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "end": "9999-12-29T23:59:59+14:00"}, "beyond_horizon"),
     ({"src": "h1", "dst": "h2", "rate": "1M", "end": "+99999999999999999999d"}, "invalid_time"),
     ({"src": "h1", "dst": "h2", "rate": "1M", "dscp": 99}, "invalid_request"),
     ({"src": "h1", "dst": "h2", "rate": "1M", "color": "red"}, "invalid_request"),
@@ -163,6 +170,13 @@ BAD_RESERVATIONS = [
     ({"src": "h1", "dst": "h2", "rate": "1M", "request_id": "x\u0000"}, "invalid_request_id"),
     ({"src": "h1", "dst": "h2", "rate": "1M", "labels": {"a b": "c"}}, "invalid_name"),
     ({"src": "h1", "dst": "h2"}, "invalid_rate"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "start": "0001-01-01T00:30:00+01:00"}, "invalid_time"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "end": "9999-12-31T23:59:59-01:00"}, "invalid_time"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "start": -999999999999}, "invalid_time"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "end": 999999999999}, "invalid_time"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "end": "+" + "9" * 5000 + "s"}, "invalid_time"),
+    ({"src": "h\ud800", "dst": "h2", "rate": "1M"}, "invalid_name"),
+    ({"kind": "steering", "src": "h1", "dst": "h2", "via": ["m\ud800"], "rate": "1M"}, "invalid_name"),
 ]
 
 
@@ -184,6 +198,7 @@ def test_bad_modifications_and_lookups(net: Any) -> None:
     assert_error(net.delete("/v1/reservations/r-nope"), 404, "reservation_not_found")
     assert_error(net.get("/v1/reservations?state=gone"), 400, "invalid_state")
     assert_error(net.get("/v1/reservations?after=r-nope"), 400, "invalid_cursor")
+    assert_error(net.get("/v1/reservations?after=" + rid), 400, "invalid_cursor")  # ids are not cursors
     assert fingerprint(net) == before
 
 
@@ -204,6 +219,9 @@ def test_members_see_modify_and_cancel_only_their_projects_reservations(net: Any
     assert [x["id"] for x in net.get("/v1/reservations", token=red).json()["reservations"]] == [r["id"]]
     assert [x["id"] for x in net.get("/v1/reservations", token=agent).json()["reservations"]] == [bid]
     assert_error(post(net, agent, src="h1", dst="h2", rate="10M"), 403)
+    assert_error(net.request("PATCH", f"/v1/reservations/{bid}", json={"rate": "900M"}, token=agent), 403)
+    assert_error(net.delete(f"/v1/reservations/{bid}", token=agent), 403)
+
     assert net.request("PATCH", f"/v1/reservations/{bid}", json={"end": "+3h"}, token=blue).status_code == 200
     assert net.delete(f"/v1/reservations/{bid}", token=blue).status_code == 200
     assert_error(net.request("PUT", "/v1/topology", json=SQUARE, token=blue), 403)
@@ -287,3 +305,15 @@ def test_metrics_count_reservations_by_state_and_outcome(net: Any) -> None:
     requests = "tenure_reservation_requests_total"
     assert sample(requests, outcome="created") == 2 and sample(requests, outcome="existing") == 1
     assert sample(requests, outcome="insufficient_capacity") == 1 and sample(requests, outcome="invalid") == 1
+
+
+def test_pages_follow_the_next_cursor(net: Any) -> None:
+    ids = [post(net, kind="oneway", src="h1", dst="h2", rate="1M").json()["id"] for _ in range(5)]
+    seen, after = [], None
+    while True:
+        page = net.get("/v1/reservations", params={"limit": 2, **({"after": after} if after else {})}).json()
+        seen += [r["id"] for r in page["reservations"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert seen == ids

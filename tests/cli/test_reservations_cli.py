@@ -299,9 +299,9 @@ def test_client_pages_reservations_and_edits_topology(client: TenureClient) -> N
     client.put_topology(SMALL_DOC)
     ids = [client.reserve(kind="oneway", src="h1", dst="h2", rate="1M", end="+1h")["id"] for _ in range(3)]
     page = client.reservations(limit=2)
-    assert [r["id"] for r in page["reservations"]] == ids[:2] and page["next"] == ids[1]
+    assert [r["id"] for r in page["reservations"]] == ids[:2] and page["next"] is not None
     assert [r["id"] for r in client.iter_reservations(limit=1)] == ids
-    assert [r["id"] for r in client.iter_reservations(after=ids[0])] == ids[1:]
+    assert [r["id"] for r in client.iter_reservations(after=client.reservations(limit=1)["next"])] == ids[1:]
     assert client.reservation(ids[0])["state"] == "active"
     assert client.modify_reservation(ids[0], rate="2M")["rate_out"] == 2 * 10**6
     assert client.cancel_reservation(ids[0])["state"] == "cancelled"

@@ -436,3 +436,51 @@ def test_rates_and_shares_print_exactly() -> None:
         assert parse_rate(format_rate(bps)) == bps
     assert (format_rate(10**8), format_rate(10**10)) == ("100M", "10G")
     assert (share_text(Fraction(1)), share_text(Fraction(1, 4)), share_text(Fraction(0))) == ("100%", "25%", "0%")
+
+
+def test_a_node_that_stops_being_a_switch_is_no_longer_a_way_through(rt: Runtime) -> None:
+    r = reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M")
+    assert r.legs[0].nodes == ("h1", "s1", "s2", "h2")
+    svc = rt.reservations
+    from tenure.domain.topology import Node
+
+    out = rt.run(svc.edit_topology_op(svc.put_node(Node("s2", "host"))))
+    assert out["recheck"]["degraded"] == [r.id]  # h2 hangs off s2 only: no other way in
+    check_usage_matches_reservations(rt)
+
+
+def test_a_lowered_limit_does_not_degrade_holdings_at_an_unrelated_topology_edit(rt: Runtime) -> None:
+    r = reserve(rt, kind="oneway", src="h1", dst="h2", rate="600M", project="blue")
+    rt.run(rt.reservations.set_limit_op("blue", max_bps="300M"))
+    svc = rt.reservations
+    from tenure.domain.topology import Node
+
+    out = rt.run(svc.edit_topology_op(svc.put_node(Node("c1", "host", {"rack": "r7"}))))
+    assert out["recheck"]["kept"] == 1 and svc.get(r.id).state == "active"
+    with pytest.raises(Conflict) as exc:  # the limit applies to what is admitted from now on
+        reserve(rt, kind="oneway", src="h1", dst="h2", rate="1M", project="blue", start="+5m")
+    assert exc.value.code == "limit_exceeded"
+    check_usage_matches_reservations(rt)
+
+
+def test_timers_grow_with_reservations_not_with_changes(rt: Runtime) -> None:
+    r = reserve(rt, kind="oneway", src="h1", dst="h2", rate="1M", end="+300d")
+    for i in range(300):
+        rt.run(rt.reservations.modify_op(r.id, {"labels": {"n": str(i)}}))
+    for i in range(100):
+        rt.run(rt.reservations.modify_op(r.id, {"end": f"+{200 + i % 50}d"}))
+    assert len(rt.reservations.scheduler) <= 1024 + 3
+    assert rt.reservations.scheduler.next_due == rt.reservations.get(r.id).end
+
+
+def test_exact_shares_survive_a_restart(db_url: str, clock: FakeClock) -> None:
+    doc = {"nodes": [{"id": "a", "kind": "host"}, {"id": "b", "kind": "host"}],
+           "links": [{"id": "a-b", "a": "a", "b": "b", "capacity": "7G",
+                      "headroom": "14.2857142857142857142857142857%"}]}
+    with open_rt(db_url, clock) as rt:
+        rt.run(rt.reservations.set_topology_op(Topology.parse(doc)))
+        usable = list(rt.reservations.cap.topology.usable)
+        reserve(rt, kind="oneway", src="a", dst="b", rate=usable[0])
+    with open_rt(db_url, clock) as rt:
+        assert rt.reservations.cap.topology.usable == usable
+        check_usage_matches_reservations(rt)

@@ -7,6 +7,7 @@ and answers 500 with code ``internal`` (and is logged with its traceback).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -31,9 +32,16 @@ STATUS: dict[type[E.TenureError], int] = {
 }
 
 
+class _AsciiJSON(JSONResponse):
+    """Errors quote what the client sent, which may hold lone surrogates: escape, never fail to encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"code": code, "message": message, **details}}, status_code=status, headers=headers)
+    return _AsciiJSON({"error": {"code": code, "message": message, **details}}, status_code=status, headers=headers)
 
 
 def status_of(exc: E.TenureError) -> int:

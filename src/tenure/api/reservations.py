@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import Field, StrictFloat, StrictInt, StrictStr
 
 from tenure.api.routes import RT, Auth, StrictModel
@@ -153,17 +154,23 @@ def _not_agent(p: Principal) -> None:
 # ------------------------------------------------------------------- topology
 
 
-async def _document(request: Request) -> object:
-    raw = await request.body()
-    ctype = request.headers.get("content-type", "")
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~20x faster than the pure-Python loader
+
+
+def _parse_topology(raw: bytes, ctype: str) -> Topology:
+    """Decode and validate a topology document (in a worker thread: a large one takes a while)."""
+    kind = "YAML" if "yaml" in ctype else "JSON"
     try:
-        if "yaml" in ctype:
-            return yaml.safe_load(raw.decode("utf-8"))
-        return json.loads(raw)
+        doc = yaml.load(raw.decode("utf-8"), Loader=_YAML_LOADER) if kind == "YAML" else json.loads(raw)
     except (ValueError, yaml.YAMLError) as exc:
-        kind = "YAML" if "yaml" in ctype else "JSON"
         raise InvalidInput(f"the topology is not valid {kind}: {str(exc).splitlines()[0][:200]}",
                            code="malformed_topology") from None
+    except RecursionError:
+        raise InvalidInput(f"the topology {kind} is nested too deeply", code="malformed_topology") from None
+    try:
+        return Topology.parse(doc)
+    except RecursionError:
+        raise InvalidInput("the topology is nested too deeply", code="invalid_topology") from None
 
 
 @router.get("/topology", tags=["topology"])
@@ -177,7 +184,8 @@ def get_topology(rt: RT, who: Auth) -> dict[str, Any]:
 async def put_topology(request: Request, rt: RT, who: Auth) -> dict[str, Any]:
     """Replace the topology (JSON, or YAML with a yaml content type); every live reservation is re-checked."""
     require_admin(who, "changing the topology")
-    topo = Topology.parse(await _document(request))
+    raw = await request.body()
+    topo = await run_in_threadpool(_parse_topology, raw, request.headers.get("content-type", ""))
     return await rt.arun(rt.reservations.set_topology_op(topo, principal=who))
 
 

@@ -365,7 +365,8 @@ class TenureClient(_ClientBase):
         after: str | None = None,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every matching reservation (after id ``after``), a page of ``limit`` at a time, following ``next``."""
+        """Every matching reservation (after the cursor ``after``: a page's ``next``), a page of ``limit`` at a
+        time, following ``next``."""
         while True:
             page = self.reservations(state=state, project=project, after=after, limit=limit)
             yield from page["reservations"]

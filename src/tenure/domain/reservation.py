@@ -101,6 +101,7 @@ class Reservation:
     updated_at: int = 0
     ended_at: int | None = None
     revision: int = 0
+    seq: int = 0  # admission order (the store's, not part of the body)
 
     @property
     def holds_capacity(self) -> bool:

@@ -24,12 +24,10 @@ from tenure.domain.errors import InvalidInput
 MAX_RATE = 10**15  # 1 Pbit/s: more than any link carries; larger numbers are typos
 _SI = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGTP]?)(?:bps|bit/s|b/s|b)?\s*$")
-_DURATION_RE = re.compile(r"(\d+)([smhdw])")
+_DURATION_RE = re.compile(r"(\d{1,12})([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 US = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MIN_INSTANT = -(2**62)  # the store's BIGINT bounds, with room to spare
-MAX_INSTANT = 2**62
 
 
 def parse_rate(value: object, *, what: str = "rate", allow_zero: bool = False) -> int:
@@ -94,7 +92,20 @@ def parse_share(value: object, *, what: str) -> Fraction:
 
 
 def share_text(share: Fraction) -> str:
-    return _plain(Decimal(share.numerator) / Decimal(share.denominator) * 100) + "%"
+    """A share as an exact percentage: shares come from decimals, so their expansion terminates."""
+    return _plain(_exact(share * 100)) + "%"
+
+
+def _exact(q: Fraction) -> Decimal:
+    d, twos, fives = q.denominator, 0, 0
+    while d % 2 == 0:
+        d, twos = d // 2, twos + 1
+    while d % 5 == 0:
+        d, fives = d // 5, fives + 1
+    if d != 1:  # not a terminating decimal (never made by parse_share): 28 significant digits
+        return Decimal(q.numerator) / Decimal(q.denominator)
+    places = max(twos, fives)
+    return Decimal(f"{q.numerator * 10**places // q.denominator}E-{places}")  # from a string: exact
 
 
 def _plain(d: Decimal) -> str:
@@ -107,6 +118,11 @@ def to_us(dt: datetime) -> int:
     """Microseconds since the epoch, exactly (no float on the way)."""
     delta = dt - EPOCH
     return (delta.days * 86400 + delta.seconds) * US + delta.microseconds
+
+
+# The instants every answer can print (ISO 8601 has years 1 to 9999), with a day to spare for time zones.
+FIRST_INSTANT = to_us(datetime(1, 1, 2, tzinfo=UTC))
+LAST_INSTANT = to_us(datetime(9999, 12, 30, tzinfo=UTC))
 
 
 def from_us(us: int) -> datetime:
@@ -136,6 +152,17 @@ def parse_duration(text: str) -> int:
 
 def parse_instant(value: object, *, now: int, what: str = "time") -> int:
     """An instant in µs since the epoch from ISO 8601 (with a zone), Unix seconds, ``now`` or ``+30m``."""
+    return _in_range(_parse_instant(value, now=now, what=what), value, what)
+
+
+def _in_range(us: int, value: object, what: str) -> int:
+    # Every instant must be printable as ISO 8601 (years 1 to 9999) in answers and error messages.
+    if not FIRST_INSTANT <= us <= LAST_INSTANT:
+        raise InvalidInput(f"{what} {value!r} is outside the years 1 to 9999", code="invalid_time")
+    return us
+
+
+def _parse_instant(value: object, *, now: int, what: str) -> int:
     if isinstance(value, bool):
         raise InvalidInput(f"{what} must be ISO 8601, Unix seconds, 'now' or '+30m'", code="invalid_time")
     if isinstance(value, int | float):
@@ -154,10 +181,10 @@ def parse_instant(value: object, *, now: int, what: str = "time") -> int:
         return now + seconds * US
     try:
         dt = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
+        if dt.tzinfo is None:
+            raise InvalidInput(f"{what} {value!r} has no time zone; add Z for UTC or an offset like +01:00",
+                               code="invalid_time")
+        return to_us(dt.astimezone(UTC))
+    except (ValueError, OverflowError):  # not ISO 8601, or a zone offset that leaves years 1..9999
         raise InvalidInput(f"{what} {value!r} is not ISO 8601 (e.g. 2026-12-01T10:00:00Z), 'now' or '+30m'",
                            code="invalid_time") from None
-    if dt.tzinfo is None:
-        raise InvalidInput(f"{what} {value!r} has no time zone; add Z for UTC or an offset like +01:00",
-                           code="invalid_time")
-    return to_us(dt.astimezone(UTC))

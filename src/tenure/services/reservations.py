@@ -118,6 +118,12 @@ def may_see(p: Principal, project: str | None, src: str, dst: str) -> bool:
     return p.role == "agent" and p.host in (src, dst)
 
 
+def _may_change(p: Principal, action: str) -> None:
+    """Agents read the reservations of their host; changing them is for admins and members (of the project)."""
+    if p.role == "agent":
+        raise Forbidden(f"{action} needs an admin or member token; this token is an {p.describe()}")
+
+
 def _unrouted(legs: Sequence[Leg]) -> tuple[Leg, ...]:
     return tuple(Leg(leg.name, leg.src, leg.dst, leg.rate) for leg in legs)
 
@@ -135,8 +141,7 @@ class ReservationService:
         self._topology_revision = 0
         self._topology_updated = 0
         self._res: dict[str, Reservation] = {}  # writer-owned; in admission order
-        self._seq: dict[str, int] = {}
-        self._next_seq = 1
+        self._next_seq = 1  # admission order; also the list cursor
         self._requests: dict[tuple[str, str], str] = {}
         # Published after each commit; read by anyone.
         self._views: dict[str, Reservation] = {}
@@ -161,9 +166,8 @@ class ReservationService:
             self.limits[lr.project] = Limit(lr.project, lr.max_bps, share, lr.revision, to_us(lr.updated_at))
         self.cap = Capacity(topo, self.limits)
         for r in conn.execute(select(_R.id, _R.seq, _R.request_hash, _R.body).order_by(_R.seq)):
-            res = _from_body(json.loads(r.body), r.request_hash)
+            res = replace(_from_body(json.loads(r.body), r.request_hash), seq=r.seq)
             self._res[res.id] = res
-            self._seq[res.id] = r.seq
             self._next_seq = max(self._next_seq, r.seq + 1)
             if res.request_id is not None:
                 self._requests[(res.project or "", res.request_id)] = res.id
@@ -197,6 +201,7 @@ class ReservationService:
         res = self._res.get(rid)
         if res is None:
             self._views.pop(rid, None)
+            self.scheduler.disarm(rid)
             return
         self._views[rid] = res
         self.scheduler.arm(res.next_due(self.retention), rid)
@@ -214,7 +219,7 @@ class ReservationService:
         return res
 
     def _row(self, res: Reservation) -> dict[str, Any]:
-        return {"id": res.id, "seq": self._seq[res.id], "project": res.project, "request_id": res.request_id,
+        return {"id": res.id, "seq": res.seq, "project": res.project, "request_id": res.request_id,
                 "request_hash": res.request_hash, "state": res.state, "start_us": res.start, "end_us": res.end,
                 "body": json.dumps(res.body(), ensure_ascii=False), "revision": res.revision}
 
@@ -291,17 +296,21 @@ class ReservationService:
         ends = topo.graph.ends
         if not hops or topo.node_ids[ends[hops[0]][0]] != src or topo.node_ids[ends[hops[-1]][1]] != dst:
             return False
-        return all(ends[a][1] == ends[b][0] for a, b in zip(hops, hops[1:], strict=False))
+        transit = topo.graph.transit  # a node that became a host is no longer a way through
+        return all(ends[a][1] == ends[b][0] and transit[ends[a][1]] for a, b in zip(hops, hops[1:], strict=False))
 
     def _admit(self, batch: Batch, planned: Sequence[Leg], res: Reservation, now: int, *,
-               prior: Sequence[Leg] = ()) -> tuple[Leg, ...]:
+               prior: Sequence[Leg] = (), limits: bool = True) -> tuple[Leg, ...]:
         """Route and book every leg over ``res``'s window (a prior path first, if it still fits).
 
         Legs are booked one by one so a later leg sees the earlier ones; if one cannot be placed, what was
-        booked is released and the refusal raised: all or nothing.
+        booked is released and the refusal raised: all or nothing. ``limits=False`` (re-checks after a topology
+        change): only capacity is checked, since limits apply to admissions and a lowered limit must not turn
+        into degraded reservations at the next, unrelated, topology edit; the holdings are still booked.
         """
         cap, topo = self.cap, self.cap.topology
         check_from = max(res.start, now)
+        checked = res.project if limits else None
         old = {leg.name: leg for leg in prior}
         done: list[tuple[list[int], int]] = []
         try:
@@ -311,10 +320,10 @@ class ReservationService:
                 if leg.name in old and old[leg.name].hops:
                     hops = topo.hops_of(list(old[leg.name].hops))
                     if hops is not None and not (self._chains(hops, leg.src, leg.dst)
-                                                 and cap.fits(hops, check_from, res.end, leg.rate, res.project)):
+                                                 and cap.fits(hops, check_from, res.end, leg.rate, checked)):
                         hops = None
                 if hops is None:
-                    hops = cap.route(leg, check_from, res.end, res.project, mode=res.path_mode)
+                    hops = cap.route(leg, check_from, res.end, checked, mode=res.path_mode)
                 cap.book(hops, res.start, res.end, leg.rate, res.project)
                 done.append((hops, leg.rate))
                 doc = topo.path_doc(hops)
@@ -346,8 +355,7 @@ class ReservationService:
     def create_op(self, raw: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
         """Returns ``(reservation, created, alarms)``; created is False for an idempotent retry."""
         p = principal
-        if p.role == "agent":
-            raise Forbidden(f"making reservations needs an admin or member token; this token is an {p.describe()}")
+        _may_change(p, "making reservations")
         project = raw.get("project")
         if p.role == "member":
             if project is not None and project != p.project:
@@ -365,10 +373,13 @@ class ReservationService:
         for name, value in (("src", src), ("collector" if kind == "mirror" else "dst", dst)):
             if not isinstance(value, str) or not value:
                 raise InvalidInput(f"{name} must name a node", code="invalid_endpoint")
+            validate_name(value, what=name)
         if src == dst:
             raise InvalidInput(f"src and {'collector' if kind == 'mirror' else 'dst'} are the same node {src!r}",
                                code="same_endpoints")
         via = tuple(raw.get("via") or ())
+        for node in via:
+            validate_name(node, what="via")
         if kind == "steering":
             if not via or len(via) > MAX_VIA or len(set(via)) != len(via) or not all(isinstance(v, str) for v in via):
                 raise InvalidInput(f"steering needs via: 1 to {MAX_VIA} distinct middleboxes", code="invalid_via")
@@ -377,6 +388,8 @@ class ReservationService:
         elif via:
             raise InvalidInput("via is only for steering", code="invalid_via")
         port = raw.get("port")
+        if port is not None:
+            validate_name(port, what="port")
         if port is not None and kind != "mirror":
             raise InvalidInput("port is only for mirror", code="invalid_port")
         rate_out = parse_rate(raw.get("rate_out", raw.get("rate")), what="rate_out")
@@ -424,11 +437,10 @@ class ReservationService:
                 request_id=request_id, request_hash=digest, created_at=bnow, updated_at=bnow,
             )
             legs = self._admit(batch, self._plan(res), res, bnow)
-            self._seq[rid] = seq = self._next_seq
+            seq = self._next_seq
             self._next_seq += 1
 
             def undo_seq() -> None:
-                self._seq.pop(rid, None)
                 self._next_seq = seq
 
             batch.on_undo(undo_seq)
@@ -436,7 +448,7 @@ class ReservationService:
                 key = (project or "", request_id)
                 self._requests[key] = rid
                 batch.on_undo(lambda: self._requests.pop(key, None))
-            res = self._changed(batch, replace(res, legs=legs), "created")
+            res = self._changed(batch, replace(res, legs=legs, seq=seq), "created")
             _log_on_commit(batch, "reservation admitted", reservation=rid, kind=kind, project=project,
                            src=src, dst=dst, rate=rate_out)
             return res, True, self._alarms(res)
@@ -445,6 +457,7 @@ class ReservationService:
 
     def modify_op(self, rid: str, changes: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
         """Change the window, rates or labels of a reservation, re-admitted atomically: all or nothing."""
+        _may_change(principal, "modifying reservations")
         now = self.now_us()
         start = parse_instant(changes["start"], now=now, what="start") if changes.get("start") is not None else None
         end = parse_instant(changes["end"], now=now, what="end") if changes.get("end") is not None else None
@@ -493,6 +506,7 @@ class ReservationService:
 
     def cancel_op(self, rid: str, *, principal: Principal = ADMIN) -> Op:
         """Cancel: the capacity is free at once. Cancelling a cancelled reservation answers it again."""
+        _may_change(principal, "cancelling reservations")
 
         def apply(batch: Batch) -> Reservation:
             old = self._lookup(rid, principal)
@@ -512,12 +526,17 @@ class ReservationService:
 
     def _run_due(self, ids: list[str]) -> list[Reservation]:
         try:
-            return self.writer.execute(self.due_op(ids))
+            changed = self.writer.execute(self.due_op(ids))
         except Exception:
             retry = self.now_us() + RETRY_DUE_US
             for rid in ids:
                 self.scheduler.arm(retry, rid)
             raise
+        for rid in ids:  # popped: arm the next instant of those that did not change (changed ones are armed)
+            res = self._views.get(rid)
+            if res is not None:
+                self.scheduler.arm(res.next_due(self.retention), rid)
+        return changed
 
     def due_op(self, ids: Sequence[str]) -> Op:
         """Activate, expire or purge the given reservations if they are due by the batch's clock."""
@@ -547,8 +566,6 @@ class ReservationService:
         batch.write(DELETE_RES, {"b_id": res.id})
         gone = replace(res, revision=batch.next_revision())
         batch.emit("reservation", res.id, "deleted", gone.event_labels(), gone.body())
-        seq = self._seq.pop(res.id)
-        batch.on_undo(lambda: self._seq.__setitem__(res.id, seq))
         if res.request_id is not None:
             key = (res.project or "", res.request_id)
             self._requests.pop(key, None)
@@ -610,7 +627,7 @@ class ReservationService:
                 continue
             try:
                 legs = self._admit(batch, self._plan(res), res, now,
-                                   prior=res.legs if res.holds_capacity else ())
+                                   prior=res.legs if res.holds_capacity else (), limits=False)
             except TenureError as exc:
                 if res.state != DEGRADED:
                     self._changed(batch, replace(res, state=DEGRADED, legs=_unrouted(res.legs),
@@ -730,25 +747,25 @@ class ReservationService:
 
     def list(self, *, principal: Principal = ADMIN, state: str | None = None, project: str | None = None,
              after: str | None = None, limit: int = 1000) -> tuple[list[Reservation], str | None]:
-        """Reservations in admission order, filtered; returns a page and the cursor of the next one."""
+        """Reservations in admission order, filtered; a page and the cursor of the next one (opaque to clients:
+        the admission number of the last one given, so it reveals nothing and survives a purge)."""
         if state is not None and state not in STATES:
             raise InvalidInput(f"state must be one of {', '.join(STATES)}", code="invalid_state")
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be 1 to {MAX_PAGE}", code="invalid_limit")
         if principal.role == "member" and project is not None and project != principal.project:
             raise Forbidden(f"a {principal.describe()} sees only its own project's reservations")
-        items = list(self._views.values())  # one atomic copy: the writer may publish meanwhile
+        cursor = 0
         if after is not None:
-            ids = [r.id for r in items]
-            if after not in ids:
-                raise InvalidInput(f"after {after!r} is not a reservation id", code="invalid_cursor")
-            items = items[ids.index(after) + 1:]
+            if not (after.isascii() and after.isdigit() and len(after) <= 18):
+                raise InvalidInput("after must be the next cursor of a previous page", code="invalid_cursor")
+            cursor = int(after)
         page: list[Reservation] = []
-        for r in items:
-            if (state is None or r.state == state) and (project is None or r.project == project) \
+        for r in list(self._views.values()):  # one atomic copy: the writer may publish meanwhile
+            if r.seq > cursor and (state is None or r.state == state) and (project is None or r.project == project) \
                     and may_see(principal, r.project, r.src, r.dst):
                 if len(page) == limit:
-                    return page, page[-1].id
+                    return page, str(page[-1].seq)
                 page.append(r)
         return page, None
 
@@ -810,6 +827,8 @@ class ReservationService:
         src, dst = query.get("src"), query.get("dst")
         if not isinstance(src, str) or not isinstance(dst, str) or src == dst:
             raise InvalidInput("src and dst must name two different nodes", code="invalid_endpoint")
+        validate_name(src, what="src")
+        validate_name(dst, what="dst")
         rate = parse_rate(query.get("rate"), what="rate")
         k = query.get("k", 1)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:

@@ -2,11 +2,13 @@
 
 The scheduler keeps a heap of ``(instant, reservation id)`` and one thread that
 sleeps until the earliest instant (or until a nearer one is armed), then hands
-every due id to the service as one writer command. Entries are never removed:
-a reservation that changed since its entry was armed simply is not due when
-the command looks at it (the command re-checks against the batch's clock and
-the reservation's own current instants), and its current instant is always
-armed as well. So arming is cheap and needs no coordination with undo.
+every due id to the service as one writer command. Each reservation has one
+armed instant (``_armed``); arming it again at the same instant is free, and
+arming it at another leaves the old heap entry behind as stale: skipped when
+popped, and dropped when stale entries outnumber the live ones (so the heap
+grows with reservations, not with how often they change). The command
+re-checks against the batch's clock and the reservation's current instants, so
+arming needs no coordination with undo.
 
 Time comes from the injected clock. Tests run with ``housekeeping`` off and
 call :meth:`Scheduler.run_due` after moving their fake clock; the thread only
@@ -31,27 +33,50 @@ class Scheduler:
         self._now_us = now_us
         self._run = run  # applies the due ids (a writer command); must not hold our lock
         self._heap: list[tuple[int, str]] = []
+        self._armed: dict[str, int] = {}  # each reservation's current instant
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
 
     def arm(self, instant: int, rid: str) -> None:
         with self._cond:
+            if self._armed.get(rid) == instant:
+                return
+            self._armed[rid] = instant
             heapq.heappush(self._heap, (instant, rid))
+            if len(self._heap) > 2 * len(self._armed) + 1024:  # mostly stale: rebuild from the live instants
+                self._heap = [(t, r) for r, t in self._armed.items()]
+                heapq.heapify(self._heap)
             if self._heap[0] == (instant, rid):
                 self._cond.notify()
+
+    def disarm(self, rid: str) -> None:
+        with self._cond:
+            self._armed.pop(rid, None)
+
+    def __len__(self) -> int:
+        """Heap entries, stale ones included (a test and metrics hook)."""
+        return len(self._heap)
 
     @property
     def next_due(self) -> int | None:
         with self._cond:
+            self._drop_stale()
             return self._heap[0][0] if self._heap else None
+
+    def _drop_stale(self) -> None:
+        while self._heap and self._armed.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
 
     def pop_due(self, now: int) -> list[str]:
         with self._cond:
             due = []
             while self._heap and self._heap[0][0] <= now:
-                due.append(heapq.heappop(self._heap)[1])
-            return list(dict.fromkeys(due))
+                instant, rid = heapq.heappop(self._heap)
+                if self._armed.get(rid) == instant:
+                    del self._armed[rid]
+                    due.append(rid)
+            return due
 
     def run_due(self) -> object:
         """Apply every transition due by the clock now (what the thread does; tests call it directly)."""
@@ -70,6 +95,7 @@ class Scheduler:
             with self._cond:
                 while not self._stopped:
                     now = self._now_us()
+                    self._drop_stale()
                     if self._heap and self._heap[0][0] <= now:
                         break
                     wait = MAX_SLEEP if not self._heap else min(MAX_SLEEP, (self._heap[0][0] - now) / 1e6)
