@@ -415,3 +415,19 @@ def test_distance_cache_is_a_bounded_lru() -> None:
     assert finder.distances_to(a) is da
     db = finder.distances_to(b)
     assert finder.distances_to(b) is db and db == PathFinder(FAT4.graph).distances_to(b)
+
+
+def test_spread_ties_use_the_whole_fabric_and_repeat_for_the_same_request() -> None:
+    tree = FAT8
+    finder = PathFinder(tree.graph)
+    src, dst = tree.hosts[0][0], tree.hosts[1][0]
+    plain = {tuple(finder.shortest(src, dst, everything) or ()) for _ in range(5)}
+    assert len(plain) == 1  # without spread every request takes the same path
+    spread = [finder.shortest(src, dst, everything, spread=salt) for salt in range(1, 65)]
+    assert all(p is not None and len(p) == 6 for p in spread)
+    cores = {path_nodes(tree.graph, p)[3] for p in spread if p}
+    assert len(cores) >= 8  # the 16 cores are shared out, not one taken by everyone
+    assert finder.shortest(src, dst, everything, spread=7) == finder.shortest(src, dst, everything, spread=7)
+    counting = CountingOk(everything)
+    finder.shortest(src, dst, counting, spread=12345)
+    assert counting.total <= 12 and counting.asked_at_most_once()  # still lazy: about one check per hop

@@ -20,6 +20,7 @@ booking covers the whole window, so the usage of the past stays what it was.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -133,12 +134,17 @@ class Capacity:
     def route(self, leg: Leg, start: int, end: int, project: str | None, *, mode: str = "shortest") -> list[int]:
         """The path for ``leg`` over the window, or a :class:`Conflict` naming why there is none."""
         s, d = self.endpoints(leg.src, leg.dst)
-        finder = self.topology.finder
-        rate = leg.rate
+        topo, rate = self.topology, leg.rate
+        # Full links at either end (the usual reason to refuse) would otherwise be found only after the
+        # search has visited every switch that can reach the destination: look there first.
+        if not (any(self.hop_ok(h, start, end, rate, project) for _, h in topo.graph.adj[s])
+                and any(self.hop_ok(h, start, end, rate, project) for h in topo.into[d])):
+            raise self.refusal(leg, start, end, project)
+        spread = zlib.crc32(f"{leg.src}\0{leg.dst}\0{start}".encode()) | 1  # ties: spread, but repeatable
         if mode == "widest":
-            path = finder.widest(s, d, lambda h: self.residual(h, start, end, project), rate)
+            path = topo.finder.widest(s, d, lambda h: self.residual(h, start, end, project), rate, spread=spread)
         else:
-            path = finder.shortest(s, d, lambda h: self.hop_ok(h, start, end, rate, project))
+            path = topo.finder.shortest(s, d, lambda h: self.hop_ok(h, start, end, rate, project), spread=spread)
         if path is None:
             raise self.refusal(leg, start, end, project)
         return path

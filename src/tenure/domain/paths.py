@@ -30,6 +30,13 @@ as possible:
 - *Ties toward deeper nodes.* Among equal ``f = g + h`` the larger ``g`` pops
   first, so when everything fits the search walks straight down one shortest
   path and asks the ledger about roughly as many hops as the path has.
+- *Spreading ties.* With ``spread=0`` equal entries pop in the order they were
+  pushed, so every search between two pods takes the same first aggregation
+  switch and core: correct, but it piles every reservation onto a few links
+  (denser ledgers, slower peaks, a lopsided fabric). A non-zero ``spread`` (the
+  caller derives it from the request) orders ties by a hash of the hop mixed
+  with it instead, so different requests take different equal-length paths and
+  the same request always the same one.
 - *Memoization within a search.* ``ok``/``residual`` is called at most once per
   hop per public call (all spur searches of ``k_shortest`` share one memo).
 
@@ -81,6 +88,13 @@ class Graph:
     @property
     def n(self) -> int:
         return len(self.adj)
+
+
+def _mix(hop: int, salt: int) -> int:
+    """A well-scattered 32-bit hash of (hop, salt): the order of ties under one salt (murmur3's finalizer)."""
+    h = (hop * 0x9E3779B1 + salt) & 0xFFFFFFFF
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & 0xFFFFFFFF
+    return h ^ (h >> 13)
 
 
 def path_nodes(graph: Graph, path: Sequence[int]) -> list[int]:
@@ -152,19 +166,20 @@ class PathFinder:
 
     # -- searches --------------------------------------------------------
 
-    def shortest(self, src: int, dst: int, ok: Callable[[int], bool]) -> list[int] | None:
+    def shortest(self, src: int, dst: int, ok: Callable[[int], bool], *, spread: int = 0) -> list[int] | None:
         """The fewest-hop path from ``src`` to ``dst`` using only hops with ``ok(hop)``, or None."""
         self._check(src, dst)
-        return self._astar(src, dst, _memoize(ok))
+        return self._astar(src, dst, _memoize(ok), spread=spread)
 
-    def widest(self, src: int, dst: int, residual: Callable[[int], int], need: int) -> list[int] | None:
+    def widest(self, src: int, dst: int, residual: Callable[[int], int], need: int, *,
+               spread: int = 0) -> list[int] | None:
         """The path with the largest ``min(residual)`` (all ``>= need``), then the fewest hops, or None."""
         self._check(src, dst)
         res = _memoize(residual)
         width = self._max_bottleneck(src=src, dst=dst, residual=res, need=need)
         if width is None:
             return None
-        return self._astar(src, dst, lambda hop: res(hop) >= width)
+        return self._astar(src, dst, lambda hop: res(hop) >= width, spread=spread)
 
     def k_shortest(self, src: int, dst: int, ok: Callable[[int], bool], k: int) -> list[list[int]]:
         """Up to ``k`` distinct loopless feasible paths by non-decreasing hop count (Yen's algorithm)."""
@@ -206,6 +221,7 @@ class PathFinder:
         *,
         banned_hops: Collection[int] = (),
         banned_nodes: Collection[int] = (),
+        spread: int = 0,
     ) -> list[int] | None:
         """Lazy A*: hops are checked with ``ok`` only when popped to settle their head node."""
         dist = self.distances_to(dst)
@@ -226,7 +242,8 @@ class PathFinder:
                     and hop not in banned_hops
                     and v not in banned_nodes
                 ):
-                    heapq.heappush(heap, (g1 + dist[v], -g1, seq, v, hop))
+                    tie = seq if not spread else _mix(hop, spread)
+                    heapq.heappush(heap, (g1 + dist[v], -g1, tie, v, hop))
                     seq += 1
             while heap:
                 _f, neg_g, _seq, v, hop = heapq.heappop(heap)

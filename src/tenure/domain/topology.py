@@ -87,9 +87,9 @@ def _bad(where: str, message: str, code: str = "invalid_topology") -> InvalidInp
 def _fields(item: object, where: str, allowed: set[str]) -> Mapping[str, Any]:
     if not isinstance(item, Mapping):
         raise _bad(where, "must be an object")
-    unknown = sorted(set(item) - allowed)
+    unknown = sorted(set(item) - allowed, key=str)
     if unknown:
-        raise _bad(where, f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise _bad(where, f"unknown field {str(unknown[0])[:64]!r} (allowed: {', '.join(sorted(allowed))})")
     return item
 
 
@@ -163,6 +163,9 @@ class Topology:
                 self.alarm_at.append(math.floor(cap * alarm_share) if alarm_share is not None else None)
                 ends.append((self.index[u], self.index[v]))
         self.hop_index: dict[tuple[str, str], int] = {h: i for i, h in enumerate(self.hops)}
+        self.into: list[list[int]] = [[] for _ in nodes]  # the hops arriving at each node
+        for h, (_, v) in enumerate(ends):
+            self.into[v].append(h)
         transit = [n.kind in TRANSIT_KINDS for n in nodes]
         self.graph = Graph.build(len(nodes), ends, transit)
         self.finder = PathFinder(self.graph)
