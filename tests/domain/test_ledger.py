@@ -455,3 +455,14 @@ def test_a_negative_add_is_unchecked_but_unbooked_time_still_counts_as_zero() ->
         ledger.remove(0, 10, 0)  # already below zero: nothing more may come off
     ledger.add(0, 10, 3)
     assert len(ledger) == 0
+
+
+@given(st.lists(st.tuples(st.integers(-20, 40), st.integers(1, 20), st.integers(-3, 9)), max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_from_bookings_is_the_same_function_as_adding_one_by_one(items: list[tuple[int, int, int]]) -> None:
+    bookings = [(s, s + n, a) for s, n, a in items]
+    one_by_one = Ledger()
+    for s, e, a in bookings:
+        one_by_one.add(s, e, a)
+    at_once = Ledger.from_bookings(bookings)
+    assert (at_once._t, at_once._v) == (one_by_one._t, one_by_one._v)

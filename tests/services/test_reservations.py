@@ -484,3 +484,38 @@ def test_exact_shares_survive_a_restart(db_url: str, clock: FakeClock) -> None:
     with open_rt(db_url, clock) as rt:
         assert rt.reservations.cap.topology.usable == usable
         check_usage_matches_reservations(rt)
+
+
+def test_a_failed_topology_commit_leaves_the_old_ledgers_intact(rt: Runtime) -> None:
+    from sqlalchemy import event
+
+    a = reserve(rt, kind="oneway", src="h1", dst="h2", rate="400M")
+    reserve(rt, kind="oneway", src="h3", dst="c1", rate="300M")
+    before = usage_of(rt)
+
+    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "UPDATE topology" in statement:
+            raise RuntimeError("disk on fire")
+
+    event.listen(rt.engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(Exception) as exc:
+            rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))
+        assert getattr(exc.value, "code", None) == "store_error"
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", fail)
+    assert usage_of(rt) == before and rt.reservations.get(a.id).legs[0].nodes == ("h1", "s1", "s2", "h2")
+    check_usage_matches_reservations(rt)
+    out = rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))  # now it goes through
+    assert out["recheck"]["rerouted"] == [a.id] and out["recheck"]["kept"] == 1
+    check_usage_matches_reservations(rt)
+
+
+def test_an_unchanged_topology_keeps_everything_without_re_admitting(rt: Runtime) -> None:
+    ids = [reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M").id for _ in range(5)]
+    before = usage_of(rt)
+    out = rt.run(rt.reservations.set_topology_op(square()))
+    assert out["recheck"] == {"kept": 5, "rerouted": [], "degraded": [], "restored": []}
+    assert usage_of(rt) == before and all(rt.reservations.get(i).state == "active" for i in ids)
+    reserve(rt, kind="oneway", src="h1", dst="h2", rate="500M")  # the carried-over ledgers take writes
+    check_usage_matches_reservations(rt)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -63,26 +64,88 @@ class Capacity:
         self.limits = limits  # shared with the service: the current limits by project
         self.use: list[Ledger] = [Ledger() for _ in topology.hops]
         self.held: dict[tuple[str, int], Ledger] = {}  # (project, hop) → what that project holds
+        # Ledgers still shared with the Capacity this one was carried over from (copied before the first write,
+        # so the old one stays intact for an undo): see carry_over().
+        self._shared: set[int] = set()
+        self._shared_held: set[tuple[str, int]] = set()
+
+    # ------------------------------------------------------------ topology changes
+
+    def carry_over(self, old: Capacity, unchanged: set[tuple[str, str]]) -> None:
+        """Start from ``old``'s ledgers on the hops whose link, ends and capacity did not change.
+
+        The ledgers are shared, not copied: a topology change touching a few links costs what those links
+        carry, not what the whole network does. Each shared ledger is copied at its first write here, so
+        ``old`` is never changed and undoing the change is putting ``old`` back.
+        """
+        index = self.topology.hop_index
+        for key in unchanged:
+            h, oh = index[key], old.topology.hop_index[key]
+            self.use[h] = old.use[oh]
+            self._shared.add(h)
+        for (project, oh), led in old.held.items():
+            key = old.topology.hops[oh]
+            if key in unchanged:
+                self.held[(project, index[key])] = led
+                self._shared_held.add((project, index[key]))
+
+    def release_shared(self) -> None:
+        """The old Capacity is gone (the change committed): nothing is shared any more."""
+        self._shared.clear()
+        self._shared_held.clear()
+
+    def _use(self, h: int) -> Ledger:
+        if h in self._shared:
+            self.use[h] = self.use[h].copy()
+            self._shared.discard(h)
+        return self.use[h]
+
+    def _held(self, key: tuple[str, int]) -> Ledger | None:
+        led = self.held.get(key)
+        if led is not None and key in self._shared_held:
+            led = self.held[key] = led.copy()
+            self._shared_held.discard(key)
+        return led
 
     # ------------------------------------------------------------ booking
 
     def book(self, hops: Sequence[int], start: int, end: int, rate: int, project: str | None) -> None:
         for h in hops:
-            self.use[h].add(start, end, rate)
+            self._use(h).add(start, end, rate)
             if project is not None:
-                led = self.held.get((project, h))
+                led = self._held((project, h))
                 if led is None:
                     led = self.held[(project, h)] = Ledger()
                 led.add(start, end, rate)
 
     def unbook(self, hops: Sequence[int], start: int, end: int, rate: int, project: str | None) -> None:
         for h in hops:
-            self.use[h].add(start, end, -rate)
+            self._use(h).add(start, end, -rate)
             if project is not None:
-                led = self.held[(project, h)]
+                led = self._held((project, h))
+                assert led is not None, "unbooking what the project does not hold"
                 led.add(start, end, -rate)
                 if not led:
                     del self.held[(project, h)]
+                    self._shared_held.discard((project, h))
+
+    def load(self, bookings: Iterable[tuple[Sequence[Leg], int, int, str | None]]) -> None:
+        """Book many reservations' routed legs at once into empty ledgers (a restore): each ledger is built
+        in one sort and sweep (:meth:`Ledger.from_bookings`) instead of one insert per booking."""
+        per_hop: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        per_held: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)
+        for legs, start, end, project in bookings:
+            for leg in legs:
+                hops = self.topology.hops_of(list(leg.hops))
+                for h in hops or ():
+                    per_hop[h].append((start, end, leg.rate))
+                    if project is not None:
+                        per_held[(project, h)].append((start, end, leg.rate))
+        for h, items in per_hop.items():
+            assert not self.use[h], "load() fills empty ledgers only"
+            self.use[h] = Ledger.from_bookings(items)
+        for key, items in per_held.items():
+            self.held[key] = Ledger.from_bookings(items)
 
     def book_legs(self, legs: Sequence[Leg], start: int, end: int, project: str | None, sign: int = 1) -> None:
         """Book (or with ``sign=-1`` release) routed legs; legs whose links are gone are skipped."""

@@ -63,6 +63,33 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({list(zip(self._t, self._v))!r})"
 
+    def copy(self) -> Ledger:
+        led = Ledger()
+        led._t, led._v = self._t.copy(), self._v.copy()
+        return led
+
+    @classmethod
+    def from_bookings(cls, bookings: list[tuple[int, int, int]]) -> Ledger:
+        """The ledger of many ``(start, end, amount)`` bookings at once (a restore): one sort and one sweep,
+        O(n log n), where booking them one by one costs a list insert each. The same function as adding them."""
+        deltas: dict[int, int] = {}
+        for start, end, amount in bookings:
+            _check_window(start, end)
+            deltas[start] = deltas.get(start, 0) + amount
+            deltas[end] = deltas.get(end, 0) - amount
+        led = cls()
+        t, v = led._t, led._v
+        level = 0
+        for instant in sorted(deltas):
+            d = deltas[instant]
+            if d:
+                level += d
+                t.append(instant)
+                v.append(level)
+        if level:
+            raise ValueError("bookings must not leave usage behind after their ends")
+        return led
+
     # -- queries ---------------------------------------------------------
 
     def usage_at(self, t: int) -> int:

@@ -237,6 +237,17 @@ class Topology:
         del links[link_id]
         return Topology(list(self.nodes.values()), list(links.values()), headroom=self.headroom, alarm=self.alarm)
 
+    def hop_signature(self, h: int) -> tuple[object, ...]:
+        """What admission on hop ``h`` depends on: its ends (and whether they pass traffic) and capacity."""
+        u, v = self.graph.ends[h]
+        return (self.node_ids[u], self.node_ids[v], self.graph.transit[u], self.graph.transit[v],
+                self.capacity[h], self.usable[h])
+
+    def unchanged_hops(self, old: Topology) -> set[tuple[str, str]]:
+        """The hops (link, direction) that admission sees exactly as in ``old``."""
+        return {key for key, h in self.hop_index.items()
+                if (oh := old.hop_index.get(key)) is not None and old.hop_signature(oh) == self.hop_signature(h)}
+
     def links_of(self, node_id: str) -> list[str]:
         return [lk.id for lk in self.links.values() if node_id in (lk.a, lk.b)]
 

@@ -171,9 +171,8 @@ class ReservationService:
             self._next_seq = max(self._next_seq, r.seq + 1)
             if res.request_id is not None:
                 self._requests[(res.project or "", res.request_id)] = res.id
-            if res.holds_capacity:
-                self.cap.book_legs(res.legs, res.start, res.end, res.project)
             self.scheduler.arm(res.next_due(self.retention), res.id)
+        self.cap.load((r.legs, r.start, r.end, r.project) for r in self._res.values() if r.holds_capacity)
         self._views = dict(self._res)
         self._limit_views = dict(self.limits)
         self._topology_view = (topo, self._topology_revision, self._topology_updated)
@@ -609,21 +608,50 @@ class ReservationService:
         return edit
 
     def _change_topology(self, batch: Batch, topo: Topology) -> dict[str, Any]:
-        """Swap in ``topo`` and re-admit every live reservation, oldest first: on its old path if that still
-        fits, else on a new one, else it becomes ``degraded`` (holding nothing). Undone as a whole."""
+        """Swap in ``topo`` and re-check what the change touches, oldest first.
+
+        Hops whose link, ends and capacity are unchanged keep their ledgers (carried over, shared until the
+        commit), and so do the reservations that use only such hops: a link going down costs what that link
+        carried. Every other live reservation (on a changed or removed hop, with an endpoint gone or changed,
+        or degraded) is re-admitted: on its old path if that still fits, else on a new one, else it becomes
+        ``degraded`` (holding nothing). Undone as a whole by putting the old Capacity back.
+        """
         now = to_us(batch.now)
         old_cap = self.cap
-        self.cap = Capacity(topo, self.limits)
+        unchanged = topo.unchanged_hops(old_cap.topology)
+        cap = Capacity(topo, self.limits)
+        cap.carry_over(old_cap, unchanged)
+        self.cap = cap
 
         def undo() -> None:
             self.cap = old_cap
 
         batch.on_undo(undo)
-        outcome = {"kept": 0, "rerouted": [], "degraded": [], "restored": []}
+        batch.on_commit(cap.release_shared)
+        old_nodes = old_cap.topology.nodes
+
+        def touched(res: Reservation) -> bool:
+            for node in (res.src, res.dst, *res.via):
+                before, after = old_nodes.get(node), topo.nodes.get(node)
+                if after is None or before is None or after.kind != before.kind:
+                    return True
+            return any(key not in unchanged for leg in res.legs for key in leg.hops)
+
+        outcome: dict[str, Any] = {"kept": 0, "rerouted": [], "degraded": [], "restored": []}
+        index = topo.hop_index
         for res in list(self._res.values()):
-            if res.state not in LIVE or res.end <= now:
-                if res.holds_capacity:  # due to expire: keep its booking until the scheduler ends it
-                    self.cap.book_legs(res.legs, res.start, res.end, res.project)
+            if res.state not in LIVE:
+                continue
+            if res.state != DEGRADED and not touched(res):
+                outcome["kept"] += res.end > now
+                continue
+            if res.holds_capacity:  # release what was carried over for it
+                for leg in res.legs:
+                    cap.unbook([index[k] for k in leg.hops if k in unchanged], res.start, res.end, leg.rate,
+                               res.project)
+            if res.end <= now:  # due to expire: keep its booking (where its links remain) until the scheduler
+                if res.holds_capacity:
+                    cap.book_legs(res.legs, res.start, res.end, res.project)
                 continue
             try:
                 legs = self._admit(batch, self._plan(res), res, now,
