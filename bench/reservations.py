@@ -727,6 +727,29 @@ def main() -> None:
         con.print(f"  one reservation through the service: {svc_growth}")
         report.results.append({"ledger_state": state, "growth_tracemalloc": growth, "growth_service": svc_growth})
 
+        # ------------------------------------------------------------ topology changes (a link down, then up)
+        svc = store.svc
+        changes = []
+        for lid in (next(x for x in topo.links if link_class(x) == "agg-core"),
+                    next(x for x in topo.links if link_class(x) == "host-edge")):
+            link = svc.topology.links[lid]
+            t = time.perf_counter()
+            down = store.rt.run(svc.edit_topology_op(svc.delete_link(lid)), timeout=3600)["recheck"]
+            down_s = time.perf_counter() - t
+            t = time.perf_counter()
+            up = store.rt.run(svc.edit_topology_op(svc.put_link(link)), timeout=3600)["recheck"]
+            up_s = time.perf_counter() - t
+            change = {"link": lid, "down_s": down_s, "up_s": up_s, "down_rerouted": len(down["rerouted"]),
+                      "down_degraded": len(down["degraded"]), "down_kept": down["kept"],
+                      "up_restored": len(up["restored"])}
+            changes.append(change)
+            con.print(f"topology: {lid} down in {down_s * 1000:.0f} ms ({change['down_rerouted']} re-routed, "
+                      f"{change['down_degraded']} degraded, {down['kept']:,} kept), up again in {up_s * 1000:.0f} ms "
+                      f"({change['up_restored']} restored)")
+        report.results.append({"topology_changes": changes})
+        report.notes.append("a fabric link and a host link were taken down and up again after the preload: the "
+                            "reservations re-routed off the fabric link stay on their new paths")
+
         bookings = baseline_bookings(store)
         baseline = Baseline(topo, bookings)
         con.print(f"baseline: {baseline.entries:,} (hop, start, end, rate) entries over {len(bookings):,} hops")
@@ -876,8 +899,10 @@ def main() -> None:
                         f"{growth['week 300 days']['breakpoints']:,}; one through the service: "
                         f"{svc_growth['1 minute']['breakpoints_added']} vs "
                         f"{svc_growth['300 days']['breakpoints_added']}"),
+            # Not exactly 1: tracemalloc counts allocator noise, and a Python int's size grows with the number
+            # of its digits (log of the magnitude), never with the length of a window. 1.05 is that margin.
             Goal("bytes: 300-day / 1-minute bookings, same order of instants (tracemalloc)",
-                 growth["stretched 300 days"]["bytes"] / growth["stretched 1 minute"]["bytes"], 1.0, "x",
+                 growth["stretched 300 days"]["bytes"] / growth["stretched 1 minute"]["bytes"], 1.05, "x",
                  higher_is_better=False,
                  detail=f"{growth['stretched 1 minute']['bytes_per_breakpoint']:.0f} vs "
                         f"{growth['stretched 300 days']['bytes_per_breakpoint']:.0f} B per breakpoint; random "
