@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import event
 
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime, Settings
@@ -54,6 +58,21 @@ SQUARE: dict[str, Any] = {
 
 def square() -> Topology:
     return Topology.parse(SQUARE)
+
+
+@contextlib.contextmanager
+def statements_fail(rt: Runtime, fragment: str) -> Iterator[None]:
+    """Every SQL statement containing ``fragment`` fails (a store that breaks mid-commit) inside the block."""
+
+    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if fragment in statement:
+            raise RuntimeError("disk on fire")
+
+    event.listen(rt.engine, "before_cursor_execute", fail)
+    try:
+        yield
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", fail)
 
 
 def usage_of(rt: Runtime) -> dict[tuple[str, str], list[tuple[int, int | None, int]]]:

@@ -406,7 +406,7 @@ def test_unreachable_is_none() -> None:
 
 def test_distance_cache_is_a_bounded_lru() -> None:
     finder = PathFinder(FAT4.graph, cache_size=2)
-    a, b, c = FAT4.hosts[0][0], FAT4.hosts[1][0], FAT4.hosts[2][0]
+    a, b, c = FAT4.cores[0], FAT4.cores[1], FAT4.cores[2]  # switches: one cache entry each
     da = finder.distances_to(a)
     assert finder.distances_to(a) is da
     finder.distances_to(b)
@@ -415,6 +415,21 @@ def test_distance_cache_is_a_bounded_lru() -> None:
     assert finder.distances_to(a) is da
     db = finder.distances_to(b)
     assert finder.distances_to(b) is db and db == PathFinder(FAT4.graph).distances_to(b)
+
+
+def bfs_distances(graph: Graph, dst: int) -> list[int]:
+    """Hop distances to dst by networkx on the graph without hops through non-transit nodes (the oracle)."""
+    g = nx.DiGraph()
+    g.add_nodes_from(range(graph.n))
+    g.add_edges_from((u, v) for u, v in graph.ends if v == dst or graph.transit[v])
+    lengths = nx.single_target_shortest_path_length(g, dst)
+    return [dict(lengths).get(u, UNREACHABLE) for u in range(graph.n)]
+
+
+def test_a_hosts_distances_come_from_its_switches() -> None:
+    finder = PathFinder(FAT8.graph)
+    for host in (FAT8.hosts[0][0], FAT8.hosts[3][5], FAT8.multihomed):
+        assert list(finder.distances_to(host)) == bfs_distances(FAT8.graph, host)
 
 
 def test_spread_ties_use_the_whole_fabric_and_repeat_for_the_same_request() -> None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from tenure.domain.access import Principal
-from tenure.domain.errors import Conflict, InvalidInput, NotFound
+from tenure.domain.errors import Conflict, InvalidInput, NotFound, Unavailable
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime
 from tenure.store import schema
@@ -22,6 +22,7 @@ from tests.reservation_support import (
     check_usage_matches_reservations,
     open_rt,
     square,
+    statements_fail,
     usage_of,
 )
 
@@ -397,22 +398,11 @@ def test_restart_keeps_states_timers_and_identical_usage(db_url: str, clock: Fak
 
 
 def test_a_failed_commit_leaves_the_ledgers_as_they_were(rt: Runtime) -> None:
-    from sqlalchemy import event
-
     reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M")
     before = usage_of(rt)
-
-    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "INSERT INTO reservations" in statement:
-            raise RuntimeError("disk on fire")
-
-    event.listen(rt.engine, "before_cursor_execute", fail)
-    try:
-        with pytest.raises(Exception) as exc:
-            reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M")
-        assert getattr(exc.value, "code", None) == "store_error"
-    finally:
-        event.remove(rt.engine, "before_cursor_execute", fail)
+    with statements_fail(rt, "INSERT INTO reservations"), pytest.raises(Unavailable) as exc:
+        reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M")
+    assert exc.value.code == "store_error"
     assert usage_of(rt) == before
     reserve(rt, kind="oneway", src="h1", dst="h2", rate="900M")  # nothing phantom holds the capacity
 
@@ -487,23 +477,12 @@ def test_exact_shares_survive_a_restart(db_url: str, clock: FakeClock) -> None:
 
 
 def test_a_failed_topology_commit_leaves_the_old_ledgers_intact(rt: Runtime) -> None:
-    from sqlalchemy import event
-
     a = reserve(rt, kind="oneway", src="h1", dst="h2", rate="400M")
     reserve(rt, kind="oneway", src="h3", dst="c1", rate="300M")
     before = usage_of(rt)
-
-    def fail(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "UPDATE topology" in statement:
-            raise RuntimeError("disk on fire")
-
-    event.listen(rt.engine, "before_cursor_execute", fail)
-    try:
-        with pytest.raises(Exception) as exc:
-            rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))
-        assert getattr(exc.value, "code", None) == "store_error"
-    finally:
-        event.remove(rt.engine, "before_cursor_execute", fail)
+    with statements_fail(rt, "UPDATE topology"), pytest.raises(Unavailable) as exc:
+        rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))
+    assert exc.value.code == "store_error"
     assert usage_of(rt) == before and rt.reservations.get(a.id).legs[0].nodes == ("h1", "s1", "s2", "h2")
     check_usage_matches_reservations(rt)
     out = rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))  # now it goes through

@@ -59,35 +59,38 @@ class Limit:
 class Capacity:
     """Ledgers of one topology. Mutated only by the writer thread."""
 
-    def __init__(self, topology: Topology, limits: dict[str, Limit]) -> None:
+    def __init__(self, topology: Topology, limits: dict[str, Limit], *, use: list[Ledger] | None = None) -> None:
         self.topology = topology
         self.limits = limits  # shared with the service: the current limits by project
-        self.use: list[Ledger] = [Ledger() for _ in topology.hops]
+        self.use: list[Ledger] = use if use is not None else [Ledger() for _ in topology.hops]
         self.held: dict[tuple[str, int], Ledger] = {}  # (project, hop) → what that project holds
         # Ledgers still shared with the Capacity this one was carried over from (copied before the first write,
-        # so the old one stays intact for an undo): see carry_over().
+        # so the old one stays intact for an undo): see carried_over().
         self._shared: set[int] = set()
         self._shared_held: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------ topology changes
 
-    def carry_over(self, old: Capacity, unchanged: set[tuple[str, str]]) -> None:
-        """Start from ``old``'s ledgers on the hops whose link, ends and capacity did not change.
+    @classmethod
+    def carried_over(cls, topology: Topology, old: Capacity, unchanged: set[tuple[str, str]]) -> Capacity:
+        """A Capacity of ``topology`` that starts from ``old``'s ledgers on the hops whose link, ends and
+        capacity did not change (fresh ones elsewhere).
 
         The ledgers are shared, not copied: a topology change touching a few links costs what those links
         carry, not what the whole network does. Each shared ledger is copied at its first write here, so
         ``old`` is never changed and undoing the change is putting ``old`` back.
         """
-        index = self.topology.hop_index
-        for key in unchanged:
-            h, oh = index[key], old.topology.hop_index[key]
-            self.use[h] = old.use[oh]
-            self._shared.add(h)
+        old_index = old.topology.hop_index
+        use = [old.use[old_index[key]] if key in unchanged else Ledger() for key in topology.hops]
+        cap = cls(topology, old.limits, use=use)
+        index = topology.hop_index
+        cap._shared = {index[key] for key in unchanged}
         for (project, oh), led in old.held.items():
             key = old.topology.hops[oh]
             if key in unchanged:
-                self.held[(project, index[key])] = led
-                self._shared_held.add((project, index[key]))
+                cap.held[(project, index[key])] = led
+                cap._shared_held.add((project, index[key]))
+        return cap
 
     def release_shared(self) -> None:
         """The old Capacity is gone (the change committed): nothing is shared any more."""

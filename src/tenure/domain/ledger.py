@@ -32,6 +32,7 @@ slice all move by the same amount, so no other breakpoint can become redundant.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections import defaultdict
 
 Step = tuple[int, int | None, int]
 
@@ -72,11 +73,12 @@ class Ledger:
     def from_bookings(cls, bookings: list[tuple[int, int, int]]) -> Ledger:
         """The ledger of many ``(start, end, amount)`` bookings at once (a restore): one sort and one sweep,
         O(n log n), where booking them one by one costs a list insert each. The same function as adding them."""
-        deltas: dict[int, int] = {}
+        deltas: defaultdict[int, int] = defaultdict(int)
         for start, end, amount in bookings:
-            _check_window(start, end)
-            deltas[start] = deltas.get(start, 0) + amount
-            deltas[end] = deltas.get(end, 0) - amount
+            if start >= end:
+                _check_window(start, end)
+            deltas[start] += amount
+            deltas[end] -= amount
         led = cls()
         t, v = led._t, led._v
         level = 0

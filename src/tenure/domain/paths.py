@@ -140,6 +140,15 @@ class PathFinder:
             self._cache.move_to_end(dst)
             return cached
         transit = self.graph.transit
+        preds = {u for u, _hop in self._radj[dst] if u != dst}
+        if not transit[dst] and preds and len(preds) <= 4 and all(transit[p] for p in preds):
+            # An end node (a host) is one hop past the switches it hangs off: derive its distances from
+            # theirs (cached once per switch) instead of a search per host. No path passes through dst.
+            arrays = [self.distances_to(p) for p in sorted(preds)]
+            nearest = arrays[0] if len(arrays) == 1 else list(map(min, *arrays))
+            derived = [d + 1 if d < UNREACHABLE else UNREACHABLE for d in nearest]
+            derived[dst] = 0
+            return self._remember(dst, tuple(derived))
         dist = [UNREACHABLE] * self.graph.n
         dist[dst] = 0
         queue = deque([dst])
@@ -151,11 +160,13 @@ class PathFinder:
                 if dist[u] == UNREACHABLE:
                     dist[u] = dist[v] + 1
                     queue.append(u)
-        result = tuple(dist)
-        self._cache[dst] = result
+        return self._remember(dst, tuple(dist))
+
+    def _remember(self, dst: int, dist: tuple[int, ...]) -> tuple[int, ...]:
+        self._cache[dst] = dist
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return result
+        return dist
 
     def _check(self, src: int, dst: int) -> None:
         n = self.graph.n

@@ -91,7 +91,7 @@ def _ts(text: str) -> int:
     return to_us(datetime.fromisoformat(text))
 
 
-def _from_body(body: Mapping[str, Any], request_hash_: str | None) -> Reservation:
+def _from_body(body: Mapping[str, Any], request_hash_: str | None, seq: int = 0) -> Reservation:
     legs = tuple(
         Leg(p["leg"], p["from"], p["to"], p["rate"], tuple(zip(p["links"], p["directions"], strict=True)),
             tuple(p["nodes"]))
@@ -105,7 +105,7 @@ def _from_body(body: Mapping[str, Any], request_hash_: str | None) -> Reservatio
         start=_ts(body["start"]), end=_ts(body["end"]), state=body["state"], legs=legs, labels=body["labels"],
         path_mode=body["path_mode"], request_id=body["request_id"], request_hash=request_hash_,
         reason=body.get("reason"), created_at=_ts(body["created_at"]), updated_at=_ts(body["updated_at"]),
-        ended_at=_ts(body["ended_at"]) if "ended_at" in body else None, revision=body["revision"],
+        ended_at=_ts(body["ended_at"]) if "ended_at" in body else None, revision=body["revision"], seq=seq,
     )
 
 
@@ -166,7 +166,7 @@ class ReservationService:
             self.limits[lr.project] = Limit(lr.project, lr.max_bps, share, lr.revision, to_us(lr.updated_at))
         self.cap = Capacity(topo, self.limits)
         for r in conn.execute(select(_R.id, _R.seq, _R.request_hash, _R.body).order_by(_R.seq)):
-            res = replace(_from_body(json.loads(r.body), r.request_hash), seq=r.seq)
+            res = _from_body(json.loads(r.body), r.request_hash, r.seq)
             self._res[res.id] = res
             self._next_seq = max(self._next_seq, r.seq + 1)
             if res.request_id is not None:
@@ -619,8 +619,7 @@ class ReservationService:
         now = to_us(batch.now)
         old_cap = self.cap
         unchanged = topo.unchanged_hops(old_cap.topology)
-        cap = Capacity(topo, self.limits)
-        cap.carry_over(old_cap, unchanged)
+        cap = Capacity.carried_over(topo, old_cap, unchanged)
         self.cap = cap
 
         def undo() -> None:
@@ -628,14 +627,15 @@ class ReservationService:
 
         batch.on_undo(undo)
         batch.on_commit(cap.release_shared)
+        changed = set(old_cap.topology.hop_index) - unchanged  # hops removed or changed (few, usually)
         old_nodes = old_cap.topology.nodes
+        moved = {n for n, node in old_nodes.items() if n not in topo.nodes or topo.nodes[n].kind != node.kind}
+        moved |= set(topo.nodes) - set(old_nodes)
 
-        def touched(res: Reservation) -> bool:
-            for node in (res.src, res.dst, *res.via):
-                before, after = old_nodes.get(node), topo.nodes.get(node)
-                if after is None or before is None or after.kind != before.kind:
-                    return True
-            return any(key not in unchanged for leg in res.legs for key in leg.hops)
+        def touched(res: Reservation) -> bool:  # per reservation: a few C-level set look-ups
+            if moved and not moved.isdisjoint((res.src, res.dst, *res.via)):
+                return True
+            return any(not changed.isdisjoint(leg.hops) for leg in res.legs)
 
         outcome: dict[str, Any] = {"kept": 0, "rerouted": [], "degraded": [], "restored": []}
         index = topo.hop_index
