@@ -194,6 +194,7 @@ class _Interrupted(TenureClient):
     """A client whose watch is interrupted (as by Ctrl-C) after ``after`` events."""
 
     after = 3
+    listed = threading.Event()  # set once the initial listing has been received in full
 
     def watch(self, *args: Any, **kwargs: Any) -> Watch:
         inner = super().watch(*args, **kwargs)
@@ -203,6 +204,8 @@ class _Interrupted(TenureClient):
             with inner:
                 for e in inner:
                     yield e
+                    if e.type == "bookmark" and e.initial_end:
+                        self.listed.set()
                     n += e.type != "bookmark"
                     if n == self.after:
                         raise KeyboardInterrupt
@@ -238,8 +241,11 @@ def test_the_watch_command(api: Api, client: TenureClient) -> None:
     result_box: list[Any] = []
     runner = threading.Thread(target=lambda: result_box.append(cli.raw(initial, session=Session(connect=_Interrupted))),
                               daemon=True)
+    _Interrupted.listed.clear()
     runner.start()
-    wait_for_watchers(client, 1)  # registered once its listing is out: what is committed now is live
+    # The hub counts a stream from its request, before its listing is read: wait for the listing itself,
+    # so that what is committed next is live and not listed.
+    assert _Interrupted.listed.wait(30)
     client.claim("p1", "late")
     runner.join(30)
     result = result_box[0]
