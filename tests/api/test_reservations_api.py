@@ -219,6 +219,7 @@ def test_members_see_modify_and_cancel_only_their_projects_reservations(net: Any
     assert [x["id"] for x in net.get("/v1/reservations", token=red).json()["reservations"]] == [r["id"]]
     assert [x["id"] for x in net.get("/v1/reservations", token=agent).json()["reservations"]] == [bid]
     assert_error(post(net, agent, src="h1", dst="h2", rate="10M"), 403)
+    assert_error(net.post("/v1/paths", json={"src": "h1", "dst": "h2", "rate": "1M", "end": "+1h"}, token=agent), 403)
     assert_error(net.request("PATCH", f"/v1/reservations/{bid}", json={"rate": "900M"}, token=agent), 403)
     assert_error(net.delete(f"/v1/reservations/{bid}", token=agent), 403)
 

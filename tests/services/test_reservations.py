@@ -290,7 +290,7 @@ def test_removing_an_endpoint_degrades_its_reservations(rt: Runtime) -> None:
     assert "c1" not in svc.topology.nodes
 
 
-def test_a_refused_topology_changes_nothing(rt: Runtime) -> None:
+def test_malformed_topologies_are_refused_by_the_parser_before_any_command(rt: Runtime) -> None:
     before = (rt.revision, rt.reservations.topology_body())
     for doc in ({"nodes": [{"id": "a", "kind": "host"}], "links": [{"id": "l", "a": "a", "b": "zz", "capacity": 1}]},
                 {"nodes": [{"id": "a", "kind": "host"}, {"id": "a", "kind": "switch"}]},

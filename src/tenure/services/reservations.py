@@ -109,6 +109,11 @@ def _from_body(body: Mapping[str, Any], request_hash_: str | None, seq: int = 0)
     )
 
 
+def _limit_from_row(row: Any) -> Limit:
+    share = Fraction(row.share) if row.share is not None else None
+    return Limit(row.project, row.max_bps, share, row.revision, to_us(row.updated_at))
+
+
 def may_see(p: Principal, project: str | None, src: str, dst: str) -> bool:
     """Admins see all; a member its project's reservations; an agent those that begin or end at its host."""
     if p.is_admin:
@@ -162,8 +167,7 @@ class ReservationService:
         else:
             topo = empty_topology()
         for lr in conn.execute(select(schema.limits)):
-            share = Fraction(lr.share) if lr.share is not None else None
-            self.limits[lr.project] = Limit(lr.project, lr.max_bps, share, lr.revision, to_us(lr.updated_at))
+            self.limits[lr.project] = _limit_from_row(lr)
         self.cap = Capacity(topo, self.limits)
         for r in conn.execute(select(_R.id, _R.seq, _R.request_hash, _R.body).order_by(_R.seq)):
             res = _from_body(json.loads(r.body), r.request_hash, r.seq)
@@ -340,13 +344,14 @@ class ReservationService:
         batch.on_undo(undo)
         return tuple(routed)
 
-    def _alarms(self, res: Reservation) -> list[dict[str, Any]]:
+    def _alarms(self, batch: Batch, res: Reservation) -> list[dict[str, Any]]:
+        """The hops of ``res`` above their alarm threshold from now on (logged once the change commits)."""
         topo = self.cap.topology
         hops = [h for leg in res.legs for h in (topo.hops_of(list(leg.hops)) or [])]
-        alarms = self.cap.alarms(sorted(set(hops)), max(res.start, to_us(self.clock())), res.end)
+        alarms = self.cap.alarms(sorted(set(hops)), max(res.start, to_us(batch.now)), res.end)
         if alarms:
-            log.warning("link above its alarm threshold",
-                        extra={"reservation": res.id, "links": ",".join(a["link"] for a in alarms)})
+            _log_on_commit(batch, "link above its alarm threshold", level=logging.WARNING, reservation=res.id,
+                           links=",".join(a["link"] for a in alarms))
         return alarms
 
     # ================================================================ reservations
@@ -450,7 +455,7 @@ class ReservationService:
             res = self._changed(batch, replace(res, legs=legs, seq=seq), "created")
             _log_on_commit(batch, "reservation admitted", reservation=rid, kind=kind, project=project,
                            src=src, dst=dst, rate=rate_out)
-            return res, True, self._alarms(res)
+            return res, True, self._alarms(batch, res)
 
         return Op(apply)
 
@@ -499,7 +504,7 @@ class ReservationService:
             legs = self._admit(batch, self._plan(new), new, bnow, prior=old.legs)
             new = self._changed(batch, replace(new, legs=legs, state=time_state(new_start, new_end, bnow)))
             _log_on_commit(batch, "reservation modified", reservation=rid)
-            return new, self._alarms(new)
+            return new, self._alarms(batch, new)
 
         return Op(apply)
 
@@ -852,6 +857,7 @@ class ReservationService:
 
     def paths_op(self, query: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
         """Up to ``k`` feasible paths for a one-way demand over a window (nothing is booked)."""
+        _may_change(principal, "querying paths")
         src, dst = query.get("src"), query.get("dst")
         if not isinstance(src, str) or not isinstance(dst, str) or src == dst:
             raise InvalidInput("src and dst must name two different nodes", code="invalid_endpoint")
@@ -917,9 +923,7 @@ class ReservationService:
         if "project" in pins:
             q = q.where(schema.limits.c.project.in_(sorted(pins["project"])))
         for lr in conn.execute(q).all():
-            limit = Limit(lr.project, lr.max_bps, Fraction(lr.share) if lr.share is not None else None,
-                          lr.revision, to_us(lr.updated_at))
-            yield lr.project, {"project": lr.project}, limit.body()
+            yield lr.project, {"project": lr.project}, _limit_from_row(lr).body()
 
 
 def _log_on_commit(batch: Batch, msg: str, *, level: int = logging.DEBUG, **fields: Any) -> None:
