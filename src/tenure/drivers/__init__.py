@@ -1,0 +1,64 @@
+"""Drivers: how the local resource manager runs one operation of one agent.
+
+The LRM (``tenure.lrm``) decides what runs when; this package knows how to run
+it, for four classes of agent, behind one interface (:class:`Driver`):
+
+- ``ocf:PROVIDER:TYPE`` - OCF 1.1 resource agents, e.g. ``ocf:heartbeat:Dummy``;
+- ``lsb:NAME`` - LSB init scripts;
+- ``exec:NAME`` - any executable in the configured directories, run like an OCF agent;
+- ``python:module:Class`` - a handler class from an allowed package.
+
+Modules: :mod:`.spec` (naming and locating drivers), :mod:`.ocf` (the OCF
+contract as pure functions), :mod:`.process` (running a process safely),
+:mod:`.base` (the interface), :mod:`.classes` and :mod:`.pydriver` (the drivers).
+"""
+
+from tenure.drivers.base import (
+    ACTION_NAME,
+    EXEC_STATUSES,
+    Driver,
+    RunOutcome,
+    RunRequest,
+    make_driver,
+)
+from tenure.drivers.classes import ExecDriver, LsbDriver, OcfDriver
+from tenure.drivers.ocf import (
+    ActionSpec,
+    InvalidMetaData,
+    MetaData,
+    ParamSpec,
+    check_against_meta,
+    check_params,
+    parse_meta_data,
+)
+from tenure.drivers.process import ProcessResult, group_alive, run_process
+from tenure.drivers.pydriver import HandlerContext, PythonDriver
+from tenure.drivers.spec import CLASSES, DriverRoots, DriverSpec, parse_spec
+
+__all__ = [
+    "ACTION_NAME",
+    "CLASSES",
+    "EXEC_STATUSES",
+    "ActionSpec",
+    "Driver",
+    "DriverRoots",
+    "DriverSpec",
+    "ExecDriver",
+    "HandlerContext",
+    "InvalidMetaData",
+    "LsbDriver",
+    "MetaData",
+    "OcfDriver",
+    "ParamSpec",
+    "ProcessResult",
+    "PythonDriver",
+    "RunOutcome",
+    "RunRequest",
+    "check_against_meta",
+    "check_params",
+    "group_alive",
+    "make_driver",
+    "parse_meta_data",
+    "parse_spec",
+    "run_process",
+]
