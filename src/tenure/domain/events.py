@@ -13,8 +13,10 @@ from typing import Any
 
 from tenure.domain.access import Principal, may_see_claim, may_use_pool
 
-KINDS: tuple[str, ...] = ("pool", "claim", "token", "agent", "reservation", "topology", "limit")
-OPS: tuple[str, ...] = ("created", "updated", "deleted")
+KINDS: tuple[str, ...] = ("pool", "claim", "token", "agent", "reservation", "topology", "limit",
+                          "resource", "operation")
+# monitor_failed: a host agent's monitor found a resource not as expected (kind resource)
+OPS: tuple[str, ...] = ("created", "updated", "deleted", "monitor_failed")
 
 
 def may_see_event(p: Principal, kind: str, object_id: str, labels: Mapping[str, str], body: Mapping[str, Any]) -> bool:
@@ -38,6 +40,7 @@ def may_see_event(p: Principal, kind: str, object_id: str, labels: Mapping[str, 
         return True
     if kind == "limit":
         return p.role == "member" and labels.get("project") == p.project
+    # resource, operation: a host agent's local resource manager, administered by its admin tokens only
     return False
 
 

@@ -169,3 +169,42 @@ limits = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("revision", BigInteger, nullable=False),
 )
+
+# The host agent's local resource manager (tenure.lrm): instances, recurring schedules, the last result of each
+# operation key (start, monitor, monitor:10000, ...) and a bounded history of results per instance.
+lrm_instances = Table(
+    "lrm_instances",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("driver", String(512), nullable=False),
+    Column("body", Text, nullable=False),  # params, labels, created_at, state
+    Column("revision", BigInteger, nullable=False),
+)
+
+lrm_recurring = Table(
+    "lrm_recurring",
+    metadata,
+    Column("op_id", String(40), primary_key=True),
+    Column("instance_id", String(40), nullable=False, index=True),
+    Column("body", Text, nullable=False),
+    Column("revision", BigInteger, nullable=False),  # of its "operation created" event: the order they came in
+)
+
+lrm_results = Table(
+    "lrm_results",
+    metadata,
+    Column("instance_id", String(40), primary_key=True),
+    Column("op_key", String(160), primary_key=True),
+    Column("body", Text, nullable=False),
+)
+
+lrm_history = Table(
+    "lrm_history",
+    metadata,
+    Column("run_id", String(64), primary_key=True),  # op id for a one-shot, "<op id>.<run>" for a recurring run
+    Column("instance_id", String(40), nullable=False),
+    Column("revision", BigInteger, nullable=False),  # of the event recorded with it: the history's order
+    Column("body", Text, nullable=False),
+)
+Index("ix_lrm_history_instance", lrm_history.c.instance_id, lrm_history.c.revision)

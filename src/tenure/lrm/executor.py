@@ -1,0 +1,732 @@
+"""The local resource manager: operations on instances through drivers, one at a time per instance.
+
+Pacemaker's executor is the model (see ../shared/REFERENCE.md). The LRM is
+policy-free: it runs what it is asked, and reports.
+
+- **Serialization.** Each instance has a FIFO queue and at most one operation in
+  flight; a worker task exists only while the queue is not empty. Instances run
+  in parallel up to ``max_parallel`` (a semaphore taken before an operation is
+  taken off its queue, so the queue order is the run order).
+- **Recurring operations** (a monitor every N s) are schedules, not queue
+  entries: when one falls due, one run is queued (never two); the next is due
+  ``interval`` after the run *completed*. A duplicate (same action and interval)
+  merges into the existing one. Results are recorded on change by default (every
+  run with ``report="always"``). A monitor result that is not what was expected is
+  also a ``monitor_failed`` event.
+- **Stop cancels first**: submitting ``stop`` cancels the instance's recurring
+  operations before the stop is queued, so no monitor reports the stop as a failure.
+- **Cancel**: a queued one-shot operation ends ``cancelled`` (not a failure); a
+  recurring one is unscheduled and reports ``cancelled`` once, at the cancel; a run
+  already in flight finishes silently. A one-shot operation already running
+  cannot be cancelled (its timeout bounds it).
+- **Restart** (:meth:`Lrm.restore`): instances, schedules and last results come
+  from the store; client operations that never finished are recorded as
+  interrupted; each instance is probed once (a monitor with interval 0), and its
+  recurring operations resume ``interval`` after the probe. Nothing is started or
+  stopped.
+
+Time is a :class:`~tenure.lrm.clock.LoopClock`, so tests move it by hand. All
+methods run on the event loop; durable changes go through :class:`LrmStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError
+from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, make_driver
+from tenure.drivers.ocf import MetaData
+from tenure.drivers.spec import DriverRoots
+from tenure.lrm.clock import LoopClock, Timer
+from tenure.lrm.model import (
+    MAX_INTERVAL,
+    MAX_TIMEOUT,
+    MIN_INTERVAL,
+    ONE_SHOT_ONLY,
+    REPORT,
+    Recurring,
+    Result,
+    check_labels,
+    check_name,
+    check_seconds,
+    iso,
+    next_state,
+    op_key,
+)
+from tenure.lrm.store import LrmStore
+
+log = logging.getLogger("tenure.lrm")
+
+DEFAULT_TIMEOUT = 20.0  # seconds, when neither the request nor the agent's meta-data says
+META_TIMEOUT = 5.0
+RECENT_OPS = 32  # finished one-shot operations kept in memory per instance (older ones: the history)
+RUNNING_STATES = frozenset({"running", "promoted", "degraded", "failed"})
+
+
+@dataclass(eq=False)
+class _Rec:
+    spec: Recurring
+    timer: Timer | None = None
+    due_at: float | None = None  # when the next run is due (clock time)
+    queued: _Op | None = None  # its run waiting in the queue or running
+    last: Result | None = None
+    cancelled: bool = False
+    held: bool = False  # not scheduled until the restart probe is done
+    first: asyncio.Event = field(default_factory=asyncio.Event)  # set at its first result (long polls)
+
+
+@dataclass(eq=False)
+class _Op:
+    id: str
+    action: str
+    interval: float
+    timeout: float
+    report: str
+    expect: int
+    trigger: str  # client | recurring | restore
+    submitted: float  # clock time
+    submitted_wall: float
+    rec: _Rec | None = None
+    run: int = 1
+    due_at: float | None = None
+    state: str = "queued"  # queued | running | done | cancelled
+    result: Result | None = None
+    has_row: bool = False  # a client operation has a pending history row to complete
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class _Inst:
+    id: str
+    name: str
+    driver_spec: str
+    driver: Driver
+    params: dict[str, str]
+    labels: dict[str, str]
+    created_at: float
+    state: str = "unknown"
+    state_at: float | None = None
+    queue: deque[_Op] = field(default_factory=deque)
+    running: _Op | None = None
+    worker: asyncio.Task[None] | None = None
+    recurring: dict[tuple[str, int], _Rec] = field(default_factory=dict)
+    last: dict[str, Result] = field(default_factory=dict)
+    recent: deque[_Op] = field(default_factory=lambda: deque(maxlen=RECENT_OPS))
+    removing: bool = False
+
+    def body(self) -> dict[str, Any]:
+        """What is persisted (and the body of ``resource`` events)."""
+        return {"id": self.id, "name": self.name, "driver": self.driver_spec, "params": self.params,
+                "labels": self.labels, "created_at": iso(self.created_at), "state": self.state,
+                "state_at": iso(self.state_at)}
+
+
+class _Unavailable(Driver):
+    """Stands in for a driver that can no longer be made (its root was removed from the configuration)."""
+
+    def __init__(self, spec: Any, reason: str) -> None:
+        self.spec = spec
+        self.reason = reason
+
+    def installed(self) -> bool:
+        return False
+
+    async def meta_data(self, clock: LoopClock) -> MetaData | None:
+        return None
+
+    def actions(self, meta: MetaData | None) -> frozenset[str] | None:
+        return None
+
+    def validate_params(self, meta: MetaData | None, params: Any) -> None:
+        return None
+
+    async def run(self, req: RunRequest, clock: LoopClock, on_spawn: Any = None) -> RunOutcome:
+        return RunOutcome(rc=5, status="not_installed", exit_reason=self.reason, stdout="", stderr="")
+
+
+class Lrm:
+    def __init__(self, *, store: LrmStore, roots: DriverRoots, rsctmp: Path, clock: LoopClock,
+                 max_parallel: int = 32, default_timeout: float = DEFAULT_TIMEOUT, grace: float = 5.0) -> None:
+        if max_parallel < 1:
+            raise ValueError("max_parallel must be at least 1")
+        self.store = store
+        self.roots = roots
+        self.rsctmp = rsctmp
+        self.clock = clock
+        self.default_timeout = default_timeout
+        self.grace = grace
+        self.max_parallel = max_parallel
+        self._slots = asyncio.Semaphore(max_parallel)
+        self._by_id: dict[str, _Inst] = {}
+        self._by_name: dict[str, _Inst] = {}
+        self._meta: dict[str, MetaData | None] = {}
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._background: set[asyncio.Task[None]] = set()
+        self.in_flight = 0  # operations running now, all instances
+        self.finished: dict[tuple[str, str], int] = {}  # (action, status) -> operations finished (a counter)
+        self.jitter: deque[float] = deque(maxlen=100_000)  # recurring runs: start minus due, seconds
+        self.listeners: list[Callable[[dict[str, Any], Result], None]] = []  # called after each recorded result
+
+    # ----------------------------------------------------------------- reads
+
+    def _get(self, ref: str) -> _Inst:
+        inst = self._by_id.get(ref) or self._by_name.get(ref)
+        if inst is None or inst.removing:
+            raise NotFound(f"no resource {ref!r}", code="resource_not_found", resource=ref)
+        return inst
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.view(i) for i in self._by_id.values() if not i.removing]
+
+    def get(self, ref: str) -> dict[str, Any]:
+        return self.view(self._get(ref))
+
+    def view(self, inst: _Inst) -> dict[str, Any]:
+        return {
+            **inst.body(),
+            "running": self._op_view(inst, inst.running) if inst.running else None,
+            "queued": [self._op_view(inst, op) for op in inst.queue],
+            "recurring": [self._rec_view(inst, r) for r in inst.recurring.values()],
+            "last": {k: r.to_dict() for k, r in sorted(inst.last.items())},
+        }
+
+    def _op_view(self, inst: _Inst, op: _Op) -> dict[str, Any]:
+        return {"id": op.id, "resource_id": inst.id, "resource": inst.name, "action": op.action,
+                "interval": op.interval, "timeout": op.timeout, "report": op.report, "expect": op.expect,
+                "trigger": op.trigger, "recurring": op.rec is not None, "run": op.run, "state": op.state,
+                "submitted_at": iso(op.submitted_wall),
+                "result": op.result.to_dict() if op.result is not None else None}
+
+    def _rec_view(self, inst: _Inst, rec: _Rec) -> dict[str, Any]:
+        s = rec.spec
+        return {"id": s.op_id, "resource_id": inst.id, "resource": inst.name, "action": s.action,
+                "interval": s.interval, "timeout": s.timeout, "report": s.report, "expect": s.expect,
+                "trigger": "client", "recurring": True, "run": s.runs,
+                "state": "cancelled" if rec.cancelled else "recurring", "submitted_at": iso(s.created_at),
+                "result": rec.last.to_dict() if rec.last is not None else None}
+
+    def operations(self, ref: str) -> list[dict[str, Any]]:
+        """Running, queued, recurring and recently finished operations of an instance."""
+        inst = self._get(ref)
+        seen: set[str] = set()
+        out = []
+        for op in ([inst.running] if inst.running else []) + list(inst.queue):
+            if op.rec is None:
+                out.append(self._op_view(inst, op))
+                seen.add(op.id)
+        out += [self._rec_view(inst, r) for r in inst.recurring.values()]
+        out += [self._op_view(inst, op) for op in reversed(inst.recent) if op.id not in seen]
+        return out
+
+    def _find_op(self, inst: _Inst, op_id: str) -> _Op | _Rec | None:
+        for op in ([inst.running] if inst.running else []) + list(inst.queue) + list(inst.recent):
+            if op.id == op_id and op.rec is None:
+                return op
+        for rec in inst.recurring.values():
+            if rec.spec.op_id == op_id:
+                return rec
+        return None
+
+    async def operation(self, ref: str, op_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """One operation; with ``wait``, answer once it has a result or ``wait`` seconds have passed."""
+        inst = self._get(ref)
+        found = self._find_op(inst, op_id)
+        if isinstance(found, _Op):
+            if wait > 0 and found.result is None:
+                try:
+                    async with asyncio.timeout(wait):
+                        await found.done.wait()
+                except TimeoutError:
+                    pass
+            return self._op_view(inst, found)
+        if isinstance(found, _Rec):
+            if wait > 0 and found.last is None:
+                try:
+                    async with asyncio.timeout(wait):
+                        await found.first.wait()
+                except TimeoutError:
+                    pass
+            return self._rec_view(inst, found)
+        for entry in await asyncio.to_thread(self.store.read_history, inst.id, 10_000):
+            if entry["id"] == op_id:
+                return entry
+        raise NotFound(f"resource {inst.name!r} has no operation {op_id!r}", code="operation_not_found",
+                       operation=op_id)
+
+    async def history(self, ref: str, limit: int = 50) -> list[dict[str, Any]]:
+        inst = self._get(ref)
+        return await asyncio.to_thread(self.store.read_history, inst.id, limit)
+
+    async def drivers(self) -> list[dict[str, Any]]:
+        """The drivers found under the configured roots (python: the packages handlers may come from)."""
+        return await asyncio.to_thread(_scan_drivers, self.roots)
+
+    async def meta_data(self, spec: str) -> MetaData | None:
+        driver = make_driver(spec, self.roots, rsctmp=self.rsctmp)
+        if not driver.installed():
+            raise NotFound(f"driver {spec!r} is not installed", code="driver_not_found", driver=spec)
+        meta = await self._fetch_meta(driver)
+        return meta
+
+    async def _fetch_meta(self, driver: Driver) -> MetaData | None:
+        try:
+            meta = await driver.meta_data(self.clock)
+        except ValueError as exc:  # InvalidMetaData
+            raise InvalidInput(f"driver {driver.spec.text!r} gave unreadable meta-data: {exc}",
+                               code="invalid_meta_data", driver=driver.spec.text) from None
+        self._meta[driver.spec.text] = meta
+        return meta
+
+    # -------------------------------------------------------------- instances
+
+    async def add(self, name: str, driver: str, *, params: dict[str, str] | None = None,
+                  labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """Register an instance: the driver must be installed and the parameters valid for it. Runs nothing."""
+        self._open()
+        check_name(name)
+        labels = check_labels(labels or {})
+        params = dict(params or {})
+        drv = make_driver(driver, self.roots, rsctmp=self.rsctmp)
+        if name in self._by_name:
+            raise Conflict(f"a resource named {name!r} exists", code="name_taken", name=name)
+        if not drv.installed():
+            raise InvalidInput(f"driver {drv.spec.text!r} is not installed under the configured roots",
+                               code="driver_not_found", driver=drv.spec.text)
+        meta = await self._fetch_meta(drv)
+        drv.validate_params(meta, params)
+        if name in self._by_name:  # taken while the meta-data ran
+            raise Conflict(f"a resource named {name!r} exists", code="name_taken", name=name)
+        inst = _Inst(id=str(uuid.uuid4()), name=name, driver_spec=drv.spec.text, driver=drv, params=params,
+                     labels=labels, created_at=self.clock.wall())
+        self._by_id[inst.id] = inst
+        self._by_name[name] = inst
+        try:
+            await self.store.add_instance(inst.body())
+        except BaseException:
+            del self._by_id[inst.id], self._by_name[name]
+            raise
+        log.info("resource added", extra={"resource": name, "id": inst.id, "driver": inst.driver_spec})
+        return self.view(inst)
+
+    async def remove(self, ref: str, *, force: bool = False) -> dict[str, Any]:
+        """Forget an instance. It must be stopped (or ``force``); queued operations end cancelled.
+
+        With ``force`` and an operation still running, the answer comes at once: the instance is gone from
+        every read, and its rows are deleted when that operation ends (within its timeout).
+        """
+        inst = self._get(ref)
+        if inst.state in RUNNING_STATES and not force:
+            raise Conflict(f"resource {inst.name!r} is {inst.state}; stop it first, or remove with force",
+                           code="resource_running", resource=inst.name, state=inst.state)
+        if inst.running is not None and not force:
+            op = inst.running
+            raise Conflict(f"resource {inst.name!r} has {op.action} running (it ends within {op.timeout:g} s); "
+                           "retry then, or remove with force", code="operation_running",
+                           resource=inst.name, operation=op.id)
+        inst.removing = True
+        try:
+            await self._cancel_recurring(inst, list(inst.recurring.values()))
+            for op in list(inst.queue):
+                if op.rec is None:
+                    await self._cancel_queued(inst, op)
+            inst.queue.clear()
+        except BaseException:
+            inst.removing = False
+            raise
+        running = inst.running
+        if running is None:
+            await self._forget(inst)
+        else:
+            task = asyncio.get_running_loop().create_task(self._forget_after(inst, running))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return {**inst.body(), "deleted": True, "pending_operation": running.id if running is not None else None}
+
+    async def _forget_after(self, inst: _Inst, running: _Op) -> None:
+        await running.done.wait()
+        try:
+            await self._forget(inst)
+        except TenureError as exc:
+            log.error("resource not removed", extra={"resource": inst.name, "error": exc.message})
+            inst.removing = False
+
+    async def _forget(self, inst: _Inst) -> None:
+        try:
+            await self.store.remove_instance(inst.body())
+        except BaseException:
+            inst.removing = False
+            raise
+        del self._by_id[inst.id]
+        self._by_name.pop(inst.name, None)
+        log.info("resource removed", extra={"resource": inst.name, "id": inst.id})
+
+    # ------------------------------------------------------------- operations
+
+    def _timeout_for(self, inst: _Inst, action: str, interval: float) -> float:
+        meta = self._meta.get(inst.driver_spec)
+        spec = (meta.action(action, interval) or meta.action(action)) if meta is not None else None
+        if spec is not None and spec.timeout:
+            return min(max(spec.timeout, 0.001), MAX_TIMEOUT)
+        return self.default_timeout
+
+    async def submit(self, ref: str, action: str, *, interval: float = 0.0, timeout: float | None = None,
+                     report: str = "change", expect: int = 0) -> dict[str, Any]:
+        """Queue an operation and return it at once; its result comes as an event and in the history."""
+        self._open()
+        inst = self._get(ref)
+        if not isinstance(action, str) or not ACTION_NAME.fullmatch(action):
+            raise InvalidInput("an action is a lower-case name like start, stop or monitor", code="invalid_action")
+        meta = self._meta.get(inst.driver_spec)
+        declared = inst.driver.actions(meta)
+        if declared is not None and action not in declared:
+            raise InvalidInput(f"driver {inst.driver_spec!r} has no action {action!r}; it has: "
+                               f"{', '.join(sorted(declared))}", code="unknown_action", action=action,
+                               actions=sorted(declared))
+        interval = check_seconds(interval, "interval", lo=MIN_INTERVAL, hi=MAX_INTERVAL, zero_ok=True) or 0.0
+        timeout = check_seconds(timeout, "timeout", lo=0.001, hi=MAX_TIMEOUT)
+        if report not in REPORT:
+            raise InvalidInput(f"report must be one of {', '.join(REPORT)}", code="invalid_report")
+        if isinstance(expect, bool) or not isinstance(expect, int) or not 0 <= expect <= 255:
+            raise InvalidInput("expect must be an exit code 0-255", code="invalid_expect")
+        if interval and action in ONE_SHOT_ONLY:
+            raise InvalidInput(f"{action} cannot be recurring", code="invalid_interval", action=action)
+        if action == "start":
+            inst.driver.validate_params(meta, inst.params)
+        timeout = timeout or self._timeout_for(inst, action, interval)
+        if interval:
+            return await self._add_recurring(inst, action, interval, timeout, report, expect)
+        if action == "stop":
+            await self._cancel_recurring(inst, list(inst.recurring.values()))
+        op = _Op(id=str(uuid.uuid4()), action=action, interval=0.0, timeout=timeout, report=report, expect=expect,
+                 trigger="client", submitted=self.clock.now(), submitted_wall=self.clock.wall(), has_row=True)
+        self._enqueue(inst, op)  # first: the queue order is the order of submission
+        try:
+            await self.store.accepted(inst.body(), self._op_view(inst, op))
+        except BaseException:
+            if op in inst.queue:
+                inst.queue.remove(op)
+            raise
+        log.debug("operation queued", extra={"resource": inst.name, "action": action, "op": op.id})
+        return self._op_view(inst, op)
+
+    async def _add_recurring(self, inst: _Inst, action: str, interval: float, timeout: float, report: str,
+                             expect: int) -> dict[str, Any]:
+        key = (action, round(interval * 1000))
+        if (rec := inst.recurring.get(key)) is not None:  # a duplicate merges into the existing one
+            return {**self._rec_view(inst, rec), "merged": True}
+        rec = _Rec(Recurring(op_id=str(uuid.uuid4()), action=action, interval=interval, timeout=timeout,
+                             report=report, expect=expect, created_at=self.clock.wall()))
+        inst.recurring[key] = rec
+        try:
+            await self.store.add_recurring(inst.body(), rec.spec, self._rec_view(inst, rec))
+        except BaseException:
+            inst.recurring.pop(key, None)
+            raise
+        if not rec.cancelled:
+            self._queue_run(inst, rec, due=self.clock.now())  # the first run at once
+        log.info("recurring operation added", extra={"resource": inst.name, "action": action,
+                                                     "interval": interval, "op": rec.spec.op_id})
+        return {**self._rec_view(inst, rec), "merged": False}
+
+    async def cancel(self, ref: str, op_id: str) -> dict[str, Any]:
+        inst = self._get(ref)
+        found = self._find_op(inst, op_id)
+        if isinstance(found, _Rec):
+            await self._cancel_recurring(inst, [found])
+            return self._rec_view(inst, found)
+        if found is None:
+            raise NotFound(f"resource {inst.name!r} has no pending operation {op_id!r}", code="operation_not_found",
+                           operation=op_id)
+        if found.state == "queued":
+            await self._cancel_queued(inst, found)
+            return self._op_view(inst, found)
+        if found.state == "running":
+            raise Conflict(f"operation {op_id} ({found.action}) is running and ends by itself within its timeout "
+                           f"({found.timeout:g} s)", code="operation_running", operation=op_id)
+        raise Conflict(f"operation {op_id} has already finished", code="operation_finished", operation=op_id)
+
+    async def _cancel_queued(self, inst: _Inst, op: _Op) -> None:
+        if op not in inst.queue:
+            return
+        inst.queue.remove(op)
+        now = self.clock.wall()
+        result = Result(op_id=op.id, run=op.run, action=op.action, interval=op.interval, rc=None, status="cancelled",
+                        exit_reason="cancelled before it ran", queued_at=op.submitted_wall, started_at=None,
+                        finished_at=now, queue_ms=round((self.clock.now() - op.submitted) * 1000), run_ms=0,
+                        expect=op.expect, trigger=op.trigger)
+        await self._finish(inst, op, result)
+
+    async def _cancel_recurring(self, inst: _Inst, recs: list[_Rec]) -> None:
+        live = [r for r in recs if not r.cancelled]
+        if not live:
+            return
+        for rec in live:
+            rec.cancelled = True
+            if rec.timer is not None:
+                rec.timer.cancel()
+                rec.timer = None
+            if rec.queued is not None and rec.queued in inst.queue:
+                inst.queue.remove(rec.queued)
+                rec.queued = None
+            inst.recurring.pop((rec.spec.action, round(rec.spec.interval * 1000)), None)
+        await self.store.cancel_recurring(inst.body(), [self._rec_view(inst, r) for r in live])
+        for rec in live:
+            log.info("recurring operation cancelled", extra={"resource": inst.name, "action": rec.spec.action,
+                                                             "interval": rec.spec.interval, "op": rec.spec.op_id})
+
+    # --------------------------------------------------------------- running
+
+    def _open(self) -> None:
+        if self._closing:
+            raise TenureError("the agent is shutting down", code="shutting_down")
+
+    def _enqueue(self, inst: _Inst, op: _Op) -> None:
+        inst.queue.append(op)
+        self._idle.clear()
+        if inst.worker is None:
+            inst.worker = asyncio.get_running_loop().create_task(self._work(inst), name=f"lrm:{inst.name}")
+
+    def _queue_run(self, inst: _Inst, rec: _Rec, *, due: float) -> None:
+        rec.timer = None
+        if rec.cancelled or rec.queued is not None or inst.removing or self._closing:
+            return
+        s = rec.spec
+        op = _Op(id=s.op_id, action=s.action, interval=s.interval, timeout=s.timeout, report=s.report,
+                 expect=s.expect, trigger="recurring", submitted=self.clock.now(), submitted_wall=self.clock.wall(),
+                 rec=rec, run=s.runs + 1, due_at=due)
+        rec.queued = op
+        self._enqueue(inst, op)
+
+    def _schedule(self, inst: _Inst, rec: _Rec, after: float) -> None:
+        if rec.cancelled or inst.removing or self._closing:
+            return
+        due = after + rec.spec.interval
+        rec.due_at = due
+        rec.timer = self.clock.call_at(due, lambda: self._queue_run(inst, rec, due=due))
+
+    async def _work(self, inst: _Inst) -> None:
+        try:
+            while inst.queue:
+                async with self._slots:
+                    if not inst.queue:
+                        break
+                    op = inst.queue.popleft()
+                    await self._run_one(inst, op)
+        finally:
+            inst.worker = None
+            if inst.queue and not self._closing:  # queued after the loop's last look
+                inst.worker = asyncio.get_running_loop().create_task(self._work(inst), name=f"lrm:{inst.name}")
+            elif self.idle():
+                self._idle.set()
+
+    async def _run_one(self, inst: _Inst, op: _Op) -> None:
+        assert inst.running is None, f"two operations in flight on {inst.name}"
+        inst.running = op
+        op.state = "running"
+        self.in_flight += 1
+        started, started_wall = self.clock.now(), self.clock.wall()
+        if op.due_at is not None:
+            self.jitter.append(started - op.due_at)
+        req = RunRequest(action=op.action, params=inst.params, instance=inst.name, instance_id=inst.id,
+                         interval=op.interval, timeout=op.timeout, grace=self.grace)
+        try:
+            outcome = await inst.driver.run(req, self.clock)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a driver bug must not take the LRM down: the operation fails
+            log.exception("driver raised", extra={"resource": inst.name, "action": op.action})
+            outcome = RunOutcome(rc=1, status="error", exit_reason=f"{type(exc).__name__}: {exc}"[:512],
+                                 stdout="", stderr="")
+        finally:
+            self.in_flight -= 1
+        finished = self.clock.now()
+        result = Result(op_id=op.id, run=op.run, action=op.action, interval=op.interval, rc=outcome.rc,
+                        status=outcome.status, exit_reason=outcome.exit_reason, queued_at=op.submitted_wall,
+                        started_at=started_wall, finished_at=started_wall + (finished - started),
+                        queue_ms=round((started - op.submitted) * 1000), run_ms=round((finished - started) * 1000),
+                        stdout=outcome.stdout, stderr=outcome.stderr, expect=op.expect, trigger=op.trigger,
+                        pid=outcome.pid)
+        try:
+            await self._finish(inst, op, result)
+        finally:
+            inst.running = None
+            rec = op.rec
+            if rec is not None:
+                rec.queued = None
+                if not rec.held:
+                    self._schedule(inst, rec, finished)
+            if op.trigger == "restore":  # the probe is in: resume the schedules, interval from now
+                for r in inst.recurring.values():
+                    if r.held:
+                        r.held = False
+                        self._schedule(inst, r, finished)
+
+    async def _finish(self, inst: _Inst, op: _Op, result: Result) -> None:
+        """Record a result: in memory always; in the store and as events when it says something."""
+        rec = op.rec
+        silent = rec is not None and rec.cancelled  # a run that finished after its cancel
+        key = op_key(op.action, op.interval)
+        prev = inst.last.get(key)
+        if rec is not None:
+            rec.spec.runs = op.run
+            rec.last = result
+            rec.first.set()
+        op.result = result
+        op.state = "cancelled" if result.status == "cancelled" or silent else "done"
+        self.finished[(op.action, result.status)] = self.finished.get((op.action, result.status), 0) + 1
+        if op.rec is None:
+            inst.recent.append(op)
+        if silent:
+            op.done.set()
+            return
+        inst.last[key] = result
+        old_state = inst.state
+        inst.state = next_state(old_state, result)
+        changed = inst.state != old_state
+        if changed:
+            inst.state_at = result.finished_at
+        report = rec is None or rec.spec.report == "always" or not result.same_outcome(prev) or changed
+        monitor_failed = report and op.action == "monitor" and result.failed
+        if report:
+            view = self._rec_view(inst, rec) if rec is not None else self._op_view(inst, op)
+            try:
+                await self.store.record(inst.body(), view, result, key=key, state_changed=changed,
+                                        monitor_failed=monitor_failed, existing_row=op.has_row)
+            except TenureError as exc:  # the store is failing: the result stays in memory, and is logged
+                log.error("result not recorded", extra={"resource": inst.name, "action": op.action,
+                                                        "error": exc.message})
+        op.done.set()
+        level = logging.WARNING if result.failed else logging.INFO
+        if report:
+            log.log(level, "operation finished", extra={
+                "resource": inst.name, "id": inst.id, "action": op.action, "interval": op.interval,
+                "rc": result.rc, "status": result.status, "reason": result.exit_reason, "run_ms": result.run_ms})
+        if changed:
+            log.info("resource state changed", extra={"resource": inst.name, "from": old_state, "to": inst.state})
+        for fn in self.listeners:
+            fn(inst.body(), result)
+
+    # ------------------------------------------------------- restart, close
+
+    async def restore(self) -> None:
+        """Load what the store holds, record interrupted operations, and probe every instance once."""
+        loaded = await asyncio.to_thread(self.store.load)
+        for body in loaded.instances:
+            try:
+                drv: Driver = make_driver(body["driver"], self.roots, rsctmp=self.rsctmp)
+            except TenureError as exc:
+                drv = _Unavailable(None, f"driver {body['driver']!r} is no longer allowed: {exc.message}")
+            inst = _Inst(id=body["id"], name=body["name"], driver_spec=body["driver"], driver=drv,
+                         params=dict(body["params"]), labels=dict(body["labels"]),
+                         created_at=_wall(body["created_at"]) or 0.0, state=body.get("state", "unknown"),
+                         state_at=_wall(body.get("state_at")))
+            inst.last = loaded.last.get(inst.id, {})
+            for spec in loaded.recurring.get(inst.id, []):
+                rec = _Rec(spec, held=True)
+                rec.last = inst.last.get(op_key(spec.action, spec.interval))
+                inst.recurring[(spec.action, round(spec.interval * 1000))] = rec
+            self._by_id[inst.id] = inst
+            self._by_name[inst.name] = inst
+        for spec_text in {i.driver_spec for i in self._by_id.values()}:
+            drv = next(i.driver for i in self._by_id.values() if i.driver_spec == spec_text)
+            if drv.installed():
+                try:
+                    await self._fetch_meta(drv)
+                except TenureError:
+                    self._meta[spec_text] = None
+        for iid, body in loaded.pending:
+            inst = self._by_id.get(iid)
+            if inst is None:
+                continue
+            op = _Op(id=body["id"], action=body["action"], interval=0.0, timeout=body["timeout"],
+                     report=body.get("report", "change"), expect=body.get("expect", 0), trigger="client",
+                     submitted=self.clock.now(), submitted_wall=_wall(body.get("submitted_at")) or self.clock.wall(),
+                     has_row=True)
+            result = Result(op_id=op.id, run=1, action=op.action, interval=0.0, rc=None, status="error",
+                            exit_reason="interrupted: the agent stopped before this operation finished",
+                            queued_at=op.submitted_wall, started_at=None, finished_at=self.clock.wall(), queue_ms=0,
+                            run_ms=0, expect=op.expect, trigger="client")
+            inst.last.pop(op_key(op.action, 0.0), None)  # so the interruption is recorded, not deduplicated
+            await self._finish(inst, op, result)
+        for inst in self._by_id.values():
+            probe = _Op(id=str(uuid.uuid4()), action="monitor", interval=0.0,
+                        timeout=self._timeout_for(inst, "monitor", 0.0), report="change", expect=0, trigger="restore",
+                        submitted=self.clock.now(), submitted_wall=self.clock.wall())
+            self._enqueue(inst, probe)
+        log.info("resources restored", extra={"resources": len(self._by_id), "interrupted": len(loaded.pending)})
+
+    def stats(self) -> dict[str, Any]:
+        """For /metrics: instances by state, work in progress, finished operations."""
+        states: dict[str, int] = {}
+        queued = recurring = 0
+        for inst in self._by_id.values():
+            states[inst.state] = states.get(inst.state, 0) + 1
+            queued += len(inst.queue)
+            recurring += len(inst.recurring)
+        return {"states": states, "queued": queued, "recurring": recurring, "in_flight": self.in_flight,
+                "finished": dict(self.finished)}
+
+    def idle(self) -> bool:
+        """Nothing running or queued on any instance (recurring schedules may still be armed)."""
+        return all(i.running is None and not i.queue and i.worker is None for i in self._by_id.values())
+
+    async def wait_idle(self) -> None:
+        while not self.idle():
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        """Stop scheduling, drop what is queued, and wait for what runs (each bounded by its timeout)."""
+        self._closing = True
+        for inst in self._by_id.values():
+            for rec in inst.recurring.values():
+                if rec.timer is not None:
+                    rec.timer.cancel()
+                    rec.timer = None
+            inst.queue.clear()  # client operations keep their pending row: reported interrupted at the next start
+        running = [i.running.done.wait() for i in self._by_id.values() if i.running is not None]
+        if running:
+            await asyncio.gather(*running)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _wall(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _executables(d: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(d)
+                      if e.is_file() and os.access(e.path, os.X_OK) and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _scan_drivers(roots: DriverRoots) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    base = roots.ocf_root / "resource.d"
+    try:
+        providers = sorted(e.name for e in os.scandir(base) if e.is_dir())
+    except OSError:
+        providers = []
+    for provider in providers:
+        out += [{"driver": f"ocf:{provider}:{t}", "class": "ocf"} for t in _executables(base / provider)]
+    out += [{"driver": f"lsb:{n}", "class": "lsb"} for n in _executables(roots.lsb_root)]
+    for d in roots.exec_dirs:
+        out += [{"driver": f"exec:{n}", "class": "exec", "dir": str(d)} for n in _executables(d)]
+    out += [{"driver": f"python:{pkg}.*", "class": "python"} for pkg in roots.python_packages]
+    return out

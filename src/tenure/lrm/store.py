@@ -1,0 +1,202 @@
+"""The LRM's durable part: writer commands over the agent's local store, and the load at start.
+
+The LRM's live state (queues, timers, processes) lives on the event loop; what
+must survive a restart is written here, each change as one writer command with
+its event (DESIGN.md invariant 1): an instance added, changed or removed; a
+recurring schedule added or removed; a result recorded (the last result per
+operation key, one history row, the ``operation`` event, and a ``monitor_failed``
+event when a monitor found the instance not as expected).
+
+Events: kind ``resource`` (op created / updated / deleted / monitor_failed) and
+kind ``operation`` (op created when a client's operation is accepted, updated
+when its result is in). Both use the instance's id as object id, so a watch
+with ``ids=<instance>`` follows everything about one instance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+
+from tenure.lrm.model import Recurring, Result
+from tenure.services.runtime import Runtime
+from tenure.services.writer import Batch, Op
+from tenure.store import schema
+
+HISTORY_PER_INSTANCE = 200  # results kept per instance (oldest dropped first)
+
+_I, _H, _L, _R = schema.lrm_instances, schema.lrm_history, schema.lrm_results, schema.lrm_recurring
+UPDATE_INSTANCE = update(_I).where(_I.c.id == bindparam("b_id")).values(body=bindparam("b_body"),
+                                                                        revision=bindparam("b_revision"))
+UPDATE_HISTORY = update(_H).where(_H.c.run_id == bindparam("b_run")).values(body=bindparam("b_body"),
+                                                                           revision=bindparam("b_revision"))
+DELETE_HISTORY = delete(_H).where(_H.c.run_id == bindparam("b_run"))
+DELETE_LAST = delete(_L).where(_L.c.instance_id == bindparam("b_id"), _L.c.op_key == bindparam("b_key"))
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass
+class Loaded:
+    """What the store held at start, for :meth:`tenure.lrm.executor.Lrm.restore`."""
+
+    instances: list[dict[str, Any]] = field(default_factory=list)  # bodies, in creation order
+    recurring: dict[str, list[Recurring]] = field(default_factory=dict)  # by instance id
+    last: dict[str, dict[str, Result]] = field(default_factory=dict)  # instance id -> op key -> result
+    history: dict[str, deque[str]] = field(default_factory=dict)  # instance id -> run ids, oldest first
+    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (instance id, op body) never finished
+
+
+class LrmStore:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._history: dict[str, deque[str]] = {}  # run ids per instance, oldest first (owned by the writer)
+
+    # ------------------------------------------------------------------ load
+
+    def load(self) -> Loaded:
+        out = Loaded()
+        with self.runtime.engine.connect() as conn:
+            for r in conn.execute(select(_I.c.body).order_by(_I.c.revision)).all():
+                out.instances.append(json.loads(r.body))
+            for r in conn.execute(select(_R.c.instance_id, _R.c.body).order_by(_R.c.revision)).all():
+                b = json.loads(r.body)
+                out.recurring.setdefault(r.instance_id, []).append(Recurring(**b))
+            for r in conn.execute(select(_L.c.instance_id, _L.c.op_key, _L.c.body)).all():
+                out.last.setdefault(r.instance_id, {})[r.op_key] = Result.from_dict(json.loads(r.body))
+            out.history = self._load_history(conn, out)
+        self._history = {k: deque(v) for k, v in out.history.items()}
+        return out
+
+    def _load_history(self, conn: Connection, out: Loaded) -> dict[str, deque[str]]:
+        history: dict[str, deque[str]] = {}
+        for r in conn.execute(select(_H.c.run_id, _H.c.instance_id, _H.c.body).order_by(_H.c.revision)).all():
+            history.setdefault(r.instance_id, deque()).append(r.run_id)
+            body = json.loads(r.body)
+            if body.get("result") is None:
+                out.pending.append((r.instance_id, body))
+        return history
+
+    def read_history(self, instance_id: str, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries of an instance's history, newest first (a plain read)."""
+        with self.runtime.engine.connect() as conn:
+            rows = conn.execute(select(_H.c.body).where(_H.c.instance_id == instance_id)
+                                .order_by(_H.c.revision.desc()).limit(limit)).all()
+        return [json.loads(r.body) for r in rows]
+
+    def list_instances_at(self, conn: Connection, pins: Any) -> Any:
+        """Lister of the watch's initial state (kind ``resource``)."""
+        q = select(_I.c.id, _I.c.body).order_by(_I.c.revision)
+        if "#id" in pins:
+            q = q.where(_I.c.id.in_(sorted(pins["#id"])))
+        for r in conn.execute(q).all():
+            body = json.loads(r.body)
+            yield r.id, dict(body.get("labels", {})), body
+
+    # -------------------------------------------------------------- commands
+
+    async def add_instance(self, body: dict[str, Any]) -> int:
+        def apply(batch: Batch) -> int:
+            rev = batch.emit("resource", body["id"], "created", dict(body["labels"]), body)
+            batch.write(insert(_I), {"id": body["id"], "name": body["name"], "driver": body["driver"],
+                                     "body": _dumps(body), "revision": rev})
+            return rev
+
+        return await self.runtime.arun(Op(apply))
+
+    async def remove_instance(self, body: dict[str, Any]) -> int:
+        iid = body["id"]
+
+        def apply(batch: Batch) -> int:
+            rev = batch.emit("resource", iid, "deleted", dict(body["labels"]), body)
+            batch.write(delete(_I).where(_I.c.id == iid), {})
+            batch.write(delete(_R).where(_R.c.instance_id == iid), {})
+            batch.write(delete(_L).where(_L.c.instance_id == iid), {})
+            batch.write(delete(_H).where(_H.c.instance_id == iid), {})
+            dropped = self._history.pop(iid, None)
+            if dropped is not None:
+                batch.on_undo(lambda: self._history.__setitem__(iid, dropped))
+            return rev
+
+        return await self.runtime.arun(Op(apply))
+
+    async def add_recurring(self, instance: dict[str, Any], rec: Recurring, view: dict[str, Any]) -> None:
+        body = {k: v for k, v in rec.__dict__.items() if k not in ("runs", "extra")}
+
+        def apply(batch: Batch) -> None:
+            rev = batch.emit("operation", instance["id"], "created", dict(instance["labels"]), view)
+            batch.write(insert(_R), {"op_id": rec.op_id, "instance_id": instance["id"], "body": _dumps(body),
+                                     "revision": rev})
+
+        await self.runtime.arun(Op(apply))
+
+    async def cancel_recurring(self, instance: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+        """Recurring operations unscheduled: their rows go, and each says so once (state ``cancelled``)."""
+        labels = dict(instance["labels"])
+
+        def apply(batch: Batch) -> None:
+            for op in ops:
+                batch.emit("operation", instance["id"], "updated", labels, op)
+            batch.write(delete(_R).where(_R.c.op_id.in_([op["id"] for op in ops])), {})
+
+        await self.runtime.arun(Op(apply))
+
+    async def accepted(self, instance: dict[str, Any], op: dict[str, Any]) -> int:
+        """A client's one-shot operation is queued: a pending history row (an interrupted run is then known)."""
+        iid = instance["id"]
+
+        def apply(batch: Batch) -> int:
+            rev = batch.emit("operation", iid, "created", dict(instance["labels"]), op)
+            self._append(batch, iid, op["id"], op, rev)
+            return rev
+
+        return await self.runtime.arun(Op(apply))
+
+    async def record(self, instance: dict[str, Any], op: dict[str, Any], result: Result, *,
+                     key: str, state_changed: bool, monitor_failed: bool, existing_row: bool) -> int:
+        """One result: last result of ``key``, a history entry, and its events, in one transaction."""
+        iid = instance["id"]
+        run_id = op["id"] if result.run <= 1 and not result.interval else f"{op['id']}.{result.run}"
+        labels = dict(instance["labels"])
+        res = result.to_dict()
+
+        def apply(batch: Batch) -> int:
+            rev = batch.emit("operation", iid, "updated", labels, op)
+            if existing_row:
+                batch.write(UPDATE_HISTORY, {"b_run": run_id, "b_body": _dumps(op), "b_revision": rev})
+            else:
+                self._append(batch, iid, run_id, op, rev)
+            batch.write(DELETE_LAST, {"b_id": iid, "b_key": key})
+            batch.write(insert(_L), {"instance_id": iid, "op_key": key, "body": _dumps(res)})
+            if state_changed:
+                srev = batch.emit("resource", iid, "updated", labels, instance)
+                batch.write(UPDATE_INSTANCE, {"b_id": iid, "b_body": _dumps(instance), "b_revision": srev})
+            if monitor_failed:
+                batch.emit("resource", iid, "monitor_failed", labels,
+                           {"id": iid, "name": instance["name"], "driver": instance["driver"], "result": res})
+            return rev
+
+        return await self.runtime.arun(Op(apply))
+
+    def _append(self, batch: Batch, iid: str, run_id: str, body: dict[str, Any], rev: int) -> None:
+        """A new history row, dropping the oldest beyond the cap (undone with the command if it is refused)."""
+        batch.write(insert(_H), {"run_id": run_id, "instance_id": iid, "revision": rev, "body": _dumps(body)})
+        ids = self._history.setdefault(iid, deque())
+        ids.append(run_id)
+        dropped: list[str] = []
+        while len(ids) > HISTORY_PER_INSTANCE:
+            old = ids.popleft()
+            dropped.append(old)
+            batch.write(DELETE_HISTORY, {"b_run": old})
+
+        def undo() -> None:
+            ids.pop()
+            ids.extendleft(reversed(dropped))
+
+        batch.on_undo(undo)

@@ -1,0 +1,314 @@
+"""The LRM with real drivers: Debian's ocf:heartbeat:Dummy and the project's failure-case drivers.
+
+Pacemaker's executor tests (cts-exec) are the checklist: start/stop with idempotence,
+monitor then cancel (no events after the cancel), duplicate monitors merge, stop
+implies cancel, a monitor failure after the state file is removed, a start timeout,
+an uninstalled agent, cancelled pending operations, 25 instances with 1 s monitors.
+Time is a fake clock moved by hand; processes are real.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tenure.domain.errors import Conflict, InvalidInput, NotFound
+from tenure.drivers.process import group_alive
+from tests.lrm.conftest import DUMMY, Harness, run_lrm
+
+
+def dummy_params(tmp: Path, name: str = "d1") -> dict[str, str]:
+    return {"state": str(tmp / f"{name}.state")}
+
+
+def test_dummy_start_monitor_stop_idempotent(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        view = await h.lrm.add("d1", DUMMY, params=dummy_params(tmp_path))
+        assert view["state"] == "unknown" and not (tmp_path / "d1.state").exists()  # adding runs nothing
+        probe = await h.do("d1", "monitor")
+        assert (probe["rc"], probe["rc_name"], probe["status"], probe["failed"]) == (7, "not_running", "done", False)
+        for _ in range(2):  # start on a running instance succeeds too
+            r = await h.do("d1", "start")
+            assert (r["rc"], r["status"], r["failed"]) == (0, "done", False)
+            assert h.lrm.get("d1")["state"] == "running" and (tmp_path / "d1.state").exists()
+        assert (await h.do("d1", "monitor"))["rc"] == 0
+        for _ in range(2):  # and stop on a stopped one
+            r = await h.do("d1", "stop")
+            assert (r["rc"], r["status"]) == (0, "done")
+            assert h.lrm.get("d1")["state"] == "stopped" and not (tmp_path / "d1.state").exists()
+        assert (await h.do("d1", "monitor"))["rc"] == 7
+        history = await h.lrm.history("d1")
+        assert [e["action"] for e in reversed(history)] == ["monitor", "start", "start", "monitor", "stop", "stop",
+                                                             "monitor"]
+        assert all(e["state"] == "done" and e["result"]["run_ms"] >= 0 for e in history)
+        assert h.lrm.get("d1")["last"]["start"]["rc"] == 0
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_monitor_failure_event_then_cancel_silences(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("web", DUMMY, params=dummy_params(tmp_path, "web"))
+        await h.do("web", "start")
+        mon = await h.lrm.submit("web", "monitor", interval=10)
+        assert mon["recurring"] and not mon["merged"]
+        first = (await h.runs("web", 1))[0]
+        assert (first.rc, first.trigger) == (0, "recurring")
+        again = await h.lrm.submit("web", "monitor", interval=10)  # a duplicate merges
+        assert again["merged"] and again["id"] == mon["id"]
+        assert len(h.lrm.get("web")["recurring"]) == 1
+
+        h.clock.advance(10)
+        await h.runs("web", 2)  # nothing changed: recorded in memory, no event (report on change)
+        before = len(h.events)
+        (tmp_path / "web.state").unlink()
+        h.clock.advance(10)
+        third = (await h.runs("web", 3))[-1]
+        assert (third.rc, third.failed) == (7, True)
+        await h.until(lambda: ("resource", "monitor_failed") in h.kinds("web", before))
+        failed = [e for e in h.events[before:] if e.op == "monitor_failed"]
+        assert len(failed) == 1
+        ev = failed[0]
+        assert ev.body["name"] == "web" and ev.object_id == h.lrm.get("web")["id"]
+        assert ev.body["result"]["rc"] == 7 and ev.body["result"]["rc_name"] == "not_running"
+        assert h.lrm.get("web")["state"] == "stopped"
+
+        h.clock.advance(10)
+        await h.runs("web", 4)  # the same failure again: not reported again
+        assert [e.op for e in h.events[before:]].count("monitor_failed") == 1
+
+        cancelled = await h.lrm.cancel("web", mon["id"])
+        assert cancelled["state"] == "cancelled"
+        await h.until(lambda: len(h.events) > 0 and h.events[-1].body.get("state") == "cancelled")
+        after_cancel = len(h.events)
+        for _ in range(5):
+            h.clock.advance(10)
+        await h.lrm.wait_idle()
+        assert len([r for b, r in h.results if b["name"] == "web"]) == 5  # start + 4 monitors: no more runs
+        assert h.events[after_cancel:] == [] and h.lrm.get("web")["recurring"] == []
+        assert h.clock.pending == 0
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_stop_cancels_recurring_first(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("s1", DUMMY, params=dummy_params(tmp_path, "s1"))
+        await h.do("s1", "start")
+        await h.lrm.submit("s1", "monitor", interval=5)
+        await h.runs("s1", 1)
+        before = len(h.events)
+        r = await h.do("s1", "stop")
+        assert r["rc"] == 0 and h.lrm.get("s1")["recurring"] == []
+        h.clock.advance(60)
+        await h.lrm.wait_idle()
+        assert ("resource", "monitor_failed") not in h.kinds("s1", before)
+        assert len(await h.runs("s1", 1)) == 1  # the monitor never ran after the stop
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_start_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("slow", "exec:sleeper", params={"ignore_term": "1"})
+        t0 = h.clock.now()
+        op = await h.lrm.submit("slow", "start", timeout=5)
+        await h.clock.timer_armed(t0 + 5)  # spawned, its timeout armed
+        h.clock.advance(5)  # SIGTERM to the group: ignored by this driver
+        await h.clock.timer_armed(t0 + 5 + h.lrm.grace)
+        h.clock.advance(h.lrm.grace)  # SIGKILL
+        view = await h.result_of("slow", op)
+        r = view["result"]
+        assert (r["status"], r["rc"], r["failed"]) == ("timeout", 1, True)
+        assert "timed out" in r["exit_reason"]
+        assert r["pid"] and not group_alive(r["pid"]), "a process of the timed-out start is left"
+        assert h.lrm.get("slow")["state"] == "failed"
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_uninstalled_agent(tmp_path: Path) -> None:
+    drivers = tmp_path / "drivers"
+    drivers.mkdir()
+    shutil.copy(Path(__file__).parent / "bin" / "exclusive", drivers / "vanishing")
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        with pytest.raises(InvalidInput) as exc:
+            await h.lrm.add("x", "ocf:heartbeat:NoSuchAgent")
+        assert exc.value.code == "driver_not_found"
+        await h.lrm.add("v", "exec:vanishing")
+        (drivers / "vanishing").unlink()  # uninstalled after it was added
+        r = await h.do("v", "start")
+        assert (r["status"], r["rc"], r["rc_name"]) == ("not_installed", 5, "not_installed")
+
+    run_lrm(tmp_path, scenario, exec_dirs=(drivers,))
+
+
+def test_cancelled_pending_operation_is_not_a_failure(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("q", "exec:slowstart")
+        t0 = h.clock.now()
+        running = await h.lrm.submit("q", "start", timeout=3)
+        queued = await h.lrm.submit("q", "stop")
+        with pytest.raises(Conflict) as exc:
+            await h.lrm.cancel("q", running["id"])
+        assert exc.value.code == "operation_running"
+        view = await h.lrm.cancel("q", queued["id"])
+        assert view["state"] == "cancelled"
+        assert view["result"]["status"] == "cancelled" and view["result"]["failed"] is False
+        await h.clock.timer_armed(t0 + 3)
+        h.clock.advance(3)  # SIGTERM ends it
+        await h.result_of("q", running)
+        await h.lrm.wait_idle()
+        assert [r.action for b, r in h.results] == ["stop", "start"]  # the stop never ran: cancelled first
+        assert h.results[0][1].status == "cancelled" and h.results[0][1].started_at is None
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_daemon_holding_stdout_does_not_hang(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("dmn", "exec:daemonize")
+        r = await h.do("dmn", "start")
+        assert (r["status"], r["rc"]) == ("done", 0)
+        assert (await h.do("dmn", "monitor"))["rc"] == 0
+        assert (await h.do("dmn", "stop"))["rc"] == 0
+        assert (await h.do("dmn", "monitor"))["rc"] == 7
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_ocf_environment(tmp_path: Path) -> None:
+    os.environ["TENURE_TEST_SECRET"] = "must-not-leak"
+    try:
+        async def scenario(h: Harness) -> None:
+            assert h.lrm is not None
+            await h.lrm.add("env-1", "exec:envdump", params={"color": "blue", "OCF_CHECK_LEVEL": "10"})
+            r = await h.do("env-1", "monitor", timeout=7.5)
+            env = dict(line.split("=", 1) for line in r["stdout"].splitlines() if "=" in line)
+            assert env["OCF_RESOURCE_INSTANCE"] == "env-1" and env["OCF_RESKEY_color"] == "blue"
+            assert env["OCF_CHECK_LEVEL"] == "10" and "OCF_RESKEY_OCF_CHECK_LEVEL" not in env
+            assert env["OCF_RESKEY_CRM_meta_timeout"] == "7500" and env["OCF_RESKEY_CRM_meta_interval"] == "0"
+            assert (env["OCF_RA_VERSION_MAJOR"], env["OCF_RA_VERSION_MINOR"]) == ("1", "1")
+            assert env["HA_RSCTMP"] == str(tmp_path / "rsctmp") and env["OCF_EXIT_REASON_PREFIX"] == "ocf-exit-reason:"
+            assert "TENURE_TEST_SECRET" not in env
+            await h.lrm.submit("env-1", "monitor", interval=2.5, report="always")
+            run = (await h.runs("env-1", 2))[-1]
+            env = dict(line.split("=", 1) for line in run.stdout.splitlines() if "=" in line)
+            assert env["OCF_RESKEY_CRM_meta_interval"] == "2500"
+
+        run_lrm(tmp_path, scenario)
+    finally:
+        del os.environ["TENURE_TEST_SECRET"]
+
+
+def test_python_handler(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("mem", "python:tenure.drivers.handlers.example:Memory")
+        assert (await h.do("mem", "monitor"))["rc"] == 7
+        assert (await h.do("mem", "start"))["rc"] == 0
+        assert (await h.do("mem", "monitor"))["rc"] == 0 and h.lrm.get("mem")["state"] == "running"
+        assert (await h.do("mem", "stop"))["rc"] == 0
+        with pytest.raises(InvalidInput) as exc:
+            await h.lrm.add("evil", "python:os:system")
+        assert exc.value.code == "invalid_driver"
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_bad_input_runs_nothing(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("d", DUMMY, params=dummy_params(tmp_path, "d"))
+        bad = [
+            (h.lrm.add("x", "ocf:heartbeat:../../bin/sh"), "invalid_driver"),
+            (h.lrm.add("x", "nosuch:thing"), "invalid_driver"),
+            (h.lrm.add("x", "exec:../bin/sh"), "invalid_driver"),
+            (h.lrm.add("x", "ocf:heartbeat:NoSuch"), "driver_not_found"),
+            (h.lrm.add("x", "exec:meta"), "missing_parameter"),
+            (h.lrm.add("x", DUMMY, params={"no_such_param": "1"}), "unknown_parameter"),
+            (h.lrm.add("x y", DUMMY), "invalid_name"),
+            (h.lrm.submit("d", "explode"), "unknown_action"),
+            (h.lrm.submit("d", "monitor", interval=-1), "invalid_interval"),
+            (h.lrm.submit("d", "start", timeout=-5), "invalid_timeout"),
+            (h.lrm.submit("d", "start", timeout=0), "invalid_timeout"),
+            (h.lrm.submit("d", "start", interval=10), "invalid_interval"),
+            (h.lrm.submit("d", "monitor", report="sometimes"), "invalid_report"),
+        ]
+        for coro, code in bad:
+            with pytest.raises(InvalidInput) as exc:
+                await coro
+            assert exc.value.code == code, (code, exc.value.message)
+        with pytest.raises(Conflict) as cexc:
+            await h.lrm.add("d", DUMMY, params=dummy_params(tmp_path, "d"))
+        assert cexc.value.code == "name_taken"
+        with pytest.raises(NotFound):
+            await h.lrm.submit("nobody", "start")
+        await h.lrm.wait_idle()
+        assert h.results == [] and [x["name"] for x in h.lrm.list()] == ["d"]
+        assert not (tmp_path / "d.state").exists()
+        assert [e.op for e in h.events] == ["created"]  # only the one good add
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_remove(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("r", DUMMY, params=dummy_params(tmp_path, "r"))
+        await h.do("r", "start")
+        await h.lrm.submit("r", "monitor", interval=5)
+        with pytest.raises(Conflict) as exc:
+            await h.lrm.remove("r")
+        assert exc.value.code == "resource_running"
+        await h.do("r", "stop")
+        gone = await h.lrm.remove("r")
+        assert gone["deleted"] and h.lrm.list() == []
+        with pytest.raises(NotFound):
+            h.lrm.get("r")
+        h.clock.advance(60)
+        await h.lrm.wait_idle()
+        await h.lrm.add("r", DUMMY, params=dummy_params(tmp_path, "r"))  # the name is free again
+        await h.restart()
+        assert h.lrm is not None
+        await h.lrm.wait_idle()
+        assert [x["name"] for x in h.lrm.list()] == ["r"]
+        assert [e["action"] for e in await h.lrm.history("r")] == ["monitor"]  # the restart's probe only
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_forced_remove_while_an_operation_runs(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("busy", "exec:slowstart")
+        t0 = h.clock.now()
+        op = await h.lrm.submit("busy", "start", timeout=5)
+        queued = await h.lrm.submit("busy", "stop")
+        await h.clock.timer_armed(t0 + 5)
+        with pytest.raises(Conflict) as exc:
+            await h.lrm.remove("busy")
+        assert exc.value.code == "operation_running"
+        gone = await h.lrm.remove("busy", force=True)
+        assert gone["deleted"] and gone["pending_operation"] == op["id"]
+        with pytest.raises(NotFound):
+            h.lrm.get("busy")  # gone from every read at once
+        cancelled = [r for _, r in h.results if r.op_id == queued["id"]]
+        assert len(cancelled) == 1 and cancelled[0].status == "cancelled"
+        h.clock.advance(5)  # the start ends (timeout); then its rows go
+        await h.until(lambda: h.events[-1].kind == "resource" and h.events[-1].op == "deleted")
+        await h.restart()
+        assert h.lrm is not None and h.lrm.list() == []
+
+    run_lrm(tmp_path, scenario)

@@ -1,0 +1,101 @@
+"""Many instances at once, and an agent restart in the middle of their lives."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from tenure.lrm.model import Result
+from tests.lrm.conftest import DUMMY, Harness, run_lrm
+
+
+def test_25_instances_with_1s_monitors_never_overlap(tmp_path: Path) -> None:
+    """25 instances, 1 s monitors, starts and stops submitted in between, from several places at once.
+
+    The ``exclusive`` driver holds a lock directory per instance for each run and fails with "overlap" if
+    it finds one held: never two operations in flight for one instance, seen from the driver's side.
+    """
+    names = [f"r{i:02d}" for i in range(25)]
+    rng = random.Random(7)
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        for n in names:
+            await h.lrm.add(n, "exec:exclusive")
+        for n in names:
+            await h.lrm.submit(n, "start")
+            await h.lrm.submit(n, "monitor", interval=1, report="always")
+        for _ in range(12):
+            for n in rng.sample(names, 8):  # starts and stops queued behind and between the monitors
+                await h.lrm.submit(n, rng.choice(["start", "stop", "monitor"]))
+            h.clock.advance(1)
+            for n in rng.sample(names, 4):
+                await h.lrm.submit(n, "monitor", interval=1, report="always")  # re-register (after a stop)
+        await h.lrm.wait_idle()
+        overlaps = [r for _, r in h.results if r.exit_reason and "overlap" in r.exit_reason]
+        assert overlaps == []
+        assert all(r.status == "done" for _, r in h.results), [r for _, r in h.results if r.status != "done"]
+        per_instance = {n: [r for b, r in h.results if b["name"] == n] for n in names}
+        assert all(len(rs) >= 3 for rs in per_instance.values())
+        # recurring monitors ran while the clock moved (not only the first run of each registration)
+        assert sum(1 for _, r in h.results if r.trigger == "recurring") > 25 * 3
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_restart_in_the_middle(tmp_path: Path) -> None:
+    """Last results survive, one probe per instance, monitors resume, nothing is started or stopped."""
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        for i in range(4):
+            await h.lrm.add(f"d{i}", DUMMY, params={"state": str(tmp_path / f"d{i}.state")})
+        for i in (0, 1, 2):
+            await h.do(f"d{i}", "start")
+            await h.lrm.submit(f"d{i}", "monitor", interval=10)
+        await h.do("d2", "stop")  # stopped again: its monitor cancelled by the stop
+        await h.lrm.submit("d1", "monitor", interval=30, expect=0)
+        await h.lrm.wait_idle()
+        (tmp_path / "d1.state").unlink()  # d1 died while the agent was down
+        # a slow instance with a client operation queued behind a running one: the queued one never ran
+        await h.lrm.add("slow", "exec:slowstart")
+        t0 = h.clock.now()
+        await h.lrm.submit("slow", "start", timeout=2)
+        queued = await h.lrm.submit("slow", "stop")
+        await h.clock.timer_armed(t0 + 2)
+        closing = asyncio.ensure_future(h.close())  # waits for the running start, drops the queued stop
+        await asyncio.sleep(0)  # let the close begin (a yield to the loop, not a wait for time)
+        h.clock.advance(2)  # the start times out
+        await closing
+        h.results.clear()
+        await h.open()
+        lrm = h.lrm
+        assert lrm is not None
+        views = {v["name"]: v for v in lrm.list()}
+        assert set(views) == {"d0", "d1", "d2", "d3", "slow"}
+        assert views["d0"]["last"]["start"]["rc"] == 0 and views["d2"]["last"]["stop"]["rc"] == 0
+        assert [r["interval"] for r in views["d1"]["recurring"]] == [10.0, 30.0]
+        assert views["d2"]["recurring"] == [] and views["d3"]["last"] == {}
+        await lrm.wait_idle()
+        probes = [(b["name"], r) for b, r in h.results if r.trigger == "restore"]
+        assert sorted(n for n, _ in probes) == ["d0", "d1", "d2", "d3", "slow"]  # one probe each
+        assert {n: r.rc for n, r in probes if n != "slow"} == {"d0": 0, "d1": 7, "d2": 7, "d3": 7}
+        assert all(r.action == "monitor" and r.interval == 0 for _, r in probes)
+        interrupted = [r for _, r in h.results if r.op_id == queued["id"]]
+        assert len(interrupted) == 1 and interrupted[0].status == "error"
+        assert "interrupted" in (interrupted[0].exit_reason or "")
+        # nothing started or stopped by the restart: only probes and the interruption record
+        assert {r.action for _, r in h.results} == {"monitor", "stop"} and \
+            [r for _, r in h.results if r.action == "stop"] == interrupted
+        assert (tmp_path / "d0.state").exists() and not (tmp_path / "d1.state").exists()
+        assert lrm.get("d1")["state"] == "stopped" and lrm.get("d0")["state"] == "running"
+        # the monitors resume an interval after the probe
+        h.clock.advance(10)
+        runs: list[Result] = await h.runs("d0", 2)
+        assert runs[-1].trigger == "recurring" and runs[-1].rc == 0
+        d1 = await h.runs("d1", 2)
+        assert d1[-1].trigger == "recurring" and d1[-1].rc == 7 and d1[-1].failed
+        assert not (tmp_path / "d1.state").exists()  # reported, not repaired: the LRM has no policy
+
+    run_lrm(tmp_path, scenario)
