@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, errors, reservations, routes, watch
+from tenure.api import agents, errors, reservations, resources, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
@@ -31,6 +31,10 @@ from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Unauthorized, Unavailable
 from tenure.domain.topology import Topology
+from tenure.drivers.spec import DriverRoots
+from tenure.lrm.clock import LoopClock, RealClock
+from tenure.lrm.executor import Lrm
+from tenure.lrm.store import LrmStore
 from tenure.services.runtime import Runtime, Settings
 from tenure.services.tokens import new_secret
 from tenure.services.writer import Clock, utcnow
@@ -61,6 +65,18 @@ EXAMPLE_TOPOLOGY: dict[str, Any] = {
 
 
 @dataclass
+class LrmConfig:
+    """The host agent's resource manager: where drivers may come from, and its limits."""
+
+    roots: DriverRoots = field(default_factory=DriverRoots)
+    rsctmp: Path = Path("/run/resource-agents")  # HA_RSCTMP: heartbeat agents keep their state files here
+    max_parallel: int = 32
+    default_timeout: float = 20.0
+    grace: float = 5.0
+    clock: LoopClock | None = None  # None: the event loop's clock
+
+
+@dataclass
 class ServerConfig:
     db_url: str
     data_dir: Path
@@ -71,6 +87,7 @@ class ServerConfig:
     bookmark_interval: float = BOOKMARK_INTERVAL
     watch_max_pending: int = MAX_PENDING
     watch_ring: int = RING_SIZE
+    lrm: LrmConfig | None = None  # set: this is a host agent (`tenure agent`) serving its resource manager
     before_ready: Callable[[], None] | None = None  # test hook, runs in the restore thread
     on_restore_failed: Callable[[BaseException], None] | None = None  # e.g. stop the server: nothing to serve
 
@@ -83,6 +100,7 @@ class ServerState:
     ready: threading.Event = field(default_factory=threading.Event)
     hub: Hub = field(default_factory=Hub)
     loop: asyncio.AbstractEventLoop | None = None
+    lrm: Lrm | None = None
 
     def require(self) -> Runtime:
         if self.runtime is None or not self.ready.is_set():
@@ -145,6 +163,8 @@ def _restore(state: ServerState) -> None:
             log.info("admin token written", extra={"path": str(token_path)})
         if cfg.example:
             ensure_examples(rt)
+        if cfg.lrm is not None:
+            asyncio.run_coroutine_threadsafe(_start_lrm(state, rt, cfg.lrm), state.loop).result()
         if cfg.before_ready is not None:
             cfg.before_ready()
         state.ready.set()
@@ -156,11 +176,22 @@ def _restore(state: ServerState) -> None:
             cfg.on_restore_failed(exc)
 
 
+async def _start_lrm(state: ServerState, rt: Runtime, cfg: LrmConfig) -> None:
+    """On the loop: the LRM restores (instances, schedules, last results) and queues one probe per instance."""
+    cfg.rsctmp.mkdir(parents=True, exist_ok=True, mode=0o755)
+    lrm = Lrm(store=LrmStore(rt), roots=cfg.roots, rsctmp=cfg.rsctmp, clock=cfg.clock or RealClock(),
+              max_parallel=cfg.max_parallel, default_timeout=cfg.default_timeout, grace=cfg.grace)
+    rt.history.listers["resource"] = lrm.store.list_instances_at
+    await lrm.restore()
+    state.lrm = lrm
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     hub = Hub(ring_size=config.watch_ring, max_pending=config.watch_max_pending,
               bookmark_interval=config.bookmark_interval, mode=config.watch_mode)
     state = ServerState(config, hub=hub)
-    metrics = Metrics(lambda: state.runtime if state.ready.is_set() else None, hub)
+    metrics = Metrics(lambda: state.runtime if state.ready.is_set() else None, hub,
+                      lrm=(lambda: state.lrm) if config.lrm is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -172,6 +203,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         finally:
             hub.close()
             await asyncio.to_thread(thread.join)
+            if state.lrm is not None:
+                await state.lrm.close()
             if state.runtime is not None:
                 state.runtime.close()
 
@@ -186,8 +219,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(watch.router)
-    app.include_router(agents.router)
-    app.include_router(reservations.router)
+    if config.lrm is None:
+        app.include_router(agents.router)
+        app.include_router(reservations.router)
+    else:  # a host agent: its own tokens, local IDs, events, and the resource manager
+        app.include_router(resources.router)
 
     @app.get("/healthz", tags=["system"])
     def healthz() -> Response:

@@ -16,12 +16,41 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 disable_created_metrics()  # the _created series double every counter for no use here
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _LrmCollector(Collector):
+    """The host agent's resource manager, read at scrape time."""
+
+    def __init__(self, lrm: Callable[[], Any]) -> None:
+        self._lrm = lrm
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        lrm = self._lrm()
+        if lrm is None:
+            return []
+        st = lrm.stats()
+        by_state = GaugeMetricFamily("tenure_lrm_resources", "Resource instances by state", labels=["state"])
+        for state, n in sorted(st["states"].items()):
+            by_state.add_metric([state], n)
+        out = [by_state]
+        for name, doc, value in (("tenure_lrm_in_flight", "Operations running now", st["in_flight"]),
+                                 ("tenure_lrm_queued", "Operations waiting in instance queues", st["queued"]),
+                                 ("tenure_lrm_recurring", "Recurring operations scheduled", st["recurring"])):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            out.append(g)
+        done = CounterMetricFamily("tenure_lrm_operations", "Operations finished by action and execution status",
+                                   labels=["action", "status"])
+        for (action, status), n in sorted(st["finished"].items()):
+            done.add_metric([action, status], n)
+        out.append(done)
+        return out
 
 
 class _StateCollector(Collector):
@@ -69,7 +98,7 @@ class _StateCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, runtime: Callable[[], Any], hub: Any = None) -> None:
+    def __init__(self, runtime: Callable[[], Any], hub: Any = None, lrm: Callable[[], Any] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("tenure_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
@@ -83,6 +112,8 @@ class Metrics:
             "Reservation creates by outcome (created, existing, insufficient_capacity, limit_exceeded, no_path, "
             "invalid)", ["outcome"], registry=self.registry)
         self.registry.register(_StateCollector(runtime, hub))
+        if lrm is not None:
+            self.registry.register(_LrmCollector(lrm))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import uvicorn
 from rich.console import Console
 
 from tenure import logs
-from tenure.api.app import Server, ServerConfig, create_app
-from tenure.services.runtime import Settings
+from tenure.api.app import LrmConfig, Server, ServerConfig, create_app
 from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
+from tenure.services.runtime import Settings
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -20,6 +21,43 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bind(listen: str) -> tuple[socket.socket, str]:
+    """Bind ``HOST:PORT`` (port 0 picks a free one) or ``unix:PATH`` (mode 0600); the socket and its URL."""
+    if listen.startswith("unix:"):
+        path = Path(listen[5:]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:  # nobody listens: a stale socket file from an earlier run
+            path.unlink(missing_ok=True)
+        else:
+            raise ValueError(f"something already listens on {path}")
+        finally:
+            probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # created 0600: only the owner may even try a token
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        return sock, f"unix:{path}"
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    return sock, f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound_port}"
+
+
+def _server_for(app: object) -> Server:
+    # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+                            proxy_headers=False)
+    return Server(config)
 
 
 def serve(
@@ -31,22 +69,18 @@ def serve(
     log_level: str,
     settings: Settings | None = None,
     watch_dispatch: str = "index",
+    lrm: LrmConfig | None = None,
 ) -> None:
+    """Serve until interrupted: the server, or with ``lrm`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
-    host, port = parse_listen(listen)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     db_url = db or default_db_url(data_dir)
-    # Bind first, so port 0 works and the printed URL is the real one.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound_port = sock.getsockname()[1]
-    url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound_port}"
+    sock, url = bind(listen)  # first, so port 0 works and the printed URL is the real one
     write_server_info(data_dir, url)
     console = Console(stderr=True)
-    console.print(f"[bold]Tenure[/] serving on [cyan]{url}[/] (store: {db_url})")
+    what = "agent" if lrm is not None else "serving"
+    console.print(f"[bold]Tenure[/] {what} on [cyan]{url}[/] (store: {db_url})")
     console.print(f"admin token: [cyan]{data_dir / ADMIN_TOKEN_FILE}[/] (written on first start, mode 0600)")
     failure: list[BaseException] = []
 
@@ -56,11 +90,8 @@ def serve(
 
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop,
-                                  settings=settings or Settings(), watch_mode=watch_dispatch))
-    # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-                            proxy_headers=False)
-    server = Server(config)
+                                  settings=settings or Settings(), watch_mode=watch_dispatch, lrm=lrm))
+    server = _server_for(app)
     server.run(sockets=[sock])
     if failure:
         console.print(f"[red]error:[/] could not restore the store: {failure[0]}")

@@ -1,0 +1,114 @@
+"""Routes of the host agent's local resource manager: /v1/resources and /v1/drivers. Thin.
+
+Served by ``tenure agent`` only. Every route needs an admin token of the agent
+(the LRM runs programs as root: nobody else may ask it to). Submitting an
+operation answers 202 with its id at once; the result arrives as an
+``operation`` event, in the instance's history, and from
+``GET .../operations/{id}?wait=S`` (a long poll of at most ``S`` seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field, StrictFloat, StrictInt, StrictStr
+
+from tenure.api.routes import Auth, StrictModel
+from tenure.domain.access import require_admin
+from tenure.domain.errors import Unavailable
+from tenure.lrm.executor import Lrm
+from tenure.lrm.model import MAX_PARAM_VALUE, MAX_PARAMS
+
+router = APIRouter(prefix="/v1")
+
+MAX_WAIT = 60.0  # seconds a long poll may hold a request (under the client's default timeout? see client)
+
+
+async def lrm(request: Request, who: Auth) -> Lrm:
+    require_admin(who, "using the local resource manager")
+    state = request.app.state.tenure
+    state.require()
+    if state.lrm is None:
+        raise Unavailable("this process has no local resource manager", code="no_lrm")
+    return state.lrm
+
+
+LRM = Annotated[Lrm, Depends(lrm)]
+Seconds = StrictFloat | StrictInt
+
+
+class ResourceCreate(StrictModel):
+    name: StrictStr = Field(max_length=128)
+    driver: StrictStr = Field(max_length=512)
+    params: dict[StrictStr, Annotated[StrictStr, Field(max_length=MAX_PARAM_VALUE)]] = Field(
+        default_factory=dict, max_length=MAX_PARAMS)
+    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict, max_length=64)
+
+
+class OperationCreate(StrictModel):
+    action: StrictStr = Field(max_length=64)
+    interval: Seconds = 0
+    timeout: Seconds | None = None
+    report: Literal["change", "always"] = "change"
+    expect: StrictInt = 0
+
+
+@router.post("/resources", status_code=201, tags=["resources"])
+async def add_resource(body: ResourceCreate, lrm: LRM) -> dict[str, Any]:
+    return await lrm.add(body.name, body.driver, params=body.params, labels=body.labels)
+
+
+@router.get("/resources", tags=["resources"])
+async def list_resources(lrm: LRM) -> dict[str, Any]:
+    return {"items": lrm.list()}
+
+
+@router.get("/resources/{ref}", tags=["resources"])
+async def get_resource(ref: str, lrm: LRM) -> dict[str, Any]:
+    return lrm.get(ref)
+
+
+@router.delete("/resources/{ref}", tags=["resources"])
+async def remove_resource(ref: str, lrm: LRM, force: bool = False) -> dict[str, Any]:
+    return await lrm.remove(ref, force=force)
+
+
+@router.post("/resources/{ref}/operations", status_code=202, tags=["resources"])
+async def submit(ref: str, body: OperationCreate, lrm: LRM) -> dict[str, Any]:
+    return await lrm.submit(ref, body.action, interval=body.interval, timeout=body.timeout, report=body.report,
+                            expect=body.expect)
+
+
+@router.get("/resources/{ref}/operations", tags=["resources"])
+async def list_operations(ref: str, lrm: LRM) -> dict[str, Any]:
+    return {"items": lrm.operations(ref)}
+
+
+@router.get("/resources/{ref}/operations/{op_id}", tags=["resources"])
+async def get_operation(ref: str, op_id: str, lrm: LRM,
+                        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0) -> dict[str, Any]:
+    return await lrm.operation(ref, op_id, wait=wait)
+
+
+@router.delete("/resources/{ref}/operations/{op_id}", tags=["resources"])
+async def cancel(ref: str, op_id: str, lrm: LRM) -> dict[str, Any]:
+    return await lrm.cancel(ref, op_id)
+
+
+@router.get("/resources/{ref}/history", tags=["resources"])
+async def history(ref: str, lrm: LRM, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+    return {"items": await lrm.history(ref, limit)}
+
+
+@router.get("/drivers", tags=["resources"])
+async def drivers(lrm: LRM) -> dict[str, Any]:
+    return {"items": await lrm.drivers()}
+
+
+@router.get("/drivers/{spec}/meta-data", tags=["resources"])
+async def meta_data(spec: str, lrm: LRM) -> dict[str, Any]:
+    meta = await lrm.meta_data(spec)
+    return {"driver": spec, "meta_data": meta.to_dict() if meta is not None else None}
+
+
