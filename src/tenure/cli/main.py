@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tenure.cli import agents, audit, claims, limits, pools, reservations, tokens, topology, watch
+from tenure.cli import agents, audit, claims, limits, pools, reservations, resources, tokens, topology, watch
 from tenure.cli.common import session
 from tenure.config import DEFAULT_LISTEN, Settings, default_data_dir
 
@@ -56,6 +56,7 @@ app.command("cancel")(reservations.cancel)
 app.command("paths")(reservations.paths)
 app.command("usage")(reservations.usage)
 app.add_typer(limits.app, name="limit")
+app.add_typer(resources.app, name="resource")
 
 
 @app.command()
@@ -87,6 +88,58 @@ def serve(
     settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
         watch_dispatch=watch_dispatch)
+
+
+@app.command()
+def agent(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option(help="The agent's local store, admin token and server.json; "
+                                                  "default: the server's data dir + /agent "
+                                                  "(~/.local/share/tenure/agent)",
+                                                  envvar="TENURE_AGENT_DIR")] = None,
+    listen: Annotated[str | None, typer.Option(help="unix:PATH or HOST:PORT; default: unix:DATA_DIR/agent.sock")]
+    = None,
+    ocf_root: Annotated[Path, typer.Option(help="OCF root (agents under resource.d/PROVIDER/TYPE)")]
+    = Path("/usr/lib/ocf"),
+    lsb_root: Annotated[Path, typer.Option(help="Where lsb:NAME init scripts live")] = Path("/etc/init.d"),
+    drivers_dir: Annotated[list[Path] | None, typer.Option("--drivers-dir", help="A directory of exec:NAME "
+                                                           "drivers (repeatable)")] = None,
+    python_package: Annotated[list[str] | None, typer.Option("--python-package", help="A package python: "
+                                                             "handlers may come from (repeatable)")] = None,
+    run_as: Annotated[list[str] | None, typer.Option("--run-as", help="DRIVER=USER or CLASS=USER: run that "
+                                                     "driver as USER (repeatable)")] = None,
+    rsctmp: Annotated[Path | None, typer.Option(help="HA_RSCTMP for OCF agents; default /run/resource-agents "
+                                                "as root, else DATA_DIR/rsctmp")] = None,
+    max_parallel: Annotated[int, typer.Option(min=1, help="Operations running at once, all instances")] = 32,
+    default_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds, when the agent's meta-data does "
+                                                   "not say")] = 20.0,
+    kill_grace: Annotated[float, typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL of a timed-out "
+                                              "operation's process group")] = 5.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the host agent: the local resource manager over HTTP (same tokens and watch as the server)."""
+    import os
+
+    from tenure.api.app import LrmConfig
+    from tenure.cli.serve import serve as run
+    from tenure.drivers.spec import DriverRoots
+
+    # Not the root --data-dir: that is the server's (TENURE_DATA_DIR), and an agent must never share its store.
+    data_dir = (data_dir or default_data_dir() / "agent").resolve()
+    users: dict[str, str] = {}
+    for entry in run_as or []:
+        spec, sep, user = entry.partition("=")
+        if not sep or not spec or not user:
+            raise typer.BadParameter(f"{entry!r} is not DRIVER=USER", param_hint="--run-as")
+        users[spec] = user
+    roots = DriverRoots(ocf_root=ocf_root, lsb_root=lsb_root, exec_dirs=tuple(p.resolve() for p in drivers_dir or ()),
+                        python_packages=tuple(python_package or ()) or DriverRoots().python_packages,
+                        run_as=users)
+    tmp = rsctmp or (Path("/run/resource-agents") if os.geteuid() == 0 else data_dir / "rsctmp")
+    lrm = LrmConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
+                    grace=kill_grace)
+    run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,
+        log_level=log_level, lrm=lrm)
 
 
 def main() -> None:

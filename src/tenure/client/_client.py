@@ -14,6 +14,11 @@ Every request is sent to an absolute URL built from ``base_url``, so an injected
 ``http`` client (e.g. FastAPI's ``TestClient``, which is an ``httpx.Client``)
 is used only as a transport; its own base URL and headers do not leak in.
 
+A host agent (``tenure agent``) listens on a Unix socket by default: a base URL
+``unix:/path/to/agent.sock`` sends every request over that socket (to an
+``http://localhost`` origin, which the server ignores), and errors still name the
+``unix:`` URL. Only this synchronous client speaks it; the async client is TCP only.
+
 Path segments are percent-encoded with nothing left safe: a key ``a/b`` must
 reach the server as one segment ``a%2Fb``, and ``?``, ``#`` and ``%`` must not
 start a query, a fragment or an escape. The keys ``.`` and ``..`` are dot
@@ -50,6 +55,11 @@ from tenure.client._watch import (
 #: The largest page the server hands out; :meth:`TenureClient.iter_claims` asks for it.
 MAX_PAGE = 1000
 
+#: A base URL of this form (``unix:/run/tenure/agent.sock``) talks HTTP over a Unix socket.
+UNIX_PREFIX = "unix:"
+#: The origin requests over a Unix socket are addressed to (the socket, not the host, says where they go).
+UNIX_ORIGIN = "http://localhost"
+
 ClaimItem = str | tuple[str, int | None]
 
 
@@ -57,6 +67,18 @@ def segment(text: str) -> str:
     """``text`` as one URL path segment: every reserved character escaped, dot segments included."""
     quoted = quote(text, safe="")
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def unix_socket(base_url: str) -> str | None:
+    """The socket path of a ``unix:PATH`` (or ``unix:///PATH``) base URL; None for any other URL."""
+    if not base_url.startswith(UNIX_PREFIX):
+        return None
+    path = base_url[len(UNIX_PREFIX):]
+    if path.startswith("//"):  # unix:///run/x.sock, the URL spelling
+        path = path[2:]
+    if not path:
+        raise TenureConfigError(f"invalid server URL {base_url!r}: no socket path after unix:")
+    return path
 
 
 def _api_error(response: httpx.Response) -> TenureAPIError:
@@ -75,7 +97,8 @@ def _transport_error(base_url: str, timeout: float | None, exc: Exception) -> Te
     if isinstance(exc, httpx.TimeoutException):
         return TenureConnectionError(base_url, f"no answer within {timeout:g}s" if timeout else "timed out")
     if isinstance(exc, httpx.ConnectError):
-        return TenureConnectionError(base_url, f"{str(exc) or 'connection failed'} (is `tenure serve` running there?)")
+        which = "tenure agent" if base_url.startswith(UNIX_PREFIX) else "tenure serve"
+        return TenureConnectionError(base_url, f"{str(exc) or 'connection failed'} (is `{which}` running there?)")
     if isinstance(exc, httpx.InvalidURL):
         return TenureConfigError(f"invalid server URL {base_url!r}: {exc}")
     return TenureConnectionError(base_url, str(exc) or type(exc).__name__)
@@ -138,8 +161,15 @@ class TenureClient(_ClientBase):
         http: httpx.Client | None = None,
     ) -> None:
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
-        ``httpx.Client`` and stays owned by the caller (it is not closed by :meth:`close`)."""
+        ``httpx.Client`` and stays owned by the caller (it is not closed by :meth:`close`).
+
+        ``base_url`` ``unix:PATH`` connects to the Unix socket ``PATH`` (unless ``transport`` or ``http``
+        replaces the network, which then gets the requests with an ``http://localhost`` origin)."""
         super().__init__(base_url, token, timeout, http, transport)
+        socket_path = unix_socket(self.base_url)
+        self._origin = self.base_url if socket_path is None else UNIX_ORIGIN  # where requests are addressed
+        if socket_path is not None and http is None and transport is None:
+            transport = httpx.HTTPTransport(uds=socket_path)
         self._http = http if http is not None else httpx.Client(timeout=timeout, transport=transport)
 
     # ---------------------------------------------------------------- plumbing
@@ -158,21 +188,27 @@ class TenureClient(_ClientBase):
 
     def _send(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-        content: str | bytes | None = None, content_type: str | None = None,
+        content: str | bytes | None = None, content_type: str | None = None, read_timeout: float | None = None,
     ) -> httpx.Response:
-        """One request; ``content`` (with its ``content_type``) is a raw body sent instead of ``json``."""
-        url = self.base_url + path
+        """One request; ``content`` (with its ``content_type``) is a raw body sent instead of ``json``;
+        ``read_timeout`` replaces the client's timeout for reading the answer (a long poll)."""
+        url = self._origin + path
         headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
+        extra: dict[str, Any] = {}
+        if read_timeout is not None:
+            extra["timeout"] = httpx.Timeout(self.timeout, read=read_timeout)
         try:
-            return self._http.request(method, url, headers=headers, json=json, params=params, content=content)
+            return self._http.request(method, url, headers=headers, json=json, params=params, content=content,
+                                      **extra)
         except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise _transport_error(self.base_url, self.timeout, exc) from None
+            raise _transport_error(self.base_url, read_timeout or self.timeout, exc) from None
 
     def _call(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-        content: str | bytes | None = None, content_type: str | None = None,
+        content: str | bytes | None = None, content_type: str | None = None, read_timeout: float | None = None,
     ) -> Any:
-        response = self._send(method, path, json=json, params=params, content=content, content_type=content_type)
+        response = self._send(method, path, json=json, params=params, content=content, content_type=content_type,
+                              read_timeout=read_timeout)
         if response.is_error:
             raise _api_error(response)
         return self._decode(response)
@@ -443,14 +479,14 @@ class TenureClient(_ClientBase):
         return Watch(session, self._watch(session, read_timeout, sleep))
 
     def _watch(self, session: WatchSession, read_timeout: float, sleep: Callable[[float], object]) -> Iterator[Any]:
-        url = self.base_url + "/v1/watch"
+        url = self._origin + "/v1/watch"
         headers = {**self._headers, "Accept": "text/event-stream"}
         timeout = httpx.Timeout(self.timeout, read=read_timeout)
         while True:
             error: TenureClientError | None = None
             try:
                 if session.needs_start and not session.on_start(self._http.get(
-                        self.base_url + "/healthz", headers=self._headers, timeout=self.timeout)):
+                        self._origin + "/healthz", headers=self._headers, timeout=self.timeout)):
                     sleep(session.connection_lost())
                     continue
                 with self._http.stream("GET", url, params=session.params(), headers=headers, timeout=timeout) as r:
@@ -503,3 +539,77 @@ class TenureClient(_ClientBase):
     def remove_agent(self, host: str) -> dict[str, Any]:
         """Forget the agent of ``host`` (admin); it may register again."""
         return self._call("DELETE", f"/v1/agents/{segment(host)}")
+
+    # --------------------------------------------------------------- resources
+    # The host agent's local resource manager (``tenure agent``; admin tokens of the agent only).
+
+    def add_resource(
+        self,
+        name: str,
+        driver: str,
+        params: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register an instance of ``driver`` (``ocf:heartbeat:Dummy``, ``lsb:ssh``, ...); nothing is run."""
+        body = {"name": name, "driver": driver, "params": dict(params or {}), "labels": dict(labels or {})}
+        return self._call("POST", "/v1/resources", json=body)
+
+    def resources(self) -> dict[str, Any]:
+        """``{"items": [...]}``: every instance with its state, running, queued and recurring operations."""
+        return self._call("GET", "/v1/resources")
+
+    def resource(self, ref: str) -> dict[str, Any]:
+        """One instance, by id or name."""
+        return self._call("GET", f"/v1/resources/{segment(ref)}")
+
+    def remove_resource(self, ref: str, force: bool = False) -> dict[str, Any]:
+        """Forget an instance; refused (``resource_running``) while it runs, unless ``force``."""
+        params = {"force": "true"} if force else None
+        return self._call("DELETE", f"/v1/resources/{segment(ref)}", params=params)
+
+    def submit(
+        self,
+        ref: str,
+        action: str,
+        interval: float = 0,
+        timeout: float | None = None,
+        report: str = "change",
+        expect: int = 0,
+    ) -> dict[str, Any]:
+        """Queue ``action`` (``interval`` seconds > 0: recurring) and answer the operation at once (202).
+
+        A recurring one that duplicates an existing one (same action and interval) answers that one with
+        ``merged``: True. The result comes later: :meth:`operation` with ``wait``, the history, the watch.
+        """
+        body: dict[str, Any] = {"action": action, "interval": interval, "report": report, "expect": expect}
+        if timeout is not None:
+            body["timeout"] = timeout
+        return self._call("POST", f"/v1/resources/{segment(ref)}/operations", json=body)
+
+    def operations(self, ref: str) -> dict[str, Any]:
+        """``{"items": [...]}``: running, queued, recurring and recently finished operations of ``ref``."""
+        return self._call("GET", f"/v1/resources/{segment(ref)}/operations")
+
+    def operation(self, ref: str, op_id: str, wait: float = 0) -> dict[str, Any]:
+        """One operation; with ``wait`` (at most 60 s), the answer comes once it has a result or after
+        ``wait`` seconds (a long poll: the read timeout is ``wait`` plus the client's timeout)."""
+        path = f"/v1/resources/{segment(ref)}/operations/{segment(op_id)}"
+        if not wait:
+            return self._call("GET", path)
+        return self._call("GET", path, params={"wait": wait}, read_timeout=wait + self.timeout)
+
+    def cancel_operation(self, ref: str, op_id: str) -> dict[str, Any]:
+        """Cancel a queued operation, or unschedule a recurring one (a running one cannot be cancelled)."""
+        return self._call("DELETE", f"/v1/resources/{segment(ref)}/operations/{segment(op_id)}")
+
+    def resource_history(self, ref: str, limit: int = 50) -> dict[str, Any]:
+        """``{"items": [...]}``: the newest ``limit`` recorded operations of ``ref``, newest first."""
+        return self._call("GET", f"/v1/resources/{segment(ref)}/history", params={"limit": limit})
+
+    def drivers(self) -> dict[str, Any]:
+        """``{"items": [{"driver", "class", ...}]}``: the drivers installed under the agent's roots."""
+        return self._call("GET", "/v1/drivers")
+
+    def driver_meta_data(self, spec: str) -> dict[str, Any]:
+        """``{"driver": spec, "meta_data": {...} or None}``: what the driver declares (parameters, actions)."""
+        return self._call("GET", f"/v1/drivers/{segment(spec)}/meta-data")
