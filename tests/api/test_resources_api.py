@@ -52,7 +52,8 @@ def test_lifecycle_over_http(agent: Any, tmp_path: Path) -> None:
     error(c.delete("/v1/resources/db", headers=h(agent)), 409, "resource_running")
     stop = c.post("/v1/resources/db/operations", json={"action": "stop"}, headers=h(agent)).json()
     c.get(f"/v1/resources/db/operations/{stop['id']}", params={"wait": 30}, headers=h(agent))
-    assert c.delete("/v1/resources/db", headers=h(agent)).json()["deleted"] is True
+    gone = c.delete("/v1/resources/db", headers=h(agent))
+    assert gone.status_code == 200 and gone.json()["deleted"] is True, gone.text
     error(c.get("/v1/resources/db", headers=h(agent)), 404, "resource_not_found")
     drivers = c.get("/v1/drivers", headers=h(agent)).json()["items"]
     assert {"driver": DUMMY, "class": "ocf"} in drivers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 from tenure.lrm.model import Result
 from tests.lrm.conftest import DUMMY, Harness, run_lrm
@@ -99,3 +100,30 @@ def test_restart_in_the_middle(tmp_path: Path) -> None:
         assert not (tmp_path / "d1.state").exists()  # reported, not repaired: the LRM has no policy
 
     run_lrm(tmp_path, scenario)
+
+
+def test_every_run_recorded_across_restarts(tmp_path: Path, caplog: Any) -> None:
+    """Runs of a recurring operation each get their own history row, before and after a restart."""
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("a", DUMMY, params={"state": str(tmp_path / "a.state")})
+        await h.do("a", "start")
+        await h.lrm.submit("a", "monitor", interval=5, report="always")
+        await h.runs("a", 1)
+        h.clock.advance(5)
+        await h.runs("a", 2)
+        await h.restart()
+        assert h.lrm is not None
+        await h.lrm.wait_idle()  # the probe
+        for n in (2, 3):
+            h.clock.advance(5)
+            await h.runs("a", n)
+        await h.lrm.wait_idle()
+        history = await h.lrm.history("a")
+        assert [(e["action"], e["interval"]) for e in reversed(history)] == [
+            ("start", 0.0), ("monitor", 5.0), ("monitor", 5.0), ("monitor", 0.0), ("monitor", 5.0), ("monitor", 5.0)]
+        assert len({(e["id"], e["result"]["finished_at"]) for e in history}) == 6
+
+    run_lrm(tmp_path, scenario)
+    assert "result not recorded" not in caplog.text

@@ -322,14 +322,15 @@ class Lrm:
     async def remove(self, ref: str, *, force: bool = False) -> dict[str, Any]:
         """Forget an instance. It must be stopped (or ``force``); queued operations end cancelled.
 
-        With ``force`` and an operation still running, the answer comes at once: the instance is gone from
-        every read, and its rows are deleted when that operation ends (within its timeout).
+        A client's operation still running refuses the removal unless ``force``; a monitor run or a probe
+        does not. Either way the answer comes at once: the instance is gone from every read, and its rows
+        are deleted when that operation ends (within its timeout).
         """
         inst = self._get(ref)
         if inst.state in RUNNING_STATES and not force:
             raise Conflict(f"resource {inst.name!r} is {inst.state}; stop it first, or remove with force",
                            code="resource_running", resource=inst.name, state=inst.state)
-        if inst.running is not None and not force:
+        if inst.running is not None and inst.running.trigger == "client" and not force:
             op = inst.running
             raise Conflict(f"resource {inst.name!r} has {op.action} running (it ends within {op.timeout:g} s); "
                            "retry then, or remove with force", code="operation_running",
@@ -587,6 +588,8 @@ class Lrm:
         self.finished[(op.action, result.status)] = self.finished.get((op.action, result.status), 0) + 1
         if op.rec is None:
             inst.recent.append(op)
+        if inst.running is op:  # before anyone hears of the result: the instance is free for what comes next
+            inst.running = None
         if silent:
             op.done.set()
             return

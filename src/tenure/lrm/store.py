@@ -28,6 +28,7 @@ from tenure.services.writer import Batch, Op
 from tenure.store import schema
 
 HISTORY_PER_INSTANCE = 200  # results kept per instance (oldest dropped first)
+STORED_OUTPUT = 4096  # characters of stdout and stderr kept per result in the history (64 KiB in memory)
 
 _I, _H, _L, _R = schema.lrm_instances, schema.lrm_history, schema.lrm_results, schema.lrm_recurring
 UPDATE_INSTANCE = update(_I).where(_I.c.id == bindparam("b_id")).values(body=bindparam("b_body"),
@@ -162,16 +163,17 @@ class LrmStore:
                      key: str, state_changed: bool, monitor_failed: bool, existing_row: bool) -> int:
         """One result: last result of ``key``, a history entry, and its events, in one transaction."""
         iid = instance["id"]
-        run_id = op["id"] if result.run <= 1 and not result.interval else f"{op['id']}.{result.run}"
         labels = dict(instance["labels"])
-        res = result.to_dict()
+        full = result.to_dict()
+        res = {**full, "stdout": full["stdout"][:STORED_OUTPUT], "stderr": full["stderr"][:STORED_OUTPUT]}
+        stored = {**op, "result": res}
 
         def apply(batch: Batch) -> int:
             rev = batch.emit("operation", iid, "updated", labels, op)
             if existing_row:
-                batch.write(UPDATE_HISTORY, {"b_run": run_id, "b_body": _dumps(op), "b_revision": rev})
-            else:
-                self._append(batch, iid, run_id, op, rev)
+                batch.write(UPDATE_HISTORY, {"b_run": op["id"], "b_body": _dumps(stored), "b_revision": rev})
+            else:  # a recurring run or a probe: its own row, named uniquely by its event's revision
+                self._append(batch, iid, f"{op['id']}.{rev}", stored, rev)
             batch.write(DELETE_LAST, {"b_id": iid, "b_key": key})
             batch.write(insert(_L), {"instance_id": iid, "op_key": key, "body": _dumps(res)})
             if state_changed:
