@@ -151,3 +151,27 @@ def test_duplicate_name_and_unknown_refs(agent: Any, tmp_path: Path) -> None:
     error(c.get("/v1/drivers/ocf:heartbeat:NoSuch/meta-data", headers=h(agent)), 404, "driver_not_found")
     r = c.get("/v1/resources/dup/operations/x", params={"wait": -1}, headers=h(agent))
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("raw,code", [
+    ('{"action": "monitor", "interval": 1e400}', "invalid_interval"),
+    ('{"action": "monitor", "timeout": -1e400}', "invalid_timeout"),
+    ('{"action": "monitor", "interval": ' + "9" * 400 + "}", "invalid_interval"),
+    ('{"action": "monitor", "timeout": ' + "9" * 400 + "}", "invalid_timeout"),
+])
+def test_numbers_out_of_range_are_4xx(agent: Any, tmp_path: Path, raw: str, code: str) -> None:
+    c = agent.client
+    c.post("/v1/resources", json={"name": "big", "driver": DUMMY, "params": {"state": str(tmp_path / "b.s")}},
+           headers=h(agent))
+    r = c.post("/v1/resources/big/operations", content=raw,
+               headers={**h(agent), "Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]["code"] in (code, "invalid_request"), r.text
+
+
+def test_lone_surrogates_are_4xx(agent: Any) -> None:
+    for raw in ('{"name": "s", "driver": "ocf:heartbeat:Dummy", "labels": {"k": "\\ud800"}}',
+                '{"name": "s", "driver": "ocf:heartbeat:Dummy", "params": {"state": "\\udfff"}}'):
+        r = agent.client.post("/v1/resources", content=raw, headers={**h(agent), "Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500, r.text
+    assert agent.client.get("/v1/resources", headers=h(agent)).json()["items"] == []

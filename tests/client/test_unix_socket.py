@@ -183,3 +183,13 @@ def test_the_agent_over_its_unix_socket(agent: Agent, tmp_path: Path) -> None:
     with TenureClient(agent.url, agent.token) as c, pytest.raises(TenureConnectionError) as gone:
         c.health()
     assert agent.url in gone.value.message
+
+
+def test_bind_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    from tenure.cli.serve import bind
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    with pytest.raises(ValueError):
+        bind(f"unix:{precious}")
+    assert precious.read_text() == "keep me"

@@ -84,7 +84,7 @@ def test_restart_in_the_middle(tmp_path: Path) -> None:
         assert {n: r.rc for n, r in probes if n != "slow"} == {"d0": 0, "d1": 7, "d2": 7, "d3": 7}
         assert all(r.action == "monitor" and r.interval == 0 for _, r in probes)
         interrupted = [r for _, r in h.results if r.op_id == queued["id"]]
-        assert len(interrupted) == 1 and interrupted[0].status == "error"
+        assert len(interrupted) == 1 and interrupted[0].status == "cancelled" and not interrupted[0].failed
         assert "interrupted" in (interrupted[0].exit_reason or "")
         # nothing started or stopped by the restart: only probes and the interruption record
         assert {r.action for _, r in h.results} == {"monitor", "stop"} and \

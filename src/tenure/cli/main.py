@@ -122,7 +122,8 @@ def agent(
 
     from tenure.api.app import LrmConfig
     from tenure.cli.serve import serve as run
-    from tenure.drivers.spec import DriverRoots
+    from tenure.domain.errors import TenureError
+    from tenure.drivers.spec import DriverRoots, parse_spec
 
     # Not the root --data-dir: that is the server's (TENURE_DATA_DIR), and an agent must never share its store.
     data_dir = (data_dir or default_data_dir() / "agent").resolve()
@@ -131,6 +132,15 @@ def agent(
         spec, sep, user = entry.partition("=")
         if not sep or not spec or not user:
             raise typer.BadParameter(f"{entry!r} is not DRIVER=USER", param_hint="--run-as")
+        cls = spec if ":" not in spec else spec.split(":", 1)[0]
+        if cls not in ("ocf", "lsb", "exec"):  # python handlers run inside the agent: no user to switch to
+            raise typer.BadParameter(f"{spec!r}: run-as applies to ocf, lsb and exec drivers (a class, or a "
+                                     "driver like exec:NAME)", param_hint="--run-as")
+        if ":" in spec:
+            try:
+                parse_spec(spec)
+            except TenureError as exc:
+                raise typer.BadParameter(exc.message, param_hint="--run-as") from None
         users[spec] = user
     roots = DriverRoots(ocf_root=ocf_root, lsb_root=lsb_root, exec_dirs=tuple(p.resolve() for p in drivers_dir or ()),
                         python_packages=tuple(python_package or ()) or DriverRoots().python_packages,

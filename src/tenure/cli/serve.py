@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 import uvicorn
@@ -28,15 +29,22 @@ def bind(listen: str) -> tuple[socket.socket, str]:
     if listen.startswith("unix:"):
         path = Path(listen[5:]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(path))
-        except OSError:  # nobody listens: a stale socket file from an earlier run
-            path.unlink(missing_ok=True)
-        else:
-            raise ValueError(f"something already listens on {path}")
-        finally:
-            probe.close()
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            if not stat.S_ISSOCK(mode):
+                raise ValueError(f"{path} exists and is not a socket: not replacing it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:  # nobody listens: a stale socket from an earlier run
+                path.unlink(missing_ok=True)
+            else:
+                raise ValueError(f"something already listens on {path}")
+            finally:
+                probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # created 0600: only the owner may even try a token
         try:

@@ -101,6 +101,7 @@ class ProcessDriver(Driver):
         super().__init__(spec)
         self.roots = roots
         self.rsctmp = rsctmp
+        self._rsctmp_made = False
 
     # --- what each class defines ---
 
@@ -129,7 +130,9 @@ class ProcessDriver(Driver):
         return path is not None and _is_executable_file(path)
 
     def _ensure_rsctmp(self) -> None:
-        self.rsctmp.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self._rsctmp_made:  # once per driver: this runs before every operation
+            self.rsctmp.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self._rsctmp_made = True
 
     async def _spawn(self, path: Path, command: str, env: Mapping[str, str], *, timeout: float, grace: float,
                      clock: LoopClock, output_cap: int = 64 * 1024,
@@ -196,8 +199,12 @@ class OcfDriver(ProcessDriver):
     """An OCF 1.1 resource agent under ``<ocf_root>/resource.d/<provider>/<type>``."""
 
     def path(self) -> Path:
-        assert self.spec.provider is not None
-        return inside(self.roots.ocf_root, "resource.d", self.spec.provider, self.spec.name)
+        if self._path is None:  # a pure function of the spec and the root: computed once
+            assert self.spec.provider is not None
+            self._path = inside(self.roots.ocf_root, "resource.d", self.spec.provider, self.spec.name)
+        return self._path
+
+    _path: Path | None = None
 
     def env(self, req: RunRequest, action: str) -> dict[str, str]:
         self._ensure_rsctmp()

@@ -36,13 +36,13 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError
+from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError, Unavailable
 from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, make_driver
 from tenure.drivers.ocf import MetaData
 from tenure.drivers.spec import DriverRoots
@@ -57,6 +57,7 @@ from tenure.lrm.model import (
     Result,
     check_labels,
     check_name,
+    check_params,
     check_seconds,
     iso,
     next_state,
@@ -69,6 +70,7 @@ log = logging.getLogger("tenure.lrm")
 DEFAULT_TIMEOUT = 20.0  # seconds, when neither the request nor the agent's meta-data says
 META_TIMEOUT = 5.0
 RECENT_OPS = 32  # finished one-shot operations kept in memory per instance (older ones: the history)
+MAX_QUEUE = 1000  # operations waiting on one instance
 RUNNING_STATES = frozenset({"running", "promoted", "degraded", "failed"})
 
 
@@ -130,6 +132,20 @@ class _Inst:
                 "state_at": iso(self.state_at)}
 
 
+async def _nothing() -> None:
+    return None
+
+
+class _Done:
+    """An awaitable that is already over (for a result with nothing to write)."""
+
+    def __await__(self) -> Any:
+        return _nothing().__await__()
+
+
+_DONE = _Done()
+
+
 class _Unavailable(Driver):
     """Stands in for a driver that can no longer be made (its root was removed from the configuration)."""
 
@@ -155,7 +171,8 @@ class _Unavailable(Driver):
 
 class Lrm:
     def __init__(self, *, store: LrmStore, roots: DriverRoots, rsctmp: Path, clock: LoopClock,
-                 max_parallel: int = 32, default_timeout: float = DEFAULT_TIMEOUT, grace: float = 5.0) -> None:
+                 max_parallel: int = 32, default_timeout: float = DEFAULT_TIMEOUT, grace: float = 5.0,
+                 close_wait: float = 30.0) -> None:
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
         self.store = store
@@ -164,6 +181,7 @@ class Lrm:
         self.clock = clock
         self.default_timeout = default_timeout
         self.grace = grace
+        self.close_wait = close_wait
         self.max_parallel = max_parallel
         self._slots = asyncio.Semaphore(max_parallel)
         self._by_id: dict[str, _Inst] = {}
@@ -173,6 +191,7 @@ class Lrm:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task[None]] = set()
+        self._busy = 0  # instances with a worker task (so "idle?" costs nothing per operation)
         self.in_flight = 0  # operations running now, all instances
         self.finished: dict[tuple[str, str], int] = {}  # (action, status) -> operations finished (a counter)
         self.jitter: deque[float] = deque(maxlen=100_000)  # recurring runs: start minus due, seconds
@@ -296,19 +315,18 @@ class Lrm:
         self._open()
         check_name(name)
         labels = check_labels(labels or {})
-        params = dict(params or {})
+        params = check_params(params or {})
         drv = make_driver(driver, self.roots, rsctmp=self.rsctmp)
-        if name in self._by_name:
-            raise Conflict(f"a resource named {name!r} exists", code="name_taken", name=name)
+        self._name_free(name)
         if not drv.installed():
             raise InvalidInput(f"driver {drv.spec.text!r} is not installed under the configured roots",
                                code="driver_not_found", driver=drv.spec.text)
         meta = await self._fetch_meta(drv)
         drv.validate_params(meta, params)
-        if name in self._by_name:  # taken while the meta-data ran
-            raise Conflict(f"a resource named {name!r} exists", code="name_taken", name=name)
+        self._name_free(name)  # (it may have been taken while the meta-data ran)
+        self._open()  # (the agent may have begun to shut down while the meta-data ran)
         inst = _Inst(id=str(uuid.uuid4()), name=name, driver_spec=drv.spec.text, driver=drv, params=params,
-                     labels=labels, created_at=self.clock.wall())
+                     labels=labels, created_at=self.clock.wall(), removing=True)  # hidden until committed
         self._by_id[inst.id] = inst
         self._by_name[name] = inst
         try:
@@ -316,8 +334,15 @@ class Lrm:
         except BaseException:
             del self._by_id[inst.id], self._by_name[name]
             raise
+        inst.removing = False
         log.info("resource added", extra={"resource": name, "id": inst.id, "driver": inst.driver_spec})
         return self.view(inst)
+
+    def _name_free(self, name: str) -> None:
+        holder = self._by_name.get(name)
+        if holder is not None:
+            why = " (it is being removed: its last operation is still running)" if holder.removing else ""
+            raise Conflict(f"a resource named {name!r} exists{why}", code="name_taken", name=name)
 
     async def remove(self, ref: str, *, force: bool = False) -> dict[str, Any]:
         """Forget an instance. It must be stopped (or ``force``); queued operations end cancelled.
@@ -335,23 +360,24 @@ class Lrm:
             raise Conflict(f"resource {inst.name!r} has {op.action} running (it ends within {op.timeout:g} s); "
                            "retry then, or remove with force", code="operation_running",
                            resource=inst.name, operation=op.id)
+        # In memory first, with no await in between: from here no submit reaches it and nothing more runs.
         inst.removing = True
-        try:
-            await self._cancel_recurring(inst, list(inst.recurring.values()))
-            for op in list(inst.queue):
-                if op.rec is None:
-                    await self._cancel_queued(inst, op)
-            inst.queue.clear()
-        except BaseException:
-            inst.removing = False
-            raise
+        writes = [w for w in (self._unschedule(inst, list(inst.recurring.values())),) if w is not None]
+        queued = [op for op in inst.queue if op.rec is None]
+        inst.queue.clear()
+        writes += [self._settle(inst, op, self._cancelled_result(op, "cancelled: the resource was removed"))
+                   for op in queued]
         running = inst.running
         if running is None:
-            await self._forget(inst)
+            writes.append(self._forget(inst))
         else:
             task = asyncio.get_running_loop().create_task(self._forget_after(inst, running))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        for w in writes:
+            await w
+        log.info("resource removed", extra={"resource": inst.name, "id": inst.id,
+                                            "pending": running.action if running else None})
         return {**inst.body(), "deleted": True, "pending_operation": running.id if running is not None else None}
 
     async def _forget_after(self, inst: _Inst, running: _Op) -> None:
@@ -360,17 +386,12 @@ class Lrm:
             await self._forget(inst)
         except TenureError as exc:
             log.error("resource not removed", extra={"resource": inst.name, "error": exc.message})
-            inst.removing = False
 
-    async def _forget(self, inst: _Inst) -> None:
-        try:
-            await self.store.remove_instance(inst.body())
-        except BaseException:
-            inst.removing = False
-            raise
-        del self._by_id[inst.id]
+    def _forget(self, inst: _Inst) -> Awaitable[Any]:
+        """Drop the instance from memory and queue the deletion of its rows (with its event)."""
+        self._by_id.pop(inst.id, None)
         self._by_name.pop(inst.name, None)
-        log.info("resource removed", extra={"resource": inst.name, "id": inst.id})
+        return self.store.remove_instance(inst.body())
 
     # ------------------------------------------------------------- operations
 
@@ -407,19 +428,22 @@ class Lrm:
         timeout = timeout or self._timeout_for(inst, action, interval)
         if interval:
             return await self._add_recurring(inst, action, interval, timeout, report, expect)
-        if action == "stop":
-            await self._cancel_recurring(inst, list(inst.recurring.values()))
+        if len(inst.queue) >= MAX_QUEUE:
+            raise Conflict(f"resource {inst.name!r} has {len(inst.queue)} operations queued; wait for some to end",
+                           code="queue_full", resource=inst.name)
+        # Everything below happens before the first await, so the queue order is the order of submission
+        # and the writer sees "accepted" before the worker can record the result.
+        unscheduled = self._unschedule(inst, list(inst.recurring.values())) if action == "stop" else None
         op = _Op(id=str(uuid.uuid4()), action=action, interval=0.0, timeout=timeout, report=report, expect=expect,
                  trigger="client", submitted=self.clock.now(), submitted_wall=self.clock.wall(), has_row=True)
-        self._enqueue(inst, op)  # first: the queue order is the order of submission
-        try:
-            await self.store.accepted(inst.body(), self._op_view(inst, op))
-        except BaseException:
-            if op in inst.queue:
-                inst.queue.remove(op)
-            raise
+        view = self._op_view(inst, op)
+        accepted = self.store.accepted(inst.body(), view)
+        self._enqueue(inst, op)
+        if unscheduled is not None:
+            await unscheduled
+        await accepted
         log.debug("operation queued", extra={"resource": inst.name, "action": action, "op": op.id})
-        return self._op_view(inst, op)
+        return view
 
     async def _add_recurring(self, inst: _Inst, action: str, interval: float, timeout: float, report: str,
                              expect: int) -> dict[str, Any]:
@@ -429,13 +453,9 @@ class Lrm:
         rec = _Rec(Recurring(op_id=str(uuid.uuid4()), action=action, interval=interval, timeout=timeout,
                              report=report, expect=expect, created_at=self.clock.wall()))
         inst.recurring[key] = rec
-        try:
-            await self.store.add_recurring(inst.body(), rec.spec, self._rec_view(inst, rec))
-        except BaseException:
-            inst.recurring.pop(key, None)
-            raise
-        if not rec.cancelled:
-            self._queue_run(inst, rec, due=self.clock.now())  # the first run at once
+        added = self.store.add_recurring(inst.body(), rec.spec, self._rec_view(inst, rec))
+        self._queue_run(inst, rec, due=self.clock.now())  # the first run at once (queued after the write)
+        await added
         log.info("recurring operation added", extra={"resource": inst.name, "action": action,
                                                      "interval": interval, "op": rec.spec.op_id})
         return {**self._rec_view(inst, rec), "merged": False}
@@ -461,17 +481,24 @@ class Lrm:
         if op not in inst.queue:
             return
         inst.queue.remove(op)
-        now = self.clock.wall()
-        result = Result(op_id=op.id, run=op.run, action=op.action, interval=op.interval, rc=None, status="cancelled",
-                        exit_reason="cancelled before it ran", queued_at=op.submitted_wall, started_at=None,
-                        finished_at=now, queue_ms=round((self.clock.now() - op.submitted) * 1000), run_ms=0,
-                        expect=op.expect, trigger=op.trigger)
-        await self._finish(inst, op, result)
+        await self._settle(inst, op, self._cancelled_result(op, "cancelled before it ran"))
+
+    def _cancelled_result(self, op: _Op, reason: str) -> Result:
+        return Result(op_id=op.id, run=op.run, action=op.action, interval=op.interval, rc=None, status="cancelled",
+                      exit_reason=reason, queued_at=op.submitted_wall, started_at=None, finished_at=self.clock.wall(),
+                      queue_ms=round((self.clock.now() - op.submitted) * 1000), run_ms=0, expect=op.expect,
+                      trigger=op.trigger)
 
     async def _cancel_recurring(self, inst: _Inst, recs: list[_Rec]) -> None:
+        write = self._unschedule(inst, recs)
+        if write is not None:
+            await write
+
+    def _unschedule(self, inst: _Inst, recs: list[_Rec]) -> Awaitable[None] | None:
+        """Cancel recurring operations in memory now (timers, queued runs); their rows and events are queued."""
         live = [r for r in recs if not r.cancelled]
         if not live:
-            return
+            return None
         for rec in live:
             rec.cancelled = True
             if rec.timer is not None:
@@ -481,22 +508,25 @@ class Lrm:
                 inst.queue.remove(rec.queued)
                 rec.queued = None
             inst.recurring.pop((rec.spec.action, round(rec.spec.interval * 1000)), None)
-        await self.store.cancel_recurring(inst.body(), [self._rec_view(inst, r) for r in live])
-        for rec in live:
             log.info("recurring operation cancelled", extra={"resource": inst.name, "action": rec.spec.action,
                                                              "interval": rec.spec.interval, "op": rec.spec.op_id})
+        return self.store.cancel_recurring(inst.body(), [self._rec_view(inst, r) for r in live])
 
     # --------------------------------------------------------------- running
 
     def _open(self) -> None:
         if self._closing:
-            raise TenureError("the agent is shutting down", code="shutting_down")
+            raise Unavailable("the agent is shutting down", code="shutting_down")
 
     def _enqueue(self, inst: _Inst, op: _Op) -> None:
         inst.queue.append(op)
         self._idle.clear()
         if inst.worker is None:
-            inst.worker = asyncio.get_running_loop().create_task(self._work(inst), name=f"lrm:{inst.name}")
+            self._start_worker(inst)
+
+    def _start_worker(self, inst: _Inst) -> None:
+        self._busy += 1
+        inst.worker = asyncio.get_running_loop().create_task(self._work(inst), name=f"lrm:{inst.name}")
 
     def _queue_run(self, inst: _Inst, rec: _Rec, *, due: float) -> None:
         rec.timer = None
@@ -526,9 +556,10 @@ class Lrm:
                     await self._run_one(inst, op)
         finally:
             inst.worker = None
+            self._busy -= 1
             if inst.queue and not self._closing:  # queued after the loop's last look
-                inst.worker = asyncio.get_running_loop().create_task(self._work(inst), name=f"lrm:{inst.name}")
-            elif self.idle():
+                self._start_worker(inst)
+            elif self._busy == 0:
                 self._idle.set()
 
     async def _run_one(self, inst: _Inst, op: _Op) -> None:
@@ -559,7 +590,7 @@ class Lrm:
                         stdout=outcome.stdout, stderr=outcome.stderr, expect=op.expect, trigger=op.trigger,
                         pid=outcome.pid)
         try:
-            await self._finish(inst, op, result)
+            await self._settle(inst, op, result)
         finally:
             inst.running = None
             rec = op.rec
@@ -567,14 +598,14 @@ class Lrm:
                 rec.queued = None
                 if not rec.held:
                     self._schedule(inst, rec, finished)
-            if op.trigger == "restore":  # the probe is in: resume the schedules, interval from now
-                for r in inst.recurring.values():
-                    if r.held:
-                        r.held = False
-                        self._schedule(inst, r, finished)
 
-    async def _finish(self, inst: _Inst, op: _Op, result: Result) -> None:
-        """Record a result: in memory always; in the store and as events when it says something."""
+    def _settle(self, inst: _Inst, op: _Op, result: Result) -> Awaitable[None]:
+        """A result, in memory at once (state, last result, the schedules a probe held); the store write queued.
+
+        The returned awaitable ends once the result is recorded (or failed to be, which is logged); only then
+        is the operation ``done`` for those waiting on it. Nothing here awaits, so callers can fix the order of
+        several writes before they yield.
+        """
         rec = op.rec
         silent = rec is not None and rec.cancelled  # a run that finished after its cancel
         key = op_key(op.action, op.interval)
@@ -590,9 +621,14 @@ class Lrm:
             inst.recent.append(op)
         if inst.running is op:  # before anyone hears of the result: the instance is free for what comes next
             inst.running = None
+        if op.trigger == "restore":  # the probe is in (or was cancelled): resume the schedules, interval from now
+            for r in inst.recurring.values():
+                if r.held:
+                    r.held = False
+                    self._schedule(inst, r, self.clock.now())
         if silent:
             op.done.set()
-            return
+            return _DONE
         inst.last[key] = result
         old_state = inst.state
         inst.state = next_state(old_state, result)
@@ -601,24 +637,34 @@ class Lrm:
             inst.state_at = result.finished_at
         report = rec is None or rec.spec.report == "always" or not result.same_outcome(prev) or changed
         monitor_failed = report and op.action == "monitor" and result.failed
+        write: Awaitable[Any] | None = None
         if report:
             view = self._rec_view(inst, rec) if rec is not None else self._op_view(inst, op)
-            try:
-                await self.store.record(inst.body(), view, result, key=key, state_changed=changed,
-                                        monitor_failed=monitor_failed, existing_row=op.has_row)
-            except TenureError as exc:  # the store is failing: the result stays in memory, and is logged
-                log.error("result not recorded", extra={"resource": inst.name, "action": op.action,
-                                                        "error": exc.message})
-        op.done.set()
-        level = logging.WARNING if result.failed else logging.INFO
-        if report:
+            write = self.store.record(inst.body(), view, result, key=key, state_changed=changed,
+                                      monitor_failed=monitor_failed, existing_row=op.has_row)
+            level = logging.WARNING if result.failed else logging.INFO
             log.log(level, "operation finished", extra={
                 "resource": inst.name, "id": inst.id, "action": op.action, "interval": op.interval,
                 "rc": result.rc, "status": result.status, "reason": result.exit_reason, "run_ms": result.run_ms})
         if changed:
             log.info("resource state changed", extra={"resource": inst.name, "from": old_state, "to": inst.state})
-        for fn in self.listeners:
-            fn(inst.body(), result)
+        return self._recorded(inst, op, result, write)
+
+    async def _recorded(self, inst: _Inst, op: _Op, result: Result, write: Awaitable[Any] | None) -> None:
+        try:
+            if write is not None:
+                await write
+        except TenureError as exc:  # the store is failing: the result stays in memory, and is logged
+            log.error("result not recorded", extra={"resource": inst.name, "action": op.action, "error": exc.message})
+        finally:
+            op.done.set()  # whatever happened: nobody waits forever
+        if self.listeners:
+            body = inst.body()
+            for fn in self.listeners:
+                try:
+                    fn(body, result)
+                except Exception:  # an observer's bug is not the operation's
+                    log.exception("result listener failed", extra={"resource": inst.name})
 
     # ------------------------------------------------------- restart, close
 
@@ -656,12 +702,10 @@ class Lrm:
                      report=body.get("report", "change"), expect=body.get("expect", 0), trigger="client",
                      submitted=self.clock.now(), submitted_wall=_wall(body.get("submitted_at")) or self.clock.wall(),
                      has_row=True)
-            result = Result(op_id=op.id, run=1, action=op.action, interval=0.0, rc=None, status="error",
-                            exit_reason="interrupted: the agent stopped before this operation finished",
-                            queued_at=op.submitted_wall, started_at=None, finished_at=self.clock.wall(), queue_ms=0,
-                            run_ms=0, expect=op.expect, trigger="client")
-            inst.last.pop(op_key(op.action, 0.0), None)  # so the interruption is recorded, not deduplicated
-            await self._finish(inst, op, result)
+            # Not known to have failed (it may never have run): "cancelled", with the reason; the probe that
+            # follows says what state the instance is really in.
+            result = self._cancelled_result(op, "interrupted: the agent stopped before this operation finished")
+            await self._settle(inst, op, result)
         for inst in self._by_id.values():
             probe = _Op(id=str(uuid.uuid4()), action="monitor", interval=0.0,
                         timeout=self._timeout_for(inst, "monitor", 0.0), report="change", expect=0, trigger="restore",
@@ -682,7 +726,7 @@ class Lrm:
 
     def idle(self) -> bool:
         """Nothing running or queued on any instance (recurring schedules may still be armed)."""
-        return all(i.running is None and not i.queue and i.worker is None for i in self._by_id.values())
+        return self._busy == 0 and all(not i.queue for i in self._by_id.values())
 
     async def wait_idle(self) -> None:
         while not self.idle():
@@ -690,7 +734,7 @@ class Lrm:
             await self._idle.wait()
 
     async def close(self) -> None:
-        """Stop scheduling, drop what is queued, and wait for what runs (each bounded by its timeout)."""
+        """Stop scheduling, drop what is queued, and wait (at most ``close_wait`` s) for what runs."""
         self._closing = True
         for inst in self._by_id.values():
             for rec in inst.recurring.values():
@@ -698,11 +742,17 @@ class Lrm:
                     rec.timer.cancel()
                     rec.timer = None
             inst.queue.clear()  # client operations keep their pending row: reported interrupted at the next start
-        running = [i.running.done.wait() for i in self._by_id.values() if i.running is not None]
+        running = [asyncio.ensure_future(i.running.done.wait()) for i in self._by_id.values()
+                   if i.running is not None]
+        running += list(self._background)
         if running:
-            await asyncio.gather(*running)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            # Bounded: what still runs after this is left to its process group, and a client's operation keeps
+            # its pending row, reported interrupted at the next start.
+            done, pending = await asyncio.wait(running, timeout=self.close_wait)
+            for t in pending:
+                t.cancel()
+            if pending:
+                log.warning("operations still running at shutdown", extra={"count": len(pending)})
 
 
 def _wall(text: str | None) -> float | None:

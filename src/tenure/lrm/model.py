@@ -11,6 +11,7 @@ execution status (Pacemaker's split: the agent said 7, or we never heard).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.ocf import rc_name
 
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_./-]{0,62}[A-Za-z0-9])?")
 MAX_LABELS = 64
@@ -41,8 +43,31 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidInput(
             "a resource name is 1-128 characters: letters, digits and _ . : @ -, starting with a letter or digit",
-            code="invalid_name", name=name if isinstance(name, str) else None)
+            code="invalid_name")
+    if UUID.fullmatch(name):  # ids and names share one namespace in the API's {ref}
+        raise InvalidInput("a resource name may not look like a resource id (a UUID)", code="invalid_name")
     return name
+
+
+def _unicode(text: str, what: str, code: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} must be valid Unicode (no lone surrogates)", code=code) from None
+
+
+def check_params(params: dict[str, str]) -> dict[str, str]:
+    if len(params) > MAX_PARAMS:
+        raise InvalidInput(f"at most {MAX_PARAMS} parameters", code="invalid_parameter")
+    for k, v in params.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidInput("parameters are strings", code="invalid_parameter")
+        _unicode(k, "a parameter name", "invalid_parameter")
+        _unicode(v, f"parameter {k!r}", "invalid_parameter")
+        if len(v) > MAX_PARAM_VALUE:
+            raise InvalidInput(f"parameter {k!r} is longer than {MAX_PARAM_VALUE} characters",
+                               code="invalid_parameter")
+    return dict(params)
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -52,6 +77,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
         if not LABEL_KEY.fullmatch(k):
             raise InvalidInput(f"label key {k!r} must be 1-64 letters, digits and _ . / -", code="invalid_labels",
                                label=k)
+        _unicode(v, f"label {k!r}", "invalid_labels")
         if len(v) > MAX_LABEL_VALUE or "\x00" in v:
             raise InvalidInput(f"label {k!r}: a value is at most {MAX_LABEL_VALUE} characters, without NUL",
                                code="invalid_labels", label=k)
@@ -61,14 +87,19 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
 def check_seconds(value: float | None, what: str, *, lo: float, hi: float, zero_ok: bool = False) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"{what} must be a number of seconds", code=f"invalid_{what}")
-    if zero_ok and value == 0:
+    try:
+        seconds = float(value)  # a 400-digit integer overflows here
+    except OverflowError:
+        seconds = math.inf
+    if zero_ok and seconds == 0:
         return 0.0
-    if not lo <= value <= hi:
+    if not math.isfinite(seconds) or not lo <= seconds <= hi:  # NaN and infinities fail the comparison too
+        shown = f"{seconds:g}" if math.isfinite(seconds) else "a value out of range"
         raise InvalidInput(f"{what} must be {'0 or ' if zero_ok else ''}between {lo:g} and {hi:g} seconds, "
-                           f"got {value:g}", code=f"invalid_{what}", **{what: value})
-    return float(value)
+                           f"got {shown}", code=f"invalid_{what}")
+    return seconds
 
 
 def op_key(action: str, interval: float) -> str:

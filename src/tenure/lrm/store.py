@@ -15,19 +15,23 @@ with ``ids=<instance>`` follows everything about one instance.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from tenure.domain.errors import Unavailable
 from tenure.lrm.model import Recurring, Result
 from tenure.services.runtime import Runtime
 from tenure.services.writer import Batch, Op
 from tenure.store import schema
 
 HISTORY_PER_INSTANCE = 200  # results kept per instance (oldest dropped first)
+COMMIT_TIMEOUT = 30.0  # seconds a change may wait for the store (as Runtime.arun)
 STORED_OUTPUT = 4096  # characters of stdout and stderr kept per result in the history (64 KiB in memory)
 
 _I, _H, _L, _R = schema.lrm_instances, schema.lrm_history, schema.lrm_results, schema.lrm_recurring
@@ -58,6 +62,7 @@ class LrmStore:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._history: dict[str, deque[str]] = {}  # run ids per instance, oldest first (owned by the writer)
+        self._pending: set[str] = set()  # history rows still waiting for their result: never pruned
 
     # ------------------------------------------------------------------ load
 
@@ -73,6 +78,7 @@ class LrmStore:
                 out.last.setdefault(r.instance_id, {})[r.op_key] = Result.from_dict(json.loads(r.body))
             out.history = self._load_history(conn, out)
         self._history = {k: deque(v) for k, v in out.history.items()}
+        self._pending = set()  # the LRM settles every pending row at restore
         return out
 
     def _load_history(self, conn: Connection, out: Loaded) -> dict[str, deque[str]]:
@@ -101,17 +107,34 @@ class LrmStore:
             yield r.id, dict(body.get("labels", {})), body
 
     # -------------------------------------------------------------- commands
+    # Each method queues its writer command *now* (the writer applies commands in the order they are
+    # queued) and returns an awaitable of the commit: the LRM fixes the order of its writes before it yields.
 
-    async def add_instance(self, body: dict[str, Any]) -> int:
+    def _go(self, op: Op) -> Awaitable[Any]:
+        cf = self.runtime.writer.submit(op)
+        return self._commit(cf)
+
+    async def _commit(self, cf: Any) -> Any:
+        fut = asyncio.wrap_future(cf)
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT):
+                return await fut
+        except TimeoutError:
+            if cf.cancel():
+                raise Unavailable(f"the store did not start within {COMMIT_TIMEOUT} s", code="store_timeout") from None
+            raise Unavailable(f"no answer from the store within {COMMIT_TIMEOUT} s; the change may still commit",
+                              code="outcome_unknown") from None
+
+    def add_instance(self, body: dict[str, Any]) -> Awaitable[int]:
         def apply(batch: Batch) -> int:
             rev = batch.emit("resource", body["id"], "created", dict(body["labels"]), body)
             batch.write(insert(_I), {"id": body["id"], "name": body["name"], "driver": body["driver"],
                                      "body": _dumps(body), "revision": rev})
             return rev
 
-        return await self.runtime.arun(Op(apply))
+        return self._go(Op(apply))
 
-    async def remove_instance(self, body: dict[str, Any]) -> int:
+    def remove_instance(self, body: dict[str, Any]) -> Awaitable[int]:
         iid = body["id"]
 
         def apply(batch: Batch) -> int:
@@ -125,9 +148,9 @@ class LrmStore:
                 batch.on_undo(lambda: self._history.__setitem__(iid, dropped))
             return rev
 
-        return await self.runtime.arun(Op(apply))
+        return self._go(Op(apply))
 
-    async def add_recurring(self, instance: dict[str, Any], rec: Recurring, view: dict[str, Any]) -> None:
+    def add_recurring(self, instance: dict[str, Any], rec: Recurring, view: dict[str, Any]) -> Awaitable[None]:
         body = {k: v for k, v in rec.__dict__.items() if k not in ("runs", "extra")}
 
         def apply(batch: Batch) -> None:
@@ -135,9 +158,9 @@ class LrmStore:
             batch.write(insert(_R), {"op_id": rec.op_id, "instance_id": instance["id"], "body": _dumps(body),
                                      "revision": rev})
 
-        await self.runtime.arun(Op(apply))
+        return self._go(Op(apply))
 
-    async def cancel_recurring(self, instance: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    def cancel_recurring(self, instance: dict[str, Any], ops: list[dict[str, Any]]) -> Awaitable[None]:
         """Recurring operations unscheduled: their rows go, and each says so once (state ``cancelled``)."""
         labels = dict(instance["labels"])
 
@@ -146,21 +169,23 @@ class LrmStore:
                 batch.emit("operation", instance["id"], "updated", labels, op)
             batch.write(delete(_R).where(_R.c.op_id.in_([op["id"] for op in ops])), {})
 
-        await self.runtime.arun(Op(apply))
+        return self._go(Op(apply))
 
-    async def accepted(self, instance: dict[str, Any], op: dict[str, Any]) -> int:
+    def accepted(self, instance: dict[str, Any], op: dict[str, Any]) -> Awaitable[int]:
         """A client's one-shot operation is queued: a pending history row (an interrupted run is then known)."""
         iid = instance["id"]
 
         def apply(batch: Batch) -> int:
             rev = batch.emit("operation", iid, "created", dict(instance["labels"]), op)
+            self._pending.add(op["id"])  # first: the pruning in _append must not take the new row itself
+            batch.on_undo(lambda: self._pending.discard(op["id"]))
             self._append(batch, iid, op["id"], op, rev)
             return rev
 
-        return await self.runtime.arun(Op(apply))
+        return self._go(Op(apply))
 
-    async def record(self, instance: dict[str, Any], op: dict[str, Any], result: Result, *,
-                     key: str, state_changed: bool, monitor_failed: bool, existing_row: bool) -> int:
+    def record(self, instance: dict[str, Any], op: dict[str, Any], result: Result, *,
+               key: str, state_changed: bool, monitor_failed: bool, existing_row: bool) -> Awaitable[int]:
         """One result: last result of ``key``, a history entry, and its events, in one transaction."""
         iid = instance["id"]
         labels = dict(instance["labels"])
@@ -169,9 +194,12 @@ class LrmStore:
         stored = {**op, "result": res}
 
         def apply(batch: Batch) -> int:
-            rev = batch.emit("operation", iid, "updated", labels, op)
+            rev = batch.emit("operation", iid, "updated", labels, stored)  # capped like the history
             if existing_row:
                 batch.write(UPDATE_HISTORY, {"b_run": op["id"], "b_body": _dumps(stored), "b_revision": rev})
+                if op["id"] in self._pending:
+                    self._pending.discard(op["id"])
+                    batch.on_undo(lambda: self._pending.add(op["id"]))
             else:  # a recurring run or a probe: its own row, named uniquely by its event's revision
                 self._append(batch, iid, f"{op['id']}.{rev}", stored, rev)
             batch.write(DELETE_LAST, {"b_id": iid, "b_key": key})
@@ -184,7 +212,7 @@ class LrmStore:
                            {"id": iid, "name": instance["name"], "driver": instance["driver"], "result": res})
             return rev
 
-        return await self.runtime.arun(Op(apply))
+        return self._go(Op(apply))
 
     def _append(self, batch: Batch, iid: str, run_id: str, body: dict[str, Any], rev: int) -> None:
         """A new history row, dropping the oldest beyond the cap (undone with the command if it is refused)."""
@@ -192,13 +220,21 @@ class LrmStore:
         ids = self._history.setdefault(iid, deque())
         ids.append(run_id)
         dropped: list[str] = []
-        while len(ids) > HISTORY_PER_INSTANCE:
+        kept: list[str] = []  # pending rows met on the way: kept (a queued operation's row must survive)
+        while len(ids) + len(kept) > HISTORY_PER_INSTANCE and ids:
             old = ids.popleft()
+            if old in self._pending:
+                kept.append(old)
+                continue
             dropped.append(old)
             batch.write(DELETE_HISTORY, {"b_run": old})
+        ids.extendleft(reversed(kept))
 
         def undo() -> None:
             ids.pop()
+            for _ in kept:
+                ids.popleft()
             ids.extendleft(reversed(dropped))
+            ids.extendleft(reversed(kept))
 
         batch.on_undo(undo)
