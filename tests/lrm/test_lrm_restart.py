@@ -24,16 +24,20 @@ def test_25_instances_with_1s_monitors_never_overlap(tmp_path: Path) -> None:
         assert h.lrm is not None
         for n in names:
             await h.lrm.add(n, "exec:exclusive")
+        submitted: list[str] = []
         for n in names:
-            await h.lrm.submit(n, "start")
+            submitted.append((await h.lrm.submit(n, "start"))["id"])
             await h.lrm.submit(n, "monitor", interval=1, report="always")
         for _ in range(12):
             for n in rng.sample(names, 8):  # starts and stops queued behind and between the monitors
-                await h.lrm.submit(n, rng.choice(["start", "stop", "monitor"]))
+                submitted.append((await h.lrm.submit(n, rng.choice(["start", "stop", "monitor"])))["id"])
             h.clock.advance(1)
             for n in rng.sample(names, 4):
                 await h.lrm.submit(n, "monitor", interval=1, report="always")  # re-register (after a stop)
         await h.lrm.wait_idle()
+        # every client operation ended exactly once (a worker that died on the way would lose some)
+        client = [r.op_id for _, r in h.results if r.trigger == "client"]
+        assert sorted(client) == sorted(submitted)
         overlaps = [r for _, r in h.results if r.exit_reason and "overlap" in r.exit_reason]
         assert overlaps == []
         assert all(r.status == "done" for _, r in h.results), [r for _, r in h.results if r.status != "done"]
