@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,20 +222,26 @@ def test_the_agent_dir_locates_url_and_token(cli: Cli, agent: Any, db1: str, tmp
     assert server_env.exit_code == 0, server_env.stderr
 
 
-class _UntilMonitorFailed(TenureClient):
-    """A client whose watch is interrupted (as by Ctrl-C) right after a ``monitor_failed`` event."""
+def _interrupted_after(last: Callable[[WatchEvent], bool]) -> type[TenureClient]:
+    """A client whose watch is interrupted (as by Ctrl-C) right after the first event for which ``last`` holds."""
 
-    def watch(self, *args: Any, **kwargs: Any) -> Watch:
-        inner = super().watch(*args, **kwargs)
+    class Interrupted(TenureClient):
+        def watch(self, *args: Any, **kwargs: Any) -> Watch:
+            inner = super().watch(*args, **kwargs)
 
-        def stream() -> Iterator[WatchEvent]:
-            with inner:
-                for e in inner:
-                    yield e
-                    if e.type == "monitor_failed":
-                        raise KeyboardInterrupt
+            def stream() -> Iterator[WatchEvent]:
+                with inner:
+                    for e in inner:
+                        yield e
+                        if last(e):
+                            raise KeyboardInterrupt
 
-        return Watch(inner.session, stream())
+            return Watch(inner.session, stream())
+
+    return Interrupted
+
+
+_UntilMonitorFailed = _interrupted_after(lambda e: e.type == "monitor_failed")
 
 
 def test_events_show_a_failed_monitor(cli: Cli, agent: Any, db1: str, state_file: Path) -> None:
@@ -265,18 +271,7 @@ def test_events_show_a_failed_monitor(cli: Cli, agent: Any, db1: str, state_file
         c.cancel_operation(db1, monitor["id"])
 
     # --initial: the current resources, then the end of the listing on stderr; --json: the frames as sent.
-    class _AfterListing(TenureClient):
-        def watch(self, *args: Any, **kwargs: Any) -> Watch:
-            inner = super().watch(*args, **kwargs)
-
-            def stream() -> Iterator[WatchEvent]:
-                with inner:
-                    for e in inner:
-                        yield e
-                        if e.initial_end:
-                            raise KeyboardInterrupt
-
-            return Watch(inner.session, stream())
+    _AfterListing = _interrupted_after(lambda e: e.initial_end)
 
     initial = cli.raw(["--url", cli.url, "--token", agent.admin_token, "resource", "events", "--initial"],
                       session=Session(connect=_AfterListing))

@@ -55,7 +55,6 @@ def test_remove_cancels_what_is_queued_and_nothing_runs_after(tmp_path: Path) ->
         assert h.events[-1].kind == "resource" and h.events[-1].op == "deleted"
         rows = await asyncio.to_thread(h.lrm.store.read_history, gone["id"], 100)
         assert rows == []  # no row outlives the instance
-        del t0
 
     run_lrm(tmp_path, scenario)
 
@@ -88,7 +87,7 @@ def test_queued_operations_keep_their_history_rows(tmp_path: Path) -> None:
         assert h.lrm is not None
         await h.lrm.add("s", "exec:slowstart")
         t0 = h.clock.now()
-        first = await h.lrm.submit("s", "start", timeout=3)
+        await h.lrm.submit("s", "start", timeout=3)
         ops = [await h.lrm.submit("s", "monitor") for _ in range(n)]
         await h.clock.timer_armed(t0 + 3)
         closing = asyncio.ensure_future(h.close())
@@ -102,7 +101,6 @@ def test_queued_operations_keep_their_history_rows(tmp_path: Path) -> None:
         interrupted = {r.op_id for _, r in h.results if r.status == "cancelled"}
         missing = {o["id"] for o in ops} - interrupted
         assert not missing, f"{len(missing)} of {n} queued operations were never reported"
-        del first
 
     run_lrm(tmp_path, scenario)
 

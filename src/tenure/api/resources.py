@@ -22,7 +22,7 @@ from tenure.lrm.model import MAX_PARAM_VALUE, MAX_PARAMS
 
 router = APIRouter(prefix="/v1")
 
-MAX_WAIT = 60.0  # seconds a long poll may hold a request (under the client's default timeout? see client)
+MAX_WAIT = 60.0  # seconds a long poll may hold a request (the client reads for wait + its own timeout)
 
 
 async def lrm(request: Request, who: Auth) -> Lrm:

@@ -25,7 +25,6 @@ its instance not as expected is a red ``monitor_failed`` line.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
@@ -35,10 +34,10 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from tenure.cli.common import JsonOption, err, fail, fields, run, say, session, table, warn
-from tenure.cli.watch import _json_line
+from tenure.cli.common import JsonOption, err, fields, run, say, session, table, warn
+from tenure.cli.watch import _json_line, follow
 from tenure.cli.watch import _line as _note_line
-from tenure.client import TenureClient, TenureClientError, WatchEvent, WatchGone, locate
+from tenure.client import TenureClient, TenureClientError, Watch, WatchEvent
 from tenure.config import default_data_dir, local_admin_token, local_server_url
 
 app = typer.Typer(help="The host agent's resources: add, start, stop, monitor, inspect (see `tenure agent`).",
@@ -390,27 +389,13 @@ def events(
     """Print the agent's resource and operation events as they happen, one per line, until Ctrl-C."""
     if since is not None and initial:
         raise typer.BadParameter("--since and --initial exclude each other", param_hint="--since")
-    s = session(ctx)
     show = _json_line if as_json else _event_line
-    try:
-        target = locate(s.url, s.token, s.data_dir)
-        with s.connect(target.url, target.token) as client:
-            client.health()  # fail now if the agent cannot be reached; once watching, outages are waited out
-            ids = client.resource(name)["id"] if name is not None else None
-            with client.watch(["resource", "operation"], ids=ids, since=since, initial=initial) as stream:
-                for event in stream:
-                    show(event)
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
-    except BrokenPipeError:  # `tenure resource events | head`: the reader is done, so are we
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
-    except WatchGone as exc:
-        fail(exc.code, f"the events to resume from are no longer kept (history compacted up to revision "
-                       f"{exc.compacted_revision}): watch with --initial instead")
-    except TenureClientError as exc:
-        fail(exc.code, exc.message)
+
+    def start(client: TenureClient) -> Watch:
+        ids = client.resource(name)["id"] if name is not None else None
+        return client.watch(["resource", "operation"], ids=ids, since=since, initial=initial)
+
+    follow(ctx, start, show, gone_hint="watch with --initial instead")
 
 
 # ---------------------------------------------------------------- rendering

@@ -18,12 +18,13 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from tenure.cli.common import JsonOption, fail, session, warn
-from tenure.client import TenureClientError, WatchEvent, WatchGone, locate
+from tenure.client import TenureClient, TenureClientError, Watch, WatchEvent, WatchGone, locate
 
 Many = list[str] | None
 
@@ -49,13 +50,20 @@ def watch(
     """Print events as they happen, one per line, until Ctrl-C."""
     if since is not None and initial:
         raise typer.BadParameter("--since and --initial exclude each other", param_hint="--since")
-    s = session(ctx)
     show = _json_line if as_json else _line
+    follow(ctx, lambda c: c.watch(kind, ids=id_, selectors=selector, ops=op, since=since, initial=initial), show,
+           gone_hint="list the objects, then watch with --since set to the list's revision, or watch with --initial")
+
+
+def follow(ctx: typer.Context, start: Callable[[TenureClient], Watch], show: Callable[[WatchEvent], None], *,
+           gone_hint: str) -> None:
+    """Print a watch's events with ``show`` until Ctrl-C (``tenure watch``, ``tenure resource events``)."""
+    s = session(ctx)
     try:
         target = locate(s.url, s.token, s.data_dir)
         with s.connect(target.url, target.token) as client:
             client.health()  # fail now if the server cannot be reached; once watching, outages are waited out
-            with client.watch(kind, ids=id_, selectors=selector, ops=op, since=since, initial=initial) as events:
+            with start(client) as events:
                 for event in events:
                     show(event)
     except KeyboardInterrupt:
@@ -66,8 +74,7 @@ def watch(
         raise typer.Exit(0) from None
     except WatchGone as exc:
         fail(exc.code, f"the events to resume from are no longer kept (history compacted up to revision "
-                       f"{exc.compacted_revision}): list the objects, then watch with --since set to the list's "
-                       f"revision, or watch with --initial")
+                       f"{exc.compacted_revision}): {gone_hint}")
     except TenureClientError as exc:
         fail(exc.code, exc.message)
 

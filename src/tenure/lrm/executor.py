@@ -32,13 +32,13 @@ methods run on the event loop; durable changes go through :class:`LrmStore`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,12 @@ from tenure.lrm.model import (
     check_name,
     check_params,
     check_seconds,
+    from_iso,
     iso,
     next_state,
     op_key,
 )
-from tenure.lrm.store import LrmStore
+from tenure.lrm.store import HISTORY_PER_INSTANCE, LrmStore
 
 log = logging.getLogger("tenure.lrm")
 
@@ -134,16 +135,6 @@ class _Inst:
 
 async def _nothing() -> None:
     return None
-
-
-class _Done:
-    """An awaitable that is already over (for a result with nothing to write)."""
-
-    def __await__(self) -> Any:
-        return _nothing().__await__()
-
-
-_DONE = _Done()
 
 
 class _Unavailable(Driver):
@@ -261,23 +252,14 @@ class Lrm:
         """One operation; with ``wait``, answer once it has a result or ``wait`` seconds have passed."""
         inst = self._get(ref)
         found = self._find_op(inst, op_id)
-        if isinstance(found, _Op):
-            if wait > 0 and found.result is None:
-                try:
+        if found is not None:
+            done = found.done if isinstance(found, _Op) else found.first  # a recurring one: its first result
+            if wait > 0 and not done.is_set():
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
-                        await found.done.wait()
-                except TimeoutError:
-                    pass
-            return self._op_view(inst, found)
-        if isinstance(found, _Rec):
-            if wait > 0 and found.last is None:
-                try:
-                    async with asyncio.timeout(wait):
-                        await found.first.wait()
-                except TimeoutError:
-                    pass
-            return self._rec_view(inst, found)
-        for entry in await asyncio.to_thread(self.store.read_history, inst.id, 10_000):
+                        await done.wait()
+            return self._op_view(inst, found) if isinstance(found, _Op) else self._rec_view(inst, found)
+        for entry in await asyncio.to_thread(self.store.read_history, inst.id, HISTORY_PER_INSTANCE):
             if entry["id"] == op_id:
                 return entry
         raise NotFound(f"resource {inst.name!r} has no operation {op_id!r}", code="operation_not_found",
@@ -295,8 +277,7 @@ class Lrm:
         driver = make_driver(spec, self.roots, rsctmp=self.rsctmp)
         if not driver.installed():
             raise NotFound(f"driver {spec!r} is not installed", code="driver_not_found", driver=spec)
-        meta = await self._fetch_meta(driver)
-        return meta
+        return await self._fetch_meta(driver)
 
     async def _fetch_meta(self, driver: Driver) -> MetaData | None:
         try:
@@ -362,7 +343,8 @@ class Lrm:
                            resource=inst.name, operation=op.id)
         # In memory first, with no await in between: from here no submit reaches it and nothing more runs.
         inst.removing = True
-        writes = [w for w in (self._unschedule(inst, list(inst.recurring.values())),) if w is not None]
+        unscheduled = self._unschedule(inst, list(inst.recurring.values()))
+        writes = [unscheduled] if unscheduled is not None else []
         queued = [op for op in inst.queue if op.rec is None]
         inst.queue.clear()
         writes += [self._settle(inst, op, self._cancelled_result(op, "cancelled: the resource was removed"))
@@ -628,7 +610,7 @@ class Lrm:
                     self._schedule(inst, r, self.clock.now())
         if silent:
             op.done.set()
-            return _DONE
+            return _nothing()
         inst.last[key] = result
         old_state = inst.state
         inst.state = next_state(old_state, result)
@@ -678,8 +660,8 @@ class Lrm:
                 drv = _Unavailable(None, f"driver {body['driver']!r} is no longer allowed: {exc.message}")
             inst = _Inst(id=body["id"], name=body["name"], driver_spec=body["driver"], driver=drv,
                          params=dict(body["params"]), labels=dict(body["labels"]),
-                         created_at=_wall(body["created_at"]) or 0.0, state=body.get("state", "unknown"),
-                         state_at=_wall(body.get("state_at")))
+                         created_at=from_iso(body["created_at"]) or 0.0, state=body.get("state", "unknown"),
+                         state_at=from_iso(body.get("state_at")))
             inst.last = loaded.last.get(inst.id, {})
             for spec in loaded.recurring.get(inst.id, []):
                 rec = _Rec(spec, held=True)
@@ -700,7 +682,7 @@ class Lrm:
                 continue
             op = _Op(id=body["id"], action=body["action"], interval=0.0, timeout=body["timeout"],
                      report=body.get("report", "change"), expect=body.get("expect", 0), trigger="client",
-                     submitted=self.clock.now(), submitted_wall=_wall(body.get("submitted_at")) or self.clock.wall(),
+                     submitted=self.clock.now(), submitted_wall=from_iso(body.get("submitted_at")) or self.clock.wall(),
                      has_row=True)
             # Not known to have failed (it may never have run): "cancelled", with the reason; the probe that
             # follows says what state the instance is really in.
@@ -753,12 +735,6 @@ class Lrm:
                 t.cancel()
             if pending:
                 log.warning("operations still running at shutdown", extra={"count": len(pending)})
-
-
-def _wall(text: str | None) -> float | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _executables(d: Path) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,6 +111,11 @@ def iso(wall: float | None) -> str | None:
     return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")
 
 
+def from_iso(text: str | None) -> float | None:
+    """The wall-clock seconds of an :func:`iso` timestamp (None for None or empty)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+
 def expected_codes(expect: int) -> frozenset[int]:
     """The codes that count as success for a monitor expecting ``expect``.
 
@@ -171,14 +176,11 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
-        def wall(v: str | None) -> float | None:
-            return None if v is None else datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
-
-        finished = wall(d["finished_at"])
+        finished = from_iso(d["finished_at"])
         assert finished is not None
         return cls(op_id=d["op_id"], run=d["run"], action=d["action"], interval=d["interval"], rc=d["rc"],
-                   status=d["status"], exit_reason=d["exit_reason"], queued_at=wall(d["queued_at"]),
-                   started_at=wall(d["started_at"]), finished_at=finished, queue_ms=d["queue_ms"],
+                   status=d["status"], exit_reason=d["exit_reason"], queued_at=from_iso(d["queued_at"]),
+                   started_at=from_iso(d["started_at"]), finished_at=finished, queue_ms=d["queue_ms"],
                    run_ms=d["run_ms"], stdout=d.get("stdout", ""), stderr=d.get("stderr", ""),
                    expect=d.get("expect", 0), trigger=d.get("trigger", "client"), pid=d.get("pid"))
 
@@ -216,7 +218,6 @@ class Recurring:
     expect: int = 0
     created_at: float = 0.0
     runs: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"op_id": self.op_id, "action": self.action, "interval": self.interval, "timeout": self.timeout,

@@ -15,7 +15,6 @@ with ``ids=<instance>`` follows everything about one instance.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import deque
 from collections.abc import Awaitable
@@ -24,14 +23,12 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from tenure.domain.errors import Unavailable
 from tenure.lrm.model import Recurring, Result
 from tenure.services.runtime import Runtime
 from tenure.services.writer import Batch, Op
 from tenure.store import schema
 
 HISTORY_PER_INSTANCE = 200  # results kept per instance (oldest dropped first)
-COMMIT_TIMEOUT = 30.0  # seconds a change may wait for the store (as Runtime.arun)
 STORED_OUTPUT = 4096  # characters of stdout and stderr kept per result in the history (64 KiB in memory)
 
 _I, _H, _L, _R = schema.lrm_instances, schema.lrm_history, schema.lrm_results, schema.lrm_recurring
@@ -111,19 +108,7 @@ class LrmStore:
     # queued) and returns an awaitable of the commit: the LRM fixes the order of its writes before it yields.
 
     def _go(self, op: Op) -> Awaitable[Any]:
-        cf = self.runtime.writer.submit(op)
-        return self._commit(cf)
-
-    async def _commit(self, cf: Any) -> Any:
-        fut = asyncio.wrap_future(cf)
-        try:
-            async with asyncio.timeout(COMMIT_TIMEOUT):
-                return await fut
-        except TimeoutError:
-            if cf.cancel():
-                raise Unavailable(f"the store did not start within {COMMIT_TIMEOUT} s", code="store_timeout") from None
-            raise Unavailable(f"no answer from the store within {COMMIT_TIMEOUT} s; the change may still commit",
-                              code="outcome_unknown") from None
+        return self.runtime.asubmit(op)
 
     def add_instance(self, body: dict[str, Any]) -> Awaitable[int]:
         def apply(batch: Batch) -> int:
@@ -151,7 +136,7 @@ class LrmStore:
         return self._go(Op(apply))
 
     def add_recurring(self, instance: dict[str, Any], rec: Recurring, view: dict[str, Any]) -> Awaitable[None]:
-        body = {k: v for k, v in rec.__dict__.items() if k not in ("runs", "extra")}
+        body = {k: v for k, v in rec.__dict__.items() if k != "runs"}
 
         def apply(batch: Batch) -> None:
             rev = batch.emit("operation", instance["id"], "created", dict(instance["labels"]), view)

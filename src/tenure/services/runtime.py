@@ -14,7 +14,8 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy import select
@@ -130,7 +131,13 @@ class Runtime:
         return self.writer.execute(op, timeout=timeout)
 
     async def arun(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        cf = self.writer.submit(op)
+        return await self.asubmit(op, timeout=timeout)
+
+    def asubmit(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT) -> Awaitable[Any]:
+        """Queue ``op`` now (commands apply in the order they are queued); await the result later."""
+        return self._committed(self.writer.submit(op), timeout)
+
+    async def _committed(self, cf: Future[Any], timeout: float) -> Any:
         fut = asyncio.wrap_future(cf)
         try:
             async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
