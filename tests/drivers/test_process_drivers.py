@@ -378,3 +378,34 @@ def test_lsb_exit_codes_and_environment(rsctmp: Path) -> None:
     assert env == ["LANG=C.UTF-8", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
     missing = run(make_driver("lsb:nope", DriverRoots(lsb_root=rsctmp), rsctmp=rsctmp), "start")
     assert (missing.rc, missing.status) == (5, "not_installed")
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+def test_exec_driver_outputs(rsctmp: Path) -> None:
+    driver = exec_driver("outputs", rsctmp)
+    out = run(driver, "start", {"vlan": "300"})
+    assert (out.rc, out.status, out.exit_reason) == (0, "done", None)
+    assert out.outputs == {"vlan": "300", "note": "a=b c ", "action": "start"}  # the last vlan line wins
+    assert "tenure-output: vlan=1" in out.stdout  # the lines stay in stdout
+    assert asyncio.run(driver.meta_data(FakeClock())) is None  # meta-data's lines are not outputs
+    failed = run(driver, "monitor", {"rc": "7"})
+    assert (failed.rc, failed.status, failed.outputs["action"]) == (7, "done", "monitor")
+
+
+def test_ocf_agent_outputs(ocf_root: Path, rsctmp: Path) -> None:
+    out = run(ocf(ocf_root, rsctmp, "outputs"), "start")
+    assert (out.rc, out.status, out.outputs["vlan"]) == (0, "done", "100")
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    ("noeq", "bad outputs: malformed output line 'tenure-output: nothing': expected tenure-output: KEY=VALUE"),
+    ("name", "bad outputs: invalid output name '9lives'"),
+    ("long", "bad outputs: output 'long' has 4097 characters; at most 4096 are allowed"),
+])
+def test_bad_output_lines_are_an_error_outcome(rsctmp: Path, bad: str, why: str) -> None:
+    out = run(exec_driver("outputs", rsctmp), "start", {"bad": bad})
+    assert (out.rc, out.status, out.outputs) == (1, "error", {})
+    assert out.exit_reason is not None and out.exit_reason.startswith(why), out.exit_reason
+

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tenure.domain.errors import InvalidInput
-from tenure.drivers.base import Driver, RunOutcome, RunRequest, make_driver
+from tenure.drivers.base import OUTPUT_VALUE_MAX, OUTPUTS_MAX, Driver, RunOutcome, RunRequest, make_driver
 from tenure.drivers.ocf import InvalidMetaData
+from tenure.drivers.pydriver import HandlerContext
 from tenure.drivers.spec import DriverRoots
 from tenure.lrm.clock import FakeClock
 from tests.drivers import pyhandlers
@@ -82,7 +83,8 @@ def test_return_values() -> None:
     for action in ("nonsense", "truthy"):
         bad = run(d, action)
         assert (bad.rc, bad.status) == (1, "error")
-        assert "expected None, an int or (int, str)" in (bad.exit_reason or "")
+        assert "expected None, an int, a dict, (int, str) or (int, str, dict)" in (bad.exit_reason or "")
+        assert bad.outputs == {}
 
 
 def test_handler_context() -> None:
@@ -176,3 +178,82 @@ def test_modules_outside_the_allowed_packages_are_never_imported() -> None:
     with pytest.raises(InvalidInput) as err:
         make_driver("python:tests.drivers.pyhandlers:Answers", DriverRoots(), rsctmp=Path("/nonexistent"))
     assert err.value.code == "invalid_driver"
+
+
+# --- handler-style names and outputs -----------------------------------------------------------
+
+
+def test_handler_style_names_are_aliases_of_the_ocf_actions() -> None:
+    d = driver("python:tests.drivers.pyhandlers:Switch")
+    assert d.actions(None) == {"create", "modify", "delete", "probe", "start", "reload", "stop", "monitor"}
+    absent = run(d, "monitor")
+    assert (absent.rc, absent.status, absent.exit_reason, absent.outputs) == (7, "done", "no such vlan", {})
+    started = run(d, "start", {"vlan": "100"})
+    assert (started.rc, started.status, started.exit_reason) == (0, "done", None)
+    assert started.outputs == {"vlan": "100", "port": "eth1"}
+    assert run(d, "monitor", interval=10).outputs == {"vlan": "100"}
+    reloaded = run(d, "reload", {"vlan": "200"})
+    assert (reloaded.rc, reloaded.outputs) == (0, {"vlan": "200", "changed": "yes"})  # the returned dict wins
+    assert (run(d, "probe").rc, run(d, "probe").outputs) == (0, {"vlan": "200"})  # the aliases are actions too
+    assert (run(d, "stop").rc, run(d, "stop").outputs) == (0, {})
+    assert run(d, "monitor").rc == 7
+    assert run(d, "promote").status == "not_supported"  # only the four OCF actions have aliases
+
+
+def test_the_method_named_after_the_action_wins() -> None:
+    d = driver("python:tests.drivers.pyhandlers:Both")
+    assert d.actions(None) == {"start", "create"}
+    assert run(d, "start").outputs == {"called": "start"}
+    assert run(d, "create").outputs == {"called": "create"}
+    assert run(d, "stop").status == "not_supported"
+
+
+def test_memory_has_no_outputs() -> None:
+    d = driver(MEMORY)
+    assert run(d, "start").outputs == {}
+    assert run(d, "monitor").outputs == {}
+
+
+def test_outputs_at_the_limits() -> None:
+    out = run(driver("python:tests.drivers.pyhandlers:Outputs"), "at-limits")
+    assert (out.rc, out.status, out.exit_reason) == (0, "done", None)
+    assert len(out.outputs) == OUTPUTS_MAX
+    assert out.outputs["k0"] == "v" * OUTPUT_VALUE_MAX and out.outputs["_" + "x" * 63] == "12"
+
+
+@pytest.mark.parametrize(("action", "why"), [
+    ("too-many", "65 outputs; at most 64 are allowed"),
+    ("too-many-set", "65 outputs; at most 64 are allowed"),
+    ("too-long", "output 'k' has 4097 characters; at most 4096 are allowed"),
+    ("long-name", "invalid output name 'xxxx"),
+    ("bad-name", "invalid output name '1st'"),
+    ("bad-set-name", "invalid output name 'vlan id'"),
+    ("not-a-string", "output 'k' is a list; outputs are strings"),
+    ("a-bool", "output 'k' is a bool; outputs are strings"),
+    ("not-a-name", "invalid output name 3"),
+])
+def test_bad_outputs_are_an_error_outcome(action: str, why: str) -> None:
+    out = run(driver("python:tests.drivers.pyhandlers:Outputs"), action)
+    assert (out.rc, out.status, out.outputs) == (1, "error", {})
+    assert out.exit_reason is not None and out.exit_reason.startswith("bad outputs: " + why), out.exit_reason
+    assert len(out.exit_reason) <= 512
+
+
+def test_bad_return_shapes_stay_errors() -> None:
+    d = driver("python:tests.drivers.pyhandlers:Outputs")
+    for action in ("bad-third", "four"):
+        out = run(d, action)
+        assert (out.rc, out.status, out.outputs) == (1, "error", {})
+        assert "returned tuple" in (out.exit_reason or "")
+    raised = run(d, "then-raises")
+    assert (raised.rc, raised.status, raised.outputs) == (1, "error", {})
+    assert raised.exit_reason == "RuntimeError: after setting an output"
+
+
+def test_set_output_converts_and_copies() -> None:
+    ctx = HandlerContext(instance="i", instance_id="id", interval=0, timeout=1)
+    ctx.set_output("a", 1)
+    ctx.set_output("b", None)
+    snapshot = ctx.outputs
+    snapshot["c"] = "x"
+    assert ctx.outputs == {"a": "1", "b": "None"}

@@ -21,6 +21,8 @@ from tenure.drivers.spec import DriverRoots, DriverSpec, inside, parse_spec
     ("lsb:hwclock.sh", DriverSpec("lsb", "hwclock.sh")),
     ("exec:mydrv", DriverSpec("exec", "mydrv")),
     ("exec:_x", DriverSpec("exec", "_x")),
+    ("ansible:vlan.yml", DriverSpec("ansible", "vlan.yml")),
+    ("ansible:vlan.v2.yaml", DriverSpec("ansible", "vlan.v2.yaml")),
     ("python:pkg.mod:Class", DriverSpec("python", "Class", "pkg.mod")),
     ("python:tenure.drivers.handlers.example:Memory",
      DriverSpec("python", "Memory", "tenure.drivers.handlers.example")),
@@ -66,6 +68,10 @@ def test_good_specs_parse_and_round_trip(text: str, spec: DriverSpec) -> None:
     "python:pkg.mod:1Class",
     "python:pkg.mod:Cla.ss",
     "python:pkg.mod:Class:x",
+    "ansible:vlan",
+    "ansible:../vlan.yml",
+    "ansible:dir/vlan.yml",
+    "ansible:p:vlan.yml",
 ])
 def test_bad_specs_are_refused(text: str) -> None:
     with pytest.raises(InvalidInput) as err:

@@ -2,7 +2,7 @@
 
 The executor (``tenure.lrm.executor``) queues operations and decides when they
 run; a :class:`Driver` only knows how to run one operation of one class of agent
-(OCF, LSB, exec or python) and how to describe it. Every outcome carries two
+(OCF, LSB, exec, python or ansible) and how to describe it. Every outcome carries two
 things, as in Pacemaker: ``rc``, the normalized OCF exit code (what the agent
 said about the resource), and ``status``, what happened to the execution itself
 (done, timed out, not installed, ...). A monitor that reports "not running" is a
@@ -13,6 +13,15 @@ statement about the resource at all.
 agent, timeout, crash, a misconfigured run-as user); it raises ``InvalidInput``
 only for a malformed request (bad action name or parameter names), which the
 LRM is expected to have refused earlier.
+
+Outputs. An outcome may carry ``outputs``, values the operation produced for the
+rest of the system (a VLAN id, a class id): at most :data:`OUTPUTS_MAX` of them,
+named like identifiers (:data:`OUTPUT_NAME`), each a string of at most
+:data:`OUTPUT_VALUE_MAX` characters. A driver whose agent produced outputs beyond
+these limits returns an error outcome instead (``rc=1``, ``status="error"``, the
+reason as exit reason; see :func:`with_outputs`), never an exception. How an agent
+produces them depends on its class (see :mod:`.classes`, :mod:`.pydriver` and
+:mod:`.ansible`).
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tenure.domain.errors import InvalidInput
-from tenure.drivers.ocf import MetaData
+from tenure.drivers.ocf import EXIT_REASON_MAX, MetaData
 from tenure.drivers.spec import DriverRoots, DriverSpec, parse_spec
 from tenure.lrm.clock import LoopClock
 
@@ -32,6 +42,11 @@ EXEC_STATUSES = ("done", "cancelled", "timeout", "not_installed", "not_supported
 
 # Operation names: OCF's (start, meta-data, validate-all, migrate_to, ...) and anything similar.
 ACTION_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+# Outputs of an operation (see the module docstring).
+OUTPUTS_MAX = 64
+OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+OUTPUT_VALUE_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class RunOutcome:
     stdout: str  # utf-8 decoded with errors="replace"
     stderr: str
     pid: int | None = None
+    # Values the operation produced (see the module docstring); left out of the hash so outcomes stay hashable.
+    outputs: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 def check_action(action: str) -> None:
@@ -60,6 +77,41 @@ def check_action(action: str) -> None:
     if not isinstance(action, str) or ACTION_NAME.fullmatch(action) is None:
         raise InvalidInput(f"invalid action {action!r}: expected 1-64 of a-z 0-9 _ -, starting with a letter",
                            code="invalid_action", action=str(action))
+
+
+def check_outputs(outputs: Mapping[Any, Any]) -> tuple[dict[str, str], str | None]:
+    """``(outputs as strings, None)``, or ``({}, why they cannot be outputs)``.
+
+    Names must match :data:`OUTPUT_NAME`; values must be strings, or integers
+    (not booleans), which are converted with ``str()``; at most
+    :data:`OUTPUTS_MAX` values of at most :data:`OUTPUT_VALUE_MAX` characters.
+    """
+    if len(outputs) > OUTPUTS_MAX:
+        return {}, f"{len(outputs)} outputs; at most {OUTPUTS_MAX} are allowed"
+    out: dict[str, str] = {}
+    for name, value in outputs.items():
+        if not isinstance(name, str) or OUTPUT_NAME.fullmatch(name) is None:
+            return {}, (f"invalid output name {repr(name)[:80]}: expected 1-64 of A-Z a-z 0-9 _, "
+                        f"not starting with a digit")
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            return {}, f"output {name!r} is a {type(value).__name__}; outputs are strings"
+        if len(value) > OUTPUT_VALUE_MAX:
+            return {}, f"output {name!r} has {len(value)} characters; at most {OUTPUT_VALUE_MAX} are allowed"
+        out[name] = value
+    return out, None
+
+
+def with_outputs(outcome: RunOutcome, outputs: Mapping[Any, Any]) -> RunOutcome:
+    """``outcome`` carrying ``outputs``, or an error outcome (rc 1) saying why they break the limits."""
+    if not outputs:
+        return outcome
+    checked, why = check_outputs(outputs)
+    if why is not None:
+        return replace(outcome, rc=1, status="error", exit_reason=f"bad outputs: {why}"[:EXIT_REASON_MAX],
+                       outputs={})
+    return replace(outcome, outputs=checked)
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -108,6 +160,7 @@ def make_driver(spec: str | DriverSpec, roots: DriverRoots, *, rsctmp: Path) -> 
     mode 0755 when first needed.
     """
     # Imported here: the driver classes build on this module.
+    from tenure.drivers.ansible import AnsibleDriver
     from tenure.drivers.classes import ExecDriver, LsbDriver, OcfDriver
     from tenure.drivers.pydriver import PythonDriver
 
@@ -121,6 +174,8 @@ def make_driver(spec: str | DriverSpec, roots: DriverRoots, *, rsctmp: Path) -> 
         return LsbDriver(spec, roots=roots, rsctmp=rsctmp)
     if spec.cls == "exec":
         return ExecDriver(spec, roots=roots, rsctmp=rsctmp)
+    if spec.cls == "ansible":
+        return AnsibleDriver(spec, roots=roots)
     assert spec.provider is not None
     if not roots.python_allowed(spec.provider):
         raise InvalidInput(

@@ -19,6 +19,17 @@ reads:
 
 Paths are joined under their root with :func:`tenure.drivers.spec.inside` (see
 the containment note in :mod:`tenure.drivers.spec`).
+
+Outputs. Any of the three may hand values back (``RunOutcome.outputs``) by
+printing lines of the form ``tenure-output: KEY=VALUE`` on stdout, e.g.
+``echo "tenure-output: vlan=100"``. The name is what lies between the prefix
+(and any spaces or tabs after it) and the first ``=``, and must match
+``[A-Za-z_][A-Za-z0-9_]{0,63}``; the value is the rest of the line, verbatim (a
+trailing ``\r`` excepted). When a name appears more than once the last line
+wins. Only operations that ran to their exit (``status="done"``) have outputs. A
+malformed line, more than 64 names, or a value over 4096 characters turn the
+outcome into an error (``rc=1``, ``status="error"``) explaining what was wrong.
+Output lines stay in the outcome's stdout.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tenure.domain.errors import InvalidInput
-from tenure.drivers.base import Driver, RunOutcome, RunRequest, check_action, fmt_seconds
+from tenure.drivers.base import Driver, RunOutcome, RunRequest, check_action, fmt_seconds, with_outputs
 from tenure.drivers.ocf import (
     BASE_ENV,
     EXIT_REASON_MAX,
@@ -56,6 +67,7 @@ META_DATA_GRACE = 1.0
 META_DATA_CAP = 1024 * 1024  # meta-data of large agents runs to tens of kB; allow plenty
 OCF_BASE_ACTIONS = frozenset({"start", "stop", "monitor", "meta-data"})
 LSB_ACTIONS = frozenset({"start", "stop", "monitor", "restart", "reload", "force-reload", "status"})
+OUTPUT_PREFIX = "tenure-output:"
 
 
 def _decode(data: bytes) -> str:
@@ -69,8 +81,35 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def outcome_of(res: ProcessResult, *, path: Path, timeout: float, rc_of: Callable[[int], int]) -> RunOutcome:
-    """The outcome of one finished process (``rc_of`` maps its exit status to an OCF code)."""
+class _BadOutputLine(ValueError):
+    pass
+
+
+def parse_output_lines(stdout: str) -> dict[str, str]:
+    """The ``tenure-output: KEY=VALUE`` lines of ``stdout`` (last one wins); ``_BadOutputLine`` for one without ``=``.
+
+    Names and values are checked later, with the limits (:func:`tenure.drivers.base.check_outputs`).
+    """
+    outputs: dict[str, str] = {}
+    for line in stdout.split("\n"):
+        if not line.startswith(OUTPUT_PREFIX):
+            continue
+        if line.endswith("\r"):
+            line = line[:-1]
+        name, sep, value = line[len(OUTPUT_PREFIX):].lstrip(" \t").partition("=")
+        if not sep:
+            raise _BadOutputLine(f"malformed output line {line[:80]!r}: expected {OUTPUT_PREFIX} KEY=VALUE")
+        outputs.pop(name, None)  # re-inserted: the order of the dict is the order of the last lines
+        outputs[name] = value
+    return outputs
+
+
+def outcome_of(res: ProcessResult, *, path: Path, timeout: float, rc_of: Callable[[int], int],
+               outputs: bool = True) -> RunOutcome:
+    """The outcome of one finished process (``rc_of`` maps its exit status to an OCF code).
+
+    With ``outputs``, the ``tenure-output:`` lines of a process that ran to its exit become the outcome's outputs.
+    """
     stdout, stderr = _decode(res.stdout), _decode(res.stderr)
     reason = exit_reason(stderr)
     if res.not_found:
@@ -86,8 +125,16 @@ def outcome_of(res: ProcessResult, *, path: Path, timeout: float, rc_of: Callabl
         return RunOutcome(rc=1, status="error", exit_reason=why[:EXIT_REASON_MAX], stdout=stdout, stderr=stderr,
                           pid=res.pid)
     assert res.returncode is not None
-    return RunOutcome(rc=rc_of(res.returncode), status="done", exit_reason=reason, stdout=stdout, stderr=stderr,
-                      pid=res.pid)
+    outcome = RunOutcome(rc=rc_of(res.returncode), status="done", exit_reason=reason, stdout=stdout, stderr=stderr,
+                         pid=res.pid)
+    if not outputs or OUTPUT_PREFIX not in stdout:
+        return outcome
+    try:
+        found = parse_output_lines(stdout)
+    except _BadOutputLine as exc:
+        return RunOutcome(rc=1, status="error", exit_reason=f"bad outputs: {exc}"[:EXIT_REASON_MAX], stdout=stdout,
+                          stderr=stderr, pid=res.pid)
+    return with_outputs(outcome, found)
 
 
 def _is_executable_file(path: Path) -> bool:
@@ -185,7 +232,7 @@ class ProcessDriver(Driver):
         self_env = self.env(req, "meta-data")
         res = await self._spawn(path, "meta-data", self_env, timeout=META_DATA_TIMEOUT, grace=META_DATA_GRACE,
                                 clock=clock, output_cap=META_DATA_CAP)
-        out = outcome_of(res, path=path, timeout=META_DATA_TIMEOUT, rc_of=normalize_rc)
+        out = outcome_of(res, path=path, timeout=META_DATA_TIMEOUT, rc_of=normalize_rc, outputs=False)
         if out.status == "not_installed":
             return None, "not installed"
         if out.status != "done" or out.rc != 0:

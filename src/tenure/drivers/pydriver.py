@@ -8,10 +8,23 @@ simpler to write and test. The rules:
   (the spec comes from clients; importing arbitrary modules would run arbitrary
   code). The class is instantiated once per driver object, with no arguments.
 - Action ``foo-bar`` calls ``foo_bar(params: dict[str, str], ctx: HandlerContext)``,
-  which returns ``None`` (0), an OCF code, or ``(code, exit_reason)``. Actions are
-  the public methods other than ``meta_data``, listed with ``_`` shown as ``-``.
+  which returns ``None`` (0), an OCF code, ``(code, exit_reason)``, a dict of
+  outputs (code 0), or ``(code, exit_reason, outputs)``. Actions are the public
+  methods other than ``meta_data``, listed with ``_`` shown as ``-``.
   ``meta_data()``, if present, returns OCF meta-data XML; the ``meta-data``
   action returns that XML on stdout, as an OCF agent would.
+- Handler-style names (as in FABRIC's aggregate-manager handlers): a class may
+  implement ``create``, ``modify``, ``delete`` and ``probe`` instead of
+  ``start``, ``reload``, ``stop`` and ``monitor``. When the action is one of the
+  latter and the class has no method of that name, its alias is called; such a
+  class lists the OCF names among its actions (as well as the aliases themselves,
+  which are public methods like any other).
+- Outputs (``RunOutcome.outputs``): ``ctx.set_output(key, value)`` during the call
+  (values converted with ``str()``), then the returned dict, if any, on top (the
+  last value of a key wins). Names are ``[A-Za-z_][A-Za-z0-9_]{0,63}``, values
+  strings (or ints, converted) of at most 4096 characters, at most 64 of them;
+  anything else makes the outcome an error (``rc=1``). Outputs are kept only when
+  the call returns; a timeout or an exception has none.
 - Each call runs in its own daemon thread. On timeout the outcome is reported at
   once (``status="timeout"``) and ``ctx.cancelled`` is set, but **a Python thread
   cannot be killed**: a handler that ignores ``ctx.cancelled`` keeps running in
@@ -36,7 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, check_action, fmt_seconds
+from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, check_action, fmt_seconds, with_outputs
 from tenure.drivers.ocf import (
     EXIT_REASON_MAX,
     InvalidMetaData,
@@ -51,6 +64,8 @@ from tenure.lrm.clock import LoopClock
 
 META_DATA_TIMEOUT = 5.0
 TRACEBACK_TAIL = 8 * 1024  # characters of traceback kept in stderr
+# OCF action -> the handler-style method called when the class has no method named after the action
+ALIASES = {"start": "create", "reload": "modify", "stop": "delete", "monitor": "probe"}
 
 
 @dataclass
@@ -63,12 +78,29 @@ class HandlerContext:
     timeout: float
     cancelled: threading.Event = field(default_factory=threading.Event)
     _lines: list[str] = field(default_factory=list, repr=False)
+    _outputs: dict[Any, str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def log(self, msg: str) -> None:
         """Add a line to the operation's stdout."""
         with self._lock:
             self._lines.append(str(msg))
+
+    def set_output(self, key: str, value: object) -> None:
+        """Set output ``key`` of the operation to ``str(value)`` (a later call for the same key wins).
+
+        The names and sizes are checked when the call returns (see the module docstring).
+        """
+        text = str(value)
+        with self._lock:
+            self._outputs.pop(key, None)
+            self._outputs[key] = text
+
+    @property
+    def outputs(self) -> dict[Any, str]:
+        """The outputs set so far (a copy)."""
+        with self._lock:
+            return dict(self._outputs)
 
     @property
     def output(self) -> str:
@@ -179,6 +211,7 @@ class PythonDriver(Driver):
             action = attr.replace("_", "-")
             if ACTION_NAME.fullmatch(action):
                 names.add(action)
+        names.update(action for action, alias in ALIASES.items() if alias in names)
         return frozenset(names)
 
     def validate_params(self, meta: MetaData | None, params: Mapping[str, str]) -> None:
@@ -229,6 +262,9 @@ class PythonDriver(Driver):
                                   exit_reason=f"{self.spec.text} has no meta-data")
             return RunOutcome(rc=0, status="done", exit_reason=None, stdout=xml, stderr="")
         method = getattr(handler, method_name, None)
+        if not callable(method) and req.action in ALIASES:
+            method_name = ALIASES[req.action]
+            method = getattr(handler, method_name, None)
         if not callable(method):
             return RunOutcome(rc=3, status="not_supported", stdout="", stderr="",
                               exit_reason=f"{self.spec.text} does not support {req.action!r}")
@@ -247,18 +283,29 @@ class PythonDriver(Driver):
         return self._interpret(method_name, value, ctx)
 
     def _interpret(self, method_name: str, value: Any, ctx: HandlerContext) -> RunOutcome:
-        """Turn a handler's return value into an outcome."""
+        """Turn a handler's return value (and the outputs it set) into an outcome."""
         reason: str | None = None
+        returned: Mapping[Any, Any] = {}
         if value is None:
             rc = 0
         elif isinstance(value, int) and not isinstance(value, bool):
             rc = value
-        elif (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], int)
-              and not isinstance(value[0], bool) and (value[1] is None or isinstance(value[1], str))):
+        elif isinstance(value, dict):
+            rc, returned = 0, value
+        elif (isinstance(value, tuple) and len(value) in (2, 3) and isinstance(value[0], int)
+              and not isinstance(value[0], bool) and (value[1] is None or isinstance(value[1], str))
+              and (len(value) == 2 or isinstance(value[2], dict))):
             rc, reason = value[0], (value[1] or None)
+            if len(value) == 3:
+                returned = value[2]
         else:
             return RunOutcome(rc=1, status="error", stdout=ctx.output, stderr="",
                               exit_reason=f"{self.spec.name}.{method_name} returned {type(value).__name__}; "
-                                          f"expected None, an int or (int, str)")
-        return RunOutcome(rc=normalize_rc(rc), status="done", stdout=ctx.output, stderr="",
-                          exit_reason=reason[:EXIT_REASON_MAX] if reason else None)
+                                          f"expected None, an int, a dict, (int, str) or (int, str, dict)")
+        outputs = ctx.outputs
+        for key, val in returned.items():
+            outputs.pop(key, None)
+            outputs[key] = val
+        outcome = RunOutcome(rc=normalize_rc(rc), status="done", stdout=ctx.output, stderr="",
+                             exit_reason=reason[:EXIT_REASON_MAX] if reason else None)
+        return with_outputs(outcome, outputs)

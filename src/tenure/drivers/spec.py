@@ -1,11 +1,12 @@
-"""Naming a driver: ``ocf:heartbeat:Dummy``, ``lsb:ssh``, ``exec:mydrv``, ``python:pkg.mod:Class``.
+"""Naming a driver: ``ocf:heartbeat:Dummy``, ``lsb:ssh``, ``exec:mydrv``, ``python:pkg.mod:Class``, ``ansible:x.yml``.
 
 A driver spec arrives from clients (a resource names the driver that manages it),
 and each spec ends up as a path on disk or a module to import. So the grammar is
 strict and checked in one place: names and providers are a short run of
 ``[A-Za-z0-9_.+-]`` that cannot start with a dot, which rules out ``..``, ``.``,
 ``/`` and anything else that could walk out of the configured directories; the
-python form names dotted identifiers only. :class:`DriverSpec` validates itself
+python form names dotted identifiers only; an ansible playbook is one such name
+ending in ``.yml`` or ``.yaml``. :class:`DriverSpec` validates itself
 on construction, so a spec that exists is a spec that is well formed.
 
 :class:`DriverRoots` is where specs are looked up, and as which user they run.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from tenure.domain.errors import InvalidInput
 
-CLASSES = ("ocf", "lsb", "exec", "python")
+CLASSES = ("ocf", "lsb", "exec", "python", "ansible")
 
 # A name or provider: what may appear as one path component.
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
@@ -39,7 +40,8 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
 PY_MODULE = re.compile(rf"{_IDENT}(?:\.{_IDENT}){{0,31}}")
 PY_CLASS = re.compile(_IDENT)
 
-FORMS = "ocf:PROVIDER:TYPE, lsb:NAME, exec:NAME or python:module.path:Class"
+FORMS = "ocf:PROVIDER:TYPE, lsb:NAME, exec:NAME, python:module.path:Class or ansible:PLAYBOOK.yml"
+PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 
 
 def _bad(text: str, why: str) -> InvalidInput:
@@ -55,7 +57,7 @@ class DriverSpec:
     """A well-formed driver name; see the module docstring for the grammar."""
 
     cls: str  # one of CLASSES
-    name: str  # OCF type / LSB script / exec name / python Class
+    name: str  # OCF type / LSB script / exec name / python Class / ansible playbook file
     provider: str | None = None  # OCF provider, or the python module
 
     def __post_init__(self) -> None:
@@ -77,6 +79,8 @@ class DriverSpec:
                 raise _bad(text, "an OCF agent needs a provider (1-128 of A-Z a-z 0-9 _ . + -)")
         elif self.provider is not None:
             raise _bad(text, f"{self.cls} drivers have no provider")
+        if self.cls == "ansible" and not self.name.endswith(PLAYBOOK_SUFFIXES):
+            raise _bad(text, "an ansible playbook's name ends in .yml or .yaml")
 
     @property
     def text(self) -> str:
@@ -127,7 +131,9 @@ class DriverRoots:
     ocf_root: Path = Path("/usr/lib/ocf")
     lsb_root: Path = Path("/etc/init.d")
     exec_dirs: tuple[Path, ...] = ()
-    python_packages: tuple[str, ...] = ("tenure.drivers.handlers",)
+    # ansible:PLAYBOOK is the first <dir>/PLAYBOOK that is a file
+    playbook_dirs: tuple[Path, ...] = ()
+    python_packages: tuple[str, ...] = ("tenure.drivers.handlers", "tenure.drivers.tc")
     # spec text (e.g. "exec:foo") or class ("exec") -> user name
     run_as: Mapping[str, str] = field(default_factory=dict)
 
