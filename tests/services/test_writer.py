@@ -307,3 +307,18 @@ def test_an_unchanged_reclaim_writes_nothing(alloc: Allocator) -> None:
     assert marked.revision == revision + 1 and events_count(alloc) == events + 2
     assert alloc.claim("p", "k").revision == marked.revision
     assert events_count(alloc) == events + 2
+
+
+def test_a_failing_after_commit_step_is_logged_and_the_writer_goes_on(alloc: Allocator) -> None:
+    """An after-commit step (publish, log line) runs once the batch is durable: its bug must not stop the writer."""
+    rt = alloc.runtime
+
+    def apply(batch: Batch) -> str:
+        batch.emit("pool", "x", "updated", {}, {})
+        batch.on_commit(lambda: {}["a bad log call"])
+        return "committed"
+
+    assert rt.run(Op(apply)) == "committed"
+    assert rt.writer.failure is None
+    rt.run(rt.allocator.create_pool_op("after", ranges=[[1, 5]]))  # the writer still applies commands
+    assert rt.allocator.has_pool("after")

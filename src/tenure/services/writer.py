@@ -321,10 +321,11 @@ class Writer:
                     item.future.set_exception(err)
                 return None
             self.revision = batch.revision
-        for fn in batch.after_commit:
-            fn()
-        for fn in batch.after_commit_once.values():
-            fn()
+        for fn in (*batch.after_commit, *batch.after_commit_once.values()):
+            try:
+                fn()
+            except Exception:  # committed already: a bug in a publish or log step must not stop the writer
+                log.exception("after-commit step failed")
         self.batches += 1
         self.commands += len(outcomes)
         for item, ok, value in outcomes:
