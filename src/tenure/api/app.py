@@ -23,10 +23,13 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, errors, reservations, resources, routes, watch
+from tenure.agent.state import SyncState
+from tenure.agent.sync import SyncConfig, SyncLoop
+from tenure.api import agents, errors, instances, reservations, resources, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
+from tenure.client import AsyncTenureClient
 from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Unauthorized, Unavailable
@@ -74,6 +77,7 @@ class LrmConfig:
     default_timeout: float = 20.0
     grace: float = 5.0
     clock: LoopClock | None = None  # None: the event loop's clock
+    sync: SyncConfig | None = None  # set: follow a server (`tenure agent --host NAME --server URL`)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class ServerState:
     hub: Hub = field(default_factory=Hub)
     loop: asyncio.AbstractEventLoop | None = None
     lrm: Lrm | None = None
+    sync: SyncLoop | None = None
 
     def require(self) -> Runtime:
         if self.runtime is None or not self.ready.is_set():
@@ -184,6 +189,13 @@ async def _start_lrm(state: ServerState, rt: Runtime, cfg: LrmConfig) -> None:
     rt.history.listers["resource"] = lrm.store.list_instances_at
     await lrm.restore()
     state.lrm = lrm
+    if cfg.sync is not None:
+        sc = cfg.sync
+        client = AsyncTenureClient(sc.server_url, sc.token)
+        sync = SyncLoop(host=sc.host, client=client, lrm=lrm, state=SyncState(rt), handlers=sc.handlers,
+                        heartbeat_interval=sc.heartbeat_interval, max_restarts=sc.max_restarts)
+        await sync.start()
+        state.sync = sync
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -203,6 +215,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         finally:
             hub.close()
             await asyncio.to_thread(thread.join)
+            if state.sync is not None:
+                await state.sync.close()
+                await state.sync.client.aclose()
             if state.lrm is not None:
                 await state.lrm.close()
             if state.runtime is not None:
@@ -222,6 +237,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     if config.lrm is None:
         app.include_router(agents.router)
         app.include_router(reservations.router)
+        app.include_router(instances.router)
     else:  # a host agent: its own tokens, local IDs, events, and the resource manager
         app.include_router(resources.router)
 
@@ -234,8 +250,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         rt = state.runtime
         if rt.writer.failure is not None:
             return JSONResponse({"status": "failed", "error": f"writer stopped: {rt.writer.failure}"}, status_code=503)
-        return JSONResponse({"status": "ok", "revision": rt.revision, "compacted_revision": rt.history.compacted,
-                             "watchers": hub.watchers})
+        body: dict[str, Any] = {"status": "ok", "revision": rt.revision, "compacted_revision": rt.history.compacted,
+                                "watchers": hub.watchers}
+        if state.sync is not None:
+            body["sync"] = state.sync.status()
+        return JSONResponse(body)
 
     @app.get("/metrics", tags=["system"])
     def prometheus(who: Annotated[Principal, Depends(authenticate)]) -> Response:

@@ -82,7 +82,10 @@ class _StateCollector(Collector):
                                      labels=["state"])
         for state, n in rt.reservations.count_by_state().items():
             by_state.add_metric([state], n)
-        out = [size, used, util, rev, batches, commands, compacted, by_state]
+        instances = GaugeMetricFamily("tenure_instances", "Desired-state instances by state", labels=["state"])
+        for state, n in rt.instances.count_by_state().items():
+            instances.add_metric([state], n)
+        out = [size, used, util, rev, batches, commands, compacted, by_state, instances]
         hub = self._hub
         if hub is not None:
             for name, doc, value in (

@@ -338,6 +338,11 @@ class WatchStream(Response):
                 if scanned >= hub.revision:
                     hub.register(w, floor=scanned, pending=items)  # no await since collect: nothing missed
                     self.sent = max(self.sent, pos)
+                    if not items and scanned > self.sent and w.bookmarks:
+                        # Caught up with nothing to send: say so now, not at the next idle tick, so a selective
+                        # watcher knows it has every event up to here (an agent resuming after a restart).
+                        await self._write(bookmark_frame(scanned))
+                        self.sent = scanned
                     return
                 await self._send_items(items)
                 pos = scanned

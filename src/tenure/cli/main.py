@@ -13,7 +13,19 @@ from typing import Annotated
 
 import typer
 
-from tenure.cli import agents, audit, claims, limits, pools, reservations, resources, tokens, topology, watch
+from tenure.cli import (
+    agents,
+    audit,
+    claims,
+    instances,
+    limits,
+    pools,
+    reservations,
+    resources,
+    tokens,
+    topology,
+    watch,
+)
 from tenure.cli.common import session
 from tenure.config import DEFAULT_LISTEN, Settings, default_data_dir
 
@@ -57,6 +69,7 @@ app.command("paths")(reservations.paths)
 app.command("usage")(reservations.usage)
 app.add_typer(limits.app, name="limit")
 app.add_typer(resources.app, name="resource")
+app.add_typer(instances.app, name="instance")
 
 
 @app.command()
@@ -78,6 +91,8 @@ def serve(
                                                                "marked down")] = Settings.agent_down_after,
     watch_dispatch: Annotated[str, typer.Option(hidden=True, help="index, or broadcast (benchmark baseline)")]
     = "index",
+    handlers: Annotated[Path | None, typer.Option(help="YAML: the resource types instances may have "
+                                                  "(resources:); the built-in types without it")] = None,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -85,7 +100,15 @@ def serve(
     if watch_dispatch not in ("index", "broadcast"):
         raise typer.BadParameter("index or broadcast", param_hint="--watch-dispatch")
     data_dir = data_dir or session(ctx).data_dir or default_data_dir()
-    settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after)
+    from tenure.domain.errors import TenureError
+    from tenure.handlers import load_handlers
+
+    try:
+        types = {t.name: t.timeout for t in load_handlers(handlers).values()}
+    except TenureError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--handlers") from None
+    settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after,
+                        instance_types=types)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
         watch_dispatch=watch_dispatch)
 
@@ -106,6 +129,8 @@ def agent(
                                                            "drivers (repeatable)")] = None,
     python_package: Annotated[list[str] | None, typer.Option("--python-package", help="A package python: "
                                                              "handlers may come from (repeatable)")] = None,
+    playbook_dir: Annotated[list[Path] | None, typer.Option("--playbook-dir", help="A directory of "
+                                                            "ansible:PLAYBOOK playbooks (repeatable)")] = None,
     run_as: Annotated[list[str] | None, typer.Option("--run-as", help="DRIVER=USER or CLASS=USER: run that "
                                                      "driver as USER (repeatable)")] = None,
     rsctmp: Annotated[Path | None, typer.Option(help="HA_RSCTMP for OCF agents; default /run/resource-agents "
@@ -116,8 +141,19 @@ def agent(
     kill_grace: Annotated[float, typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL of a timed-out "
                                               "operation's process group")] = 5.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    host: Annotated[str | None, typer.Option(help="This host's name (its node id in the topology): with "
+                                             "--server, follow that server's instances for this host")] = None,
+    server: Annotated[str | None, typer.Option(help="The server's URL (http://HOST:PORT or unix:PATH)")] = None,
+    server_token_file: Annotated[Path | None, typer.Option(help="A file holding this host's agent token for the "
+                                                           "server (or set TENURE_SERVER_TOKEN)")] = None,
+    handlers: Annotated[Path | None, typer.Option(help="YAML: resource types and their drivers (resources:); "
+                                                  "the built-in types without it")] = None,
+    heartbeat: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats to the server")] = 20.0,
 ) -> None:
-    """Run the host agent: the local resource manager over HTTP (same tokens and watch as the server)."""
+    """Run the host agent: the local resource manager over HTTP (same tokens and watch as the server).
+
+    With --host and --server it also follows the server: it registers, watches this host's instances,
+    converges each through the resource manager and reports the outcome."""
     import os
 
     from tenure.api.app import LrmConfig
@@ -144,10 +180,34 @@ def agent(
         users[spec] = user
     roots = DriverRoots(ocf_root=ocf_root, lsb_root=lsb_root, exec_dirs=tuple(p.resolve() for p in drivers_dir or ()),
                         python_packages=tuple(python_package or ()) or DriverRoots().python_packages,
-                        run_as=users)
+                        playbook_dirs=tuple(p.resolve() for p in playbook_dir or ()), run_as=users)
     tmp = rsctmp or (Path("/run/resource-agents") if os.geteuid() == 0 else data_dir / "rsctmp")
+    sync = None
+    if (host is None) != (server is None):
+        raise typer.BadParameter("give both --host and --server, or neither", param_hint="--host/--server")
+    if host is not None and server is not None:
+        from tenure.agent.sync import SyncConfig
+        from tenure.domain.pool import validate_name
+        from tenure.handlers import load_handlers
+
+        try:
+            validate_name(host, what="host")
+            types = load_handlers(handlers)
+        except TenureError as exc:
+            raise typer.BadParameter(exc.message) from None
+        token = os.environ.get("TENURE_SERVER_TOKEN")
+        if server_token_file is not None:
+            try:
+                token = server_token_file.read_text().strip()
+            except OSError as exc:
+                raise typer.BadParameter(f"cannot read {server_token_file}: {exc.strerror}",
+                                         param_hint="--server-token-file") from None
+        if not token:
+            raise typer.BadParameter("the server needs this host's agent token: --server-token-file or "
+                                     "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
+        sync = SyncConfig(host=host, server_url=server, token=token, handlers=types, heartbeat_interval=heartbeat)
     lrm = LrmConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
-                    grace=kill_grace)
+                    grace=kill_grace, sync=sync)
     run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,
         log_level=log_level, lrm=lrm)
 

@@ -20,12 +20,14 @@ from typing import Any, Self
 import httpx
 
 from tenure.client._client import (
+    UNIX_ORIGIN,
     _api_error,
     _ClientBase,
     _created,
     _decode,
     _transport_error,
     segment,
+    unix_socket,
 )
 from tenure.client._errors import TenureClientError, TenureConfigError
 from tenure.client._watch import (
@@ -53,6 +55,10 @@ class AsyncTenureClient(_ClientBase):
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
         ``httpx.AsyncClient`` and stays owned by the caller (it is not closed by :meth:`aclose`)."""
         super().__init__(base_url, token, timeout, http, transport)
+        socket_path = unix_socket(self.base_url)
+        self._origin = self.base_url if socket_path is None else UNIX_ORIGIN  # where requests are addressed
+        if socket_path is not None and http is None and transport is None:
+            transport = httpx.AsyncHTTPTransport(uds=socket_path)
         self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, transport=transport)
 
     # ---------------------------------------------------------------- plumbing
@@ -75,7 +81,7 @@ class AsyncTenureClient(_ClientBase):
         """One request, the answer as it is (errors included); failing to get one raises a client error."""
         try:
             return await self._http.request(
-                method, self.base_url + path, headers=self._headers, json=json, params=params
+                method, self._origin + path, headers=self._headers, json=json, params=params
             )
         except (httpx.TransportError, httpx.InvalidURL) as exc:
             raise _transport_error(self.base_url, self.timeout, exc) from None
@@ -135,6 +141,20 @@ class AsyncTenureClient(_ClientBase):
         """``{"agents": [...], "revision": N}``."""
         return await self.request("GET", "/v1/agents")
 
+    async def instances(self, host: str | None = None, after: str | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+        """One page: ``{"instances": [...], "next": ID or None, "revision": N}``."""
+        params = {k: v for k, v in (("host", host), ("after", after), ("limit", limit)) if v is not None}
+        return await self.request("GET", "/v1/instances", params=params or None)
+
+    async def report_instance(self, id: str, generation: int, state: str, *,  # noqa: A002
+                              reason: str | None = None, outputs: dict[str, str] | None = None,
+                              result: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A host agent's outcome for one generation: ``{"instance": {...}, "stale": bool}``."""
+        body = {k: v for k, v in (("generation", generation), ("state", state), ("reason", reason),
+                                  ("outputs", outputs), ("result", result)) if v is not None}
+        return await self.request("POST", f"/v1/instances/{segment(id)}/report", json=body)
+
     # ------------------------------------------------------------------ watch
 
     def watch(
@@ -163,14 +183,14 @@ class AsyncTenureClient(_ClientBase):
     async def _watch(
         self, session: WatchSession, read_timeout: float, sleep: Callable[[float], Awaitable[object]]
     ) -> AsyncIterator[WatchEvent]:
-        url = self.base_url + "/v1/watch"
+        url = self._origin + "/v1/watch"
         headers = {**self._headers, "Accept": "text/event-stream"}
         timeout = httpx.Timeout(self.timeout, read=read_timeout)
         while True:
             error: TenureClientError | None = None
             try:
                 if session.needs_start and not session.on_start(await self._http.get(
-                        self.base_url + "/healthz", headers=self._headers, timeout=self.timeout)):
+                        self._origin + "/healthz", headers=self._headers, timeout=self.timeout)):
                     await sleep(session.connection_lost())
                     continue
                 async with self._http.stream("GET", url, params=session.params(), headers=headers,

@@ -17,7 +17,7 @@ is used only as a transport; its own base URL and headers do not leak in.
 A host agent (``tenure agent``) listens on a Unix socket by default: a base URL
 ``unix:/path/to/agent.sock`` sends every request over that socket (to an
 ``http://localhost`` origin, which the server ignores), and errors still name the
-``unix:`` URL. Only this synchronous client speaks it; the async client is TCP only.
+``unix:`` URL. Both the synchronous and the asynchronous client speak it.
 
 Path segments are percent-encoded with nothing left safe: a key ``a/b`` must
 reach the server as one segment ``a%2Fb``, and ``?``, ``#`` and ``%`` must not
@@ -421,6 +421,44 @@ class TenureClient(_ClientBase):
     def cancel_reservation(self, id: str) -> dict[str, Any]:  # noqa: A002
         """Cancel: the capacity is free at once; cancelling again answers the cancelled reservation."""
         return self._call("DELETE", f"/v1/reservations/{segment(id)}")
+
+    # ------------------------------------------------------------- instances
+
+    def create_instance(self, name: str, type: str, host: str, *,  # noqa: A002
+                        parameters: dict[str, Any] | None = None, labels: dict[str, str] | None = None,
+                        depends_on: list[str] | None = None, project: str | None = None) -> dict[str, Any]:
+        """A desired-state instance; ``created``: False when the same one already existed."""
+        body = {k: v for k, v in (("name", name), ("type", type), ("host", host), ("parameters", parameters),
+                                  ("labels", labels), ("depends_on", depends_on), ("project", project))
+                if v is not None}
+        return _created(self._send("POST", "/v1/instances", json=body))
+
+    def create_instances(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        """Several instances that may depend on each other, all or nothing: ``{"instances": [...]}``."""
+        return self._call("POST", "/v1/instances/batch", json={"instances": instances})
+
+    def instances(self, host: str | None = None, state: str | None = None, type: str | None = None,  # noqa: A002
+                  project: str | None = None, after: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """One page: ``{"instances": [...], "next": ID or None, "revision": N}``."""
+        params = {k: v for k, v in (("host", host), ("state", state), ("type", type), ("project", project),
+                                    ("after", after), ("limit", limit)) if v is not None}
+        return self._call("GET", "/v1/instances", params=params or None)
+
+    def instance(self, ref: str) -> dict[str, Any]:
+        """By id, or by name within the caller's project."""
+        return self._call("GET", f"/v1/instances/{segment(ref)}")
+
+    def modify_instance(self, ref: str, **changes: Any) -> dict[str, Any]:
+        """Change ``parameters``, ``labels`` or ``depends_on``; the agent applies it as a modify (reload)."""
+        return self._call("PATCH", f"/v1/instances/{segment(ref)}",
+                          json={k: v for k, v in changes.items() if v is not None})
+
+    def delete_instance(self, ref: str, *, force: bool = False) -> dict[str, Any]:
+        """Desired absent: ``deleting`` until the agent confirms (``deleted`` at once if it was never sent)."""
+        return self._call("DELETE", f"/v1/instances/{segment(ref)}", params={"force": "true"} if force else None)
+
+    def types(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/types")
 
     def paths(self, **query: Any) -> dict[str, Any]:
         """Up to ``k`` feasible paths for ``src`` → ``dst`` at ``rate`` over ``start``-``end``; nothing is booked."""

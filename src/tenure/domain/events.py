@@ -14,7 +14,7 @@ from typing import Any
 from tenure.domain.access import Principal, may_see_claim, may_use_pool
 
 KINDS: tuple[str, ...] = ("pool", "claim", "token", "agent", "reservation", "topology", "limit",
-                          "resource", "operation")
+                          "resource", "operation", "instance")
 # monitor_failed: a host agent's monitor found a resource not as expected (kind resource)
 OPS: tuple[str, ...] = ("created", "updated", "deleted", "monitor_failed")
 
@@ -40,6 +40,10 @@ def may_see_event(p: Principal, kind: str, object_id: str, labels: Mapping[str, 
         return True
     if kind == "limit":
         return p.role == "member" and labels.get("project") == p.project
+    if kind == "instance":  # as GET /v1/instances/{id}: a member its project's, an agent its host's
+        if p.role == "member":
+            return labels.get("project") == p.project
+        return p.role == "agent" and labels.get("host") == p.host
     # resource, operation: a host agent's local resource manager, administered by its admin tokens only
     return False
 
@@ -64,4 +68,7 @@ def implied_scope(p: Principal, kind: str) -> dict[str, str] | None:
         return {}
     if kind == "limit":
         return {"project": p.project} if p.role == "member" and p.project else None
+    if kind == "instance":
+        return {"project": p.project} if p.role == "member" and p.project else (
+            {"host": p.host} if p.role == "agent" and p.host else None)
     return None

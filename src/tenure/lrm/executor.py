@@ -211,6 +211,11 @@ class Lrm:
             "last": {k: r.to_dict() for k, r in sorted(inst.last.items())},
         }
 
+    def actions(self, ref: str) -> frozenset[str] | None:
+        """The actions the instance's driver declares; None when any well-formed action may be tried."""
+        inst = self._get(ref)
+        return inst.driver.actions(self._meta.get(inst.driver_spec))
+
     def _op_view(self, inst: _Inst, op: _Op) -> dict[str, Any]:
         return {"id": op.id, "resource_id": inst.id, "resource": inst.name, "action": op.action,
                 "interval": op.interval, "timeout": op.timeout, "report": op.report, "expect": op.expect,
@@ -317,6 +322,25 @@ class Lrm:
             raise
         inst.removing = False
         log.info("resource added", extra={"resource": name, "id": inst.id, "driver": inst.driver_spec})
+        return self.view(inst)
+
+    async def update(self, ref: str, params: dict[str, str]) -> dict[str, Any]:
+        """Change an instance's parameters (for the next operation: a reload applies them). Runs nothing."""
+        self._open()
+        inst = self._get(ref)
+        params = check_params(params)
+        inst.driver.validate_params(self._meta.get(inst.driver_spec), params)
+        if params == inst.params:
+            return self.view(inst)
+        before = inst.params
+        inst.params = params  # before any await: an operation queued after this call sees the new ones
+        try:
+            await self.store.update_instance(inst.body())
+        except BaseException:
+            if inst.params is params:
+                inst.params = before
+            raise
+        log.info("resource updated", extra={"resource": inst.name, "id": inst.id})
         return self.view(inst)
 
     def _name_free(self, name: str) -> None:
@@ -570,7 +594,7 @@ class Lrm:
                         started_at=started_wall, finished_at=started_wall + (finished - started),
                         queue_ms=round((started - op.submitted) * 1000), run_ms=round((finished - started) * 1000),
                         stdout=outcome.stdout, stderr=outcome.stderr, expect=op.expect, trigger=op.trigger,
-                        pid=outcome.pid)
+                        pid=outcome.pid, outputs=dict(outcome.outputs))
         try:
             await self._settle(inst, op, result)
         finally:
@@ -758,4 +782,10 @@ def _scan_drivers(roots: DriverRoots) -> list[dict[str, Any]]:
     for d in roots.exec_dirs:
         out += [{"driver": f"exec:{n}", "class": "exec", "dir": str(d)} for n in _executables(d)]
     out += [{"driver": f"python:{pkg}.*", "class": "python"} for pkg in roots.python_packages]
+    for d in roots.playbook_dirs:
+        try:
+            books = sorted(e.name for e in os.scandir(d) if e.is_file() and e.name.endswith((".yml", ".yaml")))
+        except OSError:
+            books = []
+        out += [{"driver": f"ansible:{n}", "class": "ansible", "dir": str(d)} for n in books]
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -146,6 +146,7 @@ class Result:
     expect: int = 0
     trigger: str = "client"  # client | recurring | restore (the probe after an agent restart)
     pid: int | None = None  # the driver's process (its process group id too)
+    outputs: dict[str, str] = field(default_factory=dict)  # values the driver returned (a VLAN, a class id)
 
     @property
     def failed(self) -> bool:
@@ -171,7 +172,7 @@ class Result:
             "queued_at": iso(self.queued_at), "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at), "queue_ms": self.queue_ms, "run_ms": self.run_ms,
             "stdout": self.stdout, "stderr": self.stderr, "expect": self.expect, "trigger": self.trigger,
-            "pid": self.pid,
+            "pid": self.pid, "outputs": dict(self.outputs),
         }
 
     @classmethod
@@ -182,7 +183,8 @@ class Result:
                    status=d["status"], exit_reason=d["exit_reason"], queued_at=from_iso(d["queued_at"]),
                    started_at=from_iso(d["started_at"]), finished_at=finished, queue_ms=d["queue_ms"],
                    run_ms=d["run_ms"], stdout=d.get("stdout", ""), stderr=d.get("stderr", ""),
-                   expect=d.get("expect", 0), trigger=d.get("trigger", "client"), pid=d.get("pid"))
+                   expect=d.get("expect", 0), trigger=d.get("trigger", "client"), pid=d.get("pid"),
+                   outputs=dict(d.get("outputs") or {}))
 
 
 def next_state(state: str, r: Result) -> str:

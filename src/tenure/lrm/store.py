@@ -119,6 +119,14 @@ class LrmStore:
 
         return self._go(Op(apply))
 
+    def update_instance(self, body: dict[str, Any]) -> Awaitable[int]:
+        def apply(batch: Batch) -> int:
+            rev = batch.emit("resource", body["id"], "updated", dict(body["labels"]), body)
+            batch.write(update(_I).where(_I.c.id == body["id"]).values(body=_dumps(body), revision=rev), {})
+            return rev
+
+        return self._go(Op(apply))
+
     def remove_instance(self, body: dict[str, Any]) -> Awaitable[int]:
         iid = body["id"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -189,6 +189,12 @@ class AgentService:
         self.restored_at = clock()  # silence is counted from here at the earliest
         self._agents: dict[str, AgentInfo] = {}  # owned by the writer thread
         self._views: dict[str, AgentInfo] = {}  # committed state, replaced after each commit; read by anyone
+        # Called inside a registration's command, as fn(batch, host): what waits for an agent on the host.
+        self.on_registered: list[Callable[[Batch, str], None]] = []
+
+    def registered(self, host: str) -> bool:
+        """Whether an agent is registered for ``host`` (writer thread: the working map)."""
+        return host in self._agents
 
     def load(self, conn: Connection) -> None:
         for row in conn.execute(select(schema.agents)):
@@ -252,6 +258,8 @@ class AgentService:
                 self._set(batch, info, host)
                 batch.emit("agent", host, "created", _labels(host), info.body())
                 _log_on_commit(batch, "agent registered", host=host, version=version_)
+                for fn in self.on_registered:
+                    fn(batch, host)
                 return info, True
             if old.state == UP and old.same_registration(kinds_, version_, caps):
                 info = replace(old, last_seen=batch.now)
@@ -266,6 +274,8 @@ class AgentService:
             batch.emit("agent", host, "updated", _labels(host), info.body())
             if old.state == DOWN:
                 _log_on_commit(batch, "agent up", host=host)
+            for fn in self.on_registered:
+                fn(batch, host)
             return info, False
 
         return Op(apply)

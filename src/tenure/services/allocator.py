@@ -242,6 +242,19 @@ class AllocatorService:
             raise Forbidden(f"pool {name!r} is not open to this {principal.describe()}")
         return e
 
+    def claimed_value(self, pool: str, key: str, principal: Principal) -> int:
+        """The value claimed for ``key`` in ``pool`` as ``principal`` may see it (writer thread only).
+
+        ``NotFound`` names what is missing; used to resolve ``${claim:POOL:KEY}`` in instance parameters.
+        """
+        e = self._entries.get(pool)
+        if e is None or not may_use_pool(principal, e.pool.projects):
+            raise NotFound(f"no pool named {pool!r}", code="pool_not_found", pool=pool)
+        c = e.pool.claims.get(key)
+        if c is None or not may_see_claim(principal, c.project, c.host):
+            raise NotFound(f"pool {pool!r} has no claim for key {key!r}", code="claim_not_found", pool=pool, key=key)
+        return c.value
+
     # --------------------------------------------------------------- commands
 
     def create_pool_op(

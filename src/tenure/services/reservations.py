@@ -153,6 +153,8 @@ class ReservationService:
         self._limit_views: dict[str, Limit] = {}
         self._topology_view: tuple[Topology, int, int] = (self.cap.topology, 0, 0)
         self.scheduler = Scheduler(now_us=self.now_us, run=self._run_due)
+        # Called inside each reservation's change, as fn(batch, reservation): e.g. its shapers on the hosts.
+        self.listeners: list[Callable[[Batch, Reservation], None]] = []
 
     def now_us(self) -> int:
         return to_us(self.clock())
@@ -239,6 +241,8 @@ class ReservationService:
             self._write_update(batch, res)
         batch.emit("reservation", res.id, op, res.event_labels(), res.body())
         self._put(batch, res, res.id)
+        for fn in self.listeners:
+            fn(batch, res)
         return res
 
     def _window(self, start: int, end: int, now: int) -> tuple[int, int]:

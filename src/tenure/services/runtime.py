@@ -24,8 +24,10 @@ from tenure.config import Settings
 from tenure.domain.errors import Unavailable
 from tenure.services.agents import AgentService
 from tenure.services.allocator import AllocatorService
+from tenure.services.instances import InstanceService
 from tenure.services.periodic import Periodic
 from tenure.services.reservations import ReservationService
+from tenure.services.shaping import sync_shapers
 from tenure.services.tokens import TokenService
 from tenure.services.writer import Clock, Op, Writer, utcnow
 from tenure.store import schema
@@ -80,6 +82,15 @@ class Runtime:
                 self.reservations = ReservationService(
                     writer=self.writer, clock=clock, horizon=self.settings.reservation_horizon,
                     retention=self.settings.reservation_retention, start_grace=self.settings.reservation_start_grace)
+                types = self.settings.instance_types
+                if types is None:
+                    from tenure.handlers import load_handlers
+                    types = {t.name: t.timeout for t in load_handlers(None).values()}
+                self.instances = InstanceService(
+                    writer=self.writer, clock=clock, types=types, claim_value=self.allocator.claimed_value,
+                    has_agent=self.agents.registered, report_grace=self.settings.instance_report_grace)
+                self.agents.on_registered.append(self.instances.on_agent_registered)
+                self.reservations.listeners.append(self._reservation_changed)
                 self.allocator.load(conn)
                 self.tokens.load(conn)
                 self.history = History(self.engine, self.writer, clock=clock, max_age=self.settings.history_age,
@@ -89,9 +100,11 @@ class Runtime:
                                             token=self.tokens.list_at, agent=self.agents.list_at,
                                             reservation=self.reservations.list_reservations_at,
                                             topology=self.reservations.list_topology_at,
-                                            limit=self.reservations.list_limits_at)
+                                            limit=self.reservations.list_limits_at,
+                                            instance=self.instances.list_at)
                 self.agents.load(conn)
                 self.reservations.load(conn)
+                self.instances.load(conn)
         except BaseException:
             self._lock.release()
             self.engine.dispose()
@@ -100,6 +113,7 @@ class Runtime:
         try:
             # Timers re-armed at load; what fell due while the server was down is applied before serving.
             self.reservations.scheduler.run_due()
+            self.instances.scheduler.run_due()
         except BaseException:
             self.writer.close()
             self._lock.release()
@@ -107,6 +121,7 @@ class Runtime:
             raise
         if self.settings.housekeeping:
             self.reservations.scheduler.start()
+            self.instances.scheduler.start()
         self._compactor: Periodic | None = None
         if self.settings.housekeeping:
             self._compactor = Periodic("compactor", self.settings.compact_interval, self.history.compact).start()
@@ -150,8 +165,13 @@ class Runtime:
             raise Unavailable(f"no answer from the store within {timeout} s; the change may still commit",
                               code="outcome_unknown") from None
 
+    def _reservation_changed(self, batch: Any, res: Any) -> None:
+        """A reservation changed (inside its command): its shapers on the endpoint hosts follow."""
+        sync_shapers(batch, res, self.reservations.cap.topology, self.instances)
+
     def close(self) -> None:
         self.reservations.scheduler.stop()
+        self.instances.scheduler.stop()
         if self._compactor is not None:
             self._compactor.stop()
         if self._agent_sweeper is not None:

@@ -208,3 +208,34 @@ lrm_history = Table(
     Column("body", Text, nullable=False),
 )
 Index("ix_lrm_history_instance", lrm_history.c.instance_id, lrm_history.c.revision)
+
+# Desired-state instances on the server (services/instances.py): one row per instance not yet deleted.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("scope", String(128), nullable=False),  # the project, or "" for an admin's instance: names are per scope
+    Column("name", String(128), nullable=False),
+    Column("host", String(128), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    UniqueConstraint("scope", "name", name="uq_instances_scope_name"),
+)
+Index("ix_instances_host", instances.c.host)
+
+# A host agent's sync loop (agent/sync.py): what it converged of each of its host's instances, and where its
+# watch resumes.
+agent_instances = Table(
+    "agent_instances",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the server's instance id
+    Column("body", Text, nullable=False),
+)
+
+agent_state = Table(
+    "agent_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,470 @@
+"""The host agent's sync loop: watch this host's instances on the server, converge each through the LRM, report.
+
+Seed 001's scalable agent: the agent registers, then watches
+``kinds=instance`` with ``host=<its host>`` only, resuming from the revision it
+last took in (kept in its own store). A 410 (the history was compacted past
+that revision) is the only time it re-lists everything; then instances it
+holds that the server no longer has are torn down.
+
+Each instance converges in its own task, one pass at a time (a newer desired
+body during a pass makes one more pass), through the handler of its type
+(:mod:`tenure.handlers`): create = start, modify = reload (stop then start for
+a driver without reload), delete = stop and remove, probe = the recurring
+monitor. The outcome of each generation is reported to the server
+(``active`` with the outputs, ``failed`` with a reason, ``deleted``); a report
+that cannot be sent is retried with backoff until it is, or until a newer
+generation makes it moot.
+
+Restart (kill -9 included): the LRM restores its resources and probes each one
+once; the sync loop loads what it knew and resumes the watch where it was.
+An instance whose generation was applied and reported and whose resource the
+probe finds running needs nothing: no operation runs, the dataplane is not
+touched. An instance whose operation was cut short is applied again (start and
+reload are idempotent). Nothing is torn down unless the server says so.
+
+Recovery: when a monitor finds an active instance's resource not running, the
+instance is reported ``failed`` and started again, at most
+``max_restarts`` times per generation; a later monitor that finds it well
+reports it ``active`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tenure.agent.state import Local, SyncState
+from tenure.client import AsyncTenureClient, WatchGone
+from tenure.client._errors import TenureAPIError, TenureClientError
+from tenure.domain.errors import TenureError
+from tenure.handlers import HandlerType
+from tenure.lrm.executor import Lrm
+from tenure.lrm.model import Result
+
+log = logging.getLogger("tenure.agent.sync")
+
+VERSION = "tenure-agent/0.1"
+OK_STATES = frozenset({"running", "promoted"})
+
+
+def _reason(action: str, res: dict[str, Any]) -> str:
+    status, rc = res.get("status"), res.get("rc")
+    why = res.get("exit_reason")
+    if status == "timeout":
+        return f"timeout: {action} did not finish within its timeout" + (f" ({why})" if why else "")
+    if status != "done":
+        return f"{action}: {status}" + (f": {why}" if why else "")
+    return f"{action} failed: rc {rc} ({res.get('rc_name')})" + (f": {why}" if why else "")
+
+
+@dataclass
+class SyncConfig:
+    """``tenure agent --host NAME --server URL``: which host this agent is, and the server it follows."""
+
+    host: str
+    server_url: str
+    token: str
+    handlers: dict[str, HandlerType]
+    heartbeat_interval: float = 20.0
+    max_restarts: int = 3
+
+
+class SyncLoop:
+    def __init__(self, *, host: str, client: AsyncTenureClient, lrm: Lrm, state: SyncState,
+                 handlers: dict[str, HandlerType], heartbeat_interval: float = 20.0, max_restarts: int = 3,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                 rng: random.Random | None = None) -> None:
+        self.host = host
+        self.client = client
+        self.lrm = lrm
+        self.state = state
+        self.handlers = handlers
+        self.heartbeat_interval = heartbeat_interval
+        self.max_restarts = max_restarts
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.since: int | None = None
+        self.local: dict[str, Local] = {}
+        self._passes: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._lost: dict[str, str] = {}  # instance id -> why a monitor found its resource not running
+        self._tasks: list[asyncio.Task[None]] = []
+        self.registered = asyncio.Event()
+        self.synced = asyncio.Event()  # the watch is live (caught up once)
+        self.converged = asyncio.Event()  # no pass running
+        self.converged.set()
+        self.passes = 0  # convergence passes run (for tests and benchmarks)
+        self.operations = 0  # LRM operations submitted by the loop
+        self.reports = 0  # reports accepted by the server
+        self._closing = False
+
+    def status(self) -> dict[str, Any]:
+        """For the agent's /healthz: following the server, caught up, converged, and what it did."""
+        return {"host": self.host, "registered": self.registered.is_set(), "synced": self.synced.is_set(),
+                "converged": self.converged.is_set() and self.lrm.idle(), "since": self.since,
+                "instances": len(self.local), "passes": self.passes, "operations": self.operations,
+                "reports": self.reports}
+
+    # ================================================================ lifecycle
+
+    async def start(self) -> None:
+        self.since, self.local = await asyncio.to_thread(self.state.load)
+        self.lrm.listeners.append(self._on_result)
+        self._tasks = [asyncio.create_task(self._run(), name="tenure-sync"),
+                       asyncio.create_task(self._heartbeats(), name="tenure-heartbeat")]
+        for iid in list(self.local):  # what was in flight when the agent stopped goes on
+            self._kick(iid)
+        log.info("sync loop started", extra={"host": self.host, "since": self.since, "instances": len(self.local)})
+
+    async def close(self) -> None:
+        self._closing = True
+        with contextlib.suppress(ValueError):
+            self.lrm.listeners.remove(self._on_result)
+        tasks = self._tasks + list(self._passes.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _backoff(self, attempt: int) -> None:
+        await self.sleep(min(30.0, 0.2 * 2 ** min(attempt, 8)) * (0.5 + self.rng.random()))
+
+    async def _register(self) -> None:
+        caps = {"types": sorted(self.handlers)}
+        attempt = 0
+        while True:
+            try:
+                await self.client.register_agent(self.host, kinds=["instance"], version=VERSION, capabilities=caps)
+                self.registered.set()
+                return
+            except TenureClientError as exc:
+                log.warning("registration failed; retrying", extra={"host": self.host, "error": str(exc)})
+                await self._backoff(attempt)
+                attempt += 1
+
+    async def _heartbeats(self) -> None:
+        await self.registered.wait()
+        while True:
+            await self.sleep(self.heartbeat_interval)
+            try:
+                await self.client.heartbeat(self.host)
+            except TenureAPIError as exc:
+                if exc.code == "agent_not_registered":
+                    await self._register()
+                else:
+                    log.warning("heartbeat refused", extra={"host": self.host, "error": str(exc)})
+            except TenureClientError as exc:
+                log.warning("heartbeat failed", extra={"host": self.host, "error": str(exc)})
+
+    # ================================================================ the watch
+
+    async def _run(self) -> None:
+        await self._register()
+        while not self._closing:
+            try:
+                await self._watch()
+            except WatchGone:
+                log.warning("watch history compacted past our revision: full resync", extra={
+                    "host": self.host, "since": self.since})
+                self.since = None
+                await self.state.forget_since()
+            except TenureClientError as exc:  # the watch gave up (it retries by itself first)
+                log.warning("watch ended; restarting", extra={"host": self.host, "error": str(exc)})
+                await self._backoff(3)
+
+    async def _watch(self) -> None:
+        initial = self.since is None
+        listed: set[str] = set()
+        # Caught up once what the server had committed when the watch began has been taken in (a resumed
+        # watch's first bookmark is where it resumes from, before the replay: not a sign of being caught up).
+        target = int((await self.client.health()).get("revision") or 0)
+        watch = self.client.watch("instance", selectors=f"host={self.host}", since=self.since, initial=initial)
+        async with watch:
+            async for ev in watch:
+                if ev.type == "resync":
+                    listed.clear()
+                    continue
+                if ev.is_bookmark:
+                    if ev.initial_end and initial:
+                        await self._end_of_listing(listed)
+                        initial = False
+                    if ev.revision is not None and ev.revision != self.since:
+                        self.since = ev.revision
+                        await self.state.save(since=ev.revision)
+                    if not initial and (self.since or 0) >= target:
+                        self.synced.set()
+                    continue
+                if ev.id is None or ev.object is None:
+                    continue
+                if ev.initial:
+                    listed.add(ev.id)
+                await self._desired(ev.id, None if ev.type == "deleted" else ev.object, ev.revision)
+                if not initial and (self.since or 0) >= target:
+                    self.synced.set()
+        self.synced.clear()
+
+    async def _end_of_listing(self, listed: set[str]) -> None:
+        """After a full listing: what we hold that the server no longer has is gone there; tear it down."""
+        for iid in [i for i in self.local if i not in listed]:
+            await self._desired(iid, None, None)
+
+    async def _desired(self, iid: str, body: dict[str, Any] | None, revision: int | None) -> None:
+        loc = self.local.get(iid)
+        if loc is None:
+            if body is None:
+                if revision is not None:
+                    self.since = revision
+                    await self.state.save(since=revision)
+                return
+            loc = self.local[iid] = Local(id=iid)
+        if body is not None and loc.desired is not None and body.get("revision", 0) < loc.desired.get("revision", 0):
+            return  # older than what we have (a listing after events)
+        loc.desired = body
+        if revision is not None:
+            self.since = revision
+        await self.state.save(loc, since=revision)
+        self._kick(iid)
+
+    # ================================================================ convergence
+
+    def _kick(self, iid: str) -> None:
+        if self._closing:
+            return
+        task = self._passes.get(iid)
+        if task is not None and not task.done():
+            self._again.add(iid)
+            return
+        self.converged.clear()
+        self._passes[iid] = asyncio.create_task(self._converge(iid), name=f"tenure-converge-{iid[:8]}")
+
+    async def _converge(self, iid: str) -> None:
+        try:
+            attempt = 0
+            while True:
+                self._again.discard(iid)
+                self.passes += 1
+                try:
+                    await self._pass(iid)
+                    attempt = 0
+                except (TenureClientError, TenureError) as exc:
+                    log.warning("convergence pass failed; retrying", extra={"instance": iid, "error": str(exc)})
+                    self._again.add(iid)
+                    await self._backoff(attempt)
+                    attempt += 1
+                if iid not in self._again or self._closing:
+                    return
+        finally:
+            if self._passes.get(iid) is asyncio.current_task():
+                del self._passes[iid]
+            if not self._passes:
+                self.converged.set()
+
+    async def _pass(self, iid: str) -> None:
+        loc = self.local.get(iid)
+        if loc is None:
+            return
+        d = loc.desired
+        if d is None:  # the server no longer has it (deleted, or forced): nothing of it may stay here
+            await self._teardown(loc)
+            self.local.pop(iid, None)
+            await self.state.save(drop=iid)
+            return
+        if d["desired"] == "absent":
+            gen = d["dispatched"]
+            if loc.reported == (gen, "deleted"):
+                return
+            failure = await self._teardown(loc)
+            if failure is None:
+                await self._report(loc, gen, "deleted")
+            else:
+                await self._report(loc, gen, "failed", reason=failure)
+            return
+        gen = d["dispatched"]
+        if gen < 1 or d.get("resolved") is None or gen < loc.applied:
+            return  # pending on the server: nothing to do yet
+        handler = self.handlers.get(d["type"])
+        if handler is None:
+            await self._report(loc, gen, "failed", reason=f"the agent of host {self.host!r} has no handler for "
+                                                          f"type {d['type']!r}")
+            return
+        res = self._resource(loc)
+        if res is not None and res["state"] not in OK_STATES and loc.reported == (gen, "active"):
+            # A probe found it not running: say so first, then recover (below) if there are tries left.
+            await self._report(loc, gen, "failed", reason=self._lost.pop(loc.id, None)
+                               or f"probe: the resource is {res['state']}")
+        if loc.applied == gen and res is not None and res["state"] in OK_STATES:
+            if loc.reported != (gen, "active"):
+                await self._report(loc, gen, "active", outputs=loc.outputs)
+            return  # converged: nothing runs (an agent restart changes nothing)
+        if loc.applied == gen and loc.reported == (gen, "failed") and res is not None and res["state"] in (
+                "stopped", "failed") and loc.restarts >= self.max_restarts:
+            return  # given up on this generation until it changes
+        await self._apply(loc, handler, gen, res)
+
+    def _resource(self, loc: Local) -> dict[str, Any] | None:
+        if loc.resource is None:
+            return None
+        try:
+            return self.lrm.get(loc.resource)
+        except TenureError:
+            return None
+
+    async def _params(self, loc: Local, handler: HandlerType) -> dict[str, str]:
+        d = loc.desired
+        assert d is not None
+        params = {**handler.properties, **d["resolved"]}
+        for name, ranges in handler.locals.items():
+            if name not in loc.locals:
+                loc.locals[name] = await self.state.local_id(f"local.{handler.name}.{name}", ranges, loc.id)
+                await self.state.save(loc)
+            params[name] = str(loc.locals[name])
+        return params
+
+    async def _run_op(self, loc: Local, action: str, timeout: float) -> dict[str, Any]:
+        assert loc.resource is not None
+        self.operations += 1
+        op = await self.lrm.submit(loc.resource, action, timeout=timeout)
+        view = await self.lrm.operation(loc.resource, op["id"], wait=timeout * 2 + 30)
+        return view["result"] or {"status": "timeout", "rc": None, "exit_reason": "no result in time"}
+
+    async def _apply(self, loc: Local, handler: HandlerType, gen: int, res: dict[str, Any] | None) -> None:
+        d = loc.desired
+        assert d is not None
+        timeout = float(d.get("timeout") or handler.timeout)
+        try:
+            params = await self._params(loc, handler)
+        except TenureError as exc:
+            await self._report(loc, gen, "failed", reason=f"local IDs: {exc.message}")
+            return
+        if res is None:
+            name = f"i-{loc.id}"
+            try:
+                res = self.lrm.get(name)  # added before a crash, not yet recorded as ours
+            except TenureError:
+                try:
+                    res = await self.lrm.add(name, handler.driver, params=params,
+                                             labels={"instance": d["name"], "type": d["type"]})
+                except TenureError as exc:
+                    await self._report(loc, gen, "failed", reason=f"{handler.driver}: {exc.message}")
+                    return
+            loc.resource = name
+            await self.state.save(loc)
+        action = "start"
+        if res["params"] != params:
+            try:
+                await self.lrm.update(loc.resource, params)
+            except TenureError as exc:
+                await self._report(loc, gen, "failed", reason=f"{handler.driver}: {exc.message}")
+                return
+            if res["state"] in OK_STATES:
+                action = "reload"
+        if loc.applied == gen and loc.reported == (gen, "failed"):
+            loc.restarts += 1
+        elif loc.applied != gen:
+            loc.restarts = 0
+        if action == "reload" and "reload" not in (self.lrm.actions(loc.resource) or {"reload"}):
+            stopped = await self._run_op(loc, "stop", timeout)
+            if stopped.get("failed", True) and stopped.get("status") != "done":
+                await self._report(loc, gen, "failed", reason=_reason("stop", stopped))
+                return
+            action = "start"
+        result = await self._run_op(loc, action, timeout)
+        if result.get("failed") or result.get("status") != "done":
+            loc.applied = gen
+            await self._report(loc, gen, "failed", reason=_reason({"start": "create", "reload": "modify"}[action],
+                                                                   result))
+            return
+        loc.applied = gen
+        loc.outputs = dict(result.get("outputs") or {})
+        for name, value in loc.locals.items():
+            loc.outputs.setdefault(name, str(value))
+        if handler.monitor > 0:
+            await self.lrm.submit(loc.resource, "monitor", interval=handler.monitor, timeout=timeout)
+        await self._report(loc, gen, "active", outputs=loc.outputs, result=_brief(result))
+
+    async def _teardown(self, loc: Local) -> str | None:
+        """Stop and remove the resource, release the local IDs; the failure's reason, or None."""
+        d = loc.desired
+        if loc.resource is not None:
+            res = self._resource(loc)
+            if res is not None:
+                timeout = float((d or {}).get("timeout") or 60.0)
+                if res["state"] not in ("stopped",) or res.get("running") or res.get("queued"):
+                    result = await self._run_op(loc, "stop", timeout)
+                    if result.get("status") != "done" or result.get("rc") != 0:
+                        return _reason("delete", result)
+                with contextlib.suppress(TenureError):
+                    await self.lrm.remove(loc.resource)
+            loc.resource = None
+        type_ = (d or {}).get("type")
+        for name in list(loc.locals):
+            await self.state.release_local(f"local.{type_}.{name}", loc.id)
+            del loc.locals[name]
+        await self.state.save(loc)
+        return None
+
+    # ================================================================ reports
+
+    async def _report(self, loc: Local, gen: int, state: str, *, reason: str | None = None,
+                      outputs: dict[str, str] | None = None, result: dict[str, Any] | None = None) -> None:
+        if loc.reported == (gen, state) and state != "failed":
+            return
+        attempt = 0
+        while True:
+            if loc.desired is None or loc.desired.get("dispatched") != gen:
+                return  # moot: a newer generation came meanwhile (its own pass reports it)
+            try:
+                answer = await self.client.report_instance(loc.id, gen, state, reason=reason, outputs=outputs,
+                                                           result=result)
+                break
+            except TenureAPIError as exc:
+                if exc.code == "instance_not_found":  # gone on the server: tear down here
+                    loc.desired = None
+                    self._again.add(loc.id)
+                    return
+                if exc.status < 500:
+                    log.error("report refused", extra={"instance": loc.id, "error": str(exc)})
+                    return
+            except TenureClientError as exc:
+                log.warning("report failed; retrying", extra={"instance": loc.id, "error": str(exc)})
+            await self._backoff(attempt)
+            attempt += 1
+        self.reports += 1
+        loc.reported = (gen, state)
+        body = answer.get("instance")
+        if state != "deleted" and body and loc.desired is not None and body.get("revision", 0) > loc.desired.get(
+                "revision", 0):
+            loc.desired = body  # the server's state after our report (its event follows on the watch)
+        if state == "deleted":
+            self.local.pop(loc.id, None)
+            await self.state.save(drop=loc.id)
+        else:
+            await self.state.save(loc)
+
+    def _on_result(self, body: dict[str, Any], result: Result) -> None:
+        """An LRM result: a monitor that disagrees with what was reported starts a pass."""
+        if result.action != "monitor" or self._closing:
+            return
+        labels = body.get("labels") or {}
+        if "instance" not in labels or not body["name"].startswith("i-"):
+            return
+        iid = body["name"][2:]
+        loc = self.local.get(iid)
+        if loc is None or loc.desired is None or loc.desired.get("desired") != "present":
+            return
+        gen = loc.desired.get("dispatched", 0)
+        ok = body.get("state") in OK_STATES
+        if ok and loc.reported == (gen, "failed") and loc.applied == gen:
+            self._kick(iid)  # well again: the pass reports it active
+        elif not ok and loc.reported == (gen, "active"):
+            self._lost[iid] = _reason("probe", result.to_dict()) if result.rc != 7 else (
+                "probe: the resource is not running")
+            self._kick(iid)  # the pass reports the failure, then recovers
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result.get(k) for k in ("action", "rc", "rc_name", "status", "exit_reason", "run_ms", "finished_at")}

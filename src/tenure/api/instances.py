@@ -1,0 +1,107 @@
+"""Routes of /v1/instances (desired-state instances) and /v1/types. Thin: parse, authorize, call the service.
+
+Admins and members create, modify and delete instances (members in their own
+project); the host's agent reads its host's instances and reports the outcome
+of each generation (``POST /v1/instances/{id}/report``). Instances are named
+by id or, within the caller's project, by name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import Field, StrictInt, StrictStr
+
+from tenure.api.routes import RT, Auth, StrictModel
+from tenure.domain.instance import MAX_DEPENDENCIES, MAX_PARAMETERS
+from tenure.services.instances import MAX_BATCH, MAX_PAGE
+
+router = APIRouter(prefix="/v1")
+
+Value = StrictStr | StrictInt
+
+
+class InstanceCreate(StrictModel):
+    name: StrictStr
+    type: StrictStr
+    host: StrictStr
+    parameters: dict[StrictStr, Value] | None = Field(default=None, max_length=MAX_PARAMETERS)
+    labels: dict[StrictStr, StrictStr] | None = None
+    depends_on: list[StrictStr] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
+    project: StrictStr | None = None
+
+
+class InstanceBatch(StrictModel):
+    instances: list[InstanceCreate] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class InstancePatch(StrictModel):
+    parameters: dict[StrictStr, Value] | None = Field(default=None, max_length=MAX_PARAMETERS)
+    labels: dict[StrictStr, StrictStr] | None = None
+    depends_on: list[StrictStr] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
+
+
+class Report(StrictModel):
+    generation: StrictInt
+    state: StrictStr
+    reason: StrictStr | None = None
+    outputs: dict[StrictStr, Value] | None = None
+    result: dict[str, Any] | None = None
+
+
+@router.post("/instances", status_code=201, tags=["instances"])
+async def create_instance(body: InstanceCreate, response: Response, rt: RT, who: Auth) -> dict[str, Any]:
+    [(inst, created)] = await rt.arun(rt.instances.create_op([body.model_dump(exclude_none=True)], principal=who))
+    if not created:
+        response.status_code = 200
+    return inst.body()
+
+
+@router.post("/instances/batch", status_code=201, tags=["instances"])
+async def create_instances(body: InstanceBatch, response: Response, rt: RT, who: Auth) -> dict[str, Any]:
+    """Several instances, possibly depending on each other, all or nothing."""
+    items = [i.model_dump(exclude_none=True) for i in body.instances]
+    out = await rt.arun(rt.instances.create_op(items, principal=who))
+    if not any(created for _, created in out):
+        response.status_code = 200
+    return {"instances": [inst.body() for inst, _ in out]}
+
+
+@router.get("/instances", tags=["instances"])
+def list_instances(
+    rt: RT, who: Auth, host: str | None = None, state: str | None = None, type: str | None = None,
+    project: str | None = None, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+) -> dict[str, Any]:
+    page, cursor = rt.instances.list(principal=who, host=host, state=state, type_=type, project=project,
+                                     after=after, limit=limit)
+    return {"instances": [i.body() for i in page], "next": cursor, "revision": rt.revision}
+
+
+@router.get("/instances/{iid}", tags=["instances"])
+def get_instance(iid: str, rt: RT, who: Auth) -> dict[str, Any]:
+    return rt.instances.get(iid, principal=who).body()
+
+
+@router.patch("/instances/{iid}", tags=["instances"])
+async def modify_instance(iid: str, body: InstancePatch, rt: RT, who: Auth) -> dict[str, Any]:
+    op = rt.instances.modify_op(iid, body.model_dump(exclude_none=True), principal=who)
+    return (await rt.arun(op)).body()
+
+
+@router.delete("/instances/{iid}", tags=["instances"])
+async def delete_instance(iid: str, rt: RT, who: Auth, force: bool = False) -> dict[str, Any]:
+    return (await rt.arun(rt.instances.delete_op(iid, principal=who, force=force))).body()
+
+
+@router.post("/instances/{iid}/report", tags=["instances"])
+async def report_instance(iid: str, body: Report, rt: RT, who: Auth) -> dict[str, Any]:
+    """A host agent's outcome for one generation; ``stale`` when a newer generation was sent since."""
+    inst, stale = await rt.arun(rt.instances.report_op(iid, body.model_dump(exclude_none=True), principal=who))
+    return {"instance": inst.body(), "stale": stale}
+
+
+@router.get("/types", tags=["instances"])
+def list_types(rt: RT, who: Auth) -> dict[str, Any]:
+    return {"types": [{"name": n, "timeout": t} for n, t in sorted(rt.instances.types.items())]}

@@ -1,0 +1,208 @@
+"""The host agent following a real server: create, modify, delete, stitching through an Ansible playbook,
+restart with nothing to do, waiting for an agent, timeouts, recovery, and a full resync after a 410.
+
+A real server and real agents (in-process, uvicorn on loopback, SQLite stores), real drivers: the example
+Memory handler, the project's test drivers, and Ansible on localhost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tenure.handlers import parse_handlers
+from tests.agent_support import gone, start_host_agent, start_server, state_is, wait_for
+from tests.conftest import Api
+
+PLAYBOOKS = Path(__file__).parent.parent / "drivers" / "playbooks"
+HANDLERS = parse_handlers({"resources": {
+    "vlan-file": {"driver": "ansible:vlan.yml", "timeout": "120s"},
+    "slot": {"driver": "python:tests.agent.handlers:Thing", "timeout": "10s",
+             "locals": {"slot": "10-20"}, "properties": {"value": "default"}},
+    "stuck": {"driver": "exec:sleeper", "timeout": 0.5},
+}})
+TYPES = {t.name: t.timeout for t in HANDLERS.values()}
+
+
+def settings() -> Any:
+    from tenure.services.runtime import Settings
+    return Settings(instance_types=TYPES)
+
+
+def agent_of(tmp: Path, server: Api, host: str = "h1") -> Any:
+    return start_host_agent(tmp, server, host, handlers=HANDLERS, roots={
+        "playbook_dirs": (PLAYBOOKS,), "python_packages": ("tenure.drivers.handlers", "tests.agent.handlers")})
+
+
+def sync_of(agent: Api) -> Any:
+    return agent.app.state.tenure.sync
+
+
+def resources(agent: Api) -> list[dict[str, Any]]:
+    return agent.get("/v1/resources").json()["items"]
+
+
+def create(server: Api, **body: Any) -> dict[str, Any]:
+    r = server.post("/v1/instances", json={"host": "h1", **body})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_create_modify_delete_through_the_agent(tmp_path: Path) -> None:
+    for server in start_server(tmp_path, settings=settings()):
+        for agent in agent_of(tmp_path, server):
+            a = create(server, name="a", type="slot", parameters={"value": "one"})
+            a = wait_for(server, a["id"], state_is("active", "failed"))
+            assert a["state"] == "active", a["reason"]
+            slot = int(a["outputs"]["slot"])
+            assert 10 <= slot <= 20
+            [res] = resources(agent)
+            assert res["params"] == {"value": "one", "slot": str(slot)} and res["state"] == "running"
+            assert res["labels"] == {"instance": "a", "type": "slot"}
+
+            r = server.request("PATCH", "/v1/instances/a", json={"parameters": {"value": "two"}})
+            assert r.json()["generation"] == 2
+            a = wait_for(server, a["id"], lambda b: b is not None and b["observed"] == 2)
+            assert a["state"] == "active" and a["outputs"]["slot"] == str(slot)  # the same local ID
+            assert resources(agent)[0]["params"]["value"] == "two"
+
+            assert server.delete("/v1/instances/a").json()["state"] == "deleting"
+            wait_for(server, a["id"], gone)
+            assert resources(agent) == []
+            assert agent.get("/v1/pools/local.slot.slot/claims").json()["claims"] == []  # the ID is released
+
+
+def test_an_ansible_playbook_writes_a_file_with_a_stitched_vlan_claim(tmp_path: Path) -> None:
+    out = tmp_path / "vlan-of-net-blue"
+    for server in start_server(tmp_path, settings=settings(), example=True):
+        claim = server.post("/v1/pools/vlans/claims", json={"key": "net-blue"}).json()
+        for _agent in agent_of(tmp_path, server):
+            r = server.post("/v1/instances/batch", json={"instances": [
+                {"name": "net-blue", "type": "vlan-file", "host": "h1",
+                 "parameters": {"vlan": "${claim:vlans:net-blue}", "path": str(out)}},
+                {"name": "vm", "type": "slot", "host": "h1",
+                 "parameters": {"value": "vlan ${instance:net-blue.outputs.vlan}"}},
+            ]})
+            assert r.status_code == 201, r.text
+            net, vm = r.json()["instances"]
+            assert vm["reason"] == "waiting for dependency 'net-blue' (provisioning)"
+            net = wait_for(server, net["id"], state_is("active", "failed"))
+            assert net["state"] == "active", net
+            assert out.read_text() == str(claim["value"])
+            assert net["outputs"] == {"vlan": str(claim["value"]), "path": str(out)}
+            vm = wait_for(server, vm["id"], state_is("active", "failed"))
+            assert vm["resolved"]["value"] == f"vlan {claim['value']}"
+
+
+def test_an_agent_restart_recreates_lost_resources_with_the_same_local_ids(tmp_path: Path) -> None:
+    for server in start_server(tmp_path, settings=settings()):
+        ids = []
+        for agent in agent_of(tmp_path, server):
+            for i in range(5):
+                ids.append(create(server, name=f"s{i}", type="slot")["id"])
+            before = {i: wait_for(server, i, state_is("active"))["outputs"]["slot"] for i in ids}
+            assert len(set(before.values())) == 5
+        # The test handler keeps its resources in the agent's memory: after a restart the probes find them
+        # gone, and the agent reports that and creates them again, with the same local IDs.
+        for agent in agent_of(tmp_path, server):
+            sync, lrm = sync_of(agent), agent.app.state.tenure.lrm
+            _wait_loop(agent, lambda: sync.synced.is_set() and sync.converged.is_set() and lrm.idle()
+                       and all(r["state"] == "running" for r in resources_of(lrm)))
+            calls = sorted(c for i in lrm._by_id.values() for c in i.driver._handler.calls)  # one handler each
+            assert calls == sorted(("create", r["id"]) for r in resources_of(lrm))
+            after = {i: server.get(f"/v1/instances/{i}").json() for i in ids}
+            assert {i: b["outputs"]["slot"] for i, b in after.items()} == before
+            assert all(b["state"] == "active" for b in after.values())
+            assert sorted(r["params"]["slot"] for r in resources(agent)) == sorted(before.values())
+
+
+def resources_of(lrm: Any) -> list[dict[str, Any]]:
+    return lrm.list()
+
+
+def test_a_restart_with_everything_in_place_runs_no_operation(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    for server in start_server(tmp_path, settings=settings()):
+        for agent in agent_of(tmp_path, server):
+            a = create(server, name="f", type="vlan-file", parameters={"vlan": "7", "path": str(path)})
+            a = wait_for(server, a["id"], state_is("active"))
+        for agent in agent_of(tmp_path, server):
+            sync, lrm = sync_of(agent), agent.app.state.tenure.lrm
+            _wait_loop(agent, lambda: sync.synced.is_set() and sync.converged.is_set() and lrm.idle())
+            assert (sync.operations, sync.reports) == (0, 0)
+            assert [r["state"] for r in resources(agent)] == ["running"]  # the probe found the file
+            assert agent.get("/healthz").json()["sync"]["converged"] is True
+        assert server.get(f"/v1/instances/{a['id']}").json() == a  # nothing changed on the server either
+        assert path.read_text() == "7"
+
+
+def test_an_instance_waits_for_its_hosts_agent(tmp_path: Path) -> None:
+    for server in start_server(tmp_path, settings=settings()):
+        a = create(server, name="a", type="slot", host="h2")
+        assert (a["state"], a["reason"]) == ("pending", "no agent is registered on host 'h2'")
+        for _agent in agent_of(tmp_path, server, "h2"):
+            assert wait_for(server, a["id"], state_is("active", "failed"))["state"] == "active"
+
+
+def test_a_stuck_operation_ends_as_timeout_and_the_instance_failed(tmp_path: Path) -> None:
+    for server in start_server(tmp_path, settings=settings()):
+        for agent in agent_of(tmp_path, server):
+            a = create(server, name="a", type="stuck")
+            a = wait_for(server, a["id"], state_is("failed", "active"))
+            assert a["state"] == "failed"
+            assert a["reason"].startswith("timeout: create did not finish within its timeout"), a["reason"]
+            assert a["result"] is None or a["result"]["status"] == "timeout"
+            [res] = resources(agent)
+            assert res["state"] == "failed" and res["running"] is None  # nothing left running
+            assert server.delete("/v1/instances/a").status_code == 200
+            a = wait_for(server, a["id"], lambda b: b is None or b["state"] == "failed")
+            assert a is None or "delete failed" in a["reason"]
+
+
+def test_a_failed_monitor_is_reported_then_recovered(tmp_path: Path) -> None:
+    for server in start_server(tmp_path, settings=settings()):
+        for agent in agent_of(tmp_path, server):
+            a = wait_for(server, create(server, name="a", type="slot")["id"], state_is("active"))
+            lrm = agent.app.state.tenure.lrm
+            [res] = resources(agent)
+            handler = lrm._by_id[res["id"]].driver._handler  # forget the resource behind the agent's back
+            with handler.lock:
+                handler.things.clear()
+            since = server.get("/healthz").json()["revision"]
+            r = agent.post(f"/v1/resources/{res['id']}/operations", json={"action": "monitor"})
+            assert r.status_code == 202, r.text
+            failed = wait_for(server, a["id"], state_is("failed"), since=since)
+            assert failed["reason"] == "probe: the resource is not running", failed["reason"]
+            again = wait_for(server, a["id"], state_is("active"), since=failed["revision"])
+            assert again["observed"] == a["observed"]
+            assert resources(agent)[0]["state"] == "running"
+
+
+def test_a_full_resync_after_410_tears_down_what_the_server_forgot(tmp_path: Path) -> None:
+    from tenure.services.runtime import Settings
+
+    for server in start_server(tmp_path, settings=Settings(instance_types=TYPES, history_events=1)):
+        for agent in agent_of(tmp_path, server):
+            old = wait_for(server, create(server, name="old", type="slot")["id"], state_is("active"))
+        assert server.delete(f"/v1/instances/{old['id']}?force=true").status_code == 200
+        new = create(server, name="new", type="slot")
+        rt = server.app.state.tenure.runtime
+        rt.history.compact()
+        for agent in agent_of(tmp_path, server):
+            wait_for(server, new["id"], state_is("active"))
+            sync = sync_of(agent)
+            _wait_loop(agent, lambda: set(sync.local) == {new["id"]} and sync.converged.is_set())
+            assert [r["labels"]["instance"] for r in resources(agent)] == ["new"]
+
+
+def _wait_loop(agent: Api, cond: Any, timeout: float = 60.0) -> None:
+    """Wait for ``cond()`` (evaluated on the agent's event loop) without pausing the loop."""
+    import asyncio
+
+    loop = agent.app.state.tenure.loop
+
+    async def until() -> None:
+        while not cond():
+            await asyncio.sleep(0.01)
+
+    asyncio.run_coroutine_threadsafe(asyncio.wait_for(until(), timeout), loop).result(timeout + 5)

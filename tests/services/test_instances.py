@@ -1,0 +1,371 @@
+"""The instance service on a real store (SQLite and PostgreSQL), a fake clock, and agents' reports by hand.
+
+Dispatch gating, stitching, failures that propagate, deadlines, deletion, ownership
+by reservations, and a restart that preserves everything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tenure.domain.access import Principal
+from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tenure.domain.instance import Instance
+from tenure.domain.topology import Topology
+from tenure.services.runtime import Runtime
+from tests.reservation_support import FakeClock, at, open_rt
+
+AGENT_H1 = Principal("agent", host="h1")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rt(db_url: str, clock: FakeClock) -> Any:
+    r = open_rt(db_url, clock)
+    yield r
+    r.close()
+
+
+def register(rt: Runtime, host: str) -> None:
+    rt.run(rt.agents.register_op(host, kinds=["instance"], version="t", principal=Principal("agent", host=host)))
+
+
+def create(rt: Runtime, *specs: dict[str, Any], principal: Principal | None = None) -> list[Instance]:
+    items = [{"type": "memory", "host": "h1", **s} for s in specs]
+    kw = {"principal": principal} if principal else {}
+    return [i for i, _ in rt.run(rt.instances.create_op(items, **kw))]
+
+
+def get(rt: Runtime, ref: str) -> Instance:
+    return rt.instances.get(ref)
+
+
+def report(rt: Runtime, ref: str, state: str, *, gen: int | None = None, host: str = "h1", **kw: Any) -> Any:
+    inst = get(rt, ref)
+    body = {"generation": gen if gen is not None else inst.dispatched, "state": state, **kw}
+    return rt.run(rt.instances.report_op(inst.id, body, principal=Principal("agent", host=host)))
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+def test_no_agent_means_pending_with_the_reason_until_one_registers(rt: Runtime) -> None:
+    [a] = create(rt, {"name": "a", "parameters": {"value": "1"}})
+    assert (a.state, a.reason, a.dispatched) == ("pending", "no agent is registered on host 'h1'", 0)
+    register(rt, "h1")
+    a = get(rt, "a")
+    assert (a.state, a.reason, a.dispatched, a.resolved) == ("provisioning", None, 1, {"value": "1"})
+    assert a.deadline is not None
+
+
+def test_dependencies_wait_then_dispatch_with_resolved_outputs(rt: Runtime) -> None:
+    register(rt, "h1")
+    net, vm = create(rt, {"name": "net"}, {"name": "vm", "parameters": {"vlan": "${instance:net.outputs.vlan}",
+                                                                          "lit": "$${not a ref}"}})
+    assert net.state == "provisioning"
+    assert (vm.state, vm.reason) == ("pending", "waiting for dependency 'net' (provisioning)")
+    report(rt, "net", "active", outputs={"vlan": "101"})
+    vm = get(rt, "vm")
+    assert vm.state == "provisioning"
+    assert vm.resolved == {"vlan": "101", "lit": "${not a ref}"}
+
+
+def test_a_missing_output_fails_the_dependent_with_a_clear_reason(rt: Runtime) -> None:
+    register(rt, "h1")
+    create(rt, {"name": "net"}, {"name": "vm", "parameters": {"vlan": "${instance:net.outputs.vlan}"}})
+    report(rt, "net", "active", outputs={"vni": "7"})
+    vm = get(rt, "vm")
+    assert vm.state == "failed"
+    assert "instance 'net' has no output 'vlan'" in vm.reason and "vni" in vm.reason
+    assert vm.dispatched == 0  # never sent
+
+
+def test_a_failed_dependency_fails_its_dependents_transitively_and_recovery_retries_them(rt: Runtime) -> None:
+    register(rt, "h1")
+    create(rt, {"name": "a"}, {"name": "b", "depends_on": ["a"]}, {"name": "c", "depends_on": ["b"]})
+    report(rt, "a", "failed", reason="start failed: rc 1")
+    b, c = get(rt, "b"), get(rt, "c")
+    assert (b.state, b.reason) == ("failed", "dependency 'a' failed: start failed: rc 1")
+    assert c.state == "failed" and c.reason.startswith("dependency 'b' failed: dependency 'a' failed")
+    report(rt, "a", "active")  # a monitor found it well again
+    assert get(rt, "b").state == "provisioning"
+    assert get(rt, "c").state == "pending"
+
+
+def test_claim_references_resolve_and_a_missing_claim_is_refused_before_anything_changes(rt: Runtime) -> None:
+    register(rt, "h1")
+    rt.run(rt.allocator.create_pool_op("vlans", ranges=[[100, 200]]))
+    rt.run(rt.allocator.claim_op("vlans", "net-blue"))
+    [a] = create(rt, {"name": "a", "parameters": {"vlan": "${claim:vlans:net-blue}"}})
+    assert a.resolved == {"vlan": "100"}
+    before = rt.revision
+    with pytest.raises(InvalidInput) as exc:
+        create(rt, {"name": "b", "parameters": {"vlan": "${claim:vlans:net-red}"}})
+    assert exc.value.code == "unresolved_reference" and "net-red" in exc.value.message
+    with pytest.raises(InvalidInput) as exc:
+        create(rt, {"name": "b", "parameters": {"vlan": "${claim:nopool:k}"}})
+    assert exc.value.code == "unresolved_reference"
+    assert rt.revision == before and rt.instances.list()[0] == [get(rt, "a")]
+
+
+def test_a_claim_released_before_dispatch_fails_the_instance(rt: Runtime) -> None:
+    register(rt, "h1")
+    rt.run(rt.allocator.create_pool_op("vlans", ranges=[[100, 200]]))
+    rt.run(rt.allocator.claim_op("vlans", "k"))
+    create(rt, {"name": "a"}, {"name": "b", "depends_on": ["a"], "parameters": {"v": "${claim:vlans:k}"}})
+    rt.run(rt.allocator.release_op("vlans", "k"))
+    report(rt, "a", "active")
+    b = get(rt, "b")
+    assert b.state == "failed" and "no claim for key 'k'" in b.reason
+
+
+# ------------------------------------------------------------------ bad input, all or nothing
+
+
+def test_cycles_unknown_types_and_dependencies_are_refused_and_change_nothing(rt: Runtime) -> None:
+    register(rt, "h1")
+    before = rt.revision
+    cases = [
+        ([{"name": "a", "depends_on": ["b"]}, {"name": "b", "parameters": {"x": "${instance:a.outputs.y}"}}],
+         "dependency_cycle"),
+        ([{"name": "a", "depends_on": ["a"]}], "dependency_cycle"),
+        ([{"name": "a", "type": "nosuch"}], "unknown_type"),
+        ([{"name": "a", "depends_on": ["ghost"]}], "unknown_dependency"),
+        ([{"name": "a"}, {"name": "a"}], "duplicate_instance"),
+        ([{"name": "a", "parameters": {"x": "${instance:b}"}}], "invalid_reference"),
+        ([{"name": "a", "parameters": {"x": "${vault:secret}"}}], "invalid_reference"),
+        ([{"name": "a", "parameters": {"bad-name": "1"}}], "invalid_parameters"),
+        ([{"name": "a", "parameters": {"x": 1.5}}], "invalid_parameters"),
+        ([{"name": "a", "parameters": {"x": "\ud800"}}], "invalid_parameters"),
+        ([{"name": "a", "bogus": 1}], "unknown_field"),
+        ([{"name": "12345678-1234-1234-1234-123456789abc"}], "invalid_name"),
+        ([{"name": "ok"}, {"name": "b", "type": "nosuch"}], "unknown_type"),  # all or nothing
+    ]
+    for items, code in cases:
+        with pytest.raises(InvalidInput) as exc:
+            create(rt, *items)
+        assert exc.value.code == code, (items, exc.value)
+    with pytest.raises(InvalidInput) as exc:
+        create(rt, {"name": "x", "depends_on": ["y"]}, {"name": "y", "depends_on": ["z"]},
+               {"name": "z", "depends_on": ["x"]})
+    assert exc.value.code == "dependency_cycle" and exc.value.details["cycle"][0] == exc.value.details["cycle"][-1]
+    assert rt.revision == before
+    assert rt.instances.list()[0] == []
+
+
+def test_a_modification_that_would_close_a_cycle_is_refused(rt: Runtime) -> None:
+    create(rt, {"name": "a"}, {"name": "b", "depends_on": ["a"]})
+    before = rt.revision
+    with pytest.raises(InvalidInput) as exc:
+        rt.run(rt.instances.modify_op("a", {"depends_on": ["b"]}))
+    assert exc.value.code == "dependency_cycle" and "a -> b -> a" in exc.value.message
+    assert rt.revision == before and get(rt, "a").depends_on == ()
+
+
+def test_same_spec_again_is_answered_a_different_one_conflicts(rt: Runtime) -> None:
+    [a] = create(rt, {"name": "a", "parameters": {"v": "1"}})
+    out = rt.run(rt.instances.create_op([{"name": "a", "type": "memory", "host": "h1", "parameters": {"v": "1"}}]))
+    assert out == [(a, False)]
+    with pytest.raises(Conflict) as exc:
+        create(rt, {"name": "a", "parameters": {"v": "2"}})
+    assert exc.value.code == "instance_exists"
+
+
+# ------------------------------------------------------------------ reports
+
+
+def test_reports_of_older_generations_are_stale_and_newer_ones_unknown(rt: Runtime) -> None:
+    register(rt, "h1")
+    create(rt, {"name": "a", "parameters": {"v": "1"}})
+    rt.run(rt.instances.modify_op("a", {"parameters": {"v": "2"}}))
+    a = get(rt, "a")
+    assert (a.generation, a.dispatched, a.resolved) == (2, 2, {"v": "2"})
+    inst, stale = report(rt, "a", "active", gen=1)
+    assert stale and inst.state == "provisioning"
+    with pytest.raises(Conflict) as exc:
+        report(rt, "a", "active", gen=3)
+    assert exc.value.code == "unknown_generation"
+    inst, stale = report(rt, "a", "active", gen=2, outputs={"k": "v"})
+    assert not stale and (inst.state, inst.observed, dict(inst.outputs)) == ("active", 2, {"k": "v"})
+    assert inst.deadline is None
+
+
+def test_only_the_hosts_agent_may_report_and_members_may_not(rt: Runtime) -> None:
+    register(rt, "h1")
+    [a] = create(rt, {"name": "a"})
+    with pytest.raises(NotFound):
+        rt.run(rt.instances.report_op(a.id, {"generation": 1, "state": "active"},
+                                      principal=Principal("agent", host="h2")))
+    with pytest.raises(Forbidden):
+        rt.instances.report_op(a.id, {"generation": 1, "state": "active"},
+                               principal=Principal("member", project="p"))
+    for bad in ({"generation": 0, "state": "active"}, {"generation": 1, "state": "running"},
+                {"generation": True, "state": "active"}, {"generation": 1, "state": "active", "outputs": {"a-b": "1"}},
+                {"generation": 1, "state": "active", "result": {"x": float("nan")}}, {"generation": 1}):
+        with pytest.raises(InvalidInput):
+            rt.instances.report_op(a.id, bad, principal=AGENT_H1)
+
+
+def test_a_silent_agent_fails_the_instance_at_its_deadline_and_a_late_report_still_counts(
+        rt: Runtime, clock: FakeClock) -> None:
+    register(rt, "h1")
+    [a] = create(rt, {"name": "a"})  # memory: 10 s operations; deadline 2 x 10 + 30 s
+    clock.advance(seconds=49)
+    rt.instances.scheduler.run_due()
+    assert get(rt, "a").state == "provisioning"
+    clock.advance(seconds=2)
+    rt.instances.scheduler.run_due()
+    a = get(rt, "a")
+    assert a.state == "failed" and a.reason.startswith("timeout: the agent of host 'h1' did not report")
+    assert a.deadline is None
+    report(rt, "a", "active")
+    assert get(rt, "a").state == "active"
+
+
+# ------------------------------------------------------------------ deletion
+
+
+def test_delete_never_sent_is_immediate_sent_waits_for_the_agent(rt: Runtime) -> None:
+    [a] = create(rt, {"name": "a"})  # no agent: never sent
+    gone = rt.run(rt.instances.delete_op("a"))
+    assert gone.state == "deleted" and rt.instances.list()[0] == []
+    register(rt, "h1")
+    create(rt, {"name": "b"})
+    b = rt.run(rt.instances.delete_op("b"))
+    assert (b.state, b.desired, b.generation, b.dispatched) == ("deleting", "absent", 2, 2)
+    assert rt.run(rt.instances.delete_op("b")) == b  # again: the same answer
+    with pytest.raises(Conflict):
+        rt.run(rt.instances.modify_op("b", {"parameters": {"x": "1"}}))
+    inst, stale = report(rt, "b", "active", gen=2)
+    assert stale  # an active report cannot undo a delete
+    gone, stale = report(rt, "b", "deleted")
+    assert not stale and gone.state == "deleted"
+    with pytest.raises(NotFound):
+        get(rt, "b")
+
+
+def test_a_dependency_cannot_be_deleted_under_its_dependents_unless_forced(rt: Runtime) -> None:
+    register(rt, "h1")
+    create(rt, {"name": "a"}, {"name": "b", "depends_on": ["a"]})
+    with pytest.raises(Conflict) as exc:
+        rt.run(rt.instances.delete_op("a"))
+    assert exc.value.code == "instance_in_use" and exc.value.details["dependents"] == ["b"]
+    with pytest.raises(Forbidden):
+        rt.instances.delete_op("a", principal=Principal("member", project="p"), force=True)
+    rt.run(rt.instances.delete_op("a", force=True))
+    b = get(rt, "b")
+    assert b.state == "pending" or b.state == "failed"
+    assert b.reason == "dependency 'a' does not exist"
+
+
+# ------------------------------------------------------------------ scopes
+
+
+def test_members_see_and_name_only_their_projects_instances(rt: Runtime) -> None:
+    blue, red = Principal("member", project="blue"), Principal("member", project="red")
+    [b] = create(rt, {"name": "web"}, principal=blue)
+    [r] = create(rt, {"name": "web"}, principal=red)  # the same name in another project
+    assert b.project == "blue" and r.project == "red" and b.id != r.id
+    assert rt.instances.get("web", principal=blue).id == b.id
+    with pytest.raises(NotFound):
+        rt.instances.get(b.id, principal=red)
+    assert [i.id for i in rt.instances.list(principal=red)[0]] == [r.id]
+    assert {i.id for i in rt.instances.list(principal=AGENT_H1)[0]} == {b.id, r.id}
+    assert rt.instances.list(principal=Principal("agent", host="h2"))[0] == []
+    with pytest.raises(Forbidden):
+        create(rt, {"name": "x", "project": "red"}, principal=blue)
+    with pytest.raises(Forbidden):
+        create(rt, {"name": "x"}, principal=AGENT_H1)
+    with pytest.raises(NotFound):
+        rt.run(rt.instances.delete_op(b.id, principal=red))
+
+
+# ------------------------------------------------------------------ restart
+
+
+def test_a_restart_keeps_instances_indexes_and_deadlines(db_url: str, clock: FakeClock) -> None:
+    rt = open_rt(db_url, clock)
+    register(rt, "h1")
+    create(rt, {"name": "a"}, {"name": "b", "depends_on": ["a"], "parameters": {"x": "${instance:a.outputs.o}"}})
+    before = {i.id: i for i in rt.instances.list()[0]}
+    rt.close()
+    rt = open_rt(db_url, clock)
+    try:
+        assert {i.id: i for i in rt.instances.list()[0]} == before
+        report(rt, "a", "active", outputs={"o": "42"})  # the dependents index came back
+        assert get(rt, "b").resolved == {"x": "42"}
+        clock.advance(seconds=200)
+        rt.instances.scheduler.run_due()  # the deadline came back
+        assert get(rt, "b").state == "failed"
+    finally:
+        rt.close()
+
+
+# ------------------------------------------------------------------ reservations' shapers
+
+
+TWO_HOSTS = {
+    "nodes": [{"id": "h1", "kind": "host", "labels": {"address": "10.0.0.1", "interface": "eth0"}},
+              {"id": "h2", "kind": "host", "labels": {"address": "10.0.0.2"}},
+              {"id": "h3", "kind": "host"},
+              {"id": "s1", "kind": "switch"}],
+    "links": [{"id": f"{h}-s1", "a": h, "b": "s1", "capacity": "1G"} for h in ("h1", "h2", "h3")],
+}
+
+
+def shapers(rt: Runtime, rid: str) -> dict[str, Instance]:
+    """The reservation's shapers by leg."""
+    out = {}
+    for i in rt.instances.list()[0]:
+        owner, _, leg = (i.owner or "").partition("/")
+        if owner == f"reservation:{rid}":
+            out[leg] = i
+    return out
+
+
+def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Runtime, clock: FakeClock) -> None:
+    register(rt, "h1")
+    register(rt, "h2")
+    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    res, _, _ = rt.run(rt.reservations.create_op({
+        "kind": "bandwidth", "src": "h1", "dst": "h2", "rate_out": "50M", "rate_in": "10M",
+        "start": at(clock, minutes=1), "end": at(clock, minutes=5), "protocol": "tcp", "dst_port": 5201}))
+    assert shapers(rt, res.id) == {}  # pending: nothing on the hosts yet
+    clock.advance(minutes=1)
+    rt.reservations.scheduler.run_due()
+    s = shapers(rt, res.id)
+    assert set(s) == {"out", "in"}
+    assert (s["out"].host, s["out"].type, s["out"].state) == ("h1", "bandwidth", "provisioning")
+    assert dict(s["out"].resolved) == {"rate": "50000000", "dst": "10.0.0.2", "src": "10.0.0.1", "device": "eth0",
+                                       "protocol": "tcp", "dst_port": "5201"}
+    assert dict(s["in"].resolved) == {"rate": "10000000", "dst": "10.0.0.1", "src": "10.0.0.2", "protocol": "tcp",
+                                      "src_port": "5201"}
+    with pytest.raises(Conflict) as exc:
+        rt.run(rt.instances.delete_op(s["out"].id))
+    assert exc.value.code == "owned_instance"
+    rt.run(rt.reservations.modify_op(res.id, {"rate_out": "60M"}))
+    out = shapers(rt, res.id)["out"]
+    assert out.generation == 2 and out.resolved["rate"] == "60000000"
+    clock.advance(minutes=4)
+    rt.reservations.scheduler.run_due()
+    s = shapers(rt, res.id)
+    assert {k: (v.state, v.desired) for k, v in s.items()} == {"out": ("deleting", "absent"),
+                                                                "in": ("deleting", "absent")}
+
+
+def test_a_cancelled_reservation_removes_its_shapers_and_a_host_without_address_fails_one(
+        rt: Runtime, clock: FakeClock) -> None:
+    register(rt, "h1")
+    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    res, _, _ = rt.run(rt.reservations.create_op({"kind": "oneway", "src": "h1", "dst": "h3", "rate": "5M",
+                                                  "start": "now", "end": at(clock, minutes=5)}))
+    s = shapers(rt, res.id)
+    assert set(s) == {"out"} and s["out"].state == "failed" and "'h3' has no 'address' label" in s["out"].reason
+    rt.run(rt.reservations.cancel_op(res.id))
+    assert shapers(rt, res.id) == {}  # never sent: gone at once
