@@ -1,0 +1,239 @@
+"""End to end: a reservation shapes a real flow through real processes, across a kill -9 of the host agent.
+
+Two hosts h1 and h2 are network namespaces on a bridge (tests/netns_support.py).
+A real ``tenure serve`` runs in the root namespace on a unix socket; one real
+``tenure agent --host hN --server unix:...`` runs inside each host's namespace
+(the filesystem is shared, so the agents reach the server's socket). The
+topology names each host's address and interface.
+
+A oneway reservation of 50 Mbit/s from h1 to h2 makes the server create a
+``bandwidth`` shaper instance on h1; h1's agent applies it with the tc Shaper
+(an HTB class and a u32 filter in h1's namespace). Then, measured with iperf3
+and checked with the ``tc`` command independently of Tenure:
+
+- the flow h1 -> h2 gets 50 Mbit/s (HTB counts layer-2 bytes, so iperf3's
+  goodput is about 48: 45..55 accepted), and the class is 1:<classid> at 50Mbit
+  with the classid the instance reports;
+- the agent killed with SIGKILL and started again on the same data dir changes
+  nothing: the same qdisc, class and filter (and no TC notification at all in
+  h1's namespace), the reservation and the instance still active with the same
+  classid, and the restarted agent ran no operation (its /healthz sync.operations
+  is 0) and sent no report; the flow is still shaped;
+- at the reservation's end the server expires it, the shaper is deleted, the
+  class is gone from h1 and the flow is no longer shaped (> 200 Mbit/s).
+
+Every wait is on a condition with a deadline; every process is stopped at the
+end (SIGTERM, then SIGKILL) and the namespaces are deleted. Failures show the
+tails of the server's and agents' logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tenure.client import TenureClient
+from tenure.client._errors import TenureAPIError
+from tests.netns_support import CREATED, Host, Lan, iperf3, netns_names, require_iperf3, require_netns
+from tests.system.dataplane_support import Daemon, TcEvents, group_alive, tc_layout, wait_until, write_secret
+
+RATE = 50_000_000  # bit/s reserved
+SHAPED = (45e6, 55e6)  # iperf3 goodput of a 50M class (layer-2 rate): about 48 Mbit/s
+UNSHAPED = 200e6  # veth pairs through a bridge carry several Gbit/s
+WINDOW = 40  # seconds of the reservation: everything up to the second measurement fits in it
+IPERF_SECONDS = 3
+WAIT = 30.0  # seconds: the bound of each wait on a condition (never a pause)
+ROOT_KINDS = ("noqueue", "pfifo_fast", "fq_codel", "mq")  # a root qdisc the kernel put there
+
+
+def topology(h1: Host, h2: Host) -> dict[str, Any]:
+    return {
+        "nodes": [
+            {"id": "h1", "kind": "host", "labels": {"address": h1.address, "interface": h1.ifname}},
+            {"id": "h2", "kind": "host", "labels": {"address": h2.address, "interface": h2.ifname}},
+            {"id": "s1", "kind": "switch"},
+        ],
+        "links": [
+            {"id": "h1-s1", "a": "h1", "b": "s1", "capacity": "1G"},
+            {"id": "h2-s1", "a": "h2", "b": "s1", "capacity": "1G"},
+        ],
+    }
+
+
+def shapers(admin: TenureClient, rid: str) -> list[dict[str, Any]]:
+    """The reservation's shaper instances, on any host."""
+    return [i for i in admin.instances()["instances"] if owned_by(i, rid)]
+
+
+def owned_by(inst: dict[str, Any], rid: str) -> bool:
+    """The instance is one of reservation ``rid``'s (owner ``reservation:<id>/<leg>``)."""
+    return (inst["owner"] or "").partition("/")[0] == f"reservation:{rid}"
+
+
+def match_ip(address: str, off: int) -> dict[str, Any]:
+    """A u32 key on a whole IPv4 address (12: source, 16: destination) as ``tc -j filter show`` prints it."""
+    return {"value": f"{int(ipaddress.IPv4Address(address)):x}", "mask": "ffffffff", "offmask": "", "off": off}
+
+
+def root_qdisc(host: Host) -> dict[str, Any]:
+    return next(q for q in host.tc_json("qdisc") if q.get("root"))
+
+
+def u32_nodes(host: Host) -> list[dict[str, Any]]:
+    """The u32 key nodes (not hash tables) with their pref."""
+    return [dict(f["options"], pref=f["pref"]) for f in host.tc_json("filter") if "flowid" in f.get("options", {})]
+
+
+@pytest.mark.system
+def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> None:
+    require_netns()
+    require_iperf3()
+    began = time.monotonic()
+    daemons: list[Daemon] = []
+    rates: dict[str, float] = {}
+    restart_seconds = float("nan")
+
+    def logs() -> str:
+        return "".join(f"\n----- {d.name} log (tail) -----\n{d.tail()}" for d in daemons)
+
+    with Lan(2) as lan, contextlib.ExitStack() as cleanup:
+        h1, h2 = lan.hosts
+        try:
+            # --- the server, in the root namespace, on a unix socket
+            server_dir = tmp_path / "server"
+            server_sock = tmp_path / "server.sock"
+            server = Daemon("server", ["serve", "--listen", f"unix:{server_sock}", "--data-dir", str(server_dir)],
+                            sock=server_sock, data_dir=server_dir, log=tmp_path / "server.log")
+            daemons.append(server)
+            server.start().wait_healthy(context=logs)
+            admin = cleanup.enter_context(server.admin_client())
+            url = f"unix:{server_sock}"
+
+            admin.put_topology(topology(h1, h2))
+
+            # --- one agent per host, inside the host's namespace
+            agents: dict[str, Daemon] = {}
+            for host in (h1, h2):
+                data = tmp_path / host.name
+                data.mkdir()
+                token = admin.create_token("agent", host=host.name)["token"]
+                token_file = write_secret(tmp_path / f"{host.name}.token", token)
+                argv = ["agent", "--host", host.name, "--server", url, "--server-token-file", str(token_file),
+                        "--data-dir", str(data), "--rsctmp", str(data / "rsctmp"),
+                        "--listen", f"unix:{data / 'agent.sock'}", "--heartbeat", "1"]
+                agent = Daemon(f"agent {host.name}", argv, sock=data / "agent.sock", data_dir=data,
+                               log=tmp_path / f"{host.name}.log", host=host)
+                daemons.append(agent)
+                agents[host.name] = agent.start()
+            for agent in agents.values():
+                agent.wait_healthy(lambda b: b["sync"]["registered"]
+                                   and b["sync"]["synced"], what="registered and synced", context=logs)
+                agent.verify_in_netns()
+
+            def agents_up() -> bool:
+                return {a["host"]: a["state"] for a in admin.agents()["agents"]} == {"h1": "up", "h2": "up"}
+
+            wait_until(agents_up, timeout=WAIT, what="both agents up on the server", context=logs)
+
+            # --- the reservation and its shaper on h1
+            res = admin.reserve(kind="oneway", src="h1", dst="h2", rate="50M", start="now", end=f"+{WINDOW}s")
+            reserved_at = time.monotonic()
+            rid = res["id"]
+            assert res["state"] == "active", f"{res}{logs()}"
+
+            def shaper_active() -> dict[str, Any] | None:
+                mine = [i for i in admin.instances(host="h1")["instances"] if owned_by(i, rid)]
+                return mine[0] if len(mine) == 1 and mine[0]["state"] == "active" else None
+
+            inst = wait_until(shaper_active, timeout=WAIT, what="the shaper active on h1", context=logs)
+            assert inst["type"] == "bandwidth" and inst["host"] == "h1", f"{inst}{logs()}"
+            assert inst["owner"] == f"reservation:{rid}/out", f"{inst}{logs()}"
+            assert [i["id"] for i in shapers(admin, rid)] == [inst["id"]], f"{shapers(admin, rid)}{logs()}"
+            classid = inst["outputs"]["classid"]
+
+            classes = h1.tc_classes()
+            assert classid in classes, f"class {classid} not on h1: {classes}{logs()}"
+            assert classes[classid]["kind"] == "htb" and classes[classid]["rate"] == RATE, f"{classes}{logs()}"
+            assert classes[classid]["ceil"] == RATE, f"{classes}{logs()}"
+            assert root_qdisc(h1)["kind"] == "htb", f"{h1.tc_json('qdisc')}{logs()}"
+            nodes = u32_nodes(h1)
+            assert [n["flowid"] for n in nodes] == [classid], f"{nodes}{logs()}"
+            assert nodes[0]["match"] == [match_ip(h1.address, 12), match_ip(h2.address, 16)], f"{nodes}{logs()}"
+            assert h2.tc_classes() == {}, f"h2 is shaped: {h2.tc_classes()}{logs()}"
+
+            rates["shaped"] = iperf3(h1, h2, seconds=IPERF_SECONDS)
+            assert SHAPED[0] <= rates["shaped"] <= SHAPED[1], (
+                f"shaped flow at {rates['shaped'] / 1e6:.1f} Mbit/s{logs()}")
+
+            # --- kill -9 of h1's agent during the reservation, then the same command line again
+            agent = agents["h1"]
+            agent.verify_in_netns()  # the pid is the tenure agent itself, not `ip netns exec`
+            before = tc_layout(h1)
+            # The kernel announces every change of a qdisc, class or filter in h1's namespace: a pass that
+            # touched the wire would show here (the same socket sees the teardown at the end: it is live).
+            events = TcEvents(h1.netns)
+            cleanup.callback(events.close)
+            events.drain()
+            killed_at = time.monotonic()
+            agent.kill9()
+            assert tc_layout(h1) == before, f"the kill changed tc{logs()}"
+            agent.start()
+            healthy = agent.wait_healthy(lambda b: b["sync"]["registered"] and b["sync"]["synced"]
+                                         and b["sync"]["converged"],
+                                         what="synced and converged after the restart", context=logs)
+            restart_seconds = time.monotonic() - killed_at
+            agent.verify_in_netns()
+            changes = events.drain()
+            assert changes == 0, f"{changes} tc changes in h1 during the restart{logs()}"
+            after = tc_layout(h1)
+            assert after == before, f"tc changed across the restart:\nbefore {before}\nafter {after}{logs()}"
+            sync = healthy["sync"]
+            assert sync["operations"] == 0, f"the restarted agent ran operations: {sync}{logs()}"
+            assert sync["reports"] == 0, f"the restarted agent reported again: {sync}{logs()}"
+            assert sync["instances"] == 1, f"{sync}{logs()}"
+            assert admin.reservation(rid)["state"] == "active", f"{admin.reservation(rid)}{logs()}"
+            now = admin.instance(inst["id"])
+            assert now["state"] == "active" and now["outputs"].get("classid") == classid, f"{now}{logs()}"
+            assert (now["generation"], now["observed"], now["revision"]) == (
+                inst["generation"], inst["observed"], inst["revision"]), f"{inst}\n{now}{logs()}"
+
+            left = WINDOW - (time.monotonic() - reserved_at)
+            assert left > IPERF_SECONDS + 2, f"only {left:.1f}s of the reservation left for the second measurement"
+            rates["after restart"] = iperf3(h1, h2, seconds=IPERF_SECONDS)
+            assert SHAPED[0] <= rates["after restart"] <= SHAPED[1], (
+                f"flow after the agent restart at {rates['after restart'] / 1e6:.1f} Mbit/s{logs()}")
+            assert agent.health()["sync"]["operations"] == 0, logs()  # type: ignore[index]
+
+            # --- the end of the reservation: expired, shaper deleted, class gone, flow unshaped
+            until_end = WINDOW - (time.monotonic() - reserved_at)
+            wait_until(lambda: admin.reservation(rid)["state"] == "expired", timeout=max(until_end, 0) + 30,
+                       what="the reservation expired", context=logs, interval=0.2)
+            wait_until(lambda: not shapers(admin, rid), timeout=WAIT, what="the shaper deleted", context=logs)
+            with pytest.raises(TenureAPIError) as gone:
+                admin.instance(inst["id"])
+            assert gone.value.status == 404, gone.value
+            wait_until(lambda: classid not in h1.tc_classes(), timeout=WAIT, what=f"class {classid} gone from h1",
+                       context=logs)
+            assert u32_nodes(h1) == [], f"{h1.tc_json('filter')}{logs()}"
+            assert events.drain() > 0, "the TC notifications did not show the teardown: the restart's check is void"
+            assert root_qdisc(h1)["kind"] in ROOT_KINDS, f"{h1.tc_json('qdisc')}{logs()}"
+            agent.wait_healthy(lambda b: b["sync"]["instances"] == 0 and b["sync"]["converged"],
+                               what="without instances", context=logs)
+            rates["expired"] = iperf3(h1, h2, seconds=IPERF_SECONDS)
+            assert rates["expired"] > UNSHAPED, f"flow after expiry at {rates['expired'] / 1e6:.1f} Mbit/s{logs()}"
+            for d in daemons:
+                assert d.alive(), f"{d.name} exited{logs()}"
+        finally:
+            for d in reversed(daemons):
+                d.stop()
+            print("\niperf3 h1 -> h2: " + ", ".join(f"{k} {v / 1e6:.1f} Mbit/s" for k, v in rates.items())
+                  + f"; agent kill -9 to converged {restart_seconds:.1f}s; test {time.monotonic() - began:.1f}s")
+        for d in daemons:
+            assert not group_alive(d.pid), f"{d.name} left processes behind"
+    mine = {name for name in CREATED if lan.suffix in name}
+    assert not mine & netns_names(), f"namespaces left behind: {sorted(mine & netns_names())}"
