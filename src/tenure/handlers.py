@@ -8,7 +8,7 @@ operations may take) and by every host agent (which driver runs them)::
         driver: ansible:vlan.yml          # any LRM driver: ocf:, lsb:, exec:, python:, ansible:
         timeout: 60s                      # each operation (create, modify, delete, probe)
         monitor: 30s                      # the recurring probe (0 or omitted: none)
-        properties:                       # default parameters; an instance's own win
+        properties:                       # fixed parameters: an instance's own cannot override them
           dir: /var/lib/tenure/vlans
       bandwidth:
         driver: python:tenure.drivers.tc:Shaper

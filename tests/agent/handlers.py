@@ -41,3 +41,41 @@ class Thing:
     def probe(self, params: dict[str, str], ctx: Any) -> int:
         with self.lock:
             return 0 if ctx.instance_id in self.things else 7
+
+
+class Gate:
+    """Like :class:`Thing`, but create blocks until the test opens the gate (class-wide state: one test at a time).
+
+    No reload: a modify is a delete then a create. Delete fails for the value in ``fail_delete``.
+    """
+
+    gate = threading.Event()
+    entered = threading.Event()
+    calls: list[tuple[str, str]] = []  # (action, value)
+    fail_delete: str | None = None
+    lock = threading.Lock()
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.gate, cls.entered = threading.Event(), threading.Event()
+        cls.calls = []
+        cls.fail_delete = None
+
+    def _call(self, action: str, params: dict[str, str]) -> None:
+        with self.lock:
+            self.calls.append((action, params.get("value", "")))
+
+    def create(self, params: dict[str, str], ctx: Any) -> int:
+        self._call("create", params)
+        self.entered.set()
+        while not self.gate.wait(0.05):
+            if ctx.cancelled.is_set():
+                return 1
+        return 0
+
+    def delete(self, params: dict[str, str], ctx: Any) -> int:
+        self._call("delete", params)
+        return 1 if self.fail_delete is not None and params.get("value") == self.fail_delete else 0
+
+    def probe(self, params: dict[str, str], ctx: Any) -> int:
+        return 0 if self.gate.is_set() else 7

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tenure.domain.errors import Unavailable
 from tenure.handlers import parse_handlers
+from tests.agent.handlers import Gate
 from tests.agent_support import gone, start_host_agent, start_server, state_is, wait_for
 from tests.conftest import Api
 
@@ -18,8 +20,10 @@ PLAYBOOKS = Path(__file__).parent.parent / "drivers" / "playbooks"
 HANDLERS = parse_handlers({"resources": {
     "vlan-file": {"driver": "ansible:vlan.yml", "timeout": "120s"},
     "slot": {"driver": "python:tests.agent.handlers:Thing", "timeout": "10s",
-             "locals": {"slot": "10-20"}, "properties": {"value": "default"}},
+             "locals": {"slot": "10-20"}},
+    "fixed": {"driver": "python:tests.agent.handlers:Thing", "properties": {"device": "eth9"}},
     "stuck": {"driver": "exec:sleeper", "timeout": 0.5},
+    "gate": {"driver": "python:tests.agent.handlers:Gate", "timeout": "20s"},
 }})
 TYPES = {t.name: t.timeout for t in HANDLERS.values()}
 
@@ -31,7 +35,8 @@ def settings() -> Any:
 
 def agent_of(tmp: Path, server: Api, host: str = "h1") -> Any:
     return start_host_agent(tmp, server, host, handlers=HANDLERS, roots={
-        "playbook_dirs": (PLAYBOOKS,), "python_packages": ("tenure.drivers.handlers", "tests.agent.handlers")})
+        "playbook_dirs": (PLAYBOOKS,), "python_packages": ("tenure.drivers.handlers", "tenure.drivers.tc",
+                                                      "tests.agent.handlers")})
 
 
 def sync_of(agent: Api) -> Any:
@@ -69,6 +74,11 @@ def test_create_modify_delete_through_the_agent(tmp_path: Path) -> None:
             assert server.delete("/v1/instances/a").json()["state"] == "deleting"
             wait_for(server, a["id"], gone)
             assert resources(agent) == []
+
+            # The operator's properties are fixed: an instance's own parameters do not override them.
+            f = create(server, name="f", type="fixed", parameters={"device": "eth0", "value": "v"})
+            wait_for(server, f["id"], state_is("active"))
+            assert resources(agent)[0]["params"] == {"device": "eth9", "value": "v"}
             assert agent.get("/v1/pools/local.slot.slot/claims").json()["claims"] == []  # the ID is released
 
 
@@ -206,3 +216,75 @@ def _wait_loop(agent: Api, cond: Any, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.01)
 
     asyncio.run_coroutine_threadsafe(asyncio.wait_for(until(), timeout), loop).result(timeout + 5)
+
+
+def test_after_a_restart_the_agent_resyncs_before_it_acts(tmp_path: Path) -> None:
+    """Stopped in the middle of a create, then the instance deleted on the server: the restarted agent must not
+    create it again from what it remembered (DESIGN.md invariant 3)."""
+    Gate.reset()
+    for server in start_server(tmp_path, settings=settings()):
+        for _agent in agent_of(tmp_path, server):
+            a = create(server, name="a", type="gate")
+            assert Gate.entered.wait(30)
+        assert server.delete("/v1/instances/a").json()["state"] == "deleting"
+        Gate.gate.set()
+        Gate.calls.clear()
+        for agent in agent_of(tmp_path, server):
+            wait_for(server, a["id"], gone)
+            assert [c for c, _ in Gate.calls] in ([], ["delete"])  # never created again
+            assert resources(agent) == []
+
+
+def test_a_modify_without_reload_stops_with_the_old_parameters_and_a_failed_stop_fails_it(tmp_path: Path) -> None:
+    Gate.reset()
+    Gate.gate.set()
+    for server in start_server(tmp_path, settings=settings()):
+        for _agent in agent_of(tmp_path, server):
+            a = wait_for(server, create(server, name="a", type="gate", parameters={"value": "one"})["id"],
+                         state_is("active"))
+            server.request("PATCH", "/v1/instances/a", json={"parameters": {"value": "two"}})
+            a = wait_for(server, a["id"], lambda b: b is not None and b["observed"] == 2)
+            assert a["state"] == "active"
+            assert Gate.calls == [("create", "one"), ("delete", "one"), ("create", "two")]
+            Gate.fail_delete = "two"
+            server.request("PATCH", "/v1/instances/a", json={"parameters": {"value": "three"}})
+            a = wait_for(server, a["id"], lambda b: b is not None and b["observed"] == 3)
+            assert a["state"] == "failed" and a["reason"].startswith("modify (stop) failed"), a["reason"]
+            assert Gate.calls[-1] == ("delete", "two")  # no create after the failed stop
+
+
+def test_a_failure_of_the_agents_own_store_does_not_stop_it_following(tmp_path: Path) -> None:
+    for server in start_server(tmp_path, settings=settings()):
+        for agent in agent_of(tmp_path, server):
+            sync = sync_of(agent)
+            _wait_loop(agent, lambda: sync.synced.is_set())
+            real, failed = sync.state.save, []
+
+            async def flaky(*args: Any, **kwargs: Any) -> Any:
+                if not failed:
+                    failed.append(1)
+                    raise Unavailable("the store failed to commit", code="store_error")
+                return await real(*args, **kwargs)
+
+            sync.state.save = flaky
+            a, b = create(server, name="a", type="slot"), create(server, name="b", type="slot")
+            assert wait_for(server, a["id"], state_is("active"))["state"] == "active"  # its event was not lost
+            assert wait_for(server, b["id"], state_is("active"))["state"] == "active"
+            assert failed and not sync._tasks[0].done()
+
+
+def test_a_report_the_server_refuses_fails_the_instance_with_why(tmp_path: Path) -> None:
+    for server in start_server(tmp_path, settings=settings()):
+        for agent in agent_of(tmp_path, server):
+            sync = sync_of(agent)
+            real = sync.client.report_instance
+
+            async def too_many(iid: str, gen: int, state: str, **kw: Any) -> Any:
+                if kw.get("outputs"):
+                    kw["outputs"] = {f"o{i}": "x" for i in range(65)}
+                return await real(iid, gen, state, **kw)
+
+            sync.client.report_instance = too_many
+            a = wait_for(server, create(server, name="a", type="slot")["id"], state_is("failed", "active"))
+            assert a["state"] == "failed"
+            assert a["reason"].startswith("the server refused the agent's report: outputs must be"), a["reason"]

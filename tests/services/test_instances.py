@@ -215,8 +215,8 @@ def test_only_the_hosts_agent_may_report_and_members_may_not(rt: Runtime) -> Non
 def test_a_silent_agent_fails_the_instance_at_its_deadline_and_a_late_report_still_counts(
         rt: Runtime, clock: FakeClock) -> None:
     register(rt, "h1")
-    [a] = create(rt, {"name": "a"})  # memory: 10 s operations; deadline 2 x 10 + 30 s
-    clock.advance(seconds=49)
+    [a] = create(rt, {"name": "a"})  # memory: 10 s operations; deadline 3 x 10 + 30 s
+    clock.advance(seconds=59)
     rt.instances.scheduler.run_due()
     assert get(rt, "a").state == "provisioning"
     clock.advance(seconds=2)
@@ -369,3 +369,54 @@ def test_a_cancelled_reservation_removes_its_shapers_and_a_host_without_address_
     assert set(s) == {"out"} and s["out"].state == "failed" and "'h3' has no 'address' label" in s["out"].reason
     rt.run(rt.reservations.cancel_op(res.id))
     assert shapers(rt, res.id) == {}  # never sent: gone at once
+
+
+def test_nothing_may_depend_on_a_shaper_and_members_may_not_make_shapers(rt: Runtime, clock: FakeClock) -> None:
+    """A member naming a reservation's shaper as a dependency could hold up its expiry (and with it every
+    transition due at the same time); a member's own `bandwidth` instance would shape without admission."""
+    register(rt, "h1")
+    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    p1 = Principal("member", project="p1")
+    res, _, _ = rt.run(rt.reservations.create_op({"kind": "oneway", "src": "h1", "dst": "h2", "rate": "5M",
+                                                  "start": "now", "end": at(clock, minutes=5)}, principal=p1))
+    [shaper] = shapers(rt, res.id).values()
+    with pytest.raises(InvalidInput) as exc:
+        create(rt, {"name": "x", "depends_on": [shaper.name]}, principal=p1)
+    assert exc.value.code == "owned_dependency"
+    with pytest.raises(InvalidInput) as exc:
+        create(rt, {"name": "x", "parameters": {"v": f"${{instance:{shaper.name}.outputs.classid}}"}}, principal=p1)
+    assert exc.value.code == "owned_dependency"
+    create(rt, {"name": "y"}, principal=p1)
+    with pytest.raises(InvalidInput):
+        rt.run(rt.instances.modify_op("y", {"depends_on": [shaper.name]}, principal=p1))
+    with pytest.raises(Forbidden):
+        create(rt, {"name": "z", "type": "bandwidth", "parameters": {"rate": "1000", "dst": "10.0.0.0/8"}},
+               principal=p1)
+    clock.advance(minutes=5)
+    rt.reservations.scheduler.run_due()
+    assert rt.reservations.get(res.id).state == "expired"
+    assert shapers(rt, res.id)["out"].state == "deleting"
+
+
+def test_no_cycle_through_a_name_that_was_deleted_and_created_again(rt: Runtime) -> None:
+    create(rt, {"name": "a"}, {"name": "b", "depends_on": ["a"]})
+    rt.run(rt.instances.delete_op("a", force=True))  # b still names a
+    before = rt.revision
+    with pytest.raises(InvalidInput) as exc:
+        create(rt, {"name": "a", "depends_on": ["b"]})
+    assert exc.value.code == "dependency_cycle" and exc.value.details["cycle"] in (["a", "b", "a"], ["b", "a", "b"])
+    assert rt.revision == before
+    [a] = create(rt, {"name": "a"})  # without the cycle it may come back, and b waits for it again
+    assert get(rt, "b").reason == "waiting for dependency 'a' (pending)"
+    assert a.name == "a"
+
+
+def test_a_shaper_without_an_address_stays_failed_when_its_reservation_is_modified(
+        rt: Runtime, clock: FakeClock) -> None:
+    register(rt, "h1")
+    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    res, _, _ = rt.run(rt.reservations.create_op({"kind": "oneway", "src": "h1", "dst": "h3", "rate": "5M",
+                                                  "start": "now", "end": at(clock, minutes=5)}))
+    rt.run(rt.reservations.modify_op(res.id, {"rate_out": "6M"}))
+    out = shapers(rt, res.id)["out"]
+    assert out.state == "failed" and "no 'address' label" in out.reason and out.dispatched == 0

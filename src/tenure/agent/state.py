@@ -37,8 +37,11 @@ class Local:
 
     id: str
     desired: dict[str, Any] | None = None  # the server's body (None: the server deleted it)
+    type: str | None = None  # its type, kept when the server forgets the instance (to release its local IDs)
     resource: str | None = None  # the LRM resource's name, once added
-    applied: int = 0  # the generation whose operation last succeeded here
+    applied: int = 0  # the generation whose operation last ran here
+    applied_params: dict[str, str] | None = None  # the parameters of the last create or modify that succeeded
+    done: int = 0  # the generation whose create or modify succeeded here
     reported: tuple[int, str] | None = None  # (generation, state) last reported and accepted
     outputs: dict[str, str] = field(default_factory=dict)
     locals: dict[str, int] = field(default_factory=dict)  # parameter -> local ID
@@ -52,7 +55,8 @@ class Local:
     @classmethod
     def from_body(cls, d: dict[str, Any]) -> Local:
         rep = d.get("reported")
-        return cls(id=d["id"], desired=d.get("desired"), resource=d.get("resource"), applied=d.get("applied", 0),
+        return cls(id=d["id"], desired=d.get("desired"), type=d.get("type"), resource=d.get("resource"),
+                   applied=d.get("applied", 0), applied_params=d.get("applied_params"), done=d.get("done", 0),
                    reported=(rep[0], rep[1]) if rep else None, outputs=dict(d.get("outputs") or {}),
                    locals=dict(d.get("locals") or {}), restarts=d.get("restarts", 0))
 

@@ -42,6 +42,7 @@ from tenure.agent.state import Local, SyncState
 from tenure.client import AsyncTenureClient, WatchGone
 from tenure.client._errors import TenureAPIError, TenureClientError
 from tenure.domain.errors import TenureError
+from tenure.drivers.base import make_driver
 from tenure.handlers import HandlerType
 from tenure.lrm.executor import Lrm
 from tenure.lrm.model import Result
@@ -50,6 +51,10 @@ log = logging.getLogger("tenure.agent.sync")
 
 VERSION = "tenure-agent/0.1"
 OK_STATES = frozenset({"running", "promoted"})
+
+
+class Retry(Exception):
+    """A pass that must run again later (with backoff)."""
 
 
 def _reason(action: str, res: dict[str, Any]) -> str:
@@ -93,6 +98,7 @@ class SyncLoop:
         self._passes: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._lost: dict[str, str] = {}  # instance id -> why a monitor found its resource not running
+        self._pending_kicks: set[str] = set()  # remembered at start, run once the watch has caught up
         self._tasks: list[asyncio.Task[None]] = []
         self.registered = asyncio.Event()
         self.synced = asyncio.Event()  # the watch is live (caught up once)
@@ -112,13 +118,26 @@ class SyncLoop:
 
     # ================================================================ lifecycle
 
+    def _preload(self) -> None:
+        """Load each handler type's driver now (importing pyroute2 or a handler module takes 0.3 s): not in the
+        first instance's operation. A driver missing here is said once, at start."""
+        for t in self.handlers.values():
+            try:
+                if not make_driver(t.driver, self.lrm.roots, rsctmp=self.lrm.rsctmp).installed():
+                    log.warning("handler driver not installed", extra={"type": t.name, "driver": t.driver})
+            except TenureError as exc:
+                log.warning("handler driver refused", extra={"type": t.name, "driver": t.driver,
+                                                             "error": exc.message})
+
     async def start(self) -> None:
         self.since, self.local = await asyncio.to_thread(self.state.load)
+        await asyncio.to_thread(self._preload)
         self.lrm.listeners.append(self._on_result)
         self._tasks = [asyncio.create_task(self._run(), name="tenure-sync"),
                        asyncio.create_task(self._heartbeats(), name="tenure-heartbeat")]
-        for iid in list(self.local):  # what was in flight when the agent stopped goes on
-            self._kick(iid)
+        # What was in flight when the agent stopped goes on, but only once the watch has caught up (DESIGN.md
+        # invariant 3: resync before acting): the server may have changed or deleted it meanwhile.
+        self._pending_kicks = set(self.local)
         log.info("sync loop started", extra={"host": self.host, "since": self.since, "instances": len(self.local)})
 
     async def close(self) -> None:
@@ -141,7 +160,7 @@ class SyncLoop:
                 await self.client.register_agent(self.host, kinds=["instance"], version=VERSION, capabilities=caps)
                 self.registered.set()
                 return
-            except TenureClientError as exc:
+            except (TenureClientError, TenureError) as exc:
                 log.warning("registration failed; retrying", extra={"host": self.host, "error": str(exc)})
                 await self._backoff(attempt)
                 attempt += 1
@@ -157,7 +176,9 @@ class SyncLoop:
                     await self._register()
                 else:
                     log.warning("heartbeat refused", extra={"host": self.host, "error": str(exc)})
-            except TenureClientError as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 log.warning("heartbeat failed", extra={"host": self.host, "error": str(exc)})
 
     # ================================================================ the watch
@@ -172,8 +193,20 @@ class SyncLoop:
                     "host": self.host, "since": self.since})
                 self.since = None
                 await self.state.forget_since()
-            except TenureClientError as exc:  # the watch gave up (it retries by itself first)
+            except TenureAPIError as exc:
+                if exc.code == "invalid_since":  # our revision is ahead of the server's (its store was replaced)
+                    log.warning("the server is behind our revision: full resync", extra={
+                        "host": self.host, "since": self.since})
+                    self.since = None
+                    await self.state.forget_since()
+                else:
+                    log.warning("watch refused; restarting", extra={"host": self.host, "error": str(exc)})
+                    await self._backoff(3)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watch gave up, or our own store failed: never stop following
                 log.warning("watch ended; restarting", extra={"host": self.host, "error": str(exc)})
+                self.synced.clear()
                 await self._backoff(3)
 
     async def _watch(self) -> None:
@@ -193,10 +226,10 @@ class SyncLoop:
                         await self._end_of_listing(listed)
                         initial = False
                     if ev.revision is not None and ev.revision != self.since:
-                        self.since = ev.revision
                         await self.state.save(since=ev.revision)
+                        self.since = ev.revision
                     if not initial and (self.since or 0) >= target:
-                        self.synced.set()
+                        self._caught_up()
                     continue
                 if ev.id is None or ev.object is None:
                     continue
@@ -204,8 +237,15 @@ class SyncLoop:
                     listed.add(ev.id)
                 await self._desired(ev.id, None if ev.type == "deleted" else ev.object, ev.revision)
                 if not initial and (self.since or 0) >= target:
-                    self.synced.set()
+                    self._caught_up()
         self.synced.clear()
+
+    def _caught_up(self) -> None:
+        if not self.synced.is_set():
+            self.synced.set()
+            kicks, self._pending_kicks = self._pending_kicks, set()
+            for iid in sorted(kicks):
+                self._kick(iid)
 
     async def _end_of_listing(self, listed: set[str]) -> None:
         """After a full listing: what we hold that the server no longer has is gone there; tear it down."""
@@ -217,22 +257,25 @@ class SyncLoop:
         if loc is None:
             if body is None:
                 if revision is not None:
-                    self.since = revision
                     await self.state.save(since=revision)
+                    self.since = revision
                 return
             loc = self.local[iid] = Local(id=iid)
         if body is not None and loc.desired is not None and body.get("revision", 0) < loc.desired.get("revision", 0):
             return  # older than what we have (a listing after events)
         loc.desired = body
+        if body is not None:
+            loc.type = body.get("type", loc.type)
+        await self.state.save(loc, since=revision)  # a failure here restarts the watch from the last saved one
         if revision is not None:
             self.since = revision
-        await self.state.save(loc, since=revision)
+        self._pending_kicks.discard(iid)
         self._kick(iid)
 
     # ================================================================ convergence
 
     def _kick(self, iid: str) -> None:
-        if self._closing:
+        if self._closing or iid in self._pending_kicks:  # (a remembered one waits for the watch to catch up)
             return
         task = self._passes.get(iid)
         if task is not None and not task.done():
@@ -250,7 +293,7 @@ class SyncLoop:
                 try:
                     await self._pass(iid)
                     attempt = 0
-                except (TenureClientError, TenureError) as exc:
+                except (TenureClientError, TenureError, Retry) as exc:
                     log.warning("convergence pass failed; retrying", extra={"instance": iid, "error": str(exc)})
                     self._again.add(iid)
                     await self._backoff(attempt)
@@ -269,7 +312,9 @@ class SyncLoop:
             return
         d = loc.desired
         if d is None:  # the server no longer has it (deleted, or forced): nothing of it may stay here
-            await self._teardown(loc)
+            failure = await self._teardown(loc)
+            if failure is not None:  # keep it, and try again (with backoff): never forget what runs
+                raise Retry(f"teardown of {iid}: {failure}")
             self.local.pop(iid, None)
             await self.state.save(drop=iid)
             return
@@ -296,31 +341,31 @@ class SyncLoop:
             # A probe found it not running: say so first, then recover (below) if there are tries left.
             await self._report(loc, gen, "failed", reason=self._lost.pop(loc.id, None)
                                or f"probe: the resource is {res['state']}")
-        if loc.applied == gen and res is not None and res["state"] in OK_STATES:
+        if loc.done == gen and res is not None and res["state"] in OK_STATES:
             if loc.reported != (gen, "active"):
                 await self._report(loc, gen, "active", outputs=loc.outputs)
             return  # converged: nothing runs (an agent restart changes nothing)
-        if loc.applied == gen and loc.reported == (gen, "failed") and res is not None and res["state"] in (
-                "stopped", "failed") and loc.restarts >= self.max_restarts:
+        if loc.applied == gen and loc.reported == (gen, "failed") and loc.restarts >= self.max_restarts:
             return  # given up on this generation until it changes
         await self._apply(loc, handler, gen, res)
 
     def _resource(self, loc: Local) -> dict[str, Any] | None:
-        if loc.resource is None:
-            return None
+        """The LRM resource carrying ``loc`` (its name is fixed: ``i-<id>``, so one added just before a crash is
+        found too)."""
         try:
-            return self.lrm.get(loc.resource)
+            res = self.lrm.get(loc.resource or f"i-{loc.id}")
         except TenureError:
             return None
+        loc.resource = res["name"]
+        return res
 
     async def _params(self, loc: Local, handler: HandlerType) -> dict[str, str]:
         d = loc.desired
         assert d is not None
-        params = {**handler.properties, **d["resolved"]}
+        params = {**d["resolved"], **handler.properties}  # the operator's properties are not the client's to change
         for name, ranges in handler.locals.items():
-            if name not in loc.locals:
+            if name not in loc.locals:  # (not saved here: the claim is by key, so asking again gives the same)
                 loc.locals[name] = await self.state.local_id(f"local.{handler.name}.{name}", ranges, loc.id)
-                await self.state.save(loc)
             params[name] = str(loc.locals[name])
         return params
 
@@ -343,42 +388,47 @@ class SyncLoop:
         if res is None:
             name = f"i-{loc.id}"
             try:
-                res = self.lrm.get(name)  # added before a crash, not yet recorded as ours
-            except TenureError:
-                try:
-                    res = await self.lrm.add(name, handler.driver, params=params,
-                                             labels={"instance": d["name"], "type": d["type"]})
-                except TenureError as exc:
-                    await self._report(loc, gen, "failed", reason=f"{handler.driver}: {exc.message}")
-                    return
-            loc.resource = name
-            await self.state.save(loc)
-        action = "start"
-        if res["params"] != params:
-            try:
-                await self.lrm.update(loc.resource, params)
+                res = await self.lrm.add(name, handler.driver, params=params,
+                                         labels={"instance": d["name"], "type": d["type"]})
             except TenureError as exc:
                 await self._report(loc, gen, "failed", reason=f"{handler.driver}: {exc.message}")
                 return
-            if res["state"] in OK_STATES:
-                action = "reload"
+            loc.resource = name  # (saved with the report: the name is fixed, so a crash before that loses nothing)
+        action = "start"
+        running = res["state"] in OK_STATES
+        current = res["params"]  # what the LRM holds (a modify cut short by a crash may have changed it)
+        before = loc.applied_params if loc.applied_params is not None else current
         if loc.applied == gen and loc.reported == (gen, "failed"):
             loc.restarts += 1
         elif loc.applied != gen:
             loc.restarts = 0
-        if action == "reload" and "reload" not in (self.lrm.actions(loc.resource) or {"reload"}):
+        loc.applied = gen  # attempted: a failure below is retried at most max_restarts times
+        in_doubt = res["state"] == "failed"  # a failed start, stop or monitor: it may still be (half) there
+        reload = running and before != params and "reload" in (self.lrm.actions(res["name"]) or {"reload"})
+        if reload:
+            action = "reload"
+        elif in_doubt or (running and before != params):
+            # Stop what may run, with the parameters it runs with, before starting (with the new ones).
+            if current != before:
+                await self.lrm.update(res["name"], before)
+                current = before
             stopped = await self._run_op(loc, "stop", timeout)
-            if stopped.get("failed", True) and stopped.get("status") != "done":
-                await self._report(loc, gen, "failed", reason=_reason("stop", stopped))
+            if stopped.get("status") != "done" or stopped.get("rc") != 0:
+                what = "modify (stop)" if before != params else "recovery (stop)"
+                await self._report(loc, gen, "failed", reason=_reason(what, stopped))
                 return
-            action = "start"
+        if current != params:
+            try:
+                await self.lrm.update(res["name"], params)
+            except TenureError as exc:
+                await self._report(loc, gen, "failed", reason=f"{handler.driver}: {exc.message}")
+                return
         result = await self._run_op(loc, action, timeout)
         if result.get("failed") or result.get("status") != "done":
-            loc.applied = gen
             await self._report(loc, gen, "failed", reason=_reason({"start": "create", "reload": "modify"}[action],
                                                                    result))
             return
-        loc.applied = gen
+        loc.applied_params, loc.done = params, gen
         loc.outputs = dict(result.get("outputs") or {})
         for name, value in loc.locals.items():
             loc.outputs.setdefault(name, str(value))
@@ -389,21 +439,22 @@ class SyncLoop:
     async def _teardown(self, loc: Local) -> str | None:
         """Stop and remove the resource, release the local IDs; the failure's reason, or None."""
         d = loc.desired
-        if loc.resource is not None:
-            res = self._resource(loc)
-            if res is not None:
-                timeout = float((d or {}).get("timeout") or 60.0)
-                if res["state"] not in ("stopped",) or res.get("running") or res.get("queued"):
-                    result = await self._run_op(loc, "stop", timeout)
-                    if result.get("status") != "done" or result.get("rc") != 0:
-                        return _reason("delete", result)
-                with contextlib.suppress(TenureError):
-                    await self.lrm.remove(loc.resource)
-            loc.resource = None
-        type_ = (d or {}).get("type")
-        for name in list(loc.locals):
+        res = self._resource(loc)
+        if res is not None:
+            timeout = float((d or {}).get("timeout") or 60.0)
+            if res["state"] not in ("stopped",) or res.get("running") or res.get("queued"):
+                result = await self._run_op(loc, "stop", timeout)
+                if result.get("status") != "done" or result.get("rc") != 0:
+                    return _reason("delete", result)
+            with contextlib.suppress(TenureError):
+                await self.lrm.remove(res["name"])
+        loc.resource = None
+        type_ = (d or {}).get("type") or loc.type
+        handler = self.handlers.get(type_ or "")
+        # Every local ID the type declares (one claimed just before a crash is not in loc.locals yet).
+        for name in sorted({*loc.locals, *(handler.locals if handler else ())}):
             await self.state.release_local(f"local.{type_}.{name}", loc.id)
-            del loc.locals[name]
+            loc.locals.pop(name, None)
         await self.state.save(loc)
         return None
 
@@ -428,7 +479,13 @@ class SyncLoop:
                     return
                 if exc.status < 500:
                     log.error("report refused", extra={"instance": loc.id, "error": str(exc)})
-                    return
+                    if exc.status == 409 or (state == "failed" and outputs is None and result is None):
+                        return  # (409: not this generation's report to make)
+                    # Say why instead (e.g. outputs the server does not take), so the instance does not wait for
+                    # its deadline while the resource runs.
+                    state, outputs, result = "failed", None, None
+                    reason = f"the server refused the agent's report: {exc.message}"[:1000]
+                    continue
             except TenureClientError as exc:
                 log.warning("report failed; retrying", extra={"instance": loc.id, "error": str(exc)})
             await self._backoff(attempt)
@@ -458,7 +515,7 @@ class SyncLoop:
             return
         gen = loc.desired.get("dispatched", 0)
         ok = body.get("state") in OK_STATES
-        if ok and loc.reported == (gen, "failed") and loc.applied == gen:
+        if ok and loc.reported == (gen, "failed") and loc.done == gen:
             self._kick(iid)  # well again: the pass reports it active
         elif not ok and loc.reported == (gen, "active"):
             self._lost[iid] = _reason("probe", result.to_dict()) if result.rc != 7 else (

@@ -85,6 +85,9 @@ MAX_BATCH = 1000  # instances in one create
 MAX_PAGE = 10_000
 MAX_RESULT_BYTES = 8 * 1024
 RETRY_DUE_US = 5 * US
+# An agent may run a probe ahead of it, then a stop and a start (a modify without reload): three operations.
+DEADLINE_TIMEOUTS = 3
+SERVICE_TYPES = frozenset({"bandwidth"})  # made by services (a reservation's shapers); by hand only by admins
 CREATE_FIELDS = frozenset({"name", "type", "host", "parameters", "labels", "depends_on", "project"})
 MODIFY_FIELDS = frozenset({"parameters", "labels", "depends_on"})
 REPORT_FIELDS = frozenset({"generation", "state", "reason", "outputs", "result"})
@@ -165,6 +168,7 @@ class InstanceService:
         self._names: dict[tuple[str, str], str] = {}  # (scope, name) -> id
         self._dependents: dict[tuple[str, str], set[str]] = {}  # (scope, name depended on) -> ids
         self._by_host: dict[str, set[str]] = {}
+        self._by_owner: dict[str, set[str]] = {}  # "reservation:<id>" -> ids of the instances it owns
         # Published after each commit.
         self._views: dict[str, Instance] = {}
         self.scheduler = Scheduler(now_us=self.now_us, run=self._run_due)
@@ -187,19 +191,23 @@ class InstanceService:
 
     def _index(self, inst: Instance, *, add: bool) -> None:
         scope = _scope(inst.project)
+        owner = inst.owner.partition("/")[0] if inst.owner is not None else None
         if add:
             self._names[(scope, inst.name)] = inst.id
             self._by_host.setdefault(inst.host, set()).add(inst.id)
+            if owner is not None:
+                self._by_owner.setdefault(owner, set()).add(inst.id)
             for d in inst.dependencies:
                 self._dependents.setdefault((scope, d), set()).add(inst.id)
             return
         if self._names.get((scope, inst.name)) == inst.id:
             del self._names[(scope, inst.name)]
-        ids = self._by_host.get(inst.host)
-        if ids is not None:
-            ids.discard(inst.id)
-            if not ids:
-                del self._by_host[inst.host]
+        for index, key in ((self._by_host, inst.host), (self._by_owner, owner)):
+            ids = index.get(key) if key is not None else None
+            if ids is not None:
+                ids.discard(inst.id)
+                if not ids:
+                    del index[key]
         for d in inst.dependencies:
             ids = self._dependents.get((scope, d))
             if ids is not None:
@@ -267,7 +275,7 @@ class InstanceService:
         return inst
 
     def _deadline(self, batch: Batch, inst: Instance) -> int:
-        return to_us(batch.now) + int((2 * inst.timeout + self.report_grace) * US)
+        return to_us(batch.now) + int((DEADLINE_TIMEOUTS * inst.timeout + self.report_grace) * US)
 
     # ================================================================ evaluation
 
@@ -354,6 +362,8 @@ class InstanceService:
         if len(name) == 36 and _looks_like_uuid(name):
             raise InvalidInput(f"instance name {name!r} looks like an id; choose another", code="invalid_name")
         type_ = validate_type(raw.get("type"), self.types)
+        if type_ in SERVICE_TYPES and not principal.is_admin:
+            raise Forbidden(f"instances of type {type_!r} are made by reservations; reserve bandwidth instead")
         host = validate_name(raw.get("host"), what="host")
         project = raw.get("project")
         if principal.role == "member":
@@ -410,9 +420,13 @@ class InstanceService:
                     if (scope, d) not in self._names and (scope, d) not in batch_names:
                         raise InvalidInput(f"instance {new.name!r} depends on {d!r}, which does not exist",
                                            code="unknown_dependency", dependency=d)
+                    self._not_owned_dependency(scope, new.name, d)
                 self._check_claims(new)
                 fresh.append(replace(new, created_at=to_us(batch.now)))
                 out.append((fresh[-1], True))
+            # Existing instances may still name one of these (its namesake was deleted): no cycle through them.
+            if any((_scope(n.project), n.name) in self._dependents for n in fresh):
+                self._check_cycles(news)
             # In dependency order, each evaluated before it is written: one event per new instance.
             for inst in _topological(fresh):
                 inst = self._changed(batch, self._evaluate(batch, inst), "created")
@@ -420,6 +434,34 @@ class InstanceService:
             return [(self._inst.get(i.id, i), created) for i, created in out]
 
         return Op(apply)
+
+    def _not_owned_dependency(self, scope: str, name: str, dep: str) -> None:
+        dep_id = self._names.get((scope, dep))
+        if dep_id is not None and self._inst[dep_id].owner is not None:
+            raise InvalidInput(f"instance {name!r} may not depend on {dep!r}: it belongs to "
+                               f"{self._inst[dep_id].owner.partition('/')[0]} and goes when that ends",
+                               code="owned_dependency", dependency=dep)
+
+    def _check_cycles(self, changed: Sequence[Instance]) -> None:
+        """No cycle through ``changed`` in their scope's graph (only what is reachable from them is walked)."""
+        mine = {(_scope(i.project), i.name): i for i in changed}
+        for start in mine:
+            scope = start[0]
+            graph: dict[str, tuple[str, ...]] = {}
+            stack = [start[1]]
+            while stack:
+                name = stack.pop()
+                if name in graph:
+                    continue
+                inst = mine.get((scope, name))
+                if inst is None:
+                    iid = self._names.get((scope, name))
+                    inst = self._inst.get(iid) if iid is not None else None
+                graph[name] = inst.dependencies if inst is not None else ()
+                stack.extend(graph[name])
+            cycle = find_cycle(graph)
+            if cycle is not None:
+                raise InvalidInput(f"dependency cycle: {' -> '.join(cycle)}", code="dependency_cycle", cycle=cycle)
 
     def _check_claims(self, inst: Instance) -> None:
         """Refuse (400) a claim reference that does not resolve now: a typo should not wait to fail."""
@@ -460,11 +502,9 @@ class InstanceService:
                 if (scope, d) not in self._names:
                     raise InvalidInput(f"instance {new.name!r} depends on {d!r}, which does not exist",
                                        code="unknown_dependency", dependency=d)
-            graph = {i.name: i.dependencies for i in self._inst.values() if _scope(i.project) == scope}
-            graph[new.name] = new.dependencies
-            cycle = find_cycle(graph)
-            if cycle is not None:
-                raise InvalidInput(f"dependency cycle: {' -> '.join(cycle)}", code="dependency_cycle", cycle=cycle)
+                self._not_owned_dependency(scope, new.name, d)
+            if new.dependencies != old.dependencies:
+                self._check_cycles([new])
             self._check_claims(new)
             spec_changed = (dict(new.parameters), new.depends_on) != (dict(old.parameters), old.depends_on)
             if spec_changed:
@@ -488,10 +528,11 @@ class InstanceService:
 
         return Op(apply)
 
-    def _delete(self, batch: Batch, old: Instance, *, force: bool = False) -> Instance:
+    def _delete(self, batch: Batch, old: Instance, *, force: bool = False, owner: bool = False) -> Instance:
+        """``owner``: its owner (a reservation that ended) deletes it; nothing may hold that up."""
         users = sorted(self._inst[d].name for d in self._dependents.get((_scope(old.project), old.name), ())
                        if self._inst[d].desired == PRESENT)
-        if users and not force:
+        if users and not (force or owner):
             raise Conflict(f"instance {old.name!r} is a dependency of {', '.join(users)}; delete those first",
                            code="instance_in_use", dependents=users)
         if old.desired == ABSENT and not force:
@@ -569,16 +610,20 @@ class InstanceService:
         instance is created failed, e.g. a node without an address). Missing parts are
         deleted; changed parameters are a modify.
         """
-        have = {i.owner.partition("/")[2]: i for i in self._inst.values()
-                if i.owner is not None and i.owner.partition("/")[0] == owner}
+        have = {i.owner.partition("/")[2]: i for i in (self._inst[x] for x in sorted(self._by_owner.get(owner, ())))
+                if i.owner is not None}
         for part, old in sorted(have.items()):
             if part not in wanted and old.desired == PRESENT:
-                self._delete(batch, old, force=False)
+                self._delete(batch, old, owner=True)
         for part, spec in sorted(wanted.items()):
             old = have.get(part)
             params = {k: str(v) for k, v in spec["parameters"].items()}
             if old is not None and old.desired == PRESENT:
-                if dict(old.parameters) != params:
+                if spec.get("failed"):
+                    if (old.state, old.reason, dict(old.parameters)) != (FAILED, spec["failed"], params):
+                        self._changed(batch, replace(old, parameters=params, generation=old.generation + 1,
+                                                     state=FAILED, reason=spec["failed"], deadline=None))
+                elif dict(old.parameters) != params:
                     changed = self._changed(batch, replace(old, parameters=params, generation=old.generation + 1))
                     self._settle(batch, [changed.id])
                 continue
@@ -628,7 +673,7 @@ class InstanceService:
                     continue
                 what = "the result of its operation" if inst.desired == PRESENT else "that it was deleted"
                 reason = (f"timeout: the agent of host {inst.host!r} did not report {what} within "
-                          f"{2 * inst.timeout + self.report_grace:g}s")
+                          f"{DEADLINE_TIMEOUTS * inst.timeout + self.report_grace:g}s")
                 new = self._changed(batch, replace(inst, state=FAILED, reason=reason, deadline=None))
                 self._touch_dependents(batch, new)
                 out.append(new)
