@@ -13,6 +13,7 @@ import asyncio
 import errno
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tenure.drivers.pydriver import HandlerContext
 from tenure.drivers.spec import DriverRoots
 from tenure.drivers.tc import Leg, Shaper, netlink_socket, parse_params, parse_rate
 from tenure.lrm.clock import FakeClock
-from tests.netns_support import CREATED, Host, Lan, iperf3, netns_names, require_iperf3, require_netns
+from tests.netns_support import CREATED, Host, Lan, iperf3, netns_names, require_iperf3, require_netns, run
 
 RTMGRP_TC = 0x8
 UNSHAPED = 200e6  # bit/s: far above any class here; veth pairs through a bridge carry several Gbit/s
@@ -381,6 +382,92 @@ def test_stop_keeps_the_root_while_another_leg_uses_it(lan: Lan) -> None:
     assert shaper.monitor(leg(h1, h3, classid="6"), ctx()) == 0
     assert shaper.stop(leg(h1, h3, classid="6"), ctx()) == 0
     assert root(h1)["kind"] == "noqueue"
+
+
+def fill(host: Host, classids: range, dst: Host, batch: Path) -> None:
+    """Classes and filters for ``classids`` made with ``tc -batch``, exactly as the Shaper lays out a 1M leg from
+    ``host`` to ``dst`` (under a root htb 1: default 0 made first)."""
+    dev = host.ifname
+    lines = [f"qdisc add dev {dev} root handle 1: htb default 0"]
+    for c in classids:
+        lines.append(f"class add dev {dev} parent 1: classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
+                     f"burst 1600 cburst 1600 quantum 12500")
+        lines.append(f"filter add dev {dev} parent 1: protocol ip prio 100 handle ::{c:x} u32 "
+                     f"match ip dst {dst.address}/32 match ip src {host.address}/32 flowid 1:{c:x}")
+    batch.write_text("\n".join(lines) + "\n")
+    host.run("tc", "-batch", str(batch), timeout=120)
+
+
+def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
+    """Reads of one leg on a device full of others (monitor's kept View, start's fresh one) are still right."""
+    h1, h2, h3 = lan.hosts
+    fill(h1, range(2, 502), h2, tmp_path / "batch")
+    shaper = Shaper()
+    params = leg(h1, h2, classid="300", rate="1000000", src=h1.address)
+    listing = [h1.run("tc", what, "show", "dev", h1.ifname).stdout for what in ("class", "filter")]
+    events = TcEvents(h1.netns)
+    try:
+        assert shaper.monitor(params, ctx()) == 0
+        assert shaper.monitor(params, ctx()) == 0
+        c = ctx()
+        assert shaper.start(params, c) == 0 and shaper.reload(params, c) == 0
+        assert c.output == "" and events.drain() == 0  # idempotent: nothing sent to the kernel
+        assert [h1.run("tc", what, "show", "dev", h1.ifname).stdout for what in ("class", "filter")] == listing
+        assert shaper.monitor(leg(h1, h2, classid="600", rate="1000000", src=h1.address), ctx()) == 7
+        assert shaper.monitor(leg(h1, h3, classid="300", rate="1000000", src=h1.address), ctx())[0] == 1
+    finally:
+        events.close()
+
+    h1.run("tc", "class", "change", "dev", h1.ifname, "parent", "1:", "classid", "1:12c", "htb", "rate", "2mbit",
+           "ceil", "2mbit", "burst", "1600", "cburst", "1600")  # behind the shaper's back, right after a monitor
+    rc, reason = shaper.monitor(params, ctx())
+    assert rc == 1 and "rate 2Mbit/s" in reason
+    assert shaper.reload(params, ctx()) == 0
+    assert shaper.monitor(params, ctx()) == 0
+    h1.run("tc", "filter", "del", "dev", h1.ifname, "parent", "1:", "protocol", "ip", "prio", "100", "handle",
+           "800::12c", "u32")
+    rc, reason = shaper.monitor(params, ctx())
+    assert rc == 1 and "missing" in reason
+    assert shaper.start(params, ctx()) == 0
+    assert shaper.monitor(params, ctx()) == 0
+
+    other = leg(h1, h3, classid="4100")  # pref 101, next to the 500 in pref 100
+    assert shaper.start(other, ctx()) == 0 and shaper.monitor(other, ctx()) == 0
+    assert shaper.stop(params, ctx()) == 0 and shaper.monitor(params, ctx()) == 7
+    classes = h1.tc_classes()
+    assert len(classes) == 500 and "1:12c" not in classes and "1:1004" in classes
+    assert len(nodes(h1)) == 500 and root(h1)["handle"] == "1:"
+    assert shaper.monitor(leg(h1, h2, classid="301", rate="1000000", src=h1.address), ctx()) == 0
+
+
+def _gone(lan: Lan, port: str, timeout: float = 10.0) -> bool:
+    """Whether the switch's end of a host's veth goes away (it does when the host's namespace is freed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run(["ip", "-n", lan.switch, "link", "show", port], check=False).returncode != 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_deleted_or_recreated_namespace_is_not_kept_alive(lan: Lan) -> None:
+    """Kept sockets and watches pin their namespace: none survives the namespace's name going away."""
+    h1, h2, h3 = lan.hosts
+    shaper = Shaper()
+    for h in (h1, h3):
+        assert shaper.start(leg(h, h2), ctx()) == 0 and shaper.monitor(leg(h, h2), ctx()) == 0  # sockets kept
+
+    run(["ip", "netns", "del", h1.netns])
+    assert shaper.monitor(leg(h1, h2), ctx()) == 7
+    rc, reason = shaper.start(leg(h1, h2), ctx())
+    assert rc == 1 and "does not exist" in reason
+    assert shaper.stop(leg(h1, h2), ctx()) == 0
+    assert _gone(lan, f"t{lan.suffix}s1")
+
+    run(["ip", "netns", "del", h3.netns])  # and made again under the same name, without a call in between
+    run(["ip", "netns", "add", h3.netns])
+    assert shaper.monitor(leg(h3, h2), ctx()) == 7  # the new namespace has no such device
+    assert _gone(lan, f"t{lan.suffix}s3")
 
 
 # --- what is not ours, or not there ------------------------------------------------------------------

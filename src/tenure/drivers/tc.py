@@ -1,8 +1,8 @@
 """``python:tenure.drivers.tc:Shaper``: one bandwidth reservation leg as Linux traffic control, over netlink.
 
 A leg reserved for a flow leaving this host becomes an HTB class that the
-flow's packets are steered into. Everything is done through rtnetlink with
-pyroute2 (no ``tc`` process). On the egress device the wire layout is::
+flow's packets are steered into. Everything is done through rtnetlink (no
+``tc`` process; see Reads below). On the egress device the wire layout is::
 
     root qdisc   htb 1:  default 0        shared by every leg on the device
     class        1:<classid>  (parent 1:) rate = ceil = the leg's rate, one per leg
@@ -24,8 +24,9 @@ pyroute2 (no ``tc`` process). On the egress device the wire layout is::
   in that preference's root hash table (a u32 node id has 12 bits, so 17
   preferences cover classids 2..65534; for classids up to 4095 the node is the
   classid: ``fh 800::5 ... flowid 1:5``). The hash table id (``800:``, ``801:``)
-  is the kernel's choice, so a filter is found by (preference, node), never by
-  its full handle. Filters are tried in classid order.
+  is the kernel's choice, so a filter is looked up in two steps: the
+  preference's root table (asked for as ``fff:``, which the answer names), then
+  the node by its full handle in it. Filters are tried in classid order.
 - **Match.** IPv4 only: dst (and src) prefix, protocol, ports. Ports are read at
   the fixed offsets of an IP header without options, like ``tc``'s ``match ip
   dport``, and only in packets with IHL 5 that are not later fragments: those
@@ -49,8 +50,48 @@ always sends HTB's rate table, whose 2 KiB entry must fit 32 bits of scheduler
 ticks). The default burst (and cburst) is 10 ms at the rate, at least 1600
 bytes; a given burst must fit HTB's buffer (2^32 ticks, about 274 s).
 
-Handler methods run in threads, several at once; everything on one device runs
-under that device's lock. Each call opens its own netlink socket and closes it.
+**Reads** are rtnetlink requests parsed here, a few attributes per object
+(pyroute2's decoding costs ~0.5 ms an object; it only adds and changes). What
+an operation reads:
+
+- **The leg's filter** by the two lookups above (non-dump RTM_GETTFILTER):
+  the same cost whatever else is on the device.
+- **The device's View**: its index (RTM_GETLINK by name), root qdisc (a qdisc
+  dump: one per device of the namespace) and classes (a class dump: every class
+  on the device, ~2 us each in the kernel; a class decoded only when asked for).
+  A class cannot be fetched alone: a non-dump RTM_GETTCLASS (like RTM_GETQDISC)
+  answers the asker nothing unless it asks for an echo, and sends the class to
+  every RTNLGRP_TC listener, a notification of a change that did not happen.
+- **Fresh for start, reload and stop**: a View from a dump that started after
+  they asked. Dumps are single-flight per device: whoever asks while none runs
+  makes one, whoever asks while one runs waits for the next, and all who wait
+  when it starts share it.
+- **Vouched for, for monitor**: each namespace has a watch, a socket subscribed
+  to its link and tc notifications (RTMGRP_LINK, RTMGRP_TC). The kernel queues
+  a notification before the request that made the change returns, and reports
+  lost ones (ENOBUFS), so a View is still the device's state as long as nothing
+  arrived since just before its dump started. monitor uses the last View while
+  that holds, else a fresh one as above. On a device where nothing changes a
+  monitor costs two filter lookups, however many legs it holds; the dumps
+  (proportional to the classes) are paid by start and stop and by the first
+  monitor after any change in the namespace.
+- **Writes**: adding or changing a class or a filter goes through pyroute2
+  (an IPRoute opened for the operation, only when something differs); deletes
+  are sent by hand. stop deletes the node at the leg's place, then the class;
+  only if other filters still hold the class (the kernel answers EBUSY), or the
+  class is already gone, does it dump the device's filters to delete every u32
+  node into the class.
+
+**Threads, locks, sockets.** Handler methods run in threads, several at once,
+and the agent makes a Shaper per instance: device locks, Views, watches and
+sockets belong to the module, shared by all. start, reload and stop on one
+device run under that device's lock; monitor only reads and takes no lock (the
+agent runs one operation at a time per instance, and legs share only the root
+qdisc). Sockets are kept per namespace, each lent to one operation at a time,
+and closed after IDLE_SOCKET_SECONDS unused (by a timer thread that exists only
+while some are kept), because a socket keeps its namespace alive: every use
+checks what the namespace's name refers to now, so a deleted namespace is
+absent (its sockets are closed at once) and a re-created one gets new sockets.
 A socket for another namespace (``netns``) is made by a short-lived thread that
 enters the namespace (``setns`` moves only the calling thread) and leaves the
 socket behind, already bound to it; pyroute2's ``NetNS`` would fork the agent,
@@ -67,9 +108,10 @@ import re
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
@@ -360,24 +402,186 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     return leg
 
 
-# --- the wire -------------------------------------------------------------------------------
+# --- netlink, by hand -----------------------------------------------------------------------
+#
+# Reads and deletes are rtnetlink requests made and parsed here, a handful of
+# attributes an object (pyroute2's decoding costs ~0.5 ms an object); adds and
+# changes, rare, go through pyroute2. Numbers as <linux/netlink.h>,
+# <linux/rtnetlink.h>, <linux/pkt_sched.h> and <linux/pkt_cls.h> have them.
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
+RTM_GETLINK, RTM_GETQDISC, RTM_GETTCLASS, RTM_GETTFILTER = 18, 38, 42, 46
+RTM_DELQDISC, RTM_DELTCLASS, RTM_DELTFILTER = 37, 41, 45
+RTMGRP_LINK, RTMGRP_TC = 0x1, 0x8
+IFLA_IFNAME = 3
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_HTB_PARMS, TCA_HTB_INIT, TCA_HTB_RATE64, TCA_HTB_CEIL64 = 1, 2, 6, 7
+TCA_U32_CLASSID, TCA_U32_SEL = 1, 5
+TC_U32_TERMINAL = 1
+U32_ROOT_TABLE = 0xFFF00000  # TC_U32_ROOT as a handle: "this preference's root hash table", whatever its id
+NLA_TYPE_MASK = 0x3FFF
+RECV_BUFFER = 1 << 16  # a dump's datagrams are at most 32 KiB
+SOCKET_TIMEOUT = 30.0  # seconds: the kernel always answers; this only bounds a wedged socket
+IDLE_SOCKET_SECONDS = 5.0  # a pooled socket unused this long is closed (it pins its namespace)
+IDLE_SOCKETS_PER_NETNS = 32  # the agent runs up to 32 operations at once
+_NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
+_TCMSG = struct.Struct("=BxxxiIII")  # tcmsg: family, ifindex, handle, parent, info
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+_NLA = struct.Struct("=HH")
+_I32, _U32, _U64 = struct.Struct("=i"), struct.Struct("=I"), struct.Struct("=Q")
+_HEAD = _NLMSG.size + _TCMSG.size  # where a tc message's attributes start
+_TC_HEAD = struct.Struct("=IHHIIBxxxiIII")  # nlmsghdr and tcmsg in one
+
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+
+Message = tuple[bytes, int, int]  # (datagram, offset of the message, its length)
+
+
+def _attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """The netlink attributes in ``data[start:end]``: {type: (payload start, payload end)}, the first of each."""
+    out: dict[int, tuple[int, int]] = {}
+    while start + _NLA.size <= end:
+        length, kind = _NLA.unpack_from(data, start)
+        if length < _NLA.size or start + length > end:
+            break
+        out.setdefault(kind & NLA_TYPE_MASK, (start + _NLA.size, start + length))
+        start += (length + 3) & ~3
+    return out
+
+
+def _text(data: bytes, span: tuple[int, int] | None) -> str | None:
+    return None if span is None else data[span[0]:span[1]].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _int_attr(data: bytes, span: tuple[int, int] | None, fmt: struct.Struct) -> int | None:
+    if span is None or span[1] - span[0] < fmt.size:
+        return None
+    return int(fmt.unpack_from(data, span[0])[0])
+
+
+def _tc_options(msg: Message, kind: str) -> tuple[bytes, dict[int, tuple[int, int]]] | None:
+    """A tc message's TCA_OPTIONS attributes if its TCA_KIND is ``kind``."""
+    data, off, length = msg
+    top = _attrs(data, off + _HEAD, off + length)
+    if _text(data, top.get(TCA_KIND)) != kind or TCA_OPTIONS not in top:
+        return None
+    return data, _attrs(data, *top[TCA_OPTIONS])
+
+
+class _Netlink:
+    """Requests over one rtnetlink socket. ``clean`` is False while an answer is still to be read."""
+
+    def __init__(self, sock: socket.socket, ident: tuple[int, int] | None) -> None:
+        self.sock = sock
+        self.ident = ident  # (st_dev, st_ino) of the namespace it is bound in; None: the agent's own
+        self.seq = 0
+        self.clean = True
+        self.last_used = 0.0
+        sock.settimeout(SOCKET_TIMEOUT)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _send(self, kind: int, flags: int, body: bytes) -> int:
+        self.seq = self.seq % 0xFFFFFFFF + 1
+        self.clean = False
+        self.sock.send(_NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | flags, self.seq, 0) + body)
+        return self.seq
+
+    def _recv(self) -> bytes:
+        data, _anc, msg_flags, _addr = self.sock.recvmsg(RECV_BUFFER)
+        if msg_flags & _MSG_TRUNC:
+            raise OSError(errno.EMSGSIZE, "netlink answer larger than the receive buffer")
+        return data
+
+    def _end(self, data: bytes, off: int, length: int) -> None:
+        """NLMSG_DONE or NLMSG_ERROR: the request is answered; an error code raises NetlinkError."""
+        self.clean = True
+        code = -(_int_attr(data, (off + _NLMSG.size, off + length), _I32) or 0)
+        if code > 0:
+            raise NetlinkError(code)
+
+    def get(self, kind: int, body: bytes, flags: int = 0) -> Message | None:
+        """The one message answering a request (None if it was only acknowledged, as NLM_F_ACK asks)."""
+        seq = self._send(kind, flags, body)
+        while True:
+            data = self._recv()
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, mtype, mflags, mseq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size or off + length > len(data):
+                    raise OSError(errno.EPROTO, "malformed netlink message")
+                if mseq == seq:
+                    if mtype in (NLMSG_ERROR, NLMSG_DONE):
+                        self._end(data, off, length)
+                        return None
+                    if mflags & NLM_F_MULTI:
+                        raise OSError(errno.EPROTO, f"netlink answered a get with a dump (message type {mtype})")
+                    self.clean = True
+                    return data, off, length
+                off += (length + 3) & ~3
+
+    def tc_dump(self, kind: int, index: int, parent: int = 0) -> list[tuple[int, int, Message]]:
+        """(handle, parent, message) of each qdisc, class or filter a dump lists on device ``index``."""
+        seq = self._send(kind, NLM_F_DUMP, _TCMSG.pack(0, index, 0, parent, 0))
+        out = []
+        head, tc_head = _NLMSG.unpack_from, _TC_HEAD.unpack_from
+        while True:
+            data = self._recv()
+            size, off = len(data), 0
+            while off + _NLMSG.size <= size:
+                if off + _HEAD <= size:
+                    length, mtype, _flags, mseq, _pid, _fam, ifi, handle, mparent, _info = tc_head(data, off)
+                else:
+                    (length, mtype, _flags, mseq, _pid), ifi = head(data, off), None
+                if length < _NLMSG.size or off + length > size:
+                    raise OSError(errno.EPROTO, "malformed netlink message")
+                if mseq == seq:
+                    if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+                        self._end(data, off, length)
+                        return out
+                    if ifi == index and length >= _HEAD:
+                        out.append((handle, mparent, (data, off, length)))
+                off += (length + 3) & ~3
+
+    def link_index(self, ifname: str) -> int | None:
+        name = ifname.encode() + b"\0"
+        attr = _NLA.pack(_NLA.size + len(name), IFLA_IFNAME) + name
+        try:
+            msg = self.get(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0) + attr + b"\0" * (-len(attr) % 4))
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        if msg is None:
+            return None
+        data, off, _length = msg
+        return int(_IFINFO.unpack_from(data, off + _NLMSG.size)[2])
 
 
 def netlink_socket(netns: str) -> socket.socket:
     """An rtnetlink socket in namespace ``netns`` (in /var/run/netns), made by a thread that enters it and ends."""
+    return _netns_socket(netns)[0]
+
+
+def _netns_socket(netns: str) -> tuple[socket.socket, tuple[int, int]]:
+    """:func:`netlink_socket`, and the (st_dev, st_ino) of the namespace it is bound in."""
     result: list[Any] = []
 
     def work() -> None:
         try:
             fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
             try:
+                st = os.fstat(fd)
                 libc = ctypes.CDLL(None, use_errno=True)
                 if libc.setns(fd, CLONE_NEWNET) != 0:
                     code = ctypes.get_errno()
                     raise OSError(code, f"setns into {netns}: {os.strerror(code)}")
             finally:
                 os.close(fd)
-            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+            result.append((socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE),
+                           (st.st_dev, st.st_ino)))
         except BaseException as exc:  # handed to the caller
             result.append(exc)
 
@@ -386,58 +590,210 @@ def netlink_socket(netns: str) -> socket.socket:
     t.join()
     if isinstance(result[0], BaseException):
         raise result[0]
-    sock: socket.socket = result[0]
+    sock, ident = result[0]
+    _buffers(sock)
+    return sock, ident
+
+
+def _buffers(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    return sock
 
 
-@contextmanager
-def _iproute(netns: str | None) -> Iterator[IPRoute]:
-    """An IPRoute in ``netns`` (None: ours), closed on exit; :class:`Absent` if the namespace is not there."""
-    if netns is None:
-        ipr = IPRoute()
-    else:
-        if not os.path.exists(os.path.join(NETNS_DIR, netns)):
-            raise Absent(f"network namespace {netns} does not exist")
+def _netns_ident(netns: str) -> tuple[int, int]:
+    """The namespace ``netns`` names now, as (st_dev, st_ino); :class:`Absent` if there is none."""
+    try:
+        st = os.stat(os.path.join(NETNS_DIR, netns))
+    except FileNotFoundError:
+        raise Absent(f"network namespace {netns} does not exist") from None
+    return st.st_dev, st.st_ino
+
+
+class _Watch:
+    """A namespace's link and tc notifications (RTMGRP_LINK | RTMGRP_TC), only counted.
+
+    :meth:`poll` reads what arrived and returns an epoch that moved if anything
+    did: a qdisc, class, filter or link added, changed or deleted anywhere in the
+    namespace, or notifications lost (ENOBUFS). The kernel queues a notification
+    before the change's own request returns, so an epoch unchanged since a dump
+    started means nothing changed since.
+    """
+
+    def __init__(self, sock: socket.socket, ident: tuple[int, int] | None) -> None:
+        self.sock = sock
+        self.ident = ident
+        self.epoch = 0
+        self.broken = False
+        self.last_used = time.monotonic()
+        self._lock = threading.Lock()
+        sock.bind((0, RTMGRP_LINK | RTMGRP_TC))
+        sock.setblocking(False)
+
+    def poll(self) -> int | None:
+        """The epoch now; None if the watch is broken (then nothing can be vouched for)."""
+        with self._lock:
+            self.last_used = time.monotonic()
+            while not self.broken:
+                try:
+                    self.sock.recv(16)  # the content does not matter: truncated, the datagram is gone all the same
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self.broken = exc.errno != errno.ENOBUFS  # ENOBUFS: some were lost; the socket goes on
+                self.epoch += 1
+            return None if self.broken else self.epoch
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Sockets:
+    """rtnetlink sockets by namespace: idle ones lent to one operation at a time, and one :class:`_Watch` each.
+
+    A socket holds its namespace alive, so each use checks what the name refers
+    to now (a deleted namespace is Absent and its sockets are closed at once, a
+    re-created one gets new sockets), and sockets idle for IDLE_SOCKET_SECONDS
+    are closed by a timer thread that runs only while there are any. A socket
+    whose answer was not read to the end (an exception mid-read) is closed, never
+    lent again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[_Netlink]] = {}  # by netns name ("": the agent's own)
+        self._watches: dict[str, _Watch] = {}
+        self._making = threading.Lock()  # one watch made at a time (concurrent first uses would each make one)
+        self._timer: threading.Timer | None = None
+
+    @contextmanager
+    def lend(self, netns: str | None) -> Iterator[_Netlink]:
+        key = netns or ""
         try:
-            sock = netlink_socket(netns)
+            ident = _netns_ident(netns) if netns is not None else None
+        except Absent:
+            self._drop(key)
+            raise
+        nl = self._take(key, ident)
+        if nl is None:
+            nl = _Netlink(*self._open(netns))
+        try:
+            yield nl
+        finally:
+            if nl.clean and nl.ident == ident:
+                self._give(key, nl)
+            else:
+                nl.close()
+
+    def watch(self, netns: str | None, ident: tuple[int, int] | None) -> _Watch | None:
+        """The namespace's watch (made on first use); None if it cannot be had."""
+        key = netns or ""
+        watch = self._watch(key, ident)
+        if watch is not None:
+            return watch
+        with self._making:
+            watch = self._watch(key, ident)  # made by another thread meanwhile?
+            if watch is not None:
+                return watch
+            with self._lock:
+                stale = self._watches.pop(key, None)
+            if stale is not None:
+                stale.close()
+            try:
+                sock, made_in = self._open(netns)
+            except (Absent, OSError):
+                return None
+            try:
+                watch = _Watch(sock, made_in)
+            except OSError:
+                sock.close()
+                return None
+            if made_in != ident:  # the namespace was re-created meanwhile
+                watch.close()
+                return None
+            with self._lock:
+                self._watches[key] = watch
+                self._schedule()
+            return watch
+
+    def _watch(self, key: str, ident: tuple[int, int] | None) -> _Watch | None:
+        with self._lock:
+            watch = self._watches.get(key)
+        return watch if watch is not None and watch.ident == ident and not watch.broken else None
+
+    @staticmethod
+    def _open(netns: str | None) -> tuple[socket.socket, tuple[int, int] | None]:
+        if netns is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+            _buffers(sock)
+            return sock, None
+        try:
+            return _netns_socket(netns)
         except FileNotFoundError:
             raise Absent(f"network namespace {netns} does not exist") from None
-        try:
-            ipr = IPRoute(use_socket=sock)
-        except BaseException:
-            sock.close()
-            raise
-    try:
-        yield ipr
-    finally:
-        ipr.close()
+
+    def _take(self, key: str, ident: tuple[int, int] | None) -> _Netlink | None:
+        with self._lock:
+            idle = self._idle.get(key, [])
+            stale = [nl for nl in idle if nl.ident != ident]  # the name now refers to another namespace
+            idle[:] = [nl for nl in idle if nl.ident == ident]
+            nl = idle.pop() if idle else None
+        for s in stale:
+            s.close()
+        return nl
+
+    def _give(self, key: str, nl: _Netlink) -> None:
+        nl.last_used = time.monotonic()
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < IDLE_SOCKETS_PER_NETNS:
+                idle.append(nl)
+                nl = None
+            self._schedule()
+        if nl is not None:
+            nl.close()
+
+    def _drop(self, key: str) -> None:
+        """Close a namespace's idle sockets and its watch (its name is gone)."""
+        with self._lock:
+            closing: list[_Netlink | _Watch] = list(self._idle.pop(key, []))
+            watch = self._watches.pop(key, None)
+        for s in closing + ([watch] if watch is not None else []):
+            s.close()
+
+    def _schedule(self) -> None:
+        """(Under the lock.) A reaping soon, if none is due."""
+        if self._timer is None and (self._idle or self._watches):
+            self._timer = threading.Timer(IDLE_SOCKET_SECONDS, self.reap)
+            self._timer.name = "tenure-tc-sockets"
+            self._timer.daemon = True
+            self._timer.start()
+
+    def reap(self) -> None:
+        """Close the sockets idle for IDLE_SOCKET_SECONDS or whose namespace is gone; again later if some are left."""
+        closing: list[_Netlink | _Watch] = []
+        now = time.monotonic()
+        with self._lock:
+            self._timer = None
+            for key in set(self._idle) | set(self._watches):
+                try:
+                    ident = _netns_ident(key) if key else None
+                except Absent:
+                    ident = (-1, -1)
+                idle = self._idle.pop(key, [])
+                keep = [nl for nl in idle if nl.ident == ident and now - nl.last_used < IDLE_SOCKET_SECONDS]
+                closing += [nl for nl in idle if nl not in keep]
+                if keep:
+                    self._idle[key] = keep
+                watch = self._watches.get(key)
+                if watch is not None and (watch.ident != ident or watch.broken
+                                          or now - watch.last_used >= IDLE_SOCKET_SECONDS):
+                    closing.append(self._watches.pop(key))
+            self._schedule()
+        for s in closing:
+            s.close()
 
 
-def _u32_words(msg: Any) -> list[tuple[int, int, int]] | None:
-    """A u32 node's keys as (value, mask, offset), read from the raw attribute; None if it is not a plain node.
-
-    (pyroute2 0.9.7's ``u32_sel.decode`` reads the keys 4 bytes too early, so its
-    decoded keys are wrong; the raw bytes are struct tc_u32_sel: a 4-byte
-    attribute header, 16 bytes of selector, then 16 bytes per key: mask and value
-    big-endian, offset and offmask in host order.)
-    """
-    sel = msg.get_attr("TCA_OPTIONS").get_attr("TCA_U32_SEL")
-    raw = bytes(sel.data[sel.offset:sel.offset + sel.length])
-    if len(raw) < 20:
-        return None
-    flags, _offshift, nkeys = raw[4], raw[5], raw[6]
-    if flags != 1 or len(raw) < 20 + 16 * nkeys:  # 1 = TC_U32_TERMINAL, nothing variable
-        return None
-    words = []
-    for i in range(nkeys):
-        mask, value = struct.unpack_from(">II", raw, 20 + 16 * i)
-        off, offmask = struct.unpack_from("=ii", raw, 28 + 16 * i)
-        if offmask:
-            return None
-        words.append((value, mask, off))
-    return words
+# --- the wire -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -463,29 +819,198 @@ class U32Node:
         return self.info >> 16
 
 
-class Wire:
-    """Reads and writes of one device's tc objects over one IPRoute."""
+def _htb_class(msg: Message) -> HtbClass | None:
+    """An RTM_NEWTCLASS message's HTB parameters, if it is an HTB class."""
+    found = _tc_options(msg, "htb")
+    if found is None:
+        return None
+    data, opts = found
+    span = opts.get(TCA_HTB_PARMS)
+    if span is None or span[1] - span[0] < 32:
+        return None
+    # struct tc_htb_opt: rate and ceil (struct tc_ratespec, 12 bytes, the rate last), buffer, cbuffer, ...
+    rate, = _U32.unpack_from(data, span[0] + 8)
+    ceil, buffer, cbuffer = struct.unpack_from("=III", data, span[0] + 20)
+    return HtbClass(rate=_int_attr(data, opts.get(TCA_HTB_RATE64), _U64) or rate,
+                    ceil=_int_attr(data, opts.get(TCA_HTB_CEIL64), _U64) or ceil, buffer=buffer, cbuffer=cbuffer)
 
-    def __init__(self, ipr: IPRoute, leg: Leg) -> None:
-        self.ipr = ipr
-        self.leg = leg
-        found = ipr.link_lookup(ifname=leg.device)
-        if not found:
+
+def _root_qdisc(msg: Message) -> tuple[str | None, int, int | None]:
+    """(kind, handle, HTB default class or None) of an RTM_NEWQDISC message."""
+    data, off, length = msg
+    handle = _TCMSG.unpack_from(data, off + _NLMSG.size)[2]
+    kind = _text(data, _attrs(data, off + _HEAD, off + length).get(TCA_KIND))
+    defcls = None
+    found = _tc_options(msg, "htb")
+    if found is not None:
+        span = found[1].get(TCA_HTB_INIT)  # struct tc_htb_glob: version, rate2quantum, defcls, ...
+        defcls = _int_attr(data, (span[0] + 8, span[1]), _U32) if span is not None else None
+    return kind, handle, defcls
+
+
+def _u32_node(msg: Message) -> U32Node | None:
+    """A u32 key node (not a hash table) from an RTM_NEWTFILTER message."""
+    found = _tc_options(msg, "u32")
+    if found is None or TCA_U32_SEL not in found[1]:
+        return None
+    data, opts = found
+    _fam, _ifi, handle, _parent, info = _TCMSG.unpack_from(data, msg[1] + _NLMSG.size)
+    start, end = opts[TCA_U32_SEL]
+    return U32Node(handle=handle, info=info, classid=_int_attr(data, opts.get(TCA_U32_CLASSID), _U32),
+                   words=_u32_words(data[start:end]))
+
+
+def _u32_words(sel: bytes) -> list[tuple[int, int, int]] | None:
+    """A u32 node's keys as (value, mask, offset) from its struct tc_u32_sel; None if it is not a plain node.
+
+    (16 bytes of selector, flags and nkeys first, then 16 bytes per key: mask and
+    value big-endian, offset and offmask in host order. pyroute2 0.9.7's
+    ``u32_sel.decode`` reads the keys 4 bytes too early, hence this.)
+    """
+    if len(sel) < 16:
+        return None
+    flags, nkeys = sel[0], sel[2]
+    if flags != TC_U32_TERMINAL or len(sel) < 16 + 16 * nkeys:  # nothing variable
+        return None
+    words = []
+    for i in range(nkeys):
+        mask, value = struct.unpack_from(">II", sel, 16 + 16 * i)
+        off, offmask = struct.unpack_from("=ii", sel, 24 + 16 * i)
+        if offmask:
+            return None
+        words.append((value, mask, off))
+    return words
+
+
+@dataclass(frozen=True)
+class View:
+    """One reading of a device: its index (None: no such device), root qdisc and classes under 1:."""
+
+    index: int | None
+    root: tuple[str | None, int, int | None] = (None, 0, None)  # kind, handle, HTB default class or None
+    classes: dict[int, Message] = field(default_factory=dict)  # by handle, decoded when asked for
+
+
+def _read_view(nl: _Netlink, device: str) -> View:
+    """A device's qdisc and class dumps (a qdisc dump lists the namespace's devices' qdiscs, not their leaves)."""
+    index = nl.link_index(device)
+    if index is None:
+        return View(None)
+    root: tuple[str | None, int, int | None] = (None, 0, None)
+    for _handle, parent, msg in nl.tc_dump(RTM_GETQDISC, index):
+        if parent == TC_H_ROOT:
+            root = _root_qdisc(msg)
+    classes = {handle: msg for handle, _parent, msg in nl.tc_dump(RTM_GETTCLASS, index) if handle >> 16 == 1}
+    return View(index, root, classes)
+
+
+class _Flight:
+    """Readings of one device: a View is either vouched for by the namespace's :class:`_Watch` or read anew.
+
+    A reading is kept with the watch's epoch from just before its dump started;
+    a monitor takes it while the epoch has not moved (nothing in the namespace
+    changed since). Otherwise, and always for start and stop (``fresh``), the
+    caller gets a View read by a dump that started after it asked, single-flight:
+    whoever asks while no dump runs makes one, whoever asks while one runs waits
+    for the next, and every caller waiting when that starts shares it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._started = 0
+        self._finished = 0
+        self._running = False
+        self._result: View | BaseException = View(None)
+        self._kept: tuple[_Watch, int, View] | None = None
+
+    def view(self, read: Callable[[], View], deadline: float | None, watch: _Watch | None, *,
+             fresh: bool) -> View:
+        epoch = watch.poll() if watch is not None and not fresh else None
+        with self._cond:
+            want = self._started + 1
+            while True:
+                kept = self._kept  # (also one a dump made while we waited: nothing changed since we asked)
+                if epoch is not None and kept is not None and kept[0] is watch and kept[1] == epoch:
+                    return kept[2]
+                if self._finished >= want:
+                    return self._outcome(self._result)
+                if not self._running:
+                    self._running = True
+                    self._started += 1
+                    mine = self._started
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("waited too long for a reading of the device")
+                self._cond.wait(left)
+        result: View | BaseException
+        try:
+            before = watch.poll() if watch is not None else None
+            result = read()
+        except BaseException as exc:  # the waiters' outcome as well
+            result = exc
+        with self._cond:
+            self._running = False
+            self._finished = mine
+            self._result = result
+            if isinstance(result, View) and watch is not None and before is not None:
+                self._kept = (watch, before, result)
+            else:
+                self._kept = None
+            self._cond.notify_all()
+        return self._outcome(result)
+
+    @staticmethod
+    def _outcome(result: View | BaseException) -> View:
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+def _iproute(netns: str | None) -> IPRoute:
+    """An IPRoute in ``netns`` (None: ours) to write with; :class:`Absent` if the namespace is not there."""
+    if netns is None:
+        return IPRoute()
+    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        raise Absent(f"network namespace {netns} does not exist")
+    try:
+        sock = netlink_socket(netns)
+    except FileNotFoundError:
+        raise Absent(f"network namespace {netns} does not exist") from None
+    try:
+        return IPRoute(use_socket=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Wire:
+    """One device's tc objects: read over a lent socket (the device's View, this leg's u32 node), deleted over it
+    too, added and changed with pyroute2 over an IPRoute opened at the first such write."""
+
+    def __init__(self, nl: _Netlink, leg: Leg, view: View) -> None:
+        if view.index is None:
             raise Absent(f"device {leg.where} does not exist")
-        self.index: int = found[0]
+        self.nl = nl
+        self.leg = leg
+        self.view = view
+        self.index: int = view.index
+        self._ipr: IPRoute | None = None
+
+    @property
+    def ipr(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = _iproute(self.leg.netns)
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
     def root(self) -> tuple[str | None, int, int | None]:
         """The root qdisc: (kind, handle, HTB default class or None)."""
-        for q in self.ipr.tc("dump", index=self.index):
-            if q["index"] == self.index and q["parent"] == TC_H_ROOT:
-                kind = q.get_attr("TCA_KIND")
-                defcls = None
-                opts = q.get_attr("TCA_OPTIONS")
-                if kind == "htb" and opts is not None:
-                    init = opts.get_attr("TCA_HTB_INIT")
-                    defcls = init["defcls"] if init is not None else None
-                return kind, q["handle"], defcls
-        return None, 0, None
+        return self.view.root
 
     def ours(self) -> str | None:
         """None if the root qdisc is ours (htb 1: default 0), "" if it is the kernel's default, else a reason."""
@@ -501,22 +1026,16 @@ class Wire:
         self.ipr.tc("add", "htb", self.index, ROOT_HANDLE, parent=TC_H_ROOT, default=0)
 
     def del_root(self) -> None:
-        self.ipr.tc("del", index=self.index, handle=ROOT_HANDLE, parent=TC_H_ROOT)
+        self.nl.get(RTM_DELQDISC, _TCMSG.pack(0, self.index, ROOT_HANDLE, TC_H_ROOT, 0), NLM_F_ACK)
 
-    def classes(self) -> dict[int, HtbClass]:
-        """HTB classes under 1:, by handle."""
-        out = {}
-        for c in self.ipr.get_classes(index=self.index):
-            if c["index"] != self.index or c["handle"] >> 16 != 1 or c.get_attr("TCA_KIND") != "htb":
-                continue
-            opts = c.get_attr("TCA_OPTIONS")
-            parms = opts.get_attr("TCA_HTB_PARMS") if opts is not None else None
-            if parms is None:
-                continue
-            out[c["handle"]] = HtbClass(rate=opts.get_attr("TCA_HTB_RATE64") or parms["rate"],
-                                        ceil=opts.get_attr("TCA_HTB_CEIL64") or parms["ceil"],
-                                        buffer=parms["buffer"], cbuffer=parms["cbuffer"])
-        return out
+    def class_handles(self) -> set[int]:
+        """Handles of the classes under 1:."""
+        return set(self.view.classes)
+
+    def get_class(self) -> HtbClass | None:
+        """This leg's HTB class, if there is one."""
+        msg = self.view.classes.get(self.leg.handle)
+        return _htb_class(msg) if msg is not None else None
 
     def wanted_class(self) -> HtbClass:
         leg = self.leg
@@ -529,25 +1048,43 @@ class Wire:
                     ceil=leg.rate_bytes, burst=leg.burst_bytes, cburst=leg.burst_bytes, quantum=quantum)
 
     def del_class(self) -> None:
-        self.ipr.tc("del-class", index=self.index, handle=self.leg.handle, parent=ROOT_HANDLE)
+        self.nl.get(RTM_DELTCLASS, _TCMSG.pack(0, self.index, self.leg.handle, ROOT_HANDLE, 0), NLM_F_ACK)
 
-    def nodes(self) -> list[U32Node]:
-        """Every u32 node (not hash table) under 1:."""
-        out = []
-        for f in self.ipr.get_filters(index=self.index, parent=ROOT_HANDLE):
-            opts = f.get_attr("TCA_OPTIONS")
-            if (f["index"] != self.index or f.get_attr("TCA_KIND") != "u32" or opts is None
-                    or opts.get_attr("TCA_U32_SEL") is None):
-                continue
-            out.append(U32Node(handle=f["handle"], info=f["info"], classid=opts.get_attr("TCA_U32_CLASSID"),
-                               words=_u32_words(f)))
-        return out
+    def _get_filter(self, handle: int, prio: int) -> Message | None:
+        """One filter under 1: by preference (any protocol) and full handle; None if there is none."""
+        try:
+            return self.nl.get(RTM_GETTFILTER, _TCMSG.pack(0, self.index, handle, ROOT_HANDLE, prio << 16))
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.EINVAL):  # no such preference, table or node
+                return None
+            raise
 
     def node(self) -> U32Node | None:
-        """This classid's u32 node (at its preference, node id and bucket 0), if there is one."""
+        """This classid's u32 node (at its preference, node id and bucket 0), if there is one.
+
+        Two lookups: the preference's root hash table (whose id the kernel chose),
+        then the node in it.
+        """
         leg = self.leg
-        return next((n for n in self.nodes()
-                     if n.prio == leg.prio and n.handle & 0xFFF == leg.node and (n.handle >> 12) & 0xFF == 0), None)
+        table = self._get_filter(U32_ROOT_TABLE, leg.prio)
+        if table is None or _tc_options(table, "u32") is None:
+            return None
+        htid = _TCMSG.unpack_from(table[0], table[1] + _NLMSG.size)[2] & 0xFFF00000
+        found = self._get_filter(htid | leg.node, leg.prio)
+        node = _u32_node(found) if found is not None else None
+        return node if node is not None and node.handle == htid | leg.node else None
+
+    def nodes_into(self, classid: int) -> list[U32Node]:
+        """The u32 nodes under 1: that classify into ``classid`` (their keys not read), from a dump of the
+        device's filters."""
+        out = []
+        for handle, _parent, msg in self.nl.tc_dump(RTM_GETTFILTER, self.index, ROOT_HANDLE):
+            if handle & 0xFFF:  # key 0 is a hash table
+                found = _tc_options(msg, "u32")
+                if found is not None and _int_attr(found[0], found[1].get(TCA_U32_CLASSID), _U32) == classid:
+                    info = _TCMSG.unpack_from(msg[0], msg[1] + _NLMSG.size)[4]
+                    out.append(U32Node(handle=handle, info=info, classid=classid, words=None))
+        return out
 
     def put_node(self, command: str, handle: int) -> None:
         leg = self.leg
@@ -555,7 +1092,7 @@ class Wire:
                     protocol=ETH_P_IP, target=leg.handle, keys=leg.keys())
 
     def del_node(self, node: U32Node) -> None:
-        self.ipr.tc("del-filter", index=self.index, parent=ROOT_HANDLE, handle=node.handle, info=node.info)
+        self.nl.get(RTM_DELTFILTER, _TCMSG.pack(0, self.index, node.handle, ROOT_HANDLE, node.info), NLM_F_ACK)
 
 
 def _node_problem(leg: Leg, node: U32Node | None) -> str | None:
@@ -580,34 +1117,69 @@ def _describe(words: list[tuple[int, int, int]] | None) -> str:
 # --- the handler ----------------------------------------------------------------------------
 
 
+def _deadline(ctx: HandlerContext) -> float | None:
+    timeout = getattr(ctx, "timeout", None)
+    if isinstance(timeout, int | float) and 0 < timeout < 1e6:
+        return time.monotonic() + timeout
+    return None
+
+
+_GUARD = threading.Lock()
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}  # by (netns, device)
+_FLIGHTS: dict[tuple[str, str], tuple[tuple[int, int] | None, _Flight]] = {}  # by (netns, device), with the netns id
+_SOCKETS = _Sockets()
+
+
+def _device_lock(leg: Leg) -> threading.Lock:
+    with _GUARD:
+        return _LOCKS.setdefault((leg.netns or "", leg.device), threading.Lock())
+
+
+def _flight(leg: Leg, nl: _Netlink) -> _Flight:
+    """The device's readings in the namespace the socket is in (a re-created namespace starts anew)."""
+    key = (leg.netns or "", leg.device)
+    with _GUARD:
+        ident, flight = _FLIGHTS.get(key, (None, None))
+        if flight is None or ident != nl.ident:
+            flight = _Flight()
+            _FLIGHTS[key] = (nl.ident, flight)
+        return flight
+
+
 class Shaper:
-    """The handler: OCF actions over :class:`Wire`, one device at a time."""
+    """The handler: OCF actions over :class:`Wire`, one device at a time.
 
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-
-    def _lock(self, leg: Leg) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((leg.netns or "", leg.device), threading.Lock())
+    The agent makes one per instance, so the device locks, the readings and the
+    sockets are the module's, shared by all.
+    """
 
     @contextmanager
-    def _device(self, leg: Leg, ctx: HandlerContext) -> Iterator[Wire]:
-        """The device's lock held and its Wire open (Absent, NetlinkError and OSError pass through)."""
-        lock = self._lock(leg)
-        timeout = getattr(ctx, "timeout", None)
-        if not lock.acquire(timeout=timeout if isinstance(timeout, int | float) and 0 < timeout < 1e6 else -1):
-            raise TimeoutError(f"another operation on {leg.where} held it for over {timeout:g}s")
+    def _device(self, leg: Leg, ctx: HandlerContext, *, monitor: bool = False) -> Iterator[Wire]:
+        """The device's Wire over a lent socket: for start and stop with the device's lock held and a fresh View,
+        for monitor (which only reads) without the lock and with a View the watch vouches for. Absent,
+        NetlinkError and OSError pass through."""
+        deadline = _deadline(ctx)
+        lock = None if monitor else _device_lock(leg)
+        if lock is not None and not lock.acquire(timeout=-1 if deadline is None else ctx.timeout):
+            raise TimeoutError(f"another operation on {leg.where} held it for over {ctx.timeout:g}s")
         try:
-            with _iproute(leg.netns) as ipr:
+            with _SOCKETS.lend(leg.netns) as nl:
                 try:
-                    yield Wire(ipr, leg)
+                    watch = _SOCKETS.watch(leg.netns, nl.ident)
+                    view = _flight(leg, nl).view(lambda: _read_view(nl, leg.device), deadline, watch,
+                                                 fresh=not monitor)
+                    wire = Wire(nl, leg, view)
+                    try:
+                        yield wire
+                    finally:
+                        wire.close()
                 except NetlinkError as exc:
                     if exc.code == errno.ENODEV:  # the device went away under us
                         raise Absent(f"device {leg.where} does not exist") from exc
                     raise
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def meta_data(self) -> str:
         return META_DATA
@@ -642,7 +1214,7 @@ class Shaper:
             ctx.log(f"added root qdisc htb 1: default 0 on {leg.where}")
 
         want = wire.wanted_class()
-        have = wire.classes().get(leg.handle)
+        have = wire.get_class() if owner is None else None  # a new root has no classes
         if have is None:
             wire.put_class("add-class")
             ctx.log(f"added class {leg.classid_text} {want.describe()}")
@@ -670,10 +1242,10 @@ class Shaper:
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
         try:
-            with self._device(leg, ctx) as wire:
+            with self._device(leg, ctx, monitor=True) as wire:
                 if wire.ours() is not None:
                     return OCF_NOT_RUNNING  # no HTB of ours, so no class of ours
-                have = wire.classes().get(leg.handle)
+                have = wire.get_class()
                 if have is None:
                     return OCF_NOT_RUNNING
                 want = wire.wanted_class()
@@ -704,15 +1276,24 @@ class Shaper:
             with self._device(leg, ctx) as wire:
                 if wire.ours() is not None:
                     return OCF_SUCCESS  # a foreign root qdisc: nothing of ours can be under it
-                for node in wire.nodes():  # ours, and any other filter into the class (it could not go else)
-                    if node.classid == leg.handle or (node.prio, node.handle & 0xFFF) == (leg.prio, leg.node):
-                        _absent_ok(wire.del_node, node)
-                        ctx.log(f"deleted filter pref {node.prio} fh {node.handle >> 20:x}::{node.handle & 0xFFF:x}")
-                classes = wire.classes()
+                node = wire.node()
+                if node is not None:  # at our place, whatever its flowid
+                    self._del_node(wire, node, ctx)
+                classes = wire.class_handles()
                 if leg.handle in classes:
-                    _absent_ok(wire.del_class)
+                    try:
+                        _absent_ok(wire.del_class)
+                    except NetlinkError as exc:
+                        if exc.code != errno.EBUSY:
+                            raise
+                        for other in wire.nodes_into(leg.handle):  # other filters into the class hold it
+                            self._del_node(wire, other, ctx)
+                        _absent_ok(wire.del_class)
                     ctx.log(f"deleted class {leg.classid_text}")
-                if not set(classes) - {leg.handle}:
+                else:  # already gone: filters it left behind go
+                    for other in wire.nodes_into(leg.handle):
+                        self._del_node(wire, other, ctx)
+                if not classes - {leg.handle}:
                     _absent_ok(wire.del_root, gone=(errno.ENOENT, errno.EINVAL))
                     ctx.log(f"deleted root qdisc htb 1: on {leg.where} (no class left)")
         except Absent:
@@ -720,6 +1301,11 @@ class Shaper:
         except (NetlinkError, OSError) as exc:
             return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
         return OCF_SUCCESS
+
+    @staticmethod
+    def _del_node(wire: Wire, node: U32Node, ctx: HandlerContext) -> None:
+        _absent_ok(wire.del_node, node)
+        ctx.log(f"deleted filter pref {node.prio} fh {node.handle >> 20:x}::{node.handle & 0xFFF:x}")
 
 
 def _absent_ok(fn: Any, *args: Any, gone: tuple[int, ...] = (errno.ENOENT,)) -> None:
