@@ -34,6 +34,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -311,3 +312,29 @@ def iperf3(src: Host, dst: Host, *, seconds: float = 3.0, port: int = 5201, udp:
         for pipe in (server.stdout, server.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+RTMGRP_TC = 0x8  # the netlink multicast group of TC changes
+
+
+class TcEvents:
+    """TC notifications (RTMGRP_TC) in a namespace: whatever changes its qdiscs, classes or filters."""
+
+    def __init__(self, netns: str) -> None:
+        from tenure.drivers.tc import netlink_socket
+
+        self.sock: socket.socket = netlink_socket(netns)
+        self.sock.bind((0, RTMGRP_TC))
+
+    def drain(self) -> int:
+        """Messages received since the last drain."""
+        count = 0
+        while True:
+            try:
+                self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return count
+            count += 1
+
+    def close(self) -> None:
+        self.sock.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,11 +22,20 @@ from tenure.drivers.base import make_driver
 from tenure.drivers.ocf import parse_meta_data
 from tenure.drivers.pydriver import HandlerContext
 from tenure.drivers.spec import DriverRoots
-from tenure.drivers.tc import Leg, Shaper, netlink_socket, parse_params, parse_rate
+from tenure.drivers.tc import Leg, Shaper, parse_params, parse_rate
 from tenure.lrm.clock import FakeClock
-from tests.netns_support import CREATED, Host, Lan, iperf3, netns_names, require_iperf3, require_netns, run
+from tests.netns_support import (
+    CREATED,
+    Host,
+    Lan,
+    TcEvents,
+    iperf3,
+    netns_names,
+    require_iperf3,
+    require_netns,
+    run,
+)
 
-RTMGRP_TC = 0x8
 UNSHAPED = 200e6  # bit/s: far above any class here; veth pairs through a bridge carry several Gbit/s
 
 
@@ -73,25 +81,6 @@ def root(host: Host) -> dict:
     return next(q for q in host.tc_json("qdisc") if q.get("root"))
 
 
-class TcEvents:
-    """TC notifications (RTMGRP_TC) in a namespace: whatever changes its qdiscs, classes or filters."""
-
-    def __init__(self, netns: str) -> None:
-        self.sock = netlink_socket(netns)
-        self.sock.bind((0, RTMGRP_TC))
-
-    def drain(self) -> int:
-        """Messages received since the last drain."""
-        count = 0
-        while True:
-            try:
-                self.sock.recv(65536, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return count
-            count += 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # --- parameters (no namespaces needed) --------------------------------------------------------

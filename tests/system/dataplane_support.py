@@ -5,15 +5,14 @@ stdout and stderr in a log file, in a session of its own; an agent runs inside a
 host's namespace through ``ip netns exec`` (which execs the command, so the pid
 is the agent's own python process: :meth:`Daemon.verify_in_netns` checks it).
 :func:`wait_until` waits on a condition with a bounded deadline (short polls,
-never a pause to let time pass). :class:`TcEvents` counts the kernel's TC
-notifications in a namespace: anything that changes a qdisc, class or filter.
+never a pause to let time pass). TC notifications are counted with
+:class:`tests.netns_support.TcEvents`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,11 @@ import httpx
 
 from tenure.client import TenureClient
 from tenure.client._errors import TenureConnectionError
-from tenure.drivers.tc import netlink_socket
 from tests.netns_support import Host
 
 TENURE = Path(sys.executable).parent / "tenure"  # the venv's console script
 READY = 30.0  # seconds for a process to answer /healthz
 STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
-RTMGRP_TC = 0x8
 T = TypeVar("T")
 
 
@@ -193,25 +190,6 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-class TcEvents:
-    """TC notifications (RTMGRP_TC) in a namespace: whatever changes its qdiscs, classes or filters."""
-
-    def __init__(self, netns: str) -> None:
-        self.sock: socket.socket = netlink_socket(netns)
-        self.sock.bind((0, RTMGRP_TC))
-
-    def drain(self) -> int:
-        """Messages received since the last drain."""
-        count = 0
-        while True:
-            try:
-                self.sock.recv(65536, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return count
-            count += 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def tc_layout(host: Host) -> dict[str, Any]:

@@ -39,8 +39,8 @@ import pytest
 
 from tenure.client import TenureClient
 from tenure.client._errors import TenureAPIError
-from tests.netns_support import CREATED, Host, Lan, iperf3, netns_names, require_iperf3, require_netns
-from tests.system.dataplane_support import Daemon, TcEvents, group_alive, tc_layout, wait_until, write_secret
+from tests.netns_support import CREATED, Host, Lan, TcEvents, iperf3, netns_names, require_iperf3, require_netns
+from tests.system.dataplane_support import Daemon, group_alive, tc_layout, wait_until, write_secret
 
 RATE = 50_000_000  # bit/s reserved
 SHAPED = (45e6, 55e6)  # iperf3 goodput of a 50M class (layer-2 rate): about 48 Mbit/s
