@@ -329,6 +329,14 @@ def shapers(rt: Runtime, rid: str) -> dict[str, Instance]:
     return out
 
 
+def oneway(rt: Runtime, clock: FakeClock, dst: str, *, principal: Principal | None = None) -> Any:
+    """On TWO_HOSTS: a 5M oneway reservation h1 -> ``dst``, active now for 5 minutes."""
+    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    body = {"kind": "oneway", "src": "h1", "dst": dst, "rate": "5M", "start": "now", "end": at(clock, minutes=5)}
+    res, _, _ = rt.run(rt.reservations.create_op(body, **({"principal": principal} if principal else {})))
+    return res
+
+
 def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Runtime, clock: FakeClock) -> None:
     register(rt, "h1")
     register(rt, "h2")
@@ -362,9 +370,7 @@ def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Run
 def test_a_cancelled_reservation_removes_its_shapers_and_a_host_without_address_fails_one(
         rt: Runtime, clock: FakeClock) -> None:
     register(rt, "h1")
-    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
-    res, _, _ = rt.run(rt.reservations.create_op({"kind": "oneway", "src": "h1", "dst": "h3", "rate": "5M",
-                                                  "start": "now", "end": at(clock, minutes=5)}))
+    res = oneway(rt, clock, "h3")
     s = shapers(rt, res.id)
     assert set(s) == {"out"} and s["out"].state == "failed" and "'h3' has no 'address' label" in s["out"].reason
     rt.run(rt.reservations.cancel_op(res.id))
@@ -375,10 +381,8 @@ def test_nothing_may_depend_on_a_shaper_and_members_may_not_make_shapers(rt: Run
     """A member naming a reservation's shaper as a dependency could hold up its expiry (and with it every
     transition due at the same time); a member's own `bandwidth` instance would shape without admission."""
     register(rt, "h1")
-    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
     p1 = Principal("member", project="p1")
-    res, _, _ = rt.run(rt.reservations.create_op({"kind": "oneway", "src": "h1", "dst": "h2", "rate": "5M",
-                                                  "start": "now", "end": at(clock, minutes=5)}, principal=p1))
+    res = oneway(rt, clock, "h2", principal=p1)
     [shaper] = shapers(rt, res.id).values()
     with pytest.raises(InvalidInput) as exc:
         create(rt, {"name": "x", "depends_on": [shaper.name]}, principal=p1)
@@ -414,9 +418,7 @@ def test_no_cycle_through_a_name_that_was_deleted_and_created_again(rt: Runtime)
 def test_a_shaper_without_an_address_stays_failed_when_its_reservation_is_modified(
         rt: Runtime, clock: FakeClock) -> None:
     register(rt, "h1")
-    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
-    res, _, _ = rt.run(rt.reservations.create_op({"kind": "oneway", "src": "h1", "dst": "h3", "rate": "5M",
-                                                  "start": "now", "end": at(clock, minutes=5)}))
+    res = oneway(rt, clock, "h3")
     rt.run(rt.reservations.modify_op(res.id, {"rate_out": "6M"}))
     out = shapers(rt, res.id)["out"]
     assert out.state == "failed" and "no 'address' label" in out.reason and out.dispatched == 0
