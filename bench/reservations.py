@@ -62,10 +62,6 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from typing import Any  # noqa: E402
 
-import benchkit  # noqa: E402
-from benchkit import Goal, Report, fmt, median  # noqa: E402
-from benchkit.server import TenureServer  # noqa: E402
-
 import httpx  # noqa: E402
 import networkx as nx  # noqa: E402
 
@@ -76,7 +72,11 @@ from tenure.domain.reservation import Leg  # noqa: E402
 from tenure.domain.topology import TRANSIT_KINDS, Topology  # noqa: E402
 from tenure.domain.units import US, iso  # noqa: E402
 from tenure.services.runtime import Runtime  # noqa: E402
-from tenure.services.writer import Op  # noqa: E402
+from tenure.store.writer import Op
+
+import benchkit  # noqa: E402
+from benchkit import Goal, Report, fmt, median  # noqa: E402
+from benchkit.server import TenureServer  # noqa: E402
 
 WEEK_S = 7 * 86400
 MIN_LEN_S, MAX_LEN_S = 60, 2 * 86400

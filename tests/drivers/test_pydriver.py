@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tenure.clock import FakeClock
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.base import OUTPUT_VALUE_MAX, OUTPUTS_MAX, Driver, RunOutcome, RunRequest, make_driver
 from tenure.drivers.ocf import InvalidMetaData
 from tenure.drivers.pydriver import HandlerContext
 from tenure.drivers.spec import DriverRoots
-from tenure.lrm.clock import FakeClock
 from tests.drivers import pyhandlers
 
 ROOTS = DriverRoots(python_packages=("tenure.drivers.handlers", "tests.drivers.pyhandlers"))

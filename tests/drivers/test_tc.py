@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from tenure.clock import FakeClock
 from tenure.drivers.base import make_driver
 from tenure.drivers.ocf import parse_meta_data
 from tenure.drivers.pydriver import HandlerContext
 from tenure.drivers.spec import DriverRoots
 from tenure.drivers.tc import Leg, Shaper, parse_params, parse_rate
-from tenure.lrm.clock import FakeClock
 from tests.netns_support import (
     CREATED,
     Host,

@@ -30,17 +30,16 @@ from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
 from tenure.client import AsyncTenureClient
+from tenure.clock import Clock, LoopClock, RealClock, utcnow
 from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Unauthorized, Unavailable
 from tenure.domain.topology import Topology
 from tenure.drivers.spec import DriverRoots
-from tenure.lrm.clock import LoopClock, RealClock
 from tenure.lrm.executor import Lrm
 from tenure.lrm.store import LrmStore
 from tenure.services.runtime import Runtime, Settings
 from tenure.services.tokens import new_secret
-from tenure.services.writer import Clock, utcnow
 from tenure.watch.hub import BOOKMARK_INTERVAL, MAX_PENDING, RING_SIZE, Hub
 
 log = logging.getLogger("tenure.server")

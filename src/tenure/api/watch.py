@@ -30,7 +30,7 @@ from tenure.api.routes import Auth
 from tenure.domain.access import Principal
 from tenure.domain.errors import Forbidden, InvalidInput, TenureError, Unavailable
 from tenure.domain.events import implied_scope, may_see_event
-from tenure.watch.history import PAGE, History, Row
+from tenure.store.history import PAGE, History, Row
 from tenure.watch.hub import (
     Hub,
     Item,

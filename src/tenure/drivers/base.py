@@ -33,10 +33,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tenure.clock import LoopClock
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.ocf import EXIT_REASON_MAX, MetaData
 from tenure.drivers.spec import DriverRoots, DriverSpec, parse_spec
-from tenure.lrm.clock import LoopClock
 
 EXEC_STATUSES = ("done", "cancelled", "timeout", "not_installed", "not_supported", "error")
 

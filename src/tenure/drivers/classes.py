@@ -41,6 +41,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tenure.clock import LoopClock
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.base import Driver, RunOutcome, RunRequest, check_action, fmt_seconds, with_outputs
 from tenure.drivers.ocf import (
@@ -58,7 +59,6 @@ from tenure.drivers.ocf import (
 )
 from tenure.drivers.process import ProcessResult, run_process
 from tenure.drivers.spec import DriverRoots, DriverSpec, inside
-from tenure.lrm.clock import LoopClock
 
 log = logging.getLogger(__name__)
 

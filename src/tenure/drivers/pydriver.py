@@ -49,6 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenure.clock import LoopClock
 from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, check_action, fmt_seconds, with_outputs
 from tenure.drivers.ocf import (
     EXIT_REASON_MAX,
@@ -60,7 +61,6 @@ from tenure.drivers.ocf import (
     parse_meta_data,
 )
 from tenure.drivers.spec import DriverRoots, DriverSpec
-from tenure.lrm.clock import LoopClock
 
 META_DATA_TIMEOUT = 5.0
 TRACEBACK_TAIL = 8 * 1024  # characters of traceback kept in stderr

@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from tenure.clock import Clock, utcnow
 from tenure.domain.access import ADMIN, Principal, require_admin
 from tenure.domain.capacity import Capacity, Limit
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TenureError
@@ -67,8 +68,8 @@ from tenure.domain.reservation import (
 from tenure.domain.topology import Link, Node, Topology, empty_topology
 from tenure.domain.units import US, iso, parse_instant, parse_rate, parse_share, to_us
 from tenure.services.scheduler import Scheduler
-from tenure.services.writer import Batch, Clock, Op, Writer, utcnow
 from tenure.store import schema
+from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.reservations")
 
@@ -141,16 +142,17 @@ class ReservationService:
         self.horizon = int(horizon * US)
         self.retention = int(retention * US)
         self.grace = int(start_grace * US)
-        self.limits: dict[str, Limit] = {}  # writer-owned, shared with the Capacity
+        self._limits: Published[str, Limit] = Published()
+        self.limits = self._limits.working  # the writer thread's, shared with the Capacity
+        self._limit_views = self._limits.view
         self.cap = Capacity(empty_topology(), self.limits)
         self._topology_revision = 0
         self._topology_updated = 0
-        self._res: dict[str, Reservation] = {}  # writer-owned; in admission order
+        self._map: Published[str, Reservation] = Published(on_publish=self._arm)
+        self._res = self._map.working  # the writer thread's; in admission order
+        self._views = self._map.view  # as of the last commit; read by anyone
         self._next_seq = 1  # admission order; also the list cursor
         self._requests: dict[tuple[str, str], str] = {}
-        # Published after each commit; read by anyone.
-        self._views: dict[str, Reservation] = {}
-        self._limit_views: dict[str, Limit] = {}
         self._topology_view: tuple[Topology, int, int] = (self.cap.topology, 0, 0)
         self.scheduler = Scheduler(now_us=self.now_us, run=self._run_due)
         # Called inside each reservation's change, as fn(batch, reservation): e.g. its shapers on the hosts.
@@ -169,47 +171,26 @@ class ReservationService:
         else:
             topo = empty_topology()
         for lr in conn.execute(select(schema.limits)):
-            self.limits[lr.project] = _limit_from_row(lr)
+            self._limits.load(lr.project, _limit_from_row(lr))
         self.cap = Capacity(topo, self.limits)
         for r in conn.execute(select(_R.id, _R.seq, _R.request_hash, _R.body).order_by(_R.seq)):
             res = _from_body(json.loads(r.body), r.request_hash, r.seq)
-            self._res[res.id] = res
+            self._map.load(res.id, res)
             self._next_seq = max(self._next_seq, r.seq + 1)
             if res.request_id is not None:
                 self._requests[(res.project or "", res.request_id)] = res.id
             self.scheduler.arm(res.next_due(self.retention), res.id)
         self.cap.load((r.legs, r.start, r.end, r.project) for r in self._res.values() if r.holds_capacity)
-        self._views = dict(self._res)
-        self._limit_views = dict(self.limits)
         self._topology_view = (topo, self._topology_revision, self._topology_updated)
 
     # ================================================================ helpers
 
-    def _put(self, batch: Batch, res: Reservation | None, rid: str) -> None:
-        """Change the working map (undone if the command or commit fails); publish and arm after the commit."""
-        before = self._res.get(rid)
-
-        def undo() -> None:
-            if before is None:
-                self._res.pop(rid, None)
-            else:
-                self._res[rid] = before
-
+    def _arm(self, rid: str, res: Reservation | None) -> None:
+        """Once a change commits: the reservation's next instant in the scheduler (none once it is gone)."""
         if res is None:
-            self._res.pop(rid, None)
-        else:
-            self._res[rid] = res
-        batch.on_undo(undo)
-        batch.on_commit_once(("reservation", rid), lambda: self._publish(rid))
-
-    def _publish(self, rid: str) -> None:
-        res = self._res.get(rid)
-        if res is None:
-            self._views.pop(rid, None)
             self.scheduler.disarm(rid)
-            return
-        self._views[rid] = res
-        self.scheduler.arm(res.next_due(self.retention), rid)
+        else:
+            self.scheduler.arm(res.next_due(self.retention), rid)
 
     def _book(self, batch: Batch, legs: Sequence[Leg], res: Reservation, sign: int = 1) -> None:
         """Book (or release) ``legs`` for ``res``'s window, undone with the command."""
@@ -240,7 +221,7 @@ class ReservationService:
         else:
             self._write_update(batch, res)
         batch.emit("reservation", res.id, op, res.event_labels(), res.body())
-        self._put(batch, res, res.id)
+        self._map.put(batch, res.id, res)
         for fn in self.listeners:
             fn(batch, res)
         return res
@@ -578,7 +559,7 @@ class ReservationService:
             key = (res.project or "", res.request_id)
             self._requests.pop(key, None)
             batch.on_undo(lambda: self._requests.__setitem__(key, res.id))
-        self._put(batch, None, res.id)
+        self._map.put(batch, res.id, None)
 
     # ================================================================ topology
 
@@ -732,7 +713,7 @@ class ReservationService:
                 batch.write(insert(schema.limits), {"project": project, **row})
             else:
                 batch.write(update(schema.limits).where(schema.limits.c.project == project).values(**row), {})
-            self._set_limit(batch, project, limit)
+            self._limits.put(batch, project, limit)
             batch.emit("limit", project, "created" if old is None else "updated", {"project": project},
                        limit.body())
             return limit
@@ -747,32 +728,12 @@ class ReservationService:
             if old is None:
                 raise NotFound(f"project {project!r} has no limit", code="limit_not_found", project=project)
             batch.write(delete(schema.limits).where(schema.limits.c.project == project), {})
-            self._set_limit(batch, project, None)
+            self._limits.put(batch, project, None)
             gone = replace(old, revision=batch.next_revision())
             batch.emit("limit", project, "deleted", {"project": project}, gone.body())
             return gone
 
         return Op(apply)
-
-    def _set_limit(self, batch: Batch, project: str, limit: Limit | None) -> None:
-        before = self.limits.get(project)
-
-        def put(value: Limit | None) -> None:
-            if value is None:
-                self.limits.pop(project, None)
-            else:
-                self.limits[project] = value
-
-        put(limit)
-        batch.on_undo(lambda: put(before))
-        batch.on_commit_once(("limit", project), lambda: self._publish_limit(project))
-
-    def _publish_limit(self, project: str) -> None:
-        limit = self.limits.get(project)
-        if limit is None:
-            self._limit_views.pop(project, None)
-        else:
-            self._limit_views[project] = limit
 
     # ================================================================ reads
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tenure.clock import Clock, utcnow
 from tenure.config import Settings
 from tenure.domain.errors import Unavailable
 from tenure.services.agents import AgentService
@@ -29,10 +30,10 @@ from tenure.services.periodic import Periodic
 from tenure.services.reservations import ReservationService
 from tenure.services.shaping import sync_shapers
 from tenure.services.tokens import TokenService
-from tenure.services.writer import Clock, Op, Writer, utcnow
 from tenure.store import schema
 from tenure.store.engine import acquire_owner_lock, make_engine, migrate
-from tenure.watch.history import History
+from tenure.store.history import History
+from tenure.store.writer import Op, Writer
 
 log = logging.getLogger("tenure.runtime")
 

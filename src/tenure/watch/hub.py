@@ -30,7 +30,7 @@ from typing import Any
 
 from tenure.domain.access import Principal
 from tenure.domain.events import may_see_event
-from tenure.services.writer import Event
+from tenure.store.writer import Event
 from tenure.watch.selector import Filter, IndexKey, event_keys
 
 log = logging.getLogger("tenure.watch")
