@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from tenure.domain.errors import Unavailable
-from tenure.handlers import parse_handlers
+from tenure.instance_types import parse_instance_types
 from tests.agent.handlers import Gate
 from tests.agent_support import gone, start_host_agent, start_server, state_is, wait_for
 from tests.conftest import Api
 
 PLAYBOOKS = Path(__file__).parent.parent / "drivers" / "playbooks"
-HANDLERS = parse_handlers({"resources": {
+TYPES = parse_instance_types({"resources": {
     "vlan-file": {"driver": "ansible:vlan.yml", "timeout": "120s"},
     "slot": {"driver": "python:tests.agent.handlers:Thing", "timeout": "10s",
              "locals": {"slot": "10-20"}},
@@ -25,7 +25,7 @@ HANDLERS = parse_handlers({"resources": {
     "stuck": {"driver": "exec:sleeper", "timeout": 0.5},
     "gate": {"driver": "python:tests.agent.handlers:Gate", "timeout": "20s"},
 }})
-TYPES = {t.name: t.timeout for t in HANDLERS.values()}
+TYPES = {t.name: t.timeout for t in TYPES.values()}
 
 
 def settings() -> Any:
@@ -34,8 +34,8 @@ def settings() -> Any:
 
 
 def agent_of(tmp: Path, server: Api, host: str = "h1") -> Any:
-    return start_host_agent(tmp, server, host, handlers=HANDLERS, roots={
-        "playbook_dirs": (PLAYBOOKS,), "python_packages": ("tenure.drivers.handlers", "tenure.drivers.tc",
+    return start_host_agent(tmp, server, host, types=TYPES, roots={
+        "playbook_dirs": (PLAYBOOKS,), "python_packages": ("tenure.drivers.bundled", "tenure.drivers.tc",
                                                       "tests.agent.handlers")})
 
 

@@ -191,7 +191,7 @@ async def _start_lrm(state: ServerState, rt: Runtime, cfg: LrmConfig) -> None:
     if cfg.sync is not None:
         sc = cfg.sync
         client = AsyncTenureClient(sc.server_url, sc.token)
-        sync = SyncLoop(host=sc.host, client=client, lrm=lrm, state=SyncState(rt), handlers=sc.handlers,
+        sync = SyncLoop(host=sc.host, client=client, lrm=lrm, state=SyncState(rt), types=sc.types,
                         heartbeat_interval=sc.heartbeat_interval, max_restarts=sc.max_restarts)
         await sync.start()
         state.sync = sync

@@ -91,7 +91,7 @@ def serve(
                                                                "marked down")] = Settings.agent_down_after,
     watch_dispatch: Annotated[str, typer.Option(hidden=True, help="index, or broadcast (benchmark baseline)")]
     = "index",
-    handlers: Annotated[Path | None, typer.Option(help="YAML: the resource types instances may have "
+    types: Annotated[Path | None, typer.Option(help="YAML: the resource types instances may have "
                                                   "(resources:); the built-in types without it")] = None,
 ) -> None:
     """Run the Tenure server."""
@@ -101,14 +101,14 @@ def serve(
         raise typer.BadParameter("index or broadcast", param_hint="--watch-dispatch")
     data_dir = data_dir or session(ctx).data_dir or default_data_dir()
     from tenure.domain.errors import TenureError
-    from tenure.handlers import load_handlers
+    from tenure.instance_types import load_instance_types
 
     try:
-        types = {t.name: t.timeout for t in load_handlers(handlers).values()}
+        timeouts = {t.name: t.timeout for t in load_instance_types(types).values()}
     except TenureError as exc:
-        raise typer.BadParameter(exc.message, param_hint="--handlers") from None
+        raise typer.BadParameter(exc.message, param_hint="--types") from None
     settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after,
-                        instance_types=types)
+                        instance_types=timeouts)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
         watch_dispatch=watch_dispatch)
 
@@ -146,7 +146,7 @@ def agent(
     server: Annotated[str | None, typer.Option(help="The server's URL (http://HOST:PORT or unix:PATH)")] = None,
     server_token_file: Annotated[Path | None, typer.Option(help="A file holding this host's agent token for the "
                                                            "server (or set TENURE_SERVER_TOKEN)")] = None,
-    handlers: Annotated[Path | None, typer.Option(help="YAML: resource types and their drivers (resources:); "
+    types: Annotated[Path | None, typer.Option(help="YAML: resource types and their drivers (resources:); "
                                                   "the built-in types without it")] = None,
     heartbeat: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats to the server")] = 20.0,
 ) -> None:
@@ -158,8 +158,9 @@ def agent(
 
     from tenure.api.app import LrmConfig
     from tenure.cli.serve import serve as run
+    from tenure.domain.driverspec import parse_spec
     from tenure.domain.errors import TenureError
-    from tenure.drivers.spec import DriverRoots, parse_spec
+    from tenure.drivers.spec import DriverRoots
 
     # Not the root --data-dir: that is the server's (TENURE_DATA_DIR), and an agent must never share its store.
     data_dir = (data_dir or default_data_dir() / "agent").resolve()
@@ -187,12 +188,12 @@ def agent(
         raise typer.BadParameter("give both --host and --server, or neither", param_hint="--host/--server")
     if host is not None and server is not None:
         from tenure.agent.sync import SyncConfig
-        from tenure.domain.pool import validate_name
-        from tenure.handlers import load_handlers
+        from tenure.domain.names import validate_name
+        from tenure.instance_types import load_instance_types
 
         try:
             validate_name(host, what="host")
-            types = load_handlers(handlers)
+            itypes = load_instance_types(types)
         except TenureError as exc:
             raise typer.BadParameter(exc.message) from None
         token = os.environ.get("TENURE_SERVER_TOKEN")
@@ -205,7 +206,7 @@ def agent(
         if not token:
             raise typer.BadParameter("the server needs this host's agent token: --server-token-file or "
                                      "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
-        sync = SyncConfig(host=host, server_url=server, token=token, handlers=types, heartbeat_interval=heartbeat)
+        sync = SyncConfig(host=host, server_url=server, token=token, types=itypes, heartbeat_interval=heartbeat)
     lrm = LrmConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
                     grace=kill_grace, sync=sync)
     run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,

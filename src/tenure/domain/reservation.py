@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenure.domain.errors import InvalidInput
-from tenure.domain.pool import validate_name, validate_text
+from tenure.domain.names import validate_name, validate_text
 from tenure.domain.units import iso
 
 KINDS = ("bandwidth", "oneway", "steering", "mirror")

@@ -44,8 +44,9 @@ from typing import Any
 
 from tenure.clock import LoopClock, Timer
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError, Unavailable
-from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, make_driver
+from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest
 from tenure.drivers.ocf import MetaData
+from tenure.drivers.registry import make_driver
 from tenure.drivers.spec import DriverRoots
 from tenure.lrm.model import (
     MAX_INTERVAL,

@@ -30,7 +30,7 @@ from tenure.clock import Clock, utcnow
 from tenure.domain.access import ADMIN, Principal, require_admin
 from tenure.domain.errors import Forbidden, InvalidInput, NotFound
 from tenure.domain.events import KINDS
-from tenure.domain.pool import validate_name, validate_text
+from tenure.domain.names import validate_name, validate_text
 from tenure.store import schema
 from tenure.store.writer import Batch, Op, Published, Writer
 

@@ -26,7 +26,8 @@ from sqlalchemy import Connection, and_, bindparam, func, select, update
 from tenure.domain.access import ADMIN, Principal, claim_scope, may_see_claim, may_use_pool, require_admin
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tenure.domain.idspace import MAX_VALUE, IdSpace
-from tenure.domain.pool import Claim, ClaimOutcome, Pool, validate_key
+from tenure.domain.names import validate_key
+from tenure.domain.pool import Claim, ClaimOutcome, Pool
 from tenure.store import schema
 from tenure.store.rawinsert import RawInsert
 from tenure.store.writer import Batch, Op, Writer

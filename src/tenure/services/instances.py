@@ -73,7 +73,7 @@ from tenure.domain.instance import (
     validate_reason,
     validate_type,
 )
-from tenure.domain.pool import validate_name
+from tenure.domain.names import validate_name
 from tenure.domain.reservation import validate_labels
 from tenure.domain.units import US, to_us
 from tenure.services.scheduler import Scheduler

@@ -42,7 +42,7 @@ from tenure.clock import Clock, utcnow
 from tenure.domain.access import ADMIN, Principal, require_admin
 from tenure.domain.capacity import Capacity, Limit
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TenureError
-from tenure.domain.pool import validate_name
+from tenure.domain.names import validate_name
 from tenure.domain.reservation import (
     ACTIVE,
     CANCELLED,

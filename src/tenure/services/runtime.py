@@ -85,8 +85,8 @@ class Runtime:
                     retention=self.settings.reservation_retention, start_grace=self.settings.reservation_start_grace)
                 types = self.settings.instance_types
                 if types is None:
-                    from tenure.handlers import load_handlers
-                    types = {t.name: t.timeout for t in load_handlers(None).values()}
+                    from tenure.instance_types import load_instance_types
+                    types = {t.name: t.timeout for t in load_instance_types(None).values()}
                 self.instances = InstanceService(
                     writer=self.writer, clock=clock, types=types, claim_value=self.allocator.claimed_value,
                     has_agent=self.agents.registered, report_grace=self.settings.instance_report_grace)
