@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tenure.agent.daemon import AgentDaemon
 from tenure.agent.sync import SyncConfig
 from tenure.client import TenureClient
 from tenure.instance_types import InstanceType, load_instance_types
@@ -34,7 +35,7 @@ def start_host_agent(tmp: Path, server: Api, host: str, *, types: dict[str, Inst
                       types=types if types is not None else load_instance_types(None),
                       heartbeat_interval=heartbeat)
     cfg = lrm_config(tmp / host, sync=sync, **lrm)
-    yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, lrm=cfg)
+    yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, extension=AgentDaemon(cfg))
 
 
 def client(server: Api, token: str | None = None) -> TenureClient:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from tenure.domain.errors import Conflict, InvalidInput, NotFound
 from tenure.domain.idspace import IdSpace
-from tenure.domain.names import validate_key
+from tenure.domain.names import validate_key, validate_name
 
 
 @dataclass(slots=True)
