@@ -655,7 +655,7 @@ def main() -> None:
     try:
         # ------------------------------------------------------------ preload
         store = Store(workdir / "lib.db", now)
-        store.rt.run(store.svc.set_topology_op(topo))
+        store.rt.run(store.rt.topology.set_topology_op(topo))
         preload = gen_requests(rng, hosts, n_res, now_s)
         rss0 = benchkit.rss_bytes()
         w = store.rt.writer
@@ -728,11 +728,11 @@ def main() -> None:
         report.results.append({"ledger_state": state, "growth_tracemalloc": growth, "growth_service": svc_growth})
 
         # ------------------------------------------------------------ topology changes (a link down, then up)
-        svc = store.svc
+        svc = store.rt.topology
         changes = []
         for lid in (next(x for x in topo.links if link_class(x) == "agg-core"),
                     next(x for x in topo.links if link_class(x) == "host-edge")):
-            link = svc.topology.links[lid]
+            link = svc.current.links[lid]
             t = time.perf_counter()
             down = store.rt.run(svc.edit_topology_op(svc.delete_link(lid)), timeout=3600)["recheck"]
             down_s = time.perf_counter() - t

@@ -331,7 +331,7 @@ def shapers(rt: Runtime, rid: str) -> dict[str, Instance]:
 
 def oneway(rt: Runtime, clock: FakeClock, dst: str, *, principal: Principal | None = None) -> Any:
     """On TWO_HOSTS: a 5M oneway reservation h1 -> ``dst``, active now for 5 minutes."""
-    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    rt.run(rt.topology.set_topology_op(Topology.parse(TWO_HOSTS)))
     body = {"kind": "oneway", "src": "h1", "dst": dst, "rate": "5M", "start": "now", "end": at(clock, minutes=5)}
     res, _, _ = rt.run(rt.reservations.create_op(body, **({"principal": principal} if principal else {})))
     return res
@@ -340,7 +340,7 @@ def oneway(rt: Runtime, clock: FakeClock, dst: str, *, principal: Principal | No
 def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Runtime, clock: FakeClock) -> None:
     register(rt, "h1")
     register(rt, "h2")
-    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    rt.run(rt.topology.set_topology_op(Topology.parse(TWO_HOSTS)))
     res, _, _ = rt.run(rt.reservations.create_op({
         "kind": "bandwidth", "src": "h1", "dst": "h2", "rate_out": "50M", "rate_in": "10M",
         "start": at(clock, minutes=1), "end": at(clock, minutes=5), "protocol": "tcp", "dst_port": 5201}))

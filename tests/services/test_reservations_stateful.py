@@ -38,7 +38,7 @@ class ReservationMachine(RuleBasedStateMachine):
         self.url = f"sqlite:///{self.dir}/r.db"
         self.clock = FakeClock()
         self.rt = open_rt(self.url, self.clock)
-        self.rt.run(self.rt.reservations.set_topology_op(Topology.parse(SQUARE)))
+        self.rt.run(self.rt.topology.set_topology_op(Topology.parse(SQUARE)))
         self.ids: list[str] = []
 
     def teardown(self) -> None:
@@ -121,7 +121,7 @@ class ReservationMachine(RuleBasedStateMachine):
             if lk["id"] == link:
                 lk = {k: v for k, v in lk.items() if k not in ("capacity_ab", "capacity_ba")} | {"capacity": capacity}
             links.append(lk)
-        self.rt.run(self.rt.reservations.set_topology_op(Topology.parse({**SQUARE, "links": links})))
+        self.rt.run(self.rt.topology.set_topology_op(Topology.parse({**SQUARE, "links": links})))
 
     @rule()
     def restart(self) -> None:

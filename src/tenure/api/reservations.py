@@ -169,7 +169,7 @@ def _parse_topology(raw: bytes, ctype: str) -> Topology:
 
 @router.get("/topology", tags=["topology"])
 def get_topology(rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.topology_body()
+    return rt.topology.body()
 
 
 @router.put("/topology", tags=["topology"],
@@ -180,42 +180,42 @@ async def put_topology(request: Request, rt: RT, who: Auth) -> dict[str, Any]:
     require_admin(who, "changing the topology")
     raw = await request.body()
     topo = await run_in_threadpool(_parse_topology, raw, request.headers.get("content-type", ""))
-    return await rt.arun(rt.reservations.set_topology_op(topo, principal=who))
+    return await rt.arun(rt.topology.set_topology_op(topo, principal=who))
 
 
 @router.get("/topology/nodes/{node_id}", tags=["topology"])
 def get_node(node_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.node(node_id).doc()
+    return rt.topology.node(node_id).doc()
 
 
 @router.put("/topology/nodes/{node_id}", tags=["topology"])
 async def put_node(node_id: str, body: dict[str, Any], rt: RT, who: Auth) -> dict[str, Any]:
     node = parse_node(_with_id("node", node_id, body), f"node {node_id}")
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.put_node(node), principal=who))
 
 
 @router.delete("/topology/nodes/{node_id}", tags=["topology"])
 async def delete_node(node_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.delete_node(node_id), principal=who))
 
 
 @router.get("/topology/links/{link_id}", tags=["topology"])
 def get_link(link_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.link(link_id).doc()
+    return rt.topology.link(link_id).doc()
 
 
 @router.put("/topology/links/{link_id}", tags=["topology"])
 async def put_link(link_id: str, body: dict[str, Any], rt: RT, who: Auth) -> dict[str, Any]:
     link = parse_link(_with_id("link", link_id, body), f"link {link_id}")
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.put_link(link), principal=who))
 
 
 @router.delete("/topology/links/{link_id}", tags=["topology"])
 async def delete_link(link_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.delete_link(link_id), principal=who))
 
 
@@ -233,20 +233,20 @@ async def link_usage(
 
 @router.get("/limits", tags=["limits"])
 def list_limits(rt: RT, who: Auth) -> dict[str, Any]:
-    return {"limits": [lim.body() for lim in rt.reservations.list_limits(principal=who)], "revision": rt.revision}
+    return {"limits": [lim.body() for lim in rt.topology.list_limits(principal=who)], "revision": rt.revision}
 
 
 @router.get("/limits/{project}", tags=["limits"])
 def get_limit(project: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.get_limit(project, principal=who).body()
+    return rt.topology.get_limit(project, principal=who).body()
 
 
 @router.put("/limits/{project}", tags=["limits"])
 async def set_limit(project: str, body: LimitSet, rt: RT, who: Auth) -> dict[str, Any]:
-    op = rt.reservations.set_limit_op(project, max_bps=body.max, share=body.share, principal=who)
+    op = rt.topology.set_limit_op(project, max_bps=body.max, share=body.share, principal=who)
     return (await rt.arun(op)).body()
 
 
 @router.delete("/limits/{project}", tags=["limits"])
 async def delete_limit(project: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return (await rt.arun(rt.reservations.delete_limit_op(project, principal=who))).body()
+    return (await rt.arun(rt.topology.delete_limit_op(project, principal=who))).body()

@@ -33,8 +33,8 @@ EXAMPLE_TOPOLOGY: dict[str, Any] = {
 
 def ensure_examples(runtime: Runtime) -> None:
     """The example topology (if there never was one) and each example pool that does not exist."""
-    if not runtime.reservations.topology.nodes and runtime.reservations.topology_body()["revision"] == 0:
-        runtime.run(runtime.reservations.set_topology_op(Topology.parse(EXAMPLE_TOPOLOGY)))
+    if not runtime.topology.current.nodes and runtime.topology.body()["revision"] == 0:
+        runtime.run(runtime.topology.set_topology_op(Topology.parse(EXAMPLE_TOPOLOGY)))
     svc = runtime.allocator
     for spec in EXAMPLE_POOLS:
         if spec["name"] not in {v.name for v in svc.pool_views()}:
