@@ -15,8 +15,9 @@ Modes, each measured ``--runs`` times with the rounds interleaved, medians of th
 
 domain             the admission search alone, in the writer thread, no commit: ``Capacity.route`` for the
                    out leg, ``book``, ``route`` for the in leg, ``book`` (timed); then ``unbook`` (not timed)
-library            ``rt.run(rt.reservations.create_op(raw))`` one at a time (validation, search, booking,
-                   rows, event, SQLite commit with fsync); afterwards every admitted one is cancelled
+library            ``rt.run(rt.reservations.create_op(ReservationRequest.parse(raw)))`` one at a time
+                   (validation, search, booking, rows, event, SQLite commit with fsync); afterwards every
+                   admitted one is cancelled
 library 64 thr     the same from ``--threads`` threads at once (group commit); cancelled afterwards
 http               a real ``tenure serve`` on a copy of the preloaded store (pinned to core 0, this process to
                    core 1): ``POST /v1/reservations`` one at a time with httpx, then from ``--http-clients``
@@ -68,7 +69,7 @@ import networkx as nx  # noqa: E402
 from tenure.config import Settings  # noqa: E402
 from tenure.domain.capacity import Capacity  # noqa: E402
 from tenure.domain.errors import Conflict, TenureError  # noqa: E402
-from tenure.domain.reservation import Leg  # noqa: E402
+from tenure.domain.reservation import ReservationRequest, Leg  # noqa: E402
 from tenure.domain.topology import TRANSIT_KINDS, Topology  # noqa: E402
 from tenure.domain.units import US, iso  # noqa: E402
 from tenure.services.runtime import Runtime  # noqa: E402
@@ -182,7 +183,7 @@ class Store:
                 refused[exc.code] += 1
 
         for i, raw in enumerate(raws):
-            pending.append(self.rt.writer.submit(self.svc.create_op(raw)))
+            pending.append(self.rt.writer.submit(self.svc.create_op(ReservationRequest.parse(raw))))
             if len(pending) >= inflight:
                 collect(pending.popleft())
             if progress is not None and (i + 1) % 10_000 == 0:
@@ -257,7 +258,7 @@ def library_sequential(store: Store, raws: Sequence[Raw]) -> dict[str, Any]:
     for raw in raws:
         t0 = time.perf_counter()
         try:
-            res, _, _ = store.rt.run(store.svc.create_op(raw))
+            res, _, _ = store.rt.run(store.svc.create_op(ReservationRequest.parse(raw)))
             ids.append(res.id)
             ok = True
         except Conflict:
@@ -315,7 +316,7 @@ def library_concurrent(store: Store, raws: Sequence[Raw], threads: int) -> dict[
         for raw in raws[i::threads]:
             t0 = time.perf_counter()
             try:
-                res, _, _ = store.rt.run(store.svc.create_op(raw))
+                res, _, _ = store.rt.run(store.svc.create_op(ReservationRequest.parse(raw)))
                 with lock:
                     ids.append(res.id)
             except Conflict:
@@ -570,7 +571,7 @@ def service_growth(store: Store, hosts: Sequence[str], now_s: int) -> dict[str, 
         raw = {"kind": "bandwidth", "src": hosts[1], "dst": hosts[-2], "rate_out": 100 * 10**6,
                "start": now_s + 3600, "end": now_s + 3600 + length}
         b0 = store.breakpoints()
-        res, _, _ = store.rt.run(store.svc.create_op(raw))
+        res, _, _ = store.rt.run(store.svc.create_op(ReservationRequest.parse(raw)))
         added = store.breakpoints() - b0
         store.cancel_all([res.id])
         out[name] = {"breakpoints_added": added, "hops": sum(len(leg.hops) for leg in res.legs)}

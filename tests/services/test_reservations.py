@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from tenure.domain.access import Principal
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, Unavailable
+from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime
 from tenure.store import schema
@@ -47,7 +48,7 @@ def reserve(rt: Runtime, principal: Principal | None = None, **raw: Any) -> Any:
     raw.setdefault("start", "now")
     raw.setdefault("end", "+1h")
     kwargs = {"principal": principal} if principal else {}
-    res, _created, _alarms = rt.run(rt.reservations.create_op(raw, **kwargs))
+    res, _created, _alarms = rt.run(rt.reservations.create_op(ReservationRequest.parse(raw), **kwargs))
     return res
 
 
@@ -328,14 +329,15 @@ def test_limits_cap_what_a_project_holds_on_any_link(rt: Runtime) -> None:
 def test_a_retried_create_never_books_twice(rt: Runtime) -> None:
     raw = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "600M", "start": "now", "end": "+1h",
            "request_id": "req-1"}
-    first, created, _ = rt.run(rt.reservations.create_op(raw))
-    again, created_again, _ = rt.run(rt.reservations.create_op(raw))
+    first, created, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(raw)))
+    again, created_again, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(raw)))
     assert created and not created_again and again.id == first.id
     with pytest.raises(Conflict) as exc:
-        rt.run(rt.reservations.create_op({**raw, "rate": "100M"}))
+        rt.run(rt.reservations.create_op(ReservationRequest.parse({**raw, "rate": "100M"})))
     assert exc.value.code == "request_id_conflict"
     # another project's request id does not collide
-    rt.run(rt.reservations.create_op({**raw, "rate": "100M"}, principal=Principal("member", project="red")))
+    rt.run(rt.reservations.create_op(ReservationRequest.parse({**raw, "rate": "100M"}),
+                                     principal=Principal("member", project="red")))
 
 
 def test_concurrent_requests_for_the_last_capacity_exactly_one_wins(rt: Runtime) -> None:
@@ -359,7 +361,7 @@ def test_concurrent_requests_for_the_last_capacity_exactly_one_wins(rt: Runtime)
 def test_identical_concurrent_retries_book_once(rt: Runtime) -> None:
     raw = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "10M", "start": "now", "end": "+1h",
            "request_id": "same"}
-    futures = [rt.writer.submit(rt.reservations.create_op(raw)) for _ in range(20)]
+    futures = [rt.writer.submit(rt.reservations.create_op(ReservationRequest.parse(raw))) for _ in range(20)]
     results = [f.result(10) for f in futures]
     assert len({r.id for r, _, _ in results}) == 1 and sum(created for _, created, _ in results) == 1
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tenure.domain.errors import Conflict, InvalidInput
+from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.domain.units import parse_instant
 from tests.reservation_support import SQUARE, FakeClock, check_usage_matches_reservations, open_rt, usage_of
@@ -72,7 +73,7 @@ class ReservationMachine(RuleBasedStateMachine):
         if kind == "bandwidth" and rate_in is not None:
             raw["rate_in"] = rate_in
         try:
-            res, _, _ = self.rt.run(self.rt.reservations.create_op(raw))
+            res, _, _ = self.rt.run(self.rt.reservations.create_op(ReservationRequest.parse(raw)))
         except Conflict as exc:
             self._justified(exc, rate)
             return

@@ -18,7 +18,7 @@ from pydantic import Field, StrictFloat, StrictInt, StrictStr
 from tenure.api.routes import RT, Auth, StrictModel
 from tenure.domain.access import require_admin
 from tenure.domain.errors import Conflict, InvalidInput
-from tenure.domain.reservation import MAX_VIA
+from tenure.domain.reservation import MAX_VIA, ReservationRequest
 from tenure.domain.topology import Topology, parse_link, parse_node
 from tenure.services.reservations import MAX_PAGE
 
@@ -87,10 +87,10 @@ def _with_alarms(body: dict[str, Any], alarms: list[dict[str, Any]]) -> dict[str
 @router.post("/reservations", status_code=201, tags=["reservations"])
 async def create_reservation(body: ReservationCreate, request: Request, response: Response, rt: RT,
                              who: Auth) -> dict[str, Any]:
-    raw = body.model_dump(exclude_none=True)
     counter = request.app.state.metrics.reservations
     try:
-        res, created, alarms = await rt.arun(rt.reservations.create_op(raw, principal=who))
+        wanted = ReservationRequest.parse(body.model_dump(exclude_none=True))  # the rules beyond the body's shape
+        res, created, alarms = await rt.arun(rt.reservations.create_op(wanted, principal=who))
     except Conflict as exc:
         counter.labels(exc.code if exc.code in REFUSALS else "conflict").inc()
         raise

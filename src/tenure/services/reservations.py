@@ -47,21 +47,18 @@ from tenure.domain.reservation import (
     CANCELLED,
     ENDED,
     EXPIRED,
-    KINDS,
     LIVE,
-    MAX_VIA,
     PATH_MODES,
     PENDING,
     STATES,
     Leg,
     Match,
     Reservation,
+    ReservationRequest,
     plan_legs,
     request_hash,
     time_state,
     validate_labels,
-    validate_match,
-    validate_request_id,
 )
 from tenure.domain.topology import Topology, empty_topology
 from tenure.domain.units import US, iso, parse_instant, parse_rate, to_us
@@ -326,70 +323,25 @@ class ReservationService:
 
     # ================================================================ reservations
 
-    def create_op(self, raw: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
-        """Returns ``(reservation, created, alarms)``; created is False for an idempotent retry."""
+    def create_op(self, request: ReservationRequest, *, principal: Principal = ADMIN) -> Op:
+        """Returns ``(reservation, created, alarms)``; created is False for an idempotent retry.
+
+        ``request`` is checked already (:meth:`ReservationRequest.parse`); here: who may ask, for which
+        project, and the window against the clock."""
         p = principal
         _may_change(p, "making reservations")
-        project = raw.get("project")
+        project = request.project
         if p.role == "member":
             if project is not None and project != p.project:
                 raise Forbidden(f"a {p.describe()} may reserve only for its own project")
             project = p.project
-        elif project is not None:
-            validate_name(project, what="project")
-        kind = raw.get("kind")
-        if kind not in KINDS:
-            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", code="invalid_kind")
-        src = raw.get("src")
-        dst = raw.get("collector") if kind == "mirror" else raw.get("dst")
-        if kind == "mirror" and raw.get("dst") is not None:
-            raise InvalidInput("a mirror has a collector, not a dst", code="invalid_request")
-        for name, value in (("src", src), ("collector" if kind == "mirror" else "dst", dst)):
-            if not isinstance(value, str) or not value:
-                raise InvalidInput(f"{name} must name a node", code="invalid_endpoint")
-            validate_name(value, what=name)
-        if src == dst:
-            raise InvalidInput(f"src and {'collector' if kind == 'mirror' else 'dst'} are the same node {src!r}",
-                               code="same_endpoints")
-        via = tuple(raw.get("via") or ())
-        for node in via:
-            validate_name(node, what="via")
-        if kind == "steering":
-            if not via or len(via) > MAX_VIA or len(set(via)) != len(via) or not all(isinstance(v, str) for v in via):
-                raise InvalidInput(f"steering needs via: 1 to {MAX_VIA} distinct middleboxes", code="invalid_via")
-            if src in via or dst in via:
-                raise InvalidInput("via must not repeat src or dst", code="invalid_via")
-        elif via:
-            raise InvalidInput("via is only for steering", code="invalid_via")
-        port = raw.get("port")
-        if port is not None:
-            validate_name(port, what="port")
-        if port is not None and kind != "mirror":
-            raise InvalidInput("port is only for mirror", code="invalid_port")
-        rate_out = parse_rate(raw.get("rate_out", raw.get("rate")), what="rate_out")
-        if raw.get("rate") is not None and raw.get("rate_out") is not None:
-            raise InvalidInput("give rate or rate_out, not both", code="invalid_rate")
-        if kind == "bandwidth":
-            rate_in = rate_out if raw.get("rate_in") is None else parse_rate(raw["rate_in"], what="rate_in",
-                                                                                 allow_zero=True)
-        elif raw.get("rate_in") not in (None, 0):
-            raise InvalidInput(f"a {kind} reservation has one rate (rate_out); rate_in is for bandwidth",
-                               code="invalid_rate")
-        else:
-            rate_in = 0
-        match = validate_match(protocol=raw.get("protocol"), src_port=raw.get("src_port"),
-                               dst_port=raw.get("dst_port"), dscp=raw.get("dscp"))
-        labels = validate_labels(raw.get("labels"))
-        request_id = validate_request_id(raw.get("request_id"))
-        mode = raw.get("path_mode") or "shortest"
-        if mode not in PATH_MODES:
-            raise InvalidInput(f"path_mode must be one of {', '.join(PATH_MODES)}", code="invalid_path_mode")
-        if raw.get("start") is None or raw.get("end") is None:
-            raise InvalidInput("start and end are required", code="invalid_window")
+        kind, src, dst, via, port = request.kind, request.src, request.dst, request.via, request.port
+        rate_out, rate_in, match, labels = request.rate_out, request.rate_in, request.match, dict(request.labels)
+        request_id, mode = request.request_id, request.path_mode
         now = self.now_us()
-        start = parse_instant(raw["start"], now=now, what="start")
-        end = parse_instant(raw["end"], now=now, what="end")
-        digest = request_hash({**raw, "project": project})
+        start = parse_instant(request.start, now=now, what="start")
+        end = parse_instant(request.end, now=now, what="end")
+        digest = request_hash({**request.sent, "project": project})
         owner = p.token_id
 
         def apply(batch: Batch) -> tuple[Reservation, bool, list[dict[str, Any]]]:
