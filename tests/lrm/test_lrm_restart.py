@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from pathlib import Path
 from typing import Any
 
+from tenure.drivers.process import group_alive
 from tenure.lrm.model import Result
 from tests.lrm.conftest import DUMMY, Harness, run_lrm
 
@@ -131,3 +133,36 @@ def test_every_run_recorded_across_restarts(tmp_path: Path, caplog: Any) -> None
 
     run_lrm(tmp_path, scenario)
     assert "result not recorded" not in caplog.text
+
+
+def test_closing_stops_what_still_runs_and_the_next_start_reports_it_interrupted(tmp_path: Path) -> None:
+    """A shutdown waits ``close_wait`` (the LRM's clock) for what runs, then kills it: nothing outlives the agent;
+    the operation is reported interrupted at the next start, as after a crash, and the instance is probed."""
+    fifo = tmp_path / "ready"
+    os.mkfifo(fifo)
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("stuck", "exec:sleeper", params={"ignore_term": "1", "ready": str(fifo)})
+        op = await h.lrm.submit("stuck", "start", timeout=3600)
+        line = await asyncio.to_thread(fifo.read_text)  # the driver runs and says so (a wait on an event)
+        pid = int(line.split()[1])
+        assert group_alive(pid)
+        closing = asyncio.ensure_future(h.close())
+        await asyncio.sleep(0)  # let the close begin: it arms its wait before its first await (a yield, not time)
+        assert not closing.done() and group_alive(pid)  # it waits for the running start...
+        h.clock.advance(10)  # ...for close_wait, then stops it
+        await closing
+        assert not group_alive(pid), "a driver process outlived the LRM"
+        await h.open()
+        assert h.lrm is not None
+        await h.until(lambda: any(r.op_id == op["id"] for _, r in h.results))
+        mine = [r for _, r in h.results if r.op_id == op["id"]]
+        assert len(mine) == 1 and mine[0].status == "cancelled" and "interrupted" in (mine[0].exit_reason or "")
+        # the probe of the restart runs (this driver's monitor sleeps too: it ends at its timeout)
+        await h.clock.timer_armed(h.clock.now() + h.lrm.default_timeout)
+        h.clock.advance(h.lrm.default_timeout)
+        probes = await h.runs("stuck", 1)
+        assert [(r.trigger, r.status) for r in probes] == [("restore", "timeout")]
+
+    run_lrm(tmp_path, scenario, close_wait=10)

@@ -741,7 +741,13 @@ class Lrm:
             await self._idle.wait()
 
     async def close(self) -> None:
-        """Stop scheduling, drop what is queued, and wait (at most ``close_wait`` s) for what runs."""
+        """Stop scheduling, drop what is queued, wait for what runs, then stop what still runs.
+
+        The wait is at most ``close_wait`` seconds of the LRM's clock. What still runs then is cancelled:
+        a process driver's whole group is killed (SIGKILL), so nothing outlives the agent. As after a crash,
+        a client's operation that did not finish keeps its pending row and is reported interrupted at the
+        next start, where every instance is probed.
+        """
         self._closing = True
         for inst in self._by_id.values():
             for rec in inst.recurring.values():
@@ -752,14 +758,35 @@ class Lrm:
         running = [asyncio.ensure_future(i.running.done.wait()) for i in self._by_id.values()
                    if i.running is not None]
         running += list(self._background)
-        if running:
-            # Bounded: what still runs after this is left to its process group, and a client's operation keeps
-            # its pending row, reported interrupted at the next start.
-            done, pending = await asyncio.wait(running, timeout=self.close_wait)
-            for t in pending:
-                t.cancel()
-            if pending:
-                log.warning("operations still running at shutdown", extra={"count": len(pending)})
+        if not running:
+            return
+        expired = asyncio.Event()
+        timer = self.clock.call_at(self.clock.now() + self.close_wait, expired.set)
+        deadline = asyncio.ensure_future(expired.wait())
+        try:
+            _, pending = await _wait_all_or(running, deadline)
+        finally:
+            timer.cancel()
+            deadline.cancel()
+        if not pending:
+            return
+        workers = [i.worker for i in self._by_id.values() if i.worker is not None and not i.worker.done()]
+        log.warning("operations still running at shutdown: stopped", extra={
+            "count": len(workers), "resources": ",".join(sorted(i.name for i in self._by_id.values()
+                                                                if i.running is not None))})
+        for task in (*workers, *pending):
+            task.cancel()
+        await asyncio.gather(*workers, *pending, return_exceptions=True)
+
+
+async def _wait_all_or(tasks: list[asyncio.Future[Any]], stop: asyncio.Future[Any]
+                       ) -> tuple[set[asyncio.Future[Any]], set[asyncio.Future[Any]]]:
+    """Wait until every one of ``tasks`` is done or ``stop`` is: (done, pending) of ``tasks``."""
+    pending = set(tasks)
+    while pending and not stop.done():
+        _, pending = await asyncio.wait({*pending, stop}, return_when=asyncio.FIRST_COMPLETED)
+        pending.discard(stop)
+    return set(tasks) - pending, pending
 
 
 def _executables(d: Path) -> list[str]:
