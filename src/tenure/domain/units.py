@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from fractions import Fraction
 
 from tenure.domain.errors import InvalidInput
@@ -47,7 +47,10 @@ def parse_rate(value: object, *, what: str = "rate", allow_zero: bool = False) -
             raise InvalidInput(f"{what} {value!r} is not a rate; use bit/s or a suffix: '100M', '1.5G', '10Gbps'",
                                code="invalid_rate")
         try:
-            n = Decimal(m.group(1)) * _SI[m.group(2)]
+            mantissa = Decimal(m.group(1))
+            with localcontext() as ctx:  # exact: the default 28 digits would round a long mantissa to a whole rate
+                ctx.prec = len(m.group(1)) + 20
+                n = mantissa * _SI[m.group(2)]
         except InvalidOperation:  # pragma: no cover - the regex admits only plain decimals
             raise InvalidInput(f"{what} {value!r} is not a rate", code="invalid_rate") from None
     else:
@@ -132,7 +135,8 @@ def from_us(us: int) -> datetime:
 def iso(us: int) -> str:
     """An instant as ISO 8601 UTC with a ``Z`` (microseconds only when there are any)."""
     dt = from_us(us)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{dt.microsecond:06d}" if dt.microsecond else "")
+    # The year by hand: strftime's %Y does not pad years before 1000 to four digits (glibc), and ISO 8601 must.
+    text = f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S") + (f".{dt.microsecond:06d}" if dt.microsecond else "")
     return text + "Z"
 
 
