@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tenure.agent.state import SyncState
 from tenure.agent.sync import SyncConfig, SyncLoop
-from tenure.api import agents, errors, instances, reservations, resources, routes, watch
+from tenure.api import agents, errors, instances, openapi, reservations, resources, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
@@ -241,7 +241,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     else:  # a host agent: its own tokens, local IDs, events, and the resource manager
         app.include_router(resources.router)
 
-    @app.get("/healthz", tags=["system"])
+    @app.get("/healthz", tags=["system"], response_class=JSONResponse, responses=HEALTH_RESPONSES)
     def healthz() -> Response:
         if state.error is not None:
             return JSONResponse({"status": "failed", "error": str(state.error)}, status_code=503)
@@ -256,16 +256,31 @@ def create_app(config: ServerConfig) -> FastAPI:
             body["sync"] = state.sync.status()
         return JSONResponse(body)
 
-    @app.get("/metrics", tags=["system"])
+    @app.get("/metrics", tags=["system"], response_class=Response, responses=METRICS_RESPONSES)
     def prometheus(who: Annotated[Principal, Depends(authenticate)]) -> Response:
         # Admin only: pool names and usage span every project (Prometheus sends a bearer token).
         require_admin(who, "reading metrics")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    openapi.install(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit)
     app.add_middleware(watch.WatchEndpoint, state=state)
     return app
+
+
+_HEALTH = {"type": "object", "required": ["status"],
+           "properties": {"status": {"type": "string", "enum": ["ok", "restoring", "failed"]}}}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Restored and serving: status ok, revision, compacted_revision, watchers",
+          "content": {"application/json": {"schema": _HEALTH}}},
+    503: {"description": "Not serving: restoring, or failed (with the error)",
+          "content": {"application/json": {"schema": _HEALTH}}},
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text exposition format",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
 
 
 class Server(uvicorn.Server):
