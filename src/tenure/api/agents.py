@@ -6,20 +6,22 @@ in :mod:`tenure.services.agents`, writes awaited on the writer's group commit.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Response
 from pydantic import Field, StrictStr
 
-from tenure.api.routes import RT, Auth, StrictModel
+from tenure.api.routes import NO_NUL, RT, Auth, Name, StrictModel
+from tenure.domain.events import KINDS
+from tenure.services.agents import MAX_VERSION_LENGTH
 
 router = APIRouter(prefix="/v1")
 
 
 class AgentRegister(StrictModel):
-    host: StrictStr
-    kinds: list[StrictStr] = Field(max_length=64)
-    version: StrictStr
+    host: Name
+    kinds: list[Literal[KINDS]] = Field(max_length=64)  # type: ignore[valid-type]
+    version: StrictStr = Field(min_length=1, max_length=MAX_VERSION_LENGTH, pattern=NO_NUL)
     capabilities: dict[str, Any] | None = None
 
 

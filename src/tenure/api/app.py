@@ -228,6 +228,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         version="0.1.0",
         description="Stable identifiers, reservations in time and resource operations that survive restarts.",
         lifespan=lifespan,
+        dependencies=[Depends(routes.known_query)],
     )
     app.state.tenure = state
     app.state.metrics = metrics

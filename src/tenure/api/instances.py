@@ -8,28 +8,46 @@ by id or, within the caller's project, by name.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictStr
 
-from tenure.api.routes import RT, Auth, StrictModel
-from tenure.domain.instance import MAX_DEPENDENCIES, MAX_PARAMETERS
+from tenure.api.routes import NO_NUL, RT, Auth, Name, StrictModel, int_in
+from tenure.domain.instance import (
+    MAX_DEPENDENCIES,
+    MAX_LABELS,
+    MAX_OUTPUT_LENGTH,
+    MAX_OUTPUTS,
+    MAX_PARAMETER_LENGTH,
+    MAX_PARAMETERS,
+    MAX_REASON,
+    STATES,
+)
 from tenure.services.instances import MAX_BATCH, MAX_PAGE
 
 router = APIRouter(prefix="/v1")
 
-Value = StrictStr | StrictInt
+# Integer values within what every JSON reader keeps exactly (I-JSON); larger numbers go as strings.
+JSON_INT = 2**53 - 1
+ParamName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+Parameters = dict[ParamName, Annotated[StrictStr, Field(max_length=MAX_PARAMETER_LENGTH, pattern=NO_NUL)]
+                  | int_in(-JSON_INT, JSON_INT)]
+OutputName = ParamName
+Outputs = dict[OutputName, Annotated[StrictStr, Field(max_length=MAX_OUTPUT_LENGTH, pattern=NO_NUL)]
+               | int_in(-JSON_INT, JSON_INT)]
+Labels = dict[Name, Annotated[StrictStr, Field(max_length=256, pattern=NO_NUL)]]
+State = Literal[STATES]  # type: ignore[valid-type]
 
 
 class InstanceCreate(StrictModel):
-    name: StrictStr
-    type: StrictStr
-    host: StrictStr
-    parameters: dict[StrictStr, Value] | None = Field(default=None, max_length=MAX_PARAMETERS)
-    labels: dict[StrictStr, StrictStr] | None = None
-    depends_on: list[StrictStr] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
-    project: StrictStr | None = None
+    name: Name
+    type: Name = Field(description="one of GET /v1/types")
+    host: Name
+    parameters: Parameters | None = Field(default=None, max_length=MAX_PARAMETERS)
+    labels: Labels | None = Field(default=None, max_length=MAX_LABELS)
+    depends_on: list[Name] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
+    project: Name | None = None
 
 
 class InstanceBatch(StrictModel):
@@ -37,16 +55,20 @@ class InstanceBatch(StrictModel):
 
 
 class InstancePatch(StrictModel):
-    parameters: dict[StrictStr, Value] | None = Field(default=None, max_length=MAX_PARAMETERS)
-    labels: dict[StrictStr, StrictStr] | None = None
-    depends_on: list[StrictStr] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={  # at least one change (null is no change)
+        "anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}}
+                  for f in ("parameters", "labels", "depends_on")]})
+
+    parameters: Parameters | None = Field(default=None, max_length=MAX_PARAMETERS)
+    labels: Labels | None = Field(default=None, max_length=MAX_LABELS)
+    depends_on: list[Name] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
 
 
 class Report(StrictModel):
-    generation: StrictInt
-    state: StrictStr
-    reason: StrictStr | None = None
-    outputs: dict[StrictStr, Value] | None = None
+    generation: int_in(1, JSON_INT)  # type: ignore[valid-type]
+    state: Literal["active", "failed", "deleted"]
+    reason: Annotated[StrictStr, Field(pattern=NO_NUL)] | None = Field(default=None, description=f"kept up to {MAX_REASON} characters")
+    outputs: Outputs | None = Field(default=None, max_length=MAX_OUTPUTS)
     result: dict[str, Any] | None = None
 
 
@@ -70,7 +92,7 @@ async def create_instances(body: InstanceBatch, response: Response, rt: RT, who:
 
 @router.get("/instances", tags=["instances"])
 def list_instances(
-    rt: RT, who: Auth, host: str | None = None, state: str | None = None, type: str | None = None,
+    rt: RT, who: Auth, host: str | None = None, state: State | None = None, type: str | None = None,
     project: str | None = None, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> dict[str, Any]:

@@ -16,6 +16,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from tenure.api.reservations import TopologyDoc
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -61,9 +64,19 @@ CONFLICTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("delete", "/v1/resources/{ref}/operations/{op_id}"): ("operation_running", "operation_finished"),
 }
 
+# Operations documented as 201 (created) that answer 200 when the object was already there.
+EXISTING: dict[tuple[str, str], str] = {
+    ("post", "/v1/pools/{pool}/claims"): "The key already held a value: the same claim",
+    ("post", "/v1/agents"): "Registered again (the same host)",
+    ("post", "/v1/reservations"): "The same request_id and request again: the existing reservation",
+    ("post", "/v1/instances"): "The same instance again (the same spec)",
+    ("post", "/v1/instances/batch"): "Every instance of the batch already existed with the same spec",
+}
+
 # Operations whose path names no object but that answer 404 all the same (an object named in the body).
 NOT_FOUND: dict[tuple[str, str], str] = {}
 
+EXTRA_MODELS = (TopologyDoc,)
 UNAUTHENTICATED = {"/healthz"}  # every other operation needs a bearer token
 WITHOUT_SCOPE = {("get", "/v1/whoami")}  # any valid token may ask: never 403
 
@@ -95,6 +108,36 @@ def _operation_errors(method: str, path: str, op: dict[str, Any]) -> dict[str, d
     return out
 
 
+def _keys_as_names(node: Any) -> None:
+    """pydantic writes dict[Pattern, V] as patternProperties, which lets any other key through with any value:
+    state it as it is checked, every key matching the pattern (propertyNames) and every value V."""
+    if isinstance(node, dict):
+        pp, names = node.get("patternProperties"), node.get("propertyNames")
+        if isinstance(pp, dict) and len(pp) == 1 and "additionalProperties" not in node:
+            [(pattern, value)] = pp.items()
+            node["propertyNames"] = {**(names or {}), "pattern": pattern}
+            node["additionalProperties"] = value
+            del node["patternProperties"]
+        for v in node.values():
+            _keys_as_names(v)
+    elif isinstance(node, list):
+        for v in node:
+            _keys_as_names(v)
+
+
+def _not_null(param: dict[str, Any]) -> None:
+    """A query or path parameter is never null: absent is how a request leaves it out."""
+    schema = param.get("schema", {})
+    options = schema.get("anyOf")
+    if options and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        del schema["anyOf"]
+        if len(rest) == 1:
+            schema.update(rest[0])
+        else:
+            schema["anyOf"] = rest
+
+
 def document(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document with the answers the server really gives."""
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -103,12 +146,20 @@ def document(app: FastAPI) -> dict[str, Any]:
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     schemas["Error"] = ERROR_SCHEMA
+    for model in EXTRA_MODELS:  # bodies a route reads itself (the topology: JSON or YAML)
+        _, defs = models_json_schema([(model, "validation")], ref_template="#/components/schemas/{model}")
+        schemas.update(defs.get("$defs", {}))
+    _keys_as_names(doc)
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
                                                 "description": "a token from POST /v1/tokens, or admin.token"}}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
+            for param in op.get("parameters", ()):
+                _not_null(param)
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
+            if (method, path) in EXISTING and "201" in responses:
+                responses.setdefault("200", {**responses["201"], "description": EXISTING[(method, path)]})
             for status, answer in _operation_errors(method, path, op).items():
                 responses.setdefault(status, answer)
             if "410" in responses:  # the watch: history compacted past the resume point

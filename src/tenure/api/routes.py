@@ -11,18 +11,63 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
 from tenure.api.auth import authenticate
 from tenure.domain.access import Principal
-from tenure.domain.errors import TenureError
+from tenure.domain.errors import InvalidInput, TenureError
+from tenure.domain.idspace import MAX_VALUE
+from tenure.domain.pool import MAX_KEY_LENGTH, MAX_NAME_LENGTH
 from tenure.services.allocator import MAX_BULK, MAX_PAGE
 from tenure.services.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
 
 Auth = Annotated[Principal, Depends(authenticate)]
-RangeList = list[Annotated[list[StrictInt], Field(min_length=2, max_length=2)]]
+
+
+def _whole(v: object) -> object:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+# An integer, as JSON Schema means it: 5.0 is 5 (JSON does not tell them apart); "5" and true are not.
+Int = Annotated[StrictInt, BeforeValidator(_whole)]
+
+
+def int_in(ge: int | None = None, le: int | None = None, lt: int | None = None) -> Any:
+    """Int within bounds (the bounds inside the validator, so that the document shows them)."""
+    return Annotated[StrictInt, Field(ge=ge, le=le, lt=lt), BeforeValidator(_whole)]
+
+
+def _query_names(dependant: Any) -> frozenset[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+async def known_query(request: Request) -> None:
+    """Refuse unknown query parameters, as request bodies refuse unknown fields: a misspelt one is an error."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = getattr(route, "_tenure_query", None)
+    if known is None:
+        known = route._tenure_query = _query_names(dependant)
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidInput(f"unknown query parameter {name[:64]!r}; this operation takes "
+                               f"{', '.join(sorted(known)) or 'none'}", code="invalid_request")
+
+# The rules of domain/pool.py as the document states them (and pydantic checks them before the domain does).
+# Names in the HTTP API are ASCII (letters, digits, - _ . :): they appear in paths, labels and metrics.
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL, so no store takes it
+Key = Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH, pattern=NO_NUL)]
+Value = int_in(0, MAX_VALUE)
+RangeList = list[Annotated[list[Value], Field(min_length=2, max_length=2)]]
 
 
 async def runtime(request: Request) -> Runtime:
@@ -37,36 +82,48 @@ class StrictModel(BaseModel):
 
 
 class PoolCreate(StrictModel):
-    name: StrictStr
-    ranges: RangeList = Field(max_length=1024)
+    name: Name
+    ranges: RangeList = Field(min_length=1, max_length=1024, description="[[lo, hi], ...] with lo <= hi")
     reserved: RangeList = Field(default_factory=list, max_length=1024)
     strategy: Literal["lowest", "next", "random"] = "lowest"
-    projects: list[StrictStr] | None = Field(default=None, max_length=1024)
+    projects: list[Name] | None = Field(default=None, max_length=1024)
 
 
 class ClaimCreate(StrictModel):
-    key: StrictStr
-    value: StrictInt | None = None
-    project: StrictStr | None = None
-    host: StrictStr | None = None
+    key: Key
+    value: Value | None = None
+    project: Name | None = None
+    host: Name | None = None
 
 
 class BulkItem(StrictModel):
-    key: StrictStr
-    value: StrictInt | None = None
+    key: Key
+    value: Value | None = None
 
 
 class BulkClaim(StrictModel):
     claims: list[BulkItem] = Field(min_length=1, max_length=MAX_BULK)
-    project: StrictStr | None = None
-    host: StrictStr | None = None
+    project: Name | None = None
+    host: Name | None = None
+
+
+# An admin token has no scope; a member's is a project, an agent's a host (domain/access.py check_scope).
+_SCOPES = {"oneOf": [
+    {"properties": {"role": {"const": "admin"}, "project": {"type": "null"}, "host": {"type": "null"}}},
+    {"properties": {"role": {"const": "member"}, "project": {"type": "string"}, "host": {"type": "null"}},
+     "required": ["project"]},
+    {"properties": {"role": {"const": "agent"}, "host": {"type": "string"}, "project": {"type": "null"}},
+     "required": ["host"]},
+]}
 
 
 class TokenCreate(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_SCOPES)
+
     role: Literal["admin", "agent", "member"]
-    project: StrictStr | None = None
-    host: StrictStr | None = None
-    description: StrictStr | None = Field(default=None, max_length=1024)
+    project: Name | None = None
+    host: Name | None = None
+    description: Annotated[StrictStr, Field(max_length=1024, pattern=NO_NUL)] | None = None
 
 
 def _count(request: Request, pool: str, outcome: str, n: int = 1) -> None:
@@ -145,7 +202,7 @@ def list_claims(
     rt: RT,
     who: Auth,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    after: Annotated[str | None, Query(max_length=256)] = None,
+    after: Annotated[str | None, Query(max_length=MAX_KEY_LENGTH, pattern=NO_NUL)] = None,
 ) -> dict[str, Any]:
     page, nxt = rt.allocator.list_claims(pool, limit=limit, after=after, principal=who)
     return {"claims": [c.body() for c in page], "next": nxt, "revision": rt.revision}
