@@ -40,15 +40,16 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-import benchkit  # noqa: E402
-from benchkit import Goal, Report, fmt, median  # noqa: E402
-
+from tenure.clock import RealClock  # noqa: E402
+from tenure.domain.driverspec import parse_spec  # noqa: E402
 from tenure.drivers.ocf import ocf_env  # noqa: E402
-from tenure.drivers.spec import DriverRoots, parse_spec  # noqa: E402
-from tenure.lrm.clock import RealClock  # noqa: E402
+from tenure.drivers.spec import DriverRoots  # noqa: E402
 from tenure.lrm.executor import Lrm  # noqa: E402
 from tenure.lrm.store import LrmStore  # noqa: E402
 from tenure.services.runtime import Runtime  # noqa: E402
+
+import benchkit  # noqa: E402
+from benchkit import Goal, Report, fmt, median  # noqa: E402
 
 DUMMY = "ocf:heartbeat:Dummy"
 AGENT = Path("/usr/lib/ocf/resource.d/heartbeat/Dummy")

@@ -76,7 +76,8 @@ from benchkit import Goal, Report, fmt, median  # noqa: E402
 
 from tenure.client import TenureClient, TenureClientError  # noqa: E402
 from tenure.drivers.pydriver import HandlerContext  # noqa: E402
-from tenure.drivers.tc import Shaper, netlink_socket  # noqa: E402
+from tenure.drivers.tc import Shaper  # noqa: E402
+from tenure.drivers.tc.netlink import netlink_socket  # noqa: E402
 from tests.netns_support import Host, Lan  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent

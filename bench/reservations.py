@@ -15,8 +15,9 @@ Modes, each measured ``--runs`` times with the rounds interleaved, medians of th
 
 domain             the admission search alone, in the writer thread, no commit: ``Capacity.route`` for the
                    out leg, ``book``, ``route`` for the in leg, ``book`` (timed); then ``unbook`` (not timed)
-library            ``rt.run(rt.reservations.create_op(raw))`` one at a time (validation, search, booking,
-                   rows, event, SQLite commit with fsync); afterwards every admitted one is cancelled
+library            ``rt.run(rt.reservations.create_op(ReservationRequest.parse(raw)))`` one at a time
+                   (validation, search, booking, rows, event, SQLite commit with fsync); afterwards every
+                   admitted one is cancelled
 library 64 thr     the same from ``--threads`` threads at once (group commit); cancelled afterwards
 http               a real ``tenure serve`` on a copy of the preloaded store (pinned to core 0, this process to
                    core 1): ``POST /v1/reservations`` one at a time with httpx, then from ``--http-clients``
@@ -62,21 +63,21 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from typing import Any  # noqa: E402
 
-import benchkit  # noqa: E402
-from benchkit import Goal, Report, fmt, median  # noqa: E402
-from benchkit.server import TenureServer  # noqa: E402
-
 import httpx  # noqa: E402
 import networkx as nx  # noqa: E402
 
 from tenure.config import Settings  # noqa: E402
 from tenure.domain.capacity import Capacity  # noqa: E402
 from tenure.domain.errors import Conflict, TenureError  # noqa: E402
-from tenure.domain.reservation import Leg  # noqa: E402
+from tenure.domain.reservation import ReservationRequest, Leg  # noqa: E402
 from tenure.domain.topology import TRANSIT_KINDS, Topology  # noqa: E402
 from tenure.domain.units import US, iso  # noqa: E402
 from tenure.services.runtime import Runtime  # noqa: E402
-from tenure.services.writer import Op  # noqa: E402
+from tenure.store.writer import Op
+
+import benchkit  # noqa: E402
+from benchkit import Goal, Report, fmt, median  # noqa: E402
+from benchkit.server import TenureServer  # noqa: E402
 
 WEEK_S = 7 * 86400
 MIN_LEN_S, MAX_LEN_S = 60, 2 * 86400
@@ -182,7 +183,7 @@ class Store:
                 refused[exc.code] += 1
 
         for i, raw in enumerate(raws):
-            pending.append(self.rt.writer.submit(self.svc.create_op(raw)))
+            pending.append(self.rt.writer.submit(self.svc.create_op(ReservationRequest.parse(raw))))
             if len(pending) >= inflight:
                 collect(pending.popleft())
             if progress is not None and (i + 1) % 10_000 == 0:
@@ -257,7 +258,7 @@ def library_sequential(store: Store, raws: Sequence[Raw]) -> dict[str, Any]:
     for raw in raws:
         t0 = time.perf_counter()
         try:
-            res, _, _ = store.rt.run(store.svc.create_op(raw))
+            res, _, _ = store.rt.run(store.svc.create_op(ReservationRequest.parse(raw)))
             ids.append(res.id)
             ok = True
         except Conflict:
@@ -315,7 +316,7 @@ def library_concurrent(store: Store, raws: Sequence[Raw], threads: int) -> dict[
         for raw in raws[i::threads]:
             t0 = time.perf_counter()
             try:
-                res, _, _ = store.rt.run(store.svc.create_op(raw))
+                res, _, _ = store.rt.run(store.svc.create_op(ReservationRequest.parse(raw)))
                 with lock:
                     ids.append(res.id)
             except Conflict:
@@ -570,7 +571,7 @@ def service_growth(store: Store, hosts: Sequence[str], now_s: int) -> dict[str, 
         raw = {"kind": "bandwidth", "src": hosts[1], "dst": hosts[-2], "rate_out": 100 * 10**6,
                "start": now_s + 3600, "end": now_s + 3600 + length}
         b0 = store.breakpoints()
-        res, _, _ = store.rt.run(store.svc.create_op(raw))
+        res, _, _ = store.rt.run(store.svc.create_op(ReservationRequest.parse(raw)))
         added = store.breakpoints() - b0
         store.cancel_all([res.id])
         out[name] = {"breakpoints_added": added, "hops": sum(len(leg.hops) for leg in res.legs)}
@@ -655,7 +656,7 @@ def main() -> None:
     try:
         # ------------------------------------------------------------ preload
         store = Store(workdir / "lib.db", now)
-        store.rt.run(store.svc.set_topology_op(topo))
+        store.rt.run(store.rt.topology.set_topology_op(topo))
         preload = gen_requests(rng, hosts, n_res, now_s)
         rss0 = benchkit.rss_bytes()
         w = store.rt.writer
@@ -728,11 +729,11 @@ def main() -> None:
         report.results.append({"ledger_state": state, "growth_tracemalloc": growth, "growth_service": svc_growth})
 
         # ------------------------------------------------------------ topology changes (a link down, then up)
-        svc = store.svc
+        svc = store.rt.topology
         changes = []
         for lid in (next(x for x in topo.links if link_class(x) == "agg-core"),
                     next(x for x in topo.links if link_class(x) == "host-edge")):
-            link = svc.topology.links[lid]
+            link = svc.current.links[lid]
             t = time.perf_counter()
             down = store.rt.run(svc.edit_topology_op(svc.delete_link(lid)), timeout=3600)["recheck"]
             down_s = time.perf_counter() - t

@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tenure.agent.daemon import AgentDaemon
 from tenure.agent.sync import SyncConfig
 from tenure.client import TenureClient
-from tenure.handlers import HandlerType, load_handlers
+from tenure.instance_types import InstanceType, load_instance_types
 from tests.conftest import Api, start_api
 from tests.lrm_support import lrm_config
 
@@ -24,17 +25,17 @@ def start_server(tmp: Path, **config: Any) -> Iterator[Api]:
     yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, **config)
 
 
-def start_host_agent(tmp: Path, server: Api, host: str, *, handlers: dict[str, HandlerType] | None = None,
+def start_host_agent(tmp: Path, server: Api, host: str, *, types: dict[str, InstanceType] | None = None,
                      heartbeat: float = 20.0, **lrm: Any) -> Iterator[Api]:
     """A ``tenure agent --host HOST --server URL`` in-process, with its own data dir under ``tmp/host``."""
     token = server.token("agent", host=host)
     data = tmp / host
     data.mkdir(parents=True, exist_ok=True)
     sync = SyncConfig(host=host, server_url=str(server.client.base_url), token=token,
-                      handlers=handlers if handlers is not None else load_handlers(None),
+                      types=types if types is not None else load_instance_types(None),
                       heartbeat_interval=heartbeat)
     cfg = lrm_config(tmp / host, sync=sync, **lrm)
-    yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, lrm=cfg)
+    yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, extension=AgentDaemon(cfg))
 
 
 def client(server: Api, token: str | None = None) -> TenureClient:

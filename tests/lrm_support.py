@@ -6,16 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tenure.api.app import LrmConfig
+from tenure.agent.daemon import AgentConfig, AgentDaemon
 from tenure.drivers.spec import DriverRoots
 
 TEST_DRIVERS = Path(__file__).parent / "drivers" / "bin"  # the project's own failure-case drivers (exec:NAME)
 
 
-def lrm_config(tmp: Path, **kwargs: Any) -> LrmConfig:
+def lrm_config(tmp: Path, **kwargs: Any) -> AgentConfig:
     """An LRM with the real OCF root, the test drivers as exec drivers, and a private HA_RSCTMP."""
     roots = DriverRoots(exec_dirs=(TEST_DRIVERS,), **kwargs.pop("roots", {}))
-    return LrmConfig(roots=roots, rsctmp=tmp / "rsctmp", **kwargs)
+    return AgentConfig(roots=roots, rsctmp=tmp / "rsctmp", **kwargs)
 
 
 def start_agent(tmp: Path, **kwargs: Any) -> Iterator[Any]:
@@ -24,4 +24,4 @@ def start_agent(tmp: Path, **kwargs: Any) -> Iterator[Any]:
 
     data = tmp / "agent"
     data.mkdir(parents=True, exist_ok=True)
-    yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, lrm=lrm_config(tmp, **kwargs))
+    yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, extension=AgentDaemon(lrm_config(tmp, **kwargs)))

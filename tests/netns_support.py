@@ -321,7 +321,7 @@ class TcEvents:
     """TC notifications (RTMGRP_TC) in a namespace: whatever changes its qdiscs, classes or filters."""
 
     def __init__(self, netns: str) -> None:
-        from tenure.drivers.tc import netlink_socket
+        from tenure.drivers.tc.netlink import netlink_socket
 
         self.sock: socket.socket = netlink_socket(netns)
         self.sock.bind((0, RTMGRP_TC))

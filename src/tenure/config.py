@@ -63,6 +63,6 @@ class Settings:
     reservation_horizon: float = 366 * 86400.0  # no reservation may end later than this from now
     reservation_retention: float = 7 * 86400.0  # ended reservations stay readable this long, then are purged
     reservation_start_grace: float = 300.0  # a start this far in the past is taken as now; further is refused
-    instance_types: Mapping[str, float] | None = None  # type -> operation timeout; None: the built-in handlers'
+    instance_types: Mapping[str, float] | None = None  # type -> operation timeout; None: the built-in types'
     instance_report_grace: float = 30.0  # beyond twice the timeout, how long to wait for an agent's report
     housekeeping: bool = True  # run the background threads (tests drive them by hand instead)

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from tenure.domain.errors import Unavailable
-from tenure.handlers import parse_handlers
+from tenure.instance_types import parse_instance_types
+from tenure.services.examples import ensure_examples
 from tests.agent.handlers import Gate
 from tests.agent_support import gone, start_host_agent, start_server, state_is, wait_for
 from tests.conftest import Api
 
 PLAYBOOKS = Path(__file__).parent.parent / "drivers" / "playbooks"
-HANDLERS = parse_handlers({"resources": {
+ITYPES = parse_instance_types({"resources": {
     "vlan-file": {"driver": "ansible:vlan.yml", "timeout": "120s"},
     "slot": {"driver": "python:tests.agent.handlers:Thing", "timeout": "10s",
              "locals": {"slot": "10-20"}},
@@ -25,7 +26,7 @@ HANDLERS = parse_handlers({"resources": {
     "stuck": {"driver": "exec:sleeper", "timeout": 0.5},
     "gate": {"driver": "python:tests.agent.handlers:Gate", "timeout": "20s"},
 }})
-TYPES = {t.name: t.timeout for t in HANDLERS.values()}
+TYPES = {t.name: t.timeout for t in ITYPES.values()}
 
 
 def settings() -> Any:
@@ -34,13 +35,13 @@ def settings() -> Any:
 
 
 def agent_of(tmp: Path, server: Api, host: str = "h1") -> Any:
-    return start_host_agent(tmp, server, host, handlers=HANDLERS, roots={
-        "playbook_dirs": (PLAYBOOKS,), "python_packages": ("tenure.drivers.handlers", "tenure.drivers.tc",
+    return start_host_agent(tmp, server, host, types=ITYPES, roots={
+        "playbook_dirs": (PLAYBOOKS,), "python_packages": ("tenure.drivers.bundled", "tenure.drivers.tc",
                                                       "tests.agent.handlers")})
 
 
 def sync_of(agent: Api) -> Any:
-    return agent.app.state.tenure.sync
+    return agent.app.state.tenure.config.extension.sync
 
 
 def resources(agent: Api) -> list[dict[str, Any]]:
@@ -84,7 +85,7 @@ def test_create_modify_delete_through_the_agent(tmp_path: Path) -> None:
 
 def test_an_ansible_playbook_writes_a_file_with_a_stitched_vlan_claim(tmp_path: Path) -> None:
     out = tmp_path / "vlan-of-net-blue"
-    for server in start_server(tmp_path, settings=settings(), example=True):
+    for server in start_server(tmp_path, settings=settings(), seed=ensure_examples):
         claim = server.post("/v1/pools/vlans/claims", json={"key": "net-blue"}).json()
         for _agent in agent_of(tmp_path, server):
             r = server.post("/v1/instances/batch", json={"instances": [

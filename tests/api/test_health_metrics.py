@@ -6,6 +6,7 @@ import threading
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tenure.services.examples import ensure_examples
 from tests.conftest import start_api
 
 
@@ -27,7 +28,7 @@ def test_not_ready_until_restored(db_url, tmp_path):
 
 
 def test_example_pools(db_url, tmp_path):
-    for api in start_api(db_url, tmp_path / "data", example=True):
+    for api in start_api(db_url, tmp_path / "data", seed=ensure_examples):
         names = {p["name"] for p in api.get("/v1/pools").json()["pools"]}
         assert {"mpls-labels", "vlans", "vxlan-vnis", "ifindexes"} <= names
 

@@ -42,7 +42,9 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from tenure.api.app import EXAMPLE_TOPOLOGY, LrmConfig, ServerConfig, create_app
+from tenure.agent.daemon import AgentConfig, AgentDaemon, create_agent_app
+from tenure.api.app import ServerConfig, create_app
+from tenure.services.examples import EXAMPLE_TOPOLOGY, ensure_examples
 from tests.conftest import Api, start_api
 from tests.lrm_support import lrm_config
 
@@ -147,7 +149,7 @@ def _seed_server(live: Live) -> None:
 @pytest.fixture(scope="module")
 def server_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("oas-server")
-    for api in start_api(f"sqlite:///{tmp / 'tenure.db'}", tmp / "data", example=True):
+    for api in start_api(f"sqlite:///{tmp / 'tenure.db'}", tmp / "data", seed=ensure_examples):
         live = Live(api)
         _authenticate(server, live)
         _seed_server(live)
@@ -198,7 +200,8 @@ def agent_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("oas-agent")
     data = tmp / "agent"
     data.mkdir()
-    for api in start_api(f"sqlite:///{data / 'tenure.db'}", data, lrm=lrm_config(tmp)):
+    for api in start_api(f"sqlite:///{data / 'tenure.db'}", data,
+                         extension=AgentDaemon(lrm_config(tmp))):
         live = Live(api)
         _authenticate(agent, live)
         _seed_agent(live)
@@ -365,16 +368,17 @@ def exercise(case: Any, live: Live, data: st.DataObject) -> None:
         raise
 
 
-def _document(**config: Any) -> Any:
+def _document(agent: bool = False) -> Any:
     """The app's own document (the same one each live server serves: test_the_served_document_is_the_apps)."""
-    app = create_app(ServerConfig(db_url="sqlite://", data_dir=Path("/nonexistent"), **config))
+    config = ServerConfig(db_url="sqlite://", data_dir=Path("/nonexistent"))
+    app = create_agent_app(config, AgentConfig()) if agent else create_app(config)
     schema = schemathesis.openapi.from_dict(app.openapi())
     schema.config.update(request_timeout=30)
     return schema
 
 
 server = _document()
-agent = _document(lrm=LrmConfig())
+agent = _document(agent=True)
 
 
 @server.parametrize()

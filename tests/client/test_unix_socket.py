@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from tenure.cli.main import app
 from tenure.client import TenureAPIError, TenureClient, TenureConfigError, TenureConnectionError
-from tenure.client._client import unix_socket
+from tenure.client._base import unix_socket
 
 pytestmark = pytest.mark.timeout(120)
 

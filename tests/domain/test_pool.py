@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tenure.domain.errors import Conflict, InvalidInput, NotFound
-from tenure.domain.pool import MAX_KEY_LENGTH, Pool
+from tenure.domain.names import MAX_KEY_LENGTH
+from tenure.domain.pool import Pool
 
 
 def make_pool(**kw: object) -> Pool:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tenure.clock import FakeClock
+from tenure.domain.driverspec import DriverSpec, parse_spec
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.ansible import AnsibleDriver, extravars_yaml
-from tenure.drivers.base import Driver, RunOutcome, RunRequest, make_driver
+from tenure.drivers.base import Driver, RunOutcome, RunRequest
 from tenure.drivers.process import group_alive
-from tenure.drivers.spec import DriverRoots, DriverSpec, parse_spec
-from tenure.lrm.clock import FakeClock
+from tenure.drivers.registry import make_driver
+from tenure.drivers.spec import DriverRoots
 from tests.drivers.support import BIN, Ready
 
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"

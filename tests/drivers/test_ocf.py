@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tenure.domain.driverspec import parse_spec
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.ocf import (
     EXIT_REASON_PREFIX,
@@ -23,7 +24,6 @@ from tenure.drivers.ocf import (
     parse_meta_data,
     rc_name,
 )
-from tenure.drivers.spec import parse_spec
 
 DUMMY = Path("/usr/lib/ocf/resource.d/heartbeat/Dummy")
 needs_dummy = pytest.mark.skipif(not DUMMY.exists(), reason="resource-agents (ocf:heartbeat:Dummy) not installed")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tenure.clock import FakeClock, RealClock
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.process import group_alive, kill_group, run_process, wait_group_gone
-from tenure.lrm.clock import FakeClock, RealClock
 from tests.drivers.support import BIN, PATH_ENV, Ready
 
 PY = sys.executable

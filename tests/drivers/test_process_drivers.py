@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tenure.clock import FakeClock, RealClock
+from tenure.domain.driverspec import parse_spec
 from tenure.domain.errors import InvalidInput
-from tenure.drivers.base import Driver, RunOutcome, RunRequest, make_driver
+from tenure.drivers.base import Driver, RunOutcome, RunRequest
 from tenure.drivers.ocf import InvalidMetaData, ocf_env
 from tenure.drivers.process import group_alive, wait_group_gone
-from tenure.drivers.spec import DriverRoots, parse_spec
-from tenure.lrm.clock import FakeClock, RealClock
+from tenure.drivers.registry import make_driver
+from tenure.drivers.spec import DriverRoots
 from tests.drivers.support import BIN, Ready
 
 DUMMY = Path("/usr/lib/ocf/resource.d/heartbeat/Dummy")

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from tenure.clock import FakeClock
 from tenure.domain.errors import InvalidInput
-from tenure.drivers.base import OUTPUT_VALUE_MAX, OUTPUTS_MAX, Driver, RunOutcome, RunRequest, make_driver
+from tenure.drivers.base import OUTPUT_VALUE_MAX, OUTPUTS_MAX, Driver, RunOutcome, RunRequest
 from tenure.drivers.ocf import InvalidMetaData
 from tenure.drivers.pydriver import HandlerContext
+from tenure.drivers.registry import make_driver
 from tenure.drivers.spec import DriverRoots
-from tenure.lrm.clock import FakeClock
 from tests.drivers import pyhandlers
 
-ROOTS = DriverRoots(python_packages=("tenure.drivers.handlers", "tests.drivers.pyhandlers"))
-MEMORY = "python:tenure.drivers.handlers.example:Memory"
+ROOTS = DriverRoots(python_packages=("tenure.drivers.bundled", "tests.drivers.pyhandlers"))
+MEMORY = "python:tenure.drivers.bundled.example:Memory"
 
 
 def driver(spec: str) -> Driver:
@@ -157,9 +158,9 @@ def test_cancelling_the_run_cancels_the_handler() -> None:
 
 
 def test_not_installed_handlers() -> None:
-    for spec in ("python:tenure.drivers.handlers.nosuchmodule:Memory",
-                 "python:tenure.drivers.handlers.example:NoSuchClass",
-                 "python:tenure.drivers.handlers.example:OCF_SUCCESS"):  # not a class
+    for spec in ("python:tenure.drivers.bundled.nosuchmodule:Memory",
+                 "python:tenure.drivers.bundled.example:NoSuchClass",
+                 "python:tenure.drivers.bundled.example:OCF_SUCCESS"):  # not a class
         d = driver(spec)
         assert not d.installed()
         assert d.actions(None) is None

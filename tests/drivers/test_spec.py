@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from tenure.domain.driverspec import DriverSpec, parse_spec
 from tenure.domain.errors import InvalidInput
-from tenure.drivers.base import make_driver
 from tenure.drivers.classes import ExecDriver, LsbDriver, OcfDriver
 from tenure.drivers.pydriver import PythonDriver
-from tenure.drivers.spec import DriverRoots, DriverSpec, inside, parse_spec
+from tenure.drivers.registry import make_driver
+from tenure.drivers.spec import DriverRoots, inside
 
 
 @pytest.mark.parametrize(("text", "spec"), [
@@ -24,8 +25,8 @@ from tenure.drivers.spec import DriverRoots, DriverSpec, inside, parse_spec
     ("ansible:vlan.yml", DriverSpec("ansible", "vlan.yml")),
     ("ansible:vlan.v2.yaml", DriverSpec("ansible", "vlan.v2.yaml")),
     ("python:pkg.mod:Class", DriverSpec("python", "Class", "pkg.mod")),
-    ("python:tenure.drivers.handlers.example:Memory",
-     DriverSpec("python", "Memory", "tenure.drivers.handlers.example")),
+    ("python:tenure.drivers.bundled.example:Memory",
+     DriverSpec("python", "Memory", "tenure.drivers.bundled.example")),
 ])
 def test_good_specs_parse_and_round_trip(text: str, spec: DriverSpec) -> None:
     assert parse_spec(text) == spec
@@ -123,22 +124,22 @@ def test_make_driver_picks_the_class(tmp_path: Path) -> None:
     assert isinstance(make_driver("ocf:heartbeat:Dummy", roots, rsctmp=tmp_path), OcfDriver)
     assert isinstance(make_driver("lsb:ssh", roots, rsctmp=tmp_path), LsbDriver)
     assert isinstance(make_driver(DriverSpec("exec", "x"), roots, rsctmp=tmp_path), ExecDriver)
-    assert isinstance(make_driver("python:tenure.drivers.handlers.example:Memory", roots, rsctmp=tmp_path),
+    assert isinstance(make_driver("python:tenure.drivers.bundled.example:Memory", roots, rsctmp=tmp_path),
                       PythonDriver)
-    assert isinstance(make_driver("python:tenure.drivers.handlers:Anything", roots, rsctmp=tmp_path), PythonDriver)
+    assert isinstance(make_driver("python:tenure.drivers.bundled:Anything", roots, rsctmp=tmp_path), PythonDriver)
 
 
 @pytest.mark.parametrize("text", [
     "python:os:system",
     "python:tenure.drivers.base:Driver",
-    "python:tenure.drivers.handlersx:Memory",  # a prefix of the name is not the package
+    "python:tenure.drivers.bundledx:Memory",  # a prefix of the name is not the package
     "python:tenure:Anything",
 ])
 def test_make_driver_refuses_modules_outside_the_allowed_packages(text: str, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as err:
         make_driver(text, DriverRoots(), rsctmp=tmp_path)
     assert err.value.code == "invalid_driver"
-    assert "tenure.drivers.handlers" in err.value.message
+    assert "tenure.drivers.bundled" in err.value.message
 
 
 def test_make_driver_refuses_a_bad_spec(tmp_path: Path) -> None:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tenure.drivers.base import make_driver
+from tenure.clock import FakeClock
 from tenure.drivers.ocf import parse_meta_data
 from tenure.drivers.pydriver import HandlerContext
+from tenure.drivers.registry import make_driver
 from tenure.drivers.spec import DriverRoots
-from tenure.drivers.tc import Leg, Shaper, parse_params, parse_rate
-from tenure.lrm.clock import FakeClock
+from tenure.drivers.tc import Shaper
+from tenure.drivers.tc.params import Leg, parse_params, parse_rate
 from tests.netns_support import (
     CREATED,
     Host,
@@ -500,14 +501,14 @@ def test_device_vanishing_after_start(lan: Lan) -> None:
 def test_netlink_errors_are_reasons_not_exceptions(lan: Lan, monkeypatch: pytest.MonkeyPatch) -> None:
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from tenure.drivers import tc
+    from tenure.drivers.tc.wire import Wire
 
     h1, h2, _ = lan.hosts
 
     def refuse(self: object, command: str) -> None:
         raise NetlinkError(errno.EPERM)
 
-    monkeypatch.setattr(tc.Wire, "put_class", refuse)
+    monkeypatch.setattr(Wire, "put_class", refuse)
     rc, reason = Shaper().start(leg(h1, h2), ctx())
     assert rc == 1 and "Operation not permitted" in reason
 

@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from tenure.clock import FakeClock
 from tenure.drivers.spec import DriverRoots
-from tenure.lrm.clock import FakeClock
 from tenure.lrm.executor import Lrm
 from tenure.lrm.model import Result
 from tenure.lrm.store import LrmStore
 from tenure.services.runtime import Runtime, Settings
-from tenure.services.writer import Event
+from tenure.store.writer import Event
 from tests.lrm_support import TEST_DRIVERS
 
 LRM_DRIVERS = Path(__file__).parent / "bin"

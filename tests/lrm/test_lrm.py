@@ -215,7 +215,7 @@ def test_ocf_environment(tmp_path: Path) -> None:
 def test_python_handler(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         assert h.lrm is not None
-        await h.lrm.add("mem", "python:tenure.drivers.handlers.example:Memory")
+        await h.lrm.add("mem", "python:tenure.drivers.bundled.example:Memory")
         assert (await h.do("mem", "monitor"))["rc"] == 7
         assert (await h.do("mem", "start"))["rc"] == 0
         assert (await h.do("mem", "monitor"))["rc"] == 0 and h.lrm.get("mem")["state"] == "running"

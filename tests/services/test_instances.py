@@ -13,6 +13,7 @@ import pytest
 from tenure.domain.access import Principal
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tenure.domain.instance import Instance
+from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime
 from tests.reservation_support import FakeClock, at, open_rt
@@ -331,19 +332,20 @@ def shapers(rt: Runtime, rid: str) -> dict[str, Instance]:
 
 def oneway(rt: Runtime, clock: FakeClock, dst: str, *, principal: Principal | None = None) -> Any:
     """On TWO_HOSTS: a 5M oneway reservation h1 -> ``dst``, active now for 5 minutes."""
-    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
+    rt.run(rt.topology.set_topology_op(Topology.parse(TWO_HOSTS)))
     body = {"kind": "oneway", "src": "h1", "dst": dst, "rate": "5M", "start": "now", "end": at(clock, minutes=5)}
-    res, _, _ = rt.run(rt.reservations.create_op(body, **({"principal": principal} if principal else {})))
+    request = ReservationRequest.parse(body)
+    res, _, _ = rt.run(rt.reservations.create_op(request, **({"principal": principal} if principal else {})))
     return res
 
 
 def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Runtime, clock: FakeClock) -> None:
     register(rt, "h1")
     register(rt, "h2")
-    rt.run(rt.reservations.set_topology_op(Topology.parse(TWO_HOSTS)))
-    res, _, _ = rt.run(rt.reservations.create_op({
+    rt.run(rt.topology.set_topology_op(Topology.parse(TWO_HOSTS)))
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse({
         "kind": "bandwidth", "src": "h1", "dst": "h2", "rate_out": "50M", "rate_in": "10M",
-        "start": at(clock, minutes=1), "end": at(clock, minutes=5), "protocol": "tcp", "dst_port": 5201}))
+        "start": at(clock, minutes=1), "end": at(clock, minutes=5), "protocol": "tcp", "dst_port": 5201})))
     assert shapers(rt, res.id) == {}  # pending: nothing on the hosts yet
     clock.advance(minutes=1)
     rt.reservations.scheduler.run_due()

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from tenure.domain.access import Principal
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, Unavailable
+from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime
 from tenure.store import schema
@@ -35,7 +36,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def rt(db_url: str, clock: FakeClock) -> Any:
     r = open_rt(db_url, clock)
-    r.run(r.reservations.set_topology_op(square()))
+    r.run(r.topology.set_topology_op(square()))
     try:
         yield r
     finally:
@@ -47,7 +48,7 @@ def reserve(rt: Runtime, principal: Principal | None = None, **raw: Any) -> Any:
     raw.setdefault("start", "now")
     raw.setdefault("end", "+1h")
     kwargs = {"principal": principal} if principal else {}
-    res, _created, _alarms = rt.run(rt.reservations.create_op(raw, **kwargs))
+    res, _created, _alarms = rt.run(rt.reservations.create_op(ReservationRequest.parse(raw), **kwargs))
     return res
 
 
@@ -66,7 +67,7 @@ def events_of(rt: Runtime, kind: str = "reservation") -> list[tuple[str, str, st
 def test_each_direction_is_admitted_on_its_own_path(rt: Runtime) -> None:
     links = [{**lk, "capacity_ab": "1G", "capacity_ba": "100M"} if lk["id"] == "s1-s2" else lk
              for lk in SQUARE["links"]]
-    rt.run(rt.reservations.set_topology_op(Topology.parse({**SQUARE, "links": links})))
+    rt.run(rt.topology.set_topology_op(Topology.parse({**SQUARE, "links": links})))
     r = reserve(rt, src="h1", dst="h2", rate_out="600M", rate_in="300M")
     out, back = r.legs
     assert out.nodes == ("h1", "s1", "s2", "h2")
@@ -163,7 +164,7 @@ def test_a_start_just_past_is_taken_as_now(rt: Runtime, clock: FakeClock) -> Non
 def test_no_built_in_end_of_time(db_url: str, clock: FakeClock) -> None:
     clock.now = clock.now.replace(year=2090)
     with open_rt(db_url, clock) as rt:
-        rt.run(rt.reservations.set_topology_op(square()))
+        rt.run(rt.topology.set_topology_op(square()))
         r = reserve(rt, src="h1", dst="h2", rate="1M", start="+300d", end="+301d")
         assert r.state == "pending" and r.body()["end"].startswith("2091-")
 
@@ -193,7 +194,7 @@ def test_reservations_activate_and_expire_on_time_with_an_event_each(rt: Runtime
 
 def test_ended_reservations_are_purged_after_the_retention(db_url: str, clock: FakeClock) -> None:
     with open_rt(db_url, clock, reservation_retention=3600) as rt:
-        rt.run(rt.reservations.set_topology_op(square()))
+        rt.run(rt.topology.set_topology_op(square()))
         r = reserve(rt, src="h1", dst="h2", rate="1M", request_id="once")
         rt.run(rt.reservations.cancel_op(r.id))
         clock.advance(minutes=59)
@@ -261,16 +262,16 @@ def shrink(doc: dict[str, Any], link: str, capacity: str) -> Topology:
 def test_a_topology_change_reroutes_what_no_longer_fits_and_degrades_the_rest(rt: Runtime) -> None:
     a = reserve(rt, kind="oneway", src="h3", dst="h2", rate="400M")  # h3 s1 s2 h2
     b = reserve(rt, kind="oneway", src="h1", dst="h2", rate="400M")  # h1 s1 s2 h2
-    out = rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "500M")))
+    out = rt.run(rt.topology.set_topology_op(shrink(SQUARE, "s1-s2", "500M")))
     assert out["recheck"] == {"kept": 1, "rerouted": [b.id], "degraded": [], "restored": []}
     assert rt.reservations.get(b.id).legs[0].nodes == ("h1", "s1", "s3", "s2", "h2")
     check_usage_matches_reservations(rt)
-    out = rt.run(rt.reservations.set_topology_op(shrink(shrink(SQUARE, "s1-s2", "300M").doc(), "s3-s2", "300M")))
+    out = rt.run(rt.topology.set_topology_op(shrink(shrink(SQUARE, "s1-s2", "300M").doc(), "s3-s2", "300M")))
     assert set(out["recheck"]["degraded"]) == {a.id, b.id}
     degraded = rt.reservations.get(a.id)
     assert degraded.state == "degraded" and "topology change" in (degraded.reason or "")
     check_usage_matches_reservations(rt)
-    out = rt.run(rt.reservations.set_topology_op(square()))
+    out = rt.run(rt.topology.set_topology_op(square()))
     assert set(out["recheck"]["restored"]) == {a.id, b.id}
     assert rt.reservations.get(a.id).state == "active"
     check_usage_matches_reservations(rt)
@@ -280,18 +281,18 @@ def test_a_topology_change_reroutes_what_no_longer_fits_and_degrades_the_rest(rt
 
 def test_removing_an_endpoint_degrades_its_reservations(rt: Runtime) -> None:
     r = reserve(rt, kind="mirror", src="h1", collector="c1", rate="10M")
-    svc = rt.reservations
+    topo = rt.topology
     with pytest.raises(Conflict) as exc:
-        rt.run(svc.edit_topology_op(svc.delete_node("c1")))
+        rt.run(topo.edit_topology_op(topo.delete_node("c1")))
     assert exc.value.code == "node_in_use"
-    rt.run(svc.edit_topology_op(svc.delete_link("c1-s3")))
-    rt.run(svc.edit_topology_op(svc.delete_node("c1")))
-    assert svc.get(r.id).state == "degraded"
-    assert "c1" not in svc.topology.nodes
+    rt.run(topo.edit_topology_op(topo.delete_link("c1-s3")))
+    rt.run(topo.edit_topology_op(topo.delete_node("c1")))
+    assert rt.reservations.get(r.id).state == "degraded"
+    assert "c1" not in topo.current.nodes
 
 
 def test_malformed_topologies_are_refused_by_the_parser_before_any_command(rt: Runtime) -> None:
-    before = (rt.revision, rt.reservations.topology_body())
+    before = (rt.revision, rt.topology.body())
     for doc in ({"nodes": [{"id": "a", "kind": "host"}], "links": [{"id": "l", "a": "a", "b": "zz", "capacity": 1}]},
                 {"nodes": [{"id": "a", "kind": "host"}, {"id": "a", "kind": "switch"}]},
                 {"nodes": [{"id": "a", "kind": "host"}, {"id": "b", "kind": "switch"}],
@@ -299,7 +300,7 @@ def test_malformed_topologies_are_refused_by_the_parser_before_any_command(rt: R
                 {"nodes": [{"id": "a", "kind": "router"}]}):
         with pytest.raises(InvalidInput):
             Topology.parse(doc)
-    assert (rt.revision, rt.reservations.topology_body()) == before
+    assert (rt.revision, rt.topology.body()) == before
 
 
 # ---------------------------------------------------------------- limits
@@ -307,7 +308,7 @@ def test_malformed_topologies_are_refused_by_the_parser_before_any_command(rt: R
 
 def test_limits_cap_what_a_project_holds_on_any_link(rt: Runtime) -> None:
     blue = Principal("member", project="blue")
-    rt.run(rt.reservations.set_limit_op("blue", max_bps="500M"))
+    rt.run(rt.topology.set_limit_op("blue", max_bps="500M"))
     reserve(rt, blue, kind="oneway", src="h1", dst="h2", rate="300M")
     with pytest.raises(Conflict) as exc:
         reserve(rt, blue, kind="oneway", src="h1", dst="h2", rate="300M")
@@ -315,7 +316,7 @@ def test_limits_cap_what_a_project_holds_on_any_link(rt: Runtime) -> None:
     assert (err["code"], err["limit"], err["held"]) == ("limit_exceeded", 500_000_000, 300_000_000)
     reserve(rt, blue, kind="oneway", src="h1", dst="h2", rate="300M", start="+1h", end="+2h")  # later: fine
     reserve(rt, kind="oneway", src="h1", dst="h2", rate="300M")  # another project (none): not limited
-    rt.run(rt.reservations.set_limit_op("blue", share="10%"))  # 10% of 1G host links
+    rt.run(rt.topology.set_limit_op("blue", share="10%"))  # 10% of 1G host links
     with pytest.raises(Conflict) as exc:
         reserve(rt, blue, kind="oneway", src="h3", dst="c1", rate="101M", start="+3h", end="+4h")
     assert exc.value.code == "limit_exceeded"
@@ -328,14 +329,15 @@ def test_limits_cap_what_a_project_holds_on_any_link(rt: Runtime) -> None:
 def test_a_retried_create_never_books_twice(rt: Runtime) -> None:
     raw = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "600M", "start": "now", "end": "+1h",
            "request_id": "req-1"}
-    first, created, _ = rt.run(rt.reservations.create_op(raw))
-    again, created_again, _ = rt.run(rt.reservations.create_op(raw))
+    first, created, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(raw)))
+    again, created_again, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(raw)))
     assert created and not created_again and again.id == first.id
     with pytest.raises(Conflict) as exc:
-        rt.run(rt.reservations.create_op({**raw, "rate": "100M"}))
+        rt.run(rt.reservations.create_op(ReservationRequest.parse({**raw, "rate": "100M"})))
     assert exc.value.code == "request_id_conflict"
     # another project's request id does not collide
-    rt.run(rt.reservations.create_op({**raw, "rate": "100M"}, principal=Principal("member", project="red")))
+    rt.run(rt.reservations.create_op(ReservationRequest.parse({**raw, "rate": "100M"}),
+                                     principal=Principal("member", project="red")))
 
 
 def test_concurrent_requests_for_the_last_capacity_exactly_one_wins(rt: Runtime) -> None:
@@ -359,7 +361,7 @@ def test_concurrent_requests_for_the_last_capacity_exactly_one_wins(rt: Runtime)
 def test_identical_concurrent_retries_book_once(rt: Runtime) -> None:
     raw = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "10M", "start": "now", "end": "+1h",
            "request_id": "same"}
-    futures = [rt.writer.submit(rt.reservations.create_op(raw)) for _ in range(20)]
+    futures = [rt.writer.submit(rt.reservations.create_op(ReservationRequest.parse(raw))) for _ in range(20)]
     results = [f.result(10) for f in futures]
     assert len({r.id for r, _, _ in results}) == 1 and sum(created for _, created, _ in results) == 1
 
@@ -369,8 +371,8 @@ def test_identical_concurrent_retries_book_once(rt: Runtime) -> None:
 
 def test_restart_keeps_states_timers_and_identical_usage(db_url: str, clock: FakeClock) -> None:
     with open_rt(db_url, clock) as rt:
-        rt.run(rt.reservations.set_topology_op(square()))
-        rt.run(rt.reservations.set_limit_op("blue", max_bps="2G"))
+        rt.run(rt.topology.set_topology_op(square()))
+        rt.run(rt.topology.set_limit_op("blue", max_bps="2G"))
         active = reserve(rt, src="h1", dst="h2", rate="300M", end="+2h")
         pending = reserve(rt, kind="steering", src="h3", dst="h2", via=["m1"], rate="200M", start="+1h",
                           end="+3h", project="blue")
@@ -380,13 +382,13 @@ def test_restart_keeps_states_timers_and_identical_usage(db_url: str, clock: Fak
         usage = usage_of(rt)
         views = {r.id: r for r in rt.reservations.list()[0]}
         due = rt.reservations.scheduler.next_due
-        topo = rt.reservations.topology_body()
+        topo = rt.topology.body()
     with open_rt(db_url, clock) as rt:
         svc = rt.reservations
         assert {r.id: r for r in svc.list()[0]} == views
-        assert usage_of(rt) == usage and svc.topology_body() == topo
+        assert usage_of(rt) == usage and rt.topology.body() == topo
         assert svc.scheduler.next_due == due == later.start
-        assert svc.get_limit("blue").max_bps == 2_000_000_000
+        assert rt.topology.get_limit("blue").max_bps == 2_000_000_000
         check_usage_matches_reservations(rt)
     clock.advance(hours=1, minutes=30)  # down while two instants pass: applied before the runtime is ready
     with open_rt(db_url, clock) as rt:
@@ -410,7 +412,7 @@ def test_a_failed_commit_leaves_the_ledgers_as_they_were(rt: Runtime) -> None:
 def test_a_degraded_reservation_inside_its_window_can_be_modified_back(rt: Runtime, clock: FakeClock) -> None:
     r = reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M")
     clock.advance(minutes=10)
-    rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "h1-s1", "10M")))
+    rt.run(rt.topology.set_topology_op(shrink(SQUARE, "h1-s1", "10M")))
     assert rt.reservations.get(r.id).state == "degraded"
     back = rt.run(rt.reservations.modify_op(r.id, {"rate": "5M", "end": "+30m"}))[0]
     assert (back.state, back.start, back.rate_out) == ("active", r.start, 5_000_000)
@@ -431,22 +433,22 @@ def test_rates_and_shares_print_exactly() -> None:
 def test_a_node_that_stops_being_a_switch_is_no_longer_a_way_through(rt: Runtime) -> None:
     r = reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M")
     assert r.legs[0].nodes == ("h1", "s1", "s2", "h2")
-    svc = rt.reservations
+    topo = rt.topology
     from tenure.domain.topology import Node
 
-    out = rt.run(svc.edit_topology_op(svc.put_node(Node("s2", "host"))))
+    out = rt.run(topo.edit_topology_op(topo.put_node(Node("s2", "host"))))
     assert out["recheck"]["degraded"] == [r.id]  # h2 hangs off s2 only: no other way in
     check_usage_matches_reservations(rt)
 
 
 def test_a_lowered_limit_does_not_degrade_holdings_at_an_unrelated_topology_edit(rt: Runtime) -> None:
     r = reserve(rt, kind="oneway", src="h1", dst="h2", rate="600M", project="blue")
-    rt.run(rt.reservations.set_limit_op("blue", max_bps="300M"))
-    svc = rt.reservations
+    rt.run(rt.topology.set_limit_op("blue", max_bps="300M"))
+    topo = rt.topology
     from tenure.domain.topology import Node
 
-    out = rt.run(svc.edit_topology_op(svc.put_node(Node("c1", "host", {"rack": "r7"}))))
-    assert out["recheck"]["kept"] == 1 and svc.get(r.id).state == "active"
+    out = rt.run(topo.edit_topology_op(topo.put_node(Node("c1", "host", {"rack": "r7"}))))
+    assert out["recheck"]["kept"] == 1 and rt.reservations.get(r.id).state == "active"
     with pytest.raises(Conflict) as exc:  # the limit applies to what is admitted from now on
         reserve(rt, kind="oneway", src="h1", dst="h2", rate="1M", project="blue", start="+5m")
     assert exc.value.code == "limit_exceeded"
@@ -468,7 +470,7 @@ def test_exact_shares_survive_a_restart(db_url: str, clock: FakeClock) -> None:
            "links": [{"id": "a-b", "a": "a", "b": "b", "capacity": "7G",
                       "headroom": "14.2857142857142857142857142857%"}]}
     with open_rt(db_url, clock) as rt:
-        rt.run(rt.reservations.set_topology_op(Topology.parse(doc)))
+        rt.run(rt.topology.set_topology_op(Topology.parse(doc)))
         usable = list(rt.reservations.cap.topology.usable)
         reserve(rt, kind="oneway", src="a", dst="b", rate=usable[0])
     with open_rt(db_url, clock) as rt:
@@ -481,11 +483,11 @@ def test_a_failed_topology_commit_leaves_the_old_ledgers_intact(rt: Runtime) -> 
     reserve(rt, kind="oneway", src="h3", dst="c1", rate="300M")
     before = usage_of(rt)
     with statements_fail(rt, "UPDATE topology"), pytest.raises(Unavailable) as exc:
-        rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))
+        rt.run(rt.topology.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))
     assert exc.value.code == "store_error"
     assert usage_of(rt) == before and rt.reservations.get(a.id).legs[0].nodes == ("h1", "s1", "s2", "h2")
     check_usage_matches_reservations(rt)
-    out = rt.run(rt.reservations.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))  # now it goes through
+    out = rt.run(rt.topology.set_topology_op(shrink(SQUARE, "s1-s2", "100M")))  # now it goes through
     assert out["recheck"]["rerouted"] == [a.id] and out["recheck"]["kept"] == 1
     check_usage_matches_reservations(rt)
 
@@ -493,7 +495,7 @@ def test_a_failed_topology_commit_leaves_the_old_ledgers_intact(rt: Runtime) -> 
 def test_an_unchanged_topology_keeps_everything_without_re_admitting(rt: Runtime) -> None:
     ids = [reserve(rt, kind="oneway", src="h1", dst="h2", rate="100M").id for _ in range(5)]
     before = usage_of(rt)
-    out = rt.run(rt.reservations.set_topology_op(square()))
+    out = rt.run(rt.topology.set_topology_op(square()))
     assert out["recheck"] == {"kept": 5, "rerouted": [], "degraded": [], "restored": []}
     assert usage_of(rt) == before and all(rt.reservations.get(i).state == "active" for i in ids)
     reserve(rt, kind="oneway", src="h1", dst="h2", rate="500M")  # the carried-over ledgers take writes

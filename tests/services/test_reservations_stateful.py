@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tenure.domain.errors import Conflict, InvalidInput
+from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.domain.units import parse_instant
 from tests.reservation_support import SQUARE, FakeClock, check_usage_matches_reservations, open_rt, usage_of
@@ -38,7 +39,7 @@ class ReservationMachine(RuleBasedStateMachine):
         self.url = f"sqlite:///{self.dir}/r.db"
         self.clock = FakeClock()
         self.rt = open_rt(self.url, self.clock)
-        self.rt.run(self.rt.reservations.set_topology_op(Topology.parse(SQUARE)))
+        self.rt.run(self.rt.topology.set_topology_op(Topology.parse(SQUARE)))
         self.ids: list[str] = []
 
     def teardown(self) -> None:
@@ -72,7 +73,7 @@ class ReservationMachine(RuleBasedStateMachine):
         if kind == "bandwidth" and rate_in is not None:
             raw["rate_in"] = rate_in
         try:
-            res, _, _ = self.rt.run(self.rt.reservations.create_op(raw))
+            res, _, _ = self.rt.run(self.rt.reservations.create_op(ReservationRequest.parse(raw)))
         except Conflict as exc:
             self._justified(exc, rate)
             return
@@ -121,7 +122,7 @@ class ReservationMachine(RuleBasedStateMachine):
             if lk["id"] == link:
                 lk = {k: v for k, v in lk.items() if k not in ("capacity_ab", "capacity_ba")} | {"capacity": capacity}
             links.append(lk)
-        self.rt.run(self.rt.reservations.set_topology_op(Topology.parse({**SQUARE, "links": links})))
+        self.rt.run(self.rt.topology.set_topology_op(Topology.parse({**SQUARE, "links": links})))
 
     @rule()
     def restart(self) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tenure.domain.access import Principal
 from tenure.domain.errors import InvalidInput
 from tenure.domain.events import KINDS, may_see_event
-from tenure.services.writer import Event
+from tenure.store.writer import Event
 from tenure.watch.hub import Hub, Watcher
 from tenure.watch.selector import Filter, parse_selector
 

@@ -24,8 +24,8 @@ from sqlalchemy import delete, insert, select
 
 from tenure.domain.errors import NotFound
 from tenure.services.runtime import Runtime
-from tenure.services.writer import Batch, Op
 from tenure.store import schema
+from tenure.store.writer import Batch, Op
 
 _A = schema.agent_instances
 _S = schema.agent_state

@@ -7,8 +7,8 @@ that revision) is the only time it re-lists everything; then instances it
 holds that the server no longer has are torn down.
 
 Each instance converges in its own task, one pass at a time (a newer desired
-body during a pass makes one more pass), through the handler of its type
-(:mod:`tenure.handlers`): create = start, modify = reload (stop then start for
+body during a pass makes one more pass), through the driver of its type
+(:mod:`tenure.instance_types`): create = start, modify = reload (stop then start for
 a driver without reload), delete = stop and remove, probe = the recurring
 monitor. The outcome of each generation is reported to the server
 (``active`` with the outputs, ``failed`` with a reason, ``deleted``); a report
@@ -42,8 +42,8 @@ from tenure.agent.state import Local, SyncState
 from tenure.client import AsyncTenureClient, WatchGone
 from tenure.client._errors import TenureAPIError, TenureClientError
 from tenure.domain.errors import TenureError
-from tenure.drivers.base import make_driver
-from tenure.handlers import HandlerType
+from tenure.drivers.registry import make_driver
+from tenure.instance_types import InstanceType
 from tenure.lrm.executor import Lrm
 from tenure.lrm.model import Result
 
@@ -74,21 +74,21 @@ class SyncConfig:
     host: str
     server_url: str
     token: str
-    handlers: dict[str, HandlerType]
+    types: dict[str, InstanceType]
     heartbeat_interval: float = 20.0
     max_restarts: int = 3
 
 
 class SyncLoop:
     def __init__(self, *, host: str, client: AsyncTenureClient, lrm: Lrm, state: SyncState,
-                 handlers: dict[str, HandlerType], heartbeat_interval: float = 20.0, max_restarts: int = 3,
+                 types: dict[str, InstanceType], heartbeat_interval: float = 20.0, max_restarts: int = 3,
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
                  rng: random.Random | None = None) -> None:
         self.host = host
         self.client = client
         self.lrm = lrm
         self.state = state
-        self.handlers = handlers
+        self.types = types
         self.heartbeat_interval = heartbeat_interval
         self.max_restarts = max_restarts
         self.sleep = sleep
@@ -119,14 +119,14 @@ class SyncLoop:
     # ================================================================ lifecycle
 
     def _preload(self) -> None:
-        """Load each handler type's driver now (importing pyroute2 or a handler module takes 0.3 s): not in the
+        """Load each type's driver now (importing pyroute2 or a handler module takes 0.3 s): not in the
         first instance's operation. A driver missing here is said once, at start."""
-        for t in self.handlers.values():
+        for t in self.types.values():
             try:
                 if not make_driver(t.driver, self.lrm.roots, rsctmp=self.lrm.rsctmp).installed():
-                    log.warning("handler driver not installed", extra={"type": t.name, "driver": t.driver})
+                    log.warning("instance type driver not installed", extra={"type": t.name, "driver": t.driver})
             except TenureError as exc:
-                log.warning("handler driver refused", extra={"type": t.name, "driver": t.driver,
+                log.warning("instance type driver refused", extra={"type": t.name, "driver": t.driver,
                                                              "error": exc.message})
 
     async def start(self) -> None:
@@ -153,7 +153,7 @@ class SyncLoop:
         await self.sleep(min(30.0, 0.2 * 2 ** min(attempt, 8)) * (0.5 + self.rng.random()))
 
     async def _register(self) -> None:
-        caps = {"types": sorted(self.handlers)}
+        caps = {"types": sorted(self.types)}
         attempt = 0
         while True:
             try:
@@ -331,9 +331,9 @@ class SyncLoop:
         gen = d["dispatched"]
         if gen < 1 or d.get("resolved") is None or gen < loc.applied:
             return  # pending on the server: nothing to do yet
-        handler = self.handlers.get(d["type"])
-        if handler is None:
-            await self._report(loc, gen, "failed", reason=f"the agent of host {self.host!r} has no handler for "
+        itype = self.types.get(d["type"])
+        if itype is None:
+            await self._report(loc, gen, "failed", reason=f"the agent of host {self.host!r} has no driver for "
                                                           f"type {d['type']!r}")
             return
         res = self._resource(loc)
@@ -347,7 +347,7 @@ class SyncLoop:
             return  # converged: nothing runs (an agent restart changes nothing)
         if loc.applied == gen and loc.reported == (gen, "failed") and loc.restarts >= self.max_restarts:
             return  # given up on this generation until it changes
-        await self._apply(loc, handler, gen, res)
+        await self._apply(loc, itype, gen, res)
 
     def _resource(self, loc: Local) -> dict[str, Any] | None:
         """The LRM resource carrying ``loc`` (its name is fixed: ``i-<id>``, so one added just before a crash is
@@ -359,13 +359,13 @@ class SyncLoop:
         loc.resource = res["name"]
         return res
 
-    async def _params(self, loc: Local, handler: HandlerType) -> dict[str, str]:
+    async def _params(self, loc: Local, itype: InstanceType) -> dict[str, str]:
         d = loc.desired
         assert d is not None
-        params = {**d["resolved"], **handler.properties}  # the operator's properties are not the client's to change
-        for name, ranges in handler.locals.items():
+        params = {**d["resolved"], **itype.properties}  # the operator's properties are not the client's to change
+        for name, ranges in itype.locals.items():
             if name not in loc.locals:  # (not saved here: the claim is by key, so asking again gives the same)
-                loc.locals[name] = await self.state.local_id(f"local.{handler.name}.{name}", ranges, loc.id)
+                loc.locals[name] = await self.state.local_id(f"local.{itype.name}.{name}", ranges, loc.id)
             params[name] = str(loc.locals[name])
         return params
 
@@ -376,22 +376,22 @@ class SyncLoop:
         view = await self.lrm.operation(loc.resource, op["id"], wait=timeout * 2 + 30)
         return view["result"] or {"status": "timeout", "rc": None, "exit_reason": "no result in time"}
 
-    async def _apply(self, loc: Local, handler: HandlerType, gen: int, res: dict[str, Any] | None) -> None:
+    async def _apply(self, loc: Local, itype: InstanceType, gen: int, res: dict[str, Any] | None) -> None:
         d = loc.desired
         assert d is not None
-        timeout = float(d.get("timeout") or handler.timeout)
+        timeout = float(d.get("timeout") or itype.timeout)
         try:
-            params = await self._params(loc, handler)
+            params = await self._params(loc, itype)
         except TenureError as exc:
             await self._report(loc, gen, "failed", reason=f"local IDs: {exc.message}")
             return
         if res is None:
             name = f"i-{loc.id}"
             try:
-                res = await self.lrm.add(name, handler.driver, params=params,
+                res = await self.lrm.add(name, itype.driver, params=params,
                                          labels={"instance": d["name"], "type": d["type"]})
             except TenureError as exc:
-                await self._report(loc, gen, "failed", reason=f"{handler.driver}: {exc.message}")
+                await self._report(loc, gen, "failed", reason=f"{itype.driver}: {exc.message}")
                 return
             loc.resource = name  # (saved with the report: the name is fixed, so a crash before that loses nothing)
         action = "start"
@@ -421,7 +421,7 @@ class SyncLoop:
             try:
                 await self.lrm.update(res["name"], params)
             except TenureError as exc:
-                await self._report(loc, gen, "failed", reason=f"{handler.driver}: {exc.message}")
+                await self._report(loc, gen, "failed", reason=f"{itype.driver}: {exc.message}")
                 return
         result = await self._run_op(loc, action, timeout)
         if result.get("failed") or result.get("status") != "done":
@@ -432,8 +432,8 @@ class SyncLoop:
         loc.outputs = dict(result.get("outputs") or {})
         for name, value in loc.locals.items():
             loc.outputs.setdefault(name, str(value))
-        if handler.monitor > 0:
-            await self.lrm.submit(loc.resource, "monitor", interval=handler.monitor, timeout=timeout)
+        if itype.monitor > 0:
+            await self.lrm.submit(loc.resource, "monitor", interval=itype.monitor, timeout=timeout)
         await self._report(loc, gen, "active", outputs=loc.outputs, result=_brief(result))
 
     async def _teardown(self, loc: Local) -> str | None:
@@ -450,9 +450,9 @@ class SyncLoop:
                 await self.lrm.remove(res["name"])
         loc.resource = None
         type_ = (d or {}).get("type") or loc.type
-        handler = self.handlers.get(type_ or "")
+        itype = self.types.get(type_ or "")
         # Every local ID the type declares (one claimed just before a crash is not in loc.locals yet).
-        for name in sorted({*loc.locals, *(handler.locals if handler else ())}):
+        for name in sorted({*loc.locals, *(itype.locals if itype else ())}):
             await self.state.release_local(f"local.{type_}.{name}", loc.id)
             loc.locals.pop(name, None)
         await self.state.save(loc)

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from tenure.domain import errors as E
 
@@ -39,11 +40,28 @@ class _AsciiJSON(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_response(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                   **details: Any) -> JSONResponse:
-    if status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return _AsciiJSON({"error": {"code": code, "message": message, **details}}, status_code=status, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route serves ``request``'s path with (for a 405's ``Allow``).
+
+    The router's own 405 names the methods of the first route whose path matched, and a path is often
+    served by several routes (``GET`` and ``POST /v1/pools`` are two): ask every route, for each method.
+    """
+    scope = request.scope
+    allowed = []
+    for method in _METHODS:
+        probe = {"type": "http", "method": method, "path": scope["path"], "root_path": scope.get("root_path", ""),
+                 "headers": [], "query_string": b""}
+        if any(route.matches(dict(probe))[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def status_of(exc: E.TenureError) -> int:
@@ -74,9 +92,12 @@ def install(app: FastAPI) -> None:
         return error_response(400, code, message, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)  # 405: Allow
+        response = error_response(exc.status_code, code, str(exc.detail))
+        if exc.status_code == 405:  # HTTP requires Allow on a 405: every method the path is served with
+            response.headers["Allow"] = ", ".join(allowed_methods(request)) or (exc.headers or {}).get("Allow", "")
+        return response
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

@@ -30,7 +30,7 @@ class _LrmCollector(Collector):
     def __init__(self, lrm: Callable[[], Any]) -> None:
         self._lrm = lrm
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         lrm = self._lrm()
         if lrm is None:
             return []
@@ -58,7 +58,7 @@ class _StateCollector(Collector):
         self._runtime = runtime
         self._hub = hub
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         rt = self._runtime()
         if rt is None:
             return []
@@ -72,9 +72,9 @@ class _StateCollector(Collector):
             util.add_metric([v.name], v.used / v.size if v.size else 1.0)
         rev = GaugeMetricFamily("tenure_revision", "Newest committed revision of the event log")
         rev.add_metric([], rt.revision)
-        batches = GaugeMetricFamily("tenure_writer_batches", "Transactions committed by the writer")
+        batches = CounterMetricFamily("tenure_writer_batches", "Transactions committed by the writer")
         batches.add_metric([], rt.writer.batches)
-        commands = GaugeMetricFamily("tenure_writer_commands", "Commands applied by the writer")
+        commands = CounterMetricFamily("tenure_writer_commands", "Commands applied by the writer")
         commands.add_metric([], rt.writer.commands)
         compacted = GaugeMetricFamily("tenure_compacted_revision", "Events at or below this revision are compacted")
         compacted.add_metric([], rt.history.compacted)
@@ -88,15 +88,17 @@ class _StateCollector(Collector):
         out = [size, used, util, rev, batches, commands, compacted, by_state, instances]
         hub = self._hub
         if hub is not None:
+            watchers = GaugeMetricFamily("tenure_watchers", "Open watch streams")
+            watchers.add_metric([], hub.watchers)
+            out.append(watchers)
             for name, doc, value in (
-                ("tenure_watchers", "Open watch streams", hub.watchers),
-                ("tenure_watch_events", "Events dispatched to watchers (counter)", hub.dispatched),
-                ("tenure_watch_deliveries", "Event deliveries to watchers (counter)", hub.delivered),
-                ("tenure_watch_cutoffs", "Watchers cut off for reading too slowly (counter)", hub.cutoffs),
+                ("tenure_watch_events", "Events dispatched to watchers", hub.dispatched),
+                ("tenure_watch_deliveries", "Event deliveries to watchers", hub.delivered),
+                ("tenure_watch_cutoffs", "Watchers cut off for reading too slowly", hub.cutoffs),
             ):
-                g = GaugeMetricFamily(name, doc)
-                g.add_metric([], value)
-                out.append(g)
+                c = CounterMetricFamily(name, doc)
+                c.add_metric([], value)
+                out.append(c)
         return out
 
 

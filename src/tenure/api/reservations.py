@@ -16,10 +16,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ConfigDict, Field, StrictFloat, StrictStr, ValidationError
 
 from tenure.api.routes import NAME_PATTERN, NO_NUL, RT, Auth, Name, StrictModel, int_in
-from tenure.domain.pool import MAX_NAME_LENGTH
+from tenure.domain.names import MAX_NAME_LENGTH
 from tenure.domain.access import require_admin
 from tenure.domain.errors import Conflict, InvalidInput
-from tenure.domain.reservation import MAX_LABELS, MAX_REQUEST_ID, MAX_VIA, STATES
+from tenure.domain.reservation import MAX_LABELS, MAX_REQUEST_ID, MAX_VIA, STATES, ReservationRequest
 from tenure.domain.topology import MAX_LABELS as TOPOLOGY_LABELS
 from tenure.domain.topology import MAX_LINKS, MAX_NODES, NODE_KINDS
 from tenure.domain.units import MAX_RATE
@@ -198,10 +198,10 @@ def _with_alarms(body: dict[str, Any], alarms: list[dict[str, Any]]) -> dict[str
 @router.post("/reservations", status_code=201, tags=["reservations"])
 async def create_reservation(body: ReservationCreate, request: Request, response: Response, rt: RT,
                              who: Auth) -> dict[str, Any]:
-    raw = body.model_dump(exclude_none=True)
     counter = request.app.state.metrics.reservations
     try:
-        res, created, alarms = await rt.arun(rt.reservations.create_op(raw, principal=who))
+        wanted = ReservationRequest.parse(body.model_dump(exclude_none=True))  # the rules beyond the body's shape
+        res, created, alarms = await rt.arun(rt.reservations.create_op(wanted, principal=who))
     except Conflict as exc:
         counter.labels(exc.code if exc.code in REFUSALS else "conflict").inc()
         raise
@@ -288,7 +288,7 @@ def _parse_topology(raw: bytes, ctype: str) -> Topology:
 
 @router.get("/topology", tags=["topology"])
 def get_topology(rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.topology_body()
+    return rt.topology.body()
 
 
 @router.put("/topology", tags=["topology"],
@@ -300,44 +300,44 @@ async def put_topology(request: Request, rt: RT, who: Auth) -> dict[str, Any]:
     require_admin(who, "changing the topology")
     raw = await request.body()
     topo = await run_in_threadpool(_parse_topology, raw, request.headers.get("content-type", ""))
-    return await rt.arun(rt.reservations.set_topology_op(topo, principal=who))
+    return await rt.arun(rt.topology.set_topology_op(topo, principal=who))
 
 
 @router.get("/topology/nodes/{node_id}", tags=["topology"])
 def get_node(node_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.node(node_id).doc()
+    return rt.topology.node(node_id).doc()
 
 
 @router.put("/topology/nodes/{node_id}", tags=["topology"])
 async def put_node(node_id: Annotated[str, Path(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)], body: NodeBody,
                    rt: RT, who: Auth) -> dict[str, Any]:
     node = parse_node(_with_id("node", node_id, body.model_dump(exclude_none=True)), f"node {node_id}")
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.put_node(node), principal=who))
 
 
 @router.delete("/topology/nodes/{node_id}", tags=["topology"])
 async def delete_node(node_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.delete_node(node_id), principal=who))
 
 
 @router.get("/topology/links/{link_id}", tags=["topology"])
 def get_link(link_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.link(link_id).doc()
+    return rt.topology.link(link_id).doc()
 
 
 @router.put("/topology/links/{link_id}", tags=["topology"])
 async def put_link(link_id: Annotated[str, Path(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)], body: LinkBody,
                    rt: RT, who: Auth) -> dict[str, Any]:
     link = parse_link(_with_id("link", link_id, body.model_dump(exclude_none=True)), f"link {link_id}")
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.put_link(link), principal=who))
 
 
 @router.delete("/topology/links/{link_id}", tags=["topology"])
 async def delete_link(link_id: str, rt: RT, who: Auth) -> dict[str, Any]:
-    svc = rt.reservations
+    svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.delete_link(link_id), principal=who))
 
 
@@ -355,20 +355,20 @@ async def link_usage(
 
 @router.get("/limits", tags=["limits"])
 def list_limits(rt: RT, who: Auth) -> dict[str, Any]:
-    return {"limits": [lim.body() for lim in rt.reservations.list_limits(principal=who)], "revision": rt.revision}
+    return {"limits": [lim.body() for lim in rt.topology.list_limits(principal=who)], "revision": rt.revision}
 
 
 @router.get("/limits/{project}", tags=["limits"])
 def get_limit(project: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return rt.reservations.get_limit(project, principal=who).body()
+    return rt.topology.get_limit(project, principal=who).body()
 
 
 @router.put("/limits/{project}", tags=["limits"])
 async def set_limit(project: Annotated[str, Path(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)], body: LimitSet, rt: RT, who: Auth) -> dict[str, Any]:
-    op = rt.reservations.set_limit_op(project, max_bps=body.max, share=body.share, principal=who)
+    op = rt.topology.set_limit_op(project, max_bps=body.max, share=body.share, principal=who)
     return (await rt.arun(op)).body()
 
 
 @router.delete("/limits/{project}", tags=["limits"])
 async def delete_limit(project: str, rt: RT, who: Auth) -> dict[str, Any]:
-    return (await rt.arun(rt.reservations.delete_limit_op(project, principal=who))).body()
+    return (await rt.arun(rt.topology.delete_limit_op(project, principal=who))).body()

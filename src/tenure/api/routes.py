@@ -17,7 +17,7 @@ from tenure.api.auth import authenticate
 from tenure.domain.access import Principal
 from tenure.domain.errors import InvalidInput, TenureError
 from tenure.domain.idspace import MAX_VALUE
-from tenure.domain.pool import MAX_KEY_LENGTH, MAX_NAME_LENGTH
+from tenure.domain.names import MAX_KEY_LENGTH, MAX_NAME_LENGTH
 from tenure.services.allocator import MAX_BULK, MAX_PAGE
 from tenure.services.runtime import Runtime
 

@@ -30,7 +30,7 @@ from tenure.api.routes import Auth
 from tenure.domain.access import Principal
 from tenure.domain.errors import Forbidden, InvalidInput, TenureError, Unavailable
 from tenure.domain.events import implied_scope, may_see_event
-from tenure.watch.history import PAGE, History, Row
+from tenure.store.history import PAGE, History, Row
 from tenure.watch.hub import (
     Hub,
     Item,
@@ -59,15 +59,19 @@ class _Stuck(Exception):
     """A write to the client did not complete in time: end without another write."""
 
 
-def parse_since(raw: str | None, current: int, history: History) -> int | None:
-    if raw is None:
-        return None
+def _revision(raw: str, name: str) -> int:
     text = raw.strip()
     if not _REVISION.fullmatch(text):  # ASCII digits only: "²" is a digit to str.isdigit, not to int()
-        raise InvalidInput(f"since must be a revision (an integer >= 0), got {raw[:40]!r}", code="invalid_since")
-    since = int(text)
+        raise InvalidInput(f"{name} must be a revision (an integer >= 0), got {raw[:40]!r}", code="invalid_since")
+    return int(text)
+
+
+def parse_since(raw: str | None, current: int, history: History, name: str = "since") -> int | None:
+    if raw is None:
+        return None
+    since = _revision(raw, name)
     if since > current:
-        raise InvalidInput(f"since={since} is in the future: the newest revision is {current}", code="invalid_since",
+        raise InvalidInput(f"{name}={since} is in the future: the newest revision is {current}", code="invalid_since",
                            revision=current)
     if since < history.floor:
         raise history.gone(since)
@@ -120,12 +124,19 @@ def prepare(state: Any, principal: Principal, scope: Scope) -> WatchStream:
     if since is not None and initial:
         raise InvalidInput("initial=true lists the current objects; it cannot be combined with since",
                            code="invalid_since")
-    if since is None:
-        for name, value in scope.get("headers", ()):
-            if name == b"last-event-id":
-                since = value.decode("latin-1")
-                initial = False  # an EventSource reconnecting (same URL): resume, do not list again
-    start = parse_since(since, rt.revision, rt.history)
+    last_id = None
+    for name, value in scope.get("headers", ()):
+        if name == b"last-event-id":
+            last_id = value.decode("latin-1")
+    if last_id is None:
+        start = parse_since(since, rt.revision, rt.history)
+    else:
+        # An EventSource reconnecting: the same URL (since= or initial=true included) plus the last id it
+        # received. Resume from that id; neither replay from the URL's since again nor list again.
+        if since is not None:
+            _revision(since, "since")  # still well formed; its value was the first connection's
+        start = parse_since(last_id, rt.revision, rt.history, "Last-Event-ID")
+        initial = False
     hub: Hub = state.hub
     if not hub.can_open():
         raise Unavailable("too many open watches on this server; retry later", code="too_many_watchers")
@@ -153,7 +164,8 @@ _PARAMS = [
     {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
     {"name": "initial", "in": "query", "schema": {"type": "boolean", "default": False}},
     {"name": "bookmarks", "in": "query", "schema": {"type": "boolean", "default": True}},
-    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0},
+     "description": "resume after this revision (an EventSource reconnecting); wins over since and initial"},
 ]
 
 

@@ -11,9 +11,11 @@ import uvicorn
 from rich.console import Console
 
 from tenure import logs
-from tenure.api.app import LrmConfig, Server, ServerConfig, create_app
+from tenure.agent.daemon import AgentConfig, create_agent_app
+from tenure.api.app import Server, ServerConfig, create_app
 from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
+from tenure.services.examples import ensure_examples
 from tenure.services.runtime import Settings
 
 
@@ -77,9 +79,9 @@ def serve(
     log_level: str,
     settings: Settings | None = None,
     watch_dispatch: str = "index",
-    lrm: LrmConfig | None = None,
+    agent: AgentConfig | None = None,
 ) -> None:
-    """Serve until interrupted: the server, or with ``lrm`` a host agent (same store, tokens and watch)."""
+    """Serve until interrupted: the server, or with ``agent`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,7 @@ def serve(
     sock, url = bind(listen)  # first, so port 0 works and the printed URL is the real one
     write_server_info(data_dir, url)
     console = Console(stderr=True)
-    what = "agent" if lrm is not None else "serving"
+    what = "agent" if agent is not None else "serving"
     console.print(f"[bold]Tenure[/] {what} on [cyan]{url}[/] (store: {db_url})")
     console.print(f"admin token: [cyan]{data_dir / ADMIN_TOKEN_FILE}[/] (written on first start, mode 0600)")
     failure: list[BaseException] = []
@@ -97,8 +99,9 @@ def serve(
         server.should_exit = True
 
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
-    app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop,
-                                  settings=settings or Settings(), watch_mode=watch_dispatch, lrm=lrm))
+    config = ServerConfig(db_url=db_url, data_dir=data_dir, seed=ensure_examples if example else None,
+                          on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch)
+    app = create_app(config) if agent is None else create_agent_app(config, agent)
     server = _server_for(app)
     server.run(sockets=[sock])
     if failure:

@@ -13,7 +13,8 @@ The public names are re-exported here; the modules behind them are private.
 from __future__ import annotations
 
 from tenure.client._async import AsyncTenureClient
-from tenure.client._client import MAX_PAGE, TenureClient, segment
+from tenure.client._base import MAX_PAGE, segment
+from tenure.client._client import TenureClient
 from tenure.client._errors import TenureAPIError, TenureClientError, TenureConfigError, TenureConnectionError
 from tenure.client._locate import Target, locate
 from tenure.client._watch import AsyncWatch, Backoff, Watch, WatchEvent, WatchGone

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
+#: A base URL of this form (``unix:/run/tenure/agent.sock``) talks HTTP over a Unix socket.
+UNIX_PREFIX = "unix:"
+
 
 class TenureClientError(Exception):
     """Base of every error the client raises: a stable ``code`` and a one-line ``message``."""
@@ -56,3 +61,46 @@ class TenureAPIError(TenureClientError):
 
     def __repr__(self) -> str:
         return f"TenureAPIError(status={self.status}, code={self.code!r}, message={self.message!r})"
+
+
+# ------------------------------------------------------------ answers and failures
+
+
+def api_error(response: httpx.Response) -> TenureAPIError:
+    """The server's ``{"error": {...}}`` as an exception; something sensible for any other body."""
+    try:
+        body = response.json()["error"]
+        details = {k: v for k, v in body.items() if k not in ("code", "message")}
+        return TenureAPIError(response.status_code, str(body["code"]), str(body["message"]), details)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        text = response.text.strip()[:200] or response.reason_phrase
+        return TenureAPIError(response.status_code, f"http_{response.status_code}", text)
+
+
+def transport_error(base_url: str, timeout: float | None, exc: Exception) -> TenureClientError:
+    """An httpx failure to reach ``base_url`` (or to hear from it in time) as a client error."""
+    if isinstance(exc, httpx.TimeoutException):
+        return TenureConnectionError(base_url, f"no answer within {timeout:g}s" if timeout else "timed out")
+    if isinstance(exc, httpx.ConnectError):
+        which = "tenure agent" if base_url.startswith(UNIX_PREFIX) else "tenure serve"
+        return TenureConnectionError(base_url, f"{str(exc) or 'connection failed'} (is `{which}` running there?)")
+    if isinstance(exc, httpx.InvalidURL):
+        return TenureConfigError(f"invalid server URL {base_url!r}: {exc}")
+    return TenureConnectionError(base_url, str(exc) or type(exc).__name__)
+
+
+def decode(response: httpx.Response) -> Any:
+    """The answer's JSON; ``invalid_response`` if it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        raise TenureAPIError(
+            response.status_code, "invalid_response", f"the server's answer is not JSON: {response.text[:200]!r}"
+        ) from None
+
+
+def created(response: httpx.Response) -> dict[str, Any]:
+    """A POST answered 201 (new) or 200 (already there): the JSON plus ``created``."""
+    if response.is_error:
+        raise api_error(response)
+    return {**decode(response), "created": response.status_code == 201}

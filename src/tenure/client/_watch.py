@@ -51,7 +51,7 @@ from typing import Any, Self
 
 import httpx
 
-from tenure.client._errors import TenureAPIError, TenureClientError, TenureConnectionError
+from tenure.client._errors import TenureAPIError, TenureClientError, TenureConnectionError, api_error
 
 #: The read timeout of a watch request: longer than the server's bookmark interval (10 s), which doubles
 #: as the keep-alive, so a silent stream means a dead connection.
@@ -403,10 +403,7 @@ class WatchSession:
                 self._resync = False
                 return [RESYNC]
             return []
-        # Imported late: _client imports this module.
-        from tenure.client._client import _api_error
-
-        error = _api_error(response)
+        error = api_error(response)
         if status == 410:
             raise WatchGone.from_error(error)
         if status >= 500:

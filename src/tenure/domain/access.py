@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tenure.domain.errors import Forbidden, InvalidInput
-from tenure.domain.pool import validate_name
+from tenure.domain.names import validate_name
 
 ROLES = ("admin", "agent", "member")
 

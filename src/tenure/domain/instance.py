@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenure.domain.errors import InvalidInput
-from tenure.domain.pool import validate_key, validate_name, validate_text
+from tenure.domain.names import validate_key, validate_name, validate_text
 from tenure.domain.units import iso
 
 PENDING, PROVISIONING, ACTIVE, DELETING, DELETED, FAILED = (

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenure.domain.errors import InvalidInput
-from tenure.domain.pool import validate_name, validate_text
-from tenure.domain.units import iso
+from tenure.domain.names import validate_name, validate_text
+from tenure.domain.units import iso, parse_rate
 
 KINDS = ("bandwidth", "oneway", "steering", "mirror")
 PENDING, ACTIVE, EXPIRED, CANCELLED, DEGRADED = "pending", "active", "expired", "cancelled", "degraded"
@@ -197,6 +197,100 @@ def request_hash(raw: Mapping[str, Any]) -> str:
     canon = json.dumps({k: v for k, v in raw.items() if k != "request_id" and v is not None},
                        sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+Instant = str | int | float  # ISO 8601 with a zone, Unix seconds, "now" or "+30m": resolved against a clock
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    """A reservation as a client asks for it, checked once, when it is made (:meth:`parse`).
+
+    Everything that depends neither on the state nor on the clock: the kind and its endpoints (a
+    mirror's collector is its ``dst``), middleboxes, rates as whole bit/s, the match, labels, the
+    request id and the path mode. The window stays as given (``now``, ``+30m``): it is resolved
+    against the clock when the request is admitted. ``sent`` is the request as sent, which a retry
+    with the same ``request_id`` must repeat (:func:`request_hash`).
+    """
+
+    kind: str
+    src: str
+    dst: str
+    rate_out: int
+    rate_in: int
+    start: Instant
+    end: Instant
+    via: tuple[str, ...] = ()
+    port: str | None = None
+    match: Match = Match()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    project: str | None = None  # as asked: a member's token decides its own
+    request_id: str | None = None
+    path_mode: str = "shortest"
+    sent: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> ReservationRequest:
+        """The request of a JSON object (the API's body, or a library caller's dict); InvalidInput says what is
+        wrong, before anything is looked up or booked."""
+        kind = raw.get("kind")
+        if kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", code="invalid_kind")
+        project = raw.get("project")
+        if project is not None:
+            validate_name(project, what="project")
+        src = raw.get("src")
+        dst = raw.get("collector") if kind == "mirror" else raw.get("dst")
+        if kind == "mirror" and raw.get("dst") is not None:
+            raise InvalidInput("a mirror has a collector, not a dst", code="invalid_request")
+        for name, value in (("src", src), ("collector" if kind == "mirror" else "dst", dst)):
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"{name} must name a node", code="invalid_endpoint")
+            validate_name(value, what=name)
+        assert isinstance(src, str) and isinstance(dst, str)
+        if src == dst:
+            raise InvalidInput(f"src and {'collector' if kind == 'mirror' else 'dst'} are the same node {src!r}",
+                               code="same_endpoints")
+        via_raw = raw.get("via") or ()
+        if not isinstance(via_raw, list | tuple):
+            raise InvalidInput("via must be a list of middleboxes", code="invalid_via")
+        via = tuple(via_raw)
+        for node in via:
+            validate_name(node, what="via")
+        if kind == "steering":
+            if not via or len(via) > MAX_VIA or len(set(via)) != len(via):
+                raise InvalidInput(f"steering needs via: 1 to {MAX_VIA} distinct middleboxes", code="invalid_via")
+            if src in via or dst in via:
+                raise InvalidInput("via must not repeat src or dst", code="invalid_via")
+        elif via:
+            raise InvalidInput("via is only for steering", code="invalid_via")
+        port = raw.get("port")
+        if port is not None:
+            validate_name(port, what="port")
+            if kind != "mirror":
+                raise InvalidInput("port is only for mirror", code="invalid_port")
+        if raw.get("rate") is not None and raw.get("rate_out") is not None:
+            raise InvalidInput("give rate or rate_out, not both", code="invalid_rate")
+        rate_out = parse_rate(raw.get("rate_out", raw.get("rate")), what="rate_out")
+        if kind == "bandwidth":
+            rate_in = rate_out if raw.get("rate_in") is None else parse_rate(raw["rate_in"], what="rate_in",
+                                                                             allow_zero=True)
+        elif raw.get("rate_in") not in (None, 0):
+            raise InvalidInput(f"a {kind} reservation has one rate (rate_out); rate_in is for bandwidth",
+                               code="invalid_rate")
+        else:
+            rate_in = 0
+        match = validate_match(protocol=raw.get("protocol"), src_port=raw.get("src_port"),
+                               dst_port=raw.get("dst_port"), dscp=raw.get("dscp"))
+        mode = raw.get("path_mode") or "shortest"
+        if mode not in PATH_MODES:
+            raise InvalidInput(f"path_mode must be one of {', '.join(PATH_MODES)}", code="invalid_path_mode")
+        start, end = raw.get("start", "now"), raw.get("end")  # checked when resolved against the clock
+        if start is None or end is None:
+            raise InvalidInput("start and end are required", code="invalid_window")
+        return cls(kind=kind, src=src, dst=dst, rate_out=rate_out, rate_in=rate_in, start=start, end=end, via=via,
+                   port=port, match=match, labels=validate_labels(raw.get("labels")), project=project,
+                   request_id=validate_request_id(raw.get("request_id")), path_mode=mode, sent=dict(raw))
 
 
 def plan_legs(*, kind: str, src: str, dst: str, via: tuple[str, ...], rate_out: int, rate_in: int,

@@ -26,8 +26,8 @@ from fractions import Fraction
 from typing import Any
 
 from tenure.domain.errors import InvalidInput
+from tenure.domain.names import validate_name
 from tenure.domain.paths import Graph, PathFinder
-from tenure.domain.pool import validate_name
 from tenure.domain.units import parse_rate, parse_share, share_text
 
 NODE_KINDS = ("host", "switch", "middlebox", "gateway")

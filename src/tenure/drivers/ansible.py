@@ -66,12 +66,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tenure.clock import LoopClock
+from tenure.domain.driverspec import DriverSpec
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.base import Driver, RunOutcome, RunRequest, check_action, fmt_seconds, with_outputs
 from tenure.drivers.ocf import BASE_ENV, EXIT_REASON_MAX, MetaData, check_params, normalize_rc
 from tenure.drivers.process import ProcessResult, run_process
-from tenure.drivers.spec import DriverRoots, DriverSpec, inside
-from tenure.lrm.clock import LoopClock
+from tenure.drivers.spec import DriverRoots, inside
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,12 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
+from tenure.clock import LoopClock
+from tenure.domain.driverspec import DriverSpec
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.ocf import EXIT_REASON_MAX, MetaData
-from tenure.drivers.spec import DriverRoots, DriverSpec, parse_spec
-from tenure.lrm.clock import LoopClock
 
 EXEC_STATUSES = ("done", "cancelled", "timeout", "not_installed", "not_supported", "error")
 
@@ -151,35 +150,3 @@ class Driver(ABC):
     async def run(self, req: RunRequest, clock: LoopClock,
                   on_spawn: Callable[[int], None] | None = None) -> RunOutcome:
         """Run one operation to its outcome (see the module docstring for what raises)."""
-
-
-def make_driver(spec: str | DriverSpec, roots: DriverRoots, *, rsctmp: Path) -> Driver:
-    """The driver for ``spec``; ``InvalidInput(code="invalid_driver")`` for a bad spec or a disallowed module.
-
-    ``rsctmp`` is the agents' state directory (``HA_RSCTMP``); it is created with
-    mode 0755 when first needed.
-    """
-    # Imported here: the driver classes build on this module.
-    from tenure.drivers.ansible import AnsibleDriver
-    from tenure.drivers.classes import ExecDriver, LsbDriver, OcfDriver
-    from tenure.drivers.pydriver import PythonDriver
-
-    if isinstance(spec, str):
-        spec = parse_spec(spec)
-    elif not isinstance(spec, DriverSpec):
-        raise InvalidInput(f"invalid driver {spec!r}", code="invalid_driver", driver=str(spec))
-    if spec.cls == "ocf":
-        return OcfDriver(spec, roots=roots, rsctmp=rsctmp)
-    if spec.cls == "lsb":
-        return LsbDriver(spec, roots=roots, rsctmp=rsctmp)
-    if spec.cls == "exec":
-        return ExecDriver(spec, roots=roots, rsctmp=rsctmp)
-    if spec.cls == "ansible":
-        return AnsibleDriver(spec, roots=roots)
-    assert spec.provider is not None
-    if not roots.python_allowed(spec.provider):
-        raise InvalidInput(
-            f"invalid driver {spec.text!r}: python drivers must live in "
-            f"{', '.join(roots.python_packages) or '(no package is configured)'}",
-            code="invalid_driver", driver=spec.text)
-    return PythonDriver(spec, roots=roots)

@@ -41,6 +41,8 @@ from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tenure.clock import LoopClock
+from tenure.domain.driverspec import DriverSpec
 from tenure.domain.errors import InvalidInput
 from tenure.drivers.base import Driver, RunOutcome, RunRequest, check_action, fmt_seconds, with_outputs
 from tenure.drivers.ocf import (
@@ -57,8 +59,7 @@ from tenure.drivers.ocf import (
     parse_meta_data,
 )
 from tenure.drivers.process import ProcessResult, run_process
-from tenure.drivers.spec import DriverRoots, DriverSpec, inside
-from tenure.lrm.clock import LoopClock
+from tenure.drivers.spec import DriverRoots, inside
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tenure.domain.driverspec import DriverSpec
 from tenure.domain.errors import InvalidInput
-from tenure.drivers.spec import DriverSpec
 
 # --- exit codes --------------------------------------------------------------------------------
 

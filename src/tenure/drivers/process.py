@@ -33,7 +33,7 @@ fork/exec asyncio does, synchronously) and watching descriptors with
 ``loop.add_reader`` leaves no such window: from the fork to the arming of every
 watcher nothing awaits.
 
-Time comes from a :class:`~tenure.lrm.clock.LoopClock`, so tests move it by hand.
+Time comes from a :class:`~tenure.clock.LoopClock`, so tests move it by hand.
 Waiting for processes that are not our children to die uses pidfds as well: an
 event to await rather than a condition to poll.
 """
@@ -54,8 +54,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tenure.clock import LoopClock, Timer
 from tenure.domain.errors import InvalidInput
-from tenure.lrm.clock import LoopClock, Timer
 
 log = logging.getLogger(__name__)
 

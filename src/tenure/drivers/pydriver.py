@@ -49,6 +49,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenure.clock import LoopClock
+from tenure.domain.driverspec import DriverSpec
 from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, check_action, fmt_seconds, with_outputs
 from tenure.drivers.ocf import (
     EXIT_REASON_MAX,
@@ -59,8 +61,7 @@ from tenure.drivers.ocf import (
     normalize_rc,
     parse_meta_data,
 )
-from tenure.drivers.spec import DriverRoots, DriverSpec
-from tenure.lrm.clock import LoopClock
+from tenure.drivers.spec import DriverRoots
 
 META_DATA_TIMEOUT = 5.0
 TRACEBACK_TAIL = 8 * 1024  # characters of traceback kept in stderr

@@ -25,7 +25,7 @@ policy-free: it runs what it is asked, and reports.
   recurring operations resume ``interval`` after the probe. Nothing is started or
   stopped.
 
-Time is a :class:`~tenure.lrm.clock.LoopClock`, so tests move it by hand. All
+Time is a :class:`~tenure.clock.LoopClock`, so tests move it by hand. All
 methods run on the event loop; durable changes go through :class:`LrmStore`.
 """
 
@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tenure.clock import LoopClock, Timer
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError, Unavailable
-from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest, make_driver
+from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest
 from tenure.drivers.ocf import MetaData
+from tenure.drivers.registry import make_driver
 from tenure.drivers.spec import DriverRoots
-from tenure.lrm.clock import LoopClock, Timer
 from tenure.lrm.model import (
     MAX_INTERVAL,
     MAX_TIMEOUT,

@@ -25,8 +25,8 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from tenure.lrm.model import Recurring, Result
 from tenure.services.runtime import Runtime
-from tenure.services.writer import Batch, Op
 from tenure.store import schema
+from tenure.store.writer import Batch, Op
 
 HISTORY_PER_INSTANCE = 200  # results kept per instance (oldest dropped first)
 STORED_OUTPUT = 4096  # characters of stdout and stderr kept per result in the history (64 KiB in memory)

@@ -11,8 +11,8 @@ registration brings them ``up`` again. Each transition is an event of kind
 Silence is measured from ``max(last_seen, restored_at)``: an agent is not
 marked down merely because the server itself was down for a while.
 
-As in the allocator, the writer thread owns the working map (changed inside a
-command, with undo steps) and readers see a map published after each commit.
+The agents are a :class:`~tenure.store.writer.Published` map: the writer thread
+changes it inside commands, readers see it as of the last commit.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 
+from tenure.clock import Clock, utcnow
 from tenure.domain.access import ADMIN, Principal, require_admin
 from tenure.domain.errors import Forbidden, InvalidInput, NotFound
 from tenure.domain.events import KINDS
-from tenure.domain.pool import validate_name, validate_text
-from tenure.services.writer import Batch, Clock, Op, Writer, utcnow
+from tenure.domain.names import validate_name, validate_text
 from tenure.store import schema
+from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.agents")
 
@@ -187,8 +188,9 @@ class AgentService:
         self.clock = clock
         self.down_after = timedelta(seconds=down_after)
         self.restored_at = clock()  # silence is counted from here at the earliest
-        self._agents: dict[str, AgentInfo] = {}  # owned by the writer thread
-        self._views: dict[str, AgentInfo] = {}  # committed state, replaced after each commit; read by anyone
+        self._map: Published[str, AgentInfo] = Published()
+        self._agents = self._map.working  # the writer thread's
+        self._views = self._map.view  # as of the last commit; read by anyone
         # Called inside a registration's command, as fn(batch, host): what waits for an agent on the host.
         self.on_registered: list[Callable[[Batch, str], None]] = []
 
@@ -198,36 +200,10 @@ class AgentService:
 
     def load(self, conn: Connection) -> None:
         for row in conn.execute(select(schema.agents)):
-            info = _from_row(row)
-            self._agents[row.host] = info
-            self._views[row.host] = info
+            self._map.load(row.host, _from_row(row))
         self.restored_at = self.clock()
 
     # ------------------------------------------------------------- helpers
-
-    def _set(self, batch: Batch, info: AgentInfo | None, host: str) -> None:
-        """Change the working map (undone if the command or the commit fails), publish after the commit."""
-        before = self._agents.get(host)
-
-        def undo() -> None:
-            if before is None:
-                self._agents.pop(host, None)
-            else:
-                self._agents[host] = before
-
-        if info is None:
-            self._agents.pop(host, None)
-        else:
-            self._agents[host] = info
-        batch.on_undo(undo)
-        batch.on_commit_once(("agent", host), lambda: self._publish(host))
-
-    def _publish(self, host: str) -> None:
-        info = self._agents.get(host)
-        if info is None:
-            self._views.pop(host, None)
-        else:
-            self._views[host] = info
 
     def _silent_since(self, info: AgentInfo) -> datetime:
         return max(info.last_seen, self.restored_at)
@@ -255,7 +231,7 @@ class AgentService:
             if old is None:
                 info = AgentInfo(host, kinds_, version_, caps, UP, batch.now, batch.now, batch.next_revision())
                 batch.write(schema.agents.insert(), info.row())
-                self._set(batch, info, host)
+                self._map.put(batch, host, info)
                 batch.emit("agent", host, "created", _labels(host), info.body())
                 _log_on_commit(batch, "agent registered", host=host, version=version_)
                 for fn in self.on_registered:
@@ -264,13 +240,13 @@ class AgentService:
             if old.state == UP and old.same_registration(kinds_, version_, caps):
                 info = replace(old, last_seen=batch.now)
                 batch.write(UPDATE_SEEN, {"b_host": host, "b_last_seen": batch.now})
-                self._set(batch, info, host)
+                self._map.put(batch, host, info)
                 return info, False
             info = AgentInfo(host, kinds_, version_, caps, UP, old.registered_at, batch.now, batch.next_revision())
             row = info.row()
             del row["host"], row["registered_at"]
             batch.write(update(schema.agents).where(schema.agents.c.host == host).values(**row), {})
-            self._set(batch, info, host)
+            self._map.put(batch, host, info)
             batch.emit("agent", host, "updated", _labels(host), info.body())
             if old.state == DOWN:
                 _log_on_commit(batch, "agent up", host=host)
@@ -292,7 +268,7 @@ class AgentService:
             if old.state == UP:
                 info = replace(old, last_seen=batch.now)
                 batch.write(UPDATE_SEEN, {"b_host": host, "b_last_seen": batch.now})
-                self._set(batch, info, host)
+                self._map.put(batch, host, info)
                 return info
             info = replace(old, state=UP, last_seen=batch.now, revision=batch.next_revision())
             batch.write(
@@ -301,7 +277,7 @@ class AgentService:
                 .values(state=UP, last_seen=batch.now, revision=info.revision),
                 {},
             )
-            self._set(batch, info, host)
+            self._map.put(batch, host, info)
             batch.emit("agent", host, "updated", _labels(host), info.body())
             _log_on_commit(batch, "agent up", host=host)
             return info
@@ -317,7 +293,7 @@ class AgentService:
                 raise _not_found(host)
             removed = replace(old, revision=batch.next_revision())
             batch.write(delete(schema.agents).where(schema.agents.c.host == host), {})
-            self._set(batch, None, host)
+            self._map.put(batch, host, None)
             batch.emit("agent", host, "deleted", _labels(host), removed.body())
             _log_on_commit(batch, "agent removed", host=host)
             return removed
@@ -344,7 +320,7 @@ class AgentService:
                     .values(state=DOWN, revision=info.revision),
                     {},
                 )
-                self._set(batch, info, host)
+                self._map.put(batch, host, info)
                 batch.emit("agent", host, "updated", _labels(host), info.body())
                 _log_on_commit(batch, "agent down", host=host, last_seen=old.last_seen.isoformat())
                 marked.append(info)

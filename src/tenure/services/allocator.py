@@ -1,6 +1,6 @@
 """The allocator service: pools and claims, durable, one command per transaction.
 
-Writes go through the :class:`~tenure.services.writer.Writer`: each command
+Writes go through the :class:`~tenure.store.writer.Writer`: each command
 validates against the in-memory :class:`~tenure.domain.pool.Pool`, changes it,
 and records its row writes and events; the caller is answered after the group
 commit. Reads of claims go to the store, so a reader only ever sees committed
@@ -26,10 +26,11 @@ from sqlalchemy import Connection, and_, bindparam, func, select, update
 from tenure.domain.access import ADMIN, Principal, claim_scope, may_see_claim, may_use_pool, require_admin
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tenure.domain.idspace import MAX_VALUE, IdSpace
-from tenure.domain.pool import Claim, ClaimOutcome, Pool, validate_key
-from tenure.services.writer import Batch, Op, Writer
+from tenure.domain.names import validate_key
+from tenure.domain.pool import Claim, ClaimOutcome, Pool
 from tenure.store import schema
 from tenure.store.rawinsert import RawInsert
+from tenure.store.writer import Batch, Op, Writer
 
 log = logging.getLogger("tenure.allocator")
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from tenure.clock import Clock, utcnow
 from tenure.domain.access import ADMIN, Principal
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tenure.domain.instance import (
@@ -72,12 +73,12 @@ from tenure.domain.instance import (
     validate_reason,
     validate_type,
 )
-from tenure.domain.pool import validate_name
+from tenure.domain.names import validate_name
 from tenure.domain.reservation import validate_labels
 from tenure.domain.units import US, to_us
 from tenure.services.scheduler import Scheduler
-from tenure.services.writer import Batch, Clock, Op, Writer, utcnow
 from tenure.store import schema
+from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.instances")
 
@@ -163,14 +164,14 @@ class InstanceService:
         self._claim_value = claim_value
         self._has_agent = has_agent or (lambda host: False)
         self.report_grace = report_grace
-        # Owned by the writer thread.
-        self._inst: dict[str, Instance] = {}
+        self._map: Published[str, Instance] = Published(on_swap=self._reindex, on_publish=self._arm)
+        self._inst = self._map.working  # the writer thread's
+        self._views = self._map.view  # as of the last commit; read by anyone
+        # Indexes of the working map, kept in step by _reindex.
         self._names: dict[tuple[str, str], str] = {}  # (scope, name) -> id
         self._dependents: dict[tuple[str, str], set[str]] = {}  # (scope, name depended on) -> ids
         self._by_host: dict[str, set[str]] = {}
         self._by_owner: dict[str, set[str]] = {}  # "reservation:<id>" -> ids of the instances it owns
-        # Published after each commit.
-        self._views: dict[str, Instance] = {}
         self.scheduler = Scheduler(now_us=self.now_us, run=self._run_due)
 
     def now_us(self) -> int:
@@ -181,11 +182,9 @@ class InstanceService:
     def load(self, conn: Connection) -> None:
         for r in conn.execute(select(_I.body).order_by(_I.revision)):
             inst = _from_body(json.loads(r.body))
-            self._index(inst, add=True)
-            self._inst[inst.id] = inst
+            self._map.load(inst.id, inst)
             if inst.deadline is not None:
                 self.scheduler.arm(inst.deadline, inst.id)
-        self._views = dict(self._inst)
 
     # ================================================================ bookkeeping
 
@@ -215,32 +214,18 @@ class InstanceService:
                 if not ids:
                     del self._dependents[(scope, d)]
 
-    def _put(self, batch: Batch, inst: Instance | None, iid: str) -> None:
-        before = self._inst.get(iid)
+    def _reindex(self, old: Instance | None, new: Instance | None) -> None:
+        if old is not None:
+            self._index(old, add=False)
+        if new is not None:
+            self._index(new, add=True)
 
-        def swap(old: Instance | None, new: Instance | None) -> None:
-            if old is not None:
-                self._index(old, add=False)
-                del self._inst[iid]
-            if new is not None:
-                self._index(new, add=True)
-                self._inst[iid] = new
-
-        swap(before, inst)
-        batch.on_undo(lambda: swap(inst, before))
-        batch.on_commit_once(("instance", iid), lambda: self._publish(iid))
-
-    def _publish(self, iid: str) -> None:
-        inst = self._inst.get(iid)
-        if inst is None:
-            self._views.pop(iid, None)
+    def _arm(self, iid: str, inst: Instance | None) -> None:
+        """Once a change commits: the instance's deadline in the scheduler (none without one)."""
+        if inst is None or inst.deadline is None:
             self.scheduler.disarm(iid)
-            return
-        self._views[iid] = inst
-        if inst.deadline is not None:
-            self.scheduler.arm(inst.deadline, iid)
         else:
-            self.scheduler.disarm(iid)
+            self.scheduler.arm(inst.deadline, iid)
 
     def _row(self, inst: Instance) -> dict[str, Any]:
         return {"id": inst.id, "scope": _scope(inst.project), "name": inst.name, "host": inst.host,
@@ -259,7 +244,7 @@ class InstanceService:
                                       "b_body": json.dumps(inst.body(), ensure_ascii=False),
                                       "b_revision": inst.revision})
         batch.emit("instance", inst.id, op, inst.event_labels(), inst.body())
-        self._put(batch, None if op == "deleted" else inst, inst.id)
+        self._map.put(batch, inst.id, None if op == "deleted" else inst)
         if op != "created" and log.isEnabledFor(logging.INFO):
             batch.on_commit(lambda: log.info("instance %s", inst.state, extra={
                 "instance": inst.id, "instance_name": inst.name, "host": inst.host, "reason": inst.reason}))

@@ -1,4 +1,4 @@
-"""The reservation service: topology, limits and reservations as writer commands.
+"""The reservation service: reservations as writer commands (the topology and limits: :mod:`.topology`).
 
 Every change is one writer command (DESIGN.md invariants 1 and 2): the
 admission check against the ledgers and the booking that consumes the capacity
@@ -8,13 +8,13 @@ the caller is answered after the commit. A refused command unbooks whatever it
 booked before it raises; a failed commit runs the undo steps, so the ledgers
 never run ahead of the store.
 
-The writer thread owns the working state (``_res``, the
-:class:`~tenure.domain.capacity.Capacity`, limits); readers see views
-published after each commit. Reads that need the ledgers (link usage, path
+The writer thread owns the working state (the reservations, the
+:class:`~tenure.domain.capacity.Capacity` with the ledgers); readers see the
+reservations as of the last commit. Reads that need the ledgers (link usage, path
 queries) run as read-only commands, so they see one consistent state.
 
-Restart: the topology, limits and every reservation not yet purged are loaded;
-the ledgers are rebuilt from the *stored paths* (not re-routed), so usage after
+Restart: once the topology and limits are loaded, every reservation not yet
+purged is; the ledgers are rebuilt from the *stored paths* (not re-routed), so usage after
 a restart is identical; every reservation's next instant is re-armed in the
 :class:`~tenure.services.scheduler.Scheduler`, and the runtime applies the
 overdue transitions before it reports ready.
@@ -33,42 +33,38 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from tenure.domain.access import ADMIN, Principal, require_admin
+from tenure.clock import Clock, utcnow
+from tenure.domain.access import ADMIN, Principal
 from tenure.domain.capacity import Capacity, Limit
-from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, TenureError
-from tenure.domain.pool import validate_name
+from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tenure.domain.names import validate_name
 from tenure.domain.reservation import (
     ACTIVE,
     CANCELLED,
-    DEGRADED,
     ENDED,
     EXPIRED,
-    KINDS,
     LIVE,
-    MAX_VIA,
     PATH_MODES,
     PENDING,
     STATES,
     Leg,
     Match,
     Reservation,
+    ReservationRequest,
     plan_legs,
     request_hash,
     time_state,
     validate_labels,
-    validate_match,
-    validate_request_id,
 )
-from tenure.domain.topology import Link, Node, Topology, empty_topology
-from tenure.domain.units import US, iso, parse_instant, parse_rate, parse_share, to_us
+from tenure.domain.topology import Topology, empty_topology
+from tenure.domain.units import US, iso, parse_instant, parse_rate, to_us
 from tenure.services.scheduler import Scheduler
-from tenure.services.writer import Batch, Clock, Op, Writer, utcnow
 from tenure.store import schema
+from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.reservations")
 
@@ -109,11 +105,6 @@ def _from_body(body: Mapping[str, Any], request_hash_: str | None, seq: int = 0)
     )
 
 
-def _limit_from_row(row: Any) -> Limit:
-    share = Fraction(row.share) if row.share is not None else None
-    return Limit(row.project, row.max_bps, share, row.revision, to_us(row.updated_at))
-
-
 def may_see(p: Principal, project: str | None, src: str, dst: str) -> bool:
     """Admins see all; a member its project's reservations; an agent those that begin or end at its host."""
     if p.is_admin:
@@ -129,29 +120,26 @@ def _may_change(p: Principal, action: str) -> None:
         raise Forbidden(f"{action} needs an admin or member token; this token is an {p.describe()}")
 
 
-def _unrouted(legs: Sequence[Leg]) -> tuple[Leg, ...]:
+def unrouted(legs: Sequence[Leg]) -> tuple[Leg, ...]:
     return tuple(Leg(leg.name, leg.src, leg.dst, leg.rate) for leg in legs)
 
 
 class ReservationService:
     def __init__(self, *, writer: Writer, clock: Clock = utcnow, horizon: float = 366 * 86400.0,
-                 retention: float = 7 * 86400.0, start_grace: float = 300.0) -> None:
+                 retention: float = 7 * 86400.0, start_grace: float = 300.0,
+                 limits: dict[str, Limit] | None = None) -> None:
         self.writer = writer
         self.clock = clock
         self.horizon = int(horizon * US)
         self.retention = int(retention * US)
         self.grace = int(start_grace * US)
-        self.limits: dict[str, Limit] = {}  # writer-owned, shared with the Capacity
-        self.cap = Capacity(empty_topology(), self.limits)
-        self._topology_revision = 0
-        self._topology_updated = 0
-        self._res: dict[str, Reservation] = {}  # writer-owned; in admission order
+        self.limits: dict[str, Limit] = limits if limits is not None else {}  # the topology service's
+        self.cap = Capacity(empty_topology(), self.limits)  # the ledgers; the topology service swaps it on a change
+        self._map: Published[str, Reservation] = Published(on_publish=self._arm)
+        self._res = self._map.working  # the writer thread's; in admission order
+        self._views = self._map.view  # as of the last commit; read by anyone
         self._next_seq = 1  # admission order; also the list cursor
         self._requests: dict[tuple[str, str], str] = {}
-        # Published after each commit; read by anyone.
-        self._views: dict[str, Reservation] = {}
-        self._limit_views: dict[str, Limit] = {}
-        self._topology_view: tuple[Topology, int, int] = (self.cap.topology, 0, 0)
         self.scheduler = Scheduler(now_us=self.now_us, run=self._run_due)
         # Called inside each reservation's change, as fn(batch, reservation): e.g. its shapers on the hosts.
         self.listeners: list[Callable[[Batch, Reservation], None]] = []
@@ -161,55 +149,30 @@ class ReservationService:
 
     # ================================================================ restore
 
-    def load(self, conn: Connection) -> None:
-        row = conn.execute(select(schema.topology)).first()
-        if row is not None:
-            topo = Topology.parse(json.loads(row.doc))
-            self._topology_revision, self._topology_updated = row.revision, to_us(row.updated_at)
-        else:
-            topo = empty_topology()
-        for lr in conn.execute(select(schema.limits)):
-            self.limits[lr.project] = _limit_from_row(lr)
-        self.cap = Capacity(topo, self.limits)
+    def load(self, conn: Connection, topology: Topology) -> None:
+        """Every stored reservation, booked on ``topology`` (loaded first, with the limits) from its stored paths."""
+        self.cap = Capacity(topology, self.limits)
         for r in conn.execute(select(_R.id, _R.seq, _R.request_hash, _R.body).order_by(_R.seq)):
             res = _from_body(json.loads(r.body), r.request_hash, r.seq)
-            self._res[res.id] = res
+            self._map.load(res.id, res)
             self._next_seq = max(self._next_seq, r.seq + 1)
             if res.request_id is not None:
                 self._requests[(res.project or "", res.request_id)] = res.id
             self.scheduler.arm(res.next_due(self.retention), res.id)
         self.cap.load((r.legs, r.start, r.end, r.project) for r in self._res.values() if r.holds_capacity)
-        self._views = dict(self._res)
-        self._limit_views = dict(self.limits)
-        self._topology_view = (topo, self._topology_revision, self._topology_updated)
+
+    def in_admission_order(self) -> list[Reservation]:
+        """Every reservation the writer knows (writer thread), oldest admission first."""
+        return list(self._res.values())
 
     # ================================================================ helpers
 
-    def _put(self, batch: Batch, res: Reservation | None, rid: str) -> None:
-        """Change the working map (undone if the command or commit fails); publish and arm after the commit."""
-        before = self._res.get(rid)
-
-        def undo() -> None:
-            if before is None:
-                self._res.pop(rid, None)
-            else:
-                self._res[rid] = before
-
+    def _arm(self, rid: str, res: Reservation | None) -> None:
+        """Once a change commits: the reservation's next instant in the scheduler (none once it is gone)."""
         if res is None:
-            self._res.pop(rid, None)
-        else:
-            self._res[rid] = res
-        batch.on_undo(undo)
-        batch.on_commit_once(("reservation", rid), lambda: self._publish(rid))
-
-    def _publish(self, rid: str) -> None:
-        res = self._res.get(rid)
-        if res is None:
-            self._views.pop(rid, None)
             self.scheduler.disarm(rid)
-            return
-        self._views[rid] = res
-        self.scheduler.arm(res.next_due(self.retention), rid)
+        else:
+            self.scheduler.arm(res.next_due(self.retention), rid)
 
     def _book(self, batch: Batch, legs: Sequence[Leg], res: Reservation, sign: int = 1) -> None:
         """Book (or release) ``legs`` for ``res``'s window, undone with the command."""
@@ -232,7 +195,7 @@ class ReservationService:
         batch.write(UPDATE_RES, {"b_id": res.id, "b_state": res.state, "b_start": res.start, "b_end": res.end,
                                  "b_body": json.dumps(res.body(), ensure_ascii=False), "b_revision": res.revision})
 
-    def _changed(self, batch: Batch, res: Reservation, op: str = "updated") -> Reservation:
+    def record(self, batch: Batch, res: Reservation, op: str = "updated") -> Reservation:
         """Stamp ``res`` with this change's revision, write it, emit its event, and put it in the map."""
         res = replace(res, revision=batch.next_revision(), updated_at=to_us(batch.now))
         if op == "created":
@@ -240,7 +203,7 @@ class ReservationService:
         else:
             self._write_update(batch, res)
         batch.emit("reservation", res.id, op, res.event_labels(), res.body())
-        self._put(batch, res, res.id)
+        self._map.put(batch, res.id, res)
         for fn in self.listeners:
             fn(batch, res)
         return res
@@ -282,7 +245,7 @@ class ReservationService:
         far = links[0].b if links[0].a == src else links[0].a
         return far
 
-    def _plan(self, res: Reservation) -> tuple[Leg, ...]:
+    def plan(self, res: Reservation) -> tuple[Leg, ...]:
         """The unrouted legs of ``res`` on the current topology (InvalidInput if an endpoint is gone)."""
         topo = self.cap.topology
         for node in (res.src, res.dst, *res.via):
@@ -306,7 +269,7 @@ class ReservationService:
         transit = topo.graph.transit  # a node that became a host is no longer a way through
         return all(ends[a][1] == ends[b][0] and transit[ends[a][1]] for a, b in zip(hops, hops[1:], strict=False))
 
-    def _admit(self, batch: Batch, planned: Sequence[Leg], res: Reservation, now: int, *,
+    def admit(self, batch: Batch, planned: Sequence[Leg], res: Reservation, now: int, *,
                prior: Sequence[Leg] = (), limits: bool = True) -> tuple[Leg, ...]:
         """Route and book every leg over ``res``'s window (a prior path first, if it still fits).
 
@@ -354,76 +317,31 @@ class ReservationService:
         hops = [h for leg in res.legs for h in (topo.hops_of(list(leg.hops)) or [])]
         alarms = self.cap.alarms(sorted(set(hops)), max(res.start, to_us(batch.now)), res.end)
         if alarms:
-            _log_on_commit(batch, "link above its alarm threshold", level=logging.WARNING, reservation=res.id,
+            log_on_commit(batch, "link above its alarm threshold", level=logging.WARNING, reservation=res.id,
                            links=",".join(a["link"] for a in alarms))
         return alarms
 
     # ================================================================ reservations
 
-    def create_op(self, raw: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
-        """Returns ``(reservation, created, alarms)``; created is False for an idempotent retry."""
+    def create_op(self, request: ReservationRequest, *, principal: Principal = ADMIN) -> Op:
+        """Returns ``(reservation, created, alarms)``; created is False for an idempotent retry.
+
+        ``request`` is checked already (:meth:`ReservationRequest.parse`); here: who may ask, for which
+        project, and the window against the clock."""
         p = principal
         _may_change(p, "making reservations")
-        project = raw.get("project")
+        project = request.project
         if p.role == "member":
             if project is not None and project != p.project:
                 raise Forbidden(f"a {p.describe()} may reserve only for its own project")
             project = p.project
-        elif project is not None:
-            validate_name(project, what="project")
-        kind = raw.get("kind")
-        if kind not in KINDS:
-            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", code="invalid_kind")
-        src = raw.get("src")
-        dst = raw.get("collector") if kind == "mirror" else raw.get("dst")
-        if kind == "mirror" and raw.get("dst") is not None:
-            raise InvalidInput("a mirror has a collector, not a dst", code="invalid_request")
-        for name, value in (("src", src), ("collector" if kind == "mirror" else "dst", dst)):
-            if not isinstance(value, str) or not value:
-                raise InvalidInput(f"{name} must name a node", code="invalid_endpoint")
-            validate_name(value, what=name)
-        if src == dst:
-            raise InvalidInput(f"src and {'collector' if kind == 'mirror' else 'dst'} are the same node {src!r}",
-                               code="same_endpoints")
-        via = tuple(raw.get("via") or ())
-        for node in via:
-            validate_name(node, what="via")
-        if kind == "steering":
-            if not via or len(via) > MAX_VIA or len(set(via)) != len(via) or not all(isinstance(v, str) for v in via):
-                raise InvalidInput(f"steering needs via: 1 to {MAX_VIA} distinct middleboxes", code="invalid_via")
-            if src in via or dst in via:
-                raise InvalidInput("via must not repeat src or dst", code="invalid_via")
-        elif via:
-            raise InvalidInput("via is only for steering", code="invalid_via")
-        port = raw.get("port")
-        if port is not None:
-            validate_name(port, what="port")
-        if port is not None and kind != "mirror":
-            raise InvalidInput("port is only for mirror", code="invalid_port")
-        rate_out = parse_rate(raw.get("rate_out", raw.get("rate")), what="rate_out")
-        if raw.get("rate") is not None and raw.get("rate_out") is not None:
-            raise InvalidInput("give rate or rate_out, not both", code="invalid_rate")
-        if kind == "bandwidth":
-            rate_in = rate_out if raw.get("rate_in") is None else parse_rate(raw["rate_in"], what="rate_in",
-                                                                                 allow_zero=True)
-        elif raw.get("rate_in") not in (None, 0):
-            raise InvalidInput(f"a {kind} reservation has one rate (rate_out); rate_in is for bandwidth",
-                               code="invalid_rate")
-        else:
-            rate_in = 0
-        match = validate_match(protocol=raw.get("protocol"), src_port=raw.get("src_port"),
-                               dst_port=raw.get("dst_port"), dscp=raw.get("dscp"))
-        labels = validate_labels(raw.get("labels"))
-        request_id = validate_request_id(raw.get("request_id"))
-        mode = raw.get("path_mode") or "shortest"
-        if mode not in PATH_MODES:
-            raise InvalidInput(f"path_mode must be one of {', '.join(PATH_MODES)}", code="invalid_path_mode")
-        if raw.get("start") is None or raw.get("end") is None:
-            raise InvalidInput("start and end are required", code="invalid_window")
+        kind, src, dst, via, port = request.kind, request.src, request.dst, request.via, request.port
+        rate_out, rate_in, match, labels = request.rate_out, request.rate_in, request.match, dict(request.labels)
+        request_id, mode = request.request_id, request.path_mode
         now = self.now_us()
-        start = parse_instant(raw["start"], now=now, what="start")
-        end = parse_instant(raw["end"], now=now, what="end")
-        digest = request_hash({**raw, "project": project})
+        start = parse_instant(request.start, now=now, what="start")
+        end = parse_instant(request.end, now=now, what="end")
+        digest = request_hash({**request.sent, "project": project})
         owner = p.token_id
 
         def apply(batch: Batch) -> tuple[Reservation, bool, list[dict[str, Any]]]:
@@ -444,7 +362,7 @@ class ReservationService:
                 state=time_state(w_start, w_end, bnow), legs=(), labels=labels, path_mode=mode,
                 request_id=request_id, request_hash=digest, created_at=bnow, updated_at=bnow,
             )
-            legs = self._admit(batch, self._plan(res), res, bnow)
+            legs = self.admit(batch, self.plan(res), res, bnow)
             seq = self._next_seq
             self._next_seq += 1
 
@@ -456,8 +374,8 @@ class ReservationService:
                 key = (project or "", request_id)
                 self._requests[key] = rid
                 batch.on_undo(lambda: self._requests.pop(key, None))
-            res = self._changed(batch, replace(res, legs=legs, seq=seq), "created")
-            _log_on_commit(batch, "reservation admitted", reservation=rid, kind=kind, project=project,
+            res = self.record(batch, replace(res, legs=legs, seq=seq), "created")
+            log_on_commit(batch, "reservation admitted", reservation=rid, kind=kind, project=project,
                            src=src, dst=dst, rate=rate_out)
             return res, True, self._alarms(batch, res)
 
@@ -505,9 +423,9 @@ class ReservationService:
             # books the old one again (the writer runs this command's undo steps): all or nothing.
             if old.holds_capacity:
                 self._book(batch, old.legs, old, -1)
-            legs = self._admit(batch, self._plan(new), new, bnow, prior=old.legs)
-            new = self._changed(batch, replace(new, legs=legs, state=time_state(new_start, new_end, bnow)))
-            _log_on_commit(batch, "reservation modified", reservation=rid)
+            legs = self.admit(batch, self.plan(new), new, bnow, prior=old.legs)
+            new = self.record(batch, replace(new, legs=legs, state=time_state(new_start, new_end, bnow)))
+            log_on_commit(batch, "reservation modified", reservation=rid)
             return new, self._alarms(batch, new)
 
         return Op(apply)
@@ -524,8 +442,8 @@ class ReservationService:
                 raise Conflict(f"reservation {rid} has expired", code="reservation_ended", state=old.state)
             if old.holds_capacity:
                 self._book(batch, old.legs, old, -1)
-            new = self._changed(batch, replace(old, state=CANCELLED, ended_at=to_us(batch.now)))
-            _log_on_commit(batch, "reservation cancelled", reservation=rid)
+            new = self.record(batch, replace(old, state=CANCELLED, ended_at=to_us(batch.now)))
+            log_on_commit(batch, "reservation cancelled", reservation=rid)
             return new
 
         return Op(apply)
@@ -561,11 +479,11 @@ class ReservationService:
                         self._purge(batch, res)
                     continue
                 if res.state == PENDING and res.start <= now < res.end:
-                    changed.append(self._changed(batch, replace(res, state=ACTIVE)))
+                    changed.append(self.record(batch, replace(res, state=ACTIVE)))
                 elif res.state in LIVE and now >= res.end:
                     if res.holds_capacity:
                         self._book(batch, res.legs, res, -1)
-                    changed.append(self._changed(batch, replace(res, state=EXPIRED, ended_at=res.end)))
+                    changed.append(self.record(batch, replace(res, state=EXPIRED, ended_at=res.end)))
             return changed
 
         return Op(apply)
@@ -578,201 +496,7 @@ class ReservationService:
             key = (res.project or "", res.request_id)
             self._requests.pop(key, None)
             batch.on_undo(lambda: self._requests.__setitem__(key, res.id))
-        self._put(batch, None, res.id)
-
-    # ================================================================ topology
-
-    def set_topology_op(self, topology: Topology, *, principal: Principal = ADMIN) -> Op:
-        """Replace the whole topology; re-check every live reservation on it."""
-        require_admin(principal, "changing the topology")
-        return Op(lambda batch: self._change_topology(batch, topology))
-
-    def edit_topology_op(self, edit: Callable[[Topology], Topology], *, principal: Principal = ADMIN) -> Op:
-        """One node or link changed (``edit`` builds the new topology from the current one, in the writer)."""
-        require_admin(principal, "changing the topology")
-        return Op(lambda batch: self._change_topology(batch, edit(self.cap.topology)))
-
-    def put_node(self, node: Node) -> Callable[[Topology], Topology]:
-        return lambda t: t.with_node(node)
-
-    def delete_node(self, node_id: str) -> Callable[[Topology], Topology]:
-        def edit(t: Topology) -> Topology:
-            if node_id not in t.nodes:
-                raise NotFound(f"no node {node_id!r}", code="node_not_found", node=node_id)
-            links = t.links_of(node_id)
-            if links:
-                raise Conflict(f"node {node_id!r} still has links; delete them first", code="node_in_use",
-                               links=links)
-            return t.without_node(node_id)
-        return edit
-
-    def put_link(self, link: Link) -> Callable[[Topology], Topology]:
-        return lambda t: t.with_link(link)
-
-    def delete_link(self, link_id: str) -> Callable[[Topology], Topology]:
-        def edit(t: Topology) -> Topology:
-            if link_id not in t.links:
-                raise NotFound(f"no link {link_id!r}", code="link_not_found", link=link_id)
-            return t.without_link(link_id)
-        return edit
-
-    def _change_topology(self, batch: Batch, topo: Topology) -> dict[str, Any]:
-        """Swap in ``topo`` and re-check what the change touches, oldest first.
-
-        Hops whose link, ends and capacity are unchanged keep their ledgers (carried over, shared until the
-        commit), and so do the reservations that use only such hops: a link going down costs what that link
-        carried. Every other live reservation (on a changed or removed hop, with an endpoint gone or changed,
-        or degraded) is re-admitted: on its old path if that still fits, else on a new one, else it becomes
-        ``degraded`` (holding nothing). Undone as a whole by putting the old Capacity back.
-        """
-        now = to_us(batch.now)
-        old_cap = self.cap
-        unchanged = topo.unchanged_hops(old_cap.topology)
-        cap = Capacity.carried_over(topo, old_cap, unchanged)
-        self.cap = cap
-
-        def undo() -> None:
-            self.cap = old_cap
-
-        batch.on_undo(undo)
-        batch.on_commit(cap.release_shared)
-        changed = set(old_cap.topology.hop_index) - unchanged  # hops removed or changed (few, usually)
-        old_nodes = old_cap.topology.nodes
-        moved = {n for n, node in old_nodes.items() if n not in topo.nodes or topo.nodes[n].kind != node.kind}
-        moved |= set(topo.nodes) - set(old_nodes)
-
-        def touched(res: Reservation) -> bool:  # per reservation: a few C-level set look-ups
-            if moved and not moved.isdisjoint((res.src, res.dst, *res.via)):
-                return True
-            return any(not changed.isdisjoint(leg.hops) for leg in res.legs)
-
-        outcome: dict[str, Any] = {"kept": 0, "rerouted": [], "degraded": [], "restored": []}
-        index = topo.hop_index
-        for res in list(self._res.values()):
-            if res.state not in LIVE:
-                continue
-            if res.state != DEGRADED and not touched(res):
-                outcome["kept"] += res.end > now
-                continue
-            if res.holds_capacity:  # release what was carried over for it
-                for leg in res.legs:
-                    cap.unbook([index[k] for k in leg.hops if k in unchanged], res.start, res.end, leg.rate,
-                               res.project)
-            if res.end <= now:  # due to expire: keep its booking (where its links remain) until the scheduler
-                if res.holds_capacity:
-                    cap.book_legs(res.legs, res.start, res.end, res.project)
-                continue
-            try:
-                legs = self._admit(batch, self._plan(res), res, now,
-                                   prior=res.legs if res.holds_capacity else (), limits=False)
-            except TenureError as exc:
-                if res.state != DEGRADED:
-                    self._changed(batch, replace(res, state=DEGRADED, legs=_unrouted(res.legs),
-                                                 reason=f"topology change: {exc.message}"))
-                    outcome["degraded"].append(res.id)
-                continue
-            if res.state == DEGRADED:
-                self._changed(batch, replace(res, legs=legs, state=time_state(res.start, res.end, now), reason=None))
-                outcome["restored"].append(res.id)
-            elif legs != res.legs:
-                self._changed(batch, replace(res, legs=legs, reason="re-routed after a topology change"))
-                outcome["rerouted"].append(res.id)
-            else:
-                outcome["kept"] += 1
-        revision = batch.next_revision()
-        values = {"doc": json.dumps(topo.doc(), ensure_ascii=False), "updated_at": batch.now, "revision": revision}
-        if self._topology_revision == 0:
-            batch.write(insert(schema.topology), {"id": 1, **values})
-        else:
-            batch.write(update(schema.topology).where(schema.topology.c.id == 1).values(**values), {})
-        old_meta = (self._topology_revision, self._topology_updated)
-        self._topology_revision, self._topology_updated = revision, now
-
-        def undo_meta() -> None:
-            self._topology_revision, self._topology_updated = old_meta
-
-        batch.on_undo(undo_meta)
-        body = self._topology_body(topo, revision, now)
-        batch.emit("topology", "topology", "updated" if old_meta[0] else "created", {}, body)
-        batch.on_commit_once("topology", self._publish_topology)
-        if outcome["degraded"]:
-            _log_on_commit(batch, "reservations degraded by a topology change", level=logging.WARNING,
-                           count=len(outcome["degraded"]))
-        _log_on_commit(batch, "topology changed", level=logging.INFO, nodes=len(topo.nodes), links=len(topo.links),
-                       kept=outcome["kept"], rerouted=len(outcome["rerouted"]), restored=len(outcome["restored"]))
-        return {**body, "recheck": outcome}
-
-    def _publish_topology(self) -> None:
-        self._topology_view = (self.cap.topology, self._topology_revision, self._topology_updated)
-
-    @staticmethod
-    def _topology_body(topo: Topology, revision: int, updated: int) -> dict[str, Any]:
-        return {**topo.doc(), "revision": revision, "updated_at": iso(updated) if revision else None}
-
-    # ================================================================ limits
-
-    def set_limit_op(self, project: str, *, max_bps: object = None, share: object = None,
-                     principal: Principal = ADMIN) -> Op:
-        require_admin(principal, "setting limits")
-        validate_name(project, what="project")
-        if (max_bps is None) == (share is None):
-            raise InvalidInput("a limit is either max (bit/s) or share (of each link's capacity)",
-                               code="invalid_limit")
-        m = parse_rate(max_bps, what="max") if max_bps is not None else None
-        s = parse_share(share, what="share") if share is not None else None
-        if s is not None and s == 0:
-            raise InvalidInput("share must be more than 0", code="invalid_limit")
-
-        def apply(batch: Batch) -> Limit:
-            old = self.limits.get(project)
-            limit = Limit(project, m, s, batch.next_revision(), to_us(batch.now))
-            row = {"max_bps": m, "share": str(s) if s is not None else None, "updated_at": batch.now,
-                   "revision": limit.revision}
-            if old is None:
-                batch.write(insert(schema.limits), {"project": project, **row})
-            else:
-                batch.write(update(schema.limits).where(schema.limits.c.project == project).values(**row), {})
-            self._set_limit(batch, project, limit)
-            batch.emit("limit", project, "created" if old is None else "updated", {"project": project},
-                       limit.body())
-            return limit
-
-        return Op(apply)
-
-    def delete_limit_op(self, project: str, *, principal: Principal = ADMIN) -> Op:
-        require_admin(principal, "removing limits")
-
-        def apply(batch: Batch) -> Limit:
-            old = self.limits.get(project)
-            if old is None:
-                raise NotFound(f"project {project!r} has no limit", code="limit_not_found", project=project)
-            batch.write(delete(schema.limits).where(schema.limits.c.project == project), {})
-            self._set_limit(batch, project, None)
-            gone = replace(old, revision=batch.next_revision())
-            batch.emit("limit", project, "deleted", {"project": project}, gone.body())
-            return gone
-
-        return Op(apply)
-
-    def _set_limit(self, batch: Batch, project: str, limit: Limit | None) -> None:
-        before = self.limits.get(project)
-
-        def put(value: Limit | None) -> None:
-            if value is None:
-                self.limits.pop(project, None)
-            else:
-                self.limits[project] = value
-
-        put(limit)
-        batch.on_undo(lambda: put(before))
-        batch.on_commit_once(("limit", project), lambda: self._publish_limit(project))
-
-    def _publish_limit(self, project: str) -> None:
-        limit = self.limits.get(project)
-        if limit is None:
-            self._limit_views.pop(project, None)
-        else:
-            self._limit_views[project] = limit
+        self._map.put(batch, res.id, None)
 
     # ================================================================ reads
 
@@ -811,38 +535,6 @@ class ReservationService:
         for r in list(self._views.values()):
             counts[r.state] += 1
         return counts
-
-    def topology_body(self) -> dict[str, Any]:
-        topo, revision, updated = self._topology_view
-        return self._topology_body(topo, revision, updated)
-
-    @property
-    def topology(self) -> Topology:
-        return self._topology_view[0]
-
-    def node(self, node_id: str) -> Node:
-        node = self.topology.nodes.get(node_id)
-        if node is None:
-            raise NotFound(f"no node {node_id!r}", code="node_not_found", node=node_id)
-        return node
-
-    def link(self, link_id: str) -> Link:
-        link = self.topology.links.get(link_id)
-        if link is None:
-            raise NotFound(f"no link {link_id!r}", code="link_not_found", link=link_id)
-        return link
-
-    def list_limits(self, *, principal: Principal = ADMIN) -> list[Limit]:
-        views = sorted(self._limit_views.values(), key=lambda lim: lim.project)
-        if principal.is_admin:
-            return views
-        return [lim for lim in views if principal.role == "member" and lim.project == principal.project]
-
-    def get_limit(self, project: str, *, principal: Principal = ADMIN) -> Limit:
-        limit = self._limit_views.get(project)
-        if limit is None or not (principal.is_admin or (principal.role == "member" and principal.project == project)):
-            raise NotFound(f"project {project!r} has no limit", code="limit_not_found", project=project)
-        return limit
 
     def usage_op(self, link_id: str, *, start: object = None, end: object = None) -> Op:
         """A link's usage steps per direction (read-only command: consistent with the ledgers)."""
@@ -914,24 +606,9 @@ class ReservationService:
             res = _from_body(body, r.request_hash)
             yield res.id, res.event_labels(), body
 
-    def list_topology_at(self, conn: Connection, pins: Mapping[str, frozenset[str]]
-                         ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
-        row = conn.execute(select(schema.topology)).first()
-        if row is not None:
-            yield "topology", {}, {**json.loads(row.doc), "revision": row.revision,
-                                   "updated_at": iso(to_us(row.updated_at))}
-
-    def list_limits_at(self, conn: Connection, pins: Mapping[str, frozenset[str]]
-                       ) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
-        q = select(schema.limits).order_by(schema.limits.c.project)
-        if "project" in pins:
-            q = q.where(schema.limits.c.project.in_(sorted(pins["project"])))
-        for lr in conn.execute(q).all():
-            yield lr.project, {"project": lr.project}, _limit_from_row(lr).body()
-
-
-def _log_on_commit(batch: Batch, msg: str, *, level: int = logging.DEBUG, **fields: Any) -> None:
+def log_on_commit(batch: Batch, msg: str, *, level: int = logging.DEBUG, logger: logging.Logger = log,
+                  **fields: Any) -> None:
     """Log a change once committed: each reservation's at debug (like claims), the rest at the level given."""
-    if log.isEnabledFor(level):
-        batch.on_commit(lambda: log.log(level, msg, extra=fields))
+    if logger.isEnabledFor(level):
+        batch.on_commit(lambda: logger.log(level, msg, extra=fields))
 

@@ -20,8 +20,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tenure.clock import Clock, utcnow
 from tenure.config import Settings
+from tenure.domain.capacity import Limit
 from tenure.domain.errors import Unavailable
+from tenure.instance_types import load_instance_types
 from tenure.services.agents import AgentService
 from tenure.services.allocator import AllocatorService
 from tenure.services.instances import InstanceService
@@ -29,10 +32,11 @@ from tenure.services.periodic import Periodic
 from tenure.services.reservations import ReservationService
 from tenure.services.shaping import sync_shapers
 from tenure.services.tokens import TokenService
-from tenure.services.writer import Clock, Op, Writer, utcnow
+from tenure.services.topology import TopologyService
 from tenure.store import schema
 from tenure.store.engine import acquire_owner_lock, make_engine, migrate
-from tenure.watch.history import History
+from tenure.store.history import History
+from tenure.store.writer import Op, Published, Writer
 
 log = logging.getLogger("tenure.runtime")
 
@@ -79,13 +83,15 @@ class Runtime:
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
                 self.tokens = TokenService(writer=self.writer)
                 self.agents = AgentService(writer=self.writer, clock=clock, down_after=self.settings.agent_down_after)
+                limits: Published[str, Limit] = Published()
                 self.reservations = ReservationService(
                     writer=self.writer, clock=clock, horizon=self.settings.reservation_horizon,
-                    retention=self.settings.reservation_retention, start_grace=self.settings.reservation_start_grace)
+                    retention=self.settings.reservation_retention, start_grace=self.settings.reservation_start_grace,
+                    limits=limits.working)
+                self.topology = TopologyService(writer=self.writer, reservations=self.reservations, limits=limits)
                 types = self.settings.instance_types
                 if types is None:
-                    from tenure.handlers import load_handlers
-                    types = {t.name: t.timeout for t in load_handlers(None).values()}
+                    types = {t.name: t.timeout for t in load_instance_types(None).values()}
                 self.instances = InstanceService(
                     writer=self.writer, clock=clock, types=types, claim_value=self.allocator.claimed_value,
                     has_agent=self.agents.registered, report_grace=self.settings.instance_report_grace)
@@ -99,11 +105,11 @@ class Runtime:
                 self.history.listers.update(pool=self.allocator.list_pools_at, claim=self.allocator.list_claims_at,
                                             token=self.tokens.list_at, agent=self.agents.list_at,
                                             reservation=self.reservations.list_reservations_at,
-                                            topology=self.reservations.list_topology_at,
-                                            limit=self.reservations.list_limits_at,
+                                            topology=self.topology.list_topology_at,
+                                            limit=self.topology.list_limits_at,
                                             instance=self.instances.list_at)
                 self.agents.load(conn)
-                self.reservations.load(conn)
+                self.reservations.load(conn, self.topology.load(conn))
                 self.instances.load(conn)
         except BaseException:
             self._lock.release()

@@ -24,7 +24,7 @@ from typing import Any
 from tenure.domain.reservation import ACTIVE, Reservation
 from tenure.domain.topology import Topology
 from tenure.services.instances import InstanceService
-from tenure.services.writer import Batch
+from tenure.store.writer import Batch
 
 SHAPER_TYPE = "bandwidth"
 SHAPED_KINDS = frozenset({"bandwidth", "oneway", "steering"})

@@ -19,9 +19,9 @@ from sqlalchemy import Connection, select, update
 
 from tenure.domain.access import ADMIN, Principal, check_scope, require_admin
 from tenure.domain.errors import NotFound, Unauthorized
-from tenure.domain.pool import validate_text
-from tenure.services.writer import Batch, Op, Writer
+from tenure.domain.names import validate_text
 from tenure.store import schema
+from tenure.store.writer import Batch, Op, Writer
 
 TOKEN_PREFIX = "tnr_"
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from tenure.domain.access import Principal
 from tenure.domain.events import may_see_event
-from tenure.services.writer import Event
+from tenure.store.writer import Event
 from tenure.watch.selector import Filter, IndexKey, event_keys
 
 log = logging.getLogger("tenure.watch")
@@ -43,7 +43,16 @@ SEND_TIMEOUT = 30.0  # a write blocked this long on a reader that does not read 
 MAX_SNAPSHOTS = 4  # initial listings reading the store at once (each holds a connection and a transaction)
 
 
+# JSON holds U+2028, U+2029 and U+0085 raw inside strings. SSE ends lines at CR and LF only, but a client that
+# splits on Unicode line breaks (str.splitlines, some JavaScript) would cut the frame there: send them escaped,
+# which is the same JSON.
+_UNICODE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+
+
 def sse_frame(revision: int | None, event: str, data: str) -> bytes:
+    """One SSE frame; ``data`` is one line of JSON (every frame of the watch is built here)."""
+    if not data.isascii():  # O(1) in CPython: the common case pays nothing
+        data = data.translate(_UNICODE_BREAKS)
     head = f"id: {revision}\n" if revision is not None else ""
     return f"{head}event: {event}\ndata: {data}\n\n".encode()
 

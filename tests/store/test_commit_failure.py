@@ -54,7 +54,7 @@ class FailRowsWithKey:
 
 
 def test_one_bad_command_does_not_fail_the_others_in_its_batch(db_url):
-    from tests.services.test_writer import writer_held
+    from tests.store.test_writer import writer_held
 
     with Allocator.open(db_url) as ids:
         ids.create_pool("p", ranges=[[1, 100]])

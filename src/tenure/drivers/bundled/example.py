@@ -1,4 +1,4 @@
-"""``python:tenure.drivers.handlers.example:Memory``: a resource that exists only in memory.
+"""``python:tenure.drivers.bundled.example:Memory``: a resource that exists only in memory.
 
 The smallest complete handler: it shows the shape of one (methods named after
 actions, taking ``params`` and a :class:`~tenure.drivers.pydriver.HandlerContext`,

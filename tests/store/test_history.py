@@ -86,7 +86,7 @@ def test_compaction_survives_a_restart(db_url: str, clock: Clock) -> None:
 
 
 def test_large_compaction_goes_in_chunks(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tenure.watch.history.CHUNK", 7)
+    monkeypatch.setattr("tenure.store.history.CHUNK", 7)
     _claims(rt, 100, "c")
     batches = rt.writer.batches
     assert rt.history.compact() == rt.revision - 50

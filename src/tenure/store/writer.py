@@ -17,6 +17,10 @@ do so before it changes memory, or register undo callbacks; its recorded writes
 and events are dropped and the rest of the batch goes on. If the commit itself
 fails, every command of the batch is undone in reverse order and every caller
 gets ``store_error``: memory never runs ahead of the store.
+
+Services keep their state in :class:`Published` maps: the writer thread changes
+the working map inside a command (with its undo registered), and readers on any
+thread see the view, which is brought up to date only after the commit.
 """
 
 from __future__ import annotations
@@ -29,26 +33,22 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Engine, bindparam, update
 from sqlalchemy.sql import Executable
 
+from tenure.clock import Clock, utcnow
 from tenure.domain.errors import TenureError, Unavailable
 from tenure.store import schema
 from tenure.store.rawinsert import RawInsert
 
 log = logging.getLogger("tenure.writer")
 
-Clock = Callable[[], datetime]
 MAX_BATCH = 512
 INSERT_EVENTS = RawInsert(schema.events)
 UPDATE_REVISION = update(schema.state).where(schema.state.c.id == 1).values(revision=bindparam("b_revision"))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +142,69 @@ class Batch:
         del self.events[nevents:]
         del self.undo[nundo:]
         del self.after_commit[nafter:]
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Published(Generic[K, V]):
+    """A service's map of objects: changed by the writer thread, read by anyone as of the last commit.
+
+    ``working`` belongs to the writer thread: commands read and change it (through :meth:`put`,
+    which registers the undo, so a refused command or a failed commit puts the old value back).
+    ``view`` is what every other thread reads; :meth:`put` brings the key's view up to date only
+    after the commit, so nobody sees a change that may still be undone. Both are plain dicts,
+    changed in place (never replaced), so a reader may take ``list(view.values())`` at any time.
+
+    ``on_swap(old, new)`` keeps indexes of the working map in step (it runs for a change and, in
+    reverse, for its undo); ``on_publish(key, value)`` runs after the commit with the committed
+    value (``None``: gone), e.g. to arm a timer.
+    """
+
+    __slots__ = ("working", "view", "_on_swap", "_on_publish")
+
+    def __init__(
+        self,
+        *,
+        on_swap: Callable[[V | None, V | None], None] | None = None,
+        on_publish: Callable[[K, V | None], None] | None = None,
+    ) -> None:
+        self.working: dict[K, V] = {}
+        self.view: dict[K, V] = {}
+        self._on_swap = on_swap
+        self._on_publish = on_publish
+
+    def load(self, key: K, value: V) -> None:
+        """Restore: an entry that is committed already (working and view alike)."""
+        if self._on_swap is not None:
+            self._on_swap(None, value)
+        self.working[key] = value
+        self.view[key] = value
+
+    def put(self, batch: Batch, key: K, value: V | None) -> None:
+        """Set (``None``: remove) ``key`` in the working map, undone with the command; published after commit."""
+        before = self.working.get(key)
+        self._swap(key, before, value)
+        batch.on_undo(lambda: self._swap(key, value, before))
+        batch.on_commit_once((id(self), key), lambda: self._publish(key))
+
+    def _swap(self, key: K, old: V | None, new: V | None) -> None:
+        if self._on_swap is not None:
+            self._on_swap(old, new)
+        if new is None:
+            self.working.pop(key, None)
+        else:
+            self.working[key] = new
+
+    def _publish(self, key: K) -> None:
+        value = self.working.get(key)
+        if value is None:
+            self.view.pop(key, None)
+        else:
+            self.view[key] = value
+        if self._on_publish is not None:
+            self._on_publish(key, value)
 
 
 class Op:

@@ -20,8 +20,8 @@ from sqlalchemy import func, insert, select
 
 from tenure import Allocator
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, Unavailable
-from tenure.services.writer import Batch, Op, Writer
 from tenure.store import schema
+from tenure.store.writer import Batch, Op, Writer
 
 WAIT = 30  # seconds; a bound on a synchronisation wait, never a sleep
 

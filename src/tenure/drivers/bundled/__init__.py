@@ -1,4 +1,4 @@
-"""Python drivers shipped with Tenure, named ``python:tenure.drivers.handlers.<module>:<Class>``.
+"""Python drivers shipped with Tenure, named ``python:tenure.drivers.bundled.<module>:<Class>``.
 
 This package is the default (and only) entry of ``DriverRoots.python_packages``:
 a python driver spec may only name a module in an allowed package, because

@@ -24,9 +24,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
+from tenure.clock import Clock
 from tenure.domain.errors import Gone
-from tenure.services.writer import Batch, Clock, Op, Writer
 from tenure.store import schema
+from tenure.store.writer import Batch, Op, Writer
 
 log = logging.getLogger("tenure.history")
 

@@ -1,6 +1,12 @@
-"""Time for the LRM: a monotonic clock that schedules callbacks on the event loop, real or fake.
+"""Time, for the whole package: wall-clock instants, and a monotonic clock that schedules callbacks on the loop.
 
-Everything in :mod:`tenure.lrm` and :mod:`tenure.drivers` that waits for time
+Two kinds of time, each injected (DESIGN.md invariant 5), never read directly:
+
+- :data:`Clock` (``() -> datetime``, default :func:`utcnow`): the instants that are stored and
+  compared, such as a batch's ``now``, a reservation's window, an agent's ``last_seen``. The writer,
+  the services and the scheduler take one; tests pass a function of a variable they move.
+- :class:`LoopClock`: monotonic seconds and timers on the event loop. Everything in
+  :mod:`tenure.lrm` and :mod:`tenure.drivers` that waits for time
 (timeouts, the kill grace period, recurring intervals) asks a :class:`LoopClock`,
 never ``asyncio.sleep`` or ``loop.call_later`` directly. :class:`RealClock` is the
 event loop's own clock; :class:`FakeClock` moves only when a test calls
@@ -17,7 +23,15 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Protocol
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The current instant in UTC (the default :data:`Clock`)."""
+    return datetime.now(UTC)
 
 
 class Timer(Protocol):

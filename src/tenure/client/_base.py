@@ -1,0 +1,533 @@
+"""What the sync and async clients share, written once: every route as a request, the watch's session.
+
+As in httpx (``BaseClient`` under ``Client`` and ``AsyncClient``), the two
+clients differ only in how they wait. :class:`ClientBase` holds the server, the
+token's headers and the timeout, and defines each route once, as a
+:class:`Call` (method, path, body, query, and how its answer is read) handed to
+``_run``: :class:`~tenure.client.TenureClient` sends it and returns the JSON,
+:class:`~tenure.client.AsyncTenureClient` returns a coroutine of the same. The
+watch's request (URL, query, headers, read timeout) and its resume logic
+(:class:`~tenure.client._watch.WatchSession`) are built here too; only the loop
+that reads the stream is written per client.
+
+A small synchronous client of the /v1 API: one method per route, JSON dicts out.
+
+It is deliberately thin: the server validates, so the client sends what it is
+given and turns failures into the three exceptions of :mod:`._errors`. Answers
+are the API's JSON documents unchanged, with one addition: :meth:`claim` (and
+:meth:`reserve`, :meth:`register_agent`) add ``created`` (the API tells a new
+object from an existing one by 201 vs 200, which a dict cannot carry otherwise).
+
+One ``httpx.Client`` underneath, configured once and never mutated afterwards
+(the token goes into each request's headers, not into shared client state), so
+one :class:`TenureClient` may be used from many threads at once.
+
+Every request is sent to an absolute URL built from ``base_url``, so an injected
+``http`` client (e.g. FastAPI's ``TestClient``, which is an ``httpx.Client``)
+is used only as a transport; its own base URL and headers do not leak in.
+
+A host agent (``tenure agent``) listens on a Unix socket by default: a base URL
+``unix:/path/to/agent.sock`` sends every request over that socket (to an
+``http://localhost`` origin, which the server ignores), and errors still name the
+``unix:`` URL. Both the synchronous and the asynchronous client speak it.
+
+Path segments are percent-encoded with nothing left safe: a key ``a/b`` must
+reach the server as one segment ``a%2Fb``, and ``?``, ``#`` and ``%`` must not
+start a query, a fragment or an escape. The keys ``.`` and ``..`` are dot
+segments that URL normalisation would remove, so their dots are escaped too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from tenure.client._errors import UNIX_PREFIX, TenureConfigError, api_error, created, decode
+from tenure.client._locate import locate
+from tenure.client._watch import Backoff, WatchQuery, WatchSession
+
+#: The largest page the server hands out; :meth:`TenureClient.iter_claims` asks for it.
+MAX_PAGE = 1000
+
+#: The origin requests over a Unix socket are addressed to (the socket, not the host, says where they go).
+UNIX_ORIGIN = "http://localhost"
+
+ClaimItem = str | tuple[str, int | None]
+
+
+def segment(text: str) -> str:
+    """``text`` as one URL path segment: every reserved character escaped, dot segments included."""
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def unix_socket(base_url: str) -> str | None:
+    """The socket path of a ``unix:PATH`` (or ``unix:///PATH``) base URL; None for any other URL."""
+    if not base_url.startswith(UNIX_PREFIX):
+        return None
+    path = base_url[len(UNIX_PREFIX):]
+    if path.startswith("//"):  # unix:///run/x.sock, the URL spelling
+        path = path[2:]
+    if not path:
+        raise TenureConfigError(f"invalid server URL {base_url!r}: no socket path after unix:")
+    return path
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request of a route, and how its answer is read.
+
+    ``answer``: ``json`` (an error status raises), ``created`` (the JSON plus ``created``: 201 or 200),
+    ``health`` (a 503 is an answer: the server is restoring or failed). ``content`` (with its
+    ``content_type``) is a raw body sent instead of ``json``; ``read_timeout`` replaces the client's
+    timeout for reading the answer (a long poll).
+    """
+
+    method: str
+    path: str
+    json: Any = None
+    params: dict[str, Any] | None = None
+    content: bytes | None = None
+    content_type: str | None = None
+    read_timeout: float | None = None
+    answer: Literal["json", "created", "health"] = "json"
+
+    def read(self, response: httpx.Response) -> Any:
+        """The answer to this call, as its route returns it."""
+        if self.answer == "created":
+            return created(response)
+        if response.is_error and not (self.answer == "health" and response.status_code == 503):
+            raise api_error(response)
+        return decode(response)
+
+
+class ClientBase(Generic[R]):
+    """The routes of the /v1 API, each once; ``R`` is what ``_run`` returns (a dict, or an awaitable of one)."""
+
+    def __init__(self, base_url: str, token: str, timeout: float, http: Any, transport: Any) -> None:
+        if http is not None and transport is not None:
+            raise ValueError("pass either transport or http, not both")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._owns_http = http is None
+        self._socket = unix_socket(self.base_url)
+        self._origin = self.base_url if self._socket is None else UNIX_ORIGIN  # where requests are addressed
+
+    @classmethod
+    def from_env(
+        cls,
+        url: str | None = None,
+        token: str | None = None,
+        data_dir: Path | str | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """A client for the argument, else ``TENURE_URL``/``TENURE_TOKEN``, else the local server and admin token."""
+        target = locate(url, token, data_dir)
+        return cls(target.url, target.token, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    def _run(self, call: Call) -> R:
+        raise NotImplementedError
+
+    def _request(self, call: Call) -> dict[str, Any]:
+        """The keyword arguments of ``httpx``'s ``request`` for ``call``."""
+        headers = self._headers if call.content_type is None else {**self._headers, "Content-Type": call.content_type}
+        kwargs: dict[str, Any] = {"headers": headers, "json": call.json, "params": call.params, "content": call.content}
+        if call.read_timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(self.timeout, read=call.read_timeout)
+        return kwargs
+
+    # ------------------------------------------------------------------- watch
+
+    def _watch_session(
+        self,
+        kinds: str | Iterable[str] | None,
+        ids: str | Iterable[str] | None,
+        selectors: str | Iterable[str] | None,
+        ops: str | Iterable[str] | None,
+        *,
+        since: int | None,
+        initial: bool,
+        bookmarks: bool,
+        max_retries: int | None,
+        backoff: Backoff | None,
+        rng: random.Random | None,
+    ) -> WatchSession:
+        query = WatchQuery.of(kinds, ids, selectors, ops, bookmarks)
+        return WatchSession(query, url=self.base_url, since=since, initial=initial, backoff=backoff, rng=rng,
+                            max_retries=max_retries)
+
+    def _watch_request(self, read_timeout: float) -> tuple[str, dict[str, str], httpx.Timeout]:
+        """The stream's URL, headers and timeout (the query comes from the session at each connection)."""
+        return (self._origin + "/v1/watch", {**self._headers, "Accept": "text/event-stream"},
+                httpx.Timeout(self.timeout, read=read_timeout))
+
+    # ------------------------------------------------------------------- pools
+
+    def create_pool(
+        self,
+        name: str,
+        ranges: Iterable[Sequence[int]],
+        reserved: Iterable[Sequence[int]] = (),
+        strategy: str = "lowest",
+        projects: Iterable[str] | None = None,
+    ) -> R:
+        body = {
+            "name": name,
+            "ranges": [list(r) for r in ranges],
+            "reserved": [list(r) for r in reserved],
+            "strategy": strategy,
+            "projects": list(projects) if projects is not None else None,
+        }
+        return self._run(Call("POST", "/v1/pools", json=body))
+
+    def pools(self) -> R:
+        """``{"pools": [...], "revision": N}``."""
+        return self._run(Call("GET", "/v1/pools"))
+
+    def pool(self, name: str) -> R:
+        return self._run(Call("GET", f"/v1/pools/{segment(name)}"))
+
+    def delete_pool(self, name: str, force: bool = False) -> R:
+        """Refused while the pool holds claims, unless ``force``."""
+        params = {"force": "true"} if force else None
+        return self._run(Call("DELETE", f"/v1/pools/{segment(name)}", params=params))
+
+    # ------------------------------------------------------------------ claims
+
+    def claim(
+        self,
+        pool: str,
+        key: str,
+        value: int | None = None,
+        project: str | None = None,
+        host: str | None = None,
+    ) -> R:
+        """Claim ``key`` (idempotent); the answer has ``created``: False when the key was already held."""
+        body = {"key": key, "value": value, "project": project, "host": host}
+        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/claims", json=body, answer="created"))
+
+    def claim_many(
+        self,
+        pool: str,
+        items: Iterable[ClaimItem],
+        project: str | None = None,
+        host: str | None = None,
+    ) -> R:
+        """Claim keys (``"key"`` or ``(key, value)``) in one transaction: all or none."""
+        claims = [{"key": i, "value": None} if isinstance(i, str) else {"key": i[0], "value": i[1]} for i in items]
+        body = {"claims": claims, "project": project, "host": host}
+        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/claims:bulk", json=body))
+
+    def get_claim(self, pool: str, key: str) -> R:
+        return self._run(Call("GET", f"/v1/pools/{segment(pool)}/claims/{segment(key)}"))
+
+    def find_value(self, pool: str, value: int) -> R:
+        """The claim that holds ``value``; ``claim_not_found`` if none does."""
+        return self._run(Call("GET", f"/v1/pools/{segment(pool)}/values/{int(value)}"))
+
+    def claims(self, pool: str, limit: int = 100, after: str | None = None) -> R:
+        """One page in key order: ``{"claims": [...], "next": KEY or None, "revision": N}``."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return self._run(Call("GET", f"/v1/pools/{segment(pool)}/claims", params=params))
+
+    def release(self, pool: str, key: str) -> R:
+        return self._run(Call("DELETE", f"/v1/pools/{segment(pool)}/claims/{segment(key)}"))
+
+    # ------------------------------------------------------------------- audit
+
+    def audit_begin(self, pool: str) -> R:
+        """Start a mark-and-sweep: owners re-claim their keys, then :meth:`audit_end` releases the rest."""
+        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/audit:begin"))
+
+    def audit_end(self, pool: str) -> R:
+        """The pool after the sweep, with ``released``: the claims nobody re-claimed."""
+        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/audit:end"))
+
+    # ------------------------------------------------------------------ tokens
+
+    def create_token(
+        self,
+        role: str,
+        project: str | None = None,
+        host: str | None = None,
+        description: str | None = None,
+    ) -> R:
+        """The token's record with its secret under ``token``; the server never shows the secret again."""
+        body = {"role": role, "project": project, "host": host, "description": description}
+        return self._run(Call("POST", "/v1/tokens", json=body))
+
+    def tokens(self, revoked: bool = False) -> R:
+        """``{"tokens": [...]}``; revoked tokens only when ``revoked``."""
+        return self._run(Call("GET", "/v1/tokens", params={"revoked": "true"} if revoked else None))
+
+    def revoke_token(self, id: str) -> R:  # noqa: A002 - mirrors the API's name
+        return self._run(Call("DELETE", f"/v1/tokens/{segment(id)}"))
+
+    def whoami(self) -> R:
+        """The role, project and host of this client's token."""
+        return self._run(Call("GET", "/v1/whoami"))
+
+    # ---------------------------------------------------------------- topology
+
+    def topology(self) -> R:
+        """``{"nodes": [...], "links": [...], "revision": N, "updated_at": ...}``."""
+        return self._run(Call("GET", "/v1/topology"))
+
+    def put_topology(self, doc: dict[str, Any]) -> R:
+        """Replace the whole topology (admin); the answer has ``recheck``: kept, rerouted, degraded, restored."""
+        return self._run(Call("PUT", "/v1/topology", json=doc))
+
+    def put_topology_yaml(self, text: str) -> R:
+        """:meth:`put_topology` with the document as YAML text, parsed by the server."""
+        return self._run(Call("PUT", "/v1/topology", content=text.encode("utf-8"), content_type="application/yaml"))
+
+    def node(self, id: str) -> R:  # noqa: A002 - mirrors the API's name
+        return self._run(Call("GET", f"/v1/topology/nodes/{segment(id)}"))
+
+    def put_node(self, id: str, body: dict[str, Any]) -> R:  # noqa: A002
+        """Add or replace one node (``{"kind": ..., "labels": ...}``); answers like :meth:`put_topology`."""
+        return self._run(Call("PUT", f"/v1/topology/nodes/{segment(id)}", json=body))
+
+    def delete_node(self, id: str) -> R:  # noqa: A002
+        """Refused (``node_in_use``) while links still end at the node."""
+        return self._run(Call("DELETE", f"/v1/topology/nodes/{segment(id)}"))
+
+    def link(self, id: str) -> R:  # noqa: A002
+        return self._run(Call("GET", f"/v1/topology/links/{segment(id)}"))
+
+    def put_link(self, id: str, body: dict[str, Any]) -> R:  # noqa: A002
+        """Add or replace one link (``{"a", "b", "capacity"}`` or ``capacity_ab``/``capacity_ba``)."""
+        return self._run(Call("PUT", f"/v1/topology/links/{segment(id)}", json=body))
+
+    def delete_link(self, id: str) -> R:  # noqa: A002
+        return self._run(Call("DELETE", f"/v1/topology/links/{segment(id)}"))
+
+    def usage(self, link: str, start: str | None = None, end: str | None = None) -> R:
+        """Both directions of ``link`` as steps of booked bit/s, from ``start`` to ``end`` (query ``from``/``to``)."""
+        params = {k: v for k, v in (("from", start), ("to", end)) if v is not None}
+        return self._run(Call("GET", f"/v1/links/{segment(link)}/usage", params=params or None))
+
+    # ------------------------------------------------------------ reservations
+
+    def reserve(self, **fields: Any) -> R:
+        """Make a reservation (``kind``, ``src``, ``dst``, ``rate``, ``end``, ...; None fields are left out).
+
+        The answer has ``created``: False when a ``request_id`` retry returned the reservation it made.
+        """
+        body = {k: v for k, v in fields.items() if v is not None}
+        return self._run(Call("POST", "/v1/reservations", json=body, answer="created"))
+
+    def reservations(
+        self,
+        state: str | None = None,
+        project: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> R:
+        """One page in admission order: ``{"reservations": [...], "next": ID or None, "revision": N}``."""
+        params = {k: v for k, v in (("state", state), ("project", project), ("after", after), ("limit", limit))
+                  if v is not None}
+        return self._run(Call("GET", "/v1/reservations", params=params or None))
+
+    def reservation(self, id: str) -> R:  # noqa: A002
+        return self._run(Call("GET", f"/v1/reservations/{segment(id)}"))
+
+    def modify_reservation(self, id: str, **changes: Any) -> R:  # noqa: A002
+        """Change ``start``, ``end``, ``rate``/``rate_out``, ``rate_in`` or ``labels``: re-admitted, all or nothing."""
+        body = {k: v for k, v in changes.items() if v is not None}
+        return self._run(Call("PATCH", f"/v1/reservations/{segment(id)}", json=body))
+
+    def cancel_reservation(self, id: str) -> R:  # noqa: A002
+        """Cancel: the capacity is free at once; cancelling again answers the cancelled reservation."""
+        return self._run(Call("DELETE", f"/v1/reservations/{segment(id)}"))
+
+    # ------------------------------------------------------------- instances
+
+    def create_instance(self, name: str, type: str, host: str, *,  # noqa: A002
+                        parameters: dict[str, Any] | None = None, labels: dict[str, str] | None = None,
+                        depends_on: list[str] | None = None, project: str | None = None) -> R:
+        """A desired-state instance; ``created``: False when the same one already existed."""
+        body = {k: v for k, v in (("name", name), ("type", type), ("host", host), ("parameters", parameters),
+                                  ("labels", labels), ("depends_on", depends_on), ("project", project))
+                if v is not None}
+        return self._run(Call("POST", "/v1/instances", json=body, answer="created"))
+
+    def create_instances(self, instances: list[dict[str, Any]]) -> R:
+        """Several instances that may depend on each other, all or nothing: ``{"instances": [...]}``."""
+        return self._run(Call("POST", "/v1/instances/batch", json={"instances": instances}))
+
+    def instances(self, host: str | None = None, state: str | None = None, type: str | None = None,  # noqa: A002
+                  project: str | None = None, after: str | None = None, limit: int | None = None) -> R:
+        """One page: ``{"instances": [...], "next": ID or None, "revision": N}``."""
+        params = {k: v for k, v in (("host", host), ("state", state), ("type", type), ("project", project),
+                                    ("after", after), ("limit", limit)) if v is not None}
+        return self._run(Call("GET", "/v1/instances", params=params or None))
+
+    def instance(self, ref: str) -> R:
+        """By id, or by name within the caller's project."""
+        return self._run(Call("GET", f"/v1/instances/{segment(ref)}"))
+
+    def modify_instance(self, ref: str, **changes: Any) -> R:
+        """Change ``parameters``, ``labels`` or ``depends_on``; the agent applies it as a modify (reload)."""
+        return self._run(Call("PATCH", f"/v1/instances/{segment(ref)}",
+                          json={k: v for k, v in changes.items() if v is not None}))
+
+    def delete_instance(self, ref: str, *, force: bool = False) -> R:
+        """Desired absent: ``deleting`` until the agent confirms (``deleted`` at once if it was never sent)."""
+        return self._run(Call("DELETE", f"/v1/instances/{segment(ref)}", params={"force": "true"} if force else None))
+
+    def report_instance(self, id: str, generation: int, state: str, *,  # noqa: A002
+                        reason: str | None = None, outputs: dict[str, str] | None = None,
+                        result: dict[str, Any] | None = None) -> R:
+        """A host agent's outcome for one generation: ``{"instance": {...}, "stale": bool}``."""
+        body = {k: v for k, v in (("generation", generation), ("state", state), ("reason", reason),
+                                  ("outputs", outputs), ("result", result)) if v is not None}
+        return self._run(Call("POST", f"/v1/instances/{segment(id)}/report", json=body))
+
+    def types(self) -> R:
+        return self._run(Call("GET", "/v1/types"))
+
+    def paths(self, **query: Any) -> R:
+        """Up to ``k`` feasible paths for ``src`` → ``dst`` at ``rate`` over ``start``-``end``; nothing is booked."""
+        return self._run(Call("POST", "/v1/paths", json={k: v for k, v in query.items() if v is not None}))
+
+    # ------------------------------------------------------------------ limits
+
+    def limits(self) -> R:
+        """``{"limits": [...], "revision": N}``."""
+        return self._run(Call("GET", "/v1/limits"))
+
+    def limit(self, project: str) -> R:
+        return self._run(Call("GET", f"/v1/limits/{segment(project)}"))
+
+    def set_limit(self, project: str, max: int | str | None = None,  # noqa: A002 - the API's field
+                  share: float | str | None = None) -> R:
+        """Cap what ``project`` may hold per link direction: ``max`` bit/s, or a ``share`` of each capacity."""
+        body = {k: v for k, v in (("max", max), ("share", share)) if v is not None}
+        return self._run(Call("PUT", f"/v1/limits/{segment(project)}", json=body))
+
+    def delete_limit(self, project: str) -> R:
+        return self._run(Call("DELETE", f"/v1/limits/{segment(project)}"))
+
+    # ------------------------------------------------------------------ system
+
+    def health(self) -> R:
+        """``{"status": "ok" | "restoring" | "failed", ...}``; a server still restoring is an answer, not an error."""
+        return self._run(Call("GET", "/healthz", answer="health"))
+
+    # ------------------------------------------------------------------ agents
+
+    def register_agent(
+        self,
+        host: str,
+        kinds: Iterable[str],
+        version: str,
+        capabilities: dict[str, Any] | None = None,
+    ) -> R:
+        """Register (or re-register) the agent of ``host``; the answer has ``created``: False on re-registration."""
+        body = {"host": host, "kinds": list(kinds), "version": version, "capabilities": capabilities}
+        return self._run(Call("POST", "/v1/agents", json=body, answer="created"))
+
+    def heartbeat(self, host: str) -> R:
+        """report_state: the agent as it stands; ``agent_not_registered`` means register again."""
+        return self._run(Call("POST", f"/v1/agents/{segment(host)}/heartbeat", json={}))
+
+    def agents(self) -> R:
+        """``{"agents": [...], "revision": N}``; an agent token sees only its own record."""
+        return self._run(Call("GET", "/v1/agents"))
+
+    def agent(self, host: str) -> R:
+        return self._run(Call("GET", f"/v1/agents/{segment(host)}"))
+
+    def remove_agent(self, host: str) -> R:
+        """Forget the agent of ``host`` (admin); it may register again."""
+        return self._run(Call("DELETE", f"/v1/agents/{segment(host)}"))
+
+    # --------------------------------------------------------------- resources
+    # The host agent's local resource manager (``tenure agent``; admin tokens of the agent only).
+
+    def add_resource(
+        self,
+        name: str,
+        driver: str,
+        params: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> R:
+        """Register an instance of ``driver`` (``ocf:heartbeat:Dummy``, ``lsb:ssh``, ...); nothing is run."""
+        body = {"name": name, "driver": driver, "params": dict(params or {}), "labels": dict(labels or {})}
+        return self._run(Call("POST", "/v1/resources", json=body))
+
+    def resources(self) -> R:
+        """``{"items": [...]}``: every instance with its state, running, queued and recurring operations."""
+        return self._run(Call("GET", "/v1/resources"))
+
+    def resource(self, ref: str) -> R:
+        """One instance, by id or name."""
+        return self._run(Call("GET", f"/v1/resources/{segment(ref)}"))
+
+    def remove_resource(self, ref: str, force: bool = False) -> R:
+        """Forget an instance; refused (``resource_running``) while it runs, unless ``force``."""
+        params = {"force": "true"} if force else None
+        return self._run(Call("DELETE", f"/v1/resources/{segment(ref)}", params=params))
+
+    def submit(
+        self,
+        ref: str,
+        action: str,
+        interval: float = 0,
+        timeout: float | None = None,
+        report: str = "change",
+        expect: int = 0,
+    ) -> R:
+        """Queue ``action`` (``interval`` seconds > 0: recurring) and answer the operation at once (202).
+
+        A recurring one that duplicates an existing one (same action and interval) answers that one with
+        ``merged``: True. The result comes later: :meth:`operation` with ``wait``, the history, the watch.
+        """
+        body: dict[str, Any] = {"action": action, "interval": interval, "report": report, "expect": expect}
+        if timeout is not None:
+            body["timeout"] = timeout
+        return self._run(Call("POST", f"/v1/resources/{segment(ref)}/operations", json=body))
+
+    def operations(self, ref: str) -> R:
+        """``{"items": [...]}``: running, queued, recurring and recently finished operations of ``ref``."""
+        return self._run(Call("GET", f"/v1/resources/{segment(ref)}/operations"))
+
+    def operation(self, ref: str, op_id: str, wait: float = 0) -> R:
+        """One operation; with ``wait`` (at most 60 s), the answer comes once it has a result or after
+        ``wait`` seconds (a long poll: the read timeout is ``wait`` plus the client's timeout)."""
+        path = f"/v1/resources/{segment(ref)}/operations/{segment(op_id)}"
+        if not wait:
+            return self._run(Call("GET", path))
+        return self._run(Call("GET", path, params={"wait": wait}, read_timeout=wait + self.timeout))
+
+    def cancel_operation(self, ref: str, op_id: str) -> R:
+        """Cancel a queued operation, or unschedule a recurring one (a running one cannot be cancelled)."""
+        return self._run(Call("DELETE", f"/v1/resources/{segment(ref)}/operations/{segment(op_id)}"))
+
+    def resource_history(self, ref: str, limit: int = 50) -> R:
+        """``{"items": [...]}``: the newest ``limit`` recorded operations of ``ref``, newest first."""
+        return self._run(Call("GET", f"/v1/resources/{segment(ref)}/history", params={"limit": limit}))
+
+    def drivers(self) -> R:
+        """``{"items": [{"driver", "class", ...}]}``: the drivers installed under the agent's roots."""
+        return self._run(Call("GET", "/v1/drivers"))
+
+    def driver_meta_data(self, spec: str) -> R:
+        """``{"driver": spec, "meta_data": {...} or None}``: what the driver declares (parameters, actions)."""
+        return self._run(Call("GET", f"/v1/drivers/{segment(spec)}/meta-data"))

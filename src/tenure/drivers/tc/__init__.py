@@ -1,0 +1,111 @@
+"""``python:tenure.drivers.tc:Shaper``: one bandwidth reservation leg as Linux traffic control, over netlink.
+
+A leg reserved for a flow leaving this host becomes an HTB class that the
+flow's packets are steered into. Everything is done through rtnetlink (no
+``tc`` process; see Reads below). On the egress device the wire layout is::
+
+    root qdisc   htb 1:  default 0        shared by every leg on the device
+    class        1:<classid>  (parent 1:) rate = ceil = the leg's rate, one per leg
+    filter       parent 1: protocol ip  pref 100 + (classid-1) // 4095
+                 u32 node (classid-1) % 4095 + 1, matching the leg  ->  flowid 1:<classid>
+
+- **Unclassified traffic is not shaped.** HTB sends packets that no filter
+  claims, and that have no default class (``default 0``), straight from its
+  direct queue at line rate, so a leg slows down only its own flow.
+- **Ownership.** A root qdisc with handle 0 is the kernel's default (noqueue,
+  pfifo_fast, mq, fq_codel) and is replaced; ``htb 1: default 0`` is taken to be
+  ours. Anything else (another handle or kind, an HTB with a default class) was
+  configured by someone else: start refuses (OCF_ERR_GENERIC with the reason)
+  instead of destroying it, and stop and monitor treat the leg as absent. The
+  root qdisc is deleted when the last class under it goes (the kernel puts its
+  default back).
+- **Filter handles.** Every classid has one fixed place among the filters:
+  preference ``100 + (classid-1) // 4095`` and u32 node ``(classid-1) % 4095 + 1``
+  in that preference's root hash table (a u32 node id has 12 bits, so 17
+  preferences cover classids 2..65534; for classids up to 4095 the node is the
+  classid: ``fh 800::5 ... flowid 1:5``). The hash table id (``800:``, ``801:``)
+  is the kernel's choice, so a filter is looked up in two steps: the
+  preference's root table (asked for as ``fff:``, which the answer names), then
+  the node by its full handle in it. Filters are tried in classid order.
+- **Match.** IPv4 only: dst (and src) prefix, protocol, ports. Ports are read at
+  the fixed offsets of an IP header without options, like ``tc``'s ``match ip
+  dport``, and only in packets with IHL 5 that are not later fragments: those
+  few packets go unshaped rather than being misread.
+- **Idempotent and minimal.** start reads the qdisc, class and filter first and
+  writes only what differs: an unchanged leg sends nothing to the kernel (class
+  statistics keep counting), a changed rate or burst is a change of the class in
+  place (same handle, same counters), a changed flowid a replace of the node. A
+  changed match is the one exception: the kernel's u32 ``change`` keeps the old
+  keys, so the node is deleted and added again (the flow is unclassified, thus
+  unshaped, for that instant). reload is start.
+- **Why the classid is a parameter.** The agent takes it from its local
+  allocator (a claim keyed by the instance), so the same instance gets the same
+  classid after an agent restart, and the restart's start finds everything in
+  place and changes nothing. The classid output is ``1:<classid in hex>``, as
+  ``tc class show`` prints it.
+
+Rates are bit/s of layer-2 bytes (HTB counts the Ethernet header): the class
+rate is ``ceil(rate / 8)`` bytes/s, and the least rate is 64 bit/s (pyroute2
+always sends HTB's rate table, whose 2 KiB entry must fit 32 bits of scheduler
+ticks). The default burst (and cburst) is 10 ms at the rate, at least 1600
+bytes; a given burst must fit HTB's buffer (2^32 ticks, about 274 s).
+
+**Reads** are rtnetlink requests parsed here, a few attributes per object
+(pyroute2's decoding costs ~0.5 ms an object; it only adds and changes). What
+an operation reads:
+
+- **The leg's filter** by the two lookups above (non-dump RTM_GETTFILTER):
+  the same cost whatever else is on the device.
+- **The device's View**: its index (RTM_GETLINK by name), root qdisc (a qdisc
+  dump: one per device of the namespace) and classes (a class dump: every class
+  on the device, ~2 us each in the kernel; a class decoded only when asked for).
+  A class cannot be fetched alone: a non-dump RTM_GETTCLASS (like RTM_GETQDISC)
+  answers the asker nothing unless it asks for an echo, and sends the class to
+  every RTNLGRP_TC listener, a notification of a change that did not happen.
+- **Fresh for start, reload and stop**: a View from a dump that started after
+  they asked. Dumps are single-flight per device: whoever asks while none runs
+  makes one, whoever asks while one runs waits for the next, and all who wait
+  when it starts share it.
+- **Vouched for, for monitor**: each namespace has a watch, a socket subscribed
+  to its link and tc notifications (RTMGRP_LINK, RTMGRP_TC). The kernel queues
+  a notification before the request that made the change returns, and reports
+  lost ones (ENOBUFS), so a View is still the device's state as long as nothing
+  arrived since just before its dump started. monitor uses the last View while
+  that holds, else a fresh one as above. On a device where nothing changes a
+  monitor costs two filter lookups, however many legs it holds; the dumps
+  (proportional to the classes) are paid by start and stop and by the first
+  monitor after any change in the namespace.
+- **Writes**: adding or changing a class or a filter goes through pyroute2
+  (an IPRoute opened for the operation, only when something differs); deletes
+  are sent by hand. stop deletes the node at the leg's place, then the class;
+  only if other filters still hold the class (the kernel answers EBUSY), or the
+  class is already gone, does it dump the device's filters to delete every u32
+  node into the class.
+
+**Threads, locks, sockets.** Handler methods run in threads, several at once,
+and the agent makes a Shaper per instance: device locks, Views, watches and
+sockets belong to the module, shared by all. start, reload and stop on one
+device run under that device's lock; monitor only reads and takes no lock (the
+agent runs one operation at a time per instance, and legs share only the root
+qdisc). Sockets are kept per namespace, each lent to one operation at a time,
+and closed after IDLE_SOCKET_SECONDS unused (by a timer thread that exists only
+while some are kept), because a socket keeps its namespace alive: every use
+checks what the namespace's name refers to now, so a deleted namespace is
+absent (its sockets are closed at once) and a re-created one gets new sockets.
+A socket for another namespace (``netns``) is made by a short-lived thread that
+enters the namespace (``setns`` moves only the calling thread) and leaves the
+socket behind, already bound to it; pyroute2's ``NetNS`` would fork the agent,
+a multi-threaded process, for every call.
+
+**Modules.** :mod:`.params` (a leg's parameters, checked, and where it lives
+on the device), :mod:`.netlink` (rtnetlink by hand: messages, dumps, sockets
+per namespace, TC watches), :mod:`.wire` (the kernel's classes and nodes, a
+device's View, and :class:`~.wire.Wire`, which reads and writes one leg) and
+:mod:`.shaper` (the handler, :class:`Shaper`, under its device's lock).
+"""
+
+from __future__ import annotations
+
+from tenure.drivers.tc.shaper import Shaper
+
+__all__ = ["Shaper"]

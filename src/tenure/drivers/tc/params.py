@@ -1,0 +1,204 @@
+"""A leg's parameters, checked: where it lives on the device (classid, filter place) and what it matches."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from pyroute2.netlink.rtnl.tcmsg.common import calc_xmittime, tick_in_usec
+
+from tenure.domain.units import format_rate
+from tenure.drivers.tc.netlink import NETNS_DIR
+
+ROOT_HANDLE = 0x10000  # 1:
+TC_H_ROOT = 0xFFFFFFFF
+ETH_P_IP = 0x0800
+FILTER_PRIO_BASE = 100
+U32_NODES = 0xFFF  # node ids 1..4095 per u32 hash table
+MIN_CLASSID, MAX_CLASSID = 2, 65534  # 1:1 is left for a parent class; 1:ffff is not a valid minor
+MIN_RATE = 64  # bit/s: 8 bytes/s, the least whose HTB rate table (2 KiB at the rate) fits 32 bits of ticks
+MAX_RATE = 10**12  # bit/s
+MAX_TICKS = 0xFFFFFFFF
+DEFAULT_BURST_SECONDS = 0.01
+MIN_DEFAULT_BURST = 1600  # bytes: one frame and then some
+
+
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+PARAMS = ("device", "rate", "classid", "dst", "src", "protocol", "dst_port", "src_port", "netns", "burst")
+IDENTITY = ("device", "classid", "netns")  # what stop needs: where the leg is, not what it matches
+
+_RATE = re.compile(r"([1-9][0-9]{0,12})([kKMG]?)")
+_RATE_SCALE = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
+_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
+_IFNAME = re.compile(r"[^\s/:]{1,15}")
+_NETNS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+
+
+class Invalid(ValueError):
+    """A parameter the shaper cannot take (OCF_ERR_CONFIGURED)."""
+
+
+def parse_rate(text: str) -> int:
+    """Bit/s from ``"50000000"`` or ``"50M"`` (K/k, M, G: powers of 1000); 64 to 10^12."""
+    m = _RATE.fullmatch(text)
+    if m is None:
+        raise Invalid(f"rate {text!r} is not a rate: use whole bit/s with an optional K, M or G suffix, as '50M'")
+    bps = int(m.group(1)) * _RATE_SCALE[m.group(2)]
+    if not MIN_RATE <= bps <= MAX_RATE:
+        raise Invalid(f"rate {text!r} is out of range: HTB takes {MIN_RATE} to 10^12 bit/s")
+    return bps
+
+
+def _number(params: dict[str, str], name: str, lo: int, hi: int) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    if _NUMBER.fullmatch(text) is None or not lo <= int(text) <= hi:
+        raise Invalid(f"{name} {text!r} must be a decimal integer from {lo} to {hi}")
+    return int(text)
+
+
+def _network(params: dict[str, str], name: str) -> ipaddress.IPv4Network | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    try:
+        return ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise Invalid(f"{name} {text!r} is not an IPv4 address or network: {exc}") from None
+
+
+def _u32_ticks(rate_bytes: int, burst: int) -> int:
+    """HTB's buffer for ``burst`` bytes at ``rate_bytes``/s, in scheduler ticks (pyroute2's arithmetic)."""
+    return calc_xmittime(rate_bytes, burst)
+
+
+@dataclass(frozen=True)
+class Leg:
+    """Validated parameters, and where they go on the wire."""
+
+    device: str
+    classid: int
+    netns: str | None
+    rate: int | None = None  # bit/s; None only for stop, which does not need it
+    dst: ipaddress.IPv4Network | None = None
+    src: ipaddress.IPv4Network | None = None
+    protocol: str | None = None
+    dst_port: int | None = None
+    src_port: int | None = None
+    burst: int | None = None  # bytes, None for the default
+
+    @property
+    def handle(self) -> int:
+        return ROOT_HANDLE | self.classid
+
+    @property
+    def classid_text(self) -> str:
+        return f"1:{self.classid:x}"
+
+    @property
+    def prio(self) -> int:
+        return FILTER_PRIO_BASE + (self.classid - 1) // U32_NODES
+
+    @property
+    def node(self) -> int:
+        return (self.classid - 1) % U32_NODES + 1
+
+    @property
+    def where(self) -> str:
+        return f"{self.device}" + (f" in netns {self.netns}" if self.netns else "")
+
+    @property
+    def rate_bytes(self) -> int:
+        assert self.rate is not None
+        return -(-self.rate // 8)  # rounded up: the flow gets at least its reservation
+
+    @property
+    def burst_bytes(self) -> int:
+        if self.burst is not None:
+            return self.burst
+        # Always within HTB's limit: 1600 bytes at the least rate (8 bytes/s) is 200 s, under ~274 s.
+        return max(int(self.rate_bytes * DEFAULT_BURST_SECONDS), MIN_DEFAULT_BURST)
+
+    @property
+    def buffer_ticks(self) -> int:
+        return _u32_ticks(self.rate_bytes, self.burst_bytes)
+
+    def words(self) -> list[tuple[int, int, int]]:
+        """The match as (value, mask, offset) 32-bit words of the IPv4 header (and the ports after it)."""
+        words = []
+        if self.ports:
+            words.append((0x05000000, 0x0F000000, 0))  # IHL 5: the ports are at 20
+            words.append((0x00000000, 0x00001FFF, 4))  # fragment offset 0: the ports are in this packet
+        if self.protocol is not None:
+            words.append((PROTOCOLS[self.protocol] << 16, 0x00FF0000, 8))
+        for net, off in ((self.src, 12), (self.dst, 16)):
+            if net is not None and net.prefixlen:
+                words.append((int(net.network_address), int(net.netmask), off))
+        if self.ports:
+            value = ((self.src_port or 0) << 16) | (self.dst_port or 0)
+            mask = (0xFFFF0000 if self.src_port else 0) | (0x0000FFFF if self.dst_port else 0)
+            words.append((value, mask, 20))
+        return words
+
+    @property
+    def ports(self) -> bool:
+        return self.src_port is not None or self.dst_port is not None
+
+    def keys(self) -> list[str]:
+        """pyroute2's u32 key strings."""
+        return [f"0x{v:08x}/0x{m:08x}+{off}" for v, m, off in self.words()]
+
+    def match_bytes(self) -> dict[int, tuple[int, int]]:
+        return bytes_of(self.words())
+
+
+def bytes_of(words: list[tuple[int, int, int]]) -> dict[int, tuple[int, int]]:
+    """{byte offset: (value, mask)} of the masked bytes: keys compared whatever their alignment."""
+    out: dict[int, tuple[int, int]] = {}
+    for value, mask, off in words:
+        for i, (v, m) in enumerate(zip(value.to_bytes(4, "big"), mask.to_bytes(4, "big"), strict=True)):
+            if m:
+                out[off + i] = (v & m, m)
+    return out
+
+
+def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
+    """A :class:`Leg`, or :class:`Invalid` with the reason."""
+    unknown = sorted(set(params) - set(PARAMS) - {"OCF_CHECK_LEVEL"})
+    if unknown:
+        raise Invalid(f"unknown parameter {unknown[0]!r}; the shaper takes {', '.join(PARAMS)}")
+    for name, value in params.items():
+        if not isinstance(value, str):
+            raise Invalid(f"{name} must be a string, not {type(value).__name__}")
+    for name in ("device", "classid") + (() if identity_only else ("rate", "dst")):
+        if not params.get(name):
+            raise Invalid(f"parameter {name!r} is required")
+    device = params["device"]
+    if _IFNAME.fullmatch(device) is None or device in (".", ".."):
+        raise Invalid(f"device {device!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
+    netns = params.get("netns")
+    if netns is not None and (_NETNS_NAME.fullmatch(netns) is None or netns in (".", "..")):
+        raise Invalid(f"netns {netns!r} is not a namespace name in {NETNS_DIR}")
+    classid = _number(params, "classid", MIN_CLASSID, MAX_CLASSID)
+    assert classid is not None
+    if identity_only:
+        return Leg(device=device, classid=classid, netns=netns)
+
+    rate = parse_rate(params["rate"])
+    protocol = params.get("protocol")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise Invalid(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
+    dst_port = _number(params, "dst_port", 1, 65535)
+    src_port = _number(params, "src_port", 1, 65535)
+    if (dst_port or src_port) and protocol not in PORT_PROTOCOLS:
+        raise Invalid(f"ports need protocol {', '.join(PORT_PROTOCOLS)}, not {protocol or 'none'}")
+    leg = Leg(device=device, classid=classid, netns=netns, rate=rate, dst=_network(params, "dst"),
+              src=_network(params, "src"), protocol=protocol, dst_port=dst_port, src_port=src_port,
+              burst=_number(params, "burst", 1, 2**32 - 1))
+    if leg.burst is not None and leg.buffer_ticks > MAX_TICKS:
+        raise Invalid(f"burst {leg.burst} bytes is more than HTB can hold at rate {format_rate(rate)}bit/s: "
+                      f"its buffer is 2^32 scheduler ticks, about {MAX_TICKS / tick_in_usec / 1e6:.0f} s of sending")
+    return leg

@@ -1,0 +1,369 @@
+"""The wire: HTB classes and u32 nodes as the kernel has them, a device's View (single-flight dumps), and Wire,
+which reads and writes one leg's class and filter."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tenure.domain.units import format_rate
+from tenure.drivers.tc.netlink import (
+    HEAD,
+    NETNS_DIR,
+    NLM_F_ACK,
+    NLMSG,
+    RTM_DELQDISC,
+    RTM_DELTCLASS,
+    RTM_DELTFILTER,
+    RTM_GETQDISC,
+    RTM_GETTCLASS,
+    RTM_GETTFILTER,
+    TC_U32_TERMINAL,
+    TCA_HTB_CEIL64,
+    TCA_HTB_INIT,
+    TCA_HTB_PARMS,
+    TCA_HTB_RATE64,
+    TCA_KIND,
+    TCA_U32_CLASSID,
+    TCA_U32_SEL,
+    TCMSG,
+    U32,
+    U32_ROOT_TABLE,
+    U64,
+    Absent,
+    Message,
+    Netlink,
+    TcWatch,
+    attrs,
+    int_attr,
+    netlink_socket,
+    tc_options,
+    text_attr,
+)
+from tenure.drivers.tc.params import ETH_P_IP, ROOT_HANDLE, TC_H_ROOT, Leg, bytes_of
+
+
+@dataclass(frozen=True)
+class HtbClass:
+    rate: int  # bytes/s
+    ceil: int
+    buffer: int  # ticks
+    cbuffer: int
+
+    def describe(self) -> str:
+        return f"rate {format_rate(self.rate * 8)}bit/s ceil {format_rate(self.ceil * 8)}bit/s"
+
+
+@dataclass(frozen=True)
+class U32Node:
+    handle: int  # full: the kernel's hash table id and our node
+    info: int  # preference << 16 | protocol (network order), as the kernel has it
+    classid: int | None
+    words: list[tuple[int, int, int]] | None
+
+    @property
+    def prio(self) -> int:
+        return self.info >> 16
+
+
+def _htb_class(msg: Message) -> HtbClass | None:
+    """An RTM_NEWTCLASS message's HTB parameters, if it is an HTB class."""
+    found = tc_options(msg, "htb")
+    if found is None:
+        return None
+    data, opts = found
+    span = opts.get(TCA_HTB_PARMS)
+    if span is None or span[1] - span[0] < 32:
+        return None
+    # struct tc_htb_opt: rate and ceil (struct tc_ratespec, 12 bytes, the rate last), buffer, cbuffer, ...
+    rate, = U32.unpack_from(data, span[0] + 8)
+    ceil, buffer, cbuffer = struct.unpack_from("=III", data, span[0] + 20)
+    return HtbClass(rate=int_attr(data, opts.get(TCA_HTB_RATE64), U64) or rate,
+                    ceil=int_attr(data, opts.get(TCA_HTB_CEIL64), U64) or ceil, buffer=buffer, cbuffer=cbuffer)
+
+
+def _root_qdisc(msg: Message) -> tuple[str | None, int, int | None]:
+    """(kind, handle, HTB default class or None) of an RTM_NEWQDISC message."""
+    data, off, length = msg
+    handle = TCMSG.unpack_from(data, off + NLMSG.size)[2]
+    kind = text_attr(data, attrs(data, off + HEAD, off + length).get(TCA_KIND))
+    defcls = None
+    found = tc_options(msg, "htb")
+    if found is not None:
+        span = found[1].get(TCA_HTB_INIT)  # struct tc_htb_glob: version, rate2quantum, defcls, ...
+        defcls = int_attr(data, (span[0] + 8, span[1]), U32) if span is not None else None
+    return kind, handle, defcls
+
+
+def _u32_node(msg: Message) -> U32Node | None:
+    """A u32 key node (not a hash table) from an RTM_NEWTFILTER message."""
+    found = tc_options(msg, "u32")
+    if found is None or TCA_U32_SEL not in found[1]:
+        return None
+    data, opts = found
+    _fam, _ifi, handle, _parent, info = TCMSG.unpack_from(data, msg[1] + NLMSG.size)
+    start, end = opts[TCA_U32_SEL]
+    return U32Node(handle=handle, info=info, classid=int_attr(data, opts.get(TCA_U32_CLASSID), U32),
+                   words=_u32_words(data[start:end]))
+
+
+def _u32_words(sel: bytes) -> list[tuple[int, int, int]] | None:
+    """A u32 node's keys as (value, mask, offset) from its struct tc_u32_sel; None if it is not a plain node.
+
+    (16 bytes of selector, flags and nkeys first, then 16 bytes per key: mask and
+    value big-endian, offset and offmask in host order. pyroute2 0.9.7's
+    ``u32_sel.decode`` reads the keys 4 bytes too early, hence this.)
+    """
+    if len(sel) < 16:
+        return None
+    flags, nkeys = sel[0], sel[2]
+    if flags != TC_U32_TERMINAL or len(sel) < 16 + 16 * nkeys:  # nothing variable
+        return None
+    words = []
+    for i in range(nkeys):
+        mask, value = struct.unpack_from(">II", sel, 16 + 16 * i)
+        off, offmask = struct.unpack_from("=ii", sel, 24 + 16 * i)
+        if offmask:
+            return None
+        words.append((value, mask, off))
+    return words
+
+
+@dataclass(frozen=True)
+class View:
+    """One reading of a device: its index (None: no such device), root qdisc and classes under 1:."""
+
+    index: int | None
+    root: tuple[str | None, int, int | None] = (None, 0, None)  # kind, handle, HTB default class or None
+    classes: dict[int, Message] = field(default_factory=dict)  # by handle, decoded when asked for
+
+
+def read_view(nl: Netlink, device: str) -> View:
+    """A device's qdisc and class dumps (a qdisc dump lists the namespace's devices' qdiscs, not their leaves)."""
+    index = nl.link_index(device)
+    if index is None:
+        return View(None)
+    root: tuple[str | None, int, int | None] = (None, 0, None)
+    for _handle, parent, msg in nl.tc_dump(RTM_GETQDISC, index):
+        if parent == TC_H_ROOT:
+            root = _root_qdisc(msg)
+    classes = {handle: msg for handle, _parent, msg in nl.tc_dump(RTM_GETTCLASS, index) if handle >> 16 == 1}
+    return View(index, root, classes)
+
+
+class Flight:
+    """Readings of one device: a View is either vouched for by the namespace's :class:`TcWatch` or read anew.
+
+    A reading is kept with the watch's epoch from just before its dump started;
+    a monitor takes it while the epoch has not moved (nothing in the namespace
+    changed since). Otherwise, and always for start and stop (``fresh``), the
+    caller gets a View read by a dump that started after it asked, single-flight:
+    whoever asks while no dump runs makes one, whoever asks while one runs waits
+    for the next, and every caller waiting when that starts shares it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._started = 0
+        self._finished = 0
+        self._running = False
+        self._result: View | BaseException = View(None)
+        self._kept: tuple[TcWatch, int, View] | None = None
+
+    def view(self, read: Callable[[], View], deadline: float | None, watch: TcWatch | None, *,
+             fresh: bool) -> View:
+        epoch = watch.poll() if watch is not None and not fresh else None
+        with self._cond:
+            want = self._started + 1
+            while True:
+                kept = self._kept  # (also one a dump made while we waited: nothing changed since we asked)
+                if epoch is not None and kept is not None and kept[0] is watch and kept[1] == epoch:
+                    return kept[2]
+                if self._finished >= want:
+                    return self._outcome(self._result)
+                if not self._running:
+                    self._running = True
+                    self._started += 1
+                    mine = self._started
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("waited too long for a reading of the device")
+                self._cond.wait(left)
+        result: View | BaseException
+        try:
+            before = watch.poll() if watch is not None else None
+            result = read()
+        except BaseException as exc:  # the waiters' outcome as well
+            result = exc
+        with self._cond:
+            self._running = False
+            self._finished = mine
+            self._result = result
+            if isinstance(result, View) and watch is not None and before is not None:
+                self._kept = (watch, before, result)
+            else:
+                self._kept = None
+            self._cond.notify_all()
+        return self._outcome(result)
+
+    @staticmethod
+    def _outcome(result: View | BaseException) -> View:
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+def _iproute(netns: str | None) -> IPRoute:
+    """An IPRoute in ``netns`` (None: ours) to write with; :class:`Absent` if the namespace is not there."""
+    if netns is None:
+        return IPRoute()
+    if not os.path.exists(os.path.join(NETNS_DIR, netns)):
+        raise Absent(f"network namespace {netns} does not exist")
+    try:
+        sock = netlink_socket(netns)
+    except FileNotFoundError:
+        raise Absent(f"network namespace {netns} does not exist") from None
+    try:
+        return IPRoute(use_socket=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Wire:
+    """One device's tc objects: read over a lent socket (the device's View, this leg's u32 node), deleted over it
+    too, added and changed with pyroute2 over an IPRoute opened at the first such write."""
+
+    def __init__(self, nl: Netlink, leg: Leg, view: View) -> None:
+        if view.index is None:
+            raise Absent(f"device {leg.where} does not exist")
+        self.nl = nl
+        self.leg = leg
+        self.view = view
+        self.index: int = view.index
+        self._ipr: IPRoute | None = None
+
+    @property
+    def ipr(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = _iproute(self.leg.netns)
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def root(self) -> tuple[str | None, int, int | None]:
+        """The root qdisc: (kind, handle, HTB default class or None)."""
+        return self.view.root
+
+    def ours(self) -> str | None:
+        """None if the root qdisc is ours (htb 1: default 0), "" if it is the kernel's default, else a reason."""
+        kind, handle, defcls = self.root()
+        if kind == "htb" and handle == ROOT_HANDLE and defcls == 0:
+            return None
+        if handle == 0:
+            return ""
+        what = f"{kind} {handle >> 16:x}:" + (f" default {defcls:x}" if defcls else "")
+        return f"device {self.leg.where} has a root qdisc {what} that Tenure did not create; not replacing it"
+
+    def add_root(self) -> None:
+        self.ipr.tc("add", "htb", self.index, ROOT_HANDLE, parent=TC_H_ROOT, default=0)
+
+    def del_root(self) -> None:
+        self.nl.get(RTM_DELQDISC, TCMSG.pack(0, self.index, ROOT_HANDLE, TC_H_ROOT, 0), NLM_F_ACK)
+
+    def class_handles(self) -> set[int]:
+        """Handles of the classes under 1:."""
+        return set(self.view.classes)
+
+    def get_class(self) -> HtbClass | None:
+        """This leg's HTB class, if there is one."""
+        msg = self.view.classes.get(self.leg.handle)
+        return _htb_class(msg) if msg is not None else None
+
+    def wanted_class(self) -> HtbClass:
+        leg = self.leg
+        return HtbClass(rate=leg.rate_bytes, ceil=leg.rate_bytes, buffer=leg.buffer_ticks, cbuffer=leg.buffer_ticks)
+
+    def put_class(self, command: str) -> None:
+        leg = self.leg
+        quantum = min(max(leg.rate_bytes // 10, 1000), 200000)  # the kernel's own choice, without its warning
+        self.ipr.tc(command, "htb", self.index, leg.handle, parent=ROOT_HANDLE, rate=leg.rate_bytes,
+                    ceil=leg.rate_bytes, burst=leg.burst_bytes, cburst=leg.burst_bytes, quantum=quantum)
+
+    def del_class(self) -> None:
+        self.nl.get(RTM_DELTCLASS, TCMSG.pack(0, self.index, self.leg.handle, ROOT_HANDLE, 0), NLM_F_ACK)
+
+    def _get_filter(self, handle: int, prio: int) -> Message | None:
+        """One filter under 1: by preference (any protocol) and full handle; None if there is none."""
+        try:
+            return self.nl.get(RTM_GETTFILTER, TCMSG.pack(0, self.index, handle, ROOT_HANDLE, prio << 16))
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.EINVAL):  # no such preference, table or node
+                return None
+            raise
+
+    def node(self) -> U32Node | None:
+        """This classid's u32 node (at its preference, node id and bucket 0), if there is one.
+
+        Two lookups: the preference's root hash table (whose id the kernel chose),
+        then the node in it.
+        """
+        leg = self.leg
+        table = self._get_filter(U32_ROOT_TABLE, leg.prio)
+        if table is None or tc_options(table, "u32") is None:
+            return None
+        htid = TCMSG.unpack_from(table[0], table[1] + NLMSG.size)[2] & 0xFFF00000
+        found = self._get_filter(htid | leg.node, leg.prio)
+        node = _u32_node(found) if found is not None else None
+        return node if node is not None and node.handle == htid | leg.node else None
+
+    def nodes_into(self, classid: int) -> list[U32Node]:
+        """The u32 nodes under 1: that classify into ``classid`` (their keys not read), from a dump of the
+        device's filters."""
+        out = []
+        for handle, _parent, msg in self.nl.tc_dump(RTM_GETTFILTER, self.index, ROOT_HANDLE):
+            if handle & 0xFFF:  # key 0 is a hash table
+                found = tc_options(msg, "u32")
+                if found is not None and int_attr(found[0], found[1].get(TCA_U32_CLASSID), U32) == classid:
+                    info = TCMSG.unpack_from(msg[0], msg[1] + NLMSG.size)[4]
+                    out.append(U32Node(handle=handle, info=info, classid=classid, words=None))
+        return out
+
+    def put_node(self, command: str, handle: int) -> None:
+        leg = self.leg
+        self.ipr.tc(command, "u32", self.index, handle=handle, parent=ROOT_HANDLE, prio=leg.prio,
+                    protocol=ETH_P_IP, target=leg.handle, keys=leg.keys())
+
+    def del_node(self, node: U32Node) -> None:
+        self.nl.get(RTM_DELTFILTER, TCMSG.pack(0, self.index, node.handle, ROOT_HANDLE, node.info), NLM_F_ACK)
+
+
+def node_problem(leg: Leg, node: U32Node | None) -> str | None:
+    """Why the node is not the leg's filter, or None if it is."""
+    if node is None:
+        return f"filter pref {leg.prio} node {leg.node:x} for class {leg.classid_text} is missing"
+    if node.classid != leg.handle:
+        got = f"1:{node.classid & 0xFFFF:x}" if node.classid else "none"
+        return f"filter pref {leg.prio} node {leg.node:x} has flowid {got}, expected {leg.classid_text}"
+    if node.words is None or bytes_of(node.words) != leg.match_bytes():
+        return (f"filter pref {leg.prio} node {leg.node:x} matches {_describe(node.words)}, "
+                f"expected {_describe(leg.words())}")
+    return None
+
+
+def _describe(words: list[tuple[int, int, int]] | None) -> str:
+    if words is None:
+        return "a selector that is not a plain u32 match"
+    return " ".join(f"{v:08x}/{m:08x}@{off}" for v, m, off in words) or "everything"

@@ -1,0 +1,2 @@
+"""The event log as notifications: selectors (:mod:`.selector`) and the hub that dispatches to watchers
+(:mod:`.hub`)."""
