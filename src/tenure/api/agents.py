@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Response
-from pydantic import Field, StrictStr
+from pydantic import Field
 
-from tenure.api.routes import NO_NUL, RT, Auth, Name, StrictModel
+from tenure.api.fields import Name, coded, text
+from tenure.api.routes import RT, Auth, StrictModel
 from tenure.domain.events import KINDS
 from tenure.services.agents import MAX_VERSION_LENGTH
 
@@ -20,8 +21,8 @@ router = APIRouter(prefix="/v1")
 
 class AgentRegister(StrictModel):
     host: Name
-    kinds: list[Literal[KINDS]] = Field(max_length=64)  # type: ignore[valid-type]
-    version: StrictStr = Field(min_length=1, max_length=MAX_VERSION_LENGTH, pattern=NO_NUL)
+    kinds: list[Annotated[Literal[KINDS], coded("invalid_kind")]] = Field(max_length=64)  # type: ignore[valid-type]
+    version: text("invalid_version", MAX_VERSION_LENGTH, min_length=1)  # type: ignore[valid-type]
     capabilities: dict[str, Any] | None = None
 
 

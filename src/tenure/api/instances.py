@@ -13,15 +13,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import ConfigDict, Field, StrictStr
 
-from tenure.api.routes import NO_NUL, RT, Auth, Name, StrictModel, int_in
+from tenure.api.fields import NO_NUL, Labels, Name, coded, int_in
+from tenure.api.routes import RT, Auth, StrictModel
 from tenure.domain.instance import (
     MAX_DEPENDENCIES,
-    MAX_LABELS,
     MAX_OUTPUT_LENGTH,
     MAX_OUTPUTS,
     MAX_PARAMETER_LENGTH,
     MAX_PARAMETERS,
     MAX_REASON,
+    PARAM_NAME,
     STATES,
 )
 from tenure.services.instances import MAX_BATCH, MAX_PAGE
@@ -30,14 +31,21 @@ router = APIRouter(prefix="/v1")
 
 # Integer values within what every JSON reader keeps exactly (I-JSON); larger numbers go as strings.
 JSON_INT = 2**53 - 1
-ParamName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
-Parameters = dict[ParamName, Annotated[StrictStr, Field(max_length=MAX_PARAMETER_LENGTH, pattern=NO_NUL)]
-                  | int_in(-JSON_INT, JSON_INT)]
-OutputName = ParamName
-Outputs = dict[OutputName, Annotated[StrictStr, Field(max_length=MAX_OUTPUT_LENGTH, pattern=NO_NUL)]
-               | int_in(-JSON_INT, JSON_INT)]
-Labels = dict[Name, Annotated[StrictStr, Field(max_length=256, pattern=NO_NUL)]]
-State = Literal[STATES]  # type: ignore[valid-type]
+VARIABLE = f"^{PARAM_NAME.pattern}$"
+
+
+def _entries(code: str, max_length: int, name: str = VARIABLE) -> Any:
+    """parameters or outputs (domain/instance.py): names like shell variables, text or integer values."""
+    value = Annotated[StrictStr, Field(max_length=max_length, pattern=NO_NUL)] | int_in(-JSON_INT, JSON_INT)
+    return dict[Annotated[StrictStr, Field(pattern=name), coded(code, "1 to 64 of A-Z a-z 0-9 _, not starting "
+                                                                       "with a digit")],
+                Annotated[value, coded(code, f"text of at most {max_length} characters without NUL, or an "
+                                             f"integer within +-{JSON_INT}")]]
+
+
+Parameters = _entries("invalid_parameters", MAX_PARAMETER_LENGTH)
+Outputs = _entries("invalid_outputs", MAX_OUTPUT_LENGTH)
+State = Annotated[Literal[STATES], coded("invalid_state")]  # type: ignore[valid-type]
 
 
 class InstanceCreate(StrictModel):
@@ -45,7 +53,7 @@ class InstanceCreate(StrictModel):
     type: Name = Field(description="one of GET /v1/types")
     host: Name
     parameters: Parameters | None = Field(default=None, max_length=MAX_PARAMETERS)
-    labels: Labels | None = Field(default=None, max_length=MAX_LABELS)
+    labels: Labels | None = None
     depends_on: list[Name] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
     project: Name | None = None
 
@@ -60,15 +68,16 @@ class InstancePatch(StrictModel):
                   for f in ("parameters", "labels", "depends_on")]})
 
     parameters: Parameters | None = Field(default=None, max_length=MAX_PARAMETERS)
-    labels: Labels | None = Field(default=None, max_length=MAX_LABELS)
+    labels: Labels | None = None
     depends_on: list[Name] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
 
 
 class Report(StrictModel):
-    generation: int_in(1, JSON_INT)  # type: ignore[valid-type]
-    state: Literal["active", "failed", "deleted"]
-    reason: Annotated[StrictStr, Field(pattern=NO_NUL)] | None = Field(default=None, description=f"kept up to {MAX_REASON} characters")
-    outputs: Outputs | None = Field(default=None, max_length=MAX_OUTPUTS)
+    generation: Annotated[int_in(1, JSON_INT), coded("invalid_report")]  # type: ignore[valid-type]
+    state: Annotated[Literal["active", "failed", "deleted"], coded("invalid_report")]
+    reason: Annotated[StrictStr, Field(pattern=NO_NUL), coded("invalid_reason")] | None = Field(
+        default=None, description=f"kept up to {MAX_REASON} characters")
+    outputs: Annotated[Outputs, Field(max_length=MAX_OUTPUTS), coded("invalid_outputs")] | None = None
     result: dict[str, Any] | None = None
 
 

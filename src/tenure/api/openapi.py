@@ -49,6 +49,7 @@ CONFLICTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/v1/pools/{pool}/audit:begin"): ("audit_in_progress",),
     ("post", "/v1/pools/{pool}/audit:end"): ("no_audit",),
     ("post", "/v1/reservations"): ("insufficient_capacity", "limit_exceeded", "no_path", "request_id_conflict"),
+    ("post", "/v1/paths"): ("insufficient_capacity", "limit_exceeded", "no_path"),
     ("patch", "/v1/reservations/{rid}"): ("insufficient_capacity", "limit_exceeded", "no_path",
                                           "reservation_ended"),
     ("delete", "/v1/topology/nodes/{node_id}"): ("node_in_use",),
@@ -90,8 +91,9 @@ def _operation_errors(method: str, path: str, op: dict[str, Any]) -> dict[str, d
     out: dict[str, dict[str, Any]] = {}
     takes_input = bool(op.get("parameters")) or "requestBody" in op
     if takes_input:
-        out["400"] = _error("Bad input (the error's code says which), e.g. invalid_request: the request does "
-                            "not match this document")
+        out["400"] = _error("Bad input, the error's code says which: invalid_request (not of the shape this "
+                            "document gives), or the code of the rule a member breaks (invalid_name, "
+                            "invalid_rate, invalid_time, ...)")
     if path not in UNAUTHENTICATED:
         out["401"] = _error("No token, or not a valid one (missing_token, invalid_token)")
         if (method, path) not in WITHOUT_SCOPE:

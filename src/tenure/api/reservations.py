@@ -15,11 +15,13 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ConfigDict, Field, StrictFloat, StrictStr, ValidationError
 
-from tenure.api.routes import NAME_PATTERN, NO_NUL, RT, Auth, Name, StrictModel, int_in
+from tenure.api.errors import describe_validation
+from tenure.api.fields import NAME_PATTERN, Labels, Name, coded, int_in, text
+from tenure.api.routes import RT, Auth, StrictModel
 from tenure.domain.names import MAX_NAME_LENGTH
 from tenure.domain.access import require_admin
 from tenure.domain.errors import Conflict, InvalidInput
-from tenure.domain.reservation import MAX_LABELS, MAX_REQUEST_ID, MAX_VIA, STATES, ReservationRequest
+from tenure.domain.reservation import MAX_REQUEST_ID, MAX_VIA, STATES, ReservationRequest
 from tenure.domain.topology import MAX_LABELS as TOPOLOGY_LABELS
 from tenure.domain.topology import MAX_LINKS, MAX_NODES, NODE_KINDS
 from tenure.domain.units import MAX_RATE
@@ -29,22 +31,25 @@ from tenure.services.reservations import MAX_PAGE
 router = APIRouter(prefix="/v1")
 REFUSALS = ("insufficient_capacity", "limit_exceeded", "no_path")
 
-# Rates: whole bit/s as a number, or a decimal with an SI suffix ("100M", "1.5G", "10Gbps"); at most 1P.
+# Rates (domain/units.py parse_rate): whole bit/s as a number, or a decimal with an SI suffix ("100M", "1.5G",
+# "10Gbps"); at most 1P.
 RATE_PATTERN = r"^ *[0-9]+(\.[0-9]+)? *[kKMGTP]?(bps|bit/s|b/s|b)? *$"
+RATE_HINT = "whole bit/s up to 1P, or a decimal with a unit such as 100M, 1.5G or 10Gbps"
 RateText = Annotated[StrictStr, Field(max_length=64, pattern=RATE_PATTERN)]
-Rate = (int_in(0, MAX_RATE)
-        | Annotated[StrictFloat, Field(ge=0, le=MAX_RATE, multiple_of=1)] | RateText)  # 0 allowed
-PositiveRate = (int_in(1, MAX_RATE)
-                | Annotated[StrictFloat, Field(ge=1, le=MAX_RATE, multiple_of=1)] | RateText)
-# Instants: ISO 8601 with a zone, Unix seconds, "now", or "+" a duration ("+30m", "+1h30m").
+Rate = Annotated[int_in(0, MAX_RATE) | Annotated[StrictFloat, Field(ge=0, le=MAX_RATE, multiple_of=1)] | RateText,
+                 coded("invalid_rate", RATE_HINT)]  # 0 allowed
+PositiveRate = Annotated[int_in(1, MAX_RATE) | Annotated[StrictFloat, Field(ge=1, le=MAX_RATE, multiple_of=1)]
+                         | RateText, coded("invalid_rate", RATE_HINT)]
+# Instants (domain/timeparse.py): ISO 8601 with a zone, Unix seconds, "now", or "+" a duration ("+1h30m").
 INSTANT_PATTERN = (r"^ *(now|\+([0-9]{1,12}[smhdw])+|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}(:[0-9]{2}(:[0-9]{2}"
                    r"([.,][0-9]{1,6})?)?)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)) *$")
-Instant = (int_in(-10**12, 10**12) | Annotated[StrictFloat, Field(ge=-10**12, le=10**12)]
-           | Annotated[StrictStr, Field(max_length=64, pattern=INSTANT_PATTERN)])
+Instant = Annotated[int_in(-10**12, 10**12) | Annotated[StrictFloat, Field(ge=-10**12, le=10**12)]
+                    | Annotated[StrictStr, Field(max_length=64, pattern=INSTANT_PATTERN)],
+                    coded("invalid_time", "an ISO 8601 time with a zone, Unix seconds, now, or +DURATION such as "
+                                          "+1h30m")]
 Port = int_in(1, 65535)
-Labels = dict[Name, Annotated[StrictStr, Field(max_length=256, pattern=NO_NUL)]]
 PathMode = Literal["shortest", "widest"]
-ReservationState = Literal[STATES]  # type: ignore[valid-type]
+ReservationState = Annotated[Literal[STATES], coded("invalid_state")]  # type: ignore[valid-type]
 
 
 def present(name: str) -> dict[str, Any]:
@@ -96,12 +101,12 @@ class ReservationCreate(StrictModel):
     start: Instant = "now"
     end: Instant
     project: Name | None = None
-    request_id: Annotated[StrictStr, Field(min_length=1, max_length=MAX_REQUEST_ID, pattern=NO_NUL)] | None = None
+    request_id: text("invalid_request_id", MAX_REQUEST_ID, min_length=1) | None = None  # type: ignore[valid-type]
     protocol: Literal["tcp", "udp", "icmp", "sctp"] | None = None
     src_port: Port | None = None
     dst_port: Port | None = None
     dscp: int_in(0, 63) | None = None
-    labels: Labels | None = Field(default=None, max_length=MAX_LABELS)
+    labels: Labels | None = None
     path_mode: PathMode | None = None
 
 
@@ -115,7 +120,7 @@ class ReservationPatch(StrictModel):
     rate: PositiveRate | None = None
     rate_out: PositiveRate | None = None
     rate_in: Rate | None = None
-    labels: Labels | None = Field(default=None, max_length=MAX_LABELS)
+    labels: Labels | None = None
 
 
 class PathQuery(StrictModel):
@@ -129,13 +134,26 @@ class PathQuery(StrictModel):
     project: Name | None = None
 
 
-# A share of each link's capacity: a number in [0, 1) or a percentage under 100 ("25%").
+# A share of each link's capacity (domain/units.py parse_share): a number in [0, 1) or a percentage under 100.
+SHARE_PATTERN = r"^ *(0|[1-9][0-9]?)(\.[0-9]+)?% *$|^ *0?\.[0-9]+ *$"
+SHARE_HINT = "a number in [0, 1) or a percentage under 100% such as '25%'"
 Share = (int_in(0, lt=1) | Annotated[StrictFloat, Field(ge=0, lt=1)]
-         | Annotated[StrictStr, Field(max_length=64, pattern=r"^ *(0|[1-9][0-9]?)(\.[0-9]+)?% *$|^ *0?\.[0-9]+ *$")])
+         | Annotated[StrictStr, Field(max_length=64, pattern=SHARE_PATTERN)])
+# An alarm may also be 100% (domain/topology.py: alarm when a link is full).
+Alarm = Share | int_in(1, 1) | Literal["100%"]
+ALARM_HINT = SHARE_HINT + ", or 1 or '100%' (alarm when full)"
+# A limit's share is more than 0 (services/topology.py: invalid_limit).
+LimitShare = Annotated[Annotated[StrictFloat, Field(gt=0, lt=1)] | Annotated[StrictStr, Field(max_length=64,
+                                                                                             pattern=SHARE_PATTERN)],
+                       coded("invalid_share", SHARE_HINT, greater_than="invalid_limit")]
 
 
-LimitShare = (Annotated[StrictFloat, Field(gt=0, lt=1)]
-              | Annotated[StrictStr, Field(max_length=64, pattern=r"^ *(0|[1-9][0-9]?)(\.[0-9]+)?% *$|^ *0?\.[0-9]+ *$")])
+def topology(kind: Any, hint: str | None = None) -> Any:
+    """A member of a node or a link: domain/topology.py refuses any bad one as invalid_topology."""
+    return Annotated[kind, coded("invalid_topology", hint)]
+
+
+TopologyId = topology(Name)
 
 
 class LimitSet(StrictModel):
@@ -147,10 +165,11 @@ class LimitSet(StrictModel):
 
 
 class NodeBody(StrictModel):
-    id: Name | None = Field(default=None, description="if given, the id in the path")
-    kind: Literal[NODE_KINDS]  # type: ignore[valid-type]
-    labels: dict[Name, Annotated[StrictStr, Field(max_length=MAX_NAME_LENGTH, pattern=r"^[A-Za-z0-9_.:-]*$")]] | None \
-        = Field(default=None, max_length=TOPOLOGY_LABELS)
+    id: TopologyId | None = Field(default=None, description="if given, the id in the path")
+    kind: topology(Literal[NODE_KINDS])  # type: ignore[valid-type]
+    labels: topology(Annotated[dict[TopologyId, topology(Annotated[StrictStr, Field(
+        max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN.replace("]+$", "]*$"))])], Field(
+        max_length=TOPOLOGY_LABELS)]) | None = Field(default=None, description="values: names, or empty")
 
 
 class LinkBody(StrictModel):
@@ -158,22 +177,22 @@ class LinkBody(StrictModel):
         "oneOf": [merge(present("capacity"), absent("capacity_ab"), absent("capacity_ba")),
                   merge(present("capacity_ab"), present("capacity_ba"), absent("capacity"))]})
 
-    id: Name | None = Field(default=None, description="if given, the id in the path")
-    a: Name
-    b: Name
-    capacity: Rate | None = None
-    capacity_ab: Rate | None = None
-    capacity_ba: Rate | None = None
-    headroom: Share | None = None
-    alarm: Share | None = None
+    id: TopologyId | None = Field(default=None, description="if given, the id in the path")
+    a: TopologyId
+    b: TopologyId
+    capacity: topology(Rate) | None = None
+    capacity_ab: topology(Rate) | None = None
+    capacity_ba: topology(Rate) | None = None
+    headroom: topology(Share, SHARE_HINT) | None = None
+    alarm: topology(Alarm, ALARM_HINT) | None = None
 
 
 class TopologyNode(NodeBody):
-    id: Name
+    id: TopologyId
 
 
 class TopologyLink(LinkBody):
-    id: Name
+    id: TopologyId
 
 
 class TopologyDoc(StrictModel):
@@ -181,8 +200,8 @@ class TopologyDoc(StrictModel):
 
     nodes: list[TopologyNode] = Field(default_factory=list, max_length=MAX_NODES)
     links: list[TopologyLink] = Field(default_factory=list, max_length=MAX_LINKS)
-    headroom: Share | None = None
-    alarm: Share | None = None
+    headroom: topology(Share, SHARE_HINT) | None = None
+    alarm: topology(Alarm, ALARM_HINT) | None = None
 
 
 _TOPOLOGY_SCHEMA = {"$ref": "#/components/schemas/TopologyDoc"}
@@ -275,9 +294,8 @@ def _parse_topology(raw: bytes, ctype: str) -> Topology:
     try:
         TopologyDoc.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "topology"
-        raise InvalidInput(f"{where}: {first['msg']}", code="invalid_topology") from None
+        _, message, _ = describe_validation(list(exc.errors()))
+        raise InvalidInput(message, code="invalid_topology") from None
     except RecursionError:
         raise InvalidInput("the topology is nested too deeply", code="invalid_topology") from None
     try:
@@ -309,7 +327,7 @@ def get_node(node_id: str, rt: RT, who: Auth) -> dict[str, Any]:
 
 
 @router.put("/topology/nodes/{node_id}", tags=["topology"])
-async def put_node(node_id: Annotated[str, Path(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)], body: NodeBody,
+async def put_node(node_id: Annotated[TopologyId, Path()], body: NodeBody,
                    rt: RT, who: Auth) -> dict[str, Any]:
     node = parse_node(_with_id("node", node_id, body.model_dump(exclude_none=True)), f"node {node_id}")
     svc = rt.topology
@@ -328,7 +346,7 @@ def get_link(link_id: str, rt: RT, who: Auth) -> dict[str, Any]:
 
 
 @router.put("/topology/links/{link_id}", tags=["topology"])
-async def put_link(link_id: Annotated[str, Path(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)], body: LinkBody,
+async def put_link(link_id: Annotated[TopologyId, Path()], body: LinkBody,
                    rt: RT, who: Auth) -> dict[str, Any]:
     link = parse_link(_with_id("link", link_id, body.model_dump(exclude_none=True)), f"link {link_id}")
     svc = rt.topology
@@ -364,7 +382,7 @@ def get_limit(project: str, rt: RT, who: Auth) -> dict[str, Any]:
 
 
 @router.put("/limits/{project}", tags=["limits"])
-async def set_limit(project: Annotated[str, Path(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)], body: LimitSet, rt: RT, who: Auth) -> dict[str, Any]:
+async def set_limit(project: Annotated[Name, Path()], body: LimitSet, rt: RT, who: Auth) -> dict[str, Any]:
     op = rt.topology.set_limit_op(project, max_bps=body.max, share=body.share, principal=who)
     return (await rt.arun(op)).body()
 

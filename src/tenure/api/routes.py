@@ -11,32 +11,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from tenure.api.auth import authenticate
+from tenure.api.fields import NO_NUL, Key, Name, coded, int_in, text
 from tenure.domain.access import Principal
 from tenure.domain.errors import InvalidInput, TenureError
 from tenure.domain.idspace import MAX_VALUE
-from tenure.domain.names import MAX_KEY_LENGTH, MAX_NAME_LENGTH
+from tenure.domain.names import MAX_KEY_LENGTH
 from tenure.services.allocator import MAX_BULK, MAX_PAGE
 from tenure.services.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
 
 Auth = Annotated[Principal, Depends(authenticate)]
-
-
-def _whole(v: object) -> object:
-    return int(v) if isinstance(v, float) and v.is_integer() else v
-
-
-# An integer, as JSON Schema means it: 5.0 is 5 (JSON does not tell them apart); "5" and true are not.
-Int = Annotated[StrictInt, BeforeValidator(_whole)]
-
-
-def int_in(ge: int | None = None, le: int | None = None, lt: int | None = None) -> Any:
-    """Int within bounds (the bounds inside the validator, so that the document shows them)."""
-    return Annotated[StrictInt, Field(ge=ge, le=le, lt=lt), BeforeValidator(_whole)]
 
 
 def _query_names(dependant: Any) -> frozenset[str]:
@@ -60,14 +48,10 @@ async def known_query(request: Request) -> None:
             raise InvalidInput(f"unknown query parameter {name[:64]!r}; this operation takes "
                                f"{', '.join(sorted(known)) or 'none'}", code="invalid_request")
 
-# The rules of domain/pool.py as the document states them (and pydantic checks them before the domain does).
-# Names in the HTTP API are ASCII (letters, digits, - _ . :): they appear in paths, labels and metrics.
-NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL, so no store takes it
-Key = Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_LENGTH, pattern=NO_NUL)]
-Value = int_in(0, MAX_VALUE)
-RangeList = list[Annotated[list[Value], Field(min_length=2, max_length=2)]]
+# domain/idspace.py's values and ranges (0 <= lo <= hi <= MAX_VALUE; a pool has a range or more).
+Value = Annotated[int_in(0, MAX_VALUE), coded("value_out_of_range")]
+Bound = Annotated[int_in(0, MAX_VALUE), coded("invalid_range")]
+Ranges = list[Annotated[list[Bound], Field(min_length=2, max_length=2)]]
 
 
 async def runtime(request: Request) -> Runtime:
@@ -83,8 +67,9 @@ class StrictModel(BaseModel):
 
 class PoolCreate(StrictModel):
     name: Name
-    ranges: RangeList = Field(min_length=1, max_length=1024, description="[[lo, hi], ...] with lo <= hi")
-    reserved: RangeList = Field(default_factory=list, max_length=1024)
+    ranges: Annotated[Ranges, Field(min_length=1, max_length=1024), coded("invalid_range")] = Field(
+        description="[[lo, hi], ...] with lo <= hi")
+    reserved: Ranges = Field(default_factory=list, max_length=1024)
     strategy: Literal["lowest", "next", "random"] = "lowest"
     projects: list[Name] | None = Field(default=None, max_length=1024)
 
@@ -123,7 +108,7 @@ class TokenCreate(StrictModel):
     role: Literal["admin", "agent", "member"]
     project: Name | None = None
     host: Name | None = None
-    description: Annotated[StrictStr, Field(max_length=1024, pattern=NO_NUL)] | None = None
+    description: text("invalid_text", 1024) | None = None
 
 
 def _count(request: Request, pool: str, outcome: str, n: int = 1) -> None:
