@@ -6,20 +6,23 @@ in :mod:`tenure.services.agents`, writes awaited on the writer's group commit.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Response
-from pydantic import Field, StrictStr
+from pydantic import Field
 
+from tenure.api.fields import Name, coded, text
 from tenure.api.routes import RT, Auth, StrictModel
+from tenure.domain.events import KINDS
+from tenure.services.agents import MAX_VERSION_LENGTH
 
 router = APIRouter(prefix="/v1")
 
 
 class AgentRegister(StrictModel):
-    host: StrictStr
-    kinds: list[StrictStr] = Field(max_length=64)
-    version: StrictStr
+    host: Name
+    kinds: list[Annotated[Literal[KINDS], coded("invalid_kind")]] = Field(max_length=64)  # type: ignore[valid-type]
+    version: text("invalid_version", MAX_VERSION_LENGTH, min_length=1)  # type: ignore[valid-type]
     capabilities: dict[str, Any] | None = None
 
 

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, errors, instances, reservations, routes, watch
+from tenure.api import agents, errors, instances, openapi, reservations, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
@@ -176,6 +176,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         version="0.1.0",
         description="Stable identifiers, reservations in time and resource operations that survive restarts.",
         lifespan=lifespan,
+        dependencies=[Depends(routes.known_query)],
     )
     app.state.tenure = state
     app.state.metrics = metrics
@@ -190,7 +191,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         for router in config.extension.routers:
             app.include_router(router)
 
-    @app.get("/healthz", tags=["system"])
+    @app.get("/healthz", tags=["system"], response_class=JSONResponse, responses=HEALTH_RESPONSES)
     def healthz() -> Response:
         if state.error is not None:
             return JSONResponse({"status": "failed", "error": str(state.error)}, status_code=503)
@@ -205,16 +206,31 @@ def create_app(config: ServerConfig) -> FastAPI:
             body.update(config.extension.health())
         return JSONResponse(body)
 
-    @app.get("/metrics", tags=["system"])
+    @app.get("/metrics", tags=["system"], response_class=Response, responses=METRICS_RESPONSES)
     def prometheus(who: Annotated[Principal, Depends(authenticate)]) -> Response:
         # Admin only: pool names and usage span every project (Prometheus sends a bearer token).
         require_admin(who, "reading metrics")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    openapi.install(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit)
     app.add_middleware(watch.WatchEndpoint, state=state)
     return app
+
+
+_HEALTH = {"type": "object", "required": ["status"],
+           "properties": {"status": {"type": "string", "enum": ["ok", "restoring", "failed"]}}}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Restored and serving: status ok, revision, compacted_revision, watchers",
+          "content": {"application/json": {"schema": _HEALTH}}},
+    503: {"description": "Not serving: restoring, or failed (with the error)",
+          "content": {"application/json": {"schema": _HEALTH}}},
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text exposition format",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
 
 
 class Server(uvicorn.Server):

@@ -1,7 +1,9 @@
 """Every error is an answer: ``{"error": {"code", "message", ...}}`` with a 4xx status.
 
-Domain errors map by class; request validation errors (bad JSON, wrong types,
-unknown fields) become 400 with the offending locations. Anything else is a bug
+Domain errors map by class; request validation errors become 400 with the offending locations:
+bad JSON is ``malformed_json``, a field that breaks its rule has its domain code (the field's type
+says which: :mod:`tenure.api.fields`), and a request not of the right shape (wrong types, missing or
+unknown fields) is ``invalid_request``. Anything else is a bug
 and answers 500 with code ``internal`` (and is logged with its traceback).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from tenure.api.fields import CODES
 from tenure.domain import errors as E
 
 log = logging.getLogger("tenure.api")
@@ -71,14 +75,34 @@ def status_of(exc: E.TenureError) -> int:
     return 400
 
 
-def _describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
+def _where(loc: list[str]) -> str:
+    """A location as the client wrote it: the member or parameter (no ``body``/``query`` prefix), without the
+    forms of a union (``constrained-int``)."""
+    parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+    where = ".".join(p for p in parts if not _FORM.match(p)) or "request"
+    return where.replace(".[key]", " (the key)")
+
+
+# How pydantic names the forms of a union in a location (they are not members of the request).
+_FORM = re.compile(r"(constrained-|function-|lax-|strict-|nullable\[|literal\[|list\[|dict\[)|(str|int|float|bool)$")
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
+    """The code and message of a refused request: the domain's code when a field broke its rule
+    (:func:`tenure.api.fields.coded`), ``invalid_request`` when the request is not of the right shape."""
     clean = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")}
              for e in errors]
     if any(e["type"] == "json_invalid" for e in clean):
         return "malformed_json", "the request body is not valid JSON", clean
-    first = clean[0] if clean else {"loc": [], "msg": "invalid request"}
-    where = ".".join(p for p in first["loc"] if p != "body") or "request"
-    return "invalid_request", f"{where}: {first['msg']}", clean
+    if not clean:
+        return "invalid_request", "request: invalid request", clean
+    first = clean[0]
+    where = _where(first["loc"])
+    if first["type"] in CODES:
+        return str(first["type"]), f"{where} {first['msg']}", clean  # as the domain says it: "rate must be ..."
+    # A union's forms each fail on their own: say what each wanted, once.
+    said = list(dict.fromkeys(e["msg"] for e in clean if _where(e["loc"]) == where))
+    return "invalid_request", f"{where}: {'; '.join(said)}", clean
 
 
 def install(app: FastAPI) -> None:
@@ -88,7 +112,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        code, message, details = _describe_validation(list(exc.errors()))
+        code, message, details = describe_validation(list(exc.errors()))
         return error_response(400, code, message, details=details)
 
     @app.exception_handler(StarletteHTTPException)

@@ -8,28 +8,54 @@ by id or, within the caller's project, by name.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictStr
 
+from tenure.api.fields import NO_NUL, Labels, Name, coded, int_in
 from tenure.api.routes import RT, Auth, StrictModel
-from tenure.domain.instance import MAX_DEPENDENCIES, MAX_PARAMETERS
+from tenure.domain.instance import (
+    MAX_DEPENDENCIES,
+    MAX_OUTPUT_LENGTH,
+    MAX_OUTPUTS,
+    MAX_PARAMETER_LENGTH,
+    MAX_PARAMETERS,
+    MAX_REASON,
+    PARAM_NAME,
+    STATES,
+)
 from tenure.services.instances import MAX_BATCH, MAX_PAGE
 
 router = APIRouter(prefix="/v1")
 
-Value = StrictStr | StrictInt
+# Integer values within what every JSON reader keeps exactly (I-JSON); larger numbers go as strings.
+JSON_INT = 2**53 - 1
+VARIABLE = f"^{PARAM_NAME.pattern}$"
+
+
+def _entries(code: str, max_length: int, name: str = VARIABLE) -> Any:
+    """parameters or outputs (domain/instance.py): names like shell variables, text or integer values."""
+    value = Annotated[StrictStr, Field(max_length=max_length, pattern=NO_NUL)] | int_in(-JSON_INT, JSON_INT)
+    return dict[Annotated[StrictStr, Field(pattern=name), coded(code, "1 to 64 of A-Z a-z 0-9 _, not starting "
+                                                                       "with a digit")],
+                Annotated[value, coded(code, f"text of at most {max_length} characters without NUL, or an "
+                                             f"integer within +-{JSON_INT}")]]
+
+
+Parameters = _entries("invalid_parameters", MAX_PARAMETER_LENGTH)
+Outputs = _entries("invalid_outputs", MAX_OUTPUT_LENGTH)
+State = Annotated[Literal[STATES], coded("invalid_state")]  # type: ignore[valid-type]
 
 
 class InstanceCreate(StrictModel):
-    name: StrictStr
-    type: StrictStr
-    host: StrictStr
-    parameters: dict[StrictStr, Value] | None = Field(default=None, max_length=MAX_PARAMETERS)
-    labels: dict[StrictStr, StrictStr] | None = None
-    depends_on: list[StrictStr] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
-    project: StrictStr | None = None
+    name: Name
+    type: Name = Field(description="one of GET /v1/types")
+    host: Name
+    parameters: Parameters | None = Field(default=None, max_length=MAX_PARAMETERS)
+    labels: Labels | None = None
+    depends_on: list[Name] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
+    project: Name | None = None
 
 
 class InstanceBatch(StrictModel):
@@ -37,16 +63,21 @@ class InstanceBatch(StrictModel):
 
 
 class InstancePatch(StrictModel):
-    parameters: dict[StrictStr, Value] | None = Field(default=None, max_length=MAX_PARAMETERS)
-    labels: dict[StrictStr, StrictStr] | None = None
-    depends_on: list[StrictStr] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={  # at least one change (null is no change)
+        "anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}}
+                  for f in ("parameters", "labels", "depends_on")]})
+
+    parameters: Parameters | None = Field(default=None, max_length=MAX_PARAMETERS)
+    labels: Labels | None = None
+    depends_on: list[Name] | None = Field(default=None, max_length=MAX_DEPENDENCIES)
 
 
 class Report(StrictModel):
-    generation: StrictInt
-    state: StrictStr
-    reason: StrictStr | None = None
-    outputs: dict[StrictStr, Value] | None = None
+    generation: Annotated[int_in(1, JSON_INT), coded("invalid_report")]  # type: ignore[valid-type]
+    state: Annotated[Literal["active", "failed", "deleted"], coded("invalid_report")]
+    reason: Annotated[StrictStr, Field(pattern=NO_NUL), coded("invalid_reason")] | None = Field(
+        default=None, description=f"kept up to {MAX_REASON} characters")
+    outputs: Annotated[Outputs, Field(max_length=MAX_OUTPUTS), coded("invalid_outputs")] | None = None
     result: dict[str, Any] | None = None
 
 
@@ -70,7 +101,7 @@ async def create_instances(body: InstanceBatch, response: Response, rt: RT, who:
 
 @router.get("/instances", tags=["instances"])
 def list_instances(
-    rt: RT, who: Auth, host: str | None = None, state: str | None = None, type: str | None = None,
+    rt: RT, who: Auth, host: str | None = None, state: State | None = None, type: str | None = None,
     project: str | None = None, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> dict[str, Any]:

@@ -11,70 +11,200 @@ import json
 from typing import Annotated, Any, Literal
 
 import yaml
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field, StrictFloat, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictFloat, StrictStr, ValidationError
 
+from tenure.api.errors import describe_validation
+from tenure.api.fields import NAME_PATTERN, Labels, Name, coded, int_in, text
 from tenure.api.routes import RT, Auth, StrictModel
+from tenure.domain.names import MAX_NAME_LENGTH
 from tenure.domain.access import require_admin
 from tenure.domain.errors import Conflict, InvalidInput
-from tenure.domain.reservation import MAX_VIA, ReservationRequest
+from tenure.domain.reservation import MAX_REQUEST_ID, MAX_VIA, STATES, ReservationRequest
+from tenure.domain.topology import MAX_LABELS as TOPOLOGY_LABELS
+from tenure.domain.topology import MAX_LINKS, MAX_NODES, NODE_KINDS
+from tenure.domain.units import MAX_RATE
 from tenure.domain.topology import Topology, parse_link, parse_node
 from tenure.services.reservations import MAX_PAGE
 
 router = APIRouter(prefix="/v1")
 REFUSALS = ("insufficient_capacity", "limit_exceeded", "no_path")
 
-Rate = StrictInt | StrictFloat | StrictStr
-Instant = StrictInt | StrictFloat | StrictStr
-Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+# Rates (domain/units.py parse_rate): whole bit/s as a number, or a decimal with an SI suffix ("100M", "1.5G",
+# "10Gbps"); at most 1P.
+RATE_PATTERN = r"^ *[0-9]+(\.[0-9]+)? *[kKMGTP]?(bps|bit/s|b/s|b)? *$"
+RATE_HINT = "whole bit/s up to 1P, or a decimal with a unit such as 100M, 1.5G or 10Gbps"
+RateText = Annotated[StrictStr, Field(max_length=64, pattern=RATE_PATTERN)]
+Rate = Annotated[int_in(0, MAX_RATE) | Annotated[StrictFloat, Field(ge=0, le=MAX_RATE, multiple_of=1)] | RateText,
+                 coded("invalid_rate", RATE_HINT)]  # 0 allowed
+PositiveRate = Annotated[int_in(1, MAX_RATE) | Annotated[StrictFloat, Field(ge=1, le=MAX_RATE, multiple_of=1)]
+                         | RateText, coded("invalid_rate", RATE_HINT)]
+# Instants (domain/timeparse.py): ISO 8601 with a zone, Unix seconds, "now", or "+" a duration ("+1h30m").
+INSTANT_PATTERN = (r"^ *(now|\+([0-9]{1,12}[smhdw])+|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}(:[0-9]{2}(:[0-9]{2}"
+                   r"([.,][0-9]{1,6})?)?)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)) *$")
+Instant = Annotated[int_in(-10**12, 10**12) | Annotated[StrictFloat, Field(ge=-10**12, le=10**12)]
+                    | Annotated[StrictStr, Field(max_length=64, pattern=INSTANT_PATTERN)],
+                    coded("invalid_time", "an ISO 8601 time with a zone, Unix seconds, now, or +DURATION such as "
+                                          "+1h30m")]
+Port = int_in(1, 65535)
+PathMode = Literal["shortest", "widest"]
+ReservationState = Annotated[Literal[STATES], coded("invalid_state")]  # type: ignore[valid-type]
+
+
+def present(name: str) -> dict[str, Any]:
+    """JSON Schema: the member is given, and not null (the server takes null as absent)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def absent(name: str) -> dict[str, Any]:
+    return {"properties": {name: {"type": "null"}}}
+
+
+def merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"properties": {}}
+    for p in parts:
+        out["properties"].update(p.get("properties", {}))
+        out.setdefault("required", []).extend(p.get("required", []))
+    return out
+
+# What each kind takes (services/reservations.py create_op); a rate is given as rate or rate_out, not both.
+_ONE_RATE = {"properties": {"rate_in": {"anyOf": [{"type": "null"}, {"const": 0}]}}}
+_KINDS = {"allOf": [
+    {"oneOf": [
+        merge({"properties": {"kind": {"const": "bandwidth"}}}, present("dst"), absent("collector"), absent("via"),
+              absent("port")),
+        merge({"properties": {"kind": {"const": "oneway"}}}, present("dst"), absent("collector"), absent("via"),
+              absent("port"), _ONE_RATE),
+        merge({"properties": {"kind": {"const": "steering"}}}, present("dst"), present("via"), absent("collector"),
+              absent("port"), _ONE_RATE,
+              {"properties": {"via": {"type": "array", "minItems": 1, "uniqueItems": True}}}),
+        merge({"properties": {"kind": {"const": "mirror"}}}, present("collector"), absent("dst"), absent("via"),
+              _ONE_RATE),
+    ]},
+    {"oneOf": [present("rate"), present("rate_out")]},
+]}
 
 
 class ReservationCreate(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_KINDS)
+
     kind: Literal["bandwidth", "oneway", "steering", "mirror"]
-    src: StrictStr
-    dst: StrictStr | None = None
-    collector: StrictStr | None = None
-    via: list[StrictStr] | None = Field(default=None, max_length=MAX_VIA)
-    port: StrictStr | None = None
-    rate: Rate | None = None
-    rate_out: Rate | None = None
+    src: Name
+    dst: Name | None = None
+    collector: Name | None = None
+    via: list[Name] | None = Field(default=None, max_length=MAX_VIA)
+    port: Name | None = None
+    rate: PositiveRate | None = None
+    rate_out: PositiveRate | None = None
     rate_in: Rate | None = None
     start: Instant = "now"
     end: Instant
-    project: StrictStr | None = None
-    request_id: StrictStr | None = None
+    project: Name | None = None
+    request_id: text("invalid_request_id", MAX_REQUEST_ID, min_length=1) | None = None  # type: ignore[valid-type]
     protocol: Literal["tcp", "udp", "icmp", "sctp"] | None = None
     src_port: Port | None = None
     dst_port: Port | None = None
-    dscp: Annotated[StrictInt, Field(ge=0, le=63)] | None = None
-    labels: dict[StrictStr, StrictStr] | None = None
-    path_mode: Literal["shortest", "widest"] | None = None
+    dscp: int_in(0, 63) | None = None
+    labels: Labels | None = None
+    path_mode: PathMode | None = None
 
 
 class ReservationPatch(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [present(f) for f in ("start", "end", "rate", "rate_out", "rate_in", "labels")],
+        "not": merge(present("rate"), present("rate_out"))})
+
     start: Instant | None = None
     end: Instant | None = None
-    rate: Rate | None = None
-    rate_out: Rate | None = None
+    rate: PositiveRate | None = None
+    rate_out: PositiveRate | None = None
     rate_in: Rate | None = None
-    labels: dict[StrictStr, StrictStr] | None = None
+    labels: Labels | None = None
 
 
 class PathQuery(StrictModel):
-    src: StrictStr
-    dst: StrictStr
-    rate: Rate
+    src: Name
+    dst: Name
+    rate: PositiveRate
     start: Instant = "now"
     end: Instant
-    k: Annotated[StrictInt, Field(ge=1, le=16)] = 1
-    path_mode: Literal["shortest", "widest"] | None = None
-    project: StrictStr | None = None
+    k: int_in(1, 16) = 1
+    path_mode: PathMode | None = None
+    project: Name | None = None
+
+
+# A share of each link's capacity (domain/units.py parse_share): a number in [0, 1) or a percentage under 100.
+SHARE_PATTERN = r"^ *(0|[1-9][0-9]?)(\.[0-9]+)?% *$|^ *0?\.[0-9]+ *$"
+SHARE_HINT = "a number in [0, 1) or a percentage under 100% such as '25%'"
+Share = (int_in(0, lt=1) | Annotated[StrictFloat, Field(ge=0, lt=1)]
+         | Annotated[StrictStr, Field(max_length=64, pattern=SHARE_PATTERN)])
+# An alarm may also be 100% (domain/topology.py: alarm when a link is full).
+Alarm = Share | int_in(1, 1) | Literal["100%"]
+ALARM_HINT = SHARE_HINT + ", or 1 or '100%' (alarm when full)"
+# A limit's share is more than 0 (services/topology.py: invalid_limit).
+LimitShare = Annotated[Annotated[StrictFloat, Field(gt=0, lt=1)] | Annotated[StrictStr, Field(max_length=64,
+                                                                                             pattern=SHARE_PATTERN)],
+                       coded("invalid_share", SHARE_HINT, greater_than="invalid_limit")]
+
+
+def topology(kind: Any, hint: str | None = None) -> Any:
+    """A member of a node or a link: domain/topology.py refuses any bad one as invalid_topology."""
+    return Annotated[kind, coded("invalid_topology", hint)]
+
+
+TopologyId = topology(Name)
 
 
 class LimitSet(StrictModel):
-    max: Rate | None = None
-    share: StrictFloat | StrictInt | StrictStr | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [merge(present("max"), absent("share")), merge(present("share"), absent("max"))]})
+
+    max: PositiveRate | None = None
+    share: LimitShare | None = None
+
+
+class NodeBody(StrictModel):
+    id: TopologyId | None = Field(default=None, description="if given, the id in the path")
+    kind: topology(Literal[NODE_KINDS])  # type: ignore[valid-type]
+    labels: topology(Annotated[dict[TopologyId, topology(Annotated[StrictStr, Field(
+        max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN.replace("]+$", "]*$"))])], Field(
+        max_length=TOPOLOGY_LABELS)]) | None = Field(default=None, description="values: names, or empty")
+
+
+class LinkBody(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [merge(present("capacity"), absent("capacity_ab"), absent("capacity_ba")),
+                  merge(present("capacity_ab"), present("capacity_ba"), absent("capacity"))]})
+
+    id: TopologyId | None = Field(default=None, description="if given, the id in the path")
+    a: TopologyId
+    b: TopologyId
+    capacity: topology(Rate) | None = None
+    capacity_ab: topology(Rate) | None = None
+    capacity_ba: topology(Rate) | None = None
+    headroom: topology(Share, SHARE_HINT) | None = None
+    alarm: topology(Alarm, ALARM_HINT) | None = None
+
+
+class TopologyNode(NodeBody):
+    id: TopologyId
+
+
+class TopologyLink(LinkBody):
+    id: TopologyId
+
+
+class TopologyDoc(StrictModel):
+    """The topology document (JSON, or YAML with a yaml content type); ids are checked against each other too."""
+
+    nodes: list[TopologyNode] = Field(default_factory=list, max_length=MAX_NODES)
+    links: list[TopologyLink] = Field(default_factory=list, max_length=MAX_LINKS)
+    headroom: topology(Share, SHARE_HINT) | None = None
+    alarm: topology(Alarm, ALARM_HINT) | None = None
+
+
+_TOPOLOGY_SCHEMA = {"$ref": "#/components/schemas/TopologyDoc"}
 
 
 def _with_alarms(body: dict[str, Any], alarms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,7 +235,7 @@ async def create_reservation(body: ReservationCreate, request: Request, response
 
 @router.get("/reservations", tags=["reservations"])
 def list_reservations(
-    rt: RT, who: Auth, state: str | None = None, project: str | None = None, after: str | None = None,
+    rt: RT, who: Auth, state: ReservationState | None = None, project: str | None = None, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> dict[str, Any]:
     page, cursor = rt.reservations.list(principal=who, state=state, project=project, after=after, limit=limit)
@@ -162,6 +292,13 @@ def _parse_topology(raw: bytes, ctype: str) -> Topology:
     except RecursionError:
         raise InvalidInput(f"the topology {kind} is nested too deeply", code="malformed_topology") from None
     try:
+        TopologyDoc.model_validate(doc)
+    except ValidationError as exc:
+        _, message, _ = describe_validation(list(exc.errors()))
+        raise InvalidInput(message, code="invalid_topology") from None
+    except RecursionError:
+        raise InvalidInput("the topology is nested too deeply", code="invalid_topology") from None
+    try:
         return Topology.parse(doc)
     except RecursionError:
         raise InvalidInput("the topology is nested too deeply", code="invalid_topology") from None
@@ -173,8 +310,9 @@ def get_topology(rt: RT, who: Auth) -> dict[str, Any]:
 
 
 @router.put("/topology", tags=["topology"],
-            openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}},
-                                                       "application/yaml": {"schema": {"type": "object"}}}}})
+            openapi_extra={"requestBody": {"required": True,
+                                           "content": {"application/json": {"schema": _TOPOLOGY_SCHEMA},
+                                                       "application/yaml": {"schema": _TOPOLOGY_SCHEMA}}}})
 async def put_topology(request: Request, rt: RT, who: Auth) -> dict[str, Any]:
     """Replace the topology (JSON, or YAML with a yaml content type); every live reservation is re-checked."""
     require_admin(who, "changing the topology")
@@ -189,8 +327,9 @@ def get_node(node_id: str, rt: RT, who: Auth) -> dict[str, Any]:
 
 
 @router.put("/topology/nodes/{node_id}", tags=["topology"])
-async def put_node(node_id: str, body: dict[str, Any], rt: RT, who: Auth) -> dict[str, Any]:
-    node = parse_node(_with_id("node", node_id, body), f"node {node_id}")
+async def put_node(node_id: Annotated[TopologyId, Path()], body: NodeBody,
+                   rt: RT, who: Auth) -> dict[str, Any]:
+    node = parse_node(_with_id("node", node_id, body.model_dump(exclude_none=True)), f"node {node_id}")
     svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.put_node(node), principal=who))
 
@@ -207,8 +346,9 @@ def get_link(link_id: str, rt: RT, who: Auth) -> dict[str, Any]:
 
 
 @router.put("/topology/links/{link_id}", tags=["topology"])
-async def put_link(link_id: str, body: dict[str, Any], rt: RT, who: Auth) -> dict[str, Any]:
-    link = parse_link(_with_id("link", link_id, body), f"link {link_id}")
+async def put_link(link_id: Annotated[TopologyId, Path()], body: LinkBody,
+                   rt: RT, who: Auth) -> dict[str, Any]:
+    link = parse_link(_with_id("link", link_id, body.model_dump(exclude_none=True)), f"link {link_id}")
     svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.put_link(link), principal=who))
 
@@ -242,7 +382,7 @@ def get_limit(project: str, rt: RT, who: Auth) -> dict[str, Any]:
 
 
 @router.put("/limits/{project}", tags=["limits"])
-async def set_limit(project: str, body: LimitSet, rt: RT, who: Auth) -> dict[str, Any]:
+async def set_limit(project: Annotated[Name, Path()], body: LimitSet, rt: RT, who: Auth) -> dict[str, Any]:
     op = rt.topology.set_limit_op(project, max_bps=body.max, share=body.share, principal=who)
     return (await rt.arun(op)).body()
 

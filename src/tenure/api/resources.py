@@ -9,16 +9,26 @@ operation answers 202 with its id at once; the result arrives as an
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field, StrictFloat, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictFloat, StrictStr
 
+from tenure.api.fields import NO_NUL, coded, int_in
 from tenure.api.routes import Auth, StrictModel
 from tenure.domain.access import require_admin
 from tenure.domain.errors import Unavailable
 from tenure.lrm.executor import Lrm
-from tenure.lrm.model import MAX_PARAM_VALUE, MAX_PARAMS
+from tenure.lrm.model import (
+    MAX_INTERVAL,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_PARAM_VALUE,
+    MAX_PARAMS,
+    MAX_TIMEOUT,
+    MIN_INTERVAL,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -35,23 +45,43 @@ async def lrm(request: Request, who: Auth) -> Lrm:
 
 
 LRM = Annotated[Lrm, Depends(lrm)]
-Seconds = StrictFloat | StrictInt
+
+
+def seconds(ge: float, le: float) -> Any:
+    return Annotated[StrictFloat, Field(ge=ge, le=le)] | int_in(math.ceil(ge), math.floor(le))
+
+
+# lrm/model.py's rules: a name is not a UUID (ids and names share {ref}); label keys like Kubernetes'.
+RESOURCE_NAME = r"^(?![0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$)[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+LABEL_KEY = r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,62}[A-Za-z0-9])?$"
 
 
 class ResourceCreate(StrictModel):
-    name: StrictStr = Field(max_length=128)
-    driver: StrictStr = Field(max_length=512)
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")  # RESOURCE_NAME looks ahead
+
+    name: Annotated[StrictStr, Field(max_length=128, pattern=RESOURCE_NAME), coded(
+        "invalid_name", "1 to 128 letters, digits and _ . : @ -, starting with a letter or digit, not a UUID")]
+    driver: StrictStr = Field(max_length=512, description="ocf:PROVIDER:TYPE, lsb:NAME, exec:NAME, "
+                                                          "python:module:Class or ansible:PLAYBOOK (GET /v1/drivers)")
     params: dict[StrictStr, Annotated[StrictStr, Field(max_length=MAX_PARAM_VALUE)]] = Field(
         default_factory=dict, max_length=MAX_PARAMS)
-    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict, max_length=64)
+    labels: dict[Annotated[StrictStr, Field(pattern=LABEL_KEY), coded("invalid_labels", "1 to 64 letters, digits and "
+                                                                                          "_ . / -, starting and "
+                                                                                          "ending with a letter or "
+                                                                                          "digit")],
+                 Annotated[StrictStr, Field(max_length=MAX_LABEL_VALUE, pattern=NO_NUL), coded("invalid_labels")]] = Field(
+        default_factory=dict, max_length=MAX_LABELS)
 
 
 class OperationCreate(StrictModel):
-    action: StrictStr = Field(max_length=64)
-    interval: Seconds = 0
-    timeout: Seconds | None = None
+    action: StrictStr = Field(min_length=1, max_length=64, description="an action the driver declares")
+    interval: Annotated[seconds(0, 0) | seconds(MIN_INTERVAL, MAX_INTERVAL), coded(  # type: ignore[valid-type]
+        "invalid_interval", f"0, or {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds")] = Field(
+        default=0, description="seconds between runs of a recurring operation; 0: once")
+    timeout: Annotated[seconds(0.001, MAX_TIMEOUT), coded(  # type: ignore[valid-type]
+        "invalid_timeout", f"0.001 to {MAX_TIMEOUT:g} seconds")] | None = None
     report: Literal["change", "always"] = "change"
-    expect: StrictInt = 0
+    expect: Annotated[int_in(0, 255), coded("invalid_expect", "an exit code 0-255")] = 0  # type: ignore[valid-type]
 
 
 @router.post("/resources", status_code=201, tags=["resources"])

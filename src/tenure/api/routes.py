@@ -11,18 +11,47 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from tenure.api.auth import authenticate
+from tenure.api.fields import NO_NUL, Key, Name, coded, int_in, text
 from tenure.domain.access import Principal
-from tenure.domain.errors import TenureError
+from tenure.domain.errors import InvalidInput, TenureError
+from tenure.domain.idspace import MAX_VALUE
+from tenure.domain.names import MAX_KEY_LENGTH
 from tenure.services.allocator import MAX_BULK, MAX_PAGE
 from tenure.services.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
 
 Auth = Annotated[Principal, Depends(authenticate)]
-RangeList = list[Annotated[list[StrictInt], Field(min_length=2, max_length=2)]]
+
+
+def _query_names(dependant: Any) -> frozenset[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+async def known_query(request: Request) -> None:
+    """Refuse unknown query parameters, as request bodies refuse unknown fields: a misspelt one is an error."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = getattr(route, "_tenure_query", None)
+    if known is None:
+        known = route._tenure_query = _query_names(dependant)
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidInput(f"unknown query parameter {name[:64]!r}; this operation takes "
+                               f"{', '.join(sorted(known)) or 'none'}", code="invalid_request")
+
+# domain/idspace.py's values and ranges (0 <= lo <= hi <= MAX_VALUE; a pool has a range or more).
+Value = Annotated[int_in(0, MAX_VALUE), coded("value_out_of_range")]
+Bound = Annotated[int_in(0, MAX_VALUE), coded("invalid_range")]
+Ranges = list[Annotated[list[Bound], Field(min_length=2, max_length=2)]]
 
 
 async def runtime(request: Request) -> Runtime:
@@ -37,36 +66,49 @@ class StrictModel(BaseModel):
 
 
 class PoolCreate(StrictModel):
-    name: StrictStr
-    ranges: RangeList = Field(max_length=1024)
-    reserved: RangeList = Field(default_factory=list, max_length=1024)
+    name: Name
+    ranges: Annotated[Ranges, Field(min_length=1, max_length=1024), coded("invalid_range")] = Field(
+        description="[[lo, hi], ...] with lo <= hi")
+    reserved: Ranges = Field(default_factory=list, max_length=1024)
     strategy: Literal["lowest", "next", "random"] = "lowest"
-    projects: list[StrictStr] | None = Field(default=None, max_length=1024)
+    projects: list[Name] | None = Field(default=None, max_length=1024)
 
 
 class ClaimCreate(StrictModel):
-    key: StrictStr
-    value: StrictInt | None = None
-    project: StrictStr | None = None
-    host: StrictStr | None = None
+    key: Key
+    value: Value | None = None
+    project: Name | None = None
+    host: Name | None = None
 
 
 class BulkItem(StrictModel):
-    key: StrictStr
-    value: StrictInt | None = None
+    key: Key
+    value: Value | None = None
 
 
 class BulkClaim(StrictModel):
     claims: list[BulkItem] = Field(min_length=1, max_length=MAX_BULK)
-    project: StrictStr | None = None
-    host: StrictStr | None = None
+    project: Name | None = None
+    host: Name | None = None
+
+
+# An admin token has no scope; a member's is a project, an agent's a host (domain/access.py check_scope).
+_SCOPES = {"oneOf": [
+    {"properties": {"role": {"const": "admin"}, "project": {"type": "null"}, "host": {"type": "null"}}},
+    {"properties": {"role": {"const": "member"}, "project": {"type": "string"}, "host": {"type": "null"}},
+     "required": ["project"]},
+    {"properties": {"role": {"const": "agent"}, "host": {"type": "string"}, "project": {"type": "null"}},
+     "required": ["host"]},
+]}
 
 
 class TokenCreate(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_SCOPES)
+
     role: Literal["admin", "agent", "member"]
-    project: StrictStr | None = None
-    host: StrictStr | None = None
-    description: StrictStr | None = Field(default=None, max_length=1024)
+    project: Name | None = None
+    host: Name | None = None
+    description: text("invalid_text", 1024) | None = None
 
 
 def _count(request: Request, pool: str, outcome: str, n: int = 1) -> None:
@@ -145,7 +187,7 @@ def list_claims(
     rt: RT,
     who: Auth,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    after: Annotated[str | None, Query(max_length=256)] = None,
+    after: Annotated[str | None, Query(max_length=MAX_KEY_LENGTH, pattern=NO_NUL)] = None,
 ) -> dict[str, Any]:
     page, nxt = rt.allocator.list_claims(pool, limit=limit, after=after, principal=who)
     return {"claims": [c.body() for c in page], "next": nxt, "revision": rt.revision}

@@ -40,6 +40,7 @@ from tenure.watch.hub import (
     event_data,
     sse_frame,
 )
+from tenure.domain.events import KINDS, OPS
 from tenure.watch.selector import Filter
 
 log = logging.getLogger("tenure.watch")
@@ -106,6 +107,13 @@ def prepare(state: Any, principal: Principal, scope: Scope) -> WatchStream:
                           max_num_fields=1024)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"malformed query string: {exc}", code="invalid_request") from None
+    unknown = sorted(set(params) - {p["name"] for p in _PARAMS if p["in"] == "query"})
+    if unknown:
+        raise InvalidInput(f"unknown query parameter {unknown[0][:64]!r}", code="invalid_request")
+    for name, pattern, code in (("kind", _KIND_LIST, "invalid_kind"), ("op", _OP_LIST, "invalid_op")):
+        for value in params.get(name, ()):
+            if not re.fullmatch(pattern, value):
+                raise InvalidInput(f"{name}: expected names separated by commas, got {value[:40]!r}", code=code)
     flt = Filter.parse(kinds=params.get("kind", ()), ids=params.get("id", ()), ops=params.get("op", ()),
                        selectors=params.get("selector", ()))
     if all(implied_scope(principal, k) is None for k in flt.kinds):
@@ -139,13 +147,20 @@ def prepare(state: Any, principal: Principal, scope: Scope) -> WatchStream:
     return WatchStream(hub, rt.history, w, start=start, initial=initial)
 
 
+def _list_of(names: tuple[str, ...]) -> str:
+    one = "(" + "|".join(names) + ")"
+    return f"^ *{one}( *, *{one})* *$"
+
+
+_KIND_LIST = _list_of(KINDS)
+_OP_LIST = _list_of(OPS)
 _PARAMS = [
-    {"name": "kind", "in": "query", "schema": {"type": "array", "items": {"type": "string"}},
+    {"name": "kind", "in": "query", "schema": {"type": "array", "items": {"type": "string", "pattern": _KIND_LIST}},
      "description": "kinds (repeat or comma-separate)"},
     {"name": "id", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
     {"name": "selector", "in": "query", "schema": {"type": "array", "items": {"type": "string"}},
      "description": "label selectors, Kubernetes syntax; ANDed"},
-    {"name": "op", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+    {"name": "op", "in": "query", "schema": {"type": "array", "items": {"type": "string", "pattern": _OP_LIST}}},
     {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
     {"name": "initial", "in": "query", "schema": {"type": "boolean", "default": False}},
     {"name": "bookmarks", "in": "query", "schema": {"type": "boolean", "default": True}},
