@@ -146,3 +146,9 @@ def test_make_driver_refuses_a_bad_spec(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as err:
         make_driver("ocf:heartbeat:..", DriverRoots(), rsctmp=tmp_path)
     assert err.value.code == "invalid_driver"
+
+
+def test_a_python_driver_named_by_the_old_package_name_still_loads(tmp_path: Path) -> None:
+    """Agents stored their resources' drivers as python:tenure.drivers.handlers...: after the rename they run."""
+    driver = make_driver("python:tenure.drivers.handlers.example:Memory", DriverRoots(), rsctmp=tmp_path)
+    assert isinstance(driver, PythonDriver) and driver.spec.provider == "tenure.drivers.bundled.example"

@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tenure.drivers.process import group_alive
+from tenure.clock import RealClock
+from tenure.drivers.process import group_alive, wait_group_gone
 from tenure.lrm.model import Result
 from tests.lrm.conftest import DUMMY, Harness, run_lrm
 
@@ -136,33 +137,44 @@ def test_every_run_recorded_across_restarts(tmp_path: Path, caplog: Any) -> None
 
 
 def test_closing_stops_what_still_runs_and_the_next_start_reports_it_interrupted(tmp_path: Path) -> None:
-    """A shutdown waits ``close_wait`` (the LRM's clock) for what runs, then kills it: nothing outlives the agent;
-    the operation is reported interrupted at the next start, as after a crash, and the instance is probed."""
-    fifo = tmp_path / "ready"
-    os.mkfifo(fifo)
+    """A shutdown waits ``close_wait`` (the LRM's clock) for what runs, then stops it as a timeout would (SIGTERM,
+    SIGKILL after the grace period): nothing outlives the agent; the operation is reported interrupted at the next
+    start, as after a crash, and the instance is probed."""
+    fifos = {name: tmp_path / f"ready-{name}" for name in ("stubborn", "polite")}
+    for fifo in fifos.values():
+        os.mkfifo(fifo)
 
     async def scenario(h: Harness) -> None:
         assert h.lrm is not None
-        await h.lrm.add("stuck", "exec:sleeper", params={"ignore_term": "1", "ready": str(fifo)})
-        op = await h.lrm.submit("stuck", "start", timeout=3600)
-        line = await asyncio.to_thread(fifo.read_text)  # the driver runs and says so (a wait on an event)
-        pid = int(line.split()[1])
-        assert group_alive(pid)
+        pids, ops = {}, {}
+        for name, ignore in (("stubborn", "1"), ("polite", "0")):  # stubborn's start ignores SIGTERM
+            await h.lrm.add(name, "exec:sleeper", params={"ignore_term": ignore, "ready": str(fifos[name])})
+            ops[name] = await h.lrm.submit(name, "start", timeout=3600)
+            line = await asyncio.to_thread(fifos[name].read_text)  # the driver runs and says so (an event)
+            pids[name] = int(line.split()[1])
+        grace = h.lrm.grace
         closing = asyncio.ensure_future(h.close())
         await asyncio.sleep(0)  # let the close begin: it arms its wait before its first await (a yield, not time)
-        assert not closing.done() and group_alive(pid)  # it waits for the running start...
-        h.clock.advance(10)  # ...for close_wait, then stops it
+        assert not closing.done() and all(group_alive(p) for p in pids.values())  # it waits for what runs...
+        t0 = h.clock.now()
+        h.clock.advance(10)  # ...for close_wait: then SIGTERM, which ends polite's start
+        await h.clock.timer_armed(t0 + 10 + grace)
+        assert await wait_group_gone(pids["polite"], clock=RealClock(), timeout=30)  # on an event (pidfd), not time
+        assert group_alive(pids["stubborn"]) and not closing.done()
+        h.clock.advance(grace)  # then SIGKILL for what ignored it
         await closing
-        assert not group_alive(pid), "a driver process outlived the LRM"
+        assert not group_alive(pids["stubborn"]), "a driver process outlived the LRM"
         await h.open()
         assert h.lrm is not None
-        await h.until(lambda: any(r.op_id == op["id"] for _, r in h.results))
-        mine = [r for _, r in h.results if r.op_id == op["id"]]
-        assert len(mine) == 1 and mine[0].status == "cancelled" and "interrupted" in (mine[0].exit_reason or "")
-        # the probe of the restart runs (this driver's monitor sleeps too: it ends at its timeout)
+        await h.until(lambda: all(any(r.op_id == op["id"] for _, r in h.results) for op in ops.values()))
+        for op in ops.values():
+            mine = [r for _, r in h.results if r.op_id == op["id"]]
+            assert len(mine) == 1 and mine[0].status == "cancelled" and "interrupted" in (mine[0].exit_reason or "")
+        # the probes of the restart run (this driver's monitor sleeps too: they end at their timeout)
         await h.clock.timer_armed(h.clock.now() + h.lrm.default_timeout)
         h.clock.advance(h.lrm.default_timeout)
-        probes = await h.runs("stuck", 1)
-        assert [(r.trigger, r.status) for r in probes] == [("restore", "timeout")]
+        for name in ops:
+            probes = await h.runs(name, 1)
+            assert [(r.trigger, r.status) for r in probes] == [("restore", "timeout")]
 
     run_lrm(tmp_path, scenario, close_wait=10)

@@ -190,7 +190,8 @@ def group_alive(pgid: int) -> bool:
     return bool(_group_members(pgid))
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group that is gone (or not ours to signal) is left alone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -251,7 +252,7 @@ async def kill_group(pgid: int, *, clock: LoopClock, timeout: float = REAP_WAIT)
     """SIGKILL every live member of group ``pgid`` and wait (at most ``timeout``) until none is left."""
     deadline = clock.now() + timeout
     while group_alive(pgid):
-        _killpg(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         # Re-send on each round: a member may have forked between the scan and the kill.
         if not await wait_group_gone(pgid, clock=clock, timeout=max(0.0, deadline - clock.now())):
             log.warning("process group survived SIGKILL", extra={"pgid": pgid})
@@ -302,7 +303,7 @@ async def run_process(argv: Sequence[str], *, env: Mapping[str, str], timeout: f
     def kill_hard(pgid: int) -> None:
         if exited():
             return
-        _killpg(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         # Re-check later and say so if the process will not die (e.g. stuck in uninterruptible I/O).
         timers.append(clock.call_at(clock.now() + REAP_WAIT, lambda: exited() or log.warning(
             "process survived SIGKILL", extra={"pid": pgid, "argv0": argv[0]})))
@@ -312,7 +313,7 @@ async def run_process(argv: Sequence[str], *, env: Mapping[str, str], timeout: f
         if exited():
             return
         timed_out = True
-        _killpg(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         timers.append(clock.call_at(clock.now() + grace, lambda: kill_hard(pgid)))
 
     out_r, out_w = os.pipe()
@@ -356,7 +357,7 @@ async def run_process(argv: Sequence[str], *, env: Mapping[str, str], timeout: f
     except BaseException:
         # Cancelled (or on_spawn failed): leave nothing running behind us. The exit watch stays armed and
         # reaps the child once it is gone (failing that, subprocess reaps it later).
-        _killpg(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         raise
     finally:
         for t in timers:

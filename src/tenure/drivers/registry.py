@@ -18,6 +18,21 @@ from tenure.drivers.pydriver import PythonDriver
 from tenure.drivers.spec import DriverRoots
 
 
+# Python packages of drivers that Tenure renamed: a name stored before (an agent's resources, an operator's
+# types file) still finds its driver.
+RENAMED_PACKAGES = {"tenure.drivers.handlers": "tenure.drivers.bundled"}
+
+
+def renamed(spec: DriverSpec) -> DriverSpec:
+    """``spec`` with the current name of a renamed package of Tenure's python drivers (else ``spec``)."""
+    if spec.cls != "python" or spec.provider is None:
+        return spec
+    for old, new in RENAMED_PACKAGES.items():
+        if spec.provider == old or spec.provider.startswith(old + "."):
+            return DriverSpec("python", spec.name, new + spec.provider[len(old):])
+    return spec
+
+
 def make_driver(spec: str | DriverSpec, roots: DriverRoots, *, rsctmp: Path) -> Driver:
     """The driver for ``spec``; ``InvalidInput(code="invalid_driver")`` for a bad spec or a disallowed module.
 
@@ -28,6 +43,7 @@ def make_driver(spec: str | DriverSpec, roots: DriverRoots, *, rsctmp: Path) -> 
         spec = parse_spec(spec)
     elif not isinstance(spec, DriverSpec):
         raise InvalidInput(f"invalid driver {spec!r}", code="invalid_driver", driver=str(spec))
+    spec = renamed(spec)
     if spec.cls == "ocf":
         return OcfDriver(spec, roots=roots, rsctmp=rsctmp)
     if spec.cls == "lsb":

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ from tenure.clock import LoopClock, Timer
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError, Unavailable
 from tenure.drivers.base import ACTION_NAME, Driver, RunOutcome, RunRequest
 from tenure.drivers.ocf import MetaData
+from tenure.drivers.process import signal_group
 from tenure.drivers.registry import make_driver
 from tenure.drivers.spec import DriverRoots
 from tenure.lrm.model import (
@@ -73,6 +75,7 @@ DEFAULT_TIMEOUT = 20.0  # seconds, when neither the request nor the agent's meta
 META_TIMEOUT = 5.0
 RECENT_OPS = 32  # finished one-shot operations kept in memory per instance (older ones: the history)
 MAX_QUEUE = 1000  # operations waiting on one instance
+REAL_TIME_MARGIN = 5.0  # seconds: how much longer than its clock says a wait of close() may take in real time
 RUNNING_STATES = frozenset({"running", "promoted", "degraded", "failed"})
 
 
@@ -106,6 +109,8 @@ class _Op:
     result: Result | None = None
     has_row: bool = False  # a client operation has a pending history row to complete
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    pid: int | None = None  # while it runs, a process driver's process (group leader)
+    interrupted: bool = False  # stopped by close(): no result, as after a crash
 
 
 @dataclass(eq=False)
@@ -580,7 +585,7 @@ class Lrm:
         req = RunRequest(action=op.action, params=inst.params, instance=inst.name, instance_id=inst.id,
                          interval=op.interval, timeout=op.timeout, grace=self.grace)
         try:
-            outcome = await inst.driver.run(req, self.clock)
+            outcome = await inst.driver.run(req, self.clock, on_spawn=lambda pid: setattr(op, "pid", pid))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a driver bug must not take the LRM down: the operation fails
@@ -590,6 +595,10 @@ class Lrm:
         finally:
             self.in_flight -= 1
         finished = self.clock.now()
+        if op.interrupted:  # stopped by close(): its pending row says "interrupted" at the next start
+            inst.running = None
+            op.done.set()
+            return
         result = Result(op_id=op.id, run=op.run, action=op.action, interval=op.interval, rc=outcome.rc,
                         status=outcome.status, exit_reason=outcome.exit_reason, queued_at=op.submitted_wall,
                         started_at=started_wall, finished_at=started_wall + (finished - started),
@@ -743,10 +752,11 @@ class Lrm:
     async def close(self) -> None:
         """Stop scheduling, drop what is queued, wait for what runs, then stop what still runs.
 
-        The wait is at most ``close_wait`` seconds of the LRM's clock. What still runs then is cancelled:
-        a process driver's whole group is killed (SIGKILL), so nothing outlives the agent. As after a crash,
-        a client's operation that did not finish keeps its pending row and is reported interrupted at the
-        next start, where every instance is probed.
+        The wait is at most ``close_wait`` seconds of the LRM's clock. What still runs then is stopped as a
+        timeout is: SIGTERM to a process driver's group, SIGKILL ``grace`` seconds later (a cancel), so nothing
+        outlives the agent. As after a crash, a client's operation that did not finish keeps its pending row
+        and is reported interrupted at the next start, where every instance is probed. Each wait also has a
+        real-time bound, so a close ends even if the clock it waits on does not move.
         """
         self._closing = True
         for inst in self._by_id.values():
@@ -760,23 +770,40 @@ class Lrm:
         running += list(self._background)
         if not running:
             return
+        pending = await self._wait_for(running, self.close_wait)
+        if not pending:
+            return
+        stuck = sorted(i.name for i in self._by_id.values() if i.running is not None)
+        log.warning("operations still running at shutdown: stopped (SIGTERM, then SIGKILL after the grace period)",
+                    extra={"count": len(stuck), "resources": ",".join(stuck)})
+        for inst in self._by_id.values():
+            if inst.running is not None:
+                inst.running.interrupted = True
+                if inst.running.pid is not None:
+                    signal_group(inst.running.pid, signal.SIGTERM)
+        pending = await self._wait_for(list(pending), self.grace)
+        workers = [i.worker for i in self._by_id.values() if i.worker is not None and not i.worker.done()]
+        for task in (*workers, *pending):
+            task.cancel()  # a process driver's run kills its group (SIGKILL) as it is cancelled
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REAL_TIME_MARGIN):
+                await asyncio.gather(*workers, *pending, return_exceptions=True)
+
+    async def _wait_for(self, tasks: list[asyncio.Future[Any]], seconds: float) -> set[asyncio.Future[Any]]:
+        """Wait until ``tasks`` are done, at most ``seconds`` of the clock (and of real time, plus a margin):
+        those still pending."""
         expired = asyncio.Event()
-        timer = self.clock.call_at(self.clock.now() + self.close_wait, expired.set)
+        timer = self.clock.call_at(self.clock.now() + seconds, expired.set)
         deadline = asyncio.ensure_future(expired.wait())
         try:
-            _, pending = await _wait_all_or(running, deadline)
+            async with asyncio.timeout(seconds + REAL_TIME_MARGIN):
+                _, pending = await _wait_all_or(tasks, deadline)
+                return pending
+        except TimeoutError:
+            return {t for t in tasks if not t.done()}
         finally:
             timer.cancel()
             deadline.cancel()
-        if not pending:
-            return
-        workers = [i.worker for i in self._by_id.values() if i.worker is not None and not i.worker.done()]
-        log.warning("operations still running at shutdown: stopped", extra={
-            "count": len(workers), "resources": ",".join(sorted(i.name for i in self._by_id.values()
-                                                                if i.running is not None))})
-        for task in (*workers, *pending):
-            task.cancel()
-        await asyncio.gather(*workers, *pending, return_exceptions=True)
 
 
 async def _wait_all_or(tasks: list[asyncio.Future[Any]], stop: asyncio.Future[Any]
