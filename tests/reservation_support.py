@@ -7,10 +7,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 
+from tenure.domain.access import Principal
+from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime, Settings
+from tenure.store import schema
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -104,3 +107,30 @@ def check_usage_matches_reservations(rt: Runtime) -> None:
                 assert want <= topo.usable[h], ("over-committed", topo.hops[h], t)
         if not bookings:
             assert not cap.use[h], topo.hops[h]
+
+
+def reserve(rt: Runtime, principal: Principal | None = None, **raw: Any) -> Any:
+    raw.setdefault("kind", "bandwidth")
+    raw.setdefault("start", "now")
+    raw.setdefault("end", "+1h")
+    kwargs = {"principal": principal} if principal else {}
+    res, _created, _alarms = rt.run(rt.reservations.create_op(ReservationRequest.parse(raw), **kwargs))
+    return res
+
+
+def events_of(rt: Runtime, kind: str = "reservation") -> list[tuple[str, str, str]]:
+    import json
+
+    with rt.engine.connect() as conn:
+        rows = conn.execute(select(schema.events).where(schema.events.c.kind == kind)
+                            .order_by(schema.events.c.revision)).all()
+    return [(r.object_id, r.op, json.loads(r.labels).get("state", "")) for r in rows]
+
+
+def shrink(doc: dict[str, Any], link: str, capacity: str) -> Topology:
+    links = [{**lk, "capacity": capacity} if lk["id"] == link else lk for lk in doc["links"]]
+    for lk in links:
+        if lk["id"] == link:
+            lk.pop("capacity_ab", None)
+            lk.pop("capacity_ba", None)
+    return Topology.parse({**doc, "links": links})

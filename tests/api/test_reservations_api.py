@@ -318,3 +318,14 @@ def test_pages_follow_the_next_cursor(net: Any) -> None:
         if after is None:
             break
     assert seen == ids
+
+
+def test_who_may_reserve_is_decided_before_the_request_is_judged(net: Any) -> None:
+    """An agent may not reserve, nor a member for another project: 403, whatever else is wrong with the request."""
+    agent, blue = net.token("agent", host="h1"), net.token("member", project="blue")
+    same_ends = {"kind": "bandwidth", "src": "h1", "dst": "h1", "rate": "1M", "end": "+1h"}  # 400 for an admin
+    assert post(net, **same_ends).status_code == 400
+    r = post(net, agent, **same_ends)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = post(net, blue, project="red", **same_ends)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"

@@ -14,6 +14,7 @@ from tenure.domain.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from tenure.services.agents import validate_capabilities, validate_kinds, validate_version
 from tenure.services.runtime import Runtime, Settings
 from tenure.store import schema
+
 from tests.store.test_writer import WAIT, writer_held
 
 T0 = datetime(2026, 11, 22, 4, 20, tzinfo=UTC)

@@ -6,7 +6,6 @@ these pin down a few sequences exactly, on both stores.
 
 from __future__ import annotations
 
-
 import pytest
 
 from tenure import Allocator

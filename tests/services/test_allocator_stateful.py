@@ -45,6 +45,7 @@ from tenure import Allocator
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError
 from tenure.domain.idspace import MAX_VALUE, STRATEGIES
 from tenure.services.allocator import ClaimResult
+
 from tests.services.allocator_model import Grant, PoolModel, Refusal, check_grant, check_refusal
 
 # More keys than any pool has values; a few unusual but valid ones among them.

@@ -16,6 +16,7 @@ from tenure.domain.instance import Instance
 from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime
+
 from tests.reservation_support import FakeClock, at, open_rt
 
 AGENT_H1 = Principal("agent", host="h1")

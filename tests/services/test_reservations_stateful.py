@@ -21,6 +21,7 @@ from tenure.domain.errors import Conflict, InvalidInput
 from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.domain.units import parse_instant
+
 from tests.reservation_support import SQUARE, FakeClock, check_usage_matches_reservations, open_rt, usage_of
 
 HOSTS = ["h1", "h2", "h3", "c1"]

@@ -26,8 +26,9 @@ def test_a_change_is_seen_by_readers_only_after_the_commit() -> None:
     assert m.view == {"a": 1}
 
 
-def test_a_refused_command_puts_the_old_value_back_and_publishes_nothing() -> None:
-    m: Published[str, int] = Published()
+def test_a_refused_command_puts_the_old_value_back_and_publishes_only_what_is_committed() -> None:
+    published: list[tuple[str, int | None]] = []
+    m: Published[str, int] = Published(on_publish=lambda k, v: published.append((k, v)))
     m.load("a", 1)
     b = batch()
     mark = b.mark()
@@ -36,6 +37,9 @@ def test_a_refused_command_puts_the_old_value_back_and_publishes_nothing() -> No
     m.put(b, "a", None)
     b.rollback_to(mark)
     assert m.working == {"a": 1} and m.view == {"a": 1}
+    commit(b)  # the batch's other commands commit: the refused one's keys are published as they stand
+    assert m.view == {"a": 1}
+    assert sorted(published, key=str) == [("a", 1), ("b", None)]
 
 
 def test_a_failed_commit_undoes_every_change_of_the_batch() -> None:

@@ -9,7 +9,7 @@ delivered it, in the same commit or an earlier one, so a restart resumes with
 nothing lost and nothing applied twice.
 
 Local IDs (a shaper's class id) come from the agent's embedded allocator:
-pool ``local.<type>.<parameter>`` with the ranges of the handler's
+pool ``local.<type>.<parameter>`` with the ranges of the instance type's
 ``locals``, the key being the instance id: the same key gets the same value
 after any restart (DESIGN.md invariant 4).
 """

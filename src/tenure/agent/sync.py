@@ -333,8 +333,8 @@ class SyncLoop:
             return  # pending on the server: nothing to do yet
         itype = self.types.get(d["type"])
         if itype is None:
-            await self._report(loc, gen, "failed", reason=f"the agent of host {self.host!r} has no driver for "
-                                                          f"type {d['type']!r}")
+            await self._report(loc, gen, "failed", reason=f"the agent of host {self.host!r} has no instance type "
+                                                          f"{d['type']!r}")
             return
         res = self._resource(loc)
         if res is not None and res["state"] not in OK_STATES and loc.reported == (gen, "active"):

@@ -218,6 +218,7 @@ def _with_alarms(body: dict[str, Any], alarms: list[dict[str, Any]]) -> dict[str
 async def create_reservation(body: ReservationCreate, request: Request, response: Response, rt: RT,
                              who: Auth) -> dict[str, Any]:
     counter = request.app.state.metrics.reservations
+    rt.reservations.may_reserve(who, body.project)  # who may ask comes first: a 403 before any 400
     try:
         wanted = ReservationRequest.parse(body.model_dump(exclude_none=True))  # the rules beyond the body's shape
         res, created, alarms = await rt.arun(rt.reservations.create_op(wanted, principal=who))

@@ -104,7 +104,7 @@ def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="Id, or nam
 def modify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="Id, or name in your project.")],
            param: ParamOpt = None, label: LabelOpt = None, depends_on: DependsOpt = None,
            as_json: JsonOption = False) -> None:
-    """Replace parameters, labels or dependencies; the agent runs the handler's modify."""
+    """Replace parameters, labels or dependencies; the agent runs its driver's modify."""
     params, labels = _pairs(param, "--param"), _pairs(label, "--label")
     if params is None and labels is None and depends_on is None:
         raise typer.BadParameter("give --param, --label or --depends-on")
@@ -116,6 +116,6 @@ def modify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="Id, or n
 def delete(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="Id, or name in your project.")],
            force: Annotated[bool, typer.Option(help="Forget it without the agent's confirmation (admins).")]
            = False, as_json: JsonOption = False) -> None:
-    """Delete: the agent runs the handler's delete, then the instance is gone."""
+    """Delete: the agent runs its driver's delete, then the instance is gone."""
     run(ctx, lambda c: c.delete_instance(ref, force=force), lambda i: say(f"{i['name']}: {i['state']}"),
         as_json=as_json)

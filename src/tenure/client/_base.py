@@ -10,27 +10,6 @@ watch's request (URL, query, headers, read timeout) and its resume logic
 (:class:`~tenure.client._watch.WatchSession`) are built here too; only the loop
 that reads the stream is written per client.
 
-A small synchronous client of the /v1 API: one method per route, JSON dicts out.
-
-It is deliberately thin: the server validates, so the client sends what it is
-given and turns failures into the three exceptions of :mod:`._errors`. Answers
-are the API's JSON documents unchanged, with one addition: :meth:`claim` (and
-:meth:`reserve`, :meth:`register_agent`) add ``created`` (the API tells a new
-object from an existing one by 201 vs 200, which a dict cannot carry otherwise).
-
-One ``httpx.Client`` underneath, configured once and never mutated afterwards
-(the token goes into each request's headers, not into shared client state), so
-one :class:`TenureClient` may be used from many threads at once.
-
-Every request is sent to an absolute URL built from ``base_url``, so an injected
-``http`` client (e.g. FastAPI's ``TestClient``, which is an ``httpx.Client``)
-is used only as a transport; its own base URL and headers do not leak in.
-
-A host agent (``tenure agent``) listens on a Unix socket by default: a base URL
-``unix:/path/to/agent.sock`` sends every request over that socket (to an
-``http://localhost`` origin, which the server ignores), and errors still name the
-``unix:`` URL. Both the synchronous and the asynchronous client speak it.
-
 Path segments are percent-encoded with nothing left safe: a key ``a/b`` must
 reach the server as one segment ``a%2Fb``, and ``?``, ``#`` and ``%`` must not
 start a query, a fragment or an escape. The keys ``.`` and ``..`` are dot

@@ -1,6 +1,6 @@
 """Instances: resources on hosts with a desired and an observed state, and how they are stitched (pure rules).
 
-An instance is something a host agent makes real through the handler of its
+An instance is something a host agent makes real through the driver of its
 *type* (a VM, a VLAN interface, a bandwidth shaper). The server holds its
 desired state (``present`` or ``absent``) and its parameters; the host's agent
 converges the host and reports what it observed. The states:
@@ -8,10 +8,10 @@ converges the host and reports what it observed. The states:
 - ``pending``: not yet sent to the agent: a dependency is not active, or no
   agent is registered on the host (``reason`` says which);
 - ``provisioning``: sent (created or modified), waiting for the agent's result;
-- ``active``: the handler's create (or modify) succeeded, and its probes agree;
+- ``active``: its driver's create (or modify) succeeded, and its probes agree;
 - ``deleting``: desired absent, waiting for the agent to confirm;
 - ``deleted``: gone (the row is removed; the last event carries this state);
-- ``failed``: with a ``reason``: the handler failed or timed out, a dependency
+- ``failed``: with a ``reason``: the driver failed or timed out, a dependency
   failed, a reference could not be resolved, or the agent did not report
   before the deadline. A failed instance is re-tried when it is modified, and
   one that failed *before* it was sent is re-evaluated whenever one of its
@@ -172,7 +172,7 @@ class Instance:
     outputs: Mapping[str, str] = field(default_factory=dict)
     result: Mapping[str, Any] | None = None  # the last operation result the agent reported
     owner: str | None = None  # what made it, e.g. "reservation:<id>/out"; None for a user's instance
-    timeout: float = 60.0  # seconds the handler's operation may take (from the type)
+    timeout: float = 60.0  # seconds the driver's operation may take (from the type)
     deadline: int | None = None  # µs: a transitional state fails if no report comes by then
     created_at: int = 0
     updated_at: int = 0

@@ -285,7 +285,7 @@ class ReservationRequest:
         mode = raw.get("path_mode") or "shortest"
         if mode not in PATH_MODES:
             raise InvalidInput(f"path_mode must be one of {', '.join(PATH_MODES)}", code="invalid_path_mode")
-        start, end = raw.get("start", "now"), raw.get("end")  # checked when resolved against the clock
+        start, end = raw.get("start"), raw.get("end")  # checked when resolved against the clock
         if start is None or end is None:
             raise InvalidInput("start and end are required", code="invalid_window")
         return cls(kind=kind, src=src, dst=dst, rate_out=rate_out, rate_in=rate_in, start=start, end=end, via=via,

@@ -569,7 +569,7 @@ class InstanceService:
                 new = replace(inst, state=ACTIVE, reason=None, outputs=outputs, result=result, observed=gen,
                               deadline=None)
             else:
-                why = reason or "the handler failed"
+                why = reason or "the driver failed"
                 new = replace(inst, state=FAILED, reason=why if inst.desired == PRESENT else f"delete failed: {why}",
                               result=result, observed=gen, deadline=None)
             if new == inst:

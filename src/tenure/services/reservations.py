@@ -127,13 +127,14 @@ def unrouted(legs: Sequence[Leg]) -> tuple[Leg, ...]:
 class ReservationService:
     def __init__(self, *, writer: Writer, clock: Clock = utcnow, horizon: float = 366 * 86400.0,
                  retention: float = 7 * 86400.0, start_grace: float = 300.0,
-                 limits: dict[str, Limit] | None = None) -> None:
+                 limits: Published[str, Limit] | None = None) -> None:
         self.writer = writer
         self.clock = clock
         self.horizon = int(horizon * US)
         self.retention = int(retention * US)
         self.grace = int(start_grace * US)
-        self.limits: dict[str, Limit] = limits if limits is not None else {}  # the topology service's
+        # The per-project limits (the topology service changes them): the Capacity reads the writer's map.
+        self.limits = (limits if limits is not None else Published()).working
         self.cap = Capacity(empty_topology(), self.limits)  # the ledgers; the topology service swaps it on a change
         self._map: Published[str, Reservation] = Published(on_publish=self._arm)
         self._res = self._map.working  # the writer thread's; in admission order
@@ -323,18 +324,24 @@ class ReservationService:
 
     # ================================================================ reservations
 
+    def may_reserve(self, principal: Principal, project: object) -> str | None:
+        """Whether ``principal`` may make a reservation for ``project`` (as asked): the project it is for.
+
+        Agents may not; a member reserves for its own project only (and by default)."""
+        _may_change(principal, "making reservations")
+        if principal.role == "member":
+            if project is not None and project != principal.project:
+                raise Forbidden(f"a {principal.describe()} may reserve only for its own project")
+            return principal.project
+        return project if isinstance(project, str) else None
+
     def create_op(self, request: ReservationRequest, *, principal: Principal = ADMIN) -> Op:
         """Returns ``(reservation, created, alarms)``; created is False for an idempotent retry.
 
         ``request`` is checked already (:meth:`ReservationRequest.parse`); here: who may ask, for which
         project, and the window against the clock."""
         p = principal
-        _may_change(p, "making reservations")
-        project = request.project
-        if p.role == "member":
-            if project is not None and project != p.project:
-                raise Forbidden(f"a {p.describe()} may reserve only for its own project")
-            project = p.project
+        project = self.may_reserve(p, request.project)
         kind, src, dst, via, port = request.kind, request.src, request.dst, request.via, request.port
         rate_out, rate_in, match, labels = request.rate_out, request.rate_in, request.match, dict(request.labels)
         request_id, mode = request.request_id, request.path_mode

@@ -87,7 +87,7 @@ class Runtime:
                 self.reservations = ReservationService(
                     writer=self.writer, clock=clock, horizon=self.settings.reservation_horizon,
                     retention=self.settings.reservation_retention, start_grace=self.settings.reservation_start_grace,
-                    limits=limits.working)
+                    limits=limits)
                 self.topology = TopologyService(writer=self.writer, reservations=self.reservations, limits=limits)
                 types = self.settings.instance_types
                 if types is None:

@@ -12,7 +12,7 @@ its shapers commit together.
 The flow is matched by the endpoints' addresses, read from the topology's
 node labels: ``address`` (required on the destination, used on the source
 when present) and ``interface`` (the source host's egress device; without it
-the agent's handler properties must name the ``device``). A destination
+the agent's instance type properties must name the ``device``). A destination
 without an address makes a shaper that is created ``failed`` with that reason,
 so the problem shows on the reservation's host instead of passing silently.
 """

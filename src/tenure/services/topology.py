@@ -185,7 +185,7 @@ class TopologyService:
         batch.emit("topology", "topology", "updated" if old_meta[0] else "created", {}, body)
         batch.on_commit_once("topology", self._publish_topology)
         if outcome["degraded"]:
-                log_on_commit(batch, "reservations degraded by a topology change", logger=log, level=logging.WARNING,
+            log_on_commit(batch, "reservations degraded by a topology change", logger=log, level=logging.WARNING,
                           count=len(outcome["degraded"]))
         log_on_commit(batch, "topology changed", logger=log, level=logging.INFO, nodes=len(topo.nodes),
                       links=len(topo.links), kept=outcome["kept"], rerouted=len(outcome["rerouted"]),
