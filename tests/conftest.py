@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from tenure.api.app import Server, ServerConfig, create_app
+from tenure.api.app import ServerConfig, create_app
+from tenure.api.server import Server, server_config
 from tenure.services.embedded import Allocator
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 
@@ -130,7 +130,7 @@ def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, **config:
             await super().startup(sockets)
             started.set()
 
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    server = _Server(server_config(app, timeout_graceful_shutdown=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

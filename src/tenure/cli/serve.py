@@ -7,11 +7,11 @@ import socket
 import stat
 from pathlib import Path
 
-import uvicorn
 from rich.console import Console
 
 from tenure import logs
-from tenure.api.app import LrmConfig, Server, ServerConfig, create_app
+from tenure.api.app import LrmConfig, ServerConfig, create_app
+from tenure.api.server import server_for
 from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
 from tenure.services.runtime import Settings
@@ -61,13 +61,6 @@ def bind(listen: str) -> tuple[socket.socket, str]:
     return sock, f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound_port}"
 
 
-def _server_for(app: object) -> Server:
-    # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-                            proxy_headers=False)
-    return Server(config)
-
-
 def serve(
     *,
     db: str | None,
@@ -99,7 +92,7 @@ def serve(
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop,
                                   settings=settings or Settings(), watch_mode=watch_dispatch, lrm=lrm))
-    server = _server_for(app)
+    server = server_for(app)
     server.run(sockets=[sock])
     if failure:
         console.print(f"[red]error:[/] could not restore the store: {failure[0]}")
