@@ -1,28 +1,158 @@
 """The HTTP server machinery around the app: uvicorn, configured and extended for Tenure.
 
 :func:`server_for` builds the :class:`Server` that ``tenure serve`` and ``tenure agent`` run (and the
-tests, through :func:`server_config`).
+tests, through :func:`server_config`). Its connections speak :class:`HttpProtocol`: uvicorn's httptools
+protocol, with what uvicorn leaves out:
+
+- Errors of the HTTP layer itself (a malformed request, a request target over ``max_url`` bytes, a head
+  over ``max_head`` bytes) are answered like every other error: ``{"error": {"code", "message"}}`` as
+  JSON (400, 414, 431), never plain text. The head is bounded while it arrives, so a header that never
+  ends costs at most ``max_head`` bytes and one read.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import httptools
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger("tenure.http")
 
 
-def server_config(app: Any, **overrides: Any) -> uvicorn.Config:
+@dataclass(frozen=True)
+class HttpLimits:
+    """What the HTTP layer accepts before a request reaches the app."""
+
+    max_url: int = 16 * 1024  # bytes of request target (path and query): longer is 414
+    max_head: int = 64 * 1024  # bytes of request line and headers: more is 431
+
+
+def server_config(app: Any, *, limits: HttpLimits | None = None, **overrides: Any) -> uvicorn.Config:
     """uvicorn's configuration for the app (``overrides``: more uvicorn options, e.g. a log level)."""
+    protocol = type("HttpProtocol", (HttpProtocol,), {"limits": limits or HttpLimits()})
     # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
     options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on",
-                               "timeout_graceful_shutdown": 10, "proxy_headers": False}
+                               "timeout_graceful_shutdown": 10, "proxy_headers": False, "http": protocol}
     return uvicorn.Config(app, **{**options, **overrides})
 
 
-def server_for(app: Any) -> Server:
-    return Server(server_config(app))
+def server_for(app: Any, *, limits: HttpLimits | None = None) -> Server:
+    return Server(server_config(app, limits=limits))
+
+
+class _Refusal(Exception):
+    """Raised in a parser callback: the request is refused with this status and error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """One HTTP/1.1 connection: uvicorn's httptools protocol with bounded heads and JSON refusals.
+
+    ``_in_head`` is true while the connection waits for the head of its next request (from the end of the
+    previous request's body, or the start of the connection, until that head is complete); ``_head_bytes``
+    counts what arrived meanwhile, ``_head_size`` the request target and headers parsed so far.
+    """
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_size = 0
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            refusal = exc.__context__ if isinstance(exc.__context__, _Refusal) else None
+            if refusal is not None:
+                self._refuse(refusal.status, refusal.code, refusal.message)
+            elif isinstance(exc.__context__, UnicodeDecodeError):
+                self._refuse(400, "invalid_request", "the request target is not ASCII")
+            else:
+                detail = exc.__context__ if exc.__context__ is not None else exc
+                self._refuse(400, "invalid_request", f"not a valid HTTP/1.1 request: {detail}")
+            return
+        if self._in_head and self._head_bytes > self.limits.max_head:  # a head that does not end
+            self._refuse(431, "headers_too_large", f"the request line and headers are over {self.limits.max_head} "
+                                                   "bytes")
+
+    # Parser callbacks: uvicorn's, with the head's size counted as it is parsed.
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._head_size += len(url)
+        if len(self.url) > self.limits.max_url:
+            raise _Refusal(414, "uri_too_long", f"the request target is over {self.limits.max_url} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.limits.max_head:
+            raise _Refusal(431, "headers_too_large", f"the request line and headers are over "
+                                                     f"{self.limits.max_head} bytes")
+        name = name.lower()
+        # llhttp keeps trailing OWS, which https://www.rfc-editor.org/rfc/rfc9110#section-5.5 excludes from the value.
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = self._head_size = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "invalid_request", msg)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer an error of the HTTP layer, as JSON like every other error, and close the connection."""
+        log.info("request refused", extra={"status": status, "error": code, "reason": message,
+                                           "client": _address(self.client)})
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # Mid-request (a body that stopped being HTTP): the app sees a disconnect, and it cannot have
+            # started an answer that this one would corrupt.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend([b"content-type: application/json\r\n",
+                        b"content-length: " + str(len(body)).encode() + b"\r\n",
+                        b"connection: close\r\n\r\n", body])
+        self.transport.write(b"".join(content))
+        self.transport.close()
+
+
+def _address(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "local"
 
 
 class Server(uvicorn.Server):
