@@ -6,8 +6,11 @@ Every error is still ``{"error": {"code", "message"}}`` as JSON (DESIGN.md invar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +18,24 @@ from typing import Any
 
 import pytest
 
+from tenure.api.server import HttpLimits
 from tests.conftest import Api, start_api
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, limits: HttpLimits | None = None) -> Iterator[Api]:
+    """A real server (uvicorn on loopback, SQLite): the HTTP layer does not depend on the store's backend."""
+    servers = start_api(f"sqlite:///{tmp_path / 'tenure.db'}", tmp_path / "data", limits=limits)
+    try:
+        yield next(servers)
+    finally:
+        servers.close()
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Api]:
-    """A real server (uvicorn on loopback, SQLite): the HTTP layer does not depend on the store's backend."""
-    yield from start_api(f"sqlite:///{tmp_path / 'tenure.db'}", tmp_path / "data")
+    with serving(tmp_path) as api:
+        yield api
 
 
 def port_of(api: Api) -> int:
@@ -110,3 +124,83 @@ def test_the_connection_still_serves_requests_within_the_limits(served: Api) -> 
                          + b"\r\n\r\n")
             answer = read_answer(sock)
             assert answer.status == 200 and answer.json()["status"] == "ok"
+
+
+# -- a body over the limit (issue 1) ------------------------------------------------------------------------------
+
+TWO_MIB = b"x" * (2 * 1024 * 1024)
+
+
+def _post(api: Api, path: str, body: bytes | Iterator[bytes], headers: dict[str, str]) -> tuple[int, Any]:
+    """A POST with urllib, which sends its whole body before it reads the answer (as most clients do)."""
+    request = urllib.request.Request(f"{api.client.base_url}{path}", data=body, method="POST",
+                                     headers={**api.headers(), "Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_bodies_over_the_limit_get_413_not_a_reset(served: Api) -> None:
+    """20 POSTs of 2 MiB: every one answered 413 with the JSON error (a reset used to end about half)."""
+    assert served.post("/v1/pools", json={"name": "p", "ranges": [[1, 100]]}).status_code == 201
+    for _ in range(20):
+        status, body = _post(served, "/v1/pools/p/claims", TWO_MIB, {})
+        assert status == 413 and body["error"]["code"] == "too_large", body
+
+
+def test_a_chunked_body_over_the_limit_gets_413(served: Api) -> None:
+    """Without a Content-Length the limit is found while the body streams: the rest is still read, not reset."""
+    assert served.post("/v1/pools", json={"name": "p", "ranges": [[1, 100]]}).status_code == 201
+    for _ in range(20):
+        chunks = iter([TWO_MIB[i:i + 65536] for i in range(0, len(TWO_MIB), 65536)])
+        status, body = _post(served, "/v1/pools/p/claims", chunks, {"Transfer-Encoding": "chunked"})
+        assert status == 413 and body["error"]["code"] == "too_large", body
+
+
+def test_a_malformed_request_with_a_large_body_gets_its_400(served: Api) -> None:
+    """Refused on its head while its body is still coming: the client that sends it all first reads the 400."""
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", port_of(served)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/pools/p/claims HTTP/1.1\r\nHost: t\r\nX-Bad: a\x01b\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(TWO_MIB))
+            sock.sendall(TWO_MIB)
+            assert_error(read_answer(sock), 400, "invalid_request")
+
+
+# A body refused on its Content-Length is answered with "connection: close": the server drains it until the client
+# closes. A chunked one is refused while it streams and the connection stays open: the parser skips the rest.
+FRAMINGS = {"content-length": b"Content-Length: 104857600\r\n\r\n", "chunked": b"Transfer-Encoding: chunked\r\n\r\n"}
+
+
+def _refused_upload(port: int, framing: str) -> socket.socket:
+    """A claim POST whose body (100 MiB, or chunks without end) goes over the limit: the 413 read, more to send."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /v1/pools/p/claims HTTP/1.1\r\nHost: t\r\n" + FRAMINGS[framing])
+    if framing == "chunked":
+        sock.sendall(b"%x\r\n%s\r\n" % (len(TWO_MIB), TWO_MIB))
+    assert_error(read_answer(sock), 413, "too_large")
+    return sock
+
+
+def _chunk(framing: str, data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if framing == "chunked" else data
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_draining_a_refused_body_is_bounded_in_bytes(tmp_path: Path, framing: str) -> None:
+    """Past ``linger_bytes`` of a refused body the server stops reading and closes: the sender is cut off."""
+    with serving(tmp_path, HttpLimits(linger_bytes=256 * 1024)) as api, _refused_upload(port_of(api), framing) as sock:
+        with pytest.raises(OSError):  # reset or broken pipe well before 100 MiB
+            for _ in range(1600):
+                sock.sendall(_chunk(framing, b"x" * 65536))
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_draining_a_refused_body_is_bounded_in_time(tmp_path: Path, framing: str) -> None:
+    """A client that stops sending the refused body is closed after ``linger_timeout``."""
+    with serving(tmp_path, HttpLimits(linger_timeout=0.5)) as api, _refused_upload(port_of(api), framing) as sock:
+        sock.sendall(_chunk(framing, b"x" * 1000))
+        assert sock.recv(1) == b""  # the server closed: end of stream, within the socket's timeout

@@ -8,10 +8,17 @@ protocol, with what uvicorn leaves out:
   over ``max_head`` bytes) are answered like every other error: ``{"error": {"code", "message"}}`` as
   JSON (400, 414, 431), never plain text. The head is bounded while it arrives, so a header that never
   ends costs at most ``max_head`` bytes and one read.
+- A request answered before its body arrived in full (413 on its Content-Length, 401 before the body was
+  read, a refusal of the HTTP layer) has the rest of its body read and discarded, up to ``linger_bytes`` and
+  ``linger_timeout``. Closing a socket with unread bytes makes Linux send a reset, and a client that sends
+  its whole body before it reads (urllib, requests, most libraries) would then get "connection reset" in
+  place of the answer. An answer that closes the connection then waits for the client to close (lingering
+  close, as nginx does); one that keeps it open lets the parser skip the rest of the body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -31,6 +38,8 @@ class HttpLimits:
 
     max_url: int = 16 * 1024  # bytes of request target (path and query): longer is 414
     max_head: int = 64 * 1024  # bytes of request line and headers: more is 431
+    linger_bytes: int = 64 * 1024 * 1024  # most bytes of an answered request's body read and discarded
+    linger_timeout: float = 10.0  # seconds the rest of an answered request's body may take to arrive
 
 
 def server_config(app: Any, *, limits: HttpLimits | None = None, **overrides: Any) -> uvicorn.Config:
@@ -60,6 +69,10 @@ class HttpProtocol(HttpToolsProtocol):
     ``_in_head`` is true while the connection waits for the head of its next request (from the end of the
     previous request's body, or the start of the connection, until that head is complete); ``_head_bytes``
     counts what arrived meanwhile, ``_head_size`` the request target and headers parsed so far.
+
+    After an answer that came before the whole body: ``_draining`` (the connection is to close: every byte
+    is discarded unparsed until the client closes) or ``_discarding`` (it stays open: the parser skips the
+    rest of the body); ``_drained`` counts the bytes, ``_linger`` bounds the time.
     """
 
     limits: ClassVar[HttpLimits] = HttpLimits()
@@ -68,9 +81,27 @@ class HttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_size = 0
+        self._draining = self._discarding = False
+        self._drained = 0
+        self._linger: asyncio.TimerHandle | None = None
         super().connection_made(transport)
+        # What a request's cycle closes goes through _close_after_response (see on_headers_complete).
+        self._cycle_transport = _CycleTransport(transport, self._close_after_response)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._draining or self._discarding:
+            self._drained += len(data)
+            if self._drained > self.limits.linger_bytes:
+                self.transport.close()  # enough: whatever still comes is reset
+                return
+            if self._draining:
+                return
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)
@@ -118,11 +149,62 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = self._head_size = 0
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # a new request (not an upgrade): its task has not run yet
+            self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        if self._discarding:  # the body of an answered request is over: the connection serves the next one
+            self._discarding = False
+            self._stop_linger()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._draining:
+            self.server_state.total_requests += 1
+            return
+        if not self._in_head and not self.pipeline and not self.transport.is_closing():
+            # Answered (and kept open) before the body arrived in full: the parser skips the rest, bounded.
+            self._discarding = True
+            self._drained = 0
+            self._linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
+        super().on_response_complete()
+
+    def shutdown(self) -> None:
+        if self._draining:
+            self.transport.close()
+        else:
+            super().shutdown()
+
+    def _close_after_response(self) -> None:
+        """A request's cycle closes the connection (an answer with ``connection: close``, or a failure)."""
+        if self._in_head or self.transport.is_closing():
+            self.transport.close()
+        else:  # its body is still coming
+            self._start_draining()
+
+    def _start_draining(self) -> None:
+        """Lingering close: discard whatever arrives until the client closes, within the limits, then close."""
+        self._draining = True
+        self._discarding = False
+        self._drained = 0
+        self._unset_keepalive_if_required()
+        self._stop_linger()
+        self._linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
+        if self.cycle is not None:
+            self.cycle.body = bytearray()
+        self.flow.resume_reading()
+
+    def _stop_linger(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "invalid_request", msg)
@@ -148,7 +230,22 @@ class HttpProtocol(HttpToolsProtocol):
                         b"content-length: " + str(len(body)).encode() + b"\r\n",
                         b"connection: close\r\n\r\n", body])
         self.transport.write(b"".join(content))
-        self.transport.close()
+        self._start_draining()  # whatever else the client sends, it gets to read this answer
+
+
+class _CycleTransport:
+    """The transport as a request's cycle sees it: its ``close`` is the protocol's, which may linger."""
+
+    __slots__ = ("_transport", "close", "is_closing", "write")
+
+    def __init__(self, transport: Any, close: Any) -> None:
+        self._transport = transport
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.close = close
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _address(client: tuple[str, int] | None) -> str:
