@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tenure.api.server import HttpLimits
@@ -204,3 +213,170 @@ def test_draining_a_refused_body_is_bounded_in_time(tmp_path: Path, framing: str
     with serving(tmp_path, HttpLimits(linger_timeout=0.5)) as api, _refused_upload(port_of(api), framing) as sock:
         sock.sendall(_chunk(framing, b"x" * 1000))
         assert sock.recv(1) == b""  # the server closed: end of stream, within the socket's timeout
+
+
+# -- connections that never finish their headers (issue 2) --------------------------------------------------------
+
+PARTIAL = b"POST /v1/pools/p/claims HTT"  # a request line that never ends
+
+
+def open_idle(port: int, n: int, data: bytes = PARTIAL) -> list[socket.socket]:
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+            if data:
+                sock.sendall(data)
+            socks.append(sock)
+    except BaseException:
+        close_all(socks)
+        raise
+    return socks
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def metric(api: Api, name: str) -> float:
+    return fresh_metric(api.client, name, api.headers())
+
+
+def fresh_metric(client: httpx.Client, name: str, headers: dict[str, str] | None = None) -> float:
+    r = client.get("/metrics", headers=headers)
+    assert r.status_code == 200, r.text
+    values = [float(line.split()[-1]) for line in r.text.splitlines() if line.split(" ")[0] == name]
+    assert len(values) == 1, f"{name} not in /metrics"
+    return values[0]
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closed)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_many_idle_connections_do_not_lock_others_out(tmp_path: Path) -> None:
+    with serving(tmp_path, HttpLimits(header_timeout=60)) as api:
+        assert api.post("/v1/pools", json={"name": "p", "ranges": [[1, 100]]}).status_code == 201
+        idle = open_idle(port_of(api), 300)
+        try:
+            # On a new connection, accepted after the idle ones (the kernel's accept queue is in order).
+            with httpx.Client(base_url=api.client.base_url, headers=api.headers(), timeout=30) as fresh:
+                assert fresh.get("/healthz").json()["status"] == "ok"
+                assert fresh.post("/v1/pools/p/claims", json={"key": "k"}).status_code == 201
+                assert fresh_metric(fresh, "tenure_http_connections") >= 301
+        finally:
+            close_all(idle)
+
+
+def test_connections_that_do_not_finish_their_headers_are_closed(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tenure.http")
+    with serving(tmp_path, HttpLimits(header_timeout=0.5)) as api:
+        port = port_of(api)
+        partial = open_idle(port, 300)
+        silent = open_idle(port, 1, b"")  # connects, sends nothing
+        second = open_idle(port, 1, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # one request, then half of one
+        try:
+            assert read_answer(second[0]).status == 200
+            second[0].sendall(b"GET /healthz HTTP/1.1\r\nHost")
+            for sock in partial + second:  # each gets a 408, then the end of the stream
+                head, _, body = read_to_end(sock).partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408 "), head
+                assert json.loads(body)["error"]["code"] == "request_timeout"
+            assert read_to_end(silent[0]) == b""  # nothing was asked: closed without an answer
+        finally:
+            close_all(partial + silent + second)
+        assert metric(api, "tenure_http_header_timeouts_total") >= 302
+    assert any(r.name == "tenure.http" and "headers" in r.getMessage() for r in caplog.records)
+
+
+def test_at_the_connection_limit_new_connections_are_refused_and_logged(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tenure.http")
+    with serving(tmp_path, HttpLimits(max_connections=20, header_timeout=60)) as api:
+        api.client.close()  # no keep-alive connection of the test's client in the count
+        idle = open_idle(port_of(api), 20)
+        try:
+            over = open_idle(port_of(api), 1, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_to_end(over[0]) == b""  # closed at once, not answered
+            close_all(over)
+        finally:
+            close_all(idle)
+        # The server sees the idle ones close soon after, not at once: until then a new connection may be refused.
+        deadline = time.monotonic() + 20
+        with httpx.Client(base_url=api.client.base_url, headers=api.headers(), timeout=30) as client:
+            while True:
+                try:
+                    refused = fresh_metric(client, "tenure_http_refused_connections_total")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the server did not accept connections again"
+        assert refused >= 1
+    assert any(r.name == "tenure.http" and r.levelno == logging.WARNING and "limit" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_tenure_serve_raises_its_descriptor_limit_and_closes_idle_connections(tmp_path: Path) -> None:
+    """A real ``tenure serve`` started with a soft limit of 256 descriptors: it raises the limit to the hard one,
+    so 300 idle connections leave room for everyone else; they are closed after ``--header-timeout``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 1024, f"the hard limit ({hard}) leaves no room for this test"
+    data = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tenure", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data),
+             "--header-timeout", "5"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("TENURE_")},
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    try:
+        url, token = _wait_ready(proc, data, log)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+        assert "descriptor limit" in log.read_text()
+        port = int(url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=20) as client:
+            assert client.post("/v1/pools", json={"name": "p", "ranges": [[1, 100]]}).status_code == 201
+            idle = open_idle(port, 300)
+            try:
+                with httpx.Client(base_url=url, timeout=20) as fresh:  # a new connection, past the old soft limit
+                    assert fresh.get("/healthz").json()["status"] == "ok"
+                assert client.post("/v1/pools/p/claims", json={"key": "k"}).status_code == 201
+                assert read_to_end(idle[0]).startswith(b"HTTP/1.1 408 ")  # closed after 5 s
+            finally:
+                close_all(idle)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert "Traceback" not in log.read_text()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], data: Path, log: Path) -> tuple[str, str]:
+    """server.json and admin.token written, and /healthz ok (polling: a process starting)."""
+    ticker = threading.Event()
+    for _ in range(600):
+        assert proc.poll() is None, f"tenure serve exited with {proc.returncode}:\n{log.read_text()}"
+        try:
+            url = json.loads((data / "server.json").read_text())["url"]
+            token = (data / "admin.token").read_text().strip()
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return url, token
+        except (OSError, ValueError, KeyError, httpx.TransportError):
+            pass
+        ticker.wait(0.05)
+    raise AssertionError(f"tenure serve was not ready within 30 s:\n{log.read_text()}")

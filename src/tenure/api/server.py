@@ -14,6 +14,16 @@ protocol, with what uvicorn leaves out:
   its whole body before it reads (urllib, requests, most libraries) would then get "connection reset" in
   place of the answer. An answer that closes the connection then waits for the client to close (lingering
   close, as nginx does); one that keeps it open lets the parser skip the rest of the body.
+- A connection has ``header_timeout`` seconds to send a request's headers (from its start, or from the end
+  of its previous answer): then it is closed, with a 408 if part of a request came. uvicorn has no such
+  timeout, and idle connections used to pile up until the process ran out of descriptors.
+- At start the server raises its descriptor soft limit to the hard limit, and accepts at most
+  ``max_connections`` connections at once (by default the limit less a reserve for the store and the rest):
+  past that a new connection is closed at once and logged, where running out of descriptors used to reset
+  every new connection, ``/healthz`` included, with nothing logged.
+- Open connections, header timeouts, refused connections and requests are metrics (:class:`HttpStats`,
+  read by ``api/metrics.py``); refusals are logged (logger ``tenure.http``, at most one line a second per
+  kind, with the count of those not logged).
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import resource
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +41,9 @@ import httptools
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_remote_addr
+
+from tenure.config import HEADER_TIMEOUT
 
 log = logging.getLogger("tenure.http")
 
@@ -40,15 +56,71 @@ class HttpLimits:
     max_head: int = 64 * 1024  # bytes of request line and headers: more is 431
     linger_bytes: int = 64 * 1024 * 1024  # most bytes of an answered request's body read and discarded
     linger_timeout: float = 10.0  # seconds the rest of an answered request's body may take to arrive
+    header_timeout: float = HEADER_TIMEOUT  # seconds a connection has to send a request's headers
+    max_connections: int | None = None  # None: the descriptor limit less a reserve (see connection_limit)
+
+
+class _Throttled:
+    """At most one log line per kind and ``interval``; the next line says how many were not logged."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, msg: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -math.inf) < self.interval:
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        skipped = self._skipped.pop(kind, 0)
+        if skipped:
+            fields["not_logged"] = skipped
+        log.log(level, msg, extra=fields)
+
+
+class HttpStats:
+    """What one server's connections did: read by the metrics at scrape time."""
+
+    def __init__(self) -> None:
+        self.open = 0  # connections now
+        self.max_connections: int | None = None  # set at start; None: no limit
+        self.header_timeouts = 0  # connections closed for not sending a request's headers in time
+        self.refused_connections = 0  # closed at once: at max_connections
+        self.errors: dict[int, int] = {}  # requests refused by the HTTP layer, by status (400, 414, 431)
+        self.log = _Throttled()
 
 
 def server_config(app: Any, *, limits: HttpLimits | None = None, **overrides: Any) -> uvicorn.Config:
     """uvicorn's configuration for the app (``overrides``: more uvicorn options, e.g. a log level)."""
-    protocol = type("HttpProtocol", (HttpProtocol,), {"limits": limits or HttpLimits()})
+    protocol = type("HttpProtocol", (HttpProtocol,), {"limits": limits or HttpLimits(), "stats": HttpStats()})
     # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
+    # No WebSocket: Tenure has no WebSocket route, and an upgraded connection would leave HttpProtocol's care.
     options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on",
-                               "timeout_graceful_shutdown": 10, "proxy_headers": False, "http": protocol}
+                               "timeout_graceful_shutdown": 10, "proxy_headers": False, "http": protocol,
+                               "ws": "none"}
     return uvicorn.Config(app, **{**options, **overrides})
+
+
+def raise_descriptor_limit() -> tuple[int, int, int]:
+    """Raise this process's soft limit of open descriptors to its hard limit: (soft before, soft now, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # e.g. a hard limit above fs.nr_open
+            pass
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard
+
+
+def connection_limit(soft: int) -> int:
+    """Connections accepted at once under a soft descriptor limit: a reserve is kept for the store, the logs,
+    drivers' pipes and the rest, so that a flood of connections never takes the last descriptor."""
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(64, soft - max(256, soft // 8))
 
 
 def server_for(app: Any, *, limits: HttpLimits | None = None) -> Server:
@@ -76,8 +148,20 @@ class HttpProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[HttpLimits] = HttpLimits()
+    stats: ClassVar[HttpStats] = HttpStats()
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        stats = self.stats
+        if stats.max_connections is not None and stats.open >= stats.max_connections:
+            self._counted = False
+            stats.refused_connections += 1
+            stats.log.log(logging.WARNING, "limit", "connection refused: at the connection limit",
+                          limit=stats.max_connections, client=_address(get_remote_addr(transport)))
+            transport.abort()
+            return
+        self._counted = True
+        stats.open += 1
+        self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = True
         self._head_bytes = 0
         self._head_size = 0
@@ -87,11 +171,15 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         # What a request's cycle closes goes through _close_after_response (see on_headers_complete).
         self._cycle_transport = _CycleTransport(transport, self._close_after_response)
+        self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        if not self._counted:  # refused in connection_made
+            return
+        self._counted = False
+        self.stats.open -= 1
+        self._stop_head_timer()
+        self._stop_linger()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -147,6 +235,9 @@ class HttpProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         self._in_head = False
         self._head_bytes = self._head_size = 0
         previous = self.cycle
@@ -160,6 +251,7 @@ class HttpProtocol(HttpToolsProtocol):
             self._discarding = False
             self._stop_linger()
         super().on_message_complete()
+        self._arm_head_timer()  # if it was already answered
 
     def on_response_complete(self) -> None:
         if self._draining:
@@ -171,6 +263,7 @@ class HttpProtocol(HttpToolsProtocol):
             self._drained = 0
             self._linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
         super().on_response_complete()
+        self._arm_head_timer()  # unless the body is still coming, or a pipelined request started
 
     def shutdown(self) -> None:
         if self._draining:
@@ -191,6 +284,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._discarding = False
         self._drained = 0
         self._unset_keepalive_if_required()
+        self._stop_head_timer()
         self._stop_linger()
         self._linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
         if self.cycle is not None:
@@ -206,13 +300,42 @@ class HttpProtocol(HttpToolsProtocol):
         self._linger = None
         self.transport.close()
 
+    def _arm_head_timer(self) -> None:
+        """Waiting for a request's head, with no request being answered: it must come within the timeout."""
+        if (self._head_timer is None and self._in_head and not self._draining
+                and (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()):
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._draining:
+            return
+        self.stats.header_timeouts += 1
+        self.stats.log.log(logging.INFO, "header_timeout", "connection closed: request headers not complete in "
+                           "time", client=_address(self.client), received_bytes=self._head_bytes,
+                           header_timeout=self.limits.header_timeout, open_connections=self.stats.open)
+        if self._head_bytes:  # part of a request came: say why it is not answered
+            self._write_error(408, "request_timeout", f"the request's headers did not arrive within "
+                                                      f"{self.limits.header_timeout:g} s")
+        self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "invalid_request", msg)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's says to install a WebSocket library: Tenure has no WebSocket route, the request is served as is.
+        log.debug("upgrade request served without upgrading", extra={"client": _address(self.client)})
+
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer an error of the HTTP layer, as JSON like every other error, and close the connection."""
-        log.info("request refused", extra={"status": status, "error": code, "reason": message,
-                                           "client": _address(self.client)})
+        self.stats.errors[status] = self.stats.errors.get(status, 0) + 1
+        self.stats.log.log(logging.INFO, "refused", "request refused", status=status, error=code, reason=message,
+                           client=_address(self.client))
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # Mid-request (a body that stopped being HTTP): the app sees a disconnect, and it cannot have
@@ -222,7 +345,11 @@ class HttpProtocol(HttpToolsProtocol):
             if cycle.response_started:
                 self.transport.close()
                 return
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self._write_error(status, code, message)
+        self._start_draining()  # whatever else the client sends, it gets to read this answer
+
+    def _write_error(self, status: int, code: str, message: str) -> None:
+        body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
@@ -230,7 +357,6 @@ class HttpProtocol(HttpToolsProtocol):
                         b"content-length: " + str(len(body)).encode() + b"\r\n",
                         b"connection: close\r\n\r\n", body])
         self.transport.write(b"".join(content))
-        self._start_draining()  # whatever else the client sends, it gets to read this answer
 
 
 class _CycleTransport:
@@ -269,6 +395,17 @@ class Server(uvicorn.Server):
         return getattr(getattr(_unwrap(app), "state", None), "tenure", None)
 
     async def startup(self, sockets: Any = None) -> None:
+        before, soft, hard = raise_descriptor_limit()
+        protocol = self.config.http_protocol_class
+        stats: HttpStats | None = getattr(protocol, "stats", None)
+        if stats is not None:
+            configured = protocol.limits.max_connections  # type: ignore[attr-defined]
+            stats.max_connections = configured if configured is not None else connection_limit(soft)
+            metrics = getattr(getattr(_unwrap(self.config.loaded_app), "state", None), "metrics", None)
+            if metrics is not None:
+                metrics.attach_http(stats)
+        log.info("descriptor limit", extra={"soft": soft, "hard": hard, "soft_before": before,
+                                            "max_connections": stats.max_connections if stats else None})
         await super().startup(sockets)
         state = self._state()
         if state is not None:

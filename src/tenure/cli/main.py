@@ -27,7 +27,7 @@ from tenure.cli import (
     watch,
 )
 from tenure.cli.common import session
-from tenure.config import DEFAULT_LISTEN, Settings, default_data_dir
+from tenure.config import DEFAULT_LISTEN, HEADER_TIMEOUT, Settings, default_data_dir
 
 app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resource operations.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -93,6 +93,9 @@ def serve(
     = "index",
     handlers: Annotated[Path | None, typer.Option(help="YAML: the resource types instances may have "
                                                   "(resources:); the built-in types without it")] = None,
+    header_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a connection has to send a request's "
+                                                  "headers (from its start, or the end of its previous "
+                                                  "answer); closed after that")] = HEADER_TIMEOUT,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -110,7 +113,7 @@ def serve(
     settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after,
                         instance_types=types)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
-        watch_dispatch=watch_dispatch)
+        watch_dispatch=watch_dispatch, header_timeout=header_timeout)
 
 
 @app.command()

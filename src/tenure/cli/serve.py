@@ -11,8 +11,8 @@ from rich.console import Console
 
 from tenure import logs
 from tenure.api.app import LrmConfig, ServerConfig, create_app
-from tenure.api.server import server_for
-from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
+from tenure.api.server import HttpLimits, server_for
+from tenure.config import ADMIN_TOKEN_FILE, HEADER_TIMEOUT, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
 from tenure.services.runtime import Settings
 
@@ -71,6 +71,7 @@ def serve(
     settings: Settings | None = None,
     watch_dispatch: str = "index",
     lrm: LrmConfig | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> None:
     """Serve until interrupted: the server, or with ``lrm`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
@@ -92,7 +93,7 @@ def serve(
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, example=example, on_restore_failed=stop,
                                   settings=settings or Settings(), watch_mode=watch_dispatch, lrm=lrm))
-    server = server_for(app)
+    server = server_for(app, limits=HttpLimits(header_timeout=header_timeout))
     server.run(sockets=[sock])
     if failure:
         console.print(f"[red]error:[/] could not restore the store: {failure[0]}")
