@@ -14,9 +14,10 @@ protocol, with what uvicorn leaves out:
   its whole body before it reads (urllib, requests, most libraries) would then get "connection reset" in
   place of the answer. An answer that closes the connection then waits for the client to close (lingering
   close, as nginx does); one that keeps it open lets the parser skip the rest of the body.
-- A connection has ``header_timeout`` seconds to send a request's headers (from its start, or from the end
-  of its previous answer): then it is closed, with a 408 if part of a request came. uvicorn has no such
-  timeout, and idle connections used to pile up until the process ran out of descriptors.
+- A connection has ``header_timeout`` seconds to send a request's headers (from its start, or from the
+  first bytes of a request): then it is closed, with a 408 if part of a request came. uvicorn has no such
+  timeout (only one for idle keep-alive connections, 5 s), and connections that sent part of a request
+  used to pile up until the process ran out of descriptors. A head that comes whole arms no timer.
 - At start the server raises its descriptor soft limit to the hard limit, and accepts at most
   ``max_connections`` connections at once (by default the limit less a reserve for the store and the rest):
   past that a new connection is closed at once and logged, where running out of descriptors used to reset
@@ -211,9 +212,12 @@ class HttpProtocol(HttpToolsProtocol):
                 detail = exc.__context__ if exc.__context__ is not None else exc
                 self._refuse(400, "invalid_request", f"not a valid HTTP/1.1 request: {detail}")
             return
-        if self._in_head and self._head_bytes > self.limits.max_head:  # a head that does not end
-            self._refuse(431, "headers_too_large", f"the request line and headers are over {self.limits.max_head} "
-                                                   "bytes")
+        if self._in_head:
+            if self._head_bytes > self.limits.max_head:  # a head that does not end
+                self._refuse(431, "headers_too_large", f"the request line and headers are over "
+                                                       f"{self.limits.max_head} bytes")
+            elif self._head_timer is None:
+                self._arm_head_timer()  # part of a head came: the rest has header_timeout to come
 
     # Parser callbacks: uvicorn's, with the head's size counted as it is parsed.
     def on_url(self, url: bytes) -> None:
@@ -262,8 +266,7 @@ class HttpProtocol(HttpToolsProtocol):
             self._discarding = True
             self._drained = 0
             self._linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
-        super().on_response_complete()
-        self._arm_head_timer()  # unless the body is still coming, or a pipelined request started
+        super().on_response_complete()  # an idle connection is closed after timeout_keep_alive (5 s)
 
     def shutdown(self) -> None:
         if self._draining:
@@ -301,7 +304,10 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _arm_head_timer(self) -> None:
-        """Waiting for a request's head, with no request being answered: it must come within the timeout."""
+        """Waiting for a request's head, with no request being answered: it must come within the timeout.
+
+        Armed when a connection starts, when part of a head arrived (not for a head that comes whole: no timer
+        on the way of a request), and when the rest of an answered body was skipped."""
         if (self._head_timer is None and self._in_head and not self._draining
                 and (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()):
             self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)

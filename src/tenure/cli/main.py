@@ -94,8 +94,8 @@ def serve(
     handlers: Annotated[Path | None, typer.Option(help="YAML: the resource types instances may have "
                                                   "(resources:); the built-in types without it")] = None,
     header_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a connection has to send a request's "
-                                                  "headers (from its start, or the end of its previous "
-                                                  "answer); closed after that")] = HEADER_TIMEOUT,
+                                                  "headers (from its start, or from a request's first "
+                                                  "bytes); closed after that")] = HEADER_TIMEOUT,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
