@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from tenure.api.app import Server, ServerConfig, create_app
+from tenure.api.app import ServerConfig, create_app
+from tenure.api.server import HttpLimits, Server, server_config
 from tenure.services.embedded import Allocator
 from tests.support.postgres import PostgresServer, PostgresUnavailable
 
@@ -117,7 +117,8 @@ class Api:
         return r.json()["token"]
 
 
-def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, **config: Any) -> Iterator[Api]:
+def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, limits: HttpLimits | None = None,
+              **config: Any) -> Iterator[Api]:
     """Serve the app with uvicorn in a thread on a free loopback port; stop it afterwards."""
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, **config))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -130,7 +131,7 @@ def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, **config:
             await super().startup(sockets)
             started.set()
 
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    server = _Server(server_config(app, limits=limits, timeout_graceful_shutdown=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 SERVER_FILE = "server.json"
 ADMIN_TOKEN_FILE = "admin.token"
 DEFAULT_LISTEN = "127.0.0.1:7470"
+HEADER_TIMEOUT = 10.0  # seconds a connection has to send a request's headers (`tenure serve --header-timeout`)
 
 
 def default_data_dir() -> Path:

@@ -102,6 +102,32 @@ class _StateCollector(Collector):
         return out
 
 
+class _HttpCollector(Collector):
+    """The HTTP layer's connections (``api.server.HttpStats``), read at scrape time."""
+
+    def __init__(self, stats: Any) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        st = self._stats
+        conns = GaugeMetricFamily("tenure_http_connections", "Open HTTP connections")
+        conns.add_metric([], st.open)
+        limit = GaugeMetricFamily("tenure_http_connection_limit", "Most HTTP connections open at once; more are "
+                                  "closed at once (set from the descriptor limit)")
+        limit.add_metric([], st.max_connections if st.max_connections is not None else float("inf"))
+        timeouts = CounterMetricFamily("tenure_http_header_timeouts", "Connections closed for not sending a "
+                                       "request's headers within the header timeout")
+        timeouts.add_metric([], st.header_timeouts)
+        refused = CounterMetricFamily("tenure_http_refused_connections", "Connections closed at once: at the "
+                                      "connection limit")
+        refused.add_metric([], st.refused_connections)
+        errors = CounterMetricFamily("tenure_http_protocol_errors", "Requests refused by the HTTP layer before "
+                                     "the app, by status (400 malformed, 414 URL, 431 headers)", labels=["status"])
+        for status, n in sorted(st.errors.items()):
+            errors.add_metric([str(status)], n)
+        return [conns, limit, timeouts, refused, errors]
+
+
 class Metrics:
     def __init__(self, runtime: Callable[[], Any], hub: Any = None, lrm: Callable[[], Any] | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -119,6 +145,10 @@ class Metrics:
         self.registry.register(_StateCollector(runtime, hub))
         if lrm is not None:
             self.registry.register(_LrmCollector(lrm))
+
+    def attach_http(self, stats: Any) -> None:
+        """The server's connections (``api.server.HttpStats``): called once the server starts."""
+        self.registry.register(_HttpCollector(stats))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

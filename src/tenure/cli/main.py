@@ -28,7 +28,7 @@ from tenure.cli import (
     watch,
 )
 from tenure.cli.common import session
-from tenure.config import DEFAULT_LISTEN, Settings, default_data_dir
+from tenure.config import DEFAULT_LISTEN, HEADER_TIMEOUT, Settings, default_data_dir
 
 app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resource operations.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -95,6 +95,9 @@ def serve(
     = "index",
     types: Annotated[Path | None, typer.Option(help="YAML: the resource types instances may have "
                                                   "(resources:); the built-in types without it")] = None,
+    header_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a connection has to send a request's "
+                                                  "headers (from its start, or from a request's first "
+                                                  "bytes); closed after that")] = HEADER_TIMEOUT,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -112,7 +115,7 @@ def serve(
     settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after,
                         instance_types=timeouts)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
-        watch_dispatch=watch_dispatch)
+        watch_dispatch=watch_dispatch, header_timeout=header_timeout)
 
 
 

@@ -7,13 +7,13 @@ import socket
 import stat
 from pathlib import Path
 
-import uvicorn
 from rich.console import Console
 
 from tenure import logs
 from tenure.agent.daemon import AgentConfig, create_agent_app
-from tenure.api.app import Server, ServerConfig, create_app
-from tenure.config import ADMIN_TOKEN_FILE, default_db_url, write_server_info
+from tenure.api.app import ServerConfig, create_app
+from tenure.api.server import HttpLimits, server_for
+from tenure.config import ADMIN_TOKEN_FILE, HEADER_TIMEOUT, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
 from tenure.services.examples import ensure_examples
 from tenure.services.runtime import Settings
@@ -63,13 +63,6 @@ def bind(listen: str) -> tuple[socket.socket, str]:
     return sock, f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound_port}"
 
 
-def _server_for(app: object) -> Server:
-    # No proxy-header rewriting: Tenure is not meant to sit behind a proxy that it trusts blindly.
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-                            proxy_headers=False)
-    return Server(config)
-
-
 def serve(
     *,
     db: str | None,
@@ -80,6 +73,7 @@ def serve(
     settings: Settings | None = None,
     watch_dispatch: str = "index",
     agent: AgentConfig | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> None:
     """Serve until interrupted: the server, or with ``agent`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
@@ -102,7 +96,7 @@ def serve(
     config = ServerConfig(db_url=db_url, data_dir=data_dir, seed=ensure_examples if example else None,
                           on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch)
     app = create_app(config) if agent is None else create_agent_app(config, agent)
-    server = _server_for(app)
+    server = server_for(app, limits=HttpLimits(header_timeout=header_timeout))
     server.run(sockets=[sock])
     if failure:
         console.print(f"[red]error:[/] could not restore the store: {failure[0]}")

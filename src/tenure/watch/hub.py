@@ -220,7 +220,7 @@ class Hub:
         self.delivered = 0
         self.cutoffs = 0
         self._ticker: asyncio.Task[None] | None = None
-        # Set by the server (api.app.Server): drop the connection of a stream that ends mid-response.
+        # Set by the server (api.server.Server): drop the connection of a stream that ends mid-response.
         self.abort_connection: Callable[[Any], None] | None = None
 
     # ----------------------------------------------------------- the writer side
