@@ -40,6 +40,7 @@ class AgentConfig:
     max_parallel: int = 32
     default_timeout: float = 20.0
     grace: float = 5.0
+    shutdown_wait: float = 30.0  # at shutdown, how long what runs may take before it is stopped
     clock: LoopClock | None = None  # None: the event loop's clock
     sync: SyncConfig | None = None  # set: follow a server (`tenure agent --host NAME --server URL`)
 
@@ -58,7 +59,8 @@ class AgentDaemon:
         cfg = self.config
         cfg.rsctmp.mkdir(parents=True, exist_ok=True, mode=0o755)
         lrm = Lrm(store=LrmStore(rt), roots=cfg.roots, rsctmp=cfg.rsctmp, clock=cfg.clock or RealClock(),
-                  max_parallel=cfg.max_parallel, default_timeout=cfg.default_timeout, grace=cfg.grace)
+                  max_parallel=cfg.max_parallel, default_timeout=cfg.default_timeout, grace=cfg.grace,
+                  close_wait=cfg.shutdown_wait)
         rt.history.listers["resource"] = lrm.store.list_instances_at
         await lrm.restore()
         self.lrm = state.lrm = lrm

@@ -30,11 +30,14 @@ protocol, with what uvicorn leaves out:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import resource
+import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -387,6 +390,8 @@ def _address(client: tuple[str, int] | None) -> str:
 class Server(uvicorn.Server):
     """uvicorn's server, ending watch streams first when it shuts down, and dropping cut-off ones.
 
+    ``stopped_by``: the names of the signals that stopped it (SIGTERM, SIGINT), once it has.
+
     uvicorn waits for open responses to finish before it runs the app's shutdown; a watch never
     finishes on its own, so the hub ends every stream (clients resume elsewhere or later) first.
 
@@ -395,6 +400,8 @@ class Server(uvicorn.Server):
     reader that never reads (and a shutdown would wait on it). ASGI has no way to say "abort", so the
     hub is given one here: find the connection serving that request and abort its transport.
     """
+
+    stopped_by: list[str] = []
 
     def _state(self) -> Any:
         app = self.config.loaded_app if self.config.loaded else self.config.app
@@ -429,6 +436,21 @@ class Server(uvicorn.Server):
         if state is not None:
             state.hub.close()
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGTERM (what systemd and most supervisors send) and SIGINT both mean: shut down cleanly.
+
+        uvicorn re-raises the signal once it has shut down, so that the process dies of it; the caller
+        (``tenure serve``, ``tenure agent``) has cleaning up left to do (the socket file) and exits 0
+        instead. Which signals came is kept in :attr:`stopped_by`.
+        """
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self.stopped_by = [signal.Signals(s).name for s in self._captured_signals]
+                self._captured_signals.clear()
 
 
 def _unwrap(app: Any) -> Any:

@@ -42,6 +42,9 @@ def agent(
                                                    "not say")] = 20.0,
     kill_grace: Annotated[float, typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL of a timed-out "
                                               "operation's process group")] = 5.0,
+    shutdown_wait: Annotated[float, typer.Option(min=0, help="At shutdown (SIGTERM, SIGINT), seconds running "
+                                                 "operations may take before they are stopped as on a timeout")]
+    = 30.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     host: Annotated[str | None, typer.Option(help="This host's name (its node id in the topology): with "
                                              "--server, follow that server's instances for this host")] = None,
@@ -109,6 +112,6 @@ def agent(
                                      "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
         sync = SyncConfig(host=host, server_url=server, token=token, types=itypes, heartbeat_interval=heartbeat)
     config = AgentConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
-                         grace=kill_grace, sync=sync)
+                         grace=kill_grace, shutdown_wait=shutdown_wait, sync=sync)
     run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,
         log_level=log_level, agent=config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
@@ -17,6 +18,8 @@ from tenure.config import ADMIN_TOKEN_FILE, HEADER_TIMEOUT, default_db_url, writ
 from tenure.gcpolicy import GCPolicy
 from tenure.services.examples import ensure_examples
 from tenure.services.runtime import Settings
+
+log = logging.getLogger("tenure.server")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -97,7 +100,13 @@ def serve(
                           on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch)
     app = create_app(config) if agent is None else create_agent_app(config, agent)
     server = server_for(app, limits=HttpLimits(header_timeout=header_timeout))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if url.startswith("unix:"):  # ours: bind() made it (and replaced only a stale one)
+            Path(url[5:]).unlink(missing_ok=True)
     if failure:
         console.print(f"[red]error:[/] could not restore the store: {failure[0]}")
         raise SystemExit(1)
+    log.info("stopped", extra={"signal": ",".join(server.stopped_by) or None})
