@@ -300,6 +300,38 @@ def test_connections_that_do_not_finish_their_headers_are_closed(tmp_path: Path,
     assert any(r.name == "tenure.http" and "headers" in r.getMessage() for r in caplog.records)
 
 
+def test_a_body_that_stops_coming_is_closed_and_does_not_hold_the_limit(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Complete headers, then a body that stalls (with or without a token): closed with a 408 after the body
+    timeout, so such connections cannot hold the connection limit and lock out /healthz."""
+    caplog.set_level(logging.INFO, logger="tenure.http")
+    with serving(tmp_path, HttpLimits(max_connections=20, body_timeout=0.5, header_timeout=60)) as api:
+        api.client.close()  # no keep-alive connection of the test's client in the count
+        stalled = [b"POST /v1/pools HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 100\r\n\r\n{",
+                   b"POST /v1/pools HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                   b"Authorization: Bearer " + api.admin_token.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"1\r\n{\r\n"]
+        socks = [s for data in stalled for s in open_idle(port_of(api), 10, data)]
+        try:
+            for sock in socks:  # each: a 408, then the end of the stream
+                head, _, body = read_to_end(sock).partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408 "), head
+                assert json.loads(body)["error"]["code"] == "request_timeout"
+        finally:
+            close_all(socks)
+        deadline = time.monotonic() + 20
+        with httpx.Client(base_url=api.client.base_url, headers=api.headers(), timeout=30) as client:
+            while True:  # the server sees the closed ones go soon after, not at once
+                try:
+                    assert client.get("/healthz").status_code == 200
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the server did not accept connections again"
+            assert fresh_metric(client, "tenure_http_body_timeouts_total") >= 20
+    assert any(r.name == "tenure.http" and "body" in r.getMessage() for r in caplog.records)
+
+
 def test_at_the_connection_limit_new_connections_are_refused_and_logged(tmp_path: Path,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tenure.http")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,11 +100,16 @@ def test_the_agent_stops_what_runs_and_reports_it_interrupted_after_a_restart(
         op = c.submit("stuck", "start", timeout=3600)
     pid = int(fifo.read_text().split()[1])  # the driver runs and says so (a read that waits on it, not a pause)
     assert group_alive(pid)
-    assert agent.signal(signal.SIGTERM) == 0, agent.log.read_text()[-3000:]
+    with ThreadPoolExecutor(1) as pool, agent.client() as c:
+        long_poll = pool.submit(c.operation, "stuck", op["id"], wait=60)  # waits for a result that will not come
+        assert agent.signal(signal.SIGTERM) == 0, agent.log.read_text()[-3000:]
+        answer = long_poll.result(timeout=EXIT_DEADLINE)  # answered at the shutdown, as it stands: no 500
+        assert answer["id"] == op["id"] and answer["result"] is None
     assert not group_alive(pid), "the running operation's processes outlived the agent"
     assert not agent.sock.exists(), "the socket file outlived the agent"
     log = agent.log.read_text()
     assert "operations still running at shutdown" in log and "msg=stopped signal=SIGTERM" in log
+    assert "Traceback" not in log
     again = Process(data, *args)
     processes.append(again.start())
     with again.client() as c:

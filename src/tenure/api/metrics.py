@@ -118,6 +118,9 @@ class _HttpCollector(Collector):
         timeouts = CounterMetricFamily("tenure_http_header_timeouts", "Connections closed for not sending a "
                                        "request's headers within the header timeout")
         timeouts.add_metric([], st.header_timeouts)
+        body = CounterMetricFamily("tenure_http_body_timeouts", "Connections closed for a request body that "
+                                   "stopped coming for the body timeout")
+        body.add_metric([], st.body_timeouts)
         refused = CounterMetricFamily("tenure_http_refused_connections", "Connections closed at once: at the "
                                       "connection limit")
         refused.add_metric([], st.refused_connections)
@@ -125,7 +128,7 @@ class _HttpCollector(Collector):
                                      "the app, by status (400 malformed, 414 URL, 431 headers)", labels=["status"])
         for status, n in sorted(st.errors.items()):
             errors.add_metric([str(status)], n)
-        return [conns, limit, timeouts, refused, errors]
+        return [conns, limit, timeouts, body, refused, errors]
 
 
 class Metrics:

@@ -61,6 +61,7 @@ class HttpLimits:
     linger_bytes: int = 64 * 1024 * 1024  # most bytes of an answered request's body read and discarded
     linger_timeout: float = 10.0  # seconds the rest of an answered request's body may take to arrive
     header_timeout: float = HEADER_TIMEOUT  # seconds a connection has to send a request's headers
+    body_timeout: float = HEADER_TIMEOUT  # seconds a request's body may go without a byte arriving
     max_connections: int | None = None  # None: the descriptor limit less a reserve (see connection_limit)
 
 
@@ -91,6 +92,7 @@ class HttpStats:
         self.open = 0  # connections now
         self.max_connections: int | None = None  # set at start; None: no limit
         self.header_timeouts = 0  # connections closed for not sending a request's headers in time
+        self.body_timeouts = 0  # connections closed for a request body that stopped coming
         self.refused_connections = 0  # closed at once: at max_connections
         self.errors: dict[int, int] = {}  # requests refused by the HTTP layer, by status (400, 414, 431)
         self.log = _Throttled()
@@ -119,16 +121,24 @@ def raise_descriptor_limit() -> tuple[int, int, int]:
     return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard
 
 
+MAX_CONNECTIONS = 16_384  # the default cap however many descriptors there are: memory is finite too
+
+
 def connection_limit(soft: int) -> int:
     """Connections accepted at once under a soft descriptor limit: a reserve is kept for the store, the logs,
-    drivers' pipes and the rest, so that a flood of connections never takes the last descriptor."""
+    drivers' pipes and the rest, so that a flood of connections never takes the last descriptor; and at most
+    :data:`MAX_CONNECTIONS` (each may hold a head of 64 KiB and a body of 1 MiB while it is read)."""
     if soft == resource.RLIM_INFINITY:
-        return 1_000_000
-    return max(64, soft - max(256, soft // 8))
+        return MAX_CONNECTIONS
+    return min(MAX_CONNECTIONS, max(64, soft - max(256, soft // 8)))
 
 
-def server_for(app: Any, *, limits: HttpLimits | None = None) -> Server:
-    return Server(server_config(app, limits=limits))
+def server_for(app: Any, *, limits: HttpLimits | None = None, raise_fd_limit: bool = True) -> Server:
+    """The server for ``app``. ``raise_fd_limit``: raise the descriptor soft limit at start (``tenure serve``;
+    not the host agent, whose drivers would inherit it and which serves a few local clients)."""
+    server = Server(server_config(app, limits=limits))
+    server.raise_fd_limit = raise_fd_limit
+    return server
 
 
 class _Refusal(Exception):
@@ -172,6 +182,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._draining = self._discarding = False
         self._drained = 0
         self._linger: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_seen = 0.0
         super().connection_made(transport)
         # What a request's cycle closes goes through _close_after_response (see on_headers_complete).
         self._cycle_transport = _CycleTransport(transport, self._close_after_response)
@@ -183,6 +195,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._counted = False
         self.stats.open -= 1
         self._stop_head_timer()
+        self._stop_body_timer()
         self._stop_linger()
         super().connection_lost(exc)
 
@@ -251,9 +264,18 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not previous:  # a new request (not an upgrade): its task has not run yet
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
+            if _has_body(self.headers):  # a body follows: it may not stall (the app reads it before it answers)
+                self._body_seen = self.loop.time()
+                self._stop_body_timer()
+                self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_idle)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen = self.loop.time()  # no re-arming per chunk: the timer looks when it fires
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._stop_body_timer()
         if self._discarding:  # the body of an answered request is over: the connection serves the next one
             self._discarding = False
             self._stop_linger()
@@ -314,6 +336,33 @@ class HttpProtocol(HttpToolsProtocol):
         if (self._head_timer is None and self._in_head and not self._draining
                 and (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()):
             self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_idle(self) -> None:
+        """A request's body has not moved for ``body_timeout``: close (408 if nothing was answered yet)."""
+        self._body_timer = None
+        idle = self.loop.time() - self._body_seen
+        if idle < self.limits.body_timeout:  # bytes came meanwhile: look again when they are due
+            self._body_timer = self.loop.call_later(self.limits.body_timeout - idle, self._body_idle)
+            return
+        if self.transport.is_closing() or self._draining or self._discarding:
+            return
+        self.stats.body_timeouts += 1
+        self.stats.log.log(logging.INFO, "body_timeout", "connection closed: the request body stopped coming",
+                           client=_address(self.client), body_timeout=self.limits.body_timeout,
+                           open_connections=self.stats.open)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self._write_error(408, "request_timeout", f"the request's body stopped coming for "
+                                                      f"{self.limits.body_timeout:g} s")
+        if cycle is not None:
+            cycle.disconnected = True  # the app's receive() ends: http.disconnect
+            cycle.message_event.set()
+        self.transport.close()
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -383,6 +432,16 @@ class _CycleTransport:
         return getattr(self._transport, name)
 
 
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request with these headers has a body (a Content-Length above 0, or chunked)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() not in (b"", b"0")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 def _address(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "local"
 
@@ -402,13 +461,18 @@ class Server(uvicorn.Server):
     """
 
     stopped_by: list[str] = []
+    raise_fd_limit = True
 
     def _state(self) -> Any:
         app = self.config.loaded_app if self.config.loaded else self.config.app
         return getattr(getattr(_unwrap(app), "state", None), "tenure", None)
 
     async def startup(self, sockets: Any = None) -> None:
-        before, soft, hard = raise_descriptor_limit()
+        if self.raise_fd_limit:
+            before, soft, hard = raise_descriptor_limit()
+        else:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            before = soft
         protocol = self.config.http_protocol_class
         stats: HttpStats | None = getattr(protocol, "stats", None)
         if stats is not None:
@@ -435,6 +499,8 @@ class Server(uvicorn.Server):
         state = self._state()
         if state is not None:
             state.hub.close()
+            if state.lrm is not None:  # a host agent: its long polls answer now, not at the graceful timeout
+                state.lrm.stop_waiting()
         await super().shutdown(sockets)
 
     @contextlib.contextmanager

@@ -97,7 +97,11 @@ def serve(
                                                   "(resources:); the built-in types without it")] = None,
     header_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a connection has to send a request's "
                                                   "headers (from its start, or from a request's first "
-                                                  "bytes); closed after that")] = HEADER_TIMEOUT,
+                                                  "bytes), and that a request's body may stall; closed after "
+                                                  "that")] = HEADER_TIMEOUT,
+    max_connections: Annotated[int | None, typer.Option(min=1, help="Most HTTP connections open at once; more are "
+                                                        "closed at once (default: the descriptor limit less a "
+                                                        "reserve, at most 16384)")] = None,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -115,8 +119,7 @@ def serve(
     settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after,
                         instance_types=timeouts)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
-        watch_dispatch=watch_dispatch, header_timeout=header_timeout)
-
+        watch_dispatch=watch_dispatch, header_timeout=header_timeout, max_connections=max_connections)
 
 
 def main() -> None:

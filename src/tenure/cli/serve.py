@@ -77,6 +77,7 @@ def serve(
     watch_dispatch: str = "index",
     agent: AgentConfig | None = None,
     header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int | None = None,
 ) -> None:
     """Serve until interrupted: the server, or with ``agent`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
@@ -99,7 +100,8 @@ def serve(
     config = ServerConfig(db_url=db_url, data_dir=data_dir, seed=ensure_examples if example else None,
                           on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch)
     app = create_app(config) if agent is None else create_agent_app(config, agent)
-    server = server_for(app, limits=HttpLimits(header_timeout=header_timeout))
+    limits = HttpLimits(header_timeout=header_timeout, body_timeout=header_timeout, max_connections=max_connections)
+    server = server_for(app, limits=limits, raise_fd_limit=agent is None)
     try:
         server.run(sockets=[sock])
     finally:

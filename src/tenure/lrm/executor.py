@@ -179,6 +179,7 @@ class Lrm:
         self.default_timeout = default_timeout
         self.grace = grace
         self.close_wait = close_wait
+        self._stopping = asyncio.Event()  # set at shutdown: long polls answer at once
         self.max_parallel = max_parallel
         self._slots = asyncio.Semaphore(max_parallel)
         self._by_id: dict[str, _Inst] = {}
@@ -265,10 +266,14 @@ class Lrm:
         found = self._find_op(inst, op_id)
         if found is not None:
             done = found.done if isinstance(found, _Op) else found.first  # a recurring one: its first result
-            if wait > 0 and not done.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await done.wait()
+            if wait > 0 and not done.is_set() and not self._stopping.is_set():
+                # Ends at the result, after ``wait``, or when the agent shuts down (the answer as it stands).
+                waits = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(self._stopping.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
             return self._op_view(inst, found) if isinstance(found, _Op) else self._rec_view(inst, found)
         for entry in await asyncio.to_thread(self.store.read_history, inst.id, HISTORY_PER_INSTANCE):
             if entry["id"] == op_id:
@@ -749,6 +754,10 @@ class Lrm:
             self._idle.clear()
             await self._idle.wait()
 
+    def stop_waiting(self) -> None:
+        """The agent shuts down: long polls (``operation`` with ``wait``) answer now, with what they have."""
+        self._stopping.set()
+
     async def close(self) -> None:
         """Stop scheduling, drop what is queued, wait for what runs, then stop what still runs.
 
@@ -759,6 +768,7 @@ class Lrm:
         real-time bound, so a close ends even if the clock it waits on does not move.
         """
         self._closing = True
+        self.stop_waiting()
         for inst in self._by_id.values():
             for rec in inst.recurring.values():
                 if rec.timer is not None:
