@@ -149,16 +149,37 @@ class _Refusal(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class _Conn:
+    """What HttpProtocol keeps per connection (see its docstring), apart from uvicorn's own state."""
+
+    __slots__ = ("counted", "head_timer", "in_head", "head_bytes", "head_size", "draining", "discarding", "drained",
+                 "linger", "body_timer", "body_seen", "cycle_transport")
+
+    def __init__(self) -> None:
+        self.counted = False
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.in_head = True
+        self.head_bytes = 0
+        self.head_size = 0
+        self.draining = self.discarding = False
+        self.drained = 0
+        self.linger: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.body_seen = 0.0
+        self.cycle_transport: _CycleTransport | None = None
+
+
 class HttpProtocol(HttpToolsProtocol):
     """One HTTP/1.1 connection: uvicorn's httptools protocol with bounded heads and JSON refusals.
 
-    ``_in_head`` is true while the connection waits for the head of its next request (from the end of the
-    previous request's body, or the start of the connection, until that head is complete); ``_head_bytes``
-    counts what arrived meanwhile, ``_head_size`` the request target and headers parsed so far.
+    Its own state is in ``_c`` (:class:`_Conn`). ``in_head`` is true while the connection waits for the head of
+    its next request (from the end of the previous request's body, or the start of the connection, until that
+    head is complete); ``head_bytes`` counts what arrived meanwhile, ``head_size`` the request target and
+    headers parsed so far.
 
-    After an answer that came before the whole body: ``_draining`` (the connection is to close: every byte
-    is discarded unparsed until the client closes) or ``_discarding`` (it stays open: the parser skips the
-    rest of the body); ``_drained`` counts the bytes, ``_linger`` bounds the time.
+    After an answer that came before the whole body: ``draining`` (the connection is to close: every byte
+    is discarded unparsed until the client closes) or ``discarding`` (it stays open: the parser skips the
+    rest of the body); ``drained`` counts the bytes, ``linger`` bounds the time.
     """
 
     limits: ClassVar[HttpLimits] = HttpLimits()
@@ -166,33 +187,24 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         stats = self.stats
+        self._c = _Conn()  # one attribute: uvicorn's instance dict stays a compact (key-sharing) one
         if stats.max_connections is not None and stats.open >= stats.max_connections:
-            self._counted = False
             stats.refused_connections += 1
             stats.log.log(logging.WARNING, "limit", "connection refused: at the connection limit",
                           limit=stats.max_connections, client=_address(get_remote_addr(transport)))
             transport.abort()
             return
-        self._counted = True
+        self._c.counted = True
         stats.open += 1
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._in_head = True
-        self._head_bytes = 0
-        self._head_size = 0
-        self._draining = self._discarding = False
-        self._drained = 0
-        self._linger: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-        self._body_seen = 0.0
         super().connection_made(transport)
         # What a request's cycle closes goes through _close_after_response (see on_headers_complete).
-        self._cycle_transport = _CycleTransport(transport, self._close_after_response)
+        self._c.cycle_transport = _CycleTransport(transport, self._close_after_response)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._counted:  # refused in connection_made
+        if not self._c.counted:  # refused in connection_made
             return
-        self._counted = False
+        self._c.counted = False
         self.stats.open -= 1
         self._stop_head_timer()
         self._stop_body_timer()
@@ -200,16 +212,16 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._draining or self._discarding:
-            self._drained += len(data)
-            if self._drained > self.limits.linger_bytes:
+        if self._c.draining or self._c.discarding:
+            self._c.drained += len(data)
+            if self._c.drained > self.limits.linger_bytes:
                 self.transport.close()  # enough: whatever still comes is reset
                 return
-            if self._draining:
+            if self._c.draining:
                 return
         self._unset_keepalive_if_required()
-        if self._in_head:
-            self._head_bytes += len(data)
+        if self._c.in_head:
+            self._c.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -228,23 +240,23 @@ class HttpProtocol(HttpToolsProtocol):
                 detail = exc.__context__ if exc.__context__ is not None else exc
                 self._refuse(400, "invalid_request", f"not a valid HTTP/1.1 request: {detail}")
             return
-        if self._in_head:
-            if self._head_bytes > self.limits.max_head:  # a head that does not end
+        if self._c.in_head:
+            if self._c.head_bytes > self.limits.max_head:  # a head that does not end
                 self._refuse(431, "headers_too_large", f"the request line and headers are over "
                                                        f"{self.limits.max_head} bytes")
-            elif self._head_timer is None:
+            elif self._c.head_timer is None:
                 self._arm_head_timer()  # part of a head came: the rest has header_timeout to come
 
     # Parser callbacks: uvicorn's, with the head's size counted as it is parsed.
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self._head_size += len(url)
+        self._c.head_size += len(url)
         if len(self.url) > self.limits.max_url:
             raise _Refusal(414, "uri_too_long", f"the request target is over {self.limits.max_url} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.limits.max_head:
+        self._c.head_size += len(name) + len(value) + 4
+        if self._c.head_size > self.limits.max_head:
             raise _Refusal(431, "headers_too_large", f"the request line and headers are over "
                                                      f"{self.limits.max_head} bytes")
         name = name.lower()
@@ -255,77 +267,77 @@ class HttpProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        self._in_head = False
-        self._head_bytes = self._head_size = 0
+        if self._c.head_timer is not None:
+            self._c.head_timer.cancel()
+            self._c.head_timer = None
+        self._c.in_head = False
+        self._c.head_bytes = self._c.head_size = 0
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # a new request (not an upgrade): its task has not run yet
-            self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
+            self.cycle.transport = self._c.cycle_transport  # type: ignore[assignment]
             if _has_body(self.headers):  # a body follows: it may not stall (the app reads it before it answers)
-                self._body_seen = self.loop.time()
+                self._c.body_seen = self.loop.time()
                 self._stop_body_timer()
-                self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_idle)
+                self._c.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_idle)
 
     def on_body(self, body: bytes) -> None:
-        self._body_seen = self.loop.time()  # no re-arming per chunk: the timer looks when it fires
+        self._c.body_seen = self.loop.time()  # no re-arming per chunk: the timer looks when it fires
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._in_head = True
+        self._c.in_head = True
         self._stop_body_timer()
-        if self._discarding:  # the body of an answered request is over: the connection serves the next one
-            self._discarding = False
+        if self._c.discarding:  # the body of an answered request is over: the connection serves the next one
+            self._c.discarding = False
             self._stop_linger()
         super().on_message_complete()
         self._arm_head_timer()  # if it was already answered
 
     def on_response_complete(self) -> None:
-        if self._draining:
+        if self._c.draining:
             self.server_state.total_requests += 1
             return
-        if not self._in_head and not self.pipeline and not self.transport.is_closing():
+        if not self._c.in_head and not self.pipeline and not self.transport.is_closing():
             # Answered (and kept open) before the body arrived in full: the parser skips the rest, bounded.
-            self._discarding = True
-            self._drained = 0
-            self._linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
+            self._c.discarding = True
+            self._c.drained = 0
+            self._c.linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
         super().on_response_complete()  # an idle connection is closed after timeout_keep_alive (5 s)
 
     def shutdown(self) -> None:
-        if self._draining:
+        if self._c.draining:
             self.transport.close()
         else:
             super().shutdown()
 
     def _close_after_response(self) -> None:
         """A request's cycle closes the connection (an answer with ``connection: close``, or a failure)."""
-        if self._in_head or self.transport.is_closing():
+        if self._c.in_head or self.transport.is_closing():
             self.transport.close()
         else:  # its body is still coming
             self._start_draining()
 
     def _start_draining(self) -> None:
         """Lingering close: discard whatever arrives until the client closes, within the limits, then close."""
-        self._draining = True
-        self._discarding = False
-        self._drained = 0
+        self._c.draining = True
+        self._c.discarding = False
+        self._c.drained = 0
         self._unset_keepalive_if_required()
         self._stop_head_timer()
         self._stop_linger()
-        self._linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
+        self._c.linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
         if self.cycle is not None:
             self.cycle.body = bytearray()
         self.flow.resume_reading()
 
     def _stop_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        if self._c.linger is not None:
+            self._c.linger.cancel()
+            self._c.linger = None
 
     def _linger_over(self) -> None:
-        self._linger = None
+        self._c.linger = None
         self.transport.close()
 
     def _arm_head_timer(self) -> None:
@@ -333,23 +345,23 @@ class HttpProtocol(HttpToolsProtocol):
 
         Armed when a connection starts, when part of a head arrived (not for a head that comes whole: no timer
         on the way of a request), and when the rest of an answered body was skipped."""
-        if (self._head_timer is None and self._in_head and not self._draining
+        if (self._c.head_timer is None and self._c.in_head and not self._c.draining
                 and (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()):
-            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+            self._c.head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
 
     def _stop_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        if self._c.body_timer is not None:
+            self._c.body_timer.cancel()
+            self._c.body_timer = None
 
     def _body_idle(self) -> None:
         """A request's body has not moved for ``body_timeout``: close (408 if nothing was answered yet)."""
-        self._body_timer = None
-        idle = self.loop.time() - self._body_seen
+        self._c.body_timer = None
+        idle = self.loop.time() - self._c.body_seen
         if idle < self.limits.body_timeout:  # bytes came meanwhile: look again when they are due
-            self._body_timer = self.loop.call_later(self.limits.body_timeout - idle, self._body_idle)
+            self._c.body_timer = self.loop.call_later(self.limits.body_timeout - idle, self._body_idle)
             return
-        if self.transport.is_closing() or self._draining or self._discarding:
+        if self.transport.is_closing() or self._c.draining or self._c.discarding:
             return
         self.stats.body_timeouts += 1
         self.stats.log.log(logging.INFO, "body_timeout", "connection closed: the request body stopped coming",
@@ -365,19 +377,19 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._c.head_timer is not None:
+            self._c.head_timer.cancel()
+            self._c.head_timer = None
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or self._draining:
+        self._c.head_timer = None
+        if self.transport.is_closing() or self._c.draining:
             return
         self.stats.header_timeouts += 1
         self.stats.log.log(logging.INFO, "header_timeout", "connection closed: request headers not complete in "
-                           "time", client=_address(self.client), received_bytes=self._head_bytes,
+                           "time", client=_address(self.client), received_bytes=self._c.head_bytes,
                            header_timeout=self.limits.header_timeout, open_connections=self.stats.open)
-        if self._head_bytes:  # part of a request came: say why it is not answered
+        if self._c.head_bytes:  # part of a request came: say why it is not answered
             self._write_error(408, "request_timeout", f"the request's headers did not arrive within "
                                                       f"{self.limits.header_timeout:g} s")
         self.transport.close()
