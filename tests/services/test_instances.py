@@ -23,12 +23,7 @@ AGENT_H1 = Principal("agent", host="h1")
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def rt(db_url: str, clock: FakeClock) -> Any:
+def rt(db_url: str, clock: FakeClock) -> Any:  # no topology (the services' conftest's has the square)
     r = open_rt(db_url, clock)
     yield r
     r.close()
