@@ -239,3 +239,16 @@ agent_state = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# Replicas on PostgreSQL (docs/replication.md): one row (id 1). The epoch grows at every change of leader; the
+# leader's every write transaction checks it (store.leadership), so a deposed leader commits nothing.
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("holder", String(128), nullable=True),
+    Column("address", String(512), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=False),
+    Column("changed_at", UTCDateTime(), nullable=False),
+)

@@ -42,6 +42,7 @@ from sqlalchemy.sql import Executable
 from tenure.clock import Clock, utcnow
 from tenure.domain.errors import TenureError, Unavailable
 from tenure.store import schema
+from tenure.store.leadership import Fenced
 from tenure.store.rawinsert import RawInsert
 
 log = logging.getLogger("tenure.writer")
@@ -228,8 +229,12 @@ class _Pending:
 class Writer:
     """Owns the write connection; applies commands in order and commits them in groups."""
 
-    def __init__(self, engine: Engine, *, revision: int, clock: Clock = utcnow, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, engine: Engine, *, revision: int, clock: Clock = utcnow, max_batch: int = MAX_BATCH,
+                 fence: Callable[[Any], None] | None = None) -> None:
+        """``fence(conn)``: run first in every write transaction; raising :class:`~tenure.store.leadership.Fenced`
+        there rolls the batch back and fails its commands with it (a replica that no longer leads)."""
         self.engine = engine
+        self.fence = fence
         self.clock = clock
         self.revision = revision  # last committed revision
         self.max_batch = max_batch
@@ -350,6 +355,8 @@ class Writer:
                 if conn is None:  # first batch, or the last commit failed: (re)connect now
                     conn = self.engine.connect()
                 with conn.begin():
+                    if self.fence is not None:
+                        self.fence(conn)
                     for stmt, params in batch.writes:
                         if isinstance(stmt, RawInsert):
                             stmt.execute(conn, params)
@@ -373,6 +380,10 @@ class Writer:
                 for item, ok, value in outcomes:
                     if not ok:
                         item.future.set_exception(value)
+                if isinstance(exc, Fenced):  # not this replica's to write: no retry can change that
+                    for item in applied:
+                        item.future.set_exception(exc)
+                    return None
                 if len(applied) > 1:
                     # One command's rows may have broken the commit for all (say, a value the driver
                     # refuses): commit each alone, so only the culprit fails and the others go through.
