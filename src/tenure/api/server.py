@@ -206,9 +206,9 @@ class HttpProtocol(HttpToolsProtocol):
             return
         self._c.counted = False
         self.stats.open -= 1
-        self._stop_head_timer()
-        self._stop_body_timer()
-        self._stop_linger()
+        self._c.head_timer = _cancel(self._c.head_timer)
+        self._c.body_timer = _cancel(self._c.body_timer)
+        self._c.linger = _cancel(self._c.linger)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -267,9 +267,7 @@ class HttpProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self._c.head_timer is not None:
-            self._c.head_timer.cancel()
-            self._c.head_timer = None
+        self._c.head_timer = _cancel(self._c.head_timer)
         self._c.in_head = False
         self._c.head_bytes = self._c.head_size = 0
         previous = self.cycle
@@ -278,7 +276,7 @@ class HttpProtocol(HttpToolsProtocol):
             self.cycle.transport = self._c.cycle_transport  # type: ignore[assignment]
             if _has_body(self.headers):  # a body follows: it may not stall (the app reads it before it answers)
                 self._c.body_seen = self.loop.time()
-                self._stop_body_timer()
+                self._c.body_timer = _cancel(self._c.body_timer)
                 self._c.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_idle)
 
     def on_body(self, body: bytes) -> None:
@@ -287,10 +285,10 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._c.in_head = True
-        self._stop_body_timer()
+        self._c.body_timer = _cancel(self._c.body_timer)
         if self._c.discarding:  # the body of an answered request is over: the connection serves the next one
             self._c.discarding = False
-            self._stop_linger()
+            self._c.linger = _cancel(self._c.linger)
         super().on_message_complete()
         self._arm_head_timer()  # if it was already answered
 
@@ -324,17 +322,12 @@ class HttpProtocol(HttpToolsProtocol):
         self._c.discarding = False
         self._c.drained = 0
         self._unset_keepalive_if_required()
-        self._stop_head_timer()
-        self._stop_linger()
+        self._c.head_timer = _cancel(self._c.head_timer)
+        self._c.linger = _cancel(self._c.linger)
         self._c.linger = self.loop.call_later(self.limits.linger_timeout, self._linger_over)
         if self.cycle is not None:
             self.cycle.body = bytearray()
         self.flow.resume_reading()
-
-    def _stop_linger(self) -> None:
-        if self._c.linger is not None:
-            self._c.linger.cancel()
-            self._c.linger = None
 
     def _linger_over(self) -> None:
         self._c.linger = None
@@ -348,11 +341,6 @@ class HttpProtocol(HttpToolsProtocol):
         if (self._c.head_timer is None and self._c.in_head and not self._c.draining
                 and (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing()):
             self._c.head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
-
-    def _stop_body_timer(self) -> None:
-        if self._c.body_timer is not None:
-            self._c.body_timer.cancel()
-            self._c.body_timer = None
 
     def _body_idle(self) -> None:
         """A request's body has not moved for ``body_timeout``: close (408 if nothing was answered yet)."""
@@ -375,11 +363,6 @@ class HttpProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # the app's receive() ends: http.disconnect
             cycle.message_event.set()
         self.transport.close()
-
-    def _stop_head_timer(self) -> None:
-        if self._c.head_timer is not None:
-            self._c.head_timer.cancel()
-            self._c.head_timer = None
 
     def _head_timed_out(self) -> None:
         self._c.head_timer = None
@@ -442,6 +425,12 @@ class _CycleTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel ``timer`` if there is one; None, to store in its place."""
+    if timer is not None:
+        timer.cancel()
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
