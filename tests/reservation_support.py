@@ -31,8 +31,9 @@ class FakeClock:
         self.now += timedelta(**delta)
 
 
-def open_rt(db_url: str, clock: FakeClock, **settings: Any) -> Runtime:
-    return Runtime.open(db_url, clock=clock, settings=Settings(**{"housekeeping": False, **settings}))
+def open_rt(db_url: str, clock: FakeClock, *, follower: bool = False, **settings: Any) -> Runtime:
+    return Runtime.open(db_url, clock=clock, settings=Settings(**{"housekeeping": False, **settings}),
+                        follower=follower)
 
 
 def at(clock: FakeClock, **delta: float) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -202,6 +202,22 @@ class AgentService:
         for row in conn.execute(select(schema.agents)):
             self._map.load(row.host, _from_row(row))
         self.restored_at = self.clock()
+
+    def refresh(self, batch: Batch, conn: Connection, hosts: Collection[str] | None) -> None:
+        """A follower: the agents that events named (``None``: all of them) as stored in ``conn``'s snapshot.
+
+        Heartbeats move ``last_seen`` without an event; a follower's tailer refreshes every agent now and
+        then (``hosts=None``) so that its answers do not show old heartbeats for long.
+        """
+        A = schema.agents.c
+        q = select(schema.agents)
+        if hosts is not None:
+            q = q.where(A.host.in_(sorted(hosts)))
+        stored = {row.host: _from_row(row) for row in conn.execute(q)}
+        for host in (hosts if hosts is not None else set(self._agents) | set(stored)):
+            info = stored.get(host)
+            if info != self._agents.get(host):
+                self._map.put(batch, host, info)
 
     # ------------------------------------------------------------- helpers
 

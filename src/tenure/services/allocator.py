@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -131,6 +131,13 @@ def _emit_deleted(batch: Batch, pool: str, c: Claim) -> ClaimResult:
     return result
 
 
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[list[str]]:
+    """``IN`` lists of a bounded length (a bulk claim names up to 10,000 keys)."""
+    items = list(items)
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 def _labels(pool: str, project: str | None, host: str | None) -> dict[str, str]:
     labels = {"pool": pool}
     if project is not None:
@@ -177,18 +184,85 @@ class AllocatorService:
         finally:
             cursor.close()
         for row in conn.execute(select(schema.pools).order_by(schema.pools.c.id)):
-            ids = IdSpace(
-                json.loads(row.ranges), json.loads(row.reserved), strategy=row.strategy, cursor=row.cursor, rng=self.rng
-            )
-            projects = tuple(json.loads(row.projects)) if row.projects is not None else None
-            pool = Pool(row.name, ids, projects=projects, audit_epoch=row.audit_epoch, auditing=row.auditing)
-            pool.claims = claims_of.pop(row.id, {})
             values = values_of.pop(row.id, [])
             values.sort()
-            ids.load(values)
-            self._entries[row.name] = _Entry(row.id, pool, row.created_at, row.revision)
+            self._entries[row.name] = self._entry_from_row(row, claims_of.pop(row.id, {}), values)
             self._publish(row.name)
             self._next_id = max(self._next_id, row.id + 1)
+
+    # ------------------------------------------------------- a follower's tail
+
+    def refresh(self, batch: Batch, conn: Connection, pools: Collection[str], claims: Collection[str]) -> None:
+        """A follower: bring the pools and claims that events named to their rows as of ``conn``'s snapshot.
+
+        ``claims`` are event object ids (``pool/key``). A pool seen for the first time is loaded whole
+        (with its claims); a pool gone from the store is dropped; every other touched pool takes its row's
+        audit state, revision and next-fit cursor. A claim whose value changed (released, claimed again)
+        leaves its old value and takes the new one, so each pool's free/taken index stays the restore's.
+        """
+        keys: dict[str, list[str]] = {}
+        for object_id in claims:
+            name, _, key = object_id.partition("/")
+            keys.setdefault(name, []).append(key)
+        names = sorted(set(pools) | set(keys))
+        P = schema.pools.c
+        rows = {}
+        for chunk in _chunks(names):
+            rows.update({r.name: r for r in conn.execute(select(schema.pools).where(P.name.in_(chunk)))})
+        for name in names:
+            row, e = rows.get(name), self._entries.get(name)
+            if row is None or (e is not None and e.id != row.id):  # gone (or gone and made again)
+                if e is not None:
+                    del self._entries[name]
+                    e = None
+            if row is None:
+                keys.pop(name, None)
+            elif e is None:
+                stored = self._claims_in(conn, row.id, None)
+                self._entries[name] = self._entry_from_row(row, {c.key: c for c in stored}, [c.value for c in stored])
+                keys.pop(name, None)  # loaded whole, its claims included
+            else:
+                e.pool.audit_epoch, e.pool.auditing, e.revision = row.audit_epoch, row.auditing, row.revision
+                e.pool.ids.cursor = row.cursor
+            if row is not None:
+                self._next_id = max(self._next_id, row.id + 1)
+            self._publish_on_commit(batch, name)
+        for name, touched in keys.items():
+            e = self._entries[name]
+            stored = {c.key: c for c in self._claims_in(conn, e.id, touched)}
+            for key in touched:
+                old, new = e.pool.claims.get(key), stored.get(key)
+                if old is not None and (new is None or new.value != old.value):
+                    e.pool.release(key)
+                    old = None
+                if new is None:
+                    continue
+                if old is None:
+                    e.pool.reinstate(new)
+                else:
+                    e.pool.claims[key] = new
+
+    @staticmethod
+    def _claims_in(conn: Connection, pool_id: int, keys: Sequence[str] | None) -> list[Claim]:
+        """A pool's stored claims (only ``keys``, if given), sorted by value."""
+        q = select(_C.key, _C.value, _C.project, _C.host, _C.mark, _C.revision).where(_C.pool_id == pool_id)
+        if keys is None:
+            return [Claim(*r) for r in conn.execute(q.order_by(_C.value))]
+        out: list[Claim] = []
+        for chunk in _chunks(keys):
+            out.extend(Claim(*r) for r in conn.execute(q.where(_C.key.in_(chunk))))
+        return out
+
+    def _entry_from_row(self, row: Any, claims: dict[str, Claim], values: list[int]) -> _Entry:
+        """A pool as restored from its row, its claims and their values (ascending)."""
+        ids = IdSpace(
+            json.loads(row.ranges), json.loads(row.reserved), strategy=row.strategy, cursor=row.cursor, rng=self.rng
+        )
+        projects = tuple(json.loads(row.projects)) if row.projects is not None else None
+        pool = Pool(row.name, ids, projects=projects, audit_epoch=row.audit_epoch, auditing=row.auditing)
+        pool.claims = claims
+        ids.load(values)
+        return _Entry(row.id, pool, row.created_at, row.revision)
 
     # ----------------------------------------------------------------- views
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -185,6 +185,21 @@ class InstanceService:
             self._map.load(inst.id, inst)
             if inst.deadline is not None:
                 self.scheduler.arm(inst.deadline, inst.id)
+
+    def refresh(self, batch: Batch, conn: Connection, ids: Collection[str]) -> None:
+        """A follower: the instances that events named, as stored in ``conn``'s snapshot (indexes and
+        deadlines follow through the map, as for a change made here)."""
+        stored: dict[str, Instance] = {}
+        ordered = sorted(ids)
+        for i in range(0, len(ordered), 500):
+            for r in conn.execute(select(_I.body).where(_I.id.in_(ordered[i : i + 500]))):
+                inst = _from_body(json.loads(r.body))
+                stored[inst.id] = inst
+        order = [iid for iid in ordered if iid in self._inst]
+        order += sorted((iid for iid in ordered if iid not in self._inst and iid in stored),
+                        key=lambda iid: stored[iid].revision)
+        for iid in order:
+            self._map.put(batch, iid, stored.get(iid))
 
     # ================================================================ bookkeeping
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -152,7 +152,6 @@ class ReservationService:
 
     def load(self, conn: Connection, topology: Topology) -> None:
         """Every stored reservation, booked on ``topology`` (loaded first, with the limits) from its stored paths."""
-        self.cap = Capacity(topology, self.limits)
         for r in conn.execute(select(_R.id, _R.seq, _R.request_hash, _R.body).order_by(_R.seq)):
             res = _from_body(json.loads(r.body), r.request_hash, r.seq)
             self._map.load(res.id, res)
@@ -160,7 +159,41 @@ class ReservationService:
             if res.request_id is not None:
                 self._requests[(res.project or "", res.request_id)] = res.id
             self.scheduler.arm(res.next_due(self.retention), res.id)
+        self._book_all(topology)
+
+    def _book_all(self, topology: Topology) -> None:
+        """Fresh ledgers of ``topology`` holding every reservation that holds capacity (a restore)."""
+        self.cap = Capacity(topology, self.limits)
         self.cap.load((r.legs, r.start, r.end, r.project) for r in self._res.values() if r.holds_capacity)
+
+    def refresh(self, batch: Batch, conn: Connection, ids: Collection[str], topology: Topology | None) -> None:
+        """A follower: the reservations that events named, as stored in ``conn``'s snapshot, booked as a
+        restore books them. With a new ``topology`` (the topology changed) every ledger is rebuilt on it."""
+        stored: dict[str, Reservation] = {}
+        ordered = sorted(ids)
+        for i in range(0, len(ordered), 500):
+            q = select(_R.id, _R.seq, _R.request_hash, _R.body).where(_R.id.in_(ordered[i : i + 500]))
+            for r in conn.execute(q):
+                stored[r.id] = _from_body(json.loads(r.body), r.request_hash, r.seq)
+        # Known ones keep their place; new ones join in admission order, as a restore orders them.
+        order = [rid for rid in ordered if rid in self._res]
+        order += sorted((rid for rid in ordered if rid not in self._res and rid in stored), key=lambda r: stored[r].seq)
+        for rid in order:
+            old, new = self._res.get(rid), stored.get(rid)
+            if topology is None:
+                if old is not None and old.holds_capacity:
+                    self.cap.book_legs(old.legs, old.start, old.end, old.project, -1)
+                if new is not None and new.holds_capacity:
+                    self.cap.book_legs(new.legs, new.start, new.end, new.project)
+            if old is not None and old.request_id is not None:
+                self._requests.pop((old.project or "", old.request_id), None)
+            if new is not None:
+                if new.request_id is not None:
+                    self._requests[(new.project or "", new.request_id)] = rid
+                self._next_seq = max(self._next_seq, new.seq + 1)
+            self._map.put(batch, rid, new)
+        if topology is not None:
+            self._book_all(topology)
 
     def in_admission_order(self) -> list[Reservation]:
         """Every reservation the writer knows (writer thread), oldest admission first."""

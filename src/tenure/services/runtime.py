@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from tenure.clock import Clock, utcnow
 from tenure.config import Settings
@@ -27,6 +27,7 @@ from tenure.domain.errors import Unavailable
 from tenure.instance_types import load_instance_types
 from tenure.services.agents import AgentService
 from tenure.services.allocator import AllocatorService
+from tenure.services.follower import Tailer
 from tenure.services.instances import InstanceService
 from tenure.services.periodic import Periodic
 from tenure.services.reservations import ReservationService
@@ -34,9 +35,9 @@ from tenure.services.shaping import sync_shapers
 from tenure.services.tokens import TokenService
 from tenure.services.topology import TopologyService
 from tenure.store import schema
-from tenure.store.engine import acquire_owner_lock, make_engine, migrate
+from tenure.store.engine import acquire_owner_lock, check_schema, make_engine, migrate
 from tenure.store.history import History
-from tenure.store.writer import Op, Published, Writer
+from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.runtime")
 
@@ -67,16 +68,27 @@ def _no_gc() -> Iterator[None]:
 
 class Runtime:
     def __init__(
-        self, url: str, *, clock: Clock = utcnow, rng: random.Random | None = None, settings: Settings | None = None
+        self, url: str, *, clock: Clock = utcnow, rng: random.Random | None = None, settings: Settings | None = None,
+        follower: bool = False,
     ) -> None:
+        """``follower``: a hot standby of a store another process writes (docs/replication.md): no owner
+        lock, no migration (the schema must be this code's), no writer and no timers; a tailer applies what
+        the writer of the store commits. Tests drive :meth:`Tailer.poll` by hand (``housekeeping`` off)."""
         started = time.monotonic()
         self.url = url
         self.clock = clock
         self.settings = settings or Settings()
         self.engine = make_engine(url)
-        self._lock = acquire_owner_lock(self.engine)
+        self.follower = follower
+        self.tailer: Tailer | None = None
+        self._compactor: Periodic | None = None
+        self._agent_sweeper: Periodic | None = None
+        self._lock = None if follower else acquire_owner_lock(self.engine)
         try:
-            migrate(self.engine)
+            if follower:
+                check_schema(self.engine)
+            else:
+                migrate(self.engine)
             with self.engine.connect() as conn, _no_gc():
                 revision = conn.execute(select(schema.state.c.revision)).scalar_one()
                 self.writer = Writer(self.engine, revision=revision, clock=clock)
@@ -112,32 +124,52 @@ class Runtime:
                 self.reservations.load(conn, self.topology.load(conn))
                 self.instances.load(conn)
         except BaseException:
-            self._lock.release()
-            self.engine.dispose()
+            self._release()
             raise
-        self.writer.start()
         try:
-            # Timers re-armed at load; what fell due while the server was down is applied before serving.
-            self.reservations.scheduler.run_due()
-            self.instances.scheduler.run_due()
+            if follower:
+                self.history.follower = True
+                self.tailer = Tailer(self.engine, self.writer, self.history, self._refresh)
+                if self.settings.housekeeping:
+                    self.tailer.start()
+            else:
+                self._lead()
         except BaseException:
             self.writer.close()
-            self._lock.release()
-            self.engine.dispose()
+            self._release()
             raise
+        self.restore_seconds = time.monotonic() - started
+        log.info("store restored", extra={"revision": revision, "seconds": round(self.restore_seconds, 3),
+                                          "role": "follower" if follower else "owner"})
+
+    def _lead(self) -> None:
+        """Start writing: the writer, then what fell due while nobody wrote, then the timers and housekeeping."""
+        self.writer.start()
+        # Timers re-armed at load; what fell due while the server was down is applied before serving.
+        self.reservations.scheduler.run_due()
+        self.instances.scheduler.run_due()
         if self.settings.housekeeping:
             self.reservations.scheduler.start()
             self.instances.scheduler.start()
-        self._compactor: Periodic | None = None
-        if self.settings.housekeeping:
             self._compactor = Periodic("compactor", self.settings.compact_interval, self.history.compact).start()
-        self._agent_sweeper: Periodic | None = None
-        if self.settings.housekeeping:
             self._agent_sweeper = Periodic(
                 "agent-sweeper", self.settings.agent_sweep_interval, self.agents.sweep
             ).start()
-        self.restore_seconds = time.monotonic() - started
-        log.info("store restored", extra={"revision": revision, "seconds": round(self.restore_seconds, 3)})
+
+    def _refresh(self, batch: Batch, conn: Connection, touched: dict[str, set[str] | None]) -> None:
+        """A follower's step (the tailer's thread): bring the objects the events named to their rows in
+        ``conn``'s snapshot. Topology and limits first (the reservations are booked on them)."""
+        topology = self.topology.refresh(batch, conn, topology="topology" in touched,
+                                         limits=touched.get("limit") or ())
+        self.reservations.refresh(batch, conn, touched.get("reservation") or (), topology)
+        if "pool" in touched or "claim" in touched:
+            self.allocator.refresh(batch, conn, touched.get("pool") or (), touched.get("claim") or ())
+        if "token" in touched:
+            self.tokens.refresh(batch, conn, touched["token"] or ())
+        if "agent" in touched:
+            self.agents.refresh(batch, conn, touched["agent"])
+        if "instance" in touched:
+            self.instances.refresh(batch, conn, touched["instance"] or ())
 
     @classmethod
     def open(cls, url: str, **kwargs: Any) -> Runtime:
@@ -176,6 +208,8 @@ class Runtime:
         sync_shapers(batch, res, self.reservations.cap.topology, self.instances)
 
     def close(self) -> None:
+        if self.tailer is not None:
+            self.tailer.stop()
         self.reservations.scheduler.stop()
         self.instances.scheduler.stop()
         if self._compactor is not None:
@@ -183,9 +217,13 @@ class Runtime:
         if self._agent_sweeper is not None:
             self._agent_sweeper.stop()
         self.writer.close()
-        self._lock.release()
-        self.engine.dispose()
+        self._release()
         gc.unfreeze()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+        self.engine.dispose()
 
     def __enter__(self) -> Runtime:
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -67,12 +67,31 @@ class TokenService:
 
     def load(self, conn: Connection) -> None:
         for row in conn.execute(select(schema.tokens)):
-            info = TokenInfo(row.id, row.role, row.project, row.host, row.description, row.created_at,
-                             row.revoked_at, row.revision)
-            self._tokens[row.id] = info
-            if row.revoked_at is None:
-                self._by_hash[row.hash] = Principal(row.role, row.project, row.host, row.id)
-                self._hash_of[row.id] = row.hash
+            self._put(row)
+
+    def _put(self, row: Any) -> None:
+        info = TokenInfo(row.id, row.role, row.project, row.host, row.description, row.created_at,
+                         row.revoked_at, row.revision)
+        self._tokens[row.id] = info
+        if row.revoked_at is None:
+            self._by_hash[row.hash] = Principal(row.role, row.project, row.host, row.id)
+            self._hash_of[row.id] = row.hash
+
+    def refresh(self, batch: Batch, conn: Connection, ids: Collection[str]) -> None:
+        """A follower: the tokens that events named, as stored in ``conn``'s snapshot (the hash is only there).
+
+        Applied with the batch's other steps after it, so a token works here once its revision is applied.
+        """
+        rows = list(conn.execute(select(schema.tokens).where(schema.tokens.c.id.in_(sorted(ids)))))
+
+        def commit() -> None:
+            for row in rows:
+                digest = self._hash_of.pop(row.id, None)
+                if digest is not None:
+                    self._by_hash.pop(digest, None)
+                self._put(row)
+
+        batch.on_commit(commit)
 
     @property
     def empty(self) -> bool:

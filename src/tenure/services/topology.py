@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
@@ -57,15 +57,33 @@ class TopologyService:
 
     def load(self, conn: Connection) -> Topology:
         """The stored topology and limits (before the reservations, which are booked on them)."""
-        row = conn.execute(select(schema.topology)).first()
-        if row is not None:
-            topo = Topology.parse(json.loads(row.doc))
-            self._topology_revision, self._topology_updated = row.revision, to_us(row.updated_at)
-        else:
-            topo = empty_topology()
+        topo = self._read_topology(conn)
         for lr in conn.execute(select(schema.limits)):
             self._limits.load(lr.project, _limit_from_row(lr))
         self._topology_view = (topo, self._topology_revision, self._topology_updated)
+        return topo
+
+    def _read_topology(self, conn: Connection) -> Topology:
+        row = conn.execute(select(schema.topology)).first()
+        if row is None:
+            self._topology_revision, self._topology_updated = 0, 0
+            return empty_topology()
+        self._topology_revision, self._topology_updated = row.revision, to_us(row.updated_at)
+        return Topology.parse(json.loads(row.doc))
+
+    def refresh(self, batch: Batch, conn: Connection, *, topology: bool, limits: Collection[str]) -> Topology | None:
+        """A follower: the limits that events named, and the topology if an event named it, as stored in
+        ``conn``'s snapshot. Returns the new topology (the reservations re-book on it), or None if unchanged."""
+        L = schema.limits.c
+        if limits:
+            stored = {r.project: _limit_from_row(r)
+                      for r in conn.execute(select(schema.limits).where(L.project.in_(sorted(limits))))}
+            for project in limits:
+                self._limits.put(batch, project, stored.get(project))
+        if not topology:
+            return None
+        topo = self._read_topology(conn)
+        batch.on_commit_once("topology", self._publish_topology)
         return topo
 
     # ================================================================ topology

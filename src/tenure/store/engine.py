@@ -22,6 +22,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 
@@ -62,18 +64,68 @@ def make_engine(url: str) -> Engine:
         # Everything ends: bounded connects, statements and lock waits.
         # Statements end well within a request's 30 s: a commit that is cut short fails cleanly
         # (and is undone) instead of committing after its caller was told it failed.
-        connect_args = {"connect_timeout": 10, "options": "-c statement_timeout=20000 -c lock_timeout=10000"}
+        # A dead peer (host gone, cable cut, half-open socket) is noticed within seconds, not hours:
+        # TCP keepalives and tcp_user_timeout on every connection (docs/replication.md).
+        connect_args = {"connect_timeout": 10, "options": "-c statement_timeout=20000 -c lock_timeout=10000",
+                        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                        "tcp_user_timeout": 10_000}
         return create_engine(u, pool_size=8, max_overflow=8, pool_pre_ping=True, connect_args=connect_args)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")
 
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = _config()
     with engine.begin() as conn:
+        current, head, known = _versions(conn)
+        if not known:  # Alembic would only say it cannot locate the revision
+            raise _newer(current, head)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _versions(conn: Connection) -> tuple[str | None, str, bool]:
+    """(the store's schema version, this code's newest, whether this code knows the store's version)."""
+    script = ScriptDirectory.from_config(_config())
+    head = script.get_current_head() or ""
+    current = MigrationContext.configure(conn).get_current_revision()
+    known = current is None or any(r.revision == current for r in script.walk_revisions())
+    return current, head, known
+
+
+def _newer(current: str | None, head: str) -> SchemaMismatch:
+    return SchemaMismatch(
+        f"the database's schema is version {current}, newer than this code's {head}: "
+        "run the newer code (or restore the database this code was used with)",
+        code="schema_mismatch", database=current, code_version=head)
+
+
+def check_schema(engine: Engine) -> str:
+    """A replica that does not migrate: the store's schema must be this code's, or it is refused, naming both.
+
+    The leader (or a single server) migrates; a follower started before the leader migrated, or from older
+    code than the database's, must not read rows it does not understand.
+    """
+    with engine.connect() as conn:
+        current, head, known = _versions(conn)
+    if not known:
+        raise _newer(current, head)
+    if current != head:
+        raise SchemaMismatch(
+            f"the database's schema is version {current or 'none'}, this code's is {head}: "
+            "start a replica that leads (it migrates) first", code="schema_mismatch",
+            database=current, code_version=head)
+    return current
+
+
+class SchemaMismatch(Unavailable):
+    """The store's schema is not the one this code was written for."""
 
 
 @dataclass

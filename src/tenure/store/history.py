@@ -66,6 +66,9 @@ class History:
         self.compacted = 0  # committed: events at or below this revision are gone
         self.floor = 0  # announced: events at or below this revision may be gone already
         self.listers: dict[str, Lister] = {}
+        # A follower's log is compacted by another process, which announces nothing here: each page then
+        # reads the compacted revision in the page's own snapshot.
+        self.follower = False
 
     def load(self, conn: Connection) -> None:
         self.compacted = self.floor = conn.execute(select(schema.state.c.compacted_revision)).scalar_one()
@@ -95,8 +98,17 @@ class History:
         )
         if kinds is not None:
             q = q.where(_E.kind.in_(sorted(kinds)))
-        with self.engine.connect() as conn:
-            rows = [Row(*r) for r in conn.execute(q)]
+        if self.follower:
+            conn, _ = self.open_snapshot()
+            try:
+                floor = conn.execute(select(schema.state.c.compacted_revision)).scalar_one()
+                self.floor = max(self.floor, floor)
+                rows = [Row(*r) for r in conn.execute(q)]
+            finally:
+                conn.close()
+        else:
+            with self.engine.connect() as conn:
+                rows = [Row(*r) for r in conn.execute(q)]
         if after < self.floor:  # compaction started meanwhile: the page may have holes
             raise self.gone(after)
         return rows

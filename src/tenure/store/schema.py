@@ -252,3 +252,17 @@ leadership = Table(
     Column("lease_until", UTCDateTime(), nullable=False),
     Column("changed_at", UTCDateTime(), nullable=False),
 )
+
+# One row per replica name, heartbeated while it runs (docs/replication.md); on PostgreSQL only in use.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("address", String(512), nullable=True),
+    Column("role", String(16), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("incarnation", String(64), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("seen_at", UTCDateTime(), nullable=False),
+)

@@ -395,22 +395,45 @@ class Writer:
                     item.future.set_exception(err)
                 return None
             self.revision = batch.revision
-        for fn in (*batch.after_commit, *batch.after_commit_once.values()):
-            try:
-                fn()
-            except Exception:  # committed already: a bug in a publish or log step must not stop the writer
-                log.exception("after-commit step failed")
-        self.batches += 1
+        self._after_commit(batch)
         self.commands += len(outcomes)
         for item, ok, value in outcomes:
             if ok:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
-        if batch.events:
+        self._announce(batch.events)
+        return conn
+
+    def _after_commit(self, batch: Batch) -> None:
+        for fn in (*batch.after_commit, *batch.after_commit_once.values()):
+            try:
+                fn()
+            except Exception:  # committed already: a bug in a publish or log step must not stop the writer
+                log.exception("after-commit step failed")
+        self.batches += 1
+
+    def _announce(self, events: list[Event]) -> None:
+        if events:
             for listener in self._listeners:
                 try:
-                    listener(batch.events)
+                    listener(events)
                 except Exception:  # a listener must never stop the writer
                     log.exception("event listener failed")
-        return conn
+
+    # -- a follower's batches -------------------------------------------------
+
+    def replay(self, revision: int, events: list[Event], fill: Callable[[Batch], None]) -> None:
+        """A batch another replica committed: ``fill(batch)`` brings memory to the store's rows as of
+        ``revision`` (through the same :class:`Published` maps, so views and timers follow after it); then
+        the after-commit steps run and the listeners hear ``events``, as for a commit of this writer's own.
+
+        Only while this writer's thread is not running: a follower's tailer owns the working maps then.
+        """
+        if self._thread.is_alive():
+            raise RuntimeError("replay() is for a follower; this writer is running")
+        batch = Batch(revision=self.revision, now=self.clock())
+        fill(batch)
+        self.revision = revision
+        self._after_commit(batch)
+        self._announce(events)
