@@ -37,3 +37,7 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Libraries' lines that would repeat for every request (a write forwarded to the leader) or every
+    # schema check (a replica's restore): only their warnings, unless debugging.
+    for name in ("httpx", "httpcore", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from tenure.domain.errors import InvalidInput
 from tenure.store import schema
@@ -103,3 +103,30 @@ def test_sqlite_has_no_leadership(tmp_path: Path) -> None:
         assert exc.value.code == "replicas_need_postgresql"
     finally:
         eng.dispose()
+
+
+def test_a_dead_leaders_free_lock_hands_over_without_waiting_for_the_lease(engine: Engine) -> None:
+    a, b, c = replica(engine, "a"), replica(engine, "b"), replica(engine, "c")
+    assert a.take() == 1
+    assert b.take() is None and c.take() is None  # a lives: its lock is held, its lease runs
+    a.close()  # its session ends, as at a kill -9: the lock of epoch 1 is free at once, the lease still runs
+    assert b.take() == 2  # no clock moved
+    assert c.take() is None and b.take() is None  # b holds epoch 2's lock; b does not take twice
+
+
+def test_a_leader_whose_election_connection_is_terminated_is_replaced_and_fenced(engine: Engine) -> None:
+    a, b = replica(engine, "a"), replica(engine, "b")
+    assert a.take() == 1
+    pid = a._run("SELECT pg_backend_pid() AS pid").pid
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    assert b.take() == 2
+    writer = Writer(engine, revision=0, fence=a.fence)
+    writer.start()
+    try:
+        undone: list[bool] = []
+        with pytest.raises(Fenced):
+            writer.execute(event_op(undone))
+        assert undone == [True] and events(engine) == 0
+    finally:
+        writer.close()

@@ -14,9 +14,11 @@ replace the server's resource routes, it starts once the store is restored
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,17 +29,20 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, errors, instances, openapi, reservations, routes, watch
+from tenure.api import agents, errors, instances, openapi, replicas, reservations, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
+from tenure.api.replicas import ReplicaRequests
 from tenure.clock import Clock, utcnow
 from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Unauthorized, Unavailable
 from tenure.lrm.executor import Lrm
+from tenure.services.replica import Replica
 from tenure.services.runtime import Runtime, Settings
 from tenure.services.tokens import new_secret
+from tenure.store.writer import Event
 from tenure.watch.hub import BOOKMARK_INTERVAL, MAX_PENDING, RING_SIZE, Hub
 
 log = logging.getLogger("tenure.server")
@@ -58,6 +63,15 @@ class Extension(Protocol):
         """More for ``/healthz``'s body."""
 
 
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """``tenure serve --replica-name NAME --advertise URL --lease S`` (docs/replication.md)."""
+
+    name: str
+    address: str  # where the other replicas forward writes to this one
+    lease: float = 5.0
+
+
 @dataclass
 class ServerConfig:
     db_url: str
@@ -70,6 +84,7 @@ class ServerConfig:
     watch_max_pending: int = MAX_PENDING
     watch_ring: int = RING_SIZE
     extension: Extension | None = None  # set: e.g. this is a host agent (`tenure agent`, tenure.agent.daemon)
+    replica: ReplicaConfig | None = None  # set: one of several replicas of a PostgreSQL store
     before_ready: Callable[[], None] | None = None  # test hook, runs in the restore thread
     on_restore_failed: Callable[[BaseException], None] | None = None  # e.g. stop the server: nothing to serve
 
@@ -83,11 +98,48 @@ class ServerState:
     hub: Hub = field(default_factory=Hub)
     loop: asyncio.AbstractEventLoop | None = None
     lrm: Lrm | None = None  # a host agent's resource manager (its extension sets it): /v1/resources, metrics
+    replica: Replica | None = None
+    published: int = 0  # the newest revision handed to the hub
+    forward_client: Any = None  # httpx.AsyncClient of writes forwarded to the leader (api.replicas)
 
     def require(self) -> Runtime:
-        if self.runtime is None or not self.ready.is_set():
+        rt = self.runtime
+        if rt is None and self.ready.is_set() and self.replica is not None:
+            raise Unavailable("this replica is changing role (an election is under way); retry shortly",
+                              code="no_leader")
+        if rt is None or not self.ready.is_set():
             raise Unavailable("the server is restoring its state; retry shortly", code="not_ready")
-        return self.runtime
+        return rt
+
+    def publish(self, events: list[Any]) -> None:
+        """A runtime's committed (or, on a follower, applied) batch, to the hub."""
+        self.published = events[-1].revision
+        self.hub.publish(events)
+
+    def swap(self, old: Runtime | None, new: Runtime | None) -> None:
+        """A replica changed runtime (it was promoted by a restore, or demoted): the hub carries on.
+
+        The events committed between the last one the hub heard and the new runtime's restore are read
+        from the log and handed to the hub first, so a watcher on this replica misses nothing.
+        """
+        self.runtime = None
+        if new is None:
+            return
+        assert self.loop is not None
+        if old is None and self.published == 0 and self.hub.loop is None:
+            self.hub.attach(self.loop, new.revision)
+        else:
+            after = self.published
+            while after < new.revision:
+                rows = new.history.page(after, None)
+                events = [r for r in rows if r.revision <= new.revision]
+                if not events:
+                    break
+                self.publish([_event(r) for r in events])
+                after = events[-1].revision
+        self.published = max(self.published, new.revision)
+        new.writer.subscribe(self.publish)
+        self.runtime = new
 
 
 def write_admin_token(runtime: Runtime, data_dir: Path) -> Path | None:
@@ -122,17 +174,31 @@ def write_admin_token(runtime: Runtime, data_dir: Path) -> Path | None:
     return path
 
 
+def _event(row: Any) -> Event:
+    return Event(row.revision, row.ts, row.kind, row.object_id, row.op, json.loads(row.labels), json.loads(row.body))
+
+
 def _restore(state: ServerState) -> None:
     cfg = state.config
     try:
-        rt = Runtime.open(cfg.db_url, clock=cfg.clock, settings=cfg.settings)
-        state.runtime = rt
-        assert state.loop is not None
-        state.hub.attach(state.loop, rt.revision)  # before any command: the hub misses no commit
-        rt.writer.subscribe(state.hub.publish)
-        token_path = write_admin_token(rt, cfg.data_dir)
-        if token_path:
-            log.info("admin token written", extra={"path": str(token_path)})
+        if cfg.replica is not None:
+            rc = cfg.replica
+
+            def open_runtime(**kw: Any) -> Runtime:
+                return Runtime.open(cfg.db_url, clock=cfg.clock, settings=cfg.settings, replica=True, **kw)
+
+            state.replica = Replica(cfg.db_url, name=rc.name, address=rc.address, lease=rc.lease,
+                                    open_runtime=open_runtime, on_runtime=state.swap)
+            state.replica.start()
+            rt = state.replica.runtime
+            assert rt is not None
+        else:
+            rt = Runtime.open(cfg.db_url, clock=cfg.clock, settings=cfg.settings)
+            state.swap(None, rt)  # before any command: the hub misses no commit
+        if not rt.follower:
+            token_path = write_admin_token(rt, cfg.data_dir)
+            if token_path:
+                log.info("admin token written", extra={"path": str(token_path)})
         if cfg.seed is not None:
             cfg.seed(rt)
         if cfg.extension is not None:
@@ -167,7 +233,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             await asyncio.to_thread(thread.join)
             if config.extension is not None:
                 await config.extension.close()
-            if state.runtime is not None:
+            if state.forward_client is not None:
+                await state.forward_client.aclose()
+            if state.replica is not None:
+                await asyncio.to_thread(state.replica.close)  # a leader hands over at once
+            elif state.runtime is not None:
                 state.runtime.close()
 
     app = FastAPI(
@@ -182,6 +252,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(watch.router)
+    app.include_router(replicas.router)
     if config.extension is None:
         app.include_router(agents.router)
         app.include_router(reservations.router)
@@ -194,13 +265,15 @@ def create_app(config: ServerConfig) -> FastAPI:
     def healthz() -> Response:
         if state.error is not None:
             return JSONResponse({"status": "failed", "error": str(state.error)}, status_code=503)
+        replica = _replica_health(state)
         if not state.ready.is_set() or state.runtime is None:
-            return JSONResponse({"status": "restoring"}, status_code=503)
+            return JSONResponse({"status": "restoring" if not state.ready.is_set() else "electing", **replica},
+                                status_code=503)
         rt = state.runtime
         if rt.writer.failure is not None:
             return JSONResponse({"status": "failed", "error": f"writer stopped: {rt.writer.failure}"}, status_code=503)
         body: dict[str, Any] = {"status": "ok", "revision": rt.revision, "compacted_revision": rt.history.compacted,
-                                "watchers": hub.watchers}
+                                "watchers": hub.watchers, **replica}
         if config.extension is not None:
             body.update(config.extension.health())
         return JSONResponse(body)
@@ -213,13 +286,28 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     openapi.install(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(ReplicaRequests, state=state)
     app.add_middleware(BodyLimit)
     app.add_middleware(watch.WatchEndpoint, state=state)
     return app
 
 
+def _replica_health(state: ServerState) -> dict[str, Any]:
+    """For /healthz: this replica's role, the leader, the epoch and how far behind the store it is."""
+    replica = state.replica
+    if replica is None:
+        return {}
+    role, rt = replica.role, state.runtime
+    tailer = rt.tailer if rt is not None and rt.follower else None
+    lag = tailer.lag if tailer is not None else 0
+    return {"replica": {"name": replica.name, "role": role.role, "epoch": role.epoch,
+                        "leader": {"name": role.leader, "address": role.leader_address} if role.leader else None,
+                        "lag_revisions": lag,
+                        "lag_seconds": round(time.monotonic() - tailer.applied_at, 3) if tailer and lag else 0.0}}
+
+
 _HEALTH = {"type": "object", "required": ["status"],
-           "properties": {"status": {"type": "string", "enum": ["ok", "restoring", "failed"]}}}
+           "properties": {"status": {"type": "string", "enum": ["ok", "restoring", "electing", "failed"]}}}
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Restored and serving: status ok, revision, compacted_revision, watchers",
           "content": {"application/json": {"schema": _HEALTH}}},

@@ -45,7 +45,8 @@ class _AsciiJSON(JSONResponse):
 
 
 def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    # 503: the server cannot answer now (restoring, electing a leader, the store away): say when to retry.
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "1"} if status == 503 else None
     return _AsciiJSON({"error": {"code": code, "message": message, **details}}, status_code=status, headers=headers)
 
 

@@ -102,6 +102,13 @@ def serve(
     max_connections: Annotated[int | None, typer.Option(min=1, help="Most HTTP connections open at once; more are "
                                                         "closed at once (default: the descriptor limit less a "
                                                         "reserve, at most 16384)")] = None,
+    replica_name: Annotated[str | None, typer.Option(help="Run as one replica of a PostgreSQL store, with this "
+                                                     "name (unique among them): one leads, the others follow "
+                                                     "and take over")] = None,
+    advertise: Annotated[str | None, typer.Option(help="With --replica-name: the URL the other replicas reach "
+                                                  "this one at (default: the listening address)")] = None,
+    lease: Annotated[float, typer.Option(min=0.5, max=3600, help="With --replica-name: seconds a leader's lease "
+                                         "lasts; a paused or cut-off leader is replaced after it")] = 5.0,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -118,8 +125,25 @@ def serve(
         raise typer.BadParameter(exc.message, param_hint="--types") from None
     settings = Settings(history_age=history_age, history_events=history_events, agent_down_after=agent_down_after,
                         instance_types=timeouts)
+    replica = None
+    if replica_name is not None:
+        from tenure.domain.names import validate_name
+
+        if not (db or "").startswith("postgresql"):
+            raise typer.BadParameter("replicas need a PostgreSQL store (--db postgresql://...): a SQLite store "
+                                     "has one process", param_hint="--replica-name")
+        try:
+            validate_name(replica_name, what="replica name")
+        except TenureError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--replica-name") from None
+        if advertise is not None and not advertise.startswith(("http://", "https://")):
+            raise typer.BadParameter("an http:// or https:// URL", param_hint="--advertise")
+        replica = (replica_name, advertise, lease)
+    elif advertise is not None:
+        raise typer.BadParameter("only with --replica-name", param_hint="--advertise")
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
-        watch_dispatch=watch_dispatch, header_timeout=header_timeout, max_connections=max_connections)
+        watch_dispatch=watch_dispatch, header_timeout=header_timeout, max_connections=max_connections,
+        replica=replica)
 
 
 def main() -> None:

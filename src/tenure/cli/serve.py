@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tenure import logs
 from tenure.agent.daemon import AgentConfig, create_agent_app
-from tenure.api.app import ServerConfig, create_app
+from tenure.api.app import ReplicaConfig, ServerConfig, create_app
 from tenure.api.server import HttpLimits, server_for
 from tenure.config import ADMIN_TOKEN_FILE, HEADER_TIMEOUT, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
@@ -78,6 +78,7 @@ def serve(
     agent: AgentConfig | None = None,
     header_timeout: float = HEADER_TIMEOUT,
     max_connections: int | None = None,
+    replica: tuple[str, str | None, float] | None = None,
 ) -> None:
     """Serve until interrupted: the server, or with ``agent`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
@@ -97,8 +98,17 @@ def serve(
         server.should_exit = True
 
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
+    replica_config = None
+    if replica is not None:
+        name, advertise, lease = replica
+        if advertise is None and (url.startswith("unix:") or "://0.0.0.0:" in url or "://[::]:" in url):
+            console.print("[red]error:[/] --advertise URL is needed: the others cannot reach " + url)
+            raise SystemExit(2)
+        replica_config = ReplicaConfig(name=name, address=advertise or url, lease=lease)
+        console.print(f"replica [cyan]{name}[/], advertised as [cyan]{replica_config.address}[/]")
     config = ServerConfig(db_url=db_url, data_dir=data_dir, seed=ensure_examples if example else None,
-                          on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch)
+                          on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch,
+                          replica=replica_config)
     app = create_app(config) if agent is None else create_agent_app(config, agent)
     limits = HttpLimits(header_timeout=header_timeout, body_timeout=header_timeout, max_connections=max_connections)
     server = server_for(app, limits=limits, raise_fd_limit=agent is None)

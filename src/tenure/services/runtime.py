@@ -14,7 +14,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -69,11 +69,17 @@ def _no_gc() -> Iterator[None]:
 class Runtime:
     def __init__(
         self, url: str, *, clock: Clock = utcnow, rng: random.Random | None = None, settings: Settings | None = None,
-        follower: bool = False,
+        follower: bool = False, replica: bool = False, fence: Callable[[Any], None] | None = None,
     ) -> None:
-        """``follower``: a hot standby of a store another process writes (docs/replication.md): no owner
-        lock, no migration (the schema must be this code's), no writer and no timers; a tailer applies what
-        the writer of the store commits. Tests drive :meth:`Tailer.poll` by hand (``housekeeping`` off)."""
+        """Replicas (docs/replication.md; :mod:`tenure.services.replica`):
+
+        - ``follower``: a hot standby of a store another process writes: no migration (the schema must be
+          this code's), no writer and no timers; its :attr:`tailer` (started by the caller, or driven by hand
+          in tests) applies what the store's writer commits. :meth:`promote` makes it write.
+        - ``replica``: one of several processes on one PostgreSQL store: the owner lock is shared among
+          replicas (a single server's is exclusive, so the two kinds never run together).
+        - ``fence``: run first in every write transaction (:meth:`Leadership.fence`).
+        """
         started = time.monotonic()
         self.url = url
         self.clock = clock
@@ -83,7 +89,7 @@ class Runtime:
         self.tailer: Tailer | None = None
         self._compactor: Periodic | None = None
         self._agent_sweeper: Periodic | None = None
-        self._lock = None if follower else acquire_owner_lock(self.engine)
+        self._lock = acquire_owner_lock(self.engine, shared=replica) if (replica or not follower) else None
         try:
             if follower:
                 check_schema(self.engine)
@@ -91,7 +97,7 @@ class Runtime:
                 migrate(self.engine)
             with self.engine.connect() as conn, _no_gc():
                 revision = conn.execute(select(schema.state.c.revision)).scalar_one()
-                self.writer = Writer(self.engine, revision=revision, clock=clock)
+                self.writer = Writer(self.engine, revision=revision, clock=clock, fence=fence)
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
                 self.tokens = TokenService(writer=self.writer)
                 self.agents = AgentService(writer=self.writer, clock=clock, down_after=self.settings.agent_down_after)
@@ -130,8 +136,6 @@ class Runtime:
             if follower:
                 self.history.follower = True
                 self.tailer = Tailer(self.engine, self.writer, self.history, self._refresh)
-                if self.settings.housekeeping:
-                    self.tailer.start()
             else:
                 self._lead()
         except BaseException:
@@ -141,6 +145,19 @@ class Runtime:
         self.restore_seconds = time.monotonic() - started
         log.info("store restored", extra={"revision": revision, "seconds": round(self.restore_seconds, 3),
                                           "role": "follower" if follower else "owner"})
+
+    def promote(self, fence: Callable[[Any], None]) -> None:
+        """A follower becomes the writer, in place (its tailer stopped, caught up by the caller): writes are
+        fenced by ``fence``; agents' silence counts from now; overdue timers fire before any write is taken."""
+        if not self.follower or self.tailer is None:
+            raise RuntimeError("only a follower is promoted")
+        self.tailer.stop()
+        self.follower = False
+        self.history.follower = False
+        self.writer.fence = fence
+        self.agents.restored_at = self.clock()
+        self._lead()
+        log.info("promoted", extra={"revision": self.revision})
 
     def _lead(self) -> None:
         """Start writing: the writer, then what fell due while nobody wrote, then the timers and housekeeping."""

@@ -31,6 +31,7 @@ from tenure.domain.errors import Unavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_LOCK_ID = 0x7E_4E_0E  # arbitrary constant: "the owner of this Tenure database"
+_PG_MIGRATE_LOCK_ID = 0x7E_4E_0F  # held by a migration's transaction
 
 
 class StoreLocked(Unavailable):
@@ -77,6 +78,8 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision."""
     cfg = _config()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # replicas starting together migrate one after the other
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATE_LOCK_ID})
         current, head, known = _versions(conn)
         if not known:  # Alembic would only say it cannot locate the revision
             raise _newer(current, head)
@@ -135,6 +138,7 @@ class OwnerLock:
     _file: Any = None
     _conn: Connection | None = None
     description: str = ""
+    _shared: bool = False
     _closed: bool = field(default=False)
 
     def release(self) -> None:
@@ -146,12 +150,14 @@ class OwnerLock:
             self._file.close()
         if self._conn is not None:
             try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _PG_LOCK_ID})
+                kind = "_shared" if self._shared else ""
+                self._conn.execute(text(f"SELECT pg_advisory_unlock{kind}(:id)"), {"id": _PG_LOCK_ID})
             finally:
                 self._conn.close()
 
 
-def acquire_owner_lock(engine: Engine) -> OwnerLock:
+def acquire_owner_lock(engine: Engine, *, shared: bool = False) -> OwnerLock:
+    """This process owns the store: alone (a server), or ``shared`` with the other replicas (PostgreSQL)."""
     if engine.dialect.name == "sqlite":
         path = f"{engine.url.database}.lock"
         f = open(path, "a+")  # noqa: SIM115 - held for the store's lifetime
@@ -165,8 +171,12 @@ def acquire_owner_lock(engine: Engine) -> OwnerLock:
             ) from None
         return OwnerLock(_file=f, description=path)
     conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    got = conn.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": _PG_LOCK_ID}).scalar()
+    kind = "_shared" if shared else ""
+    got = conn.execute(text(f"SELECT pg_try_advisory_lock{kind}(:id)"), {"id": _PG_LOCK_ID}).scalar()
     if not got:
         conn.close()
-        raise StoreLocked("another process owns this PostgreSQL database", code="store_locked")
-    return OwnerLock(_conn=conn, description="pg advisory lock")
+        raise StoreLocked("another process owns this PostgreSQL database"
+                          + (" (a server that is not a replica)" if shared else
+                             " (a server, or replicas: start this one with --replica-name to join them)"),
+                          code="store_locked")
+    return OwnerLock(_conn=conn, description="pg advisory lock", _shared=shared)

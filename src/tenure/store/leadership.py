@@ -19,6 +19,7 @@ anyone sleeping). Every statement runs under ``statement_timeout`` and ``lock_ti
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,7 +53,28 @@ class Leader:
         return self.holder is not None and self.lease_until > self.now
 
 
+LOCK_CLASS = 0x7E4E  # advisory locks (LOCK_CLASS, epoch): held by the leader of that epoch, on its election connection
+
+
 class Leadership:
+    """One replica's view of the lead, and its dedicated election connection.
+
+    Two signs of a dead leader, and either lets a follower take over:
+
+    - **its lease ran out** (on the database's clock): it stopped renewing, whatever the reason (paused,
+      partitioned, gone);
+    - **its epoch's lock is free**: the leader of epoch E holds the session advisory lock (LOCK_CLASS, E) on its
+      election connection, taken before its epoch was; PostgreSQL frees it the moment that session ends (the
+      process was killed, the connection was terminated). A follower that can take the lock knows at once, and
+      need not wait for the lease. A paused leader keeps its lock, so for it the lease decides.
+
+    Either way the take-over is a compare-and-set of the epoch (E to E + 1), after the lock of E + 1 is taken,
+    so two candidates cannot both win, and the old leader's next batch fails its fence. Locks are never taken
+    twice by one session (they would stack), and the election connection has keepalives, ``tcp_user_timeout``
+    and timeouts on every statement and lock wait: an error on it ends this replica's lead (the connection,
+    and with it the lock, is dropped).
+    """
+
     def __init__(self, engine: Engine, *, name: str, address: str, lease: float = 5.0,
                  skew: timedelta = timedelta(0)) -> None:
         if engine.dialect.name != "postgresql":
@@ -66,6 +88,8 @@ class Leadership:
         self.lease = timedelta(seconds=lease)
         self.skew = skew
         self.epoch: int | None = None  # set while this replica holds the lead
+        self._conn: Connection | None = None
+        self._held: set[int] = set()  # epochs whose lock this session holds
 
     def _now(self) -> str:
         return "(clock_timestamp() + :skew)"
@@ -73,11 +97,49 @@ class Leadership:
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"skew": self.skew, "lease": self.lease, "me": self.name, "addr": self.address, **extra}
 
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                conn.execute(text(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+                conn.execute(text(f"SET lock_timeout = {STATEMENT_TIMEOUT_MS}"))
+                conn.execute(text(f"SET idle_in_transaction_session_timeout = {STATEMENT_TIMEOUT_MS}"))
+            except BaseException:
+                conn.invalidate()
+                raise
+            self._conn = conn
+        return self._conn
+
     def _run(self, sql: str, **params: Any) -> Any:
-        with self.engine.begin() as conn:
-            conn.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
-            conn.execute(text(f"SET LOCAL lock_timeout = {STATEMENT_TIMEOUT_MS}"))
-            return conn.execute(text(sql), self._params(**params)).first()
+        try:
+            return self._connection().execute(text(sql), self._params(**params)).first()
+        except BaseException:
+            self.close()  # the session and its locks are gone (or going): so is the lead
+            raise
+
+    def close(self) -> None:
+        """Drop the election connection: its locks go with it, and this replica no longer leads."""
+        conn, self._conn = self._conn, None
+        self._held.clear()
+        self.epoch = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()  # never back to the pool: a session that held locks
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _try_lock(self, epoch: int) -> bool:
+        if epoch in self._held:
+            return True
+        got = bool(self._run("SELECT pg_try_advisory_lock(:cls, :key) AS got", cls=LOCK_CLASS, key=_key(epoch)).got)
+        if got:
+            self._held.add(epoch)
+        return got
+
+    def _unlock(self, epoch: int) -> None:
+        if epoch in self._held:
+            self._held.discard(epoch)
+            self._run("SELECT pg_advisory_unlock(:cls, :key)", cls=LOCK_CLASS, key=_key(epoch))
 
     def read(self) -> Leader:
         row = self._run(f"SELECT epoch, holder, address, lease_until, {self._now()} AS now "
@@ -85,12 +147,25 @@ class Leadership:
         return Leader(row.epoch, row.holder, row.address, row.lease_until, row.now)
 
     def take(self) -> int | None:
-        """Lead, if the lease expired: the new epoch, or None (someone else leads)."""
+        """Lead, if the leader is gone (its lease ran out, or its epoch's lock is free): the new epoch, or None."""
+        current = self.read()
+        if self.epoch is not None and self.epoch == current.epoch:
+            return None  # this replica leads already
+        e = current.epoch
+        if current.live:
+            if not self._try_lock(e):
+                return None  # its leader lives (or is paused: its lease will tell)
+            self._unlock(e)
+        if not self._try_lock(e + 1):
+            return None  # another candidate is taking over right now
         row = self._run(
             f"UPDATE leadership SET epoch = epoch + 1, holder = :me, address = :addr, "
             f"lease_until = {self._now()} + :lease, changed_at = {self._now()} "
-            f"WHERE id = 1 AND lease_until < {self._now()} RETURNING epoch")
-        self.epoch = row.epoch if row is not None else None
+            "WHERE id = 1 AND epoch = :e RETURNING epoch", e=e)
+        if row is None:
+            self._unlock(e + 1)
+            return None
+        self.epoch = row.epoch
         return self.epoch
 
     def renew(self) -> bool:
@@ -100,23 +175,30 @@ class Leadership:
         row = self._run(f"UPDATE leadership SET lease_until = {self._now()} + :lease "
                         "WHERE id = 1 AND epoch = :epoch AND holder = :me RETURNING epoch", epoch=self.epoch)
         if row is None:
-            self.epoch = None
+            self.close()
         return row is not None
 
     def step_down(self) -> None:
         """Give the lead up now (a clean shutdown): the lease ends, a follower takes over at once."""
         if self.epoch is not None:
-            self._run("UPDATE leadership SET lease_until = timestamptz '1970-01-01 00:00:00+00' "
-                      "WHERE id = 1 AND epoch = :epoch AND holder = :me RETURNING epoch", epoch=self.epoch)
-        self.epoch = None
+            with contextlib.suppress(Exception):
+                self._run("UPDATE leadership SET lease_until = timestamptz '1970-01-01 00:00:00+00' "
+                          "WHERE id = 1 AND epoch = :epoch AND holder = :me RETURNING epoch", epoch=self.epoch)
+        self.close()
 
     def fence(self, conn: Connection) -> None:
         """The first statement of a leader's write transaction: :class:`Fenced` unless this epoch still leads."""
-        if self.epoch is None:
+        epoch = self.epoch
+        if epoch is None:
             raise Fenced()
         row = conn.execute(text(f"UPDATE leadership SET lease_until = lease_until WHERE id = 1 AND epoch = :epoch "
                                 f"AND lease_until > {self._now()} RETURNING epoch"),
-                           self._params(epoch=self.epoch)).first()
+                           self._params(epoch=epoch)).first()
         if row is None:
             self.epoch = None
             raise Fenced()
+
+
+def _key(epoch: int) -> int:
+    """The second key of an epoch's lock (an int4)."""
+    return epoch % 2_147_483_647

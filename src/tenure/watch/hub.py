@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -222,6 +223,7 @@ class Hub:
         self._ticker: asyncio.Task[None] | None = None
         # Set by the server (api.server.Server): drop the connection of a stream that ends mid-response.
         self.abort_connection: Callable[[Any], None] | None = None
+        self._revision_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     # ----------------------------------------------------------- the writer side
 
@@ -264,6 +266,32 @@ class Hub:
                     w.close("token revoked")
         self.dispatched += len(events)
         self.delivered += delivered
+        if self._revision_waiters:
+            self._wake_revision_waiters()
+
+    # ------------------------------------------------------------ reading one's writes
+
+    async def applied(self, revision: int, timeout: float) -> bool:
+        """Whether this server has applied ``revision`` within ``timeout`` seconds (``?min_revision``)."""
+        if self.revision >= revision:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (revision, fut)
+        self._revision_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return self.revision >= revision
+        finally:
+            with contextlib.suppress(ValueError):
+                self._revision_waiters.remove(entry)
+
+    def _wake_revision_waiters(self) -> None:
+        for revision, fut in self._revision_waiters:
+            if revision <= self.revision and not fut.done():
+                fut.set_result(None)
 
     def _push(self, w: Watcher, item: Item) -> int:
         if w.closed is not None or item.revision <= w.floor:

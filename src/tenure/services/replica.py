@@ -1,0 +1,250 @@
+"""This process as one replica of a store on PostgreSQL: it follows, campaigns, leads and hands over.
+
+See docs/replication.md. A :class:`Replica` owns the runtime of this process and a control thread that,
+every ``period``, either renews the lead (the leader) or tries to take it (a follower: the lease ran out, or
+the leader's epoch lock is free because its session ended). On taking the lead a follower is **promoted in
+place**: its tailer applies the last committed batches (the old leader can commit no more: its epoch is
+stale), the writer starts with the new epoch as its fence, and what fell due meanwhile is applied before
+the first write is answered, as at a restart. A leader that loses the lead (a renewal fails or finds another
+epoch, a batch is fenced, nothing renewed for longer than the lease) stops writing at once and becomes a
+follower again by a fresh restore (its memory may hold nothing the store lacks, but a restore is the one
+path that is certainly right). ``on_runtime`` hears every change of runtime (``None`` while there is none).
+
+Each replica heartbeats its row in ``replicas`` (role, epoch, applied revision); a second process with the
+name of a live one is refused at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+
+from tenure.domain.errors import Conflict
+from tenure.services.runtime import Runtime
+from tenure.store import schema
+from tenure.store.engine import make_engine, migrate
+from tenure.store.leadership import Leader, Leadership
+
+log = logging.getLogger("tenure.replica")
+
+LEADER, FOLLOWER, CANDIDATE = "leader", "follower", "candidate"
+
+
+class NameTaken(Conflict):
+    """Another live process runs a replica of this name."""
+
+
+@dataclass(frozen=True)
+class Role:
+    """What this replica is now, and whom it follows."""
+
+    role: str  # leader | follower | candidate (no runtime yet, or between roles)
+    epoch: int
+    leader: str | None
+    leader_address: str | None
+
+
+class Replica:
+    def __init__(self, url: str, *, name: str, address: str, lease: float = 5.0,
+                 open_runtime: Callable[..., Runtime],
+                 on_runtime: Callable[[Runtime | None, Runtime | None], None]) -> None:
+        """``open_runtime(follower=..., fence=...)`` opens this process's runtime (as a replica);
+        ``on_runtime(old, new)`` swaps it in (before ``old`` is closed)."""
+        self.url = url
+        self.name = name
+        self.address = address
+        self.lease = lease
+        self.period = lease / 3  # a leader renews this often
+        self.check = min(0.5, lease / 3)  # a follower looks for a dead leader this often
+        self.engine: Engine = make_engine(url)
+        self.leadership = Leadership(self.engine, name=name, address=address, lease=lease)
+        self._open = open_runtime
+        self._on_runtime = on_runtime
+        self.runtime: Runtime | None = None
+        self.incarnation = secrets.token_hex(8)
+        self.role = Role(CANDIDATE, 0, None, None)
+        self.elections = 0  # times this replica took the lead
+        self.changes = 0  # changes of leader seen
+        self._renewed = 0.0  # monotonic time of the last successful renewal
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> Replica:
+        """Migrate (serialised among replicas), claim the name, take a role and open the runtime; then the
+        control thread runs. Raises :class:`NameTaken` if a live replica has this name."""
+        migrate(self.engine)
+        self._claim_name()
+        try:
+            self._step()
+            while self.runtime is None and not self._stop.is_set():  # e.g. the store is away: retry
+                self._stop.wait(self.check)
+                self._step()
+        except BaseException:
+            self.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="tenure-replica", daemon=True)
+        self._thread.start()
+        return self
+
+    def _claim_name(self) -> None:
+        R = schema.replicas.c
+        with self.engine.begin() as conn:
+            row = conn.execute(select(schema.replicas, func.now().label("now")).where(R.name == self.name)
+                               .with_for_update()).first()
+            if row is not None and row.incarnation != self.incarnation:
+                silent = (row.now - row.seen_at).total_seconds()
+                if silent < 3 * self.lease:
+                    raise NameTaken(f"a replica named {self.name!r} is running (its last heartbeat was "
+                                    f"{silent:.1f} s ago, at {row.address}); give this one another --replica-name",
+                                    code="replica_name_taken", name=self.name)
+                conn.execute(delete(schema.replicas).where(R.name == self.name))
+            conn.execute(insert(schema.replicas).values(
+                name=self.name, address=self.address, role=CANDIDATE, epoch=0, revision=0,
+                incarnation=self.incarnation, started_at=func.now(), seen_at=func.now()))
+
+    def _heartbeat(self) -> None:
+        rt = self.runtime
+        R = schema.replicas.c
+        with self.engine.begin() as conn:
+            conn.execute(update(schema.replicas).where(R.name == self.name, R.incarnation == self.incarnation)
+                         .values(address=self.address, role=self.role.role, epoch=self.role.epoch,
+                                 revision=rt.revision if rt is not None else 0, seen_at=func.now()))
+
+    # ------------------------------------------------------------------ the control loop
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(self.period if self.role.role == LEADER else self.check)
+            if self._stop.is_set():
+                return
+            try:
+                self._step()
+            except Exception:
+                log.exception("replica step failed")
+
+    def _step(self) -> None:
+        if self.role.role == LEADER:
+            self._renew()
+        else:
+            self._campaign()
+        try:
+            self._heartbeat()
+        except Exception as exc:
+            log.warning("replica heartbeat failed: %s", exc)
+
+    def _renew(self) -> None:
+        ok = False
+        try:
+            ok = self.leadership.renew()  # False at once if a batch was fenced (the epoch is gone)
+        except Exception as exc:
+            log.warning("renewing the lead failed: %s", exc)
+        if ok:
+            self._renewed = time.monotonic()
+        else:
+            self._demote("another replica leads" if self.leadership.epoch is None and self._renewed
+                         else "the lease could not be renewed")
+
+    def _campaign(self) -> None:
+        try:
+            epoch = self.leadership.take()
+            seen = self.leadership.read()
+        except Exception as exc:
+            log.warning("looking for the leader failed: %s", exc)
+            if self.runtime is None:
+                return
+            epoch, seen = None, None
+        if epoch is not None:
+            self._promote(epoch)
+            return
+        if seen is not None:
+            self._follow(seen)
+
+    def _follow(self, seen: Leader) -> None:
+        if self.runtime is None:
+            self._swap(self._open(follower=True))
+            assert self.runtime is not None and self.runtime.tailer is not None
+            self.runtime.tailer.start()
+        leader = seen.holder if seen.live else None
+        if leader != self.role.leader or seen.epoch != self.role.epoch:
+            if leader is not None:
+                self._changed(self.role.leader, leader, seen.epoch)
+        self.role = Role(FOLLOWER, seen.epoch, leader, seen.address if seen.live else None)
+
+    def _promote(self, epoch: int) -> None:
+        old = self.role.leader
+        rt = self.runtime
+        self.role = Role(CANDIDATE, epoch, self.name, self.address)
+        if rt is None:  # no runtime yet: open one that writes from the start
+            self._swap(self._open(follower=False, fence=self.leadership.fence))
+        else:
+            assert rt.tailer is not None
+            rt.tailer.stop()
+            while rt.tailer.poll():  # the old leader's last batches (it can commit no more)
+                pass
+            rt.promote(self.leadership.fence)
+        self._renewed = time.monotonic()
+        self.elections += 1
+        self.role = Role(LEADER, epoch, self.name, self.address)
+        self._changed(old, self.name, epoch)
+
+    def _demote(self, reason: str) -> None:
+        log.warning("this replica stops leading: %s", reason, extra={"epoch": self.role.epoch, "replica": self.name})
+        self.leadership.close()
+        self.role = Role(CANDIDATE, self.role.epoch, None, None)
+        self._swap(None)
+
+    def _swap(self, new: Runtime | None) -> None:
+        old, self.runtime = self.runtime, new
+        self._on_runtime(old, new)
+        if old is not None:
+            old.close()
+
+    def _changed(self, old: str | None, new: str, epoch: int) -> None:
+        self.changes += 1
+        log.warning("leader changed", extra={"old_leader": old, "new_leader": new, "epoch": epoch,
+                                              "replica": self.name})
+
+    # ------------------------------------------------------------------ stop
+
+    def leader(self) -> Leader | None:
+        """The leadership row now (None if the store cannot be read)."""
+        try:
+            return self.leadership.read()
+        except Exception:
+            return None
+
+    def close(self) -> None:
+        """Stop; a leader hands over at once (its lease ends now), so a follower need not wait for it."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(30)
+        if self.runtime is not None:
+            self.runtime.writer.close()  # the last batch commits before the lead is given up
+        self.leadership.step_down()
+        self._swap(None)
+        R = schema.replicas.c
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(schema.replicas).where(R.name == self.name, R.incarnation == self.incarnation))
+        except Exception as exc:
+            log.warning("could not remove this replica's row: %s", exc)
+        self.engine.dispose()
+
+
+def replicas(engine: Engine) -> list[dict[str, Any]]:
+    """Every replica's row, with how long ago it was seen (`tenure replicas`, GET /v1/replicas)."""
+    R = schema.replicas.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(schema.replicas, func.now().label("now")).order_by(R.name)).all()
+    return [{"name": r.name, "address": r.address, "role": r.role, "epoch": r.epoch, "revision": r.revision,
+             "started_at": r.started_at.isoformat(), "seen_seconds_ago": round((r.now - r.seen_at).total_seconds(), 3)}
+            for r in rows]
