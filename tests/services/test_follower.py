@@ -381,3 +381,29 @@ def test_the_tailer_thread_wakes_on_the_leaders_notification(db_url: str) -> Non
     finally:
         follower.close()
         leader.close()
+
+
+@pytest.mark.parametrize("first", ["k0", "k1"])
+def test_a_value_passed_from_one_key_to_another_between_two_steps(pair: Any, first: str) -> None:
+    """k0 releases value 1 and k1 takes it: whichever key the follower looks at first, 1 is held once, by k1."""
+    leader, follower = pair
+    leader.run(leader.allocator.create_pool_op("vlan", ranges=[[1, 10]]))
+    leader.run(leader.allocator.claim_op("vlan", "k0"))
+    follower.tailer.poll()
+    leader.run(leader.allocator.release_op("vlan", "k0"))
+    assert leader.run(leader.allocator.claim_op("vlan", "k1")).value == 1
+    keys = ["vlan/k0", "vlan/k1"] if first == "k0" else ["vlan/k1", "vlan/k0"]
+    follower.allocator.refresh(_NoBatch(), _snapshot(follower), [], keys)
+    pool = follower.allocator._entries["vlan"].pool
+    assert {k: c.value for k, c in pool.claims.items()} == {"k1": 1}
+    assert pool.ids._taken.runs() == [(1, 1)]
+
+
+class _NoBatch:
+    def on_commit_once(self, key: Any, fn: Any) -> None:
+        pass
+
+
+def _snapshot(rt: Runtime) -> Any:
+    conn, _ = rt.history.open_snapshot()
+    return conn

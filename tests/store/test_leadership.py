@@ -65,7 +65,7 @@ def test_one_epoch_leads_at_a_time(engine: Engine) -> None:
 def test_a_deposed_leader_commits_nothing_and_undoes_its_batch(engine: Engine) -> None:
     a = replica(engine, "a")
     assert a.take() == 1
-    writer = Writer(engine, revision=0, fence=a.fence)
+    writer = Writer(engine, revision=0, fence=a)
     writer.start()
     try:
         undone: list[bool] = []
@@ -85,7 +85,7 @@ def test_a_leader_whose_lease_ran_out_commits_nothing_even_if_nobody_took_over(e
     a = replica(engine, "a")
     assert a.take() == 1
     a.skew = LATER  # its lease ran out (a pause): its clock moved on, nobody renewed
-    writer = Writer(engine, revision=0, fence=a.fence)
+    writer = Writer(engine, revision=0, fence=a)
     writer.start()
     try:
         with pytest.raises(Fenced):
@@ -121,7 +121,7 @@ def test_a_leader_whose_election_connection_is_terminated_is_replaced_and_fenced
     with engine.connect() as conn:
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     assert b.take() == 2
-    writer = Writer(engine, revision=0, fence=a.fence)
+    writer = Writer(engine, revision=0, fence=a)
     writer.start()
     try:
         undone: list[bool] = []

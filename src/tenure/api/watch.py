@@ -176,6 +176,22 @@ async def watch(request: Request, who: Auth) -> Response:
     return prepare(request.app.state.tenure, who, request.scope)
 
 
+RESUME_WAIT = 5.0  # seconds a replica waits to apply the revision a watch resumes from
+
+
+def _resume_revision(scope: Scope) -> int | None:
+    """The revision a watch asks to resume after (Last-Event-ID, else since), if it is well formed."""
+    raw = None
+    for name, value in scope.get("headers", ()):
+        if name == b"last-event-id":
+            raw = value.decode("latin-1")
+    if raw is None:
+        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("since")
+        raw = values[-1] if values else None
+    text = (raw or "").strip()
+    return int(text) if _REVISION.fullmatch(text) else None
+
+
 class WatchEndpoint:
     """Serves ``GET /v1/watch`` in front of the framework (pure ASGI).
 
@@ -194,6 +210,11 @@ class WatchEndpoint:
             return
         try:
             rt = self.state.require()
+            if self.state.replica is not None:  # a watch resumed here from a revision another replica served
+                want = _resume_revision(scope)
+                if want is not None and want > rt.revision and not await self.state.hub.applied(want, RESUME_WAIT):
+                    raise Unavailable(f"this replica has not applied revision {want} yet (it is at "
+                                      f"{self.state.hub.revision}); retry shortly", code="not_yet_applied")
             token = None
             for name, value in scope.get("headers", ()):
                 if name == b"authorization":

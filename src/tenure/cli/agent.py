@@ -48,7 +48,9 @@ def agent(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     host: Annotated[str | None, typer.Option(help="This host's name (its node id in the topology): with "
                                              "--server, follow that server's instances for this host")] = None,
-    server: Annotated[str | None, typer.Option(help="The server's URL (http://HOST:PORT or unix:PATH)")] = None,
+    server: Annotated[list[str] | None, typer.Option(help="The server's URL (http://HOST:PORT or unix:PATH); "
+                                                   "repeat it (or separate by commas) for the replicas of one "
+                                                   "store")] = None,
     server_token_file: Annotated[Path | None, typer.Option(help="A file holding this host's agent token for the "
                                                            "server (or set TENURE_SERVER_TOKEN)")] = None,
     types: Annotated[Path | None, typer.Option(help="YAML: resource types and their drivers (resources:); "
@@ -90,9 +92,10 @@ def agent(
                         playbook_dirs=tuple(p.resolve() for p in playbook_dir or ()), run_as=users)
     tmp = rsctmp or (Path("/run/resource-agents") if os.geteuid() == 0 else data_dir / "rsctmp")
     sync = None
-    if (host is None) != (server is None):
+    server_url = ",".join(server) if server else None
+    if (host is None) != (server_url is None):
         raise typer.BadParameter("give both --host and --server, or neither", param_hint="--host/--server")
-    if host is not None and server is not None:
+    if host is not None and server_url is not None:
         from tenure.agent.sync import SyncConfig
 
         try:
@@ -110,7 +113,7 @@ def agent(
         if not token:
             raise typer.BadParameter("the server needs this host's agent token: --server-token-file or "
                                      "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
-        sync = SyncConfig(host=host, server_url=server, token=token, types=itypes, heartbeat_interval=heartbeat)
+        sync = SyncConfig(host=host, server_url=server_url, token=token, types=itypes, heartbeat_interval=heartbeat)
     config = AgentConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
                          grace=kill_grace, shutdown_wait=shutdown_wait, sync=sync)
     run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,

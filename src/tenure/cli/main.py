@@ -21,6 +21,7 @@ from tenure.cli import (
     instances,
     limits,
     pools,
+    replicas,
     reservations,
     resources,
     tokens,
@@ -37,9 +38,10 @@ app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resour
 @app.callback()
 def _root(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option(envvar="TENURE_URL", show_envvar=True,
-                                            help="Server URL; default: the local server (server.json in the "
-                                                 "data dir).")] = None,
+    url: Annotated[list[str] | None, typer.Option(envvar="TENURE_URL", show_envvar=True,
+                                                  help="Server URL; repeat it (or separate by commas) for the "
+                                                       "replicas of one store; default: the local server "
+                                                       "(server.json in the data dir).")] = None,
     token: Annotated[str | None, typer.Option(envvar="TENURE_TOKEN", show_envvar=True,
                                               help="Bearer token; default: the local admin token.")] = None,
     data_dir: Annotated[Path | None, typer.Option(envvar="TENURE_DATA_DIR", show_envvar=True,
@@ -48,7 +50,7 @@ def _root(
 ) -> None:
     """Tenure: stable identifiers, reservations in time, resource operations."""
     s = session(ctx)
-    s.url, s.token, s.data_dir = url, token, data_dir
+    s.url, s.token, s.data_dir = (",".join(url) if url else None), token, data_dir
 
 
 app.add_typer(pools.app, name="pool")
@@ -60,6 +62,7 @@ app.command("claims")(claims.claims)
 app.command("lookup")(claims.lookup)
 app.command("watch")(watch.watch)
 app.command("agents")(agents.agents)
+app.command("replicas")(replicas.replicas)
 app.add_typer(topology.app, name="topology")
 app.add_typer(reservations.reserve_app, name="reserve")
 app.command("reservations")(reservations.reservations)

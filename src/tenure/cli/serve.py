@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import socket
 import stat
 from pathlib import Path
@@ -97,6 +99,8 @@ def serve(
         failure.append(exc)
         server.should_exit = True
 
+    # SIGUSR1: every thread's stack to stderr (the log), for a process that seems stuck; it goes on running.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     replica_config = None
     if replica is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
@@ -68,13 +69,26 @@ class AsyncTenureClient(ClientBase[Awaitable[dict[str, Any]]]):
         return await self._run(Call(method, path, json=json, params=params))
 
     async def _send(self, call: Call) -> httpx.Response:
-        try:
-            return await self._http.request(call.method, self._origin + call.path, **self._request(call))
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise transport_error(self.base_url, call.read_timeout or self.timeout, exc) from None
+        """The answer, from the current replica or, when that one cannot serve, the next (see :class:`Failover`)."""
+        failover, attempt = self.failover, 0
+        deadline = time.monotonic() + failover.window
+        while True:
+            origin = self._origin
+            try:
+                response = await self._http.request(call.method, origin + call.path, **self._request(call))
+            except (httpx.TransportError, httpx.InvalidURL) as exc:
+                if not failover.retry_error(exc, call) or time.monotonic() > deadline:
+                    raise transport_error(origin if len(failover.urls) > 1 else self.base_url,
+                                          call.read_timeout or self.timeout, exc) from None
+            else:
+                if not failover.retry_answer(response, call) or time.monotonic() > deadline:
+                    return response
+            failover.next(origin)
+            await asyncio.sleep(failover.pause(attempt))
+            attempt += 1
 
     async def _run(self, call: Call) -> Any:  # type: ignore[override]  # a coroutine: ClientBase[Awaitable]
-        return call.read(await self._send(call))
+        return self._saw(call.read(await self._send(call)))
 
     # ------------------------------------------------------------------ watch
 
@@ -103,8 +117,8 @@ class AsyncTenureClient(ClientBase[Awaitable[dict[str, Any]]]):
     async def _watch(
         self, session: WatchSession, read_timeout: float, sleep: Callable[[float], Awaitable[object]]
     ) -> AsyncIterator[WatchEvent]:
-        url, headers, timeout = self._watch_request(read_timeout)
         while True:
+            url, headers, timeout = self._watch_request(read_timeout)
             error: TenureClientError | None = None
             try:
                 if session.needs_start and not session.on_start(await self._http.get(
@@ -126,4 +140,5 @@ class AsyncTenureClient(ClientBase[Awaitable[dict[str, Any]]]):
                 error = transport_error(self.base_url, read_timeout, exc)
                 if isinstance(error, TenureConfigError):
                     raise error from None
+            self.failover.next(self.failover.url)  # resume on the next replica, from the last revision
             await sleep(session.connection_lost(error))

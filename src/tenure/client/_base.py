@@ -60,6 +60,53 @@ def unix_socket(base_url: str) -> str | None:
 
 R = TypeVar("R")
 
+#: Seconds a client keeps trying the other replicas while none answers or none leads (an election).
+FAILOVER_WINDOW = 30.0
+#: The refusals that mean "nothing was done here, try again (elsewhere)".
+UNAVAILABLE = frozenset({"no_leader", "not_leader", "not_ready", "store_closed", "store_timeout"})
+
+
+class Failover:
+    """Several URLs of one store's replicas: which one to use, and whether an attempt is worth repeating.
+
+    A request goes to the current URL. It is repeated, on the next URL, after a short pause growing to a
+    second, for at most ``window`` seconds, when nothing was done there: the connection failed before the
+    request was sent, or the answer is a 503 such as ``no_leader`` (an election is under way). When the
+    outcome is unknown (the connection died after the request was sent, or 503 ``outcome_unknown``) it is
+    repeated only if the call is idempotent (:attr:`Call.idempotent`); otherwise the caller hears of it.
+    With one URL nothing is repeated: the caller sees every failure as it happens.
+    """
+
+    def __init__(self, urls: Sequence[str], *, window: float) -> None:
+        self.urls = tuple(urls)
+        self.window = window
+        self._at = 0
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._at % len(self.urls)]
+
+    def next(self, failed: str) -> None:
+        """``failed`` did not serve: move on from it (unless another thread moved already)."""
+        if self.url == failed:
+            self._at += 1
+
+    def retry_error(self, exc: Exception, call: Call) -> bool:
+        if len(self.urls) < 2:
+            return False
+        unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        return unsent or (call.idempotent and isinstance(exc, httpx.TransportError))
+
+    def retry_answer(self, response: httpx.Response, call: Call) -> bool:
+        if len(self.urls) < 2 or response.status_code != 503:
+            return False
+        code = api_error(response).code
+        return code in UNAVAILABLE or (code == "outcome_unknown" and call.idempotent)
+
+    @staticmethod
+    def pause(attempt: int) -> float:
+        return min(1.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -79,6 +126,12 @@ class Call:
     content_type: str | None = None
     read_timeout: float | None = None
     answer: Literal["json", "created", "health"] = "json"
+    retry: bool = False  # a write that may be sent twice (claims by key, a reservation's request_id, ...)
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether sending it again, after an answer was lost, does no more than sending it once."""
+        return self.retry or self.method in ("GET", "HEAD", "PUT")
 
     def read(self, response: httpx.Response) -> Any:
         """The answer to this call, as its route returns it."""
@@ -92,15 +145,27 @@ class Call:
 class ClientBase(Generic[R]):
     """The routes of the /v1 API, each once; ``R`` is what ``_run`` returns (a dict, or an awaitable of one)."""
 
-    def __init__(self, base_url: str, token: str, timeout: float, http: Any, transport: Any) -> None:
+    def __init__(self, base_url: str | Sequence[str], token: str, timeout: float, http: Any, transport: Any) -> None:
         if http is not None and transport is not None:
             raise ValueError("pass either transport or http, not both")
-        self.base_url = base_url.rstrip("/")
+        parts = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+        self.urls = tuple(u.strip().rstrip("/") for u in parts if u.strip())
+        if not self.urls:
+            raise TenureConfigError("no server URL given")
+        if len(self.urls) > 1 and any(u.startswith(UNIX_PREFIX) for u in self.urls):
+            raise TenureConfigError("several server URLs (replicas) must all be http:// or https:// URLs")
+        self.base_url = ",".join(self.urls)
         self.timeout = timeout
+        self.failover = Failover(self.urls, window=max(timeout, FAILOVER_WINDOW))
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._owns_http = http is None
-        self._socket = unix_socket(self.base_url)
-        self._origin = self.base_url if self._socket is None else UNIX_ORIGIN  # where requests are addressed
+        self._socket = unix_socket(self.urls[0])
+        self._seen = 0  # the newest revision seen in an answer
+
+    @property
+    def _origin(self) -> str:
+        """Where requests are addressed now: the current URL (a Unix socket's requests go to a fixed origin)."""
+        return UNIX_ORIGIN if self._socket is not None else self.failover.url
 
     @classmethod
     def from_env(
@@ -120,10 +185,25 @@ class ClientBase(Generic[R]):
     def _run(self, call: Call) -> R:
         raise NotImplementedError
 
+    def _saw(self, answer: Any) -> Any:
+        """Remember the newest revision an answer names (reads on other replicas wait for it)."""
+        if isinstance(answer, dict):
+            revision = answer.get("revision")
+            if isinstance(revision, int) and revision > self._seen:
+                self._seen = revision
+        return answer
+
     def _request(self, call: Call) -> dict[str, Any]:
-        """The keyword arguments of ``httpx``'s ``request`` for ``call``."""
+        """The keyword arguments of ``httpx``'s ``request`` for ``call``.
+
+        With several replicas, a read asks for at least the newest revision this client has seen in an
+        answer (``min_revision``): it may go to another replica than the write did, and still sees it.
+        """
         headers = self._headers if call.content_type is None else {**self._headers, "Content-Type": call.content_type}
-        kwargs: dict[str, Any] = {"headers": headers, "json": call.json, "params": call.params, "content": call.content}
+        params = call.params
+        if self._seen and call.method == "GET" and len(self.urls) > 1 and call.path.startswith("/v1/"):
+            params = {**(params or {}), "min_revision": self._seen}
+        kwargs: dict[str, Any] = {"headers": headers, "json": call.json, "params": params, "content": call.content}
         if call.read_timeout is not None:
             kwargs["timeout"] = httpx.Timeout(self.timeout, read=call.read_timeout)
         return kwargs
@@ -196,7 +276,7 @@ class ClientBase(Generic[R]):
     ) -> R:
         """Claim ``key`` (idempotent); the answer has ``created``: False when the key was already held."""
         body = {"key": key, "value": value, "project": project, "host": host}
-        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/claims", json=body, answer="created"))
+        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/claims", json=body, answer="created", retry=True))
 
     def claim_many(
         self,
@@ -208,7 +288,7 @@ class ClientBase(Generic[R]):
         """Claim keys (``"key"`` or ``(key, value)``) in one transaction: all or none."""
         claims = [{"key": i, "value": None} if isinstance(i, str) else {"key": i[0], "value": i[1]} for i in items]
         body = {"claims": claims, "project": project, "host": host}
-        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/claims:bulk", json=body))
+        return self._run(Call("POST", f"/v1/pools/{segment(pool)}/claims:bulk", json=body, retry=True))
 
     def get_claim(self, pool: str, key: str) -> R:
         return self._run(Call("GET", f"/v1/pools/{segment(pool)}/claims/{segment(key)}"))
@@ -309,7 +389,7 @@ class ClientBase(Generic[R]):
         The answer has ``created``: False when a ``request_id`` retry returned the reservation it made.
         """
         body = {k: v for k, v in fields.items() if v is not None}
-        return self._run(Call("POST", "/v1/reservations", json=body, answer="created"))
+        return self._run(Call("POST", "/v1/reservations", json=body, answer="created", retry="request_id" in body))
 
     def reservations(
         self,
@@ -383,7 +463,8 @@ class ClientBase(Generic[R]):
 
     def paths(self, **query: Any) -> R:
         """Up to ``k`` feasible paths for ``src`` → ``dst`` at ``rate`` over ``start``-``end``; nothing is booked."""
-        return self._run(Call("POST", "/v1/paths", json={k: v for k, v in query.items() if v is not None}))
+        return self._run(Call("POST", "/v1/paths", json={k: v for k, v in query.items() if v is not None},
+                              retry=True))
 
     # ------------------------------------------------------------------ limits
 
@@ -409,6 +490,10 @@ class ClientBase(Generic[R]):
         """``{"status": "ok" | "restoring" | "failed", ...}``; a server still restoring is an answer, not an error."""
         return self._run(Call("GET", "/healthz", answer="health"))
 
+    def replicas(self) -> R:
+        """The replicas of the store (``GET /v1/replicas``): role, epoch, applied revision, last heartbeat."""
+        return self._run(Call("GET", "/v1/replicas"))
+
     # ------------------------------------------------------------------ agents
 
     def register_agent(
@@ -420,11 +505,11 @@ class ClientBase(Generic[R]):
     ) -> R:
         """Register (or re-register) the agent of ``host``; the answer has ``created``: False on re-registration."""
         body = {"host": host, "kinds": list(kinds), "version": version, "capabilities": capabilities}
-        return self._run(Call("POST", "/v1/agents", json=body, answer="created"))
+        return self._run(Call("POST", "/v1/agents", json=body, answer="created", retry=True))
 
     def heartbeat(self, host: str) -> R:
         """report_state: the agent as it stands; ``agent_not_registered`` means register again."""
-        return self._run(Call("POST", f"/v1/agents/{segment(host)}/heartbeat", json={}))
+        return self._run(Call("POST", f"/v1/agents/{segment(host)}/heartbeat", json={}, retry=True))
 
     def agents(self) -> R:
         """``{"agents": [...], "revision": N}``; an agent token sees only its own record."""

@@ -72,11 +72,22 @@ class TenureClient(ClientBase[dict[str, Any]]):
         self.close()
 
     def _run(self, call: Call) -> Any:
-        try:
-            response = self._http.request(call.method, self._origin + call.path, **self._request(call))
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise transport_error(self.base_url, call.read_timeout or self.timeout, exc) from None
-        return call.read(response)
+        failover, attempt = self.failover, 0
+        deadline = time.monotonic() + failover.window
+        while True:
+            origin = self._origin
+            try:
+                response = self._http.request(call.method, origin + call.path, **self._request(call))
+            except (httpx.TransportError, httpx.InvalidURL) as exc:
+                if not failover.retry_error(exc, call) or time.monotonic() > deadline:
+                    raise transport_error(origin if len(failover.urls) > 1 else self.base_url,
+                                          call.read_timeout or self.timeout, exc) from None
+            else:
+                if not failover.retry_answer(response, call) or time.monotonic() > deadline:
+                    return self._saw(call.read(response))
+            failover.next(origin)
+            time.sleep(failover.pause(attempt))
+            attempt += 1
 
     # ------------------------------------------------------------------- pages
 
@@ -139,8 +150,8 @@ class TenureClient(ClientBase[dict[str, Any]]):
         return Watch(session, self._watch(session, read_timeout, sleep))
 
     def _watch(self, session: WatchSession, read_timeout: float, sleep: Callable[[float], object]) -> Iterator[Any]:
-        url, headers, timeout = self._watch_request(read_timeout)
         while True:
+            url, headers, timeout = self._watch_request(read_timeout)
             error: TenureClientError | None = None
             try:
                 if session.needs_start and not session.on_start(self._http.get(
@@ -159,5 +170,6 @@ class TenureClient(ClientBase[dict[str, Any]]):
                 error = transport_error(self.base_url, read_timeout, exc)
                 if isinstance(error, TenureConfigError):
                     raise error from None
+            self.failover.next(self.failover.url)  # resume on the next replica, from the last revision
             sleep(session.connection_lost(error))
 

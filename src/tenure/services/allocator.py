@@ -230,11 +230,14 @@ class AllocatorService:
         for name, touched in keys.items():
             e = self._entries[name]
             stored = {c.key: c for c in self._claims_in(conn, e.id, touched)}
+            # Every old value is freed before any new one is taken: a value released by one key and claimed
+            # by another since the last step must not be taken twice, nor freed under its new holder.
             for key in touched:
                 old, new = e.pool.claims.get(key), stored.get(key)
                 if old is not None and (new is None or new.value != old.value):
                     e.pool.release(key)
-                    old = None
+            for key in touched:
+                old, new = e.pool.claims.get(key), stored.get(key)
                 if new is None:
                     continue
                 if old is None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
 from tenure.domain.errors import Conflict
 from tenure.services.runtime import Runtime
@@ -35,6 +35,7 @@ from tenure.store.leadership import Leader, Leadership
 log = logging.getLogger("tenure.replica")
 
 LEADER, FOLLOWER, CANDIDATE = "leader", "follower", "candidate"
+NAME_LOCK_CLASS = 0x7E4F  # advisory locks (NAME_LOCK_CLASS, hashtext(name)): held by the live replica of a name
 
 
 class NameTaken(Conflict):
@@ -75,6 +76,7 @@ class Replica:
         self._renewed = 0.0  # monotonic time of the last successful renewal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._name_conn: Connection | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -96,20 +98,30 @@ class Replica:
         return self
 
     def _claim_name(self) -> None:
+        """Hold this name: a session lock on a connection of its own, free the moment its process is gone
+        (so a replica restarted after a crash starts at once, while a second one beside a live or paused
+        first one is refused)."""
         R = schema.replicas.c
-        with self.engine.begin() as conn:
-            row = conn.execute(select(schema.replicas, func.now().label("now")).where(R.name == self.name)
-                               .with_for_update()).first()
-            if row is not None and row.incarnation != self.incarnation:
-                silent = (row.now - row.seen_at).total_seconds()
-                if silent < 3 * self.lease:
-                    raise NameTaken(f"a replica named {self.name!r} is running (its last heartbeat was "
-                                    f"{silent:.1f} s ago, at {row.address}); give this one another --replica-name",
-                                    code="replica_name_taken", name=self.name)
-                conn.execute(delete(schema.replicas).where(R.name == self.name))
-            conn.execute(insert(schema.replicas).values(
-                name=self.name, address=self.address, role=CANDIDATE, epoch=0, revision=0,
-                incarnation=self.incarnation, started_at=func.now(), seen_at=func.now()))
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:cls, hashtext(:name))"),
+                               {"cls": NAME_LOCK_CLASS, "name": self.name}).scalar_one()
+            if not got:
+                row = conn.execute(select(schema.replicas, func.now().label("now")).where(R.name == self.name)).first()
+                where = f" at {row.address}, last heartbeat {(row.now - row.seen_at).total_seconds():.1f} s ago" \
+                    if row is not None else ""
+                raise NameTaken(f"a replica named {self.name!r} is running{where}; give this one another "
+                                "--replica-name", code="replica_name_taken", name=self.name)
+            with self.engine.begin() as tx:
+                tx.execute(delete(schema.replicas).where(R.name == self.name))
+                tx.execute(insert(schema.replicas).values(
+                    name=self.name, address=self.address, role=CANDIDATE, epoch=0, revision=0,
+                    incarnation=self.incarnation, started_at=func.now(), seen_at=func.now()))
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        self._name_conn = conn
 
     def _heartbeat(self) -> None:
         rt = self.runtime
@@ -142,16 +154,18 @@ class Replica:
             log.warning("replica heartbeat failed: %s", exc)
 
     def _renew(self) -> None:
-        ok = False
+        ok: bool | None = None  # None: no answer (an error)
         try:
             ok = self.leadership.renew()  # False at once if a batch was fenced (the epoch is gone)
         except Exception as exc:
             log.warning("renewing the lead failed: %s", exc)
+        now = time.monotonic()
         if ok:
-            self._renewed = time.monotonic()
+            self._renewed = now
+        elif ok is None and self.leadership.epoch is not None and now - self._renewed < self.lease * 0.6:
+            pass  # one failed renewal (a lock wait, say): the lease still runs, try again next period
         else:
-            self._demote("another replica leads" if self.leadership.epoch is None and self._renewed
-                         else "the lease could not be renewed")
+            self._demote("another replica leads" if ok is False else "the lease could not be renewed")
 
     def _campaign(self) -> None:
         try:
@@ -184,13 +198,13 @@ class Replica:
         rt = self.runtime
         self.role = Role(CANDIDATE, epoch, self.name, self.address)
         if rt is None:  # no runtime yet: open one that writes from the start
-            self._swap(self._open(follower=False, fence=self.leadership.fence))
+            self._swap(self._open(follower=False, fence=self.leadership, epoch=epoch))
         else:
             assert rt.tailer is not None
             rt.tailer.stop()
             while rt.tailer.poll():  # the old leader's last batches (it can commit no more)
                 pass
-            rt.promote(self.leadership.fence)
+            rt.promote(self.leadership, epoch)
         self._renewed = time.monotonic()
         self.elections += 1
         self.role = Role(LEADER, epoch, self.name, self.address)
@@ -237,6 +251,9 @@ class Replica:
                 conn.execute(delete(schema.replicas).where(R.name == self.name, R.incarnation == self.incarnation))
         except Exception as exc:
             log.warning("could not remove this replica's row: %s", exc)
+        if self._name_conn is not None:
+            self._name_conn.invalidate()  # the name's lock goes with the session
+            self._name_conn.close()
         self.engine.dispose()
 
 

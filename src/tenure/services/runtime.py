@@ -14,7 +14,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -37,7 +37,7 @@ from tenure.services.topology import TopologyService
 from tenure.store import schema
 from tenure.store.engine import acquire_owner_lock, check_schema, make_engine, migrate
 from tenure.store.history import History
-from tenure.store.writer import Batch, Op, Published, Writer
+from tenure.store.writer import Batch, Fence, Op, Published, Writer
 
 log = logging.getLogger("tenure.runtime")
 
@@ -69,7 +69,8 @@ def _no_gc() -> Iterator[None]:
 class Runtime:
     def __init__(
         self, url: str, *, clock: Clock = utcnow, rng: random.Random | None = None, settings: Settings | None = None,
-        follower: bool = False, replica: bool = False, fence: Callable[[Any], None] | None = None,
+        follower: bool = False, replica: bool = False, fence: Fence | None = None,
+        epoch: int | None = None,
     ) -> None:
         """Replicas (docs/replication.md; :mod:`tenure.services.replica`):
 
@@ -78,7 +79,8 @@ class Runtime:
           in tests) applies what the store's writer commits. :meth:`promote` makes it write.
         - ``replica``: one of several processes on one PostgreSQL store: the owner lock is shared among
           replicas (a single server's is exclusive, so the two kinds never run together).
-        - ``fence``: run first in every write transaction (:meth:`Leadership.fence`).
+        - ``fence``: checked first in every write transaction (:class:`Leadership`); ``epoch``: the
+          leadership epoch written with each event.
         """
         started = time.monotonic()
         self.url = url
@@ -97,7 +99,7 @@ class Runtime:
                 migrate(self.engine)
             with self.engine.connect() as conn, _no_gc():
                 revision = conn.execute(select(schema.state.c.revision)).scalar_one()
-                self.writer = Writer(self.engine, revision=revision, clock=clock, fence=fence)
+                self.writer = Writer(self.engine, revision=revision, clock=clock, fence=fence, epoch=epoch)
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
                 self.tokens = TokenService(writer=self.writer)
                 self.agents = AgentService(writer=self.writer, clock=clock, down_after=self.settings.agent_down_after)
@@ -146,7 +148,7 @@ class Runtime:
         log.info("store restored", extra={"revision": revision, "seconds": round(self.restore_seconds, 3),
                                           "role": "follower" if follower else "owner"})
 
-    def promote(self, fence: Callable[[Any], None]) -> None:
+    def promote(self, fence: Fence, epoch: int) -> None:
         """A follower becomes the writer, in place (its tailer stopped, caught up by the caller): writes are
         fenced by ``fence``; agents' silence counts from now; overdue timers fire before any write is taken."""
         if not self.follower or self.tailer is None:
@@ -154,7 +156,7 @@ class Runtime:
         self.tailer.stop()
         self.follower = False
         self.history.follower = False
-        self.writer.fence = fence
+        self.writer.fence, self.writer.epoch = fence, epoch
         self.agents.restored_at = self.clock()
         self._lead()
         log.info("promoted", extra={"revision": self.revision})

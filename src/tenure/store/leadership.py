@@ -7,7 +7,7 @@ SIGSTOP keeps its connection (the kernel answers keepalives for it), so its sess
 
 - :meth:`Leadership.take` becomes the leader if the lease expired: the epoch grows by one.
 - :meth:`Leadership.renew` extends the lease of this epoch; False: the lead is lost.
-- :meth:`Leadership.fence` runs first in each of the leader's write transactions (the writer's ``fence``):
+- :meth:`Leadership.fence` runs last in each of the leader's write transactions (the writer's ``fence``):
   a no-op update of the row that matches only this epoch with an unexpired lease, and so takes the row's lock.
   Zero rows: :class:`Fenced`, the transaction rolls back, the batch is undone. A leader that lost its lease
   without noticing (paused, partitioned, a half-open socket) therefore commits nothing: a take-over and a
@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from tenure.domain.errors import InvalidInput, Unavailable
 
@@ -104,6 +105,9 @@ class Leadership:
                 conn.execute(text(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
                 conn.execute(text(f"SET lock_timeout = {STATEMENT_TIMEOUT_MS}"))
                 conn.execute(text(f"SET idle_in_transaction_session_timeout = {STATEMENT_TIMEOUT_MS}"))
+                # Who is who in pg_stat_activity (an operator, or a test, can find this replica's session).
+                conn.execute(text("SELECT set_config('application_name', :name, false)"),
+                             {"name": f"tenure election {self.name}"[:63]})
             except BaseException:
                 conn.invalidate()
                 raise
@@ -113,8 +117,12 @@ class Leadership:
     def _run(self, sql: str, **params: Any) -> Any:
         try:
             return self._connection().execute(text(sql), self._params(**params)).first()
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                self.close()  # the session and its locks are gone: so is the lead
+            raise
         except BaseException:
-            self.close()  # the session and its locks are gone (or going): so is the lead
+            self.close()  # interrupted mid-statement: the session's state is unknown
             raise
 
     def close(self) -> None:
@@ -156,12 +164,25 @@ class Leadership:
             if not self._try_lock(e):
                 return None  # its leader lives (or is paused: its lease will tell)
             self._unlock(e)
+            still = "TRUE"  # its session ended: it is gone, whatever its lease says
+        else:
+            still = f"lease_until < {self._now()}"  # unless it renewed meanwhile
         if not self._try_lock(e + 1):
             return None  # another candidate is taking over right now
-        row = self._run(
-            f"UPDATE leadership SET epoch = epoch + 1, holder = :me, address = :addr, "
-            f"lease_until = {self._now()} + :lease, changed_at = {self._now()} "
-            "WHERE id = 1 AND epoch = :e RETURNING epoch", e=e)
+        try:
+            # The old leader's writer sessions (paused mid-transaction, say) may hold locks the next batches
+            # need, the leadership row's included: end them. Whatever they had not committed is not committed.
+            self._run("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                      "WHERE application_name LIKE 'tenure writer %' AND application_name <> :mine "
+                      "AND datname = current_database()", mine=_writer_name(self.name))
+            row = self._run(
+                f"UPDATE leadership SET epoch = epoch + 1, holder = :me, address = :addr, "
+                f"lease_until = {self._now()} + :lease, changed_at = {self._now()} "
+                f"WHERE id = 1 AND epoch = :e AND {still} RETURNING epoch", e=e)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._unlock(e + 1)
+            raise
         if row is None:
             self._unlock(e + 1)
             return None
@@ -186,6 +207,15 @@ class Leadership:
                           "WHERE id = 1 AND epoch = :epoch AND holder = :me RETURNING epoch", epoch=self.epoch)
         self.close()
 
+    def prepare(self, conn: Connection) -> None:
+        """A new write connection of the leader: named, so that the next leader can end it (see :meth:`take`)
+        should this process be paused inside a transaction, holding locks; and ended by the database if it
+        sits idle inside a transaction for longer than the lease."""
+        ms = int(self.lease.total_seconds() * 1000)
+        conn.execute(text(f"SET idle_in_transaction_session_timeout = {ms}"))
+        conn.execute(text("SELECT set_config('application_name', :name, false)"), {"name": _writer_name(self.name)})
+        conn.commit()
+
     def fence(self, conn: Connection) -> None:
         """The first statement of a leader's write transaction: :class:`Fenced` unless this epoch still leads."""
         epoch = self.epoch
@@ -197,6 +227,11 @@ class Leadership:
         if row is None:
             self.epoch = None
             raise Fenced()
+
+
+def _writer_name(name: str) -> str:
+    """The application_name of a replica's write sessions (what the next leader ends)."""
+    return f"tenure writer {name}"[:63]
 
 
 def _key(epoch: int) -> int:

@@ -100,6 +100,9 @@ events = Table(
     Column("op", String(16), nullable=False),  # created | updated | deleted
     Column("labels", Text, nullable=False),  # JSON object
     Column("body", Text, nullable=False),  # JSON: the object as the API returns it
+    # The leadership epoch of the replica that committed it (docs/replication.md); NULL: not a replica.
+    # Along the log it never decreases: two leaders never both commit.
+    Column("epoch", BigInteger, nullable=True),
 )
 Index("ix_events_kind_revision", events.c.kind, events.c.revision)
 

@@ -30,13 +30,15 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
 from tenure.clock import Clock, utcnow
@@ -48,6 +50,7 @@ from tenure.store.rawinsert import RawInsert
 log = logging.getLogger("tenure.writer")
 
 MAX_BATCH = 512
+VERDICT_WAIT = 10.0  # seconds a writer asks an away store whether a cut commit went through
 INSERT_EVENTS = RawInsert(schema.events)
 UPDATE_REVISION = update(schema.state).where(schema.state.c.id == 1).values(revision=bindparam("b_revision"))
 
@@ -64,8 +67,9 @@ class Event:
     labels: dict[str, str]
     body: dict[str, Any]
 
-    def row(self) -> dict[str, Any]:
+    def row(self, epoch: int | None = None) -> dict[str, Any]:
         return {
+            "epoch": epoch,
             "revision": self.revision,
             "ts": self.ts,
             "kind": self.kind,
@@ -78,6 +82,17 @@ class Event:
 
 class Command(Protocol):
     def apply(self, batch: Batch) -> Any: ...
+
+
+class Fence(Protocol):
+    """What a replica's writer checks (:class:`~tenure.store.leadership.Leadership`)."""
+
+    def prepare(self, conn: Any) -> None:
+        """Once per new write connection (e.g. bound how long a paused writer may hold its locks)."""
+
+    def fence(self, conn: Any) -> None:
+        """Last in every write transaction, before its commit: raise :class:`~tenure.store.leadership.Fenced`
+        unless it may commit."""
 
 
 class Batch:
@@ -230,11 +245,14 @@ class Writer:
     """Owns the write connection; applies commands in order and commits them in groups."""
 
     def __init__(self, engine: Engine, *, revision: int, clock: Clock = utcnow, max_batch: int = MAX_BATCH,
-                 fence: Callable[[Any], None] | None = None) -> None:
-        """``fence(conn)``: run first in every write transaction; raising :class:`~tenure.store.leadership.Fenced`
-        there rolls the batch back and fails its commands with it (a replica that no longer leads)."""
+                 fence: Fence | None = None, epoch: int | None = None) -> None:
+        """``fence``: its ``fence(conn)`` runs last in every write transaction, before the commit; raising
+        :class:`~tenure.store.leadership.Fenced` there rolls the batch back and fails its commands with it (a
+        replica that no longer leads).
+        ``epoch``: the leadership epoch this writer writes under, stored with each event."""
         self.engine = engine
         self.fence = fence
+        self.epoch = epoch
         self.clock = clock
         self.revision = revision  # last committed revision
         self.max_batch = max_batch
@@ -354,9 +372,9 @@ class Writer:
             try:
                 if conn is None:  # first batch, or the last commit failed: (re)connect now
                     conn = self.engine.connect()
-                with conn.begin():
                     if self.fence is not None:
-                        self.fence(conn)
+                        self.fence.prepare(conn)
+                with conn.begin():
                     for stmt, params in batch.writes:
                         if isinstance(stmt, RawInsert):
                             stmt.execute(conn, params)
@@ -366,34 +384,85 @@ class Writer:
                         stmt, params = build()
                         conn.execute(stmt, params)
                     if batch.events:
-                        INSERT_EVENTS.execute(conn, [e.row() for e in batch.events])
+                        INSERT_EVENTS.execute(conn, [e.row(self.epoch) for e in batch.events])
                     conn.execute(UPDATE_REVISION, {"b_revision": batch.revision})
+                    if self.fence is not None:  # last: the leadership row stays locked only until the commit
+                        self.fence.fence(conn)
             except Exception as exc:
-                log.error("commit of %d commands failed: %s", len(items), exc)
-                for fn in reversed(batch.undo):
-                    fn()
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
                 conn = None
-                applied = [item for item, ok, _ in outcomes if ok]
-                for item, ok, value in outcomes:
-                    if not ok:
-                        item.future.set_exception(value)
-                if isinstance(exc, Fenced):  # not this replica's to write: no retry can change that
-                    for item in applied:
-                        item.future.set_exception(exc)
-                    return None
-                if len(applied) > 1:
-                    # One command's rows may have broken the commit for all (say, a value the driver
-                    # refuses): commit each alone, so only the culprit fails and the others go through.
-                    for item in applied:
-                        conn = self._commit_batch(conn, [item], retry=True)
-                    return conn
-                err = Unavailable(f"the store failed to commit: {type(exc).__name__}", code="store_error")
-                for item in applied:
-                    item.future.set_exception(err)
+                verdict = self._verdict(exc, batch)
+                if verdict is True:
+                    log.warning("the connection was lost at the commit of %d commands, which did commit", len(items))
+                else:
+                    return self._failed(exc if verdict is None else verdict, items, batch, outcomes)
+        return self._committed(conn, batch, outcomes)
+
+    def _failed(self, exc: Exception, items: list[_Pending], batch: Batch,
+                outcomes: list[tuple[_Pending, bool, Any]]) -> Any:
+        """The batch did not commit: undo it and answer its callers (or commit its commands one by one)."""
+        log.error("commit of %d commands failed: %s", len(items), exc)
+        for fn in reversed(batch.undo):
+            fn()
+        conn = None
+        applied = [item for item, ok, _ in outcomes if ok]
+        for item, ok, value in outcomes:
+            if not ok:
+                item.future.set_exception(value)
+        if isinstance(exc, Fenced):  # not this replica's to write: no retry can change that
+            for item in applied:
+                item.future.set_exception(exc)
+            return None
+        if len(applied) > 1:
+            # One command's rows may have broken the commit for all (say, a value the driver
+            # refuses): commit each alone, so only the culprit fails and the others go through.
+            for item in applied:
+                conn = self._commit_batch(conn, [item], retry=True)
+            return conn
+        err = Unavailable(f"the store failed to commit: {type(exc).__name__}", code="store_error")
+        for item in applied:
+            item.future.set_exception(err)
+        return None
+
+    def _verdict(self, exc: Exception, batch: Batch) -> bool | Fenced | None:
+        """After a failed commit: True if it committed nonetheless, :class:`Fenced` if this replica no longer
+        leads, None if it did not commit.
+
+        A statement that failed rolled its transaction back; but a connection lost during the commit leaves
+        the outcome unknown, and undoing a batch the store kept would put memory behind the store for good.
+        So the store is asked (for up to ``VERDICT_WAIT`` seconds while it is away): is this batch's last
+        event there, written by this writer's epoch?
+        """
+        if not (isinstance(exc, DBAPIError) and exc.connection_invalidated) or not batch.events:
+            return None
+        last = batch.events[-1]
+        deadline = time.monotonic() + VERDICT_WAIT
+        delay = 0.05
+        while True:
+            try:
+                with self.engine.connect() as conn, conn.begin():
+                    row = conn.execute(select(schema.events.c.kind, schema.events.c.object_id, schema.events.c.op,
+                                              schema.events.c.epoch)
+                                       .where(schema.events.c.revision == last.revision)).first()
+                    if row is not None and tuple(row) == (last.kind, last.object_id, last.op, self.epoch):
+                        return True
+                    if self.fence is not None:
+                        self.fence.fence(conn)
                 return None
+            except Fenced as fenced:
+                return fenced
+            except Exception as again:
+                if time.monotonic() > deadline:
+                    log.critical("cannot tell whether a batch committed (the store is away: %s); it is undone "
+                                 "here, which is wrong if it did", again)
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _committed(self, conn: Any, batch: Batch, outcomes: list[tuple[_Pending, bool, Any]]) -> Any:
+        if batch.events or batch.writes or batch.end_of_batch:
             self.revision = batch.revision
         self._after_commit(batch)
         self.commands += len(outcomes)

@@ -1,4 +1,4 @@
-"""Replicas: each commit notifies the followers (PostgreSQL), and the table of replicas.
+"""Replicas: each commit notifies the followers (PostgreSQL), events carry their leader's epoch, the replicas.
 
 On PostgreSQL a trigger on ``state`` sends ``NOTIFY tenure_events, '<revision>'`` whenever the committed
 revision moves. It fires inside the leader's batch transaction, so the notification is delivered only if
@@ -42,6 +42,9 @@ FOR EACH ROW EXECUTE FUNCTION tenure_notify_revision()
 
 
 def upgrade() -> None:
+    # The epoch of the leader that committed each event: the log shows that two leaders never both wrote.
+    with op.batch_alter_table("events") as batch:
+        batch.add_column(sa.Column("epoch", sa.BigInteger, nullable=True))
     op.create_table(
         "replicas",
         sa.Column("name", sa.String(128), primary_key=True),
@@ -63,3 +66,5 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS tenure_state_notify ON state")
         op.execute("DROP FUNCTION IF EXISTS tenure_notify_revision()")
     op.drop_table("replicas")
+    with op.batch_alter_table("events") as batch:
+        batch.drop_column("epoch")

@@ -1,0 +1,219 @@
+"""Three replicas of one PostgreSQL store, as real processes (docs/replication.md).
+
+One leads and the others follow; a write sent to a follower is forwarded; a read with ``min_revision`` on a
+follower sees a write made through another replica; the client with every URL goes on through faults: the
+leader killed with -9, paused past its lease with SIGSTOP (and resumed: it commits nothing more), and its
+election connection terminated by the database. Afterwards the history is checked: every acknowledged claim
+holds its value, no value is held twice, the event log has no gap and its epochs never go back (two leaders
+never both committed), and a watcher that resumed across the faults got every event once, in order.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tenure.client import TenureAPIError, TenureClient, TenureClientError
+
+from tests.support.postgres import PostgresServer
+from tests.system.replica_support import TENURE, ReplicaSet, wait_for
+
+pytestmark = pytest.mark.system
+
+LEASE = 2.0
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_server: PostgresServer) -> Iterator[ReplicaSet]:
+    db = pg_server.create_database(f"replicas_{random.randrange(1 << 30)}")
+    rs = ReplicaSet(tmp_path, db, lease=LEASE)
+    try:
+        yield rs.start()
+    finally:
+        rs.close()
+
+
+def client(rs: ReplicaSet, *, timeout: float = 10.0) -> TenureClient:
+    """A client of every replica, in a random order."""
+    urls = rs.urls()
+    random.shuffle(urls)
+    return TenureClient(",".join(urls), rs.token, timeout=timeout)
+
+
+def test_one_leads_followers_forward_writes_and_read_them(replicas: ReplicaSet) -> None:
+    leader = replicas.leader()
+    followers = [r for r in replicas if r is not leader]
+    for r in followers:
+        h = r.health()
+        assert h is not None and h["replica"]["role"] == "follower"
+        assert h["replica"]["leader"]["name"] == leader.name and h["replica"]["epoch"] == leader.health()[
+            "replica"]["epoch"]
+    with TenureClient(followers[0].url, replicas.token) as c:  # one follower only: its writes are forwarded
+        c.create_pool("vlan", [[1, 100]])
+        claimed = [c.claim("vlan", f"k{i}") for i in range(10)]
+    newest = max(x["revision"] for x in claimed)
+    answer = httpx.get(f"{followers[1].url}/v1/pools/vlan", params={"min_revision": newest},
+                       headers={"Authorization": f"Bearer {replicas.token}"}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["used"] == 10  # the other follower waited for the write
+    far = httpx.get(f"{followers[1].url}/v1/pools/vlan", params={"min_revision": newest + 1000},
+                    headers={"Authorization": f"Bearer {replicas.token}"}, timeout=10)
+    assert far.status_code == 504 and far.json()["error"]["code"] == "not_yet_applied"
+    with TenureClient(followers[1].url, replicas.token) as c:
+        assert [c.claim("vlan", f"k{i}")["value"] for i in range(10)] == [x["value"] for x in claimed]
+        listed = c.replicas()
+    assert sorted(r["name"] for r in listed["replicas"]) == ["a", "b", "c"]
+    assert listed["leader"]["name"] == leader.name
+
+
+def test_a_second_replica_with_a_live_ones_name_is_refused(replicas: ReplicaSet, tmp_path: Path) -> None:
+    out = subprocess.run([str(TENURE), "serve", "--db", replicas.db, "--listen", "127.0.0.1:0", "--data-dir",
+                          str(tmp_path / "dup"), "--replica-name", "b"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "a replica named 'b' is running" in out.stdout + out.stderr
+
+
+def test_replicas_need_postgresql(tmp_path: Path) -> None:
+    out = subprocess.run([str(TENURE), "serve", "--data-dir", str(tmp_path), "--replica-name", "a"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "replicas need a PostgreSQL store" in out.stdout + out.stderr
+
+
+class Writers:
+    """Clients claiming and releasing keys through random replicas until stopped; what was acknowledged."""
+
+    def __init__(self, rs: ReplicaSet, n: int = 3) -> None:
+        self.rs = rs
+        self.acked: dict[str, int] = {}  # key -> value, for every claim acknowledged and not released since
+        self.released: set[str] = set()
+        self.unknown: set[str] = set()  # outcome unknown (a release cut): either state is right
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
+
+    def __enter__(self) -> Writers:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def _run(self, i: int) -> None:
+        rng = random.Random(i)
+        with client(self.rs, timeout=5) as c:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                key = f"w{i}-{n}"
+                try:
+                    value = c.claim("vlan", key)["value"]
+                except (TenureAPIError, TenureClientError):
+                    with self._lock:
+                        self.unknown.add(key)  # a claim is retried by key; one that failed may still hold
+                    continue
+                with self._lock:
+                    self.acked[key] = value
+                if rng.random() < 0.3:
+                    try:
+                        c.release("vlan", key)
+                    except (TenureAPIError, TenureClientError):
+                        with self._lock:
+                            self.unknown.add(key)
+                            self.acked.pop(key, None)
+                        continue
+                    with self._lock:
+                        self.released.add(key)
+                        self.acked.pop(key, None)
+
+
+def _claims(c: TenureClient) -> dict[str, int]:
+    return {x["key"]: x["value"] for x in c.iter_claims("vlan")}
+
+
+def _accepting_writes(rs: ReplicaSet, key: str) -> bool:
+    with client(rs, timeout=3) as c:
+        c.claim("vlan", key)
+        return True
+
+
+def test_faults_lose_nothing_acknowledged_and_never_two_leaders(replicas: ReplicaSet) -> None:
+    with client(replicas) as c:
+        c.create_pool("vlan", [[1, 1_000_000]])
+    seen: list[int] = []
+    others: list[tuple[str, int | None]] = []
+    watch_stop = threading.Event()
+
+    def watcher() -> None:
+        with client(replicas, timeout=5) as c:
+            for event in c.watch("claim", since=0, bookmarks=False, max_retries=None):
+                if event.type in ("created", "updated", "deleted"):
+                    seen.append(event.revision)
+                else:
+                    others.append((event.type, event.revision))
+                if watch_stop.is_set():
+                    return
+
+    wt = threading.Thread(target=watcher, daemon=True)
+    wt.start()
+    engine = create_engine(replicas.db)
+    with Writers(replicas) as writers:
+        wait_for(lambda: len(writers.acked) > 20, timeout=30, what="writes before the faults")
+        for round_, fault in enumerate(["kill", "stop", "terminate", "kill"]):
+            leader = replicas.leader()
+            epoch = leader.health()["replica"]["epoch"]
+            before = len(writers.acked)
+            if fault == "kill":
+                leader.kill()
+            elif fault == "stop":
+                leader.stop()
+            else:  # the database ends the leader's election session: its lock is free, another takes over
+                with engine.connect() as conn:
+                    ended = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                              "WHERE application_name = :app"),
+                                         {"app": f"tenure election {leader.name}"}).scalar_one()
+                assert ended == 1
+            wait_for(lambda e=epoch: replicas.leader().health()["replica"]["epoch"] > e, timeout=LEASE * 4 + 10,
+                     what=f"a new leader after {fault}")
+            wait_for(lambda r=round_: _accepting_writes(replicas, f"probe-{r}"), timeout=30,
+                     what=f"writes accepted again after {fault}")
+            wait_for(lambda b=before: len(writers.acked) > b + 5, timeout=30, what=f"writers go on after {fault}")
+            if fault == "kill":
+                leader.start()
+                replicas.wait_ok(leader)
+            elif fault == "stop":
+                leader.cont()
+                replicas.wait_ok(leader)
+    replicas.leader()
+    with client(replicas) as c:
+        stored = _claims(c)
+    for key, value in writers.acked.items():
+        assert stored.get(key) == value, (key, value, stored.get(key))  # every acknowledged claim holds
+    for key in writers.released - writers.unknown:
+        assert key not in stored  # every acknowledged release holds
+    assert len(set(stored.values())) == len(stored)  # no value held twice
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT revision, epoch, kind FROM events ORDER BY revision")).all()
+    engine.dispose()
+    revisions = [r.revision for r in rows]
+    assert revisions == list(range(revisions[0], revisions[0] + len(revisions)))  # no gap, no duplicate
+    epochs = [r.epoch for r in rows]
+    assert None not in epochs and epochs == sorted(epochs)  # epochs never go back: never two leaders at once
+    assert len(set(epochs)) >= 5  # the first leader's, and one more for each fault
+    watch_stop.set()
+    with client(replicas) as c:
+        c.claim("vlan", "last")  # an event, so that the watcher looks at the stop
+    wt.join(30)
+    assert seen, "the watcher heard nothing"
+    expected = [r.revision for r in rows if r.kind == "claim"]
+    assert [x for x in seen if x <= rows[-1].revision] == expected, others  # every claim event once, in order
+    assert seen == sorted(set(seen))  # and the later ones too
