@@ -179,7 +179,7 @@ def test_faults_lose_nothing_acknowledged_and_never_two_leaders(replicas: Replic
             else:  # the database ends the leader's election session: its lock is free, another takes over
                 with engine.connect() as conn:
                     ended = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                              "WHERE application_name = :app"),
+                                              "WHERE application_name = :app AND datname = current_database()"),
                                          {"app": f"tenure election {leader.name}"}).scalar_one()
                 assert ended == 1
             wait_for(lambda e=epoch: replicas.leader().health()["replica"]["epoch"] > e, timeout=LEASE * 4 + 10,
