@@ -37,7 +37,7 @@ from tenure.api.replicas import ReplicaRequests
 from tenure.clock import Clock, utcnow
 from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
-from tenure.domain.errors import Unauthorized, Unavailable
+from tenure.domain.errors import Gone, Unauthorized, Unavailable
 from tenure.lrm.executor import Lrm
 from tenure.services.replica import Replica
 from tenure.services.runtime import Runtime, Settings
@@ -101,6 +101,7 @@ class ServerState:
     replica: Replica | None = None
     published: int = 0  # the newest revision handed to the hub
     forward_client: Any = None  # httpx.AsyncClient of writes forwarded to the leader (api.replicas)
+    _publishing: threading.RLock = field(default_factory=threading.RLock)
 
     def require(self) -> Runtime:
         rt = self.runtime
@@ -112,35 +113,42 @@ class ServerState:
         return rt
 
     def publish(self, events: list[Any]) -> None:
-        """A runtime's committed (or, on a follower, applied) batch, to the hub."""
-        self.published = events[-1].revision
-        self.hub.publish(events)
+        """A runtime's committed (or, on a follower, applied) batch, to the hub, each event once, in order."""
+        with self._publishing:
+            fresh = [e for e in events if e.revision > self.published]
+            if fresh:
+                self.published = fresh[-1].revision
+                self.hub.publish(fresh)
 
     def swap(self, old: Runtime | None, new: Runtime | None) -> None:
-        """A replica changed runtime (it was promoted by a restore, or demoted): the hub carries on.
+        """This process's runtime changes (the first one; a replica that restores afresh): the hub carries on.
 
-        The events committed between the last one the hub heard and the new runtime's restore are read
-        from the log and handed to the hub first, so a watcher on this replica misses nothing.
+        The new runtime's listener is in place before the gap is filled, both under one lock, so an event
+        committed meanwhile reaches the hub once and in order: the events between the last one the hub heard
+        and the new runtime's revision are read from the log first. If they were compacted away, every
+        watch stream is ended (its client resumes, and gets ``gone`` if it must re-list).
         """
         self.runtime = None
         if new is None:
             return
         assert self.loop is not None
-        if old is None and self.published == 0 and self.hub.loop is None:
-            self.hub.attach(self.loop, new.revision)
-        else:
-            after = self.published
-            while after < new.revision:
-                rows = new.history.page(after, None)
-                events = [r for r in rows if r.revision <= new.revision]
-                if not events:
-                    break
-                self.publish([_event(r) for r in events])
-                after = events[-1].revision
-        self.published = max(self.published, new.revision)
-        new.writer.subscribe(self.publish)
+        with self._publishing:
+            if self.hub.loop is None:
+                self.hub.attach(self.loop, new.revision)
+                self.published = new.revision
+            new.writer.subscribe(self.publish)
+            try:
+                while self.published < new.revision:
+                    rows = [r for r in new.history.page(self.published, None) if r.revision <= new.revision]
+                    if not rows:
+                        raise new.history.gone(self.published)
+                    self.publish([_event(r) for r in rows])  # re-entrant: the lock is an RLock
+            except Gone:
+                log.error("the event log between revisions %d and %d is gone: watch streams end and resume",
+                          self.published, new.revision)
+                self.hub.restart_at(new.revision, "this server's history has a gap; resume")
+                self.published = new.revision
         self.runtime = new
-
 
 def write_admin_token(runtime: Runtime, data_dir: Path) -> Path | None:
     """On the first start (no tokens at all), create an admin token and write it 0600.
@@ -187,15 +195,17 @@ def _restore(state: ServerState) -> None:
             def open_runtime(**kw: Any) -> Runtime:
                 return Runtime.open(cfg.db_url, clock=cfg.clock, settings=cfg.settings, replica=True, **kw)
 
+            def promoted(rt: Runtime) -> None:  # the replica that leads first on a new store writes the token
+                token_path = write_admin_token(rt, cfg.data_dir)
+                if token_path:
+                    log.info("admin token written", extra={"path": str(token_path)})
+
             state.replica = Replica(cfg.db_url, name=rc.name, address=rc.address, lease=rc.lease,
-                                    open_runtime=open_runtime, on_runtime=state.swap)
-            state.replica.start()
-            rt = state.replica.runtime
-            assert rt is not None
+                                    open_runtime=open_runtime, on_runtime=state.swap, on_promoted=promoted)
+            rt = state.replica.start()
         else:
             rt = Runtime.open(cfg.db_url, clock=cfg.clock, settings=cfg.settings)
-            state.swap(None, rt)  # before any command: the hub misses no commit
-        if not rt.follower:
+            state.swap(None, rt)
             token_path = write_admin_token(rt, cfg.data_dir)
             if token_path:
                 log.info("admin token written", extra={"path": str(token_path)})

@@ -98,9 +98,11 @@ class Failover:
         return unsent or (call.idempotent and isinstance(exc, httpx.TransportError))
 
     def retry_answer(self, response: httpx.Response, call: Call) -> bool:
-        if len(self.urls) < 2 or response.status_code != 503:
+        if len(self.urls) < 2 or response.status_code not in (503, 504):
             return False
         code = api_error(response).code
+        if code == "not_yet_applied":  # this replica lags: another may be further on
+            return call.idempotent
         return code in UNAVAILABLE or (code == "outcome_unknown" and call.idempotent)
 
     @staticmethod

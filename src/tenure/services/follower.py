@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
@@ -35,7 +35,7 @@ from tenure.store.writer import Batch, Event, Writer
 log = logging.getLogger("tenure.follower")
 
 CHANNEL = "tenure_events"
-MAX_EVENTS = 50_000  # applied per snapshot at most: a follower far behind catches up in several steps
+PAGE = 10_000  # events read at a time
 _E = schema.events.c
 
 # apply(batch, conn, touched): bring the objects ``touched`` names (kind -> object ids; None: every object of
@@ -75,7 +75,13 @@ class Tailer:
     # ------------------------------------------------------------------ one step
 
     def poll(self) -> int:
-        """Apply everything committed since the last step, in one snapshot; the number of events applied."""
+        """Apply everything committed since the last step, in one snapshot; the number of events applied.
+
+        Every object the events name is brought to its row as of the same snapshot, so the state is the
+        store's at one revision, however far behind this follower was: the events are read in pages (twice
+        when there are many: once for the objects they name, once for the hub), never cut at a revision
+        between the ones read.
+        """
         last = self.writer.revision
         conn, newest = self.history.open_snapshot()
         try:
@@ -84,46 +90,55 @@ class Tailer:
             if newest < last:
                 raise FollowerBehind(f"the store is at revision {newest}, behind this follower's {last}: "
                                      "was the database restored from a backup?")
+            touched: dict[str, set[str] | None] = {}
+            if time.monotonic() - self._agents_at >= self.agents_every:
+                # Heartbeats move last_seen without an event: every agent is re-read now and then.
+                self._agents_at = time.monotonic()
+                touched["agent"] = None
             if newest == last:
-                self._idle(conn)
+                if touched:
+                    self.writer.replay(last, lambda batch: self.apply(batch, conn, touched), [])
                 self.applied_at = time.monotonic()
                 self.history.compacted = self.history.floor = max(self.history.floor, compacted)
                 return 0
             if last < compacted:
                 raise FollowerBehind(f"this follower applied revision {last}, but the events up to {compacted} "
                                      "were compacted away")
-            upto = min(newest, last + MAX_EVENTS)
-            q = (select(_E.revision, _E.ts, _E.kind, _E.object_id, _E.op, _E.labels, _E.body)
-                 .where(_E.revision > last, _E.revision <= upto).order_by(_E.revision))
-            events = [Event(r.revision, r.ts, r.kind, r.object_id, r.op, json.loads(r.labels), json.loads(r.body))
-                      for r in conn.execute(q)]
-            for expected, e in enumerate(events, last + 1):
-                if e.revision != expected:
-                    raise FollowerBehind(f"the event log has a gap: revision {expected} is missing "
-                                         f"(found {e.revision})")
-            if len(events) != upto - last:
-                raise FollowerBehind(f"the event log ends at {events[-1].revision if events else last}, "
-                                     f"not at the committed revision {upto}")
-            touched: dict[str, set[str] | None] = {}
-            for e in events:
-                touched.setdefault(e.kind, set()).add(e.object_id)  # type: ignore[union-attr]
-            self.writer.replay(upto, events, lambda batch: self.apply(batch, conn, touched))
-            if upto == newest:
-                self.applied_at = time.monotonic()
+            kept: list[Event] = []
+            for page in self._pages(conn, last, newest):
+                for e in page:
+                    ids = touched.setdefault(e.kind, set())
+                    if ids is not None:
+                        ids.add(e.object_id)
+                if len(kept) < PAGE:
+                    kept.extend(page)
+            pages = [kept] if len(kept) == newest - last else self._pages(conn, last, newest)
+            self.writer.replay(newest, lambda batch: self.apply(batch, conn, touched), pages)
+            self.applied_at = time.monotonic()
         finally:
             conn.close()
         # After the replay: a floor raised first could refuse a replay of what is still kept here.
         self.history.compacted = self.history.floor = max(self.history.floor, compacted)
         self.batches += 1
-        return len(events)
+        return newest - last
 
-    def _idle(self, conn: Connection) -> None:
-        now = time.monotonic()
-        if now - self._agents_at < self.agents_every:
-            return
-        self._agents_at = now
-        revision = self.writer.revision
-        self.writer.replay(revision, [], lambda batch: self.apply(batch, conn, {"agent": None}))
+    @staticmethod
+    def _pages(conn: Connection, last: int, newest: int) -> Iterator[list[Event]]:
+        """The events (last, newest] in pages, checked to be whole: no revision missing, none past the end."""
+        after = last
+        while after < newest:
+            q = (select(_E.revision, _E.ts, _E.kind, _E.object_id, _E.op, _E.labels, _E.body)
+                 .where(_E.revision > after, _E.revision <= newest).order_by(_E.revision).limit(PAGE))
+            page = [Event(r.revision, r.ts, r.kind, r.object_id, r.op, json.loads(r.labels), json.loads(r.body))
+                    for r in conn.execute(q)]
+            for expected, e in enumerate(page, after + 1):
+                if e.revision != expected:
+                    raise FollowerBehind(f"the event log has a gap: revision {expected} is missing "
+                                         f"(found {e.revision})")
+            if not page:
+                raise FollowerBehind(f"the event log ends at {after}, not at the committed revision {newest}")
+            after = page[-1].revision
+            yield page
 
     # ------------------------------------------------------------------ the thread
 
@@ -185,7 +200,9 @@ class Tailer:
                     self.newest = max(self.newest, int(note.payload))
                 return
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop the thread; whether it has (its statements are bounded, so it does unless the store hangs)."""
         self._stop.set()
         if self._thread is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()

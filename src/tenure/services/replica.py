@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
 from tenure.domain.errors import Conflict
+from tenure.services.periodic import Periodic
 from tenure.services.runtime import Runtime
 from tenure.store import schema
 from tenure.store.engine import make_engine, migrate
@@ -55,9 +56,11 @@ class Role:
 class Replica:
     def __init__(self, url: str, *, name: str, address: str, lease: float = 5.0,
                  open_runtime: Callable[..., Runtime],
-                 on_runtime: Callable[[Runtime | None, Runtime | None], None]) -> None:
+                 on_runtime: Callable[[Runtime | None, Runtime | None], None],
+                 on_promoted: Callable[[Runtime], None] | None = None) -> None:
         """``open_runtime(follower=..., fence=...)`` opens this process's runtime (as a replica);
-        ``on_runtime(old, new)`` swaps it in (before ``old`` is closed)."""
+        ``on_runtime(old, new)`` swaps it in (before ``old`` is closed); ``on_promoted(runtime)`` runs once this
+        replica writes (e.g. the first admin token of a new store)."""
         self.url = url
         self.name = name
         self.address = address
@@ -68,6 +71,7 @@ class Replica:
         self.leadership = Leadership(self.engine, name=name, address=address, lease=lease)
         self._open = open_runtime
         self._on_runtime = on_runtime
+        self._on_promoted = on_promoted
         self.runtime: Runtime | None = None
         self.incarnation = secrets.token_hex(8)
         self.role = Role(CANDIDATE, 0, None, None)
@@ -77,25 +81,33 @@ class Replica:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._name_conn: Connection | None = None
+        self._beat: Periodic | None = None
 
     # ------------------------------------------------------------------ start
 
-    def start(self) -> Replica:
-        """Migrate (serialised among replicas), claim the name, take a role and open the runtime; then the
-        control thread runs. Raises :class:`NameTaken` if a live replica has this name."""
+    def start(self) -> Runtime:
+        """Migrate (serialised among replicas), claim the name, restore as a follower, try once for the lead;
+        then the control and heartbeat threads run. Returns the runtime opened (the caller's until a swap).
+        Raises :class:`NameTaken` if a live replica has this name."""
         migrate(self.engine)
         self._claim_name()
         try:
-            self._step()
             while self.runtime is None and not self._stop.is_set():  # e.g. the store is away: retry
-                self._stop.wait(self.check)
-                self._step()
+                try:
+                    self._open_follower()
+                except Exception as exc:
+                    log.warning("opening the store failed: %s", exc)
+                    self._stop.wait(self.check)
+            self._step()
         except BaseException:
             self.close()
             raise
+        runtime = self.runtime
+        assert runtime is not None
         self._thread = threading.Thread(target=self._run, name="tenure-replica", daemon=True)
         self._thread.start()
-        return self
+        self._beat = Periodic("replica-heartbeat", self.check, self._heartbeat).start()
+        return runtime
 
     def _claim_name(self) -> None:
         """Hold this name: a session lock on a connection of its own, free the moment its process is gone
@@ -124,6 +136,19 @@ class Replica:
         self._name_conn = conn
 
     def _heartbeat(self) -> None:
+        """The replicas row (role, epoch, applied revision), and the name's lock kept (its session may have
+        been lost with the database)."""
+        if self._name_conn is None or self._name_conn.invalidated:
+            if self._name_conn is not None:
+                self._name_conn.close()
+                self._name_conn = None
+            try:
+                self._claim_name()
+            except NameTaken:
+                log.critical("another process took this replica's name while the store was away; stopping",
+                             extra={"replica": self.name})
+                self._stop.set()
+                return
         rt = self.runtime
         R = schema.replicas.c
         with self.engine.begin() as conn:
@@ -144,14 +169,34 @@ class Replica:
                 log.exception("replica step failed")
 
     def _step(self) -> None:
-        if self.role.role == LEADER:
-            self._renew()
+        rt = self.runtime
+        if rt is None:
+            self._open_follower()
+        elif self.role.role == LEADER:
+            if rt.writer.failure is not None:
+                self._demote(f"the writer stopped: {rt.writer.failure}")
+            else:
+                self._renew()
+        elif rt.tailer is not None and rt.tailer.failure is not None:
+            # Behind the compacted log, or a gap: only a fresh restore is certainly right.
+            log.warning("restoring afresh: %s", rt.tailer.failure, extra={"replica": self.name})
+            self._swap(None)
+            self._open_follower()
         else:
             self._campaign()
+
+    def _open_follower(self) -> None:
+        """Restore as a follower and start tailing (a replica always takes the lead from there, in place)."""
+        rt = self._open(follower=True)
         try:
-            self._heartbeat()
-        except Exception as exc:
-            log.warning("replica heartbeat failed: %s", exc)
+            self._swap(rt)
+        except BaseException:
+            self.runtime = None
+            rt.close()
+            raise
+        assert rt.tailer is not None
+        rt.tailer.start()
+        self.role = Role(FOLLOWER, self.role.epoch, self.role.leader, self.role.leader_address)
 
     def _renew(self) -> None:
         ok: bool | None = None  # None: no answer (an error)
@@ -170,45 +215,54 @@ class Replica:
     def _campaign(self) -> None:
         try:
             epoch = self.leadership.take()
-            seen = self.leadership.read()
         except Exception as exc:
             log.warning("looking for the leader failed: %s", exc)
-            if self.runtime is None:
-                return
-            epoch, seen = None, None
+            return
         if epoch is not None:
             self._promote(epoch)
             return
-        if seen is not None:
-            self._follow(seen)
-
-    def _follow(self, seen: Leader) -> None:
-        if self.runtime is None:
-            self._swap(self._open(follower=True))
-            assert self.runtime is not None and self.runtime.tailer is not None
-            self.runtime.tailer.start()
+        try:
+            seen = self.leadership.read()
+        except Exception as exc:
+            log.warning("reading the leadership failed: %s", exc)
+            return
         leader = seen.holder if seen.live else None
-        if leader != self.role.leader or seen.epoch != self.role.epoch:
-            if leader is not None:
-                self._changed(self.role.leader, leader, seen.epoch)
+        if leader is not None and (leader != self.role.leader or seen.epoch != self.role.epoch):
+            self._changed(self.role.leader, leader, seen.epoch)
         self.role = Role(FOLLOWER, seen.epoch, leader, seen.address if seen.live else None)
 
     def _promote(self, epoch: int) -> None:
+        """In place: the tailer applies the last batches (the old leader can commit no more), then the writer
+        starts under the new epoch. Any failure gives the lead up at once and restores afresh."""
         old = self.role.leader
         rt = self.runtime
+        self._renewed = time.monotonic()  # the lease runs from the take-over
         self.role = Role(CANDIDATE, epoch, self.name, self.address)
-        if rt is None:  # no runtime yet: open one that writes from the start
-            self._swap(self._open(follower=False, fence=self.leadership, epoch=epoch))
-        else:
-            assert rt.tailer is not None
-            rt.tailer.stop()
-            while rt.tailer.poll():  # the old leader's last batches (it can commit no more)
+        try:
+            assert rt is not None and rt.tailer is not None
+            if not rt.tailer.stop(timeout=60):
+                raise RuntimeError("the tailer did not stop")
+            while rt.tailer.poll():
                 pass
             rt.promote(self.leadership, epoch)
-        self._renewed = time.monotonic()
+            if self.leadership.renew():  # a long catch-up must not leave the new leader with a lapsed lease
+                self._renewed = time.monotonic()
+        except BaseException as exc:
+            log.error("promotion failed: %s", exc, extra={"replica": self.name, "epoch": epoch})
+            self.leadership.step_down()
+            self.role = Role(CANDIDATE, epoch, None, None)
+            self._swap(None)
+            if not isinstance(exc, Exception):
+                raise
+            return
         self.elections += 1
         self.role = Role(LEADER, epoch, self.name, self.address)
         self._changed(old, self.name, epoch)
+        if self._on_promoted is not None:
+            try:
+                self._on_promoted(rt)
+            except Exception:
+                log.exception("after the promotion")
 
     def _demote(self, reason: str) -> None:
         log.warning("this replica stops leading: %s", reason, extra={"epoch": self.role.epoch, "replica": self.name})
@@ -217,8 +271,10 @@ class Replica:
         self._swap(None)
 
     def _swap(self, new: Runtime | None) -> None:
-        old, self.runtime = self.runtime, new
+        """Hand ``new`` to the app (which may refuse it: then nothing changes), then close the old runtime."""
+        old = self.runtime
         self._on_runtime(old, new)
+        self.runtime = new
         if old is not None:
             old.close()
 
@@ -230,17 +286,22 @@ class Replica:
     # ------------------------------------------------------------------ stop
 
     def leader(self) -> Leader | None:
-        """The leadership row now (None if the store cannot be read)."""
+        """The leadership row now, read on a connection of its own (None if the store cannot be read)."""
         try:
-            return self.leadership.read()
+            with self.engine.connect() as conn:
+                row = conn.execute(text("SELECT epoch, holder, address, lease_until, clock_timestamp() AS now "
+                                        "FROM leadership WHERE id = 1")).first()
         except Exception:
             return None
+        return Leader(row.epoch, row.holder, row.address, row.lease_until, row.now) if row is not None else None
 
     def close(self) -> None:
         """Stop; a leader hands over at once (its lease ends now), so a follower need not wait for it."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(30)
+            self._thread.join(60)
+        if self._beat is not None:
+            self._beat.stop()
         if self.runtime is not None:
             self.runtime.writer.close()  # the last batch commits before the lead is given up
         self.leadership.step_down()

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from tenure.domain.errors import InvalidInput, Unavailable
 
 STATEMENT_TIMEOUT_MS = 2000
+CAS_LOCK_WAIT_MS = 300  # a take-over waits this long for the leadership row before it ends the old writers
 
 
 class Fenced(Unavailable):
@@ -116,7 +117,8 @@ class Leadership:
 
     def _run(self, sql: str, **params: Any) -> Any:
         try:
-            return self._connection().execute(text(sql), self._params(**params)).first()
+            result = self._connection().execute(text(sql), self._params(**params))
+            return result.first() if result.returns_rows else None
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 self.close()  # the session and its locks are gone: so is the lead
@@ -169,16 +171,24 @@ class Leadership:
             still = f"lease_until < {self._now()}"  # unless it renewed meanwhile
         if not self._try_lock(e + 1):
             return None  # another candidate is taking over right now
+        cas = (f"UPDATE leadership SET epoch = epoch + 1, holder = :me, address = :addr, "
+               f"lease_until = {self._now()} + :lease, changed_at = {self._now()} "
+               f"WHERE id = 1 AND epoch = :e AND {still} RETURNING epoch")
         try:
-            # The old leader's writer sessions (paused mid-transaction, say) may hold locks the next batches
-            # need, the leadership row's included: end them. Whatever they had not committed is not committed.
-            self._run("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
-                      "WHERE application_name LIKE 'tenure writer %' AND application_name <> :mine "
-                      "AND datname = current_database()", mine=_writer_name(self.name))
-            row = self._run(
-                f"UPDATE leadership SET epoch = epoch + 1, holder = :me, address = :addr, "
-                f"lease_until = {self._now()} + :lease, changed_at = {self._now()} "
-                f"WHERE id = 1 AND epoch = :e AND {still} RETURNING epoch", e=e)
+            try:
+                self._run(f"SET lock_timeout = {CAS_LOCK_WAIT_MS}")
+                row = self._run(cas, e=e)
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                # The row is locked: by the old leader's batch, its process paused between the fence and the
+                # commit (a live leader holds it for a moment only). End the old leader's writer sessions
+                # (whatever they had not committed is not committed), and try once more.
+                self._end_writers()
+                row = self._run(cas, e=e)
+            finally:
+                if self._conn is not None:
+                    self._run(f"SET lock_timeout = {STATEMENT_TIMEOUT_MS}")
         except BaseException:
             with contextlib.suppress(Exception):
                 self._unlock(e + 1)
@@ -187,7 +197,16 @@ class Leadership:
             self._unlock(e + 1)
             return None
         self.epoch = row.epoch
+        # The old leader's writer sessions may also hold other locks (a claim's value, say) that the first
+        # batches would wait for: end them (they can commit nothing now).
+        with contextlib.suppress(Exception):
+            self._end_writers()
         return self.epoch
+
+    def _end_writers(self) -> None:
+        self._run("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                  "WHERE application_name LIKE 'tenure writer %' AND application_name <> :mine "
+                  "AND datname = current_database()", mine=_writer_name(self.name))
 
     def renew(self) -> bool:
         """Extend this epoch's lease; False (and no epoch any more) if another replica leads."""
@@ -216,16 +235,20 @@ class Leadership:
         conn.execute(text("SELECT set_config('application_name', :name, false)"), {"name": _writer_name(self.name)})
         conn.commit()
 
-    def fence(self, conn: Connection) -> None:
-        """The first statement of a leader's write transaction: :class:`Fenced` unless this epoch still leads."""
-        epoch = self.epoch
+    def fence(self, conn: Connection, epoch: int | None = None) -> None:
+        """The last statement of a leader's write transaction: :class:`Fenced` unless ``epoch`` (the writer's;
+        default this replica's) still leads with an unexpired lease. A writer of an older epoch (one closing
+        late, after this replica led again) is fenced without touching the current one."""
+        if epoch is None:
+            epoch = self.epoch
         if epoch is None:
             raise Fenced()
         row = conn.execute(text(f"UPDATE leadership SET lease_until = lease_until WHERE id = 1 AND epoch = :epoch "
                                 f"AND lease_until > {self._now()} RETURNING epoch"),
                            self._params(epoch=epoch)).first()
         if row is None:
-            self.epoch = None
+            if self.epoch == epoch:
+                self.epoch = None
             raise Fenced()
 
 

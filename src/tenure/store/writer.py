@@ -31,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,9 +90,9 @@ class Fence(Protocol):
     def prepare(self, conn: Any) -> None:
         """Once per new write connection (e.g. bound how long a paused writer may hold its locks)."""
 
-    def fence(self, conn: Any) -> None:
+    def fence(self, conn: Any, epoch: int | None) -> None:
         """Last in every write transaction, before its commit: raise :class:`~tenure.store.leadership.Fenced`
-        unless it may commit."""
+        unless ``epoch`` (the writer's) still leads."""
 
 
 class Batch:
@@ -275,6 +275,8 @@ class Writer:
         fut: Future[Any] = Future()
         if self._stopped.is_set():
             fut.set_exception(Unavailable("the store is closed", code="store_closed"))
+        elif self._thread.ident is None:  # never started: a follower's, which writes nothing
+            fut.set_exception(Fenced("this replica follows the leader; it does not write"))
         else:
             self._queue.put(_Pending(command, fut))
         return fut
@@ -387,7 +389,7 @@ class Writer:
                         INSERT_EVENTS.execute(conn, [e.row(self.epoch) for e in batch.events])
                     conn.execute(UPDATE_REVISION, {"b_revision": batch.revision})
                     if self.fence is not None:  # last: the leadership row stays locked only until the commit
-                        self.fence.fence(conn)
+                        self.fence.fence(conn, self.epoch)
             except Exception as exc:
                 if conn is not None:
                     with contextlib.suppress(Exception):
@@ -443,21 +445,25 @@ class Writer:
         while True:
             try:
                 with self.engine.connect() as conn, conn.begin():
+                    # The batch's transaction may still be committing on the server: its lock on the state
+                    # row says so. Wait for it, then look (a new statement sees what committed meanwhile).
+                    conn.execute(select(schema.state.c.revision).where(schema.state.c.id == 1).with_for_update())
                     row = conn.execute(select(schema.events.c.kind, schema.events.c.object_id, schema.events.c.op,
                                               schema.events.c.epoch)
                                        .where(schema.events.c.revision == last.revision)).first()
                     if row is not None and tuple(row) == (last.kind, last.object_id, last.op, self.epoch):
                         return True
                     if self.fence is not None:
-                        self.fence.fence(conn)
+                        self.fence.fence(conn, self.epoch)
                 return None
             except Fenced as fenced:
                 return fenced
             except Exception as again:
                 if time.monotonic() > deadline:
-                    log.critical("cannot tell whether a batch committed (the store is away: %s); it is undone "
-                                 "here, which is wrong if it did", again)
-                    return None
+                    self.failure = again  # memory may now be behind the store: stop, and let a restore settle it
+                    log.critical("cannot tell whether a batch committed (the store is away: %s); the writer stops",
+                                 again)
+                    raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -492,17 +498,19 @@ class Writer:
 
     # -- a follower's batches -------------------------------------------------
 
-    def replay(self, revision: int, events: list[Event], fill: Callable[[Batch], None]) -> None:
+    def replay(self, revision: int, fill: Callable[[Batch], None], pages: Iterable[list[Event]]) -> None:
         """A batch another replica committed: ``fill(batch)`` brings memory to the store's rows as of
-        ``revision`` (through the same :class:`Published` maps, so views and timers follow after it); then
-        the after-commit steps run and the listeners hear ``events``, as for a commit of this writer's own.
+        ``revision`` (through the same :class:`Published` maps, so views and timers follow); then the
+        after-commit steps run and the listeners hear the events, page by page, as for a commit of this
+        writer's own.
 
-        Only while this writer's thread is not running: a follower's tailer owns the working maps then.
+        Only while this writer's thread has never run: a follower's tailer owns the working maps then.
         """
-        if self._thread.is_alive():
-            raise RuntimeError("replay() is for a follower; this writer is running")
+        if self._thread.is_alive() or self._thread.ident is not None:
+            raise RuntimeError("replay() is for a follower; this writer has run")
         batch = Batch(revision=self.revision, now=self.clock())
         fill(batch)
         self.revision = revision
         self._after_commit(batch)
-        self._announce(events)
+        for events in pages:
+            self._announce(events)

@@ -392,6 +392,18 @@ class Hub:
         """Streams filed in the index (live)."""
         return len(self._watchers)
 
+    def restart_at(self, revision: int, reason: str) -> None:
+        """Any thread: the history before ``revision`` cannot be replayed from here (a replica restored past a
+        compacted gap): every stream ends (its client resumes, and re-lists if it must), the ring starts over."""
+        def restart() -> None:
+            for w in list(self._streams):
+                w.close(reason)
+            self.revision = revision
+            self.ring.reset(revision)
+
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(restart)
+
     def close(self) -> None:
         """End every stream (server shutdown); streams opened later end at once."""
         self.closed = True
