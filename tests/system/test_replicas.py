@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 
 from tenure.client import TenureAPIError, TenureClient, TenureClientError
 
+from tests.api.test_metrics_exposition import promtool_check
 from tests.support.postgres import PostgresServer
 from tests.system.replica_support import TENURE, ReplicaSet, wait_for
 
@@ -70,6 +71,10 @@ def test_one_leads_followers_forward_writes_and_read_them(replicas: ReplicaSet) 
         listed = c.replicas()
     assert sorted(r["name"] for r in listed["replicas"]) == ["a", "b", "c"]
     assert listed["leader"]["name"] == leader.name
+    for r, role in ((leader, "leader"), (followers[0], "follower")):
+        text_ = httpx.get(f"{r.url}/metrics", headers={"Authorization": f"Bearer {replicas.token}"}).text
+        assert f'tenure_replica_role{{role="{role}"}} 1.0' in text_ and "tenure_replica_epoch " in text_
+        assert promtool_check(text_).returncode == 0, promtool_check(text_).stdout
 
 
 def test_a_second_replica_with_a_live_ones_name_is_refused(replicas: ReplicaSet, tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -229,7 +228,8 @@ def create_app(config: ServerConfig) -> FastAPI:
               bookmark_interval=config.bookmark_interval, mode=config.watch_mode)
     state = ServerState(config, hub=hub)
     metrics = Metrics(lambda: state.runtime if state.ready.is_set() else None, hub,
-                      lrm=(lambda: state.lrm) if config.extension is not None else None)
+                      lrm=(lambda: state.lrm) if config.extension is not None else None,
+                      replica=(lambda: state.replica) if config.replica is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -307,13 +307,11 @@ def _replica_health(state: ServerState) -> dict[str, Any]:
     replica = state.replica
     if replica is None:
         return {}
-    role, rt = replica.role, state.runtime
-    tailer = rt.tailer if rt is not None and rt.follower else None
-    lag = tailer.lag if tailer is not None else 0
+    role = replica.role
+    lag, behind = replica.lag()
     return {"replica": {"name": replica.name, "role": role.role, "epoch": role.epoch,
                         "leader": {"name": role.leader, "address": role.leader_address} if role.leader else None,
-                        "lag_revisions": lag,
-                        "lag_seconds": round(time.monotonic() - tailer.applied_at, 3) if tailer and lag else 0.0}}
+                        "lag_revisions": lag, "lag_seconds": behind}}
 
 
 _HEALTH = {"type": "object", "required": ["status"],

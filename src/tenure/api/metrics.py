@@ -102,6 +102,38 @@ class _StateCollector(Collector):
         return out
 
 
+class _ReplicaCollector(Collector):
+    """This replica's part in a replica set (``services.replica.Replica``), read at scrape time."""
+
+    ROLES = ("leader", "follower", "candidate")
+
+    def __init__(self, replica: Callable[[], Any]) -> None:
+        self._replica = replica
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        r = self._replica()
+        if r is None:
+            return []
+        role = GaugeMetricFamily("tenure_replica_role", "1 for this replica's role now (leader, follower, candidate: "
+                                 "between roles)", labels=["role"])
+        for name in self.ROLES:
+            role.add_metric([name], 1.0 if r.role.role == name else 0.0)
+        epoch = GaugeMetricFamily("tenure_replica_epoch", "The leadership epoch this replica knows of")
+        epoch.add_metric([], r.role.epoch)
+        elections = CounterMetricFamily("tenure_replica_elections", "Times this replica took the lead")
+        elections.add_metric([], r.elections)
+        changes = CounterMetricFamily("tenure_replica_leader_changes", "Changes of leader this replica saw")
+        changes.add_metric([], r.changes)
+        lag, behind = r.lag()
+        lag_rev = GaugeMetricFamily("tenure_replica_lag_revisions", "Revisions committed in the store and not yet "
+                                    "applied here (0 on the leader)")
+        lag_rev.add_metric([], lag)
+        lag_s = GaugeMetricFamily("tenure_replica_lag_seconds", "Seconds since this follower was last caught up, "
+                                  "while it is behind (0 when caught up, and on the leader)")
+        lag_s.add_metric([], behind)
+        return [role, epoch, elections, changes, lag_rev, lag_s]
+
+
 class _HttpCollector(Collector):
     """The HTTP layer's connections (``api.server.HttpStats``), read at scrape time."""
 
@@ -132,7 +164,8 @@ class _HttpCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, runtime: Callable[[], Any], hub: Any = None, lrm: Callable[[], Any] | None = None) -> None:
+    def __init__(self, runtime: Callable[[], Any], hub: Any = None, lrm: Callable[[], Any] | None = None,
+                 replica: Callable[[], Any] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("tenure_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
@@ -148,6 +181,8 @@ class Metrics:
         self.registry.register(_StateCollector(runtime, hub))
         if lrm is not None:
             self.registry.register(_LrmCollector(lrm))
+        if replica is not None:
+            self.registry.register(_ReplicaCollector(replica))
 
     def attach_http(self, stats: Any) -> None:
         """The server's connections (``api.server.HttpStats``): called once the server starts."""

@@ -283,6 +283,15 @@ class Replica:
         log.warning("leader changed", extra={"old_leader": old, "new_leader": new, "epoch": epoch,
                                               "replica": self.name})
 
+    def lag(self) -> tuple[int, float]:
+        """(revisions committed in the store and not applied here, seconds since last caught up while behind);
+        (0, 0.0) on the leader and on a follower that is caught up."""
+        rt = self.runtime
+        tailer = rt.tailer if rt is not None and rt.follower else None
+        if tailer is None or not tailer.lag:
+            return 0, 0.0
+        return tailer.lag, round(time.monotonic() - tailer.applied_at, 3)
+
     # ------------------------------------------------------------------ stop
 
     def leader(self) -> Leader | None:
