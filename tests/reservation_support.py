@@ -31,9 +31,10 @@ class FakeClock:
         self.now += timedelta(**delta)
 
 
-def open_rt(db_url: str, clock: FakeClock, *, follower: bool = False, **settings: Any) -> Runtime:
+def open_rt(db_url: str, clock: FakeClock, *, follower: bool = False, replica: bool = False,
+            **settings: Any) -> Runtime:
     return Runtime.open(db_url, clock=clock, settings=Settings(**{"housekeeping": False, **settings}),
-                        follower=follower)
+                        follower=follower, replica=replica)
 
 
 def at(clock: FakeClock, **delta: float) -> str:

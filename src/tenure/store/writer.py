@@ -429,15 +429,28 @@ class Writer:
         return None
 
     def _verdict(self, exc: Exception, batch: Batch) -> bool | Fenced | None:
-        """After a failed commit: True if it committed nonetheless, :class:`Fenced` if this replica no longer
-        leads, None if it did not commit.
+        """After a failed commit: True if it committed nonetheless, :class:`Fenced` if it did not and this
+        replica no longer leads, None if it did not commit.
 
         A statement that failed rolled its transaction back; but a connection lost during the commit leaves
         the outcome unknown, and undoing a batch the store kept would put memory behind the store for good.
         So the store is asked (for up to ``VERDICT_WAIT`` seconds while it is away): is this batch's last
         event there, written by this writer's epoch?
         """
+        if isinstance(exc, Fenced):
+            return exc
         if not (isinstance(exc, DBAPIError) and exc.connection_invalidated) or not batch.events:
+            # It did not commit. A replica asks whether it still leads: a deposed leader's batch fails on the
+            # rows the new leader wrote (a revision taken, say) before it reaches its fence.
+            if self.fence is None:
+                return None
+            try:
+                with self.engine.connect() as conn, conn.begin():
+                    self.fence.fence(conn, self.epoch)
+            except Fenced as fenced:
+                return fenced
+            except Exception:  # the store is away: the batch failed, whatever the reason
+                return None
             return None
         last = batch.events[-1]
         deadline = time.monotonic() + VERDICT_WAIT
