@@ -183,6 +183,26 @@ class PostgresServer:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
+    def restart(self, *, crash: bool = True) -> None:
+        """Stop the server and start it again on the same port with the same data: ``crash`` stops it as a
+        crash would (SIGQUIT: immediate shutdown, recovery from the WAL at the next start), else as an
+        operator's fast shutdown (SIGINT). Clients lose their connections either way."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            raise RuntimeError("the server is not running")
+        _signal_pid(proc, signal.SIGQUIT if crash else signal.SIGINT)
+        try:
+            proc.wait(timeout=_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        if not self._launch(port=self.port):
+            raise PostgresUnavailable(f"port {self.port} was taken while the server restarted")
+
     def __enter__(self) -> "PostgresServer":
         return self.start()
 
@@ -240,12 +260,12 @@ class PostgresServer:
         if result.returncode != 0:
             raise PostgresUnavailable(f"initdb failed ({result.returncode}):\n{result.stdout}")
 
-    def _launch(self) -> bool:
-        """Start the postmaster and wait until it accepts connections.
+    def _launch(self, port: int | None = None) -> bool:
+        """Start the postmaster (on ``port``, else a free one) and wait until it accepts connections.
 
         Returns False when the port was taken meanwhile (caller retries).
         """
-        self.port = _free_port()
+        self.port = port or _free_port()
         cmd = [
             str(self.bin_dir / "postgres"),
             "-D", str(self.dir / "data"),

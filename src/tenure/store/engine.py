@@ -152,6 +152,8 @@ class OwnerLock:
             try:
                 kind = "_shared" if self._shared else ""
                 self._conn.execute(text(f"SELECT pg_advisory_unlock{kind}(:id)"), {"id": _PG_LOCK_ID})
+            except Exception:  # the session is gone (the database restarted, say): so is its lock
+                self._conn.invalidate()
             finally:
                 self._conn.close()
 
