@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,12 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: f
         time.sleep(interval)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Replica:
     def __init__(self, root: Path, name: str, db: str, lease: float) -> None:
         self.name, self.db, self.lease = name, db, lease
@@ -50,13 +57,14 @@ class Replica:
         self.log = self.data / "replica.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped = False
+        self.port = _free_port()  # the same address across restarts, as a real replica's would be
 
     def start(self) -> Replica:
         self.data.mkdir(parents=True, exist_ok=True)
         (self.data / "server.json").unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(TENURE), "serve", "--db", self.db, "--listen", "127.0.0.1:0", "--data-dir", str(self.data),
+                [str(TENURE), "serve", "--db", self.db, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data),
                  "--replica-name", self.name, "--lease", str(self.lease), "--log-level", "info"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         return self
