@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from tenure.client import TenureAPIError, TenureClient, TenureClientError
 
 from tests.api.test_metrics_exposition import promtool_check
+from tests.topologies import SQUARE
 from tests.support.postgres import PostgresServer
 from tests.system.replica_support import TENURE, ReplicaSet, wait_for
 
@@ -59,6 +60,10 @@ def test_one_leads_followers_forward_writes_and_read_them(replicas: ReplicaSet) 
     with TenureClient(followers[0].url, replicas.token) as c:  # one follower only: its writes are forwarded
         c.create_pool("vlan", [[1, 100]])
         claimed = [c.claim("vlan", f"k{i}") for i in range(10)]
+        c.put_topology(SQUARE)
+        c.set_limit("p1", max="2G")
+        c.reserve(kind="bandwidth", src="h1", dst="h2", rate="100M", start="now", end="+1h", project="p1")
+        c.create_instance(name="i1", type="memory", host="h1", parameters={"v": "1"})
     newest = max(x["revision"] for x in claimed)
     answer = httpx.get(f"{followers[1].url}/v1/pools/vlan", params={"min_revision": newest},
                        headers={"Authorization": f"Bearer {replicas.token}"}, timeout=10)
@@ -71,10 +76,32 @@ def test_one_leads_followers_forward_writes_and_read_them(replicas: ReplicaSet) 
         listed = c.replicas()
     assert sorted(r["name"] for r in listed["replicas"]) == ["a", "b", "c"]
     assert listed["leader"]["name"] == leader.name
+    same_answers(replicas)
     for r, role in ((leader, "leader"), (followers[0], "follower")):
         text_ = httpx.get(f"{r.url}/metrics", headers={"Authorization": f"Bearer {replicas.token}"}).text
         assert f'tenure_replica_role{{role="{role}"}} 1.0' in text_ and "tenure_replica_epoch " in text_
         assert promtool_check(text_).returncode == 0, promtool_check(text_).stdout
+
+
+READS = ["/v1/pools", "/v1/pools/vlan", "/v1/pools/vlan/claims?limit=1000", "/v1/pools/vlan/claims/k3",
+         "/v1/pools/vlan/values/4", "/v1/tokens", "/v1/topology", "/v1/reservations", "/v1/instances",
+         "/v1/limits", "/v1/agents", "/v1/whoami", "/v1/types"]
+
+
+def same_answers(rs: ReplicaSet) -> None:
+    """Every replica answers every read as the leader does, at the same revision."""
+    headers = {"Authorization": f"Bearer {rs.token}"}
+    newest = max(r.health()["revision"] for r in rs)
+    answers = {}
+    for r in rs:
+        for path in READS:
+            sep = "&" if "?" in path else "?"
+            got = httpx.get(f"{r.url}{path}{sep}min_revision={newest}", headers=headers, timeout=10)
+            answers.setdefault(path, {})[r.name] = (got.status_code, got.json())
+    for path, by_replica in answers.items():
+        first = next(iter(by_replica.values()))
+        assert first[0] == 200, (path, first)
+        assert all(a == first for a in by_replica.values()), (path, by_replica)
 
 
 def test_a_second_replica_with_a_live_ones_name_is_refused(replicas: ReplicaSet, tmp_path: Path) -> None:
