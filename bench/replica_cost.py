@@ -7,7 +7,8 @@ Both on the same throwaway PostgreSQL 15 (durable settings), each round on a fre
 ``tenure serve --db postgresql://...``; ``replicas`` is three ``tenure serve --replica-name`` on another database,
 the load sent to the leader (its two followers tail every batch and apply it). ``wrk`` POSTs unique claim keys
 (bench/http.py's script) over ``--connections`` connections for ``--seconds``; rounds alternate the two modes, and
-the median of ``--runs`` rounds each is reported. Everything runs on this machine: on two cores the followers'
+the median of ``--runs`` rounds each is reported. A third mode, ``alone``, is one replica with no followers:
+the leader's own cost (the fence, the notification, the lease) without the followers' work. Everything runs on this machine: on two cores the followers'
 work competes with the leader's and with PostgreSQL, so the ratio is a floor for separate machines.
 
 Goal (issue 14): replicas >= 0.9 x single.
@@ -86,11 +87,12 @@ def main() -> None:
     con = benchkit.console()
     script = work / "claims.lua"
     script.write_text(http.WRK_LUA)
-    rates: dict[str, list[float]] = {"single": [], "replicas": []}
+    rates: dict[str, list[float]] = {"single": [], "replicas": [], "alone": []}
     try:
         with PostgresServer(durable=True) as pg:
             for run in range(args.runs):
-                for mode in (("single", "replicas") if run % 2 == 0 else ("replicas", "single")):
+                order = ("single", "replicas", "alone")
+                for mode in (order if run % 2 == 0 else order[::-1]):
                     db = pg.create_database(f"{mode}_{run}")
                     if mode == "single":
                         url, token, proc = single(work / f"single-{run}", db)
@@ -100,7 +102,8 @@ def main() -> None:
                             proc.terminate()
                             proc.wait(60)
                     else:
-                        rs = ReplicaSet(work / f"replicas-{run}", db, lease=5.0).start()
+                        names = ("a", "b", "c") if mode == "replicas" else ("a",)
+                        rs = ReplicaSet(work / f"{mode}-{run}", db, names=names, lease=5.0).start()
                         try:
                             rate = measure(rs.leader().url, rs.token, args, script, f"r{run}", http)
                             lags = [r.health()["replica"]["lag_revisions"] for r in rs]
@@ -111,14 +114,15 @@ def main() -> None:
                     con.print(f"  run {run + 1} {mode:8} {rate:,.0f} claims/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    s, r = median(rates["single"]), median(rates["replicas"])
+    s, r, a = median(rates["single"]), median(rates["replicas"]), median(rates["alone"])
     benchkit.print_table(f"Claims/s over HTTP, {args.connections} connections, median of {args.runs}",
                          ["deployment", "claims/s", "runs", "vs single"],
                          [("one server", f"{s:,.0f}", " / ".join(f"{x:,.0f}" for x in rates["single"]), "1.00"),
                           ("leader of 3 replicas", f"{r:,.0f}", " / ".join(f"{x:,.0f}" for x in rates["replicas"]),
-                           f"{r / s:.2f}")])
-    report.results.append({"single": [round(x) for x in rates["single"]],
-                           "replicas": [round(x) for x in rates["replicas"]]})
+                           f"{r / s:.2f}"),
+                          ("a replica alone (no followers): the leader's own cost", f"{a:,.0f}",
+                           " / ".join(f"{x:,.0f}" for x in rates["alone"]), f"{a / s:.2f}")])
+    report.results.append({mode: [round(x) for x in xs] for mode, xs in rates.items()})
     report.goals.append(Goal("claims/s through the leader of 3 replicas vs one server", r / s, 0.9, "x",
                              detail=f"{r:,.0f} vs {s:,.0f} claims/s, all on one machine"))
     benchkit.finish(report)
