@@ -85,7 +85,7 @@ def test_one_leads_followers_forward_writes_and_read_them(replicas: ReplicaSet) 
 
 READS = ["/v1/pools", "/v1/pools/vlan", "/v1/pools/vlan/claims?limit=1000", "/v1/pools/vlan/claims/k3",
          "/v1/pools/vlan/values/4", "/v1/tokens", "/v1/topology", "/v1/reservations", "/v1/instances",
-         "/v1/limits", "/v1/agents", "/v1/whoami", "/v1/types"]
+         "/v1/limits", "/v1/agents", "/v1/whoami", "/v1/types", "/v1/links/h1-s1/usage"]
 
 
 def same_answers(rs: ReplicaSet) -> None:

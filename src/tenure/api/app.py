@@ -135,6 +135,11 @@ class ServerState:
             if self.hub.loop is None:
                 self.hub.attach(self.loop, new.revision)
                 self.published = new.revision
+            elif new.revision < self.published:  # the store went back (restored from a backup): start over
+                log.error("the store is at revision %d, behind what this server served (%d): watch streams end",
+                          new.revision, self.published)
+                self.hub.restart_at(new.revision, "the store went back in time; resume")
+                self.published = new.revision
             new.writer.subscribe(self.publish)
             try:
                 while self.published < new.revision:
@@ -240,6 +245,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield
         finally:
             hub.close()
+            if state.replica is not None:
+                state.replica.request_stop()  # a start still waiting for the store gives up
             await asyncio.to_thread(thread.join)
             if config.extension is not None:
                 await config.extension.close()

@@ -6,7 +6,8 @@
   follower is **forwarded** to the leader and its answer relayed, so clients never see which replica leads.
   No leader known (an election is under way), or the leader unreachable before the request was sent: 503
   ``no_leader`` with ``Retry-After``. The connection to the leader failed after the request was sent: 503
-  ``outcome_unknown`` (the write may have committed: retry only what is idempotent). A forwarded request
+  ``outcome_unknown`` (the write may have committed: retry only what is idempotent). A link's usage over
+  time is read by the leader's writer (it owns the ledgers), so that read is forwarded too. A forwarded request
   that reaches a replica which does not lead (the lead moved meanwhile) is not forwarded again: 503.
 - ``GET /v1/replicas``: every replica's row (role, epoch, applied revision, last heartbeat), admin only.
 """
@@ -71,7 +72,9 @@ class ReplicaRequests:
                 rest = urlencode([(k, v) for k, v in params if k != "min_revision"]).encode("latin-1")
                 scope = {**scope, "query_string": rest}
         replica = self.state.replica
-        if replica is None or scope["method"] in SAFE or not scope["path"].startswith("/v1/"):
+        path = scope["path"]
+        leader_read = path.startswith("/v1/links/") and path.endswith("/usage")  # read through the writer
+        if replica is None or (scope["method"] in SAFE and not leader_read) or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         role = replica.role

@@ -113,7 +113,13 @@ class Tailer:
                 if len(kept) < PAGE:
                     kept.extend(page)
             pages = [kept] if len(kept) == newest - last else self._pages(conn, last, newest)
-            self.writer.replay(newest, lambda batch: self.apply(batch, conn, touched), pages)
+            try:
+                self.writer.replay(newest, lambda batch: self.apply(batch, conn, touched), pages)
+            except Exception as exc:
+                if self.writer.revision != last:  # applied, but not every event reached the hub
+                    raise FollowerBehind(f"the events up to {newest} were applied, but handing them to the "
+                                         f"watchers failed ({exc}); restoring afresh") from exc
+                raise
             self.applied_at = time.monotonic()
         finally:
             conn.close()

@@ -16,8 +16,11 @@ name of a live one is refused at start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
-from tenure.domain.errors import Conflict
+from tenure.domain.errors import Conflict, Unavailable
 from tenure.services.periodic import Periodic
 from tenure.services.runtime import Runtime
 from tenure.store import schema
@@ -82,6 +85,7 @@ class Replica:
         self._thread: threading.Thread | None = None
         self._name_conn: Connection | None = None
         self._beat: Periodic | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ start
 
@@ -92,22 +96,32 @@ class Replica:
         migrate(self.engine)
         self._claim_name()
         try:
-            while self.runtime is None and not self._stop.is_set():  # e.g. the store is away: retry
-                try:
-                    self._open_follower()
-                except Exception as exc:
-                    log.warning("opening the store failed: %s", exc)
-                    self._stop.wait(self.check)
-            self._step()
+            self._until_runtime()
+            self._step()  # one try for the lead (a failed promotion leaves no runtime: restore again)
+            self._until_runtime()
         except BaseException:
             self.close()
             raise
         runtime = self.runtime
-        assert runtime is not None
+        if runtime is None:  # asked to stop while the store was away
+            self.close()
+            raise Unavailable("stopped before the store could be opened", code="not_ready")
         self._thread = threading.Thread(target=self._run, name="tenure-replica", daemon=True)
         self._thread.start()
         self._beat = Periodic("replica-heartbeat", self.check, self._heartbeat).start()
         return runtime
+
+    def _until_runtime(self) -> None:
+        while self.runtime is None and not self._stop.is_set():  # e.g. the store is away: retry
+            try:
+                self._open_follower()
+            except Exception as exc:
+                log.warning("opening the store failed: %s", exc)
+                self._stop.wait(self.check)
+
+    def request_stop(self) -> None:
+        """Any thread: stop trying (a start waiting for the store gives up); :meth:`close` still cleans up."""
+        self._stop.set()
 
     def _claim_name(self) -> None:
         """Hold this name: a session lock on a connection of its own, free the moment its process is gone
@@ -138,16 +152,22 @@ class Replica:
     def _heartbeat(self) -> None:
         """The replicas row (role, epoch, applied revision), and the name's lock kept (its session may have
         been lost with the database)."""
-        if self._name_conn is None or self._name_conn.invalidated:
-            if self._name_conn is not None:
-                self._name_conn.close()
+        if self._name_conn is not None:
+            try:
+                self._name_conn.execute(text("SELECT 1"))  # a session lost with the database lost its lock too
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self._name_conn.invalidate()
+                    self._name_conn.close()
                 self._name_conn = None
+        if self._name_conn is None:
             try:
                 self._claim_name()
             except NameTaken:
-                log.critical("another process took this replica's name while the store was away; stopping",
-                             extra={"replica": self.name})
+                log.critical("another process took this replica's name while the store was away; this one "
+                             "stops", extra={"replica": self.name})
                 self._stop.set()
+                os.kill(os.getpid(), signal.SIGTERM)  # a clean shutdown: two replicas must not share a name
                 return
         rt = self.runtime
         R = schema.replicas.c
@@ -188,6 +208,9 @@ class Replica:
     def _open_follower(self) -> None:
         """Restore as a follower and start tailing (a replica always takes the lead from there, in place)."""
         rt = self._open(follower=True)
+        if self._stop.is_set():  # closing meanwhile: never install a runtime after close
+            rt.close()
+            return
         try:
             self._swap(rt)
         except BaseException:
@@ -242,11 +265,10 @@ class Replica:
             assert rt is not None and rt.tailer is not None
             if not rt.tailer.stop(timeout=60):
                 raise RuntimeError("the tailer did not stop")
-            while rt.tailer.poll():
-                pass
+            while rt.tailer.poll():  # a long catch-up must not let the lease lapse
+                self._keep_lease()
+            self._keep_lease()
             rt.promote(self.leadership, epoch)
-            if self.leadership.renew():  # a long catch-up must not leave the new leader with a lapsed lease
-                self._renewed = time.monotonic()
         except BaseException as exc:
             log.error("promotion failed: %s", exc, extra={"replica": self.name, "epoch": epoch})
             self.leadership.step_down()
@@ -263,6 +285,19 @@ class Replica:
                 self._on_promoted(rt)
             except Exception:
                 log.exception("after the promotion")
+
+    def _keep_lease(self) -> None:
+        """During a promotion: renew the lease; lost (another replica leads), or unrenewed for too long: fail."""
+        try:
+            ok = self.leadership.renew()
+        except Exception as exc:
+            if time.monotonic() - self._renewed < self.lease * 0.6:
+                log.warning("renewing the lead during the promotion failed: %s", exc)
+                return
+            raise
+        if not ok:
+            raise RuntimeError("another replica took the lead during the promotion")
+        self._renewed = time.monotonic()
 
     def _demote(self, reason: str) -> None:
         log.warning("this replica stops leading: %s", reason, extra={"epoch": self.role.epoch, "replica": self.name})
@@ -306,6 +341,9 @@ class Replica:
 
     def close(self) -> None:
         """Stop; a leader hands over at once (its lease ends now), so a follower need not wait for it."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(60)
@@ -322,8 +360,10 @@ class Replica:
         except Exception as exc:
             log.warning("could not remove this replica's row: %s", exc)
         if self._name_conn is not None:
-            self._name_conn.invalidate()  # the name's lock goes with the session
-            self._name_conn.close()
+            with contextlib.suppress(Exception):
+                self._name_conn.invalidate()  # the name's lock goes with the session
+                self._name_conn.close()
+            self._name_conn = None
         self.engine.dispose()
 
 

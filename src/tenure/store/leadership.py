@@ -179,13 +179,17 @@ class Leadership:
                 self._run(f"SET lock_timeout = {CAS_LOCK_WAIT_MS}")
                 row = self._run(cas, e=e)
             except DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise
+                if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) != "55P03":
+                    raise  # not "lock not available"
                 # The row is locked: by the old leader's batch, its process paused between the fence and the
-                # commit (a live leader holds it for a moment only). End the old leader's writer sessions
-                # (whatever they had not committed is not committed), and try once more.
-                self._end_writers()
-                row = self._run(cas, e=e)
+                # commit (a live leader holds it for a moment only). If the leader is still gone, end its writer
+                # sessions (whatever they had not committed is not committed), and try once more.
+                again = self.read()
+                if again.epoch != e or (not current.live and again.live):  # it renewed, or another took over
+                    row = None
+                else:
+                    self._end_writers()
+                    row = self._run(cas, e=e)
             finally:
                 if self._conn is not None:
                     self._run(f"SET lock_timeout = {STATEMENT_TIMEOUT_MS}")

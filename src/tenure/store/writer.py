@@ -323,13 +323,15 @@ class Writer:
                     items.append(nxt)
                 try:
                     conn = self._commit_batch(conn, items)
-                except BaseException as exc:  # a bug in an undo or after-commit step: stop, loudly
+                except BaseException as exc:  # a bug in an undo or after-commit step, or an unknown outcome: stop
                     log.critical("writer stopped: %s", exc, exc_info=True)
                     self.failure = exc
                     self._stopped.set()
+                    err = exc if isinstance(exc, Unavailable) else Unavailable("the writer failed",
+                                                                               code="writer_failed")
                     for item in items:
                         if not item.future.done():
-                            item.future.set_exception(Unavailable("the writer failed", code="writer_failed"))
+                            item.future.set_exception(err)
                     break
                 if stop:
                     break
@@ -457,7 +459,10 @@ class Writer:
         delay = 0.05
         while True:
             try:
-                with self.engine.connect() as conn, conn.begin():
+                with self.engine.connect() as conn:
+                    if self.fence is not None:
+                        self.fence.prepare(conn)  # bounded like every write session of a replica
+                    conn.begin()
                     # The batch's transaction may still be committing on the server: its lock on the state
                     # row says so. Wait for it, then look (a new statement sees what committed meanwhile).
                     conn.execute(select(schema.state.c.revision).where(schema.state.c.id == 1).with_for_update())
@@ -468,15 +473,17 @@ class Writer:
                         return True
                     if self.fence is not None:
                         self.fence.fence(conn, self.epoch)
+                    conn.commit()
                 return None
             except Fenced as fenced:
                 return fenced
             except Exception as again:
                 if time.monotonic() > deadline:
-                    self.failure = again  # memory may now be behind the store: stop, and let a restore settle it
                     log.critical("cannot tell whether a batch committed (the store is away: %s); the writer stops",
                                  again)
-                    raise
+                    # Memory may now be behind the store: stop, and let a restore settle it.
+                    raise Unavailable("the store went away during the commit; the change may have been made",
+                                      code="outcome_unknown") from again
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
