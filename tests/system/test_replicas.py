@@ -4,7 +4,8 @@ One leads and the others follow; a write sent to a follower is forwarded; a read
 follower sees a write made through another replica; the client with every URL goes on through faults: the
 leader killed with -9, paused past its lease with SIGSTOP (and resumed: it commits nothing more), and its
 election connection terminated by the database. Afterwards the history is checked: every acknowledged claim
-holds its value, no value is held twice, the event log has no gap and its epochs never go back (two leaders
+holds its value, no value is held twice, every acknowledged reservation is there as it was left and no link is
+over-committed at any instant, the event log has no gap and its epochs never go back (two leaders
 never both committed), and a watcher that resumed across the faults got every event once, in order.
 """
 
@@ -120,11 +121,13 @@ def test_replicas_need_postgresql(tmp_path: Path) -> None:
 class Writers:
     """Clients claiming and releasing keys through random replicas until stopped; what was acknowledged."""
 
-    def __init__(self, rs: ReplicaSet, n: int = 3) -> None:
+    def __init__(self, rs: ReplicaSet, n: int = 3, *, reserving: bool = False) -> None:
         self.rs = rs
         self.acked: dict[str, int] = {}  # key -> value, for every claim acknowledged and not released since
         self.released: set[str] = set()
         self.unknown: set[str] = set()  # outcome unknown (a release cut): either state is right
+        self.reservations: dict[str, str] = {}  # id -> the state it was left in, for every one acknowledged
+        self.reserving = reserving
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -147,6 +150,9 @@ class Writers:
             while not self._stop.is_set():
                 n += 1
                 key = f"w{i}-{n}"
+                if self.reserving and n % 5 == 0:
+                    self._reserve(c, rng, key)
+                    continue
                 try:
                     value = c.claim("vlan", key)["value"]
                 except (TenureAPIError, TenureClientError):
@@ -166,6 +172,40 @@ class Writers:
                     with self._lock:
                         self.released.add(key)
                         self.acked.pop(key, None)
+
+
+HOSTS = ["h1", "h2", "h3", "c1"]
+
+
+def _reserve(self: Writers, c: TenureClient, rng: random.Random, key: str) -> None:
+    """A reservation with a request_id (so a retry after a lost answer is safe); some are then cancelled."""
+    src, dst = rng.sample(HOSTS, 2)
+    try:
+        res = c.reserve(kind="bandwidth", src=src, dst=dst, rate=rng.choice(["100M", "300M", "500M"]),
+                        start="now", end=f"+{rng.randint(10, 120)}m", request_id=key)
+    except TenureAPIError as exc:
+        if exc.code in ("insufficient_capacity", "no_path"):
+            return  # refused: a full link is what the check below is about
+        with self._lock:
+            self.unknown.add(key)
+        return
+    except TenureClientError:
+        with self._lock:
+            self.unknown.add(key)
+        return
+    state = res["state"]
+    if rng.random() < 0.3:
+        try:
+            state = c.cancel_reservation(res["id"])["state"]
+        except (TenureAPIError, TenureClientError):
+            with self._lock:
+                self.unknown.add(key)
+            return
+    with self._lock:
+        self.reservations[res["id"]] = state
+
+
+Writers._reserve = _reserve  # type: ignore[attr-defined]
 
 
 def _claims(c: TenureClient) -> dict[str, int]:
@@ -216,6 +256,14 @@ def check_history(rs: ReplicaSet, writers: Writers, watcher: Watcher, *, epochs_
     for key in writers.released - writers.unknown:
         assert key not in stored  # every acknowledged release holds
     assert len(set(stored.values())) == len(stored)  # no value held twice
+    if writers.reserving:
+        with client(rs) as c:
+            for rid, state in writers.reservations.items():
+                assert c.reservation(rid)["state"] == state, rid  # every acknowledged reservation, as left
+            for link in SQUARE["links"]:  # no link direction booked past its usable capacity, at any instant
+                for direction, d in c.usage(link["id"])["directions"].items():
+                    assert all(step["used"] <= d["usable"] for step in d["steps"]), (link["id"], direction, d)
+        assert writers.reservations, "no reservation was made"
     engine = create_engine(rs.db)
     try:
         with engine.connect() as conn:
@@ -237,9 +285,10 @@ def check_history(rs: ReplicaSet, writers: Writers, watcher: Watcher, *, epochs_
 def test_faults_lose_nothing_acknowledged_and_never_two_leaders(replicas: ReplicaSet) -> None:
     with client(replicas) as c:
         c.create_pool("vlan", [[1, 1_000_000]])
+        c.put_topology(SQUARE)
     watcher = Watcher(replicas)
     engine = create_engine(replicas.db)
-    with Writers(replicas) as writers:
+    with Writers(replicas, reserving=True) as writers:
         wait_for(lambda: len(writers.acked) > 20, timeout=30, what="writes before the faults")
         for round_, fault in enumerate(["kill", "stop", "terminate", "kill"]):
             leader = replicas.leader()
