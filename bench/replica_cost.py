@@ -8,8 +8,9 @@ Both on the same throwaway PostgreSQL 15 (durable settings), each round on a fre
 the load sent to the leader (its two followers tail every batch and apply it). ``wrk`` POSTs unique claim keys
 (bench/http.py's script) over ``--connections`` connections for ``--seconds``; rounds alternate the two modes, and
 the median of ``--runs`` rounds each is reported. A third mode, ``alone``, is one replica with no followers:
-the leader's own cost (the fence, the notification, the lease) without the followers' work. Everything runs on this machine: on two cores the followers'
-work competes with the leader's and with PostgreSQL, so the ratio is a floor for separate machines.
+the leader's own cost (the fence, the notification, the lease) without the followers' work. Everything runs
+on this machine: on two cores the followers' work competes with the leader's and with PostgreSQL, so the ratio
+is a floor for separate machines.
 
 Goal (issue 14): replicas >= 0.9 x single.
 """

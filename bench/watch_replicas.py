@@ -131,8 +131,9 @@ def main() -> None:
     rows = []
     for where in sorted({t["where"].split()[0] for r in runs for t in r["targets"]}):
         ts = [t for r in runs for t in r["targets"] if t["where"].split()[0] == where]
-        rows.append((where, len(ts), f"{median([t['p50_ms'] for t in ts]):.1f}", f"{median([t['p99_ms'] for t in ts]):.1f}",
-                     f"{max(t['max_ms'] for t in ts):.0f}", "yes" if all(t["exact"] for t in ts) else "NO"))
+        rows.append((where, len(ts), f"{median([t['p50_ms'] for t in ts]):.1f}",
+                     f"{median([t['p99_ms'] for t in ts]):.1f}", f"{max(t['max_ms'] for t in ts):.0f}",
+                     "yes" if all(t["exact"] for t in ts) else "NO"))
     benchkit.print_table(f"Commit-to-delivery, {args.watchers} watchers per server, {args.rate:g} events/s "
                          f"(medians of {args.runs} runs)", ["where", "servers x runs", "p50 ms", "p99 ms",
                                                             "max ms", "exactly once"], rows)
