@@ -32,7 +32,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -43,12 +42,6 @@ import httpx  # noqa: E402
 
 import benchkit  # noqa: E402
 from benchkit import Goal, Report, median  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ Tenure
@@ -129,8 +122,10 @@ def tenure_rounds(args: argparse.Namespace, work: Path, con: Any) -> dict[str, l
 class Etcd:
     def __init__(self, work: Path, n: int = 3) -> None:
         self.names = [f"e{i}" for i in range(n)]
-        self.peer = {m: _free_port() for m in self.names}
-        self.client = {m: _free_port() for m in self.names}
+        from tests.support.postgres import free_port
+
+        self.peer = {m: free_port() for m in self.names}
+        self.client = {m: free_port() for m in self.names}
         self.work = work
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.cluster = ",".join(f"{m}=http://127.0.0.1:{self.peer[m]}" for m in self.names)

@@ -46,9 +46,10 @@ def _bench_http() -> Any:
 
 
 def single(work: Path, db: str) -> tuple[str, str, Any]:
-    from tests.system.replica_support import TENURE, _free_port, wait_for
+    from tests.support.postgres import free_port
+    from tests.system.replica_support import TENURE, wait_for
 
-    port = _free_port()
+    port = free_port()
     work.mkdir(parents=True)
     log = open(work / "server.log", "ab")  # noqa: SIM115 - the child's
     proc = subprocess.Popen([str(TENURE), "serve", "--db", db, "--listen", f"127.0.0.1:{port}", "--data-dir",

@@ -86,7 +86,7 @@ def find_pg_bin() -> pathlib.Path | None:
     return max(candidates, key=_version_key, default=None)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     # Ask the kernel for a free port. Another process could grab it before
     # postgres binds; start() retries on "address in use" for that reason.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -265,7 +265,7 @@ class PostgresServer:
 
         Returns False when the port was taken meanwhile (caller retries).
         """
-        self.port = port or _free_port()
+        self.port = port or free_port()
         cmd = [
             str(self.bin_dir / "postgres"),
             "-D", str(self.dir / "data"),

@@ -33,15 +33,20 @@ STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
 T = TypeVar("T")
 
 
+NOT_LISTENING = (TenureConnectionError, httpx.TransportError, OSError)
+
+
 def wait_until(check: Callable[[], T | None], *, timeout: float, what: str,
-               context: Callable[[], str] = lambda: "", interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy (returned), for at most ``timeout`` seconds."""
+               context: Callable[[], str] = lambda: "", interval: float = 0.05,
+               errors: tuple[type[BaseException], ...] = NOT_LISTENING) -> T:
+    """Poll ``check`` until it returns something truthy (returned), for at most ``timeout`` seconds; ``errors``
+    raised by it count as "not yet" (by default: nobody listens yet)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
         try:
             last = check()
-        except (TenureConnectionError, httpx.TransportError, OSError) as exc:  # not listening yet: keep waiting
+        except errors as exc:
             last = exc
         else:
             if last:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,32 +20,20 @@ from typing import Any
 import httpx
 
 from tenure.client import TenureAPIError, TenureClientError
+from tests.support.postgres import free_port
+from tests.system.dataplane_support import wait_until
 
 TENURE = Path(sys.executable).parent / "tenure"
 READY = 60.0  # seconds for a replica to answer /healthz ok
 
 
-def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.02) -> Any:
+# A replica set between roles answers 503s, cut connections and odd bodies: all of them mean "not yet".
+NOT_YET = (httpx.HTTPError, OSError, ValueError, KeyError, TenureAPIError, TenureClientError)
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
     """Poll ``check`` until it returns something truthy, for at most ``timeout`` seconds (a bound, not a pause)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except (httpx.HTTPError, OSError, ValueError, KeyError, TenureAPIError, TenureClientError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return wait_until(check, timeout=timeout, what=what, interval=0.02, errors=NOT_YET)
 
 
 class Replica:
@@ -57,15 +43,16 @@ class Replica:
         self.log = self.data / "replica.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopped = False
-        self.port = _free_port()  # the same address across restarts, as a real replica's would be
+        self.port = free_port()  # the same address across restarts, as a real replica's would be
 
     def start(self) -> Replica:
         self.data.mkdir(parents=True, exist_ok=True)
         (self.data / "server.json").unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(TENURE), "serve", "--db", self.db, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data),
-                 "--replica-name", self.name, "--lease", str(self.lease), "--log-level", "info"],
+                [str(TENURE), "serve", "--db", self.db, "--listen", f"127.0.0.1:{self.port}",
+                 "--data-dir", str(self.data), "--replica-name", self.name, "--lease", str(self.lease),
+                 "--log-level", "info"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         return self
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
@@ -70,22 +69,18 @@ class AsyncTenureClient(ClientBase[Awaitable[dict[str, Any]]]):
 
     async def _send(self, call: Call) -> httpx.Response:
         """The answer, from the current replica or, when that one cannot serve, the next (see :class:`Failover`)."""
-        failover, attempt = self.failover, 0
-        deadline = time.monotonic() + failover.window
+        tries = self.failover.tries(call)
         while True:
             origin = self._origin
             try:
                 response = await self._http.request(call.method, origin + call.path, **self._request(call))
             except (httpx.TransportError, httpx.InvalidURL) as exc:
-                if not failover.retry_error(exc, call) or time.monotonic() > deadline:
-                    raise transport_error(origin if len(failover.urls) > 1 else self.base_url,
-                                          call.read_timeout or self.timeout, exc) from None
+                if (pause := tries.after(origin, error=exc)) is None:
+                    raise self._unreachable(origin, call, exc) from None
             else:
-                if not failover.retry_answer(response, call) or time.monotonic() > deadline:
+                if (pause := tries.after(origin, response=response)) is None:
                     return response
-            failover.next(origin)
-            await asyncio.sleep(failover.pause(attempt))
-            attempt += 1
+            await asyncio.sleep(pause)
 
     async def _run(self, call: Call) -> Any:  # type: ignore[override]  # a coroutine: ClientBase[Awaitable]
         return self._saw(call.read(await self._send(call)))

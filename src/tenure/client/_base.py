@@ -19,6 +19,7 @@ segments that URL normalisation would remove, so their dots are escaped too.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tenure.client._errors import UNIX_PREFIX, TenureConfigError, api_error, created, decode
+from tenure.client._errors import UNIX_PREFIX, TenureConfigError, api_error, created, decode, transport_error
 from tenure.client._locate import locate
 from tenure.client._watch import Backoff, WatchQuery, WatchSession
 
@@ -109,6 +110,29 @@ class Failover:
     def pause(attempt: int) -> float:
         return min(1.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
 
+    def tries(self, call: Call) -> Tries:
+        return Tries(self, call, time.monotonic() + self.window)
+
+
+@dataclass(slots=True)
+class Tries:
+    """One call's attempts: after each, how long to pause before the next URL, or None: this is the outcome."""
+
+    failover: Failover
+    call: Call
+    deadline: float
+    attempt: int = 0
+
+    def after(self, origin: str, *, response: httpx.Response | None = None,
+              error: Exception | None = None) -> float | None:
+        f = self.failover
+        again = f.retry_error(error, self.call) if error is not None else f.retry_answer(response, self.call)
+        if not again or time.monotonic() > self.deadline:
+            return None
+        f.next(origin)
+        self.attempt += 1
+        return f.pause(self.attempt - 1)
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -186,6 +210,10 @@ class ClientBase(Generic[R]):
 
     def _run(self, call: Call) -> R:
         raise NotImplementedError
+
+    def _unreachable(self, origin: str, call: Call, exc: Exception) -> Exception:
+        """The error of a call that got no answer from ``origin`` (named when there are several URLs)."""
+        return transport_error(origin if len(self.urls) > 1 else self.base_url, call.read_timeout or self.timeout, exc)
 
     def _saw(self, answer: Any) -> Any:
         """Remember the newest revision an answer names (reads on other replicas wait for it)."""

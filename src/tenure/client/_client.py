@@ -72,22 +72,18 @@ class TenureClient(ClientBase[dict[str, Any]]):
         self.close()
 
     def _run(self, call: Call) -> Any:
-        failover, attempt = self.failover, 0
-        deadline = time.monotonic() + failover.window
+        tries = self.failover.tries(call)
         while True:
             origin = self._origin
             try:
                 response = self._http.request(call.method, origin + call.path, **self._request(call))
             except (httpx.TransportError, httpx.InvalidURL) as exc:
-                if not failover.retry_error(exc, call) or time.monotonic() > deadline:
-                    raise transport_error(origin if len(failover.urls) > 1 else self.base_url,
-                                          call.read_timeout or self.timeout, exc) from None
+                if (pause := tries.after(origin, error=exc)) is None:
+                    raise self._unreachable(origin, call, exc) from None
             else:
-                if not failover.retry_answer(response, call) or time.monotonic() > deadline:
+                if (pause := tries.after(origin, response=response)) is None:
                     return self._saw(call.read(response))
-            failover.next(origin)
-            time.sleep(failover.pause(attempt))
-            attempt += 1
+            time.sleep(pause)
 
     # ------------------------------------------------------------------- pages
 

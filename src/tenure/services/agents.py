@@ -32,6 +32,7 @@ from tenure.domain.errors import Forbidden, InvalidInput, NotFound
 from tenure.domain.events import KINDS
 from tenure.domain.names import validate_name, validate_text
 from tenure.store import schema
+from tenure.store.inlist import rows_in
 from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.agents")
@@ -209,11 +210,9 @@ class AgentService:
         Heartbeats move ``last_seen`` without an event; a follower's tailer refreshes every agent now and
         then (``hosts=None``) so that its answers do not show old heartbeats for long.
         """
-        A = schema.agents.c
         q = select(schema.agents)
-        if hosts is not None:
-            q = q.where(A.host.in_(sorted(hosts)))
-        stored = {row.host: _from_row(row) for row in conn.execute(q)}
+        rows = conn.execute(q) if hosts is None else rows_in(conn, q, schema.agents.c.host, hosts)
+        stored = {row.host: _from_row(row) for row in rows}
         for host in (hosts if hosts is not None else set(self._agents) | set(stored)):
             info = stored.get(host)
             if info != self._agents.get(host):

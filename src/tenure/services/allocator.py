@@ -29,6 +29,7 @@ from tenure.domain.idspace import MAX_VALUE, IdSpace
 from tenure.domain.names import validate_key
 from tenure.domain.pool import Claim, ClaimOutcome, Pool
 from tenure.store import schema
+from tenure.store.inlist import rows_in
 from tenure.store.rawinsert import RawInsert
 from tenure.store.writer import Batch, Op, Writer
 
@@ -131,13 +132,6 @@ def _emit_deleted(batch: Batch, pool: str, c: Claim) -> ClaimResult:
     return result
 
 
-def _chunks(items: Sequence[str], size: int = 500) -> Iterator[list[str]]:
-    """``IN`` lists of a bounded length (a bulk claim names up to 10,000 keys)."""
-    items = list(items)
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _labels(pool: str, project: str | None, host: str | None) -> dict[str, str]:
     labels = {"pool": pool}
     if project is not None:
@@ -206,9 +200,7 @@ class AllocatorService:
             keys.setdefault(name, []).append(key)
         names = sorted(set(pools) | set(keys))
         P = schema.pools.c
-        rows = {}
-        for chunk in _chunks(names):
-            rows.update({r.name: r for r in conn.execute(select(schema.pools).where(P.name.in_(chunk)))})
+        rows = {r.name: r for r in rows_in(conn, select(schema.pools), P.name, names)}
         for name in names:
             row, e = rows.get(name), self._entries.get(name)
             if row is None or (e is not None and e.id != row.id):  # gone (or gone and made again)
@@ -251,10 +243,7 @@ class AllocatorService:
         q = select(_C.key, _C.value, _C.project, _C.host, _C.mark, _C.revision).where(_C.pool_id == pool_id)
         if keys is None:
             return [Claim(*r) for r in conn.execute(q.order_by(_C.value))]
-        out: list[Claim] = []
-        for chunk in _chunks(keys):
-            out.extend(Claim(*r) for r in conn.execute(q.where(_C.key.in_(chunk))))
-        return out
+        return [Claim(*r) for r in rows_in(conn, q, _C.key, keys)]
 
     def _entry_from_row(self, row: Any, claims: dict[str, Claim], values: list[int]) -> _Entry:
         """A pool as restored from its row, its claims and their values (ascending)."""

@@ -61,7 +61,6 @@ class Tailer:
         self.agents_every = agents_every  # heartbeats move last_seen without an event: refresh every agent
         self.newest = writer.revision  # the newest committed revision seen in the store
         self.applied_at = time.monotonic()  # when this follower last caught up with ``newest``
-        self.batches = 0
         self.failure: BaseException | None = None  # why the thread stopped, if it did
         self._agents_at = time.monotonic()
         self._stop = threading.Event()
@@ -125,7 +124,6 @@ class Tailer:
             conn.close()
         # After the replay: a floor raised first could refuse a replay of what is still kept here.
         self.history.compacted = self.history.floor = max(self.history.floor, compacted)
-        self.batches += 1
         return newest - last
 
     @staticmethod

@@ -78,6 +78,7 @@ from tenure.domain.reservation import validate_labels
 from tenure.domain.units import US, to_us
 from tenure.services.scheduler import Scheduler
 from tenure.store import schema
+from tenure.store.inlist import rows_in
 from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.instances")
@@ -189,12 +190,9 @@ class InstanceService:
     def refresh(self, batch: Batch, conn: Connection, ids: Collection[str]) -> None:
         """A follower: the instances that events named, as stored in ``conn``'s snapshot (indexes and
         deadlines follow through the map, as for a change made here)."""
-        stored: dict[str, Instance] = {}
+        stored = {inst.id: inst for inst in (_from_body(json.loads(r.body))
+                                             for r in rows_in(conn, select(_I.body), _I.id, ids))}
         ordered = sorted(ids)
-        for i in range(0, len(ordered), 500):
-            for r in conn.execute(select(_I.body).where(_I.id.in_(ordered[i : i + 500]))):
-                inst = _from_body(json.loads(r.body))
-                stored[inst.id] = inst
         order = [iid for iid in ordered if iid in self._inst]
         order += sorted((iid for iid in ordered if iid not in self._inst and iid in stored),
                         key=lambda iid: stored[iid].revision)

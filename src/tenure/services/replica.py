@@ -333,11 +333,9 @@ class Replica:
         """The leadership row now, read on a connection of its own (None if the store cannot be read)."""
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(text("SELECT epoch, holder, address, lease_until, clock_timestamp() AS now "
-                                        "FROM leadership WHERE id = 1")).first()
+                return self.leadership.read(conn)
         except Exception:
             return None
-        return Leader(row.epoch, row.holder, row.address, row.lease_until, row.now) if row is not None else None
 
     def close(self) -> None:
         """Stop; a leader hands over at once (its lease ends now), so a follower need not wait for it."""

@@ -64,6 +64,7 @@ from tenure.domain.topology import Topology, empty_topology
 from tenure.domain.units import US, iso, parse_instant, parse_rate, to_us
 from tenure.services.scheduler import Scheduler
 from tenure.store import schema
+from tenure.store.inlist import rows_in
 from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.reservations")
@@ -169,12 +170,9 @@ class ReservationService:
     def refresh(self, batch: Batch, conn: Connection, ids: Collection[str], topology: Topology | None) -> None:
         """A follower: the reservations that events named, as stored in ``conn``'s snapshot, booked as a
         restore books them. With a new ``topology`` (the topology changed) every ledger is rebuilt on it."""
-        stored: dict[str, Reservation] = {}
+        stored = {r.id: _from_body(json.loads(r.body), r.request_hash, r.seq)
+                  for r in rows_in(conn, select(_R.id, _R.seq, _R.request_hash, _R.body), _R.id, ids)}
         ordered = sorted(ids)
-        for i in range(0, len(ordered), 500):
-            q = select(_R.id, _R.seq, _R.request_hash, _R.body).where(_R.id.in_(ordered[i : i + 500]))
-            for r in conn.execute(q):
-                stored[r.id] = _from_body(json.loads(r.body), r.request_hash, r.seq)
         # Known ones keep their place; new ones join in admission order, as a restore orders them.
         order = [rid for rid in ordered if rid in self._res]
         order += sorted((rid for rid in ordered if rid not in self._res and rid in stored), key=lambda r: stored[r].seq)

@@ -21,6 +21,7 @@ from tenure.domain.access import ADMIN, Principal, check_scope, require_admin
 from tenure.domain.errors import NotFound, Unauthorized
 from tenure.domain.names import validate_text
 from tenure.store import schema
+from tenure.store.inlist import rows_in
 from tenure.store.writer import Batch, Op, Writer
 
 TOKEN_PREFIX = "tnr_"
@@ -82,7 +83,7 @@ class TokenService:
 
         Applied with the batch's other steps after it, so a token works here once its revision is applied.
         """
-        rows = list(conn.execute(select(schema.tokens).where(schema.tokens.c.id.in_(sorted(ids)))))
+        rows = list(rows_in(conn, select(schema.tokens), schema.tokens.c.id, ids))
 
         def commit() -> None:
             for row in rows:

@@ -36,6 +36,7 @@ from tenure.domain.topology import Link, Node, Topology, empty_topology
 from tenure.domain.units import iso, parse_rate, parse_share, to_us
 from tenure.services.reservations import ReservationService, log_on_commit, unrouted
 from tenure.store import schema
+from tenure.store.inlist import rows_in
 from tenure.store.writer import Batch, Op, Published, Writer
 
 log = logging.getLogger("tenure.topology")
@@ -74,10 +75,9 @@ class TopologyService:
     def refresh(self, batch: Batch, conn: Connection, *, topology: bool, limits: Collection[str]) -> Topology | None:
         """A follower: the limits that events named, and the topology if an event named it, as stored in
         ``conn``'s snapshot. Returns the new topology (the reservations re-book on it), or None if unchanged."""
-        L = schema.limits.c
         if limits:
-            stored = {r.project: _limit_from_row(r)
-                      for r in conn.execute(select(schema.limits).where(L.project.in_(sorted(limits))))}
+            rows = rows_in(conn, select(schema.limits), schema.limits.c.project, limits)
+            stored = {r.project: _limit_from_row(r) for r in rows}
             for project in limits:
                 self._limits.put(batch, project, stored.get(project))
         if not topology:

@@ -151,9 +151,10 @@ class Leadership:
             self._held.discard(epoch)
             self._run("SELECT pg_advisory_unlock(:cls, :key)", cls=LOCK_CLASS, key=_key(epoch))
 
-    def read(self) -> Leader:
-        row = self._run(f"SELECT epoch, holder, address, lease_until, {self._now()} AS now "
-                        "FROM leadership WHERE id = 1")
+    def read(self, conn: Connection | None = None) -> Leader:
+        """The row now: on the election connection, or on ``conn`` (another thread's, say the API's)."""
+        sql = f"SELECT epoch, holder, address, lease_until, {self._now()} AS now FROM leadership WHERE id = 1"
+        row = self._run(sql) if conn is None else conn.execute(text(sql), self._params()).first()
         return Leader(row.epoch, row.holder, row.address, row.lease_until, row.now)
 
     def take(self) -> int | None:

@@ -526,7 +526,7 @@ class Writer:
 
         Only while this writer's thread has never run: a follower's tailer owns the working maps then.
         """
-        if self._thread.is_alive() or self._thread.ident is not None:
+        if self._thread.ident is not None:
             raise RuntimeError("replay() is for a follower; this writer has run")
         batch = Batch(revision=self.revision, now=self.clock())
         fill(batch)
