@@ -143,10 +143,10 @@ class Server(TenureServer):
 class WatcherProc:
     """One watchers client process (benchkit/watchclient.py watchers), driven by JSON lines."""
 
-    def __init__(self, url: str, token: str, cpu: str | None, log: Path) -> None:
+    def __init__(self, url: str, token: str, cpu: str | None, log: Path, extra: tuple[str, ...] = ()) -> None:
         self.logpath = log
         self.log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(taskset([sys.executable, str(CLIENT), "watchers", url, token], cpu),
+        self.proc = subprocess.Popen(taskset([sys.executable, str(CLIENT), "watchers", url, token, *extra], cpu),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      bufsize=1, start_new_session=True)
         self.recv()  # {"ready": true}

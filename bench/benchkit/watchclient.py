@@ -1,7 +1,7 @@
 """The client side of bench/watch.py, run as separate processes (not a benchmark itself).
 
-    python bench/benchkit/watchclient.py watchers URL TOKEN
-    python bench/benchkit/watchclient.py load URL TOKEN POOL --hosts LO:HI --rate R --seconds S ...
+    python bench/benchkit/watchclient.py watchers URL TOKEN [--etcd]
+    python bench/benchkit/watchclient.py load URL TOKEN POOL --hosts LO:HI --rate R --seconds S [--etcd] ...
 
 ``watchers``: many ``GET /v1/watch`` Server-Sent Events streams in one process, on raw asyncio
 protocols (uvloop when installed) with a minimal HTTP/1.1 reader (status line, headers, chunked
@@ -21,24 +21,36 @@ For every ``created`` event a watcher receives it records ``receive time - ts`` 
 the bytes arrived, taken before parsing; ``ts`` is the server's commit-batch time, same clock), the
 revision, and whether the event's ``host`` label is the watcher's own.
 
+``--etcd`` (bench/watch_etcd.py): the same watchers and load against etcd 3.4's JSON gateway instead. A
+watcher is ``POST /v3/watch`` of the key prefix ``/c/hN/`` (newline-delimited JSON messages in a chunked
+body; it counts as open once etcd answered ``created``); a bulk claim of ``--keys`` keys is one
+``POST /v3/kv/txn`` that puts them all if none exists yet (a claim by key: compare ``create_revision == 0``).
+
+``--stamp`` (both roles' targets): the load writes its send time into every key (``...@SECONDS``), built as
+the request goes out, and the watchers record ``receive time - send time`` for each stamped key as well as
+the key itself: the one latency measured alike on Tenure and etcd, from the client's send to the watcher's
+receipt (the request, the commit and its fsync, the dispatch, the stream).
+
 ``load``: paced claims, open loop: bulk requests of ``--keys`` claims, all for one host, the hosts taken
 in turn, request ``j`` due at ``start + j / (rate / keys)``, over ``--connections`` keep-alive
 connections. A request the server's pace makes late is sent at once; none is sent after
 ``start + seconds + grace``: a server that cannot keep up shows as a lower achieved rate over the same
 window (and the run stays bounded), not as a longer run. Prints one JSON line at the end: requests,
 requests skipped, claims created, non-2xx, the revisions committed, wall time from the first send to the
-last answer, and its own CPU time.
+last answer, and its own CPU time (and, with ``--stamp``, the keys created).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import resource
 import sys
 import time
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 
@@ -68,6 +80,8 @@ class Recorder:
         self.lat: list[float] = []  # seconds, receive time - event ts
         self.ts: list[float] = []  # the events' ts (commit-batch time, epoch seconds)
         self.revs: list[int] = []
+        self.keys: list[str] = []  # stamped keys received (--stamp)
+        self.lat_send: list[float] = []  # seconds, receive time - the load's send time stamped in the key
         self.wrong_host = 0
         self.out_of_order = 0
         self.bookmarks = 0
@@ -75,6 +89,12 @@ class Recorder:
         self.disconnects = 0
         self.cpu0 = _cpu()
         self.t0 = time.time()
+
+    def stamped(self, now: float, key: str) -> None:
+        _, at, stamp = key.rpartition("@")
+        if at:
+            self.keys.append(key)
+            self.lat_send.append(now - float(stamp))
 
 
 class SSEWatcher(asyncio.Protocol):
@@ -127,7 +147,7 @@ class SSEWatcher(asyncio.Protocol):
                 return
             self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
             self.state = "body"
-            self.opened.set_result(None)
+            self.headed()
         if not self.chunked:  # HTTP/1.0-style body to the end of the connection
             self.sse += buf
             buf.clear()
@@ -150,6 +170,10 @@ class SSEWatcher(asyncio.Protocol):
                 self.sse += buf[eol + 2: eol + 2 + size]
                 del buf[: eol + 2 + size + 2]
         self._frames(now)
+
+    def headed(self) -> None:
+        """The answer's 200 arrived: an SSE watch is open (the server registers it before answering)."""
+        self.opened.set_result(None)
 
     def _frames(self, now: float) -> None:
         sse = self.sse
@@ -179,6 +203,7 @@ class SSEWatcher(asyncio.Protocol):
                 rec.lat.append(now - ts)
                 rec.ts.append(ts)
                 rec.revs.append(rev)
+                rec.stamped(now, d["object"]["key"])
                 if d["labels"].get("host") != self.host:
                     rec.wrong_host += 1
                 if rev <= self.last_rev:
@@ -188,15 +213,70 @@ class SSEWatcher(asyncio.Protocol):
             del sse[:start]
 
 
+class EtcdWatcher(SSEWatcher):
+    """One etcd watch through the JSON gateway: newline-delimited ``{"result": ...}`` messages."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, host: str, rec: Recorder, opened: asyncio.Future[str | None]) -> None:
+        super().__init__(host, rec, opened)
+        self.prefix = f"/c/{host}/"
+
+    def headed(self) -> None:
+        pass  # open once etcd says "created"
+
+    def _frames(self, now: float) -> None:
+        sse = self.sse
+        start = 0
+        rec = self.rec
+        while True:
+            end = sse.find(b"\n", start)
+            if end < 0:
+                break
+            line = bytes(sse[start:end])
+            start = end + 1
+            if not line.strip():
+                continue
+            res = json.loads(line).get("result")
+            if res is None or res.get("canceled"):
+                if len(rec.errors) < 20:
+                    rec.errors.append(f"{self.host}: {line[:300]!r}")
+                continue
+            if res.get("created") and not self.opened.done():
+                self.opened.set_result(None)
+            for ev in res.get("events", ()):
+                kv = ev["kv"]
+                key = base64.b64decode(kv["key"]).decode()
+                rev = int(kv["mod_revision"])
+                rec.revs.append(rev)
+                rec.stamped(now, key.rsplit("/", 1)[-1])  # the name, as the load reports it
+                if not key.startswith(self.prefix):
+                    rec.wrong_host += 1
+                if rev < self.last_rev:  # the puts of one transaction share its revision
+                    rec.out_of_order += 1
+                self.last_rev = rev
+        if start:
+            del sse[:start]
+
+
+def _b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
 class Watchers:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, etcd: bool = False) -> None:
         u = urlsplit(url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.token = token
+        self.etcd = etcd
         self.rec = Recorder()
         self.open: list[SSEWatcher] = []
 
     def _request(self, host: str) -> bytes:
+        if self.etcd:  # the key range [/c/hN/, /c/hN0): every key under the prefix
+            body = json.dumps({"create_request": {"key": _b64(f"/c/{host}/"), "range_end": _b64(f"/c/{host}0")}})
+            return (f"POST /v3/watch HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
         q = f"kind=claim&selector={quote('host=' + host, safe='')}"
         return (f"GET /v1/watch?{q} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Authorization: Bearer {self.token}\r\nAccept: text/event-stream\r\n\r\n").encode()
@@ -206,7 +286,8 @@ class Watchers:
         async with sem:
             opened: asyncio.Future[str | None] = loop.create_future()
             try:
-                transport, proto = await loop.create_connection(lambda: SSEWatcher(host, self.rec, opened),
+                kind = EtcdWatcher if self.etcd else SSEWatcher
+                transport, proto = await loop.create_connection(lambda: kind(host, self.rec, opened),
                                                                 self.host, self.port)
             except OSError as e:
                 return f"{host}: connect: {e}"
@@ -239,14 +320,14 @@ class Watchers:
     def stats(self) -> dict[str, object]:
         r = self.rec
         return {"lat": [round(x, 6) for x in r.lat], "ts": [round(x, 6) for x in r.ts], "revs": r.revs,
-                "wrong_host": r.wrong_host,
+                "keys": r.keys, "lat_send": [round(x, 6) for x in r.lat_send], "wrong_host": r.wrong_host,
                 "out_of_order": r.out_of_order, "bookmarks": r.bookmarks, "errors": r.errors,
                 "disconnects": r.disconnects, "open": len(self.open), "cpu": round(_cpu() - r.cpu0, 4),
                 "wall": round(time.time() - r.t0, 4)}
 
 
-async def watchers_main(url: str, token: str) -> None:
-    ws = Watchers(url, token)
+async def watchers_main(url: str, token: str, etcd: bool) -> None:
+    ws = Watchers(url, token, etcd)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -266,7 +347,7 @@ async def watchers_main(url: str, token: str) -> None:
                 ws.rec.reset()
                 reply({"ok": True})
             case "count":
-                reply({"events": len(ws.rec.lat), "disconnects": ws.rec.disconnects, "open": len(ws.open),
+                reply({"events": len(ws.rec.revs), "disconnects": ws.rec.disconnects, "open": len(ws.open),
                        "cpu": round(_cpu() - ws.rec.cpu0, 4), "wall": round(time.time() - ws.rec.t0, 4)})
             case "stats":
                 reply(ws.stats())
@@ -292,7 +373,8 @@ class Conn:
         if self.w is None:
             self.r, self.w = await asyncio.open_connection(self.host, self.port)
         assert self.r is not None
-        self.w.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAuthorization: Bearer {token}\r\n"
+        auth = f"Authorization: Bearer {token}\r\n" if token != "-" else ""  # "-": none (etcd takes it as its own)
+        self.w.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}"
                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         head = (await self.r.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         status = int(head[0].split(" ", 2)[1])
@@ -311,6 +393,34 @@ class Conn:
         return status, data
 
 
+def _bodies(args: argparse.Namespace, hosts: list[str], total: int) -> tuple[str, Any]:
+    """The request path, and the body of request ``j`` (built as it goes out with ``--stamp``)."""
+    keys = args.keys
+
+    def names(j: int) -> list[str]:
+        stamp = f"@{time.time():.6f}" if args.stamp else ""
+        return [f"{args.prefix}-{j}-{k}{stamp}" for k in range(keys)]
+
+    if args.etcd:
+        def etcd_body(j: int) -> bytes:
+            host = hosts[j % len(hosts)]
+            ks = [_b64(f"/c/{host}/{n}") for n in names(j)]
+            value = _b64(host)
+            return json.dumps({"compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+                                           for k in ks],
+                               "success": [{"request_put": {"key": k, "value": value}} for k in ks]}).encode()
+        return "/v3/kv/txn", etcd_body
+
+    def tenure_body(j: int) -> bytes:
+        return json.dumps({"claims": [{"key": n} for n in names(j)], "host": hosts[j % len(hosts)]}).encode()
+
+    path = f"/v1/pools/{quote(args.pool, safe='')}/claims:bulk"
+    if args.stamp:
+        return path, tenure_body
+    prebuilt = [tenure_body(j) for j in range(total)]
+    return path, prebuilt.__getitem__
+
+
 async def load_main(args: argparse.Namespace) -> None:
     u = urlsplit(args.url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
@@ -319,17 +429,34 @@ async def load_main(args: argparse.Namespace) -> None:
     keys = args.keys
     req_rate = args.rate / keys
     total = max(1, round(args.rate * args.seconds / keys))
-    path = f"/v1/pools/{quote(args.pool, safe='')}/claims:bulk"
-    bodies = [json.dumps({"claims": [{"key": f"{args.prefix}-{j}-{k}"} for k in range(keys)],
-                          "host": hosts[j % len(hosts)]}).encode() for j in range(total)]
+    path, body = _bodies(args, hosts, total)
     state = {"next": 0, "attempted": 0}
-    out = {"requests": 0, "skipped": 0, "created": 0, "non_2xx": 0, "errors": [], "revisions": [],
-           "late_ms_max": 0.0}
+    out: dict[str, Any] = {"requests": 0, "skipped": 0, "created": 0, "non_2xx": 0, "errors": [], "revisions": [],
+                           "keys": [], "late_ms_max": 0.0}
     first_send: list[float] = []
     last_answer = [0.0]
     cpu0 = _cpu()
     start = time.monotonic() + 0.05
     end = start + args.seconds + args.grace
+
+    def answered(data: bytes, sent: bytes) -> None:
+        d = json.loads(data)
+        if args.etcd:
+            if not d.get("succeeded"):
+                out["errors"].append(f"txn did not succeed: {data[:200]!r}")
+                return
+            out["created"] += keys
+            out["revisions"].append(int(d["header"]["revision"]))
+            if args.stamp:
+                out["keys"].extend(base64.b64decode(op["request_put"]["key"]).decode().split("/", 3)[3]
+                                   for op in json.loads(sent)["success"])
+            return
+        for c in d["claims"]:
+            if c["created"]:
+                out["created"] += 1
+                out["revisions"].append(c["revision"])
+                if args.stamp:
+                    out["keys"].append(c["key"])
 
     async def worker() -> None:
         conn = Conn(host, port)
@@ -350,8 +477,9 @@ async def load_main(args: argparse.Namespace) -> None:
             if not first_send:
                 first_send.append(time.monotonic())
             state["attempted"] += 1
+            sent = body(j)
             try:
-                status, data = await conn.post(path, bodies[j], args.token)
+                status, data = await conn.post(path, sent, args.token)
             except (OSError, asyncio.IncompleteReadError) as e:
                 out["errors"].append(f"request {j}: {e!r}")
                 conn = Conn(host, port)
@@ -363,10 +491,7 @@ async def load_main(args: argparse.Namespace) -> None:
                 if len(out["errors"]) < 10:
                     out["errors"].append(f"{status} {data[:200]!r}")
                 continue
-            for c in json.loads(data)["claims"]:
-                if c["created"]:
-                    out["created"] += 1
-                    out["revisions"].append(c["revision"])
+            answered(data, sent)
 
     await asyncio.gather(*(worker() for _ in range(args.connections)))
     out["skipped"] = total - state["attempted"]
@@ -384,6 +509,7 @@ def main() -> None:
     w = sub.add_parser("watchers")
     w.add_argument("url")
     w.add_argument("token")
+    w.add_argument("--etcd", action="store_true", help="watch etcd's JSON gateway instead of Tenure")
     ld = sub.add_parser("load")
     ld.add_argument("url")
     ld.add_argument("token")
@@ -395,10 +521,12 @@ def main() -> None:
     ld.add_argument("--connections", type=int, default=16)
     ld.add_argument("--prefix", default="k")
     ld.add_argument("--grace", type=float, default=1.0, help="send nothing later than seconds + grace after the start")
+    ld.add_argument("--etcd", action="store_true", help="transactions on etcd's JSON gateway instead of claims")
+    ld.add_argument("--stamp", action="store_true", help="write the send time into every key")
     args = ap.parse_args()
     _loop_policy()
     if args.role == "watchers":
-        asyncio.run(watchers_main(args.url, args.token))
+        asyncio.run(watchers_main(args.url, args.token, args.etcd))
     else:
         asyncio.run(load_main(args))
 
