@@ -496,7 +496,7 @@ def main() -> None:
             ap.error(f"unknown Neutron variant {v!r}")
 
     workdir = Path(tempfile.mkdtemp(prefix="tenure-bench-", dir=args.dir))
-    report = Report("allocator", benchkit.machine(workdir, quiet_wait=args.quiet_wait), {k: v for k, v in vars(args).items()})
+    report = Report("allocator", benchkit.machine(workdir, quiet_wait=args.quiet_wait), dict(vars(args)))
     benchkit.print_machine(report.machine)
     modes: list[tuple[str, str, Callable[[Backend, argparse.Namespace, int], Outcome]]] = [
         ("tenure bulk", "a", tenure_bulk),

@@ -53,7 +53,7 @@ import random  # noqa: E402
 import shutil  # noqa: E402
 import sqlite3  # noqa: E402
 import statistics  # noqa: E402
-import sys
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -73,7 +73,7 @@ from tenure.domain.reservation import ReservationRequest, Leg  # noqa: E402
 from tenure.domain.topology import TRANSIT_KINDS, Topology  # noqa: E402
 from tenure.domain.units import US, iso  # noqa: E402
 from tenure.services.runtime import Runtime  # noqa: E402
-from tenure.store.writer import Op
+from tenure.store.writer import Op  # noqa: E402
 
 import benchkit  # noqa: E402
 from benchkit import Goal, Report, fmt, median  # noqa: E402
@@ -801,7 +801,8 @@ def main() -> None:
                               for k, v in sorted(by_place.items())}}
             res["domain"].append(d)
             con.print(f"  run {run + 1}  domain        p50 {d['p50_ms']:.3f} ms  p99 {d['p99_ms']:.3f} ms  "
-                      f"{fmt(d['rate'])} adm/s  refused {d['refused']}/{d['n']} (admitted p50 {d['admitted_p50_ms']:.3f} p99 "
+                      f"{fmt(d['rate'])} adm/s  refused {d['refused']}/{d['n']} "
+                      f"(admitted p50 {d['admitted_p50_ms']:.3f} p99 "
                       f"{d['admitted_p99_ms']:.3f} ms; refused: " + ", ".join(
                           f"{k}: {v['n']} p50 {v['p50_ms']:.2f} max {v['max_ms']:.1f} ms" for k, v in
                           d["refusals"].items()) + ")")

@@ -26,10 +26,10 @@ watcher is ``POST /v3/watch`` of the key prefix ``/c/hN/`` (newline-delimited JS
 body; it counts as open once etcd answered ``created``); a bulk claim of ``--keys`` keys is one
 ``POST /v3/kv/txn`` that puts them all if none exists yet (a claim by key: compare ``create_revision == 0``).
 
-``--stamp`` (both roles' targets): the load writes its send time into every key (``...@SECONDS``), built as
-the request goes out, and the watchers record ``receive time - send time`` for each stamped key as well as
-the key itself: the one latency measured alike on Tenure and etcd, from the client's send to the watcher's
-receipt (the request, the commit and its fsync, the dispatch, the stream).
+``--stamp`` (both targets): the load writes each request's due time into its keys (``...@SECONDS``), and the
+watchers record ``receive time - due time`` for each stamped key as well as the key itself: the one latency
+measured alike on Tenure and etcd, from when the request was due to the watcher's receipt (any wait for a
+free connection, the request, the commit and its fsync, the dispatch, the stream).
 
 ``load``: paced claims, open loop: bulk requests of ``--keys`` claims, all for one host, the hosts taken
 in turn, request ``j`` due at ``start + j / (rate / keys)``, over ``--connections`` keep-alive
@@ -394,31 +394,34 @@ class Conn:
 
 
 def _bodies(args: argparse.Namespace, hosts: list[str], total: int) -> tuple[str, Any]:
-    """The request path, and the body of request ``j`` (built as it goes out with ``--stamp``)."""
+    """The request path, and ``body(j, at)``: request ``j``'s body and its keys' names (with ``--stamp``, built
+    as it goes out, ``at`` written into every name)."""
     keys = args.keys
 
-    def names(j: int) -> list[str]:
-        stamp = f"@{time.time():.6f}" if args.stamp else ""
+    def names(j: int, at: float) -> list[str]:
+        stamp = f"@{at:.6f}" if args.stamp else ""
         return [f"{args.prefix}-{j}-{k}{stamp}" for k in range(keys)]
 
     if args.etcd:
-        def etcd_body(j: int) -> bytes:
+        def etcd_body(j: int, at: float) -> tuple[bytes, list[str]]:
             host = hosts[j % len(hosts)]
-            ks = [_b64(f"/c/{host}/{n}") for n in names(j)]
+            ns = names(j, at)
+            ks = [_b64(f"/c/{host}/{n}") for n in ns]
             value = _b64(host)
             return json.dumps({"compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
                                            for k in ks],
-                               "success": [{"request_put": {"key": k, "value": value}} for k in ks]}).encode()
+                               "success": [{"request_put": {"key": k, "value": value}} for k in ks]}).encode(), ns
         return "/v3/kv/txn", etcd_body
 
-    def tenure_body(j: int) -> bytes:
-        return json.dumps({"claims": [{"key": n} for n in names(j)], "host": hosts[j % len(hosts)]}).encode()
+    def tenure_body(j: int, at: float) -> tuple[bytes, list[str]]:
+        ns = names(j, at)
+        return json.dumps({"claims": [{"key": n} for n in ns], "host": hosts[j % len(hosts)]}).encode(), ns
 
     path = f"/v1/pools/{quote(args.pool, safe='')}/claims:bulk"
     if args.stamp:
         return path, tenure_body
-    prebuilt = [tenure_body(j) for j in range(total)]
-    return path, prebuilt.__getitem__
+    prebuilt = [tenure_body(j, 0.0) for j in range(total)]
+    return path, lambda j, at: prebuilt[j]
 
 
 async def load_main(args: argparse.Namespace) -> None:
@@ -438,8 +441,9 @@ async def load_main(args: argparse.Namespace) -> None:
     cpu0 = _cpu()
     start = time.monotonic() + 0.05
     end = start + args.seconds + args.grace
+    wall = time.time() - time.monotonic()  # a request's due time on the wall clock: wall + due
 
-    def answered(data: bytes, sent: bytes) -> None:
+    def answered(data: bytes, sent: list[str]) -> None:
         d = json.loads(data)
         if args.etcd:
             if not d.get("succeeded"):
@@ -448,8 +452,7 @@ async def load_main(args: argparse.Namespace) -> None:
             out["created"] += keys
             out["revisions"].append(int(d["header"]["revision"]))
             if args.stamp:
-                out["keys"].extend(base64.b64decode(op["request_put"]["key"]).decode().split("/", 3)[3]
-                                   for op in json.loads(sent)["success"])
+                out["keys"].extend(sent)
             return
         for c in d["claims"]:
             if c["created"]:
@@ -477,7 +480,9 @@ async def load_main(args: argparse.Namespace) -> None:
             if not first_send:
                 first_send.append(time.monotonic())
             state["attempted"] += 1
-            sent = body(j)
+            # Stamped with its due time, not the send time: a request the client or the server's pace held back
+            # counts its wait (no coordinated omission).
+            sent, ns = body(j, wall + due)
             try:
                 status, data = await conn.post(path, sent, args.token)
             except (OSError, asyncio.IncompleteReadError) as e:
@@ -491,7 +496,7 @@ async def load_main(args: argparse.Namespace) -> None:
                 if len(out["errors"]) < 10:
                     out["errors"].append(f"{status} {data[:200]!r}")
                 continue
-            answered(data, sent)
+            answered(data, ns)
 
     await asyncio.gather(*(worker() for _ in range(args.connections)))
     out["skipped"] = total - state["attempted"]
