@@ -64,7 +64,7 @@ from benchkit.server import proc_cpu_seconds, taskset  # noqa: E402
 from watch import CLIENT, RANGE, Server, WatcherProc, percentile, proc_memory  # noqa: E402
 
 SYSTEMS = ("tenure", "etcd")
-RATES = "500,1000,2000,3000,4000,6000,8000,12000,16000"
+RATES = "500,1000,2000,3000,4000,5000,6000,8000,12000,16000"
 
 
 class EtcdServer:

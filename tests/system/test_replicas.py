@@ -6,7 +6,7 @@ leader killed with -9, paused past its lease with SIGSTOP (and resumed: it commi
 election connection terminated by the database. Afterwards the history is checked: every acknowledged claim
 holds its value, no value is held twice, every acknowledged reservation is there as it was left and no link is
 over-committed at any instant, the event log has no gap and its epochs never go back (two leaders
-never both committed), and a watcher that resumed across the faults got every event once, in order.
+never both committed), and a watcher begun on each replica, resuming across the faults, got every event once, in order.
 """
 
 from __future__ import annotations
@@ -43,10 +43,13 @@ def replicas(tmp_path: Path, pg_server: PostgresServer) -> Iterator[ReplicaSet]:
         rs.close()
 
 
-def client(rs: ReplicaSet, *, timeout: float = 10.0) -> TenureClient:
-    """A client of every replica, in a random order."""
+def client(rs: ReplicaSet, *, timeout: float = 10.0, first: int | None = None) -> TenureClient:
+    """A client of every replica, in a random order, or starting with replica ``first`` and going round."""
     urls = rs.urls()
-    random.shuffle(urls)
+    if first is None:
+        random.shuffle(urls)
+    else:
+        urls = urls[first:] + urls[:first]
     return TenureClient(",".join(urls), rs.token, timeout=timeout)
 
 
@@ -219,34 +222,47 @@ def _accepting_writes(rs: ReplicaSet, key: str) -> bool:
 
 
 class Watcher:
-    """A watch of every claim event through every replica, resuming across faults; what it heard."""
+    """A watch of every claim event, begun on replica ``first`` and resuming on the others across faults."""
 
-    def __init__(self, rs: ReplicaSet) -> None:
+    def __init__(self, rs: ReplicaSet, first: int) -> None:
         self.rs = rs
+        self.first = first
         self.seen: list[int] = []
         self.others: list[tuple[str, int | None]] = []
-        self._stop = threading.Event()
+        self.until: int | None = None  # set by stop_watchers: return on the first event at or past it
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        with client(self.rs, timeout=5) as c:
+        with client(self.rs, timeout=5, first=self.first) as c:
             for event in c.watch("claim", since=0, bookmarks=False, max_retries=None):
                 if event.type in ("created", "updated", "deleted"):
                     self.seen.append(event.revision)
                 else:
                     self.others.append((event.type, event.revision))
-                if self._stop.is_set():
+                if self.until is not None and event.revision is not None and event.revision >= self.until:
                     return
 
-    def stop(self) -> None:
-        self._stop.set()
-        with client(self.rs) as c:
-            c.claim("vlan", "last")  # an event, so that the watcher looks at the stop
-        self._thread.join(30)
+
+def watchers(rs: ReplicaSet) -> list[Watcher]:
+    """One watcher begun on each replica."""
+    return [Watcher(rs, i) for i in range(len(rs.urls()))]
 
 
-def check_history(rs: ReplicaSet, writers: Writers, watcher: Watcher, *, epochs_at_least: int) -> None:
+def stop_watchers(rs: ReplicaSet, ws: list[Watcher]) -> None:
+    """Each watcher hears everything up to a last claim, then ends (a follower's watcher may be behind: it
+    ends at that claim, not at whatever it hears first)."""
+    with client(rs) as c:
+        last = c.claim("vlan", "last")["revision"]
+        for w in ws:
+            w.until = last
+        c.claim("vlan", "last-2")  # for a watcher that heard ``last`` before its ``until`` was set
+    for w in ws:
+        w._thread.join(30)
+        assert not w._thread.is_alive(), f"the watcher begun on replica {w.first} did not end"
+
+
+def check_history(rs: ReplicaSet, writers: Writers, ws: list[Watcher], *, epochs_at_least: int) -> None:
     """What must hold after any faults: see the module docstring."""
     rs.leader()
     with client(rs) as c:
@@ -275,21 +291,22 @@ def check_history(rs: ReplicaSet, writers: Writers, watcher: Watcher, *, epochs_
     epochs = [r.epoch for r in rows]
     assert None not in epochs and epochs == sorted(epochs)  # epochs never go back: never two leaders at once
     assert len(set(epochs)) >= epochs_at_least
-    watcher.stop()
-    assert watcher.seen, "the watcher heard nothing"
+    stop_watchers(rs, ws)
     expected = [r.revision for r in rows if r.kind == "claim"]
-    assert [x for x in watcher.seen if x <= rows[-1].revision] == expected, watcher.others  # each once, in order
-    assert watcher.seen == sorted(set(watcher.seen))  # and the later ones too
+    for w in ws:  # each watcher, wherever it began and resumed, heard each event once, in order
+        assert [x for x in w.seen if x <= rows[-1].revision] == expected, (w.first, w.others)
+        assert w.seen == sorted(set(w.seen)), w.first  # and the later ones too
 
 
 def test_faults_lose_nothing_acknowledged_and_never_two_leaders(replicas: ReplicaSet) -> None:
     with client(replicas) as c:
         c.create_pool("vlan", [[1, 1_000_000]])
         c.put_topology(SQUARE)
-    watcher = Watcher(replicas)
+    ws = watchers(replicas)
     engine = create_engine(replicas.db)
     with Writers(replicas, reserving=True) as writers:
         wait_for(lambda: len(writers.acked) > 20, timeout=30, what="writes before the faults")
+        stopped_epoch: int | None = None
         for round_, fault in enumerate(["kill", "stop", "terminate", "kill"]):
             leader = replicas.leader()
             epoch = leader.health()["replica"]["epoch"]
@@ -298,6 +315,7 @@ def test_faults_lose_nothing_acknowledged_and_never_two_leaders(replicas: Replic
                 leader.kill()
             elif fault == "stop":
                 leader.stop()
+                stopped_epoch = epoch
             else:  # the database ends the leader's election session: its lock is free, another takes over
                 with engine.connect() as conn:
                     ended = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -315,8 +333,17 @@ def test_faults_lose_nothing_acknowledged_and_never_two_leaders(replicas: Replic
             elif fault == "stop":
                 leader.cont()
                 replicas.wait_ok(leader)
-    engine.dispose()
-    check_history(replicas, writers, watcher, epochs_at_least=5)  # the first leader's, and one per fault
+    check_history(replicas, writers, ws, epochs_at_least=5)  # the first leader's, and one per fault
+    assert stopped_epoch is not None
+    try:  # the paused leader committed under its epoch, and nothing once resumed (its successor had begun)
+        with engine.connect() as conn:
+            mine, late = conn.execute(text(
+                "SELECT count(*), count(*) FILTER (WHERE revision > "
+                "(SELECT min(revision) FROM events WHERE epoch > :e)) FROM events WHERE epoch = :e"),
+                {"e": stopped_epoch}).one()
+    finally:
+        engine.dispose()
+    assert mine > 0 and late == 0
 
 
 def test_postgresql_restarted_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -328,7 +355,7 @@ def test_postgresql_restarted_under_load_loses_nothing_acknowledged(tmp_path: Pa
             rs.start()
             with client(rs) as c:
                 c.create_pool("vlan", [[1, 1_000_000]])
-            watcher = Watcher(rs)
+            ws = watchers(rs)
             with Writers(rs) as writers:
                 for round_, crash in enumerate((True, False)):
                     before = len(writers.acked)
@@ -337,6 +364,6 @@ def test_postgresql_restarted_under_load_loses_nothing_acknowledged(tmp_path: Pa
                     wait_for(lambda r=round_: _accepting_writes(rs, f"probe-{r}"), timeout=60,
                              what="writes accepted again after the database restarted")
                     wait_for(lambda b=before: len(writers.acked) > b + 40, timeout=30, what="writers go on")
-            check_history(rs, writers, watcher, epochs_at_least=1)
+            check_history(rs, writers, ws, epochs_at_least=1)
         finally:
             rs.close()
