@@ -242,6 +242,8 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
 def print_goals(goals: Sequence[Goal]) -> None:
     from rich.table import Table
 
+    if not goals:  # a comparison without goals of its own (bench/watch_etcd.py)
+        return
     table = Table(title="Goals", title_justify="left")
     for c in ("goal", "measured", "target", "verdict", "detail"):
         table.add_column(c)
