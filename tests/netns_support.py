@@ -113,7 +113,7 @@ class Host:
     def tc_classes(self) -> dict[str, dict]:
         """``tc -s class show dev IF`` by classid ("1:5"), parsed from text (tc has no JSON for HTB classes).
 
-        Each: kind, parent ("root" or a classid), rate and ceil (bit/s), burst and
+        Each: kind, parent ("root" or a classid), prio (leaf classes), rate and ceil (bit/s), burst and
         cburst (bytes), sent_bytes, sent_packets.
         """
         out = self.run("tc", "-s", "class", "show", "dev", self.ifname).stdout
@@ -123,6 +123,8 @@ class Host:
             words = line.split()
             if words[:1] == ["class"]:
                 current = {"kind": words[1], "classid": words[2], "parent": _after(words, "parent") or "root"}
+                if "prio" in words[:-1]:  # leaf classes only
+                    current["prio"] = int(_after(words, "prio") or 0)
                 for key in ("rate", "ceil"):
                     if key in words:
                         current[key] = _tc_number(_after(words, key), _RATE_UNITS)

@@ -13,7 +13,7 @@ operations may take) and by every host agent (which driver runs them)::
       bandwidth:
         driver: python:tenure.drivers.tc:Shaper
         locals:                           # values from the agent's local allocator, one per instance:
-          classid: 2-65534                # the same value after any agent restart
+          classid: 2-65533                # the same value after any agent restart
 
 The built-in types (``bandwidth`` for reservations, ``memory`` for examples) are
 always there; a file adds types or replaces them by name. Operations map to
@@ -41,7 +41,7 @@ MAX_TIMEOUT = 86400.0
 INVALID = "invalid_instance_types"  # the code of every refusal of a types file
 BUILTIN: dict[str, dict[str, Any]] = {
     "bandwidth": {"driver": "python:tenure.drivers.tc:Shaper", "timeout": "30s", "monitor": "60s",
-                  "locals": {"classid": "2-65534"}},
+                  "locals": {"classid": "2-65533"}},
     "memory": {"driver": "python:tenure.drivers.bundled.example:Memory", "timeout": "10s", "monitor": "30s"},
 }
 

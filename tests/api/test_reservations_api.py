@@ -177,6 +177,8 @@ BAD_RESERVATIONS = [
     ({"src": "h1", "dst": "h2", "rate": "1M", "end": "+" + "9" * 5000 + "s"}, "invalid_time"),
     ({"src": "h\ud800", "dst": "h2", "rate": "1M"}, "invalid_name"),
     ({"kind": "steering", "src": "h1", "dst": "h2", "via": ["m\ud800"], "rate": "1M"}, "invalid_name"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "burst": "always"}, "invalid_request"),
+    ({"kind": "mirror", "src": "h1", "collector": "h2", "rate": "1M", "burst": "borrow"}, "invalid_burst"),
 ]
 
 
@@ -192,7 +194,8 @@ def test_bad_modifications_and_lookups(net: Any) -> None:
     before = fingerprint(net)
     for body, code in (({}, "invalid_request"), ({"src": "h3"}, "invalid_request"),
                        ({"start": "+1h"}, "start_immutable"), ({"end": "now"}, "invalid_window"),
-                       ({"rate": "0"}, "invalid_rate"), ({"rate": "1M", "rate_out": "2M"}, "invalid_rate")):
+                       ({"rate": "0"}, "invalid_rate"), ({"rate": "1M", "rate_out": "2M"}, "invalid_rate"),
+                       ({"burst": "sometimes"}, "invalid_request")):
         assert_error(net.request("PATCH", f"/v1/reservations/{rid}", json=body), 400, code)
     assert_error(net.request("PATCH", "/v1/reservations/r-nope", json={"end": "+2h"}), 404, "reservation_not_found")
     assert_error(net.delete("/v1/reservations/r-nope"), 404, "reservation_not_found")

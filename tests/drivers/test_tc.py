@@ -13,7 +13,7 @@ import asyncio
 import errno
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,8 +58,12 @@ def lan() -> Iterator[Lan]:
         yield lan
 
 
+CAPACITY = "1G"  # the interface's, for the tree's parent class (veth pairs carry several Gbit/s)
+
+
 def leg(host: Host, dst: Host, **kw: str) -> dict[str, str]:
-    params = {"device": host.ifname, "rate": "50M", "classid": "5", "dst": dst.address, "netns": host.netns}
+    params = {"device": host.ifname, "rate": "50M", "classid": "5", "dst": dst.address, "netns": host.netns,
+              "capacity": CAPACITY}
     params.update(kw)
     return params
 
@@ -99,20 +103,21 @@ def test_rates_are_parsed_strictly() -> None:
 
 def test_every_classid_has_its_own_filter_place() -> None:
     places = set()
-    for classid in range(2, 65535):
+    for classid in range(2, 65534):
         lg = Leg(device="eth0", classid=classid, netns=None)
         assert 1 <= lg.node <= 0xFFF and 100 <= lg.prio <= 116
         places.add((lg.prio, lg.node))
-    assert len(places) == 65533
+    assert len(places) == 65532
     assert [(Leg(device="x", classid=c, netns=None).prio, Leg(device="x", classid=c, netns=None).node)
-            for c in (2, 4095, 4096, 65534)] == [(100, 2), (100, 4095), (101, 1), (116, 14)]
+            for c in (2, 4095, 4096, 65533)] == [(100, 2), (100, 4095), (101, 1), (116, 13)]
 
 
 def test_meta_data_declares_parameters_and_actions() -> None:
     meta = parse_meta_data(Shaper().meta_data())
     required = {p.name for p in meta.parameters if p.required}
     assert required == {"device", "rate", "classid", "dst"}
-    assert {p.name for p in meta.parameters} - required == {"src", "protocol", "dst_port", "src_port", "netns", "burst"}
+    assert {p.name for p in meta.parameters} - required == {"src", "protocol", "dst_port", "src_port", "netns", "burst",
+                                                            "capacity", "borrow"}
     assert {a.name for a in meta.actions} == {"start", "stop", "monitor", "reload", "meta-data"}
     assert all(a.timeout for a in meta.actions)
     assert meta.action("monitor").interval == 10.0
@@ -134,6 +139,7 @@ BAD = [
     ({"rate": "2000G"}, "rate"),
     ({"classid": "1"}, "classid"),
     ({"classid": "65535"}, "classid"),
+    ({"classid": "65534"}, "classid"),  # 1:fffe is the default class
     ({"classid": "0x5"}, "classid"),
     ({"classid": "05"}, "classid"),
     ({"dst": "10.77.0.2/24"}, "dst"),
@@ -151,6 +157,9 @@ BAD = [
     ({"burst": "0"}, "burst"),
     ({"rate": "64", "burst": "100000"}, "burst"),
     ({"dst-port": "5201"}, "unknown parameter"),
+    ({"capacity": "fast"}, "capacity"),
+    ({"capacity": "10M"}, "capacity"),  # less than the leg's rate
+    ({"borrow": "maybe"}, "borrow"),
 ]
 
 
@@ -193,9 +202,14 @@ def test_start_builds_root_class_and_filter(lan: Lan) -> None:
     assert c.outputs == {"classid": "1:a"}  # hex, as tc prints it
 
     q = root(h1)
-    assert (q["kind"], q["handle"], q["options"]["default"]) == ("htb", "1:", "0")
-    cls = h1.tc_classes()["1:a"]
-    assert (cls["kind"], cls["parent"], cls["rate"], cls["ceil"]) == ("htb", "root", 50_000_000, 50_000_000)
+    assert (q["kind"], q["handle"], q["options"]["default"]) == ("htb", "1:", "0xfffe")
+    classes = h1.tc_classes()
+    assert set(classes) == {"1:1", "1:a", "1:fffe"}
+    tree = {cid: (c["parent"], c["rate"], c["ceil"], c.get("prio")) for cid, c in classes.items() if cid != "1:a"}
+    assert tree == {"1:1": ("root", 10**9, 10**9, None), "1:fffe": ("1:1", 950_000_000, 10**9, 1)}  # what is left
+    cls = classes["1:a"]
+    assert (cls["kind"], cls["parent"], cls["rate"], cls["ceil"], cls["prio"]) == ("htb", "1:1", 50_000_000,
+                                                                                   50_000_000, 0)
     assert cls["burst"] == cls["cburst"] == 62_500  # 10 ms at 50 Mbit/s
     [node] = nodes(h1)
     assert (node["pref"], node["fh"].split("::")[1], node["flowid"]) == (100, "a", "1:a")
@@ -213,9 +227,9 @@ def test_rates_up_to_a_terabit_go_through_64_bit_attributes(lan: Lan) -> None:
     h1, h2, _ = lan.hosts
     shaper = Shaper()
     for rate, bps in (("1000G", 10**12), ("64", 64), ("5G", 5 * 10**9)):
-        assert shaper.start(leg(h1, h2, rate=rate), ctx()) == 0
-        assert h1.tc_classes()["1:5"]["rate"] == bps
-        assert shaper.monitor(leg(h1, h2, rate=rate), ctx()) == 0
+        assert shaper.start(leg(h1, h2, rate=rate, capacity="1000G"), ctx()) == 0
+        assert h1.tc_classes()["1:5"]["rate"] == bps and h1.tc_classes()["1:1"]["rate"] == 10**12
+        assert shaper.monitor(leg(h1, h2, rate=rate, capacity="1000G"), ctx()) == 0
 
 
 def test_second_start_changes_nothing_on_the_wire(lan: Lan) -> None:
@@ -251,11 +265,11 @@ def test_class_shapes_its_flow_and_nothing_else(lan: Lan) -> None:
     assert shaper.start(leg(h1, h2), ctx()) == 0
 
     shaped = iperf3(h1, h2, seconds=3)
-    other_destination = iperf3(h1, h3, seconds=1)  # unclassified: HTB's default 0 sends it directly
+    other_destination = iperf3(h1, h3, seconds=1)  # unclassified: the default class, up to the capacity
     print(f"shaped {shaped / 1e6:.1f} Mbit/s, unclassified {other_destination / 1e6:.0f} Mbit/s")
     assert 45e6 <= shaped <= 55e6
     assert other_destination > UNSHAPED
-    assert int(root(h1)["options"]["direct_packets_stat"]) > 0
+    assert h1.tc_classes()["1:fffe"]["sent_bytes"] > 0
 
     assert shaper.stop(leg(h1, h2), ctx()) == 0
     assert root(h1)["kind"] == "noqueue"  # the kernel's default is back
@@ -275,6 +289,93 @@ def test_ports_select_the_flow(lan: Lan) -> None:
     assert other_port > UNSHAPED
 
 
+def at_once(*runs: Callable[[], float]) -> list[float]:
+    """Run iperf3 measurements side by side (threads); their results in order."""
+    out: list[float | BaseException] = [0.0] * len(runs)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = runs[i]()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(runs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return [float(r) for r in out]  # type: ignore[arg-type]
+
+
+def test_a_reserved_flow_keeps_its_rate_against_a_bulk_transfer(lan: Lan) -> None:
+    """The guarantee: a 50 Mbit/s leg on a 200 Mbit/s interface while an unreserved flow from the same host
+    wants everything. The leg keeps what it gets alone (iperf3; its class's layer-2 rate is printed), the bulk
+    flow gets the rest, and their sum stays within the capacity."""
+    require_iperf3()
+    h1, h2, h3 = lan.hosts
+    shaper = Shaper()
+    assert shaper.start(leg(h1, h2, capacity="200M", protocol="tcp", dst_port="5201"), ctx()) == 0
+    alone = iperf3(h1, h2, seconds=2, port=5201)
+    sent0 = h1.tc_classes()["1:5"]["sent_bytes"]
+    t0 = time.monotonic()
+    reserved, bulk = at_once(lambda: iperf3(h1, h2, seconds=4, port=5201),
+                             lambda: iperf3(h1, h3, seconds=4, port=5202))
+    wire = (h1.tc_classes()["1:5"]["sent_bytes"] - sent0) * 8 / (time.monotonic() - t0)
+    print(f"alone {alone / 1e6:.1f}, contended {reserved / 1e6:.1f} Mbit/s (class on the wire {wire / 1e6:.1f}), "
+          f"bulk {bulk / 1e6:.1f} Mbit/s")
+    # Goodput: about 48 of the 50 on the wire (HTB counts layer-2 bytes). Contention costs it under 5 %.
+    assert reserved >= 0.95 * alone and reserved >= 45e6
+    assert 120e6 <= bulk <= 200e6  # the rest: the default class holds 150 of the 200
+    assert reserved + bulk <= 200e6
+
+
+def test_borrow_lets_a_leg_use_idle_capacity_and_cap_does_not(lan: Lan) -> None:
+    require_iperf3()
+    h1, h2, _ = lan.hosts
+    shaper = Shaper()
+    assert shaper.start(leg(h1, h2, capacity="200M", borrow="yes"), ctx()) == 0
+    assert h1.tc_classes()["1:5"]["ceil"] == 200_000_000 and shaper.monitor(leg(h1, h2, capacity="200M",
+                                                                                  borrow="yes"), ctx()) == 0
+    borrowed = iperf3(h1, h2, seconds=2)
+    assert shaper.reload(leg(h1, h2, capacity="200M", borrow="no"), ctx()) == 0
+    capped = iperf3(h1, h2, seconds=2)
+    print(f"borrow {borrowed / 1e6:.0f} Mbit/s, cap {capped / 1e6:.1f} Mbit/s")
+    assert borrowed > 100e6  # well above its 50: the idle capacity
+    assert capped <= 55e6
+
+
+def test_the_layout_before_the_tree_is_made_again(lan: Lan) -> None:
+    """An interface left by a shaper from before the guarantee (htb 1: default 0, classes under the root):
+    monitors say not running, and the first start makes the tree."""
+    h1, h2, _ = lan.hosts
+    h1.run("tc", "qdisc", "add", "dev", h1.ifname, "root", "handle", "1:", "htb", "default", "0")
+    h1.run("tc", "class", "add", "dev", h1.ifname, "parent", "1:", "classid", "1:5", "htb", "rate", "50mbit")
+    shaper = Shaper()
+    assert shaper.monitor(leg(h1, h2), ctx()) == 7
+    c = ctx()
+    assert shaper.start(leg(h1, h2), c) == 0
+    assert "layout before" in c.output
+    assert root(h1)["options"]["default"] == "0xfffe" and h1.tc_classes()["1:5"]["parent"] == "1:1"
+    assert shaper.monitor(leg(h1, h2), ctx()) == 0
+
+
+def test_legs_over_the_capacity_on_the_wire_are_refused_not_fought(lan: Lan) -> None:
+    """Admission keeps the legs within the capacity; if the wire says otherwise (a class changed by hand), a
+    start reports what it found and changes nothing."""
+    h1, h2, h3 = lan.hosts
+    shaper = Shaper()
+    assert shaper.start(leg(h1, h2, capacity="100M"), ctx()) == 0
+    h1.run("tc", "class", "change", "dev", h1.ifname, "parent", "1:1", "classid", "1:5", "htb", "rate", "90mbit",
+           "ceil", "90mbit")
+    before = layout(h1)
+    rc, reason = shaper.start(leg(h1, h3, classid="6", capacity="100M"), ctx())
+    assert rc == 1 and "over its capacity" in reason
+    assert layout(h1) == before
+
+
 # --- monitor, reload, stop ----------------------------------------------------------------------
 
 
@@ -286,14 +387,14 @@ def test_monitor_reports_running_absent_and_drift_and_reload_repairs_in_place(la
     assert shaper.start(params, ctx()) == 0
     assert shaper.monitor(params, ctx()) == 0
 
-    h1.run("tc", "class", "change", "dev", h1.ifname, "parent", "1:", "classid", "1:5", "htb", "rate", "40mbit",
+    h1.run("tc", "class", "change", "dev", h1.ifname, "parent", "1:1", "classid", "1:5", "htb", "rate", "40mbit",
            "ceil", "40mbit", "burst", "62500", "cburst", "62500")  # behind the shaper's back
     rc, reason = shaper.monitor(params, ctx())
     assert rc == 1 and "rate 40Mbit/s" in reason and "expected rate 50Mbit/s" in reason
     fh_before = nodes(h1)[0]["fh"]
     c = ctx()
     assert shaper.reload(params, c) == 0
-    assert "changed class 1:5" in c.output and "filter" not in c.output
+    assert "changed class 1:5" in c.output and "filter" not in c.output and "1:fffe" not in c.output
     assert h1.tc_classes()["1:5"]["rate"] == 50_000_000
     assert nodes(h1)[0]["fh"] == fh_before  # the filter was not touched
     assert shaper.monitor(params, ctx()) == 0
@@ -367,7 +468,8 @@ def test_stop_keeps_the_root_while_another_leg_uses_it(lan: Lan) -> None:
     assert shaper.start(leg(h1, h2, classid="5"), ctx()) == 0
     assert shaper.start(leg(h1, h3, classid="6"), ctx()) == 0
     assert shaper.stop(leg(h1, h2, classid="5"), ctx()) == 0
-    assert root(h1)["handle"] == "1:" and set(h1.tc_classes()) == {"1:6"}
+    assert root(h1)["handle"] == "1:" and set(h1.tc_classes()) == {"1:1", "1:6", "1:fffe"}
+    assert h1.tc_classes()["1:fffe"]["rate"] == 950_000_000  # the stopped leg's rate went back to the rest
     assert [n["flowid"] for n in nodes(h1)] == ["1:6"]
     assert shaper.monitor(leg(h1, h3, classid="6"), ctx()) == 0
     assert shaper.stop(leg(h1, h3, classid="6"), ctx()) == 0
@@ -375,12 +477,15 @@ def test_stop_keeps_the_root_while_another_leg_uses_it(lan: Lan) -> None:
 
 
 def fill(host: Host, classids: range, dst: Host, batch: Path) -> None:
-    """Classes and filters for ``classids`` made with ``tc -batch``, exactly as the Shaper lays out a 1M leg from
-    ``host`` to ``dst`` (under a root htb 1: default 0 made first)."""
+    """The tree and classes and filters for ``classids`` made with ``tc -batch``, exactly as the Shaper lays out a
+    1M leg from ``host`` to ``dst`` on a 1G interface."""
     dev = host.ifname
-    lines = [f"qdisc add dev {dev} root handle 1: htb default 0"]
+    left = 10**9 - len(classids) * 10**6
+    lines = [f"qdisc add dev {dev} root handle 1: htb default fffe",
+             f"class add dev {dev} parent 1: classid 1:1 htb rate 1gbit ceil 1gbit",
+             f"class add dev {dev} parent 1:1 classid 1:fffe htb rate {left}bit ceil 1gbit prio 1"]
     for c in classids:
-        lines.append(f"class add dev {dev} parent 1: classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
+        lines.append(f"class add dev {dev} parent 1:1 classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
                      f"burst 1600 cburst 1600 quantum 12500")
         lines.append(f"filter add dev {dev} parent 1: protocol ip prio 100 handle ::{c:x} u32 "
                      f"match ip dst {dst.address}/32 match ip src {host.address}/32 flowid 1:{c:x}")
@@ -408,7 +513,7 @@ def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
     finally:
         events.close()
 
-    h1.run("tc", "class", "change", "dev", h1.ifname, "parent", "1:", "classid", "1:12c", "htb", "rate", "2mbit",
+    h1.run("tc", "class", "change", "dev", h1.ifname, "parent", "1:1", "classid", "1:12c", "htb", "rate", "2mbit",
            "ceil", "2mbit", "burst", "1600", "cburst", "1600")  # behind the shaper's back, right after a monitor
     rc, reason = shaper.monitor(params, ctx())
     assert rc == 1 and "rate 2Mbit/s" in reason
@@ -425,7 +530,7 @@ def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
     assert shaper.start(other, ctx()) == 0 and shaper.monitor(other, ctx()) == 0
     assert shaper.stop(params, ctx()) == 0 and shaper.monitor(params, ctx()) == 7
     classes = h1.tc_classes()
-    assert len(classes) == 500 and "1:12c" not in classes and "1:1004" in classes
+    assert len(classes) == 502 and "1:12c" not in classes and "1:1004" in classes
     assert len(nodes(h1)) == 500 and root(h1)["handle"] == "1:"
     assert shaper.monitor(leg(h1, h2, classid="301", rate="1000000", src=h1.address), ctx()) == 0
 
@@ -505,7 +610,7 @@ def test_netlink_errors_are_reasons_not_exceptions(lan: Lan, monkeypatch: pytest
 
     h1, h2, _ = lan.hosts
 
-    def refuse(self: object, command: str) -> None:
+    def refuse(self: object, command: str, capacity: int | None = None) -> None:
         raise NetlinkError(errno.EPERM)
 
     monkeypatch.setattr(Wire, "put_class", refuse)

@@ -349,15 +349,19 @@ def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Run
     assert set(s) == {"out", "in"}
     assert (s["out"].host, s["out"].type, s["out"].state) == ("h1", "bandwidth", "provisioning")
     assert dict(s["out"].resolved) == {"rate": "50000000", "dst": "10.0.0.2", "src": "10.0.0.1", "device": "eth0",
-                                       "protocol": "tcp", "dst_port": "5201"}
+                                       "protocol": "tcp", "dst_port": "5201", "capacity": "1000000000",
+                                       "borrow": "no"}  # capacity: h1's link, which its interface's tree shares
     assert dict(s["in"].resolved) == {"rate": "10000000", "dst": "10.0.0.1", "src": "10.0.0.2", "protocol": "tcp",
-                                      "src_port": "5201"}
+                                      "src_port": "5201", "capacity": "1000000000", "borrow": "no"}
     with pytest.raises(Conflict) as exc:
         rt.run(rt.instances.delete_op(s["out"].id))
     assert exc.value.code == "owned_instance"
     rt.run(rt.reservations.modify_op(res.id, {"rate_out": "60M"}))
     out = shapers(rt, res.id)["out"]
     assert out.generation == 2 and out.resolved["rate"] == "60000000"
+    rt.run(rt.reservations.modify_op(res.id, {"burst": "borrow"}))  # may use idle capacity: its shapers say so
+    assert {leg: i.resolved["borrow"] for leg, i in shapers(rt, res.id).items()} == {"out": "yes", "in": "yes"}
+    assert rt.reservations.get(res.id).body()["burst"] == "borrow"
     clock.advance(minutes=4)
     rt.reservations.scheduler.run_due()
     s = shapers(rt, res.id)

@@ -49,6 +49,7 @@ Instant = Annotated[int_in(-10**12, 10**12) | Annotated[StrictFloat, Field(ge=-1
                                           "+1h30m")]
 Port = int_in(1, 65535)
 PathMode = Literal["shortest", "widest"]
+Burst = Literal["cap", "borrow"]  # cap: held to its rate; borrow: may use idle capacity above it
 ReservationState = Annotated[Literal[STATES], coded("invalid_state")]  # type: ignore[valid-type]
 
 
@@ -108,11 +109,12 @@ class ReservationCreate(StrictModel):
     dscp: int_in(0, 63) | None = None
     labels: Labels | None = None
     path_mode: PathMode | None = None
+    burst: Burst | None = None
 
 
 class ReservationPatch(StrictModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "anyOf": [present(f) for f in ("start", "end", "rate", "rate_out", "rate_in", "labels")],
+        "anyOf": [present(f) for f in ("start", "end", "rate", "rate_out", "rate_in", "labels", "burst")],
         "not": merge(present("rate"), present("rate_out"))})
 
     start: Instant | None = None
@@ -121,6 +123,7 @@ class ReservationPatch(StrictModel):
     rate_out: PositiveRate | None = None
     rate_in: Rate | None = None
     labels: Labels | None = None
+    burst: Burst | None = None
 
 
 class PathQuery(StrictModel):

@@ -42,6 +42,9 @@ PortOpt = Annotated[int | None, typer.Option(min=1, max=65535, help="Match this 
 DscpOpt = Annotated[int | None, typer.Option(min=0, max=63, help="Match this DSCP value.")]
 LabelOpt = Annotated[list[str] | None, typer.Option("--label", metavar="K=V", help="A label (repeatable).")]
 PathModeOpt = Annotated[PathMode | None, typer.Option(help="shortest (fewest hops) or widest (most room left).")]
+Burst = Literal["cap", "borrow"]
+BurstOpt = Annotated[Burst | None, typer.Option(help="cap (the default: held to its rate) or borrow (may use idle "
+                                                "capacity above it).")]
 Id = Annotated[str, typer.Argument(metavar="ID", help="Reservation id (r-...).")]
 
 BAR_WIDTH = 40
@@ -75,12 +78,12 @@ def bandwidth(
                                                 "0: one way only.")] = None,
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
     protocol: ProtocolOpt = None, src_port: PortOpt = None, dst_port: PortOpt = None, dscp: DscpOpt = None,
-    label: LabelOpt = None, path_mode: PathModeOpt = None, as_json: JsonOption = False,
+    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE both ways between SRC and DST (each direction on its own path)."""
     _reserve(ctx, as_json, kind="bandwidth", src=src, dst=dst, rate=rate, rate_in=rate_in, start=start, end=end,
              project=project, request_id=request_id, protocol=protocol, src_port=src_port, dst_port=dst_port,
-             dscp=dscp, labels=label, path_mode=path_mode)
+             dscp=dscp, labels=label, path_mode=path_mode, burst=burst)
 
 
 @reserve_app.command("oneway")
@@ -88,12 +91,12 @@ def oneway(
     ctx: typer.Context, src: Src, dst: Dst, rate: RateOpt, end: EndOpt,
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
     protocol: ProtocolOpt = None, src_port: PortOpt = None, dst_port: PortOpt = None, dscp: DscpOpt = None,
-    label: LabelOpt = None, path_mode: PathModeOpt = None, as_json: JsonOption = False,
+    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE from SRC to DST only."""
     _reserve(ctx, as_json, kind="oneway", src=src, dst=dst, rate=rate, start=start, end=end, project=project,
              request_id=request_id, protocol=protocol, src_port=src_port, dst_port=dst_port, dscp=dscp,
-             labels=label, path_mode=path_mode)
+             labels=label, path_mode=path_mode, burst=burst)
 
 
 @reserve_app.command("steering")
@@ -103,12 +106,12 @@ def steering(
                                            help="Middlebox to pass through, in order (repeatable).")],
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
     protocol: ProtocolOpt = None, src_port: PortOpt = None, dst_port: PortOpt = None, dscp: DscpOpt = None,
-    label: LabelOpt = None, path_mode: PathModeOpt = None, as_json: JsonOption = False,
+    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE from SRC through each --via middlebox in turn to DST."""
     _reserve(ctx, as_json, kind="steering", src=src, dst=dst, via=via, rate=rate, start=start, end=end,
              project=project, request_id=request_id, protocol=protocol, src_port=src_port, dst_port=dst_port,
-             dscp=dscp, labels=label, path_mode=path_mode)
+             dscp=dscp, labels=label, path_mode=path_mode, burst=burst)
 
 
 @reserve_app.command("mirror")
@@ -155,10 +158,10 @@ def modify(
     end: Annotated[str | None, typer.Option(metavar="TIME", help="New end.")] = None,
     rate: Annotated[str | None, typer.Option(metavar="RATE", help="New rate (src → dst).")] = None,
     rate_in: Annotated[str | None, typer.Option(metavar="RATE", help="New dst → src rate (bandwidth).")] = None,
-    as_json: JsonOption = False,
+    burst: BurstOpt = None, as_json: JsonOption = False,
 ) -> None:
-    """Change a reservation's window or rates; re-admitted as a whole, or left as it was."""
-    run(ctx, lambda c: c.modify_reservation(rid, start=start, end=end, rate=rate, rate_in=rate_in),
+    """Change a reservation's window, rates or burst; re-admitted as a whole, or left as it was."""
+    run(ctx, lambda c: c.modify_reservation(rid, start=start, end=end, rate=rate, rate_in=rate_in, burst=burst),
         lambda r: _changed("modified", r), as_json=as_json)
 
 
@@ -263,6 +266,7 @@ def _detail(r: dict[str, Any]) -> None:
         ("rate", format_rate(r["rate_out"]) + (f" out, {format_rate(r['rate_in'])} in"
                                               if r["kind"] == "bandwidth" else "")),
         ("start", moment(r["start"])), ("end", moment(r["end"])), ("path mode", r["path_mode"]),
+        ("burst", r.get("burst", "cap")),
         ("match", " ".join(f"{k}={v}" for k, v in match.items()) or None),
         ("labels", ", ".join(f"{k}={v}" for k, v in r["labels"].items()) or None),
         ("request id", r["request_id"]), ("reason", r.get("reason")), ("created", moment(r["created_at"])),

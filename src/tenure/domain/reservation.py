@@ -42,6 +42,7 @@ MAX_VIA = 8
 MAX_LABELS = 32
 MAX_REQUEST_ID = 128
 PATH_MODES = ("shortest", "widest")
+BURSTS = ("cap", "borrow")  # may a leg use idle capacity above its rate (borrow), or is it held to it (cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ class Reservation:
     legs: tuple[Leg, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
     path_mode: str = "shortest"
+    burst: str = "cap"
     request_id: str | None = None
     request_hash: str | None = None
     reason: str | None = None  # why degraded or re-routed
@@ -115,6 +117,7 @@ class Reservation:
             "rate_out": self.rate_out, "rate_in": self.rate_in,
             "start": iso(self.start), "end": iso(self.end),
             "paths": [leg.doc() for leg in self.legs], "labels": dict(self.labels), "path_mode": self.path_mode,
+            "burst": self.burst,
             "request_id": self.request_id, "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
             "revision": self.revision,
         }
@@ -184,6 +187,15 @@ def validate_match(*, protocol: object = None, src_port: object = None, dst_port
     return Match(protocol, src_port, dst_port, dscp)  # type: ignore[arg-type]
 
 
+def validate_burst(burst: object) -> str:
+    """``cap`` (the default) or ``borrow``."""
+    if burst is None:
+        return "cap"
+    if burst not in BURSTS:
+        raise InvalidInput(f"burst must be one of {', '.join(BURSTS)}", code="invalid_burst")
+    return str(burst)
+
+
 def validate_request_id(request_id: object) -> str | None:
     if request_id is None:
         return None
@@ -227,6 +239,7 @@ class ReservationRequest:
     project: str | None = None  # as asked: a member's token decides its own
     request_id: str | None = None
     path_mode: str = "shortest"
+    burst: str = "cap"
     sent: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -285,12 +298,17 @@ class ReservationRequest:
         mode = raw.get("path_mode") or "shortest"
         if mode not in PATH_MODES:
             raise InvalidInput(f"path_mode must be one of {', '.join(PATH_MODES)}", code="invalid_path_mode")
+        burst = validate_burst(raw.get("burst"))
+        if kind == "mirror" and burst != "cap":
+            raise InvalidInput("a mirror is held to its rate: burst borrow is for the other kinds",
+                               code="invalid_burst")
         start, end = raw.get("start"), raw.get("end")  # checked when resolved against the clock
         if start is None or end is None:
             raise InvalidInput("start and end are required", code="invalid_window")
         return cls(kind=kind, src=src, dst=dst, rate_out=rate_out, rate_in=rate_in, start=start, end=end, via=via,
                    port=port, match=match, labels=validate_labels(raw.get("labels")), project=project,
-                   request_id=validate_request_id(raw.get("request_id")), path_mode=mode, sent=dict(raw))
+                   request_id=validate_request_id(raw.get("request_id")), path_mode=mode, burst=burst,
+                   sent=dict(raw))
 
 
 def plan_legs(*, kind: str, src: str, dst: str, via: tuple[str, ...], rate_out: int, rate_in: int,

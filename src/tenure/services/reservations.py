@@ -58,6 +58,7 @@ from tenure.domain.reservation import (
     plan_legs,
     request_hash,
     time_state,
+    validate_burst,
     validate_labels,
 )
 from tenure.domain.topology import Topology, empty_topology
@@ -100,7 +101,8 @@ def _from_body(body: Mapping[str, Any], request_hash_: str | None, seq: int = 0)
         dst=body["dst"], via=tuple(body.get("via", ())), port=body.get("port"), rate_out=body["rate_out"],
         rate_in=body["rate_in"], match=Match(m.get("protocol"), m.get("src_port"), m.get("dst_port"), m.get("dscp")),
         start=_ts(body["start"]), end=_ts(body["end"]), state=body["state"], legs=legs, labels=body["labels"],
-        path_mode=body["path_mode"], request_id=body["request_id"], request_hash=request_hash_,
+        path_mode=body["path_mode"], burst=body.get("burst", "cap"), request_id=body["request_id"],
+        request_hash=request_hash_,
         reason=body.get("reason"), created_at=_ts(body["created_at"]), updated_at=_ts(body["updated_at"]),
         ended_at=_ts(body["ended_at"]) if "ended_at" in body else None, revision=body["revision"], seq=seq,
     )
@@ -375,7 +377,7 @@ class ReservationService:
         project = self.may_reserve(p, request.project)
         kind, src, dst, via, port = request.kind, request.src, request.dst, request.via, request.port
         rate_out, rate_in, match, labels = request.rate_out, request.rate_in, request.match, dict(request.labels)
-        request_id, mode = request.request_id, request.path_mode
+        request_id, mode, burst = request.request_id, request.path_mode, request.burst
         now = self.now_us()
         start = parse_instant(request.start, now=now, what="start")
         end = parse_instant(request.end, now=now, what="end")
@@ -397,7 +399,7 @@ class ReservationService:
             res = Reservation(
                 id=rid, kind=kind, project=project, owner=owner, src=src, dst=dst, via=via, port=port,
                 rate_out=rate_out, rate_in=rate_in, match=match, start=w_start, end=w_end,
-                state=time_state(w_start, w_end, bnow), legs=(), labels=labels, path_mode=mode,
+                state=time_state(w_start, w_end, bnow), legs=(), labels=labels, path_mode=mode, burst=burst,
                 request_id=request_id, request_hash=digest, created_at=bnow, updated_at=bnow,
             )
             legs = self.admit(batch, self.plan(res), res, bnow)
@@ -420,7 +422,7 @@ class ReservationService:
         return Op(apply)
 
     def modify_op(self, rid: str, changes: Mapping[str, Any], *, principal: Principal = ADMIN) -> Op:
-        """Change the window, rates or labels of a reservation, re-admitted atomically: all or nothing."""
+        """Change the window, rates, burst or labels of a reservation, re-admitted atomically: all or nothing."""
         _may_change(principal, "modifying reservations")
         now = self.now_us()
         start = parse_instant(changes["start"], now=now, what="start") if changes.get("start") is not None else None
@@ -430,6 +432,7 @@ class ReservationService:
         rate_in = parse_rate(changes["rate_in"], what="rate_in", allow_zero=True) \
             if changes.get("rate_in") is not None else None
         labels = validate_labels(changes["labels"]) if changes.get("labels") is not None else None
+        burst = validate_burst(changes["burst"]) if changes.get("burst") is not None else None
 
         def apply(batch: Batch) -> tuple[Reservation, list[dict[str, Any]]]:
             bnow = to_us(batch.now)
@@ -437,6 +440,9 @@ class ReservationService:
             if old.state in ENDED:
                 raise Conflict(f"reservation {rid} has {old.state}; make a new one", code="reservation_ended",
                                state=old.state)
+            if burst is not None and burst != "cap" and old.kind == "mirror":
+                raise InvalidInput("a mirror is held to its rate: burst borrow is for the other kinds",
+                                   code="invalid_burst")
             if rate_in is not None and old.kind != "bandwidth" and rate_in != 0:
                 raise InvalidInput(f"a {old.kind} reservation has no rate_in", code="invalid_rate")
             new_start = old.start if start is None else start
@@ -456,6 +462,7 @@ class ReservationService:
                 rate_out=old.rate_out if rate_out is None else rate_out,
                 rate_in=(old.rate_in if rate_in is None else rate_in) if old.kind == "bandwidth" else 0,
                 labels=old.labels if labels is None else labels, reason=None,
+                burst=old.burst if burst is None else burst,
             )
             # Release the old booking, then admit the new one; a refusal rolls the command back, which
             # books the old one again (the writer runs this command's undo steps): all or nothing.

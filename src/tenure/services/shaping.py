@@ -9,6 +9,12 @@ changes a rate modifies them. All of this happens inside the reservation's own
 command (:meth:`InstanceService.sync_owned`), so the reservation's state and
 its shapers commit together.
 
+Each shaper carries the capacity of the leg's first link (its source host's
+link, in the leg's direction): the tree on that interface gives every leg its
+rate and what is left to unreserved traffic (docs/dataplane.md). The
+reservation's ``burst`` (``cap`` or ``borrow``) says whether a leg may use
+idle capacity above its rate.
+
 The flow is matched by the endpoints' addresses, read from the topology's
 node labels: ``address`` (required on the destination, used on the source
 when present) and ``interface`` (the source host's egress device; without it
@@ -39,7 +45,10 @@ def shaper_specs(res: Reservation, topology: Topology) -> dict[str, dict[str, An
         src, dst = topology.nodes.get(leg.src), topology.nodes.get(leg.dst)
         if leg.rate <= 0 or src is None or dst is None or src.kind != "host":
             continue
-        params: dict[str, Any] = {"rate": leg.rate}
+        params: dict[str, Any] = {"rate": leg.rate, "borrow": "yes" if res.burst == "borrow" else "no"}
+        first = topology.links.get(leg.hops[0][0]) if leg.hops else None
+        if first is not None:  # the source host's link: the capacity its interface's tree shares out
+            params["capacity"] = first.capacity(leg.hops[0][1])
         failed = None
         if dst.labels.get("address"):
             params["dst"] = dst.labels["address"]

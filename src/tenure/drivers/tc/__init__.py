@@ -2,27 +2,34 @@
 
 A leg reserved for a flow leaving this host becomes an HTB class that the
 flow's packets are steered into. Everything is done through rtnetlink (no
-``tc`` process; see Reads below). On the egress device the wire layout is::
+``tc`` process; see Reads below). On the egress device the wire layout is one tree::
 
-    root qdisc   htb 1:  default 0        shared by every leg on the device
-    class        1:<classid>  (parent 1:) rate = ceil = the leg's rate, one per leg
+    root qdisc   htb 1:  default fffe       shared by every leg on the device
+    class        1:1     (parent 1:)        rate = ceil = the interface's capacity
+    class        1:fffe  (parent 1:1)       everything unreserved: rate = capacity - the legs' rates,
+                                            ceil = capacity, prio 1
+    class        1:<classid> (parent 1:1)   one per leg: rate = the leg's, ceil = the rate (cap) or the
+                                            capacity (borrow), prio 0
     filter       parent 1: protocol ip  pref 100 + (classid-1) // 4095
                  u32 node (classid-1) % 4095 + 1, matching the leg  ->  flowid 1:<classid>
 
-- **Unclassified traffic is not shaped.** HTB sends packets that no filter
-  claims, and that have no default class (``default 0``), straight from its
-  direct queue at line rate, so a leg slows down only its own flow.
+- **A guarantee, not a cap.** Every class shares the parent 1:1 at the interface's capacity, and unclassified
+  traffic goes to the default class 1:fffe, which gets what the legs leave: a leg keeps its rate however much
+  other traffic the host sends (docs/dataplane.md). Starting, changing or stopping a leg touches its own class
+  and the default class's rate, never another leg's class.
 - **Ownership.** A root qdisc with handle 0 is the kernel's default (noqueue,
-  pfifo_fast, mq, fq_codel) and is replaced; ``htb 1: default 0`` is taken to be
-  ours. Anything else (another handle or kind, an HTB with a default class) was
+  pfifo_fast, mq, fq_codel) and is replaced; ``htb 1: default fffe`` is taken to be
+  ours, and ``htb 1: default 0`` is ours from before the tree (the first start on the device makes the
+  tree in its place; monitors report its legs not running, so they are started again). Anything else
+  (another handle or kind, an HTB with another default class) was
   configured by someone else: start refuses (OCF_ERR_GENERIC with the reason)
   instead of destroying it, and stop and monitor treat the leg as absent. The
-  root qdisc is deleted when the last class under it goes (the kernel puts its
+  root qdisc is deleted when the last leg's class goes (the kernel puts its
   default back).
 - **Filter handles.** Every classid has one fixed place among the filters:
   preference ``100 + (classid-1) // 4095`` and u32 node ``(classid-1) % 4095 + 1``
   in that preference's root hash table (a u32 node id has 12 bits, so 17
-  preferences cover classids 2..65534; for classids up to 4095 the node is the
+  preferences cover classids 2..65533; for classids up to 4095 the node is the
   classid: ``fh 800::5 ... flowid 1:5``). The hash table id (``800:``, ``801:``)
   is the kernel's choice, so a filter is looked up in two steps: the
   preference's root table (asked for as ``fff:``, which the answer names), then

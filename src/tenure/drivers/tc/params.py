@@ -12,11 +12,14 @@ from tenure.domain.units import format_rate
 from tenure.drivers.tc.netlink import NETNS_DIR
 
 ROOT_HANDLE = 0x10000  # 1:
+PARENT_HANDLE = ROOT_HANDLE | 0x1  # 1:1, the interface's capacity: every class of ours is under it
+DEFAULT_MINOR = 0xFFFE  # 1:fffe, everything unreserved (the root qdisc's default)
+DEFAULT_HANDLE = ROOT_HANDLE | DEFAULT_MINOR
 TC_H_ROOT = 0xFFFFFFFF
 ETH_P_IP = 0x0800
 FILTER_PRIO_BASE = 100
 U32_NODES = 0xFFF  # node ids 1..4095 per u32 hash table
-MIN_CLASSID, MAX_CLASSID = 2, 65534  # 1:1 is left for a parent class; 1:ffff is not a valid minor
+MIN_CLASSID, MAX_CLASSID = 2, 65533  # 1:1 is the parent class, 1:fffe the default; 1:ffff is not a valid minor
 MIN_RATE = 64  # bit/s: 8 bytes/s, the least whose HTB rate table (2 KiB at the rate) fits 32 bits of ticks
 MAX_RATE = 10**12  # bit/s
 MAX_TICKS = 0xFFFFFFFF
@@ -26,7 +29,9 @@ MIN_DEFAULT_BURST = 1600  # bytes: one frame and then some
 
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
-PARAMS = ("device", "rate", "classid", "dst", "src", "protocol", "dst_port", "src_port", "netns", "burst")
+PARAMS = ("device", "rate", "classid", "dst", "src", "protocol", "dst_port", "src_port", "netns", "burst", "capacity",
+          "borrow")
+BOOLEANS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 IDENTITY = ("device", "classid", "netns")  # what stop needs: where the leg is, not what it matches
 
 _RATE = re.compile(r"([1-9][0-9]{0,12})([kKMG]?)")
@@ -40,14 +45,14 @@ class Invalid(ValueError):
     """A parameter the shaper cannot take (OCF_ERR_CONFIGURED)."""
 
 
-def parse_rate(text: str) -> int:
+def parse_rate(text: str, what: str = "rate") -> int:
     """Bit/s from ``"50000000"`` or ``"50M"`` (K/k, M, G: powers of 1000); 64 to 10^12."""
     m = _RATE.fullmatch(text)
     if m is None:
-        raise Invalid(f"rate {text!r} is not a rate: use whole bit/s with an optional K, M or G suffix, as '50M'")
+        raise Invalid(f"{what} {text!r} is not a rate: use whole bit/s with an optional K, M or G suffix, as '50M'")
     bps = int(m.group(1)) * _RATE_SCALE[m.group(2)]
     if not MIN_RATE <= bps <= MAX_RATE:
-        raise Invalid(f"rate {text!r} is out of range: HTB takes {MIN_RATE} to 10^12 bit/s")
+        raise Invalid(f"{what} {text!r} is out of range: HTB takes {MIN_RATE} to 10^12 bit/s")
     return bps
 
 
@@ -89,6 +94,8 @@ class Leg:
     dst_port: int | None = None
     src_port: int | None = None
     burst: int | None = None  # bytes, None for the default
+    capacity: int | None = None  # bit/s of the interface (the parent class); None: keep the one on the wire
+    borrow: bool = False  # may use idle capacity above the rate (ceil = capacity), or capped at the rate
 
     @property
     def handle(self) -> int:
@@ -114,6 +121,10 @@ class Leg:
     def rate_bytes(self) -> int:
         assert self.rate is not None
         return -(-self.rate // 8)  # rounded up: the flow gets at least its reservation
+
+    @property
+    def capacity_bytes(self) -> int | None:
+        return None if self.capacity is None else -(-self.capacity // 8)
 
     @property
     def burst_bytes(self) -> int:
@@ -195,9 +206,16 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     src_port = _number(params, "src_port", 1, 65535)
     if (dst_port or src_port) and protocol not in PORT_PROTOCOLS:
         raise Invalid(f"ports need protocol {', '.join(PORT_PROTOCOLS)}, not {protocol or 'none'}")
+    capacity = parse_rate(params["capacity"], "capacity") if params.get("capacity") is not None else None
+    if capacity is not None and capacity < rate:
+        raise Invalid(f"rate {format_rate(rate)}bit/s is more than the interface's capacity "
+                      f"{format_rate(capacity)}bit/s")
+    borrow = BOOLEANS.get(params.get("borrow", "no").lower())
+    if borrow is None:
+        raise Invalid(f"borrow {params['borrow']!r} must be yes or no")
     leg = Leg(device=device, classid=classid, netns=netns, rate=rate, dst=_network(params, "dst"),
               src=_network(params, "src"), protocol=protocol, dst_port=dst_port, src_port=src_port,
-              burst=_number(params, "burst", 1, 2**32 - 1))
+              burst=_number(params, "burst", 1, 2**32 - 1), capacity=capacity, borrow=borrow)
     if leg.burst is not None and leg.buffer_ticks > MAX_TICKS:
         raise Invalid(f"burst {leg.burst} bytes is more than HTB can hold at rate {format_rate(rate)}bit/s: "
                       f"its buffer is 2^32 scheduler ticks, about {MAX_TICKS / tick_in_usec / 1e6:.0f} s of sending")

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tenure.drivers.tc.netlink import Absent, Netlink, Sockets
-from tenure.drivers.tc.params import Invalid, Leg, bytes_of, parse_params
-from tenure.drivers.tc.wire import Flight, U32Node, Wire, node_problem, read_view
+from tenure.domain.units import format_rate
+from tenure.drivers.tc.params import DEFAULT_HANDLE, PARENT_HANDLE, Invalid, Leg, bytes_of, parse_params
+from tenure.drivers.tc.wire import MIN_RATE_BYTES, OLD_LAYOUT, Flight, U32Node, Wire, node_problem, read_view
 
 if TYPE_CHECKING:
     from tenure.drivers.pydriver import HandlerContext
@@ -30,9 +31,12 @@ Result = int | tuple[int, str]
 META_DATA = """<?xml version="1.0"?>
 <resource-agent name="Shaper" version="1.0">
   <version>1.0</version>
-  <longdesc lang="en">One bandwidth reservation leg on a host's egress: an HTB class 1:CLASSID at the rate under the
-root qdisc htb 1: (default 0, so other traffic is not shaped) and a u32 filter steering the leg's IPv4 flow into
-it. Idempotent: a start that finds everything in place changes nothing.</longdesc>
+  <longdesc lang="en">One bandwidth reservation leg on a host's egress, guaranteed its rate: the device's tree is the
+root qdisc htb 1: default fffe, a parent class 1:1 at the interface's capacity, a default class 1:fffe for all
+unreserved traffic at what the legs leave (up to the capacity), and one class 1:CLASSID per leg at its rate (its
+ceil the rate, or the capacity with borrow), with a u32 filter steering the leg's IPv4 flow into it. Changing one
+leg touches its class and the default class's rate only. Idempotent: a start that finds everything in place
+changes nothing.</longdesc>
   <shortdesc lang="en">Egress bandwidth shaping with tc (HTB)</shortdesc>
   <parameters>
     <parameter name="device" unique="0" required="1">
@@ -47,7 +51,7 @@ it. Idempotent: a start that finds everything in place changes nothing.</longdes
       <content type="string" />
     </parameter>
     <parameter name="classid" unique="1" required="1">
-      <longdesc lang="en">HTB class minor number, 2 to 65534 (decimal), from the agent's local allocator; the class
+      <longdesc lang="en">HTB class minor number, 2 to 65533 (decimal), from the agent's local allocator; the class
 is 1:CLASSID (printed in hex by tc).</longdesc>
       <shortdesc lang="en">HTB class minor</shortdesc>
       <content type="integer" />
@@ -81,6 +85,18 @@ is 1:CLASSID (printed in hex by tc).</longdesc>
       <longdesc lang="en">Name of a network namespace in /var/run/netns to work in; default: the agent's.</longdesc>
       <shortdesc lang="en">Network namespace</shortdesc>
       <content type="string" />
+    </parameter>
+    <parameter name="capacity" unique="0" required="0">
+      <longdesc lang="en">The interface's capacity in bit/s (as rate): the parent class 1:1's rate, which the legs and
+the default class share. Required when the device has no tree yet; otherwise the tree's is kept unless given.</longdesc>
+      <shortdesc lang="en">Interface capacity (bit/s)</shortdesc>
+      <content type="string" />
+    </parameter>
+    <parameter name="borrow" unique="0" required="0">
+      <longdesc lang="en">yes: the leg may use idle capacity above its rate (ceil = capacity); no (the default): it is
+held to its rate.</longdesc>
+      <shortdesc lang="en">Borrow idle capacity</shortdesc>
+      <content type="string" default="no" />
     </parameter>
     <parameter name="burst" unique="0" required="0">
       <longdesc lang="en">Burst and cburst in bytes (an integer); default 10 ms at the rate, at least 1600.</longdesc>
@@ -187,21 +203,51 @@ class Shaper:
         return self.start(params, ctx)
 
     def _ensure(self, wire: Wire, ctx: HandlerContext) -> Result:
+        """The tree (root qdisc, parent class at the capacity, default class), then the leg's class and filter, then
+        the default class's rate: what the legs leave. Touches nothing that is already as wanted."""
         leg = wire.leg
         owner = wire.ours()
-        if owner:
+        if owner == OLD_LAYOUT:  # Tenure's layout before the tree: made again (its other legs' monitors see them gone)
+            wire.del_root()
+            ctx.log(f"removed the root qdisc htb 1: default 0 on {leg.where} (the layout before the guarantee)")
+            owner = ""
+        elif owner:
             return OCF_ERR_GENERIC, owner
+        capacity = leg.capacity_bytes or (wire.capacity() if owner is None else None)
+        if capacity is None:
+            return OCF_ERR_CONFIGURED, f"parameter 'capacity' is required to build the tree on {leg.where}"
+        others = wire.reserved(without=leg.handle) if owner is None else 0
+        if others + leg.rate_bytes > capacity:
+            return OCF_ERR_GENERIC, (f"the legs on {leg.where} would reserve {_bits(others + leg.rate_bytes)}, over "
+                                     f"its capacity {_bits(capacity)}; not changing it")
+        default_rate = max(capacity - others - leg.rate_bytes, MIN_RATE_BYTES)
         if owner == "":
             wire.add_root()
-            ctx.log(f"added root qdisc htb 1: default 0 on {leg.where}")
+            wire.put_tree_class("add-class", PARENT_HANDLE, capacity, capacity)
+            wire.put_tree_class("add-class", DEFAULT_HANDLE, default_rate, capacity)
+            ctx.log(f"added root qdisc htb 1: default fffe on {leg.where}, class 1:1 at {_bits(capacity)} and the "
+                    f"default class 1:fffe at {_bits(default_rate)}")
+        else:
+            parent = wire.htb_class(PARENT_HANDLE)
+            if parent is None or (parent.rate, parent.ceil) != (capacity, capacity):
+                wire.put_tree_class("add-class" if parent is None else "change-class", PARENT_HANDLE, capacity,
+                                    capacity)
+                ctx.log(f"set class 1:1 on {leg.where} to the capacity {_bits(capacity)}")
+            self._default(wire, ctx, default_rate, capacity)  # lowered before the leg's class grows
 
-        want = wire.wanted_class()
+        want = wire.wanted_class(capacity)
         have = wire.get_class() if owner is None else None  # a new root has no classes
+        if have is not None and wire.parent_of(leg.handle) != PARENT_HANDLE:  # a class cannot move: made anew
+            node = wire.node()
+            if node is not None:
+                self._del_node(wire, node, ctx)
+            wire.del_class()
+            have = None
         if have is None:
-            wire.put_class("add-class")
+            wire.put_class("add-class", capacity)
             ctx.log(f"added class {leg.classid_text} {want.describe()}")
         elif have != want:
-            wire.put_class("change-class")
+            wire.put_class("change-class", capacity)
             ctx.log(f"changed class {leg.classid_text} from {have.describe()} to {want.describe()}")
 
         node = wire.node()
@@ -218,6 +264,14 @@ class Shaper:
             ctx.log(f"fixed filter pref {leg.prio} node {leg.node:x}: {problem}")
         return OCF_SUCCESS
 
+    @staticmethod
+    def _default(wire: Wire, ctx: HandlerContext, rate: int, capacity: int) -> None:
+        """The default class at ``rate`` (what the legs leave), up to the capacity; made if missing."""
+        have = wire.htb_class(DEFAULT_HANDLE)
+        if have is None or (have.rate, have.ceil) != (rate, capacity):
+            wire.put_tree_class("add-class" if have is None else "change-class", DEFAULT_HANDLE, rate, capacity)
+            ctx.log(f"set the default class 1:fffe on {wire.leg.where} to {_bits(rate)} (ceil {_bits(capacity)})")
+
     def monitor(self, params: dict[str, str], ctx: HandlerContext) -> Result:
         try:
             leg = parse_params(params)
@@ -226,11 +280,19 @@ class Shaper:
         try:
             with self._device(leg, ctx, monitor=True) as wire:
                 if wire.ours() is not None:
-                    return OCF_NOT_RUNNING  # no HTB of ours, so no class of ours
+                    return OCF_NOT_RUNNING  # no tree of ours (or the layout before it), so no class of ours
                 have = wire.get_class()
                 if have is None:
                     return OCF_NOT_RUNNING
-                want = wire.wanted_class()
+                if wire.parent_of(leg.handle) != PARENT_HANDLE:
+                    return OCF_ERR_GENERIC, f"class {leg.classid_text} on {leg.where} is not under the class 1:1"
+                capacity = wire.capacity()
+                if leg.capacity_bytes is not None and capacity != leg.capacity_bytes:
+                    return OCF_ERR_GENERIC, (f"class 1:1 on {leg.where} is at {_bits(capacity or 0)}, expected the "
+                                             f"capacity {_bits(leg.capacity_bytes)}")
+                if wire.htb_class(DEFAULT_HANDLE) is None:
+                    return OCF_ERR_GENERIC, f"the default class 1:fffe on {leg.where} is missing"
+                want = wire.wanted_class(capacity)
                 if have != want:
                     burst = "" if (have.rate, have.ceil) != (want.rate, want.ceil) else " (burst differs)"
                     return OCF_ERR_GENERIC, (f"class {leg.classid_text} on {leg.where} has {have.describe()}{burst}, "
@@ -256,13 +318,13 @@ class Shaper:
             return OCF_ERR_CONFIGURED, str(exc)
         try:
             with self._device(leg, ctx) as wire:
-                if wire.ours() is not None:
-                    return OCF_SUCCESS  # a foreign root qdisc: nothing of ours can be under it
+                owner = wire.ours()
+                if owner not in (None, OLD_LAYOUT):
+                    return OCF_SUCCESS  # no root qdisc, or a foreign one: nothing of ours can be under it
                 node = wire.node()
                 if node is not None:  # at our place, whatever its flowid
                     self._del_node(wire, node, ctx)
-                classes = wire.class_handles()
-                if leg.handle in classes:
+                if leg.handle in wire.class_handles():
                     try:
                         _absent_ok(wire.del_class)
                     except NetlinkError as exc:
@@ -275,9 +337,12 @@ class Shaper:
                 else:  # already gone: filters it left behind go
                     for other in wire.nodes_into(leg.handle):
                         self._del_node(wire, other, ctx)
-                if not classes - {leg.handle}:
+                if not wire.leg_handles() - {leg.handle}:
                     _absent_ok(wire.del_root, gone=(errno.ENOENT, errno.EINVAL))
-                    ctx.log(f"deleted root qdisc htb 1: on {leg.where} (no class left)")
+                    ctx.log(f"deleted root qdisc htb 1: on {leg.where} (no leg left)")
+                elif owner is None and (capacity := wire.capacity()) is not None:  # its rate goes back to the rest
+                    self._default(wire, ctx, max(capacity - wire.reserved(without=leg.handle), MIN_RATE_BYTES),
+                                  capacity)
         except Absent:
             return OCF_SUCCESS
         except (NetlinkError, OSError) as exc:
@@ -297,6 +362,10 @@ def _absent_ok(fn: Any, *args: Any, gone: tuple[int, ...] = (errno.ENOENT,)) -> 
     except NetlinkError as exc:
         if exc.code not in gone:
             raise
+
+
+def _bits(rate_bytes: int) -> str:
+    return f"{format_rate(rate_bytes * 8)}bit/s"
 
 
 def _error(exc: BaseException) -> str:

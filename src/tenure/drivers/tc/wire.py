@@ -48,7 +48,24 @@ from tenure.drivers.tc.netlink import (
     tc_options,
     text_attr,
 )
-from tenure.drivers.tc.params import ETH_P_IP, ROOT_HANDLE, TC_H_ROOT, Leg, bytes_of
+from tenure.drivers.tc.params import (
+    DEFAULT_BURST_SECONDS,
+    DEFAULT_HANDLE,
+    DEFAULT_MINOR,
+    ETH_P_IP,
+    MIN_DEFAULT_BURST,
+    MIN_RATE,
+    PARENT_HANDLE,
+    ROOT_HANDLE,
+    TC_H_ROOT,
+    Leg,
+    _u32_ticks,
+    bytes_of,
+)
+
+OLD_LAYOUT = "old"  # Wire.ours(): the layout before the tree (htb 1: default 0, legs under the root)
+TREE = (PARENT_HANDLE, DEFAULT_HANDLE)
+MIN_RATE_BYTES = MIN_RATE // 8
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,7 @@ class View:
     index: int | None
     root: tuple[str | None, int, int | None] = (None, 0, None)  # kind, handle, HTB default class or None
     classes: dict[int, Message] = field(default_factory=dict)  # by handle, decoded when asked for
+    parents: dict[int, int] = field(default_factory=dict)  # class handle -> its parent's
 
 
 def read_view(nl: Netlink, device: str) -> View:
@@ -155,8 +173,11 @@ def read_view(nl: Netlink, device: str) -> View:
     for _handle, parent, msg in nl.tc_dump(RTM_GETQDISC, index):
         if parent == TC_H_ROOT:
             root = _root_qdisc(msg)
-    classes = {handle: msg for handle, _parent, msg in nl.tc_dump(RTM_GETTCLASS, index) if handle >> 16 == 1}
-    return View(index, root, classes)
+    classes, parents = {}, {}
+    for handle, parent, msg in nl.tc_dump(RTM_GETTCLASS, index):
+        if handle >> 16 == 1:
+            classes[handle], parents[handle] = msg, parent
+    return View(index, root, classes, parents)
 
 
 class Flight:
@@ -222,6 +243,11 @@ class Flight:
         return result
 
 
+def tree_burst(rate: int) -> int:
+    """Burst of a tree class: 10 ms at its rate, at least a frame's worth (as a leg's default)."""
+    return max(int(rate * DEFAULT_BURST_SECONDS), MIN_DEFAULT_BURST)
+
+
 def _iproute(netns: str | None) -> IPRoute:
     """An IPRoute in ``netns`` (None: ours) to write with; :class:`Absent` if the namespace is not there."""
     if netns is None:
@@ -268,17 +294,20 @@ class Wire:
         return self.view.root
 
     def ours(self) -> str | None:
-        """None if the root qdisc is ours (htb 1: default 0), "" if it is the kernel's default, else a reason."""
+        """None if the root qdisc is ours (htb 1: default fffe), "" if it is the kernel's default, OLD_LAYOUT if it
+        is ours from before the tree (htb 1: default 0), else a reason."""
         kind, handle, defcls = self.root()
-        if kind == "htb" and handle == ROOT_HANDLE and defcls == 0:
+        if kind == "htb" and handle == ROOT_HANDLE and defcls == DEFAULT_MINOR:
             return None
+        if kind == "htb" and handle == ROOT_HANDLE and defcls == 0:
+            return OLD_LAYOUT
         if handle == 0:
             return ""
         what = f"{kind} {handle >> 16:x}:" + (f" default {defcls:x}" if defcls else "")
         return f"device {self.leg.where} has a root qdisc {what} that Tenure did not create; not replacing it"
 
     def add_root(self) -> None:
-        self.ipr.tc("add", "htb", self.index, ROOT_HANDLE, parent=TC_H_ROOT, default=0)
+        self.ipr.tc("add", "htb", self.index, ROOT_HANDLE, parent=TC_H_ROOT, default=DEFAULT_MINOR)
 
     def del_root(self) -> None:
         self.nl.get(RTM_DELQDISC, TCMSG.pack(0, self.index, ROOT_HANDLE, TC_H_ROOT, 0), NLM_F_ACK)
@@ -287,23 +316,60 @@ class Wire:
         """Handles of the classes under 1:."""
         return set(self.view.classes)
 
-    def get_class(self) -> HtbClass | None:
-        """This leg's HTB class, if there is one."""
-        msg = self.view.classes.get(self.leg.handle)
+    def leg_handles(self) -> set[int]:
+        """Handles of the legs' classes (every class but the parent and the default)."""
+        return set(self.view.classes) - set(TREE)
+
+    def htb_class(self, handle: int) -> HtbClass | None:
+        msg = self.view.classes.get(handle)
         return _htb_class(msg) if msg is not None else None
 
-    def wanted_class(self) -> HtbClass:
-        leg = self.leg
-        return HtbClass(rate=leg.rate_bytes, ceil=leg.rate_bytes, buffer=leg.buffer_ticks, cbuffer=leg.buffer_ticks)
+    def parent_of(self, handle: int) -> int | None:
+        return self.view.parents.get(handle)
 
-    def put_class(self, command: str) -> None:
+    def get_class(self) -> HtbClass | None:
+        """This leg's HTB class, if there is one."""
+        return self.htb_class(self.leg.handle)
+
+    def capacity(self) -> int | None:
+        """The interface's capacity in bytes/s, as the parent class on the wire has it."""
+        parent = self.htb_class(PARENT_HANDLE)
+        return parent.rate if parent is not None else None
+
+    def reserved(self, *, without: int | None = None) -> int:
+        """Bytes/s of the legs' classes on the wire (but ``without``), as they are now."""
+        total = 0
+        for handle in self.leg_handles() - {without}:
+            c = self.htb_class(handle)
+            total += c.rate if c is not None else 0
+        return total
+
+    def wanted_class(self, capacity: int | None = None) -> HtbClass:
+        """This leg's class: rate and burst from the leg; ceil its rate (cap), or ``capacity`` bytes/s (borrow)."""
         leg = self.leg
+        ceil = capacity if leg.borrow and capacity is not None else leg.rate_bytes
+        return HtbClass(rate=leg.rate_bytes, ceil=ceil, buffer=leg.buffer_ticks,
+                        cbuffer=_u32_ticks(ceil, leg.burst_bytes))
+
+    def put_class(self, command: str, capacity: int | None = None) -> None:
+        leg = self.leg
+        want = self.wanted_class(capacity)
         quantum = min(max(leg.rate_bytes // 10, 1000), 200000)  # the kernel's own choice, without its warning
-        self.ipr.tc(command, "htb", self.index, leg.handle, parent=ROOT_HANDLE, rate=leg.rate_bytes,
-                    ceil=leg.rate_bytes, burst=leg.burst_bytes, cburst=leg.burst_bytes, quantum=quantum)
+        self.ipr.tc(command, "htb", self.index, leg.handle, parent=PARENT_HANDLE, rate=want.rate, ceil=want.ceil,
+                    burst=leg.burst_bytes, cburst=leg.burst_bytes, quantum=quantum, prio=0)
 
-    def del_class(self) -> None:
-        self.nl.get(RTM_DELTCLASS, TCMSG.pack(0, self.index, self.leg.handle, ROOT_HANDLE, 0), NLM_F_ACK)
+    def del_class(self, handle: int | None = None) -> None:
+        handle = self.leg.handle if handle is None else handle
+        parent = self.view.parents.get(handle, PARENT_HANDLE)
+        self.nl.get(RTM_DELTCLASS, TCMSG.pack(0, self.index, handle, parent, 0), NLM_F_ACK)
+
+    def put_tree_class(self, command: str, handle: int, rate: int, ceil: int) -> None:
+        """The parent class (at the capacity) or the default class (what the legs leave, up to the capacity)."""
+        quantum = min(max(rate // 10, 1000), 200000)
+        parent, prio = (ROOT_HANDLE, 0) if handle == PARENT_HANDLE else (PARENT_HANDLE, 1)
+        # Each bucket 10 ms at its own rate: the default class's rate may be tiny beside its ceil.
+        self.ipr.tc(command, "htb", self.index, handle, parent=parent, rate=rate, ceil=ceil, burst=tree_burst(rate),
+                    cburst=tree_burst(ceil), quantum=quantum, prio=prio)
 
     def _get_filter(self, handle: int, prio: int) -> Message | None:
         """One filter under 1: by preference (any protocol) and full handle; None if there is none."""
