@@ -424,3 +424,49 @@ def test_a_shaper_without_an_address_stays_failed_when_its_reservation_is_modifi
     rt.run(rt.reservations.modify_op(res.id, {"rate_out": "6M"}))
     out = shapers(rt, res.id)["out"]
     assert out.state == "failed" and "no 'address' label" in out.reason and out.dispatched == 0
+
+
+BARE = {  # no address or interface labels: the agents tell
+    "nodes": [{"id": h, "kind": "host"} for h in ("h1", "h2")] + [{"id": "s1", "kind": "switch"}],
+    "links": [{"id": f"{h}-s1", "a": h, "b": "s1", "capacity": "1G"} for h in ("h1", "h2")],
+}
+
+
+def network(*interfaces: tuple[str, list[str]], default: str | None = None) -> dict[str, Any]:
+    return {"interfaces": [{"name": n, "addresses": a} for n, a in interfaces], "default": default}
+
+
+def register_with(rt: Runtime, host: str, net: dict[str, Any]) -> None:
+    rt.run(rt.agents.register_op(host, kinds=["instance"], version="t", capabilities={"network": net},
+                                 principal=Principal("agent", host=host)))
+
+
+def test_addresses_and_interfaces_come_from_the_agents_when_the_topology_has_none(
+        rt: Runtime, clock: FakeClock) -> None:
+    """A node without labels takes what its agent reported: the destination's default route's IPv4 address, the
+    source's interface whose network holds it (not the default one); an explicit label still wins; and when an
+    agent registers late, or reports new addresses, the shapers of active reservations follow."""
+    register_with(rt, "h1", network(("mgmt0", ["192.168.9.1/24"]), ("eth1", ["10.5.0.1/24", "fd00:5::1/64"]),
+                                    default="mgmt0"))
+    rt.run(rt.topology.set_topology_op(Topology.parse(BARE)))
+    body = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "5M", "start": "now", "end": at(clock, minutes=5)}
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(body)))
+    [out] = shapers(rt, res.id).values()
+    assert out.state == "failed" and "'h2' has no 'address' label and its agent reported no" in out.reason
+
+    register_with(rt, "h2", network(("eth0", ["fe80::1/64", "10.5.0.2/24"]), default="eth0"))
+    [out] = shapers(rt, res.id).values()
+    assert out.state == "provisioning" and out.generation == 2
+    assert {k: out.resolved[k] for k in ("dst", "src", "device")} == {
+        "dst": "10.5.0.2", "src": "10.5.0.1", "device": "eth1"}  # the interface toward h2 (not the default)
+
+    register_with(rt, "h2", network(("eth0", ["10.5.0.7/24"]), default="eth0"))  # h2 moved
+    [out] = shapers(rt, res.id).values()
+    assert out.generation == 3 and out.parameters["dst"] == "10.5.0.7"
+
+    labelled = {**BARE, "nodes": [{"id": "h1", "kind": "host", "labels": {"interface": "bond0"}},
+                                  *BARE["nodes"][1:]]}
+    rt.run(rt.topology.set_topology_op(Topology.parse(labelled)))
+    rt.run(rt.reservations.modify_op(res.id, {"rate_out": "6M"}))
+    [out] = shapers(rt, res.id).values()
+    assert out.parameters["device"] == "bond0" and out.parameters["dst"] == "10.5.0.7"  # the label wins

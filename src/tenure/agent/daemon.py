@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from tenure.agent.netinfo import host_network
 from tenure.agent.state import SyncState
 from tenure.agent.sync import SyncConfig, SyncLoop
 from tenure.api import resources
@@ -68,7 +69,7 @@ class AgentDaemon:
             sc = cfg.sync
             sync = SyncLoop(host=sc.host, client=AsyncTenureClient(sc.server_url, sc.token), lrm=lrm,
                             state=SyncState(rt), types=sc.types, heartbeat_interval=sc.heartbeat_interval,
-                            max_restarts=sc.max_restarts)
+                            max_restarts=sc.max_restarts, network=host_network)
             await sync.start()
             self.sync = sync
 

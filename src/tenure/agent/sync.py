@@ -83,7 +83,9 @@ class SyncLoop:
     def __init__(self, *, host: str, client: AsyncTenureClient, lrm: Lrm, state: SyncState,
                  types: dict[str, InstanceType], heartbeat_interval: float = 20.0, max_restarts: int = 3,
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 network: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``network`` reads the host's interfaces and addresses for the registration (None: not reported)."""
         self.host = host
         self.client = client
         self.lrm = lrm
@@ -93,6 +95,8 @@ class SyncLoop:
         self.max_restarts = max_restarts
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self.network = network
+        self._reported_network: dict[str, Any] | None = None  # as last registered
         self.since: int | None = None
         self.local: dict[str, Local] = {}
         self._passes: dict[str, asyncio.Task[None]] = {}
@@ -152,12 +156,21 @@ class SyncLoop:
     async def _backoff(self, attempt: int) -> None:
         await self.sleep(min(30.0, 0.2 * 2 ** min(attempt, 8)) * (0.5 + self.rng.random()))
 
-    async def _register(self) -> None:
-        caps = {"types": sorted(self.types)}
+    async def _read_network(self) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.network) if self.network is not None else None
+
+    async def _register(self, network: dict[str, Any] | None = None) -> None:
+        """Register (again), with the instance types this agent runs and the host's interfaces and addresses."""
+        if network is None:
+            network = await self._read_network()
+        caps: dict[str, Any] = {"types": sorted(self.types)}
+        if network:
+            caps["network"] = network
         attempt = 0
         while True:
             try:
                 await self.client.register_agent(self.host, kinds=["instance"], version=VERSION, capabilities=caps)
+                self._reported_network = network
                 self.registered.set()
                 return
             except (TenureClientError, TenureError) as exc:
@@ -170,6 +183,11 @@ class SyncLoop:
         while True:
             await self.sleep(self.heartbeat_interval)
             try:
+                network = await self._read_network()
+                if network and network != self._reported_network:  # addresses changed: say so
+                    log.info("host interfaces changed; registering again", extra={"host": self.host})
+                    await self._register(network)
+                    continue
                 await self.client.heartbeat(self.host)
             except TenureAPIError as exc:
                 if exc.code == "agent_not_registered":

@@ -199,6 +199,12 @@ class AgentService:
         """Whether an agent is registered for ``host`` (writer thread: the working map)."""
         return host in self._agents
 
+    def network(self, host: str) -> Mapping[str, Any] | None:
+        """What ``host``'s agent reported of its interfaces and addresses (writer thread: the working map)."""
+        info = self._agents.get(host)
+        net = info.capabilities.get("network") if info is not None else None
+        return net if isinstance(net, Mapping) else None
+
     def load(self, conn: Connection) -> None:
         for row in conn.execute(select(schema.agents)):
             self._map.load(row.host, _from_row(row))

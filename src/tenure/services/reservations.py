@@ -545,6 +545,11 @@ class ReservationService:
 
     # ================================================================ reads
 
+    def active_touching(self, host: str) -> list[Reservation]:
+        """The active reservations with a leg from or to ``host`` (writer thread: the working map)."""
+        return [r for r in self._res.values()
+                if r.state == ACTIVE and any(host in (leg.src, leg.dst) for leg in r.legs)]
+
     def get(self, rid: str, *, principal: Principal = ADMIN) -> Reservation:
         res = self._views.get(rid)
         if res is None or not may_see(principal, res.project, res.src, res.dst):

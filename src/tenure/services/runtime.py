@@ -116,6 +116,7 @@ class Runtime:
                     writer=self.writer, clock=clock, types=types, claim_value=self.allocator.claimed_value,
                     has_agent=self.agents.registered, report_grace=self.settings.instance_report_grace)
                 self.agents.on_registered.append(self.instances.on_agent_registered)
+                self.agents.on_registered.append(self._host_registered)
                 self.reservations.listeners.append(self._reservation_changed)
                 self.allocator.load(conn)
                 self.tokens.load(conn)
@@ -224,7 +225,13 @@ class Runtime:
 
     def _reservation_changed(self, batch: Any, res: Any) -> None:
         """A reservation changed (inside its command): its shapers on the endpoint hosts follow."""
-        sync_shapers(batch, res, self.reservations.cap.topology, self.instances)
+        sync_shapers(batch, res, self.reservations.cap.topology, self.instances, self.agents.network)
+
+    def _host_registered(self, batch: Any, host: str) -> None:
+        """An agent registered, or reported new addresses (inside its command): the shapers of the active
+        reservations with a leg from or to its host follow what it reported."""
+        for res in self.reservations.active_touching(host):
+            sync_shapers(batch, res, self.reservations.cap.topology, self.instances, self.agents.network)
 
     def close(self) -> None:
         if self.tailer is not None:
