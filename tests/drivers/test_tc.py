@@ -362,6 +362,43 @@ def test_the_layout_before_the_tree_is_made_again(lan: Lan) -> None:
     assert shaper.monitor(leg(h1, h2), ctx()) == 0
 
 
+def test_the_layout_before_the_tree_is_left_alone_without_a_capacity(lan: Lan) -> None:
+    """A leg made by an older server has no capacity: its start changes nothing (the server re-syncs its shapers
+    with one when it starts), and stopping legs of the old layout still works, the root going with the last."""
+    h1, h2, h3 = lan.hosts
+    h1.run("tc", "qdisc", "add", "dev", h1.ifname, "root", "handle", "1:", "htb", "default", "0")
+    for c in ("5", "6", "fffe"):  # an old agent's pool reached 65534 = 1:fffe
+        h1.run("tc", "class", "add", "dev", h1.ifname, "parent", "1:", "classid", f"1:{c}", "htb", "rate", "5mbit")
+    before = layout(h1)
+    old = {k: v for k, v in leg(h1, h2).items() if k != "capacity"}
+    rc, reason = Shaper().start(old, ctx())
+    assert rc == 6 and "capacity" in reason and layout(h1) == before
+    assert Shaper().stop({"device": h1.ifname, "classid": "65534", "netns": h1.netns}, ctx()) == 0
+    assert Shaper().stop(old, ctx()) == 0
+    assert set(h1.tc_classes()) == {"1:6"} and root(h1)["handle"] == "1:"  # another leg is still there
+    assert Shaper().stop(leg(h1, h3, classid="6"), ctx()) == 0
+    assert root(h1)["kind"] == "noqueue"
+
+
+def test_the_default_class_follows_every_leg_and_legs_may_disagree_about_the_capacity(lan: Lan) -> None:
+    h1, h2, h3 = lan.hosts
+    shaper = Shaper()
+    a, b = leg(h1, h2, capacity="100M", rate="30M"), leg(h1, h3, classid="6", rate="20M", capacity="100M")
+    assert shaper.start(a, ctx()) == 0 and shaper.start(b, ctx()) == 0
+    assert h1.tc_classes()["1:fffe"]["rate"] == 50_000_000
+    assert shaper.reload({**a, "rate": "70M"}, ctx()) == 0  # grows: the default gives it up
+    assert h1.tc_classes()["1:fffe"]["rate"] == 10_000_000
+    assert shaper.reload({**a, "rate": "80M"}, ctx()) == 0  # the link is full: the default class at HTB's floor
+    assert h1.tc_classes()["1:fffe"]["rate"] == 64
+    no_capacity = {k: v for k, v in b.items() if k != "capacity"}
+    assert shaper.start(no_capacity, ctx()) == 0 and shaper.monitor(no_capacity, ctx()) == 0  # the tree's
+    # A topology change reaches the legs one by one: until it has, they disagree, and neither fails the other.
+    assert shaper.reload({**a, "rate": "80M", "capacity": "200M", "borrow": "yes"}, ctx()) == 0
+    assert h1.tc_classes()["1:1"]["rate"] == 200_000_000 and h1.tc_classes()["1:fffe"]["rate"] == 100_000_000
+    assert shaper.monitor({**a, "rate": "80M", "capacity": "200M", "borrow": "yes"}, ctx()) == 0
+    assert shaper.monitor(b, ctx()) == 0
+
+
 def test_legs_over_the_capacity_on_the_wire_are_refused_not_fought(lan: Lan) -> None:
     """Admission keeps the legs within the capacity; if the wire says otherwise (a class changed by hand), a
     start reports what it found and changes nothing."""

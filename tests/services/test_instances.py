@@ -470,3 +470,26 @@ def test_addresses_and_interfaces_come_from_the_agents_when_the_topology_has_non
     rt.run(rt.reservations.modify_op(res.id, {"rate_out": "6M"}))
     [out] = shapers(rt, res.id).values()
     assert out.parameters["device"] == "bond0" and out.parameters["dst"] == "10.5.0.7"  # the label wins
+
+
+def test_shapers_follow_a_topology_change_and_a_restart_writes_nothing_new(
+        db_url: str, rt: Runtime, clock: FakeClock) -> None:
+    """A kept reservation's shapers follow a new link capacity (and any label) of a topology change; a server
+    starting to write re-syncs every active reservation's shapers, and with nothing changed writes nothing."""
+    register(rt, "h1")
+    res = oneway(rt, clock, "h2")
+    [out] = shapers(rt, res.id).values()
+    assert out.parameters["capacity"] == "1000000000"
+    faster = {**TWO_HOSTS, "links": [{**lk, "capacity": "2G"} for lk in TWO_HOSTS["links"]]}
+    rt.run(rt.topology.set_topology_op(Topology.parse(faster)))
+    [out] = shapers(rt, res.id).values()
+    assert out.parameters["capacity"] == "2000000000" and out.generation == 2
+    revision = rt.revision
+    rt.close()
+    again = open_rt(db_url, clock)
+    try:
+        assert again.revision == revision  # the start's re-sync found nothing to change
+        [out] = shapers(again, res.id).values()
+        assert out.generation == 2
+    finally:
+        again.close()

@@ -81,7 +81,7 @@ _KINDS = {"allOf": [
               absent("port"), _ONE_RATE,
               {"properties": {"via": {"type": "array", "minItems": 1, "uniqueItems": True}}}),
         merge({"properties": {"kind": {"const": "mirror"}}}, present("collector"), absent("dst"), absent("via"),
-              _ONE_RATE),
+              _ONE_RATE, {"properties": {"burst": {"anyOf": [{"type": "null"}, {"const": "cap"}]}}}),
     ]},
     {"oneOf": [present("rate"), present("rate_out")]},
 ]}
@@ -255,7 +255,8 @@ def get_reservation(rid: str, rt: RT, who: Auth) -> dict[str, Any]:
 async def modify_reservation(rid: str, body: ReservationPatch, rt: RT, who: Auth) -> dict[str, Any]:
     changes = body.model_dump(exclude_none=True)
     if not changes:
-        raise InvalidInput("nothing to change: give start, end, rate_out, rate_in or labels", code="invalid_request")
+        raise InvalidInput("nothing to change: give start, end, rate_out, rate_in, burst or labels",
+                           code="invalid_request")
     if "rate" in changes and "rate_out" in changes:
         raise InvalidInput("give rate or rate_out, not both", code="invalid_rate")
     res, alarms = await rt.arun(rt.reservations.modify_op(rid, changes, principal=who))

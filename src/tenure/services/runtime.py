@@ -118,6 +118,7 @@ class Runtime:
                 self.agents.on_registered.append(self.instances.on_agent_registered)
                 self.agents.on_registered.append(self._host_registered)
                 self.reservations.listeners.append(self._reservation_changed)
+                self.topology.on_changed.append(self._resync_shapers)
                 self.allocator.load(conn)
                 self.tokens.load(conn)
                 self.history = History(self.engine, self.writer, clock=clock, max_age=self.settings.history_age,
@@ -168,6 +169,7 @@ class Runtime:
         # Timers re-armed at load; what fell due while the server was down is applied before serving.
         self.reservations.scheduler.run_due()
         self.instances.scheduler.run_due()
+        self.writer.execute(Op(self._resync_shapers))
         if self.settings.housekeeping:
             self.reservations.scheduler.start()
             self.instances.scheduler.start()
@@ -226,6 +228,13 @@ class Runtime:
     def _reservation_changed(self, batch: Any, res: Any) -> None:
         """A reservation changed (inside its command): its shapers on the endpoint hosts follow."""
         sync_shapers(batch, res, self.reservations.cap.topology, self.instances, self.agents.network)
+
+    def _resync_shapers(self, batch: Any) -> None:
+        """Every active reservation's shapers as the topology and the agents say now (inside a command): after a
+        topology change, and once when this server starts writing (shapers made by an older version, or before
+        an agent reported its addresses, catch up). Unchanged shapers are not written."""
+        for res in self.reservations.active_touching(None):
+            sync_shapers(batch, res, self.reservations.cap.topology, self.instances, self.agents.network)
 
     def _host_registered(self, batch: Any, host: str) -> None:
         """An agent registered, or reported new addresses (inside its command): the shapers of the active

@@ -41,6 +41,7 @@ from tenure.store.writer import Batch
 
 SHAPER_TYPE = "bandwidth"
 SHAPED_KINDS = frozenset({"bandwidth", "oneway", "steering"})
+MAX_SHAPED = 10**12  # bit/s: HTB's rates go to 1 Tbit/s; a faster link is shaped as if it were that
 
 
 Network = Callable[[str], Mapping[str, Any] | None]  # host -> what its agent reported (agent/netinfo.py)
@@ -111,7 +112,7 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
         params: dict[str, Any] = {"rate": leg.rate, "borrow": "yes" if res.burst == "borrow" else "no"}
         first = topology.links.get(leg.hops[0][0]) if leg.hops else None
         if first is not None:  # the source host's link: the capacity its interface's tree shares out
-            params["capacity"] = first.capacity(leg.hops[0][1])
+            params["capacity"] = min(first.capacity(leg.hops[0][1]), MAX_SHAPED)
         failed = None
         dst_address = address_of(dst, network)
         if dst_address:

@@ -55,6 +55,7 @@ class TopologyService:
         self._topology_revision = 0
         self._topology_updated = 0
         self._topology_view: tuple[Topology, int, int] = (empty_topology(), 0, 0)
+        self.on_changed: list[Callable[[Batch], None]] = []  # called inside every topology change's command
 
     def load(self, conn: Connection) -> Topology:
         """The stored topology and limits (before the reservations, which are booked on them)."""
@@ -201,6 +202,8 @@ class TopologyService:
         batch.on_undo(undo_meta)
         body = self._topology_body(topo, revision, now)
         batch.emit("topology", "topology", "updated" if old_meta[0] else "created", {}, body)
+        for fn in self.on_changed:  # e.g. the shapers of kept reservations follow new capacities and addresses
+            fn(batch)
         batch.on_commit_once("topology", self._publish_topology)
         if outcome["degraded"]:
             log_on_commit(batch, "reservations degraded by a topology change", logger=log, level=logging.WARNING,

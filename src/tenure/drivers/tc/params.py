@@ -20,6 +20,7 @@ ETH_P_IP = 0x0800
 FILTER_PRIO_BASE = 100
 U32_NODES = 0xFFF  # node ids 1..4095 per u32 hash table
 MIN_CLASSID, MAX_CLASSID = 2, 65533  # 1:1 is the parent class, 1:fffe the default; 1:ffff is not a valid minor
+OLD_MAX_CLASSID = 65534  # before the tree: a leg of an old agent may still hold 1:fffe, and must be able to stop
 MIN_RATE = 64  # bit/s: 8 bytes/s, the least whose HTB rate table (2 KiB at the rate) fits 32 bits of ticks
 MAX_RATE = 10**12  # bit/s
 MAX_TICKS = 0xFFFFFFFF
@@ -137,6 +138,12 @@ class Leg:
     def buffer_ticks(self) -> int:
         return _u32_ticks(self.rate_bytes, self.burst_bytes)
 
+    def cburst_bytes(self, ceil: int) -> int:
+        """The ceil's bucket: the burst given, else 10 ms at the ceil (a borrowing leg's ceil is the capacity)."""
+        if self.burst is not None:
+            return self.burst
+        return max(int(ceil * DEFAULT_BURST_SECONDS), MIN_DEFAULT_BURST)
+
     def words(self) -> list[tuple[int, int, int]]:
         """The match as (value, mask, offset) 32-bit words of the IPv4 header (and the ports after it)."""
         words = []
@@ -193,7 +200,7 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     netns = params.get("netns")
     if netns is not None and (_NETNS_NAME.fullmatch(netns) is None or netns in (".", "..")):
         raise Invalid(f"netns {netns!r} is not a namespace name in {NETNS_DIR}")
-    classid = _number(params, "classid", MIN_CLASSID, MAX_CLASSID)
+    classid = _number(params, "classid", MIN_CLASSID, OLD_MAX_CLASSID if identity_only else MAX_CLASSID)
     assert classid is not None
     if identity_only:
         return Leg(device=device, classid=classid, netns=netns)

@@ -317,7 +317,10 @@ class Wire:
         return set(self.view.classes)
 
     def leg_handles(self) -> set[int]:
-        """Handles of the legs' classes (every class but the parent and the default)."""
+        """Handles of the legs' classes (every class but the tree's parent and default; under the layout from
+        before the tree, every class)."""
+        if self.ours() == OLD_LAYOUT:
+            return set(self.view.classes)
         return set(self.view.classes) - set(TREE)
 
     def htb_class(self, handle: int) -> HtbClass | None:
@@ -349,14 +352,14 @@ class Wire:
         leg = self.leg
         ceil = capacity if leg.borrow and capacity is not None else leg.rate_bytes
         return HtbClass(rate=leg.rate_bytes, ceil=ceil, buffer=leg.buffer_ticks,
-                        cbuffer=_u32_ticks(ceil, leg.burst_bytes))
+                        cbuffer=_u32_ticks(ceil, leg.cburst_bytes(ceil)))
 
     def put_class(self, command: str, capacity: int | None = None) -> None:
         leg = self.leg
         want = self.wanted_class(capacity)
         quantum = min(max(leg.rate_bytes // 10, 1000), 200000)  # the kernel's own choice, without its warning
         self.ipr.tc(command, "htb", self.index, leg.handle, parent=PARENT_HANDLE, rate=want.rate, ceil=want.ceil,
-                    burst=leg.burst_bytes, cburst=leg.burst_bytes, quantum=quantum, prio=0)
+                    burst=leg.burst_bytes, cburst=leg.cburst_bytes(want.ceil), quantum=quantum, prio=0)
 
     def del_class(self, handle: int | None = None) -> None:
         handle = self.leg.handle if handle is None else handle
