@@ -23,16 +23,19 @@ def lan() -> Iterator[Lan]:
         yield lan
 
 
-def test_a_namespace_reports_its_interface_and_global_addresses_only(lan: Lan) -> None:
+def test_a_namespace_reports_its_interface_and_primary_global_addresses_only(lan: Lan) -> None:
     h1, _ = lan.hosts
     h1.run("ip", "-6", "addr", "add", "fd00:77::1/64", "dev", h1.ifname, "nodad")
+    secondary = f"{h1.address.rsplit('.', 1)[0]}.201/{h1.prefix}"  # in the same network: a secondary address
+    h1.run("ip", "addr", "add", secondary, "dev", h1.ifname)
     h1.run("ip", "route", "add", "default", "dev", h1.ifname)
     out = h1.run(sys.executable, "-c", "import json; from tenure.agent.netinfo import host_network; "
                  "print(json.dumps(host_network()))").stdout
     net = json.loads(out)
+    net["interfaces"][0]["addresses"].sort()
     assert net == {"interfaces": [{"name": h1.ifname, "addresses": sorted([f"{h1.address}/{h1.prefix}",
                                                                            "fd00:77::1/64"])}],
-                   "default": h1.ifname}  # no lo, no link-local fe80::
+                   "default": h1.ifname}  # no lo, no link-local fe80::, no secondary address
 
 
 def test_an_agent_registers_again_when_its_addresses_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -246,6 +246,11 @@ def test_remove(agents_api: Api) -> None:
     assert [op for _, op, _, _ in agent_events(agents_api)] == ["created", "deleted", "created"]
 
 
+
+def _net(network: object) -> dict[str, object]:
+    return {"host": "h1", "kinds": [], "version": "1", "capabilities": {"network": network}}
+
+
 BAD_REGISTRATIONS: list[tuple[Any, str]] = [
     ({"host": "", "kinds": [], "version": "1"}, "invalid_name"),
     ({"host": "a/b", "kinds": [], "version": "1"}, "invalid_name"),
@@ -271,6 +276,15 @@ BAD_REGISTRATIONS: list[tuple[Any, str]] = [
     ({"host": "h1", "kinds": [], "version": "1", "capabilities": {"x": "y" * 16_384}}, "invalid_capabilities"),
     ({"host": "h1", "kinds": [], "version": "1", "capabilities": {"x": "é" * 8_190}}, "invalid_capabilities"),
     ({"host": "h1", "kinds": [], "version": "1", "surprise": 1}, "invalid_request"),
+    # capabilities.network is what tenure agent reports: the server uses it, so it is checked
+    (_net(True), "invalid_capabilities"),
+    (_net({"interfaces": 5}), "invalid_capabilities"),
+    (_net({"interfaces": [{"name": "eth0", "addresses": ["10.0.0.1"], "speed": 1}]}),
+     "invalid_capabilities"),
+    (_net({"interfaces": [{"name": "eth0", "addresses": ["10.0.0.300/24"]}]}), "invalid_capabilities"),
+    (_net({"interfaces": [{"name": "eth0", "addresses": [5]}]}), "invalid_capabilities"),
+    (_net({"interfaces": [{"name": "a/b", "addresses": []}]}), "invalid_capabilities"),
+    (_net({"interfaces": [], "default": 7}), "invalid_capabilities"),
     (b'{"host": "h1", "kinds": [], "version": "\\ud800"}', "invalid_version"),
     (b'{"host": "h1", "kinds": [], "version": "1", "capabilities": {"x": "\\udfff"}}', "invalid_capabilities"),
     (b'{"host": "h1", "kinds": [], "version": "1", "capabilities": {"\\ud800": 1}}', "invalid_capabilities"),

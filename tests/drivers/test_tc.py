@@ -379,6 +379,10 @@ def test_the_layout_before_the_tree_is_left_alone_without_a_capacity(lan: Lan) -
     assert Shaper().stop(leg(h1, h3, classid="6"), ctx()) == 0
     assert root(h1)["kind"] == "noqueue"
 
+    assert Shaper().start(leg(h1, h2), ctx()) == 0  # on the tree, 1:fffe is the default class, not an old leg
+    assert Shaper().stop({"device": h1.ifname, "classid": "65534", "netns": h1.netns}, ctx()) == 0
+    assert set(h1.tc_classes()) == {"1:1", "1:5", "1:fffe"}
+
 
 def test_the_default_class_follows_every_leg_and_legs_may_disagree_about_the_capacity(lan: Lan) -> None:
     h1, h2, h3 = lan.hosts

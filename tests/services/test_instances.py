@@ -493,3 +493,40 @@ def test_shapers_follow_a_topology_change_and_a_restart_writes_nothing_new(
         assert out.generation == 2
     finally:
         again.close()
+
+
+def test_an_address_two_agents_report_or_another_node_is_labelled_with_is_nobodys(
+        rt: Runtime, clock: FakeClock) -> None:
+    """An agent vouches for its own host only: an address another agent reports too, or another node's label,
+    is not taken from it (a shaper on a third host must not be pointed at someone else's traffic)."""
+    topo = {"nodes": [{"id": "h1", "kind": "host"}, {"id": "h2", "kind": "host"},
+                      {"id": "h3", "kind": "host", "labels": {"address": "10.5.0.3"}},
+                      {"id": "s1", "kind": "switch"}],
+            "links": [{"id": f"{h}-s1", "a": h, "b": "s1", "capacity": "1G"} for h in ("h1", "h2", "h3")]}
+    rt.run(rt.topology.set_topology_op(Topology.parse(topo)))
+    register_with(rt, "h1", network(("eth0", ["10.5.0.1/24"]), default="eth0"))
+    register_with(rt, "h2", network(("eth0", ["10.5.0.3/24", "10.5.0.9/24"]), default="eth0"))  # h3's, and h4's
+    register_with(rt, "h4", network(("eth0", ["10.5.0.9/24"]), default="eth0"))
+    body = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "5M", "start": "now", "end": at(clock, minutes=5)}
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(body)))
+    [out] = shapers(rt, res.id).values()
+    assert out.state == "failed" and "reported no IPv4 address of its own" in out.reason
+    register_with(rt, "h4", network(("eth0", ["10.5.0.4/24"]), default="eth0"))  # h4 lets go of .9: h2 has it
+    [out] = shapers(rt, res.id).values()
+    assert out.parameters["dst"] == "10.5.0.9" and out.state == "provisioning"
+
+
+def test_a_server_starting_to_write_brings_every_shaper_up_to_date(
+        db_url: str, rt: Runtime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    register(rt, "h1")
+    res = oneway(rt, clock, "h2")
+    [out] = shapers(rt, res.id).values()
+    assert out.parameters["capacity"] == "1000000000"
+    rt.close()
+    monkeypatch.setattr("tenure.services.shaping.MAX_SHAPED", 10**8)  # as a newer version would shape it
+    again = open_rt(db_url, clock)
+    try:
+        [out] = shapers(again, res.id).values()
+        assert out.parameters["capacity"] == "100000000" and out.generation == 2
+    finally:
+        again.close()

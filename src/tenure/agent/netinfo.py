@@ -15,6 +15,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RT_SCOPE_UNIVERSE = 0  # a global address
+# Not reported: secondary IPv4 and temporary IPv6 (the same bit), duplicate, deprecated and tentative addresses.
+SKIP_FLAGS = 0x01 | 0x08 | 0x20 | 0x40
+MAX_INTERFACES, MAX_ADDRESSES = 64, 16  # the server's limits (services/agents.py validate_network)
 
 
 def host_network() -> dict[str, Any]:
@@ -25,14 +28,17 @@ def host_network() -> dict[str, Any]:
 
         with IPRoute() as ipr:
             names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-            found: dict[str, set[str]] = {}
+            found: dict[str, list[str]] = {}  # in the kernel's order: an interface's primary address first
             for addr in ipr.get_addr():
                 name = names.get(addr["index"])
-                if name is None or name == "lo" or addr["scope"] != RT_SCOPE_UNIVERSE:
+                flags = addr.get_attr("IFA_FLAGS") or addr["flags"]
+                if name is None or name == "lo" or addr["scope"] != RT_SCOPE_UNIVERSE or flags & SKIP_FLAGS:
                     continue
                 ip = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
-                if ip:
-                    found.setdefault(name, set()).add(f"{ip}/{addr['prefixlen']}")
+                cidr = f"{ip}/{addr['prefixlen']}"
+                listed = found.setdefault(name, [])
+                if ip and cidr not in listed and len(listed) < MAX_ADDRESSES:
+                    listed.append(cidr)
             default = None
             for family in (socket.AF_INET, socket.AF_INET6):
                 for route in ipr.get_default_routes(family=family):
@@ -40,5 +46,5 @@ def host_network() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a report, never a reason not to register
         log.warning("cannot read the host's interfaces", extra={"error": str(exc)})
         return {}
-    return {"interfaces": [{"name": n, "addresses": sorted(a)} for n, a in sorted(found.items())],
+    return {"interfaces": [{"name": n, "addresses": a} for n, a in sorted(found.items())[:MAX_INTERFACES]],
             "default": default if default in found else None}

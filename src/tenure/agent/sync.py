@@ -157,7 +157,13 @@ class SyncLoop:
         await self.sleep(min(30.0, 0.2 * 2 ** min(attempt, 8)) * (0.5 + self.rng.random()))
 
     async def _read_network(self) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self.network) if self.network is not None else None
+        if self.network is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.network)
+        except Exception as exc:  # a report, never a reason not to register or heartbeat
+            log.warning("cannot read the host's interfaces", extra={"host": self.host, "error": str(exc)})
+            return None
 
     async def _register(self, network: dict[str, Any] | None = None) -> None:
         """Register (again), with the instance types this agent runs and the host's interfaces and addresses."""

@@ -17,6 +17,7 @@ changes it inside commands, readers see it as of the last commit.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -134,6 +135,62 @@ def validate_capabilities(capabilities: object) -> dict[str, Any]:
     return json.loads(json.dumps(capabilities))  # a private copy the caller cannot change afterwards
 
 
+MAX_INTERFACES = 64
+MAX_ADDRESSES = 16  # per interface
+
+
+def validate_network(net: object) -> None:
+    """``capabilities.network`` as ``tenure agent`` reports it (agent/netinfo.py): interfaces with names and
+    addresses in CIDR form, and the default route's interface; anything else is refused, not stored."""
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"capabilities.network: {why}", code="invalid_capabilities")
+
+    if not isinstance(net, dict) or set(net) - {"interfaces", "default"}:
+        raise bad("must be an object with interfaces and default")
+    interfaces = net.get("interfaces", [])
+    if not isinstance(interfaces, list) or len(interfaces) > MAX_INTERFACES:
+        raise bad(f"interfaces must be a list of at most {MAX_INTERFACES}")
+    for iface in interfaces:
+        if not isinstance(iface, dict) or set(iface) != {"name", "addresses"}:
+            raise bad("each interface is an object with name and addresses")
+        name, addresses = iface["name"], iface["addresses"]
+        if not isinstance(name, str) or not 1 <= len(name) <= 15 or "/" in name or not name.isprintable():
+            raise bad(f"interface name {name!r} is not an interface name")
+        if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES:
+            raise bad(f"addresses of {name} must be a list of at most {MAX_ADDRESSES}")
+        for a in addresses:
+            try:
+                ipaddress.ip_interface(a if isinstance(a, str) else None)  # type: ignore[arg-type]
+            except ValueError:
+                raise bad(f"{a!r} on {name} is not an address with its prefix length, as 10.0.0.1/24") from None
+    default = net.get("default")
+    if default is not None and not isinstance(default, str):
+        raise bad("default must be an interface name or null")
+
+
+def _ip(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def _interfaces(net: object) -> list[tuple[str, list[str]]]:
+    """(name, [cidr]) of a stored ``capabilities.network``, skipping whatever is malformed (stored before it
+    was checked, or by another client)."""
+    ifaces = net.get("interfaces") if isinstance(net, Mapping) else None
+    out = []
+    for i in ifaces if isinstance(ifaces, list) else ():
+        if isinstance(i, Mapping) and isinstance(i.get("name"), str) and isinstance(i.get("addresses"), list):
+            out.append((i["name"], [a for a in i["addresses"] if isinstance(a, str) and _is_cidr(a)]))
+    return out
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _depth(value: object) -> int:
     """How deeply lists and objects nest in ``value`` (iteratively: no recursion limit to hit)."""
     deepest = 0
@@ -191,21 +248,63 @@ class AgentService:
         self.restored_at = clock()  # silence is counted from here at the earliest
         self._map: Published[str, AgentInfo] = Published()
         self._agents = self._map.working  # the writer thread's
+        self._owners: dict[str, int] | None = None  # reported address -> how many agents report it
         self._views = self._map.view  # as of the last commit; read by anyone
         # Called inside a registration's command, as fn(batch, host): what waits for an agent on the host.
         self.on_registered: list[Callable[[Batch, str], None]] = []
+        # Called with the hosts whose usable addresses may have changed: the registering (or removed) agent's,
+        # and every host reporting an address it reported before or reports now (shared addresses are nobody's).
+        self.on_network: list[Callable[[Batch, set[str]], None]] = []
 
     def registered(self, host: str) -> bool:
         """Whether an agent is registered for ``host`` (writer thread: the working map)."""
         return host in self._agents
 
     def network(self, host: str) -> Mapping[str, Any] | None:
-        """What ``host``'s agent reported of its interfaces and addresses (writer thread: the working map)."""
+        """What ``host``'s agent reported of its interfaces and addresses (writer thread: the working map),
+        without any address another agent reports too: an agent vouches for its own host only, so an address
+        two hosts claim is nobody's (its shapers then say that no address is known)."""
         info = self._agents.get(host)
         net = info.capabilities.get("network") if info is not None else None
-        return net if isinstance(net, Mapping) else None
+        if not isinstance(net, Mapping):
+            return None
+        owners = self._address_owners()
+        return {"default": net.get("default"), "interfaces": [
+            {"name": name, "addresses": [a for a in cidrs if owners.get(_ip(a), 1) == 1]}
+            for name, cidrs in _interfaces(net)]}
+
+    def _address_owners(self) -> dict[str, int]:
+        """How many agents report each address (rebuilt after a change of anyone's capabilities)."""
+        if self._owners is None:
+            owners: dict[str, int] = {}
+            for info in self._agents.values():
+                for ip in {_ip(a) for _, cidrs in _interfaces(info.capabilities.get("network")) for a in cidrs}:
+                    owners[ip] = owners.get(ip, 0) + 1
+            self._owners = owners
+        return self._owners
+
+    def _put(self, batch: Batch, host: str, info: AgentInfo | None) -> None:
+        old = self._agents.get(host)
+        self._map.put(batch, host, info)
+        if old is None or info is None or old.capabilities is not info.capabilities:
+            self._owners = None
+            batch.on_undo(self._forget_owners)
+
+    def _forget_owners(self) -> None:
+        self._owners = None
+
+    def _network_changed(self, batch: Batch, host: str, old: Mapping[str, Any] | None,
+                         new: Mapping[str, Any] | None) -> None:
+        ips = {_ip(a) for caps in (old, new) if caps
+               for _, cidrs in _interfaces(caps.get("network")) for a in cidrs}
+        hosts = {host} | {h for h, info in self._agents.items()
+                          if ips and not ips.isdisjoint(
+                              _ip(a) for _, cidrs in _interfaces(info.capabilities.get("network")) for a in cidrs)}
+        for fn in self.on_network:
+            fn(batch, hosts)
 
     def load(self, conn: Connection) -> None:
+        self._owners = None
         for row in conn.execute(select(schema.agents)):
             self._map.load(row.host, _from_row(row))
         self.restored_at = self.clock()
@@ -216,13 +315,14 @@ class AgentService:
         Heartbeats move ``last_seen`` without an event; a follower's tailer refreshes every agent now and
         then (``hosts=None``) so that its answers do not show old heartbeats for long.
         """
+        self._owners = None
         q = select(schema.agents)
         rows = conn.execute(q) if hosts is None else rows_in(conn, q, schema.agents.c.host, hosts)
         stored = {row.host: _from_row(row) for row in rows}
         for host in (hosts if hosts is not None else set(self._agents) | set(stored)):
             info = stored.get(host)
             if info != self._agents.get(host):
-                self._map.put(batch, host, info)
+                self._put(batch, host, info)
 
     # ------------------------------------------------------------- helpers
 
@@ -246,31 +346,36 @@ class AgentService:
         kinds_ = validate_kinds(kinds)
         version_ = validate_version(version)
         caps = validate_capabilities(capabilities)
+        if "network" in caps:
+            validate_network(caps["network"])
 
         def apply(batch: Batch) -> tuple[AgentInfo, bool]:
             old = self._agents.get(host)
             if old is None:
                 info = AgentInfo(host, kinds_, version_, caps, UP, batch.now, batch.now, batch.next_revision())
                 batch.write(schema.agents.insert(), info.row())
-                self._map.put(batch, host, info)
+                self._put(batch, host, info)
                 batch.emit("agent", host, "created", _labels(host), info.body())
                 _log_on_commit(batch, "agent registered", host=host, version=version_)
+                self._network_changed(batch, host, None, caps)
                 for fn in self.on_registered:
                     fn(batch, host)
                 return info, True
             if old.state == UP and old.same_registration(kinds_, version_, caps):
                 info = replace(old, last_seen=batch.now)
                 batch.write(UPDATE_SEEN, {"b_host": host, "b_last_seen": batch.now})
-                self._map.put(batch, host, info)
+                self._put(batch, host, info)
                 return info, False
             info = AgentInfo(host, kinds_, version_, caps, UP, old.registered_at, batch.now, batch.next_revision())
             row = info.row()
             del row["host"], row["registered_at"]
             batch.write(update(schema.agents).where(schema.agents.c.host == host).values(**row), {})
-            self._map.put(batch, host, info)
+            self._put(batch, host, info)
             batch.emit("agent", host, "updated", _labels(host), info.body())
             if old.state == DOWN:
                 _log_on_commit(batch, "agent up", host=host)
+            if old.capabilities.get("network") != caps.get("network"):
+                self._network_changed(batch, host, old.capabilities, caps)
             for fn in self.on_registered:
                 fn(batch, host)
             return info, False
@@ -289,7 +394,7 @@ class AgentService:
             if old.state == UP:
                 info = replace(old, last_seen=batch.now)
                 batch.write(UPDATE_SEEN, {"b_host": host, "b_last_seen": batch.now})
-                self._map.put(batch, host, info)
+                self._put(batch, host, info)
                 return info
             info = replace(old, state=UP, last_seen=batch.now, revision=batch.next_revision())
             batch.write(
@@ -298,7 +403,7 @@ class AgentService:
                 .values(state=UP, last_seen=batch.now, revision=info.revision),
                 {},
             )
-            self._map.put(batch, host, info)
+            self._put(batch, host, info)
             batch.emit("agent", host, "updated", _labels(host), info.body())
             _log_on_commit(batch, "agent up", host=host)
             return info
@@ -314,7 +419,8 @@ class AgentService:
                 raise _not_found(host)
             removed = replace(old, revision=batch.next_revision())
             batch.write(delete(schema.agents).where(schema.agents.c.host == host), {})
-            self._map.put(batch, host, None)
+            self._put(batch, host, None)
+            self._network_changed(batch, host, old.capabilities, None)
             batch.emit("agent", host, "deleted", _labels(host), removed.body())
             _log_on_commit(batch, "agent removed", host=host)
             return removed
@@ -341,7 +447,7 @@ class AgentService:
                     .values(state=DOWN, revision=info.revision),
                     {},
                 )
-                self._map.put(batch, host, info)
+                self._put(batch, host, info)
                 batch.emit("agent", host, "updated", _labels(host), info.body())
                 _log_on_commit(batch, "agent down", host=host, last_seen=old.last_seen.isoformat())
                 marked.append(info)

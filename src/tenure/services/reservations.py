@@ -545,10 +545,10 @@ class ReservationService:
 
     # ================================================================ reads
 
-    def active_touching(self, host: str | None) -> list[Reservation]:
-        """The active reservations with a leg from or to ``host`` (None: all of them; writer thread)."""
-        return [r for r in self._res.values()
-                if r.state == ACTIVE and (host is None or any(host in (leg.src, leg.dst) for leg in r.legs))]
+    def active_touching(self, hosts: Collection[str] | None) -> list[Reservation]:
+        """The active reservations with a leg from or to one of ``hosts`` (None: all of them; writer thread)."""
+        return [r for r in self._res.values() if r.state == ACTIVE and (
+            hosts is None or any(leg.src in hosts or leg.dst in hosts for leg in r.legs))]
 
     def get(self, rid: str, *, principal: Principal = ADMIN) -> Reservation:
         res = self._views.get(rid)

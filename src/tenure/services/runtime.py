@@ -116,7 +116,7 @@ class Runtime:
                     writer=self.writer, clock=clock, types=types, claim_value=self.allocator.claimed_value,
                     has_agent=self.agents.registered, report_grace=self.settings.instance_report_grace)
                 self.agents.on_registered.append(self.instances.on_agent_registered)
-                self.agents.on_registered.append(self._host_registered)
+                self.agents.on_network.append(self._hosts_changed)
                 self.reservations.listeners.append(self._reservation_changed)
                 self.topology.on_changed.append(self._resync_shapers)
                 self.allocator.load(conn)
@@ -169,7 +169,10 @@ class Runtime:
         # Timers re-armed at load; what fell due while the server was down is applied before serving.
         self.reservations.scheduler.run_due()
         self.instances.scheduler.run_due()
-        self.writer.execute(Op(self._resync_shapers))
+        try:
+            self.writer.execute(Op(self._resync_shapers))
+        except Exception:  # shapers stay as they were: the next topology change or registration tries again
+            log.exception("re-syncing the reservations' shapers failed")
         if self.settings.housekeeping:
             self.reservations.scheduler.start()
             self.instances.scheduler.start()
@@ -236,10 +239,10 @@ class Runtime:
         for res in self.reservations.active_touching(None):
             sync_shapers(batch, res, self.reservations.cap.topology, self.instances, self.agents.network)
 
-    def _host_registered(self, batch: Any, host: str) -> None:
-        """An agent registered, or reported new addresses (inside its command): the shapers of the active
-        reservations with a leg from or to its host follow what it reported."""
-        for res in self.reservations.active_touching(host):
+    def _hosts_changed(self, batch: Any, hosts: set[str]) -> None:
+        """What some agents reported changed (inside the command): the shapers of the active reservations with a
+        leg from or to one of ``hosts`` follow."""
+        for res in self.reservations.active_touching(hosts):
             sync_shapers(batch, res, self.reservations.cap.topology, self.instances, self.agents.network)
 
     def close(self) -> None:

@@ -31,7 +31,8 @@ addresses), the shapers of the active reservations on its host follow.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from tenure.domain.reservation import ACTIVE, Reservation
@@ -51,52 +52,73 @@ def _no_network(host: str) -> None:
     return None
 
 
-def _reported(net: Mapping[str, Any] | None) -> list[tuple[str, ipaddress.IPv4Interface]]:
-    """(interface, IPv4 address with its network) pairs an agent reported, its default route's interface first."""
-    if not net:
+def _reported(net: Mapping[str, Any] | None, taken: Collection[str] = ()) -> list[tuple[str, ipaddress.IPv4Interface]]:
+    """(interface, IPv4 address with its network) pairs an agent reported, its default route's interface first.
+
+    Left out: what is not plain data, addresses no host can be reached at (loopback, link-local, multicast,
+    unspecified), and ``taken`` addresses (another node's ``address`` label: an agent vouches for its own host)."""
+    if not isinstance(net, Mapping) or not isinstance(net.get("interfaces"), list):
         return []
     out = []
-    for iface in net.get("interfaces") or ():
+    for iface in net["interfaces"]:
         if not isinstance(iface, Mapping) or not isinstance(iface.get("name"), str):
             continue
-        for text in iface.get("addresses") or ():
+        for text in iface.get("addresses") if isinstance(iface.get("addresses"), list) else ():
             try:
                 addr = ipaddress.ip_interface(text)
             except (TypeError, ValueError):
                 continue
-            if isinstance(addr, ipaddress.IPv4Interface):  # the u32 match is IPv4 (docs/dataplane.md, step 2)
-                out.append((iface["name"], addr))
+            ip = addr.ip
+            if (not isinstance(addr, ipaddress.IPv4Interface)  # the u32 match is IPv4 (docs/dataplane.md, step 2)
+                    or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
+                    or str(ip) in taken):
+                continue
+            out.append((iface["name"], addr))
     default = net.get("default")
-    return sorted(out, key=lambda pair: pair[0] != default)
+    return sorted(out, key=lambda pair: pair[0] != default)  # stable: the agent's (the kernel's) order within
 
 
-def address_of(node: Node, network: Network, interface: str | None = None) -> str | None:
-    """The node's address: its ``address`` label, else the IPv4 address its agent reported on ``interface``
-    (the one the flow leaves by), else on its default route's interface."""
-    if node.labels.get("address"):
-        return node.labels["address"]
-    found = _reported(network(node.id))
-    if not found:
-        return None
-    on = [addr for name, addr in found if name == interface]
-    return str((on or [addr for _, addr in found])[0].ip)
+def _labelled(topology: Topology) -> dict[str, str]:
+    """Address label -> node, once per topology (topologies are immutable)."""
+    found = _LABELLED.get(topology)
+    if found is None:
+        found = {n.labels["address"]: n.id for n in topology.nodes.values() if n.labels.get("address")}
+        _LABELLED[topology] = found
+    return found
 
 
-def interface_of(node: Node, toward: str | None, network: Network) -> str | None:
-    """The node's egress interface toward ``toward``: its ``interface`` label, else the reported interface
-    whose network holds ``toward``, else the default route's (or the only one)."""
-    if node.labels.get("interface"):
-        return node.labels["interface"]
-    found = _reported(network(node.id))
-    if toward is not None:
-        try:
-            peer = ipaddress.ip_address(toward)
-        except ValueError:
-            peer = None
-        for name, addr in found:
-            if peer is not None and peer in addr.network:
-                return name
-    return found[0][0] if found else None
+_LABELLED: weakref.WeakKeyDictionary[Topology, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def endpoints(src: Node, dst: Node, topology: Topology, network: Network) -> tuple[str | None, str | None,
+                                                                                 str | None]:
+    """(dst address, src interface, src address) of a leg from ``src`` to ``dst``: the topology's labels, else
+    what the hosts' agents reported. Reported addresses pair up: the destination's address in a network the
+    source has an interface in, that interface, and the source's address on it (as the flow leaves); else the
+    destination's default route's address and the source's default route's interface. A labelled interface
+    the agent did not report gets no reported source address (rather than another interface's)."""
+    taken = _labelled(topology)
+    mine = _reported(network(src.id), taken)
+    dst_addr = dst.labels.get("address") or None
+    device = src.labels.get("interface") or None
+    if dst_addr is None:
+        theirs = [addr for _, addr in _reported(network(dst.id), taken)]
+        shared = [d for d in theirs for name, s in mine if d.ip in s.network and device in (None, name)]
+        chosen = shared[0] if shared else (theirs[0] if theirs else None)
+        dst_addr = str(chosen.ip) if chosen is not None else None
+    if device is None and mine:
+        peer = ipaddress.ip_address(dst_addr) if dst_addr and _is_ip(dst_addr) else None
+        device = next((name for name, s in mine if peer is not None and peer in s.network), mine[0][0])
+    src_addr = src.labels.get("address") or next((str(s.ip) for name, s in mine if name == device), None)
+    return dst_addr, device, src_addr
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_network) -> dict[str, dict[str, Any]]:
@@ -114,16 +136,14 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
         if first is not None:  # the source host's link: the capacity its interface's tree shares out
             params["capacity"] = min(first.capacity(leg.hops[0][1]), MAX_SHAPED)
         failed = None
-        dst_address = address_of(dst, network)
+        dst_address, device, src_address = endpoints(src, dst, topology, network)
         if dst_address:
             params["dst"] = dst_address
         else:
-            failed = (f"node {dst.id!r} has no 'address' label and its agent reported no IPv4 address: the flow to "
-                      f"it cannot be matched")
-        device = interface_of(src, dst_address, network)
+            failed = (f"node {dst.id!r} has no 'address' label and its agent reported no IPv4 address of its own: "
+                      f"the flow to it cannot be matched")
         if device:
             params["device"] = device
-        src_address = address_of(src, network, device)  # as the flow leaves: the address on its interface
         if src_address:
             params["src"] = src_address
         m = res.match

@@ -323,6 +323,8 @@ class Shaper:
                 node = wire.node()
                 if node is not None:  # at our place, whatever its flowid
                     self._del_node(wire, node, ctx)
+                if owner is None and leg.handle in (PARENT_HANDLE, DEFAULT_HANDLE):
+                    return OCF_SUCCESS  # an old agent's leg 1:fffe: on the tree that is the default class, not it
                 if leg.handle in wire.class_handles():
                     try:
                         _absent_ok(wire.del_class)
