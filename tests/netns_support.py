@@ -36,8 +36,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -340,3 +341,24 @@ class TcEvents:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def side_by_side(*runs: Callable[[], float]) -> list[float]:
+    """Run iperf3 measurements side by side (threads); their results in order."""
+    out: list[float | BaseException] = [0.0] * len(runs)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = runs[i]()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(runs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return [float(r) for r in out]  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import asyncio
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from tests.netns_support import (
     iperf3,
     netns_names,
     require_iperf3,
+    side_by_side,
     require_netns,
     run,
 )
@@ -289,27 +290,6 @@ def test_ports_select_the_flow(lan: Lan) -> None:
     assert other_port > UNSHAPED
 
 
-def at_once(*runs: Callable[[], float]) -> list[float]:
-    """Run iperf3 measurements side by side (threads); their results in order."""
-    out: list[float | BaseException] = [0.0] * len(runs)
-
-    def one(i: int) -> None:
-        try:
-            out[i] = runs[i]()
-        except BaseException as exc:  # re-raised below, in the test's thread
-            out[i] = exc
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(runs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    for r in out:
-        if isinstance(r, BaseException):
-            raise r
-    return [float(r) for r in out]  # type: ignore[arg-type]
-
-
 def test_a_reserved_flow_keeps_its_rate_against_a_bulk_transfer(lan: Lan) -> None:
     """The guarantee: a 50 Mbit/s leg on a 200 Mbit/s interface while an unreserved flow from the same host
     wants everything. The leg keeps what it gets alone (iperf3; its class's layer-2 rate is printed), the bulk
@@ -321,7 +301,7 @@ def test_a_reserved_flow_keeps_its_rate_against_a_bulk_transfer(lan: Lan) -> Non
     alone = iperf3(h1, h2, seconds=2, port=5201)
     sent0 = h1.tc_classes()["1:5"]["sent_bytes"]
     t0 = time.monotonic()
-    reserved, bulk = at_once(lambda: iperf3(h1, h2, seconds=4, port=5201),
+    reserved, bulk = side_by_side(lambda: iperf3(h1, h2, seconds=4, port=5201),
                              lambda: iperf3(h1, h3, seconds=4, port=5202))
     wire = (h1.tc_classes()["1:5"]["sent_bytes"] - sent0) * 8 / (time.monotonic() - t0)
     print(f"alone {alone / 1e6:.1f}, contended {reserved / 1e6:.1f} Mbit/s (class on the wire {wire / 1e6:.1f}), "

@@ -11,6 +11,7 @@ never a pause to let time pass). TC notifications are counted with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -204,3 +205,37 @@ def tc_layout(host: Host) -> dict[str, Any]:
         q.get("options", {}).pop("direct_packets_stat", None)
     classes = {cid: {k: v for k, v in c.items() if not k.startswith("sent_")} for cid, c in host.tc_classes().items()}
     return {"qdiscs": qdiscs, "classes": classes, "filters": host.tc_json("filter")}
+
+
+def start_cluster(tmp: Path, hosts: Sequence[Host], daemons: list[Daemon], cleanup: contextlib.ExitStack,
+                  logs: Callable[[], str]) -> tuple[TenureClient, dict[str, Daemon]]:
+    """A ``tenure serve`` in the root namespace on a unix socket, and one ``tenure agent`` per host inside its
+    namespace (each with an agent token of its own), registered, synced and up on the server. Every process is
+    appended to ``daemons`` (the caller stops them); the admin client is closed by ``cleanup``."""
+    server_dir, server_sock = tmp / "server", tmp / "server.sock"
+    server = Daemon("server", ["serve", "--listen", f"unix:{server_sock}", "--data-dir", str(server_dir)],
+                    sock=server_sock, data_dir=server_dir, log=tmp / "server.log")
+    daemons.append(server)
+    server.start().wait_healthy(context=logs)
+    admin = cleanup.enter_context(server.admin_client())
+    agents: dict[str, Daemon] = {}
+    for host in hosts:
+        data = tmp / host.name
+        data.mkdir()
+        token = admin.create_token("agent", host=host.name)["token"]
+        token_file = write_secret(tmp / f"{host.name}.token", token)
+        argv = ["agent", "--host", host.name, "--server", f"unix:{server_sock}", "--server-token-file",
+                str(token_file), "--data-dir", str(data), "--rsctmp", str(data / "rsctmp"),
+                "--listen", f"unix:{data / 'agent.sock'}", "--heartbeat", "1"]
+        agent = Daemon(f"agent {host.name}", argv, sock=data / "agent.sock", data_dir=data,
+                       log=tmp / f"{host.name}.log", host=host)
+        daemons.append(agent)
+        agents[host.name] = agent.start()
+    for agent in agents.values():
+        agent.wait_healthy(lambda b: b["sync"]["registered"] and b["sync"]["synced"], what="registered and synced",
+                           context=logs)
+        agent.verify_in_netns()
+    want = {h.name: "up" for h in hosts}
+    wait_until(lambda: {a["host"]: a["state"] for a in admin.agents()["agents"]} == want, timeout=30,
+               what="every agent up on the server", context=logs)
+    return admin, agents

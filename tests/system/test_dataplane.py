@@ -39,8 +39,18 @@ import pytest
 
 from tenure.client import TenureClient
 from tenure.client._errors import TenureAPIError
-from tests.netns_support import CREATED, Host, Lan, TcEvents, iperf3, netns_names, require_iperf3, require_netns
-from tests.system.dataplane_support import Daemon, group_alive, tc_layout, wait_until, write_secret
+from tests.netns_support import (
+    CREATED,
+    Host,
+    Lan,
+    TcEvents,
+    iperf3,
+    netns_names,
+    require_iperf3,
+    require_netns,
+    side_by_side,
+)
+from tests.system.dataplane_support import Daemon, group_alive, start_cluster, tc_layout, wait_until
 
 RATE = 50_000_000  # bit/s reserved
 SHAPED = (45e6, 55e6)  # iperf3 goodput of a 50M class (layer-2 rate): about 48 Mbit/s
@@ -104,41 +114,9 @@ def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> Non
     with Lan(2) as lan, contextlib.ExitStack() as cleanup:
         h1, h2 = lan.hosts
         try:
-            # --- the server, in the root namespace, on a unix socket
-            server_dir = tmp_path / "server"
-            server_sock = tmp_path / "server.sock"
-            server = Daemon("server", ["serve", "--listen", f"unix:{server_sock}", "--data-dir", str(server_dir)],
-                            sock=server_sock, data_dir=server_dir, log=tmp_path / "server.log")
-            daemons.append(server)
-            server.start().wait_healthy(context=logs)
-            admin = cleanup.enter_context(server.admin_client())
-            url = f"unix:{server_sock}"
-
+            # --- the server in the root namespace, one agent per host inside the host's namespace
+            admin, agents = start_cluster(tmp_path, (h1, h2), daemons, cleanup, logs)
             admin.put_topology(topology(h1, h2))
-
-            # --- one agent per host, inside the host's namespace
-            agents: dict[str, Daemon] = {}
-            for host in (h1, h2):
-                data = tmp_path / host.name
-                data.mkdir()
-                token = admin.create_token("agent", host=host.name)["token"]
-                token_file = write_secret(tmp_path / f"{host.name}.token", token)
-                argv = ["agent", "--host", host.name, "--server", url, "--server-token-file", str(token_file),
-                        "--data-dir", str(data), "--rsctmp", str(data / "rsctmp"),
-                        "--listen", f"unix:{data / 'agent.sock'}", "--heartbeat", "1"]
-                agent = Daemon(f"agent {host.name}", argv, sock=data / "agent.sock", data_dir=data,
-                               log=tmp_path / f"{host.name}.log", host=host)
-                daemons.append(agent)
-                agents[host.name] = agent.start()
-            for agent in agents.values():
-                agent.wait_healthy(lambda b: b["sync"]["registered"]
-                                   and b["sync"]["synced"], what="registered and synced", context=logs)
-                agent.verify_in_netns()
-
-            def agents_up() -> bool:
-                return {a["host"]: a["state"] for a in admin.agents()["agents"]} == {"h1": "up", "h2": "up"}
-
-            wait_until(agents_up, timeout=WAIT, what="both agents up on the server", context=logs)
 
             # --- the reservation and its shaper on h1
             res = admin.reserve(kind="oneway", src="h1", dst="h2", rate="50M", start="now", end=f"+{WINDOW}s")
@@ -237,3 +215,60 @@ def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> Non
             assert not group_alive(d.pid), f"{d.name} left processes behind"
     mine = {name for name in CREATED if lan.suffix in name}
     assert not mine & netns_names(), f"namespaces left behind: {sorted(mine & netns_names())}"
+
+
+@pytest.mark.system
+def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_path: Path) -> None:
+    """End to end, on a topology without address or interface labels (the agents report them): a 50 Mbit/s
+    reservation h1 -> h2 on h1's 200 Mbit/s link keeps its rate while an unreserved bulk transfer from h1 to h3
+    wants everything; modified to ``burst: borrow`` it uses the idle link; cancelled, its tree is gone."""
+    require_netns()
+    require_iperf3()
+    daemons: list[Daemon] = []
+    rates: dict[str, float] = {}
+
+    def logs() -> str:
+        return "".join(f"\n----- {d.name} log (tail) -----\n{d.tail()}" for d in daemons)
+
+    with Lan(3) as lan, contextlib.ExitStack() as cleanup:
+        h1, h2, h3 = lan.hosts
+        try:
+            admin, _ = start_cluster(tmp_path, lan.hosts, daemons, cleanup, logs)
+            capacity = {"h1": "200M", "h2": "1G", "h3": "1G"}
+            admin.put_topology({"nodes": [{"id": h.name, "kind": "host"} for h in lan.hosts]
+                                + [{"id": "s1", "kind": "switch"}],
+                                "links": [{"id": f"{h.name}-s1", "a": h.name, "b": "s1", "capacity": capacity[h.name]}
+                                          for h in lan.hosts]})
+            rid = admin.reserve(kind="oneway", src="h1", dst="h2", rate="50M", start="now", end="+120s")["id"]
+
+            def shaper(generation: int) -> dict[str, Any] | None:
+                mine = shapers(admin, rid)
+                ok = len(mine) == 1 and mine[0]["state"] == "active" and mine[0]["observed"] == generation
+                return mine[0] if ok else None
+
+            inst = wait_until(lambda: shaper(1), timeout=WAIT, what="the shaper active on h1", context=logs)
+            params = inst["parameters"]
+            assert (params["dst"], params["src"], params["device"], params["capacity"]) == (
+                h2.address, h1.address, h1.ifname, "200000000"), f"{inst}{logs()}"  # from the agents' reports
+
+            rates["alone"] = iperf3(h1, h2, seconds=IPERF_SECONDS)
+            rates["contended"], rates["bulk"] = side_by_side(lambda: iperf3(h1, h2, seconds=4, port=5201),
+                                                             lambda: iperf3(h1, h3, seconds=4, port=5202))
+            assert rates["contended"] >= 0.95 * rates["alone"] and rates["contended"] >= SHAPED[0], logs()
+            assert 120e6 <= rates["bulk"] <= 200e6 and rates["contended"] + rates["bulk"] <= 200e6, logs()
+
+            admin.modify_reservation(rid, burst="borrow")
+            wait_until(lambda: shaper(2), timeout=WAIT, what="the shaper modified to borrow", context=logs)
+            rates["borrowing"] = iperf3(h1, h2, seconds=IPERF_SECONDS)
+            assert 100e6 < rates["borrowing"] <= 200e6, logs()
+
+            admin.cancel_reservation(rid)
+            wait_until(lambda: root_qdisc(h1)["kind"] in ROOT_KINDS, timeout=WAIT, what="h1's tree gone",
+                       context=logs)
+            assert h1.tc_classes() == {}, logs()
+        finally:
+            for d in reversed(daemons):
+                d.stop()
+            print("\niperf3: " + ", ".join(f"{k} {v / 1e6:.1f} Mbit/s" for k, v in rates.items()))
+        for d in daemons:
+            assert not group_alive(d.pid), f"{d.name} left processes behind"
