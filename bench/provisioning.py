@@ -525,12 +525,14 @@ class Ctx:
         return getattr(self.inner, name)
 
 
+CAPACITY = "10000000000"  # bit/s: the hosts' links in the benchmark's topology (10G), as the server passes it
+
 def baseline_legs(lan: Lan, classid: int) -> list[dict[str, str]]:
     h1, h2 = lan[0], lan[1]
     return [{"device": h1.ifname, "rate": "100000000", "classid": str(classid), "dst": h2.address, "src": h1.address,
-             "netns": h1.netns},
+             "netns": h1.netns, "capacity": CAPACITY, "borrow": "no"},
             {"device": h2.ifname, "rate": "100000000", "classid": str(classid), "dst": h1.address, "src": h2.address,
-             "netns": h2.netns}]
+             "netns": h2.netns, "capacity": CAPACITY, "borrow": "no"}]
 
 
 def activation(w: World, probes: list[NetnsTc], tracker: Tracker) -> dict[str, Any]:
@@ -685,7 +687,7 @@ def monitor_cost(w: World, probe: NetnsTc, samples: int = 5) -> float:
     h1, h2 = w.lan[0], w.lan[1]
     classid = min(probe.classes()) & 0xFFFF
     params = {"device": h1.ifname, "rate": "1000000", "classid": str(classid), "dst": h2.address, "src": h1.address,
-              "netns": h1.netns}
+              "netns": h1.netns, "capacity": CAPACITY, "borrow": "no"}
     shaper = Shaper()
     took = []
     for _ in range(samples):
@@ -773,16 +775,20 @@ def driver_scaling(w: World, sizes: list[int]) -> list[dict[str, Any]]:
     try:
         h2.run("ip", "link", "set", "bdum1", "up")
         h2.run("ip", "link", "set", dev, "up")
-        h2.run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "0")
+        h2.run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "fffe")  # the tree
+        h2.run("tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit", "ceil",
+               "10gbit")
+        h2.run("tc", "class", "add", "dev", dev, "parent", "1:1", "classid", "1:fffe", "htb", "rate", "1gbit", "ceil",
+               "10gbit", "prio", "1")
         params = {"device": dev, "rate": "1000000", "classid": "2", "dst": h1.address, "src": h2.address,
-                  "netns": h2.netns}
+                  "netns": h2.netns, "capacity": CAPACITY, "borrow": "no"}
         shaper = Shaper()
         out = []
         have = 0
         for n in sorted(sizes):
             lines = []
             for c in range(2 + have, 2 + n):
-                lines.append(f"class add dev {dev} parent 1: classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
+                lines.append(f"class add dev {dev} parent 1:1 classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
                              f"burst 1600 cburst 1600 quantum 12500")
                 lines.append(f"filter add dev {dev} parent 1: protocol ip prio 100 handle ::{c:x} u32 "
                              f"match ip dst {h1.address}/32 match ip src {h2.address}/32 flowid 1:{c:x}")
