@@ -50,3 +50,20 @@ def test_an_agent_registers_again_when_its_addresses_change(tmp_path: Path, monk
             wait_until(lambda: reported() == now, timeout=20, what="the first registration with the host's network")
             now["interfaces"][0]["addresses"] = ["10.9.0.2/24"]
             wait_until(lambda: reported() == now, timeout=20, what="a registration with the new address")
+
+
+def test_an_agent_whose_report_the_server_refuses_registers_without_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More addresses than the server takes (a report from an agent of another version, say): the host is
+    registered all the same, without its interfaces, rather than not at all."""
+    many = {"interfaces": [{"name": "eth0", "addresses": [f"10.9.0.{i}/24" for i in range(1, 40)]}],
+            "default": "eth0"}
+    monkeypatch.setattr("tenure.agent.daemon.host_network", lambda: many)
+    for server in start_server(tmp_path):
+        for _agent in start_host_agent(tmp_path, server, "h1", heartbeat=0.05):
+            def registered() -> Any:
+                r = server.get("/v1/agents/h1")
+                return r.json() if r.status_code == 200 else None
+
+            body = wait_until(registered, timeout=20, what="the agent registered")
+            assert "network" not in body["capabilities"] and body["capabilities"]["types"]

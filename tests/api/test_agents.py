@@ -285,6 +285,7 @@ BAD_REGISTRATIONS: list[tuple[Any, str]] = [
     (_net({"interfaces": [{"name": "eth0", "addresses": [5]}]}), "invalid_capabilities"),
     (_net({"interfaces": [{"name": "a/b", "addresses": []}]}), "invalid_capabilities"),
     (_net({"interfaces": [], "default": 7}), "invalid_capabilities"),
+    (_net({"interfaces": [{"name": "eth0", "addresses": ["10.0.0.1"]}]}), "invalid_capabilities"),  # no prefix
     (b'{"host": "h1", "kinds": [], "version": "\\ud800"}', "invalid_version"),
     (b'{"host": "h1", "kinds": [], "version": "1", "capabilities": {"x": "\\udfff"}}', "invalid_capabilities"),
     (b'{"host": "h1", "kinds": [], "version": "1", "capabilities": {"\\ud800": 1}}', "invalid_capabilities"),

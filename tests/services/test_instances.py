@@ -530,3 +530,17 @@ def test_a_server_starting_to_write_brings_every_shaper_up_to_date(
         assert out.parameters["capacity"] == "100000000" and out.generation == 2
     finally:
         again.close()
+
+
+def test_a_host_labelled_with_its_own_address_keeps_the_interface_that_holds_it(
+        rt: Runtime, clock: FakeClock) -> None:
+    """Another node's label takes an address away from an agent; the node's own label does not."""
+    topo = {**BARE, "nodes": [{"id": "h1", "kind": "host", "labels": {"address": "10.0.0.1"}}, *BARE["nodes"][1:]]}
+    rt.run(rt.topology.set_topology_op(Topology.parse(topo)))
+    register_with(rt, "h1", network(("eth1", ["192.168.9.1/24"]), ("eth0", ["10.0.0.1/24"]), default="eth1"))
+    register_with(rt, "h2", network(("eth0", ["10.0.0.2/24"]), default="eth0"))
+    body = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "5M", "start": "now", "end": at(clock, minutes=5)}
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(body)))
+    [out] = shapers(rt, res.id).values()
+    assert {k: out.parameters[k] for k in ("dst", "src", "device")} == {
+        "dst": "10.0.0.2", "src": "10.0.0.1", "device": "eth0"}

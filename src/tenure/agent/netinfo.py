@@ -46,5 +46,6 @@ def host_network() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a report, never a reason not to register
         log.warning("cannot read the host's interfaces", extra={"error": str(exc)})
         return {}
-    return {"interfaces": [{"name": n, "addresses": a} for n, a in sorted(found.items())[:MAX_INTERFACES]],
+    kept = sorted(found.items(), key=lambda item: (item[0] != default, item[0]))[:MAX_INTERFACES]  # default first
+    return {"interfaces": [{"name": n, "addresses": a} for n, a in sorted(kept)],
             "default": default if default in found else None}

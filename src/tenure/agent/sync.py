@@ -179,6 +179,15 @@ class SyncLoop:
                 self._reported_network = network
                 self.registered.set()
                 return
+            except TenureAPIError as exc:
+                if exc.code == "invalid_capabilities" and "network" in caps:  # the server would not take it
+                    log.warning("the server refused the host's interfaces; registering without them",
+                                extra={"host": self.host, "error": str(exc)})
+                    del caps["network"]  # (and not offered again until it changes: it is kept as reported)
+                    continue
+                log.warning("registration failed; retrying", extra={"host": self.host, "error": str(exc)})
+                await self._backoff(attempt)
+                attempt += 1
             except (TenureClientError, TenureError) as exc:
                 log.warning("registration failed; retrying", extra={"host": self.host, "error": str(exc)})
                 await self._backoff(attempt)

@@ -160,7 +160,9 @@ def validate_network(net: object) -> None:
             raise bad(f"addresses of {name} must be a list of at most {MAX_ADDRESSES}")
         for a in addresses:
             try:
-                ipaddress.ip_interface(a if isinstance(a, str) else None)  # type: ignore[arg-type]
+                if not isinstance(a, str) or "/" not in a:
+                    raise ValueError(a)
+                ipaddress.ip_interface(a)
             except ValueError:
                 raise bad(f"{a!r} on {name} is not an address with its prefix length, as 10.0.0.1/24") from None
     default = net.get("default")
@@ -294,11 +296,16 @@ class AgentService:
         self._owners = None
 
     def _network_changed(self, batch: Batch, host: str, old: Mapping[str, Any] | None,
-                         new: Mapping[str, Any] | None) -> None:
+                         new: Mapping[str, Any] | None, before: Mapping[str, int]) -> None:
+        """``host``'s report changed (``before``: the address index before it did): its own shapers follow, and
+        those of every host one of whose addresses became its own or stopped being (an address shared by all,
+        such as a docker0 bridge's, stays nobody's and touches nobody)."""
+        after = self._address_owners()
         ips = {_ip(a) for caps in (old, new) if caps
                for _, cidrs in _interfaces(caps.get("network")) for a in cidrs}
+        flipped = {ip for ip in ips if (before.get(ip, 0) == 1) != (after.get(ip, 0) == 1)}
         hosts = {host} | {h for h, info in self._agents.items()
-                          if ips and not ips.isdisjoint(
+                          if flipped and not flipped.isdisjoint(
                               _ip(a) for _, cidrs in _interfaces(info.capabilities.get("network")) for a in cidrs)}
         for fn in self.on_network:
             fn(batch, hosts)
@@ -354,10 +361,11 @@ class AgentService:
             if old is None:
                 info = AgentInfo(host, kinds_, version_, caps, UP, batch.now, batch.now, batch.next_revision())
                 batch.write(schema.agents.insert(), info.row())
+                before = dict(self._address_owners())
                 self._put(batch, host, info)
                 batch.emit("agent", host, "created", _labels(host), info.body())
                 _log_on_commit(batch, "agent registered", host=host, version=version_)
-                self._network_changed(batch, host, None, caps)
+                self._network_changed(batch, host, None, caps, before)
                 for fn in self.on_registered:
                     fn(batch, host)
                 return info, True
@@ -370,12 +378,14 @@ class AgentService:
             row = info.row()
             del row["host"], row["registered_at"]
             batch.write(update(schema.agents).where(schema.agents.c.host == host).values(**row), {})
+            network_changed = old.capabilities.get("network") != caps.get("network")
+            before = dict(self._address_owners()) if network_changed else {}
             self._put(batch, host, info)
             batch.emit("agent", host, "updated", _labels(host), info.body())
             if old.state == DOWN:
                 _log_on_commit(batch, "agent up", host=host)
-            if old.capabilities.get("network") != caps.get("network"):
-                self._network_changed(batch, host, old.capabilities, caps)
+            if network_changed:
+                self._network_changed(batch, host, old.capabilities, caps, before)
             for fn in self.on_registered:
                 fn(batch, host)
             return info, False
@@ -419,8 +429,9 @@ class AgentService:
                 raise _not_found(host)
             removed = replace(old, revision=batch.next_revision())
             batch.write(delete(schema.agents).where(schema.agents.c.host == host), {})
+            before = dict(self._address_owners())
             self._put(batch, host, None)
-            self._network_changed(batch, host, old.capabilities, None)
+            self._network_changed(batch, host, old.capabilities, None, before)
             batch.emit("agent", host, "deleted", _labels(host), removed.body())
             _log_on_commit(batch, "agent removed", host=host)
             return removed

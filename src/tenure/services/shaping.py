@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tenure.domain.reservation import ACTIVE, Reservation
@@ -52,11 +52,13 @@ def _no_network(host: str) -> None:
     return None
 
 
-def _reported(net: Mapping[str, Any] | None, taken: Collection[str] = ()) -> list[tuple[str, ipaddress.IPv4Interface]]:
+def _reported(net: Mapping[str, Any] | None, taken: Mapping[str, str] | None = None,
+              node: str | None = None) -> list[tuple[str, ipaddress.IPv4Interface]]:
     """(interface, IPv4 address with its network) pairs an agent reported, its default route's interface first.
 
     Left out: what is not plain data, addresses no host can be reached at (loopback, link-local, multicast,
-    unspecified), and ``taken`` addresses (another node's ``address`` label: an agent vouches for its own host)."""
+    unspecified), and addresses ``taken`` by another node than ``node`` (its ``address`` label: an agent vouches
+    for its own host only)."""
     if not isinstance(net, Mapping) or not isinstance(net.get("interfaces"), list):
         return []
     out = []
@@ -71,7 +73,7 @@ def _reported(net: Mapping[str, Any] | None, taken: Collection[str] = ()) -> lis
             ip = addr.ip
             if (not isinstance(addr, ipaddress.IPv4Interface)  # the u32 match is IPv4 (docs/dataplane.md, step 2)
                     or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
-                    or str(ip) in taken):
+                    or (taken or {}).get(str(ip), node) != node):
                 continue
             out.append((iface["name"], addr))
     default = net.get("default")
@@ -98,11 +100,11 @@ def endpoints(src: Node, dst: Node, topology: Topology, network: Network) -> tup
     destination's default route's address and the source's default route's interface. A labelled interface
     the agent did not report gets no reported source address (rather than another interface's)."""
     taken = _labelled(topology)
-    mine = _reported(network(src.id), taken)
+    mine = _reported(network(src.id), taken, src.id)
     dst_addr = dst.labels.get("address") or None
     device = src.labels.get("interface") or None
     if dst_addr is None:
-        theirs = [addr for _, addr in _reported(network(dst.id), taken)]
+        theirs = [addr for _, addr in _reported(network(dst.id), taken, dst.id)]
         shared = [d for d in theirs for name, s in mine if d.ip in s.network and device in (None, name)]
         chosen = shared[0] if shared else (theirs[0] if theirs else None)
         dst_addr = str(chosen.ip) if chosen is not None else None
