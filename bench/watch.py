@@ -182,6 +182,19 @@ def ask_all(procs: list[WatcherProc], cmds: list[dict[str, Any]]) -> list[dict[s
     return [p.recv() for p in procs]
 
 
+def drain(procs: list[WatcherProc], expected: int, quiet: float) -> None:
+    """Wait until the watchers received ``expected`` events, or nothing more arrived for ``quiet`` seconds."""
+    last, changed = -1, time.monotonic()
+    while True:
+        got = sum(x["events"] for x in ask_all(procs, [{"cmd": "count"}] * len(procs)))
+        now = time.monotonic()
+        if got != last:
+            last, changed = got, now
+        if got >= expected or now - changed > quiet:
+            return
+        time.sleep(0.1)
+
+
 def split_hosts(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
     n = hi - lo
     bounds = [lo + n * i // parts for i in range(parts + 1)]
@@ -263,16 +276,7 @@ def measure(mode: str, run: int, watchers: int, seconds: float, args: argparse.N
             raise RuntimeError(f"load client failed ({out.returncode}):\n{out.stderr[-3000:]}")
         load = json.loads(out.stdout.strip().splitlines()[-1])
         load_end = time.monotonic()
-        # Drain: wait until every committed event arrived (or nothing more arrives for --drain seconds).
-        expected, got, last_change, last_got = load["created"], 0, time.monotonic(), -1
-        while True:
-            got = sum(x["events"] for x in ask_all(procs, [{"cmd": "count"}] * len(procs)))
-            now = time.monotonic()
-            if got != last_got:
-                last_got, last_change = got, now
-            if got >= expected or now - last_change > args.drain:
-                break
-            time.sleep(0.1)
+        drain(procs, load["created"], args.drain)
         drain_s = time.monotonic() - load_end
         cpu = server.cpu_seconds() - cpu0
         wall = time.monotonic() - t0

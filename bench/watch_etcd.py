@@ -60,8 +60,8 @@ from typing import Any  # noqa: E402
 
 import benchkit  # noqa: E402
 from benchkit import Report, fmt, median  # noqa: E402
-from benchkit.server import proc_cpu_seconds, taskset  # noqa: E402
-from watch import CLIENT, RANGE, Server, WatcherProc, percentile, proc_memory  # noqa: E402
+from benchkit.server import proc_cpu_seconds, stop_process, taskset  # noqa: E402
+from watch import CLIENT, RANGE, Server, WatcherProc, drain, percentile, proc_memory  # noqa: E402
 
 SYSTEMS = ("tenure", "etcd")
 RATES = "500,1000,2000,3000,4000,5000,6000,8000,12000,16000"
@@ -132,13 +132,7 @@ class EtcdServer:
         return proc_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM)
         self.log.close()
 
 
@@ -185,16 +179,7 @@ def step(system: str, server: Any, w: WatcherProc, rate: int, prefix: str, args:
     w.recv()
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     ld = load(system, server, rate, prefix, args, cpu)
-    expected, last, changed = ld["created"], -1, time.monotonic()
-    while True:  # drain: every committed event arrived, or nothing more for --drain seconds
-        w.send({"cmd": "count"})
-        got = w.recv()["events"]
-        now = time.monotonic()
-        if got != last:
-            last, changed = got, now
-        if got >= expected or now - changed > args.drain:
-            break
-        time.sleep(0.1)
+    drain([w], ld["created"], args.drain)
     server_cpu = server.cpu_seconds() - cpu0
     wall = time.monotonic() - t0
     w.send({"cmd": "stats"})

@@ -54,22 +54,17 @@ def _no_network(host: str) -> None:
 
 def _reported(net: Mapping[str, Any] | None, taken: Mapping[str, str] | None = None,
               node: str | None = None) -> list[tuple[str, ipaddress.IPv4Interface]]:
-    """(interface, IPv4 address with its network) pairs an agent reported, its default route's interface first.
+    """(interface, IPv4 address with its network) pairs an agent reported (as ``AgentService.network`` gives
+    them: well-formed), its default route's interface first.
 
-    Left out: what is not plain data, addresses no host can be reached at (loopback, link-local, multicast,
-    unspecified), and addresses ``taken`` by another node than ``node`` (its ``address`` label: an agent vouches
-    for its own host only)."""
-    if not isinstance(net, Mapping) or not isinstance(net.get("interfaces"), list):
+    Left out: addresses no host can be reached at (loopback, link-local, multicast, unspecified), and addresses
+    ``taken`` by another node than ``node`` (its ``address`` label: an agent vouches for its own host only)."""
+    if not net:
         return []
     out = []
     for iface in net["interfaces"]:
-        if not isinstance(iface, Mapping) or not isinstance(iface.get("name"), str):
-            continue
-        for text in iface.get("addresses") if isinstance(iface.get("addresses"), list) else ():
-            try:
-                addr = ipaddress.ip_interface(text)
-            except (TypeError, ValueError):
-                continue
+        for text in iface["addresses"]:
+            addr = ipaddress.ip_interface(text)
             ip = addr.ip
             if (not isinstance(addr, ipaddress.IPv4Interface)  # the u32 match is IPv4 (docs/dataplane.md, step 2)
                     or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
