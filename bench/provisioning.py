@@ -12,8 +12,9 @@ level info, the built-in ``bandwidth`` type: ``python:tenure.drivers.tc:Shaper``
 
 1. Activation to dataplane. ``--warmup`` + ``--runs`` bandwidth reservations h1 <-> h2 (100M each way), one after
    another, each starting ``--lead`` seconds after it is made (an ISO 8601 instant with its zone). From just before
-   that instant, this process polls netlink in each namespace (raw RTM_GETTCLASS / RTM_GETTFILTER dumps on the
-   device, every ``--poll-ms``) until the HTB class and its u32 filter are present in both: activation -> both
+   that instant, this process polls netlink in each namespace (raw RTM_GETTCLASS dumps on the
+   device, and a netfilter dump of the table inet tenure, every ``--poll-ms``) until the HTB class and the leg's
+   nftables rule (what the shaper writes last) are present in both: activation -> both
    configured is that moment minus the reservation's start. Breakdown, from watches: the server's ``reservation``
    event (state active; an event's timestamp is its writer batch's clock, taken before the commit) and
    ``instance`` events (provisioning = dispatched, with when a watcher here received it; active = the agent's
@@ -28,15 +29,17 @@ level info, the built-in ``bandwidth`` type: ``python:tenure.drivers.tc:Shaper``
    N ``oneway`` reservations h1 -> h2 of 1M each, active for hours (one shaper each on h1, all on one device), made
    through the API from 4 threads; once all are active on the server, on the wire and the agent is converged,
    ``--restarts`` times: a netlink subscription to RTNLGRP_TC in h1's namespace is opened (checked live with a
-   sentinel qdisc on ``lo``), the device's qdisc/class/filter listing is saved, the agent is killed with SIGKILL and
+   sentinel qdisc on ``lo``), and one to NFNLGRP_NFTABLES (checked with a sentinel table), the device's
+   qdisc/class/filter listing and the nftables table are saved, the agent is killed with SIGKILL and
    started again with the same data dir; measured: the time from the spawn until its /healthz (over its Unix
    socket, with its own admin token) says ``sync.synced`` and ``sync.converged``, the TC messages about the device
-   in that time (must be 0), the listing after (must be identical but for HTB's direct_packets_stat counter) and
+   and the nftables messages in that time (must be 0), the listings after (must be identical but for HTB's
+   direct_packets_stat counter and the rules' counters) and
    ``sync.operations`` (must be 0). Baseline in the same rounds: an agent for host h0 (no instances) in h1's
    namespace with an empty data dir, timed the same way. Also: ``Shaper.monitor`` timed in this process with the N
    shapers in place; with the most instances, the agent's CPU over ``--idle`` seconds of nothing changing (its
    recurring monitors); and ``Shaper.monitor`` on a veth in h2's namespace filled by ``tc -batch`` with 1..1,000
-   shaper-identical classes and filters (the driver's cost per probe at 1,000, without building 1,000 through the
+   shaper-identical classes and rules (the driver's cost per probe at 1,000, without building 1,000 through the
    agent). When the ladder stops below 1,000, the 1,000 figure is a fit (restart - baseline = a N + b N^2),
    labelled as such. Goal: <= 5 s with zero dataplane changes.
 
@@ -77,7 +80,9 @@ from benchkit import Goal, Report, fmt, median  # noqa: E402
 from tenure.client import TenureClient, TenureClientError  # noqa: E402
 from tenure.drivers.pydriver import HandlerContext  # noqa: E402
 from tenure.drivers.tc import Shaper  # noqa: E402
-from tenure.drivers.tc.netlink import netlink_socket  # noqa: E402
+from tenure.drivers.tc import nft  # noqa: E402
+from tenure.drivers.tc.netlink import NETLINK_NETFILTER, NFTABLES_GROUPS, _netns_socket, netlink_socket  # noqa: E402
+from tenure.drivers.tc.params import parse_params  # noqa: E402
 from tests.netns_support import Host, Lan  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -87,13 +92,17 @@ WAIT = 60.0  # seconds: a bound on any wait, never a pause
 # rtnetlink, as <linux/netlink.h> and <linux/rtnetlink.h> have it
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_GETTCLASS, RTM_GETTFILTER = 42, 46
+RTM_GETTCLASS = 42
 RTMGRP_TC = 0x8
 TC_MESSAGES = {36: "newqdisc", 37: "delqdisc", 40: "newclass", 41: "delclass", 44: "newfilter", 45: "delfilter",
                100: "newchain", 101: "delchain"}
-ROOT_HANDLE = 0x10000  # 1:
 NLHDR = struct.Struct("=IHHII")
 TCMSG = struct.Struct("=BxxxiIII")
+# nf_tables over netlink, as <linux/netfilter/nfnetlink.h> and <linux/netfilter/nf_tables.h> have it
+NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, NFPROTO_INET, NFTA_RULE_TABLE = 10, 7, 1, 1
+NFGENMSG = struct.Struct("=BBH")
+NFT_MESSAGES = {0: "newtable", 2: "deltable", 3: "newchain", 5: "delchain", 6: "newrule", 8: "delrule",
+                9: "newset", 11: "delset", 12: "newsetelem", 14: "delsetelem", 15: "newgen"}
 
 
 def now_iso(t: float) -> str:
@@ -119,16 +128,42 @@ def ms(x: float | None) -> float:
 
 
 class NetnsTc:
-    """Raw rtnetlink dumps of one device's HTB classes and u32 nodes, from a socket inside its namespace."""
+    """Raw rtnetlink dumps of one device's HTB classes, and netfilter dumps of the namespace's tenure rules, from
+    sockets inside its namespace."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self.ifindex = ifindex(host, host.ifname)
         self.sock = netlink_socket(host.netns)
+        self.nfsock = _netns_socket(host.netns, NETLINK_NETFILTER)[0]
         self.seq = 0
 
     def close(self) -> None:
         self.sock.close()
+        self.nfsock.close()
+
+    def rules(self) -> int:
+        """How many leg rules (comment "tenure ... leg ...") the table inet tenure holds; 0 without the table."""
+        self.seq += 1
+        table = b"tenure\0"
+        attr = struct.pack("=HH", 4 + len(table), NFTA_RULE_TABLE) + table + b"\0" * (-len(table) % 4)
+        body = NFGENMSG.pack(NFPROTO_INET, 0, 0) + attr
+        self.nfsock.send(NLHDR.pack(NLHDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
+                                    NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
+        count = 0
+        while True:
+            data = self.nfsock.recv(1 << 20)
+            off = 0
+            while off + NLHDR.size <= len(data):
+                length, t, _flags, seq, _pid = NLHDR.unpack_from(data, off)
+                if length < NLHDR.size:
+                    break
+                if seq == self.seq:
+                    if t in (NLMSG_DONE, NLMSG_ERROR):  # ERROR: no such table, nothing there
+                        return count
+                    if b" leg " in data[off:off + length]:  # the comment rides in the rule's user data
+                        count += 1
+                off += (length + 3) & ~3
 
     def _dump(self, typ: int, parent: int = 0) -> list[tuple[int, int, int]]:
         self.seq += 1
@@ -154,9 +189,6 @@ class NetnsTc:
         """Handles of the classes under 1: on the device."""
         return [h for h, _p, _i in self._dump(RTM_GETTCLASS) if h >> 16 == 1]
 
-    def nodes(self) -> list[int]:
-        """Handles of the u32 nodes (not hash tables) under 1:."""
-        return [h for h, _p, _i in self._dump(RTM_GETTFILTER, ROOT_HANDLE) if h & 0xFFF]
 
 
 def ifindex(host: Host, name: str) -> int:
@@ -164,12 +196,12 @@ def ifindex(host: Host, name: str) -> int:
 
 
 def poll_configured(probes: list[NetnsTc], *, deadline_wall: float, interval: float) -> list[dict[str, float]]:
-    """Poll each namespace until a class and a u32 node are present in all; per probe the first wall times."""
+    """Poll each namespace until a class and a leg's rule are present in all; per probe the first wall times."""
     seen: list[dict[str, float]] = [{} for _ in probes]
     while time.time() < deadline_wall:
         done = True
         for p, s in zip(probes, seen, strict=True):
-            if "filter" in s:
+            if "rules" in s:
                 continue
             if "class" not in s:
                 if p.classes():
@@ -177,8 +209,8 @@ def poll_configured(probes: list[NetnsTc], *, deadline_wall: float, interval: fl
                 else:
                     done = False
                     continue
-            if p.nodes():
-                s["filter"] = time.time()
+            if p.rules():
+                s["rules"] = time.time()
             else:
                 done = False
         if done:
@@ -190,18 +222,24 @@ def poll_configured(probes: list[NetnsTc], *, deadline_wall: float, interval: fl
 def wait_empty(probes: list[NetnsTc], timeout: float = WAIT) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(p.classes() or p.nodes() for p in probes):
+        if not any(p.classes() or p.rules() for p in probes):
             return True
         time.sleep(0.005)
     return False
 
 
 class TcMonitor:
-    """A subscription to RTNLGRP_TC in a namespace: every qdisc/class/filter change, with when it was read."""
+    """A subscription to RTNLGRP_TC in a namespace: every qdisc/class/filter change, with when it was read (with
+    ``nftables``, to NFNLGRP_NFTABLES instead: every table, chain, rule or set change, ifindex -1)."""
 
-    def __init__(self, host: Host) -> None:
-        self.sock = netlink_socket(host.netns)
-        self.sock.bind((0, RTMGRP_TC))
+    def __init__(self, host: Host, *, nftables: bool = False) -> None:
+        self.nftables = nftables
+        if nftables:
+            self.sock = _netns_socket(host.netns, NETLINK_NETFILTER)[0]
+            self.sock.bind((0, NFTABLES_GROUPS))
+        else:
+            self.sock = netlink_socket(host.netns)
+            self.sock.bind((0, RTMGRP_TC))
         self.sock.settimeout(0.1)
         self.messages: list[tuple[float, str, int]] = []  # (wall, type, ifindex)
         self.errors: list[str] = []
@@ -224,8 +262,11 @@ class TcMonitor:
                 length, typ, _f, _s, _p = NLHDR.unpack_from(data, off)
                 if length < NLHDR.size:
                     break
-                ifi = TCMSG.unpack_from(data, off + NLHDR.size)[1] if length >= NLHDR.size + TCMSG.size else -1
-                self.messages.append((t, TC_MESSAGES.get(typ, str(typ)), ifi))
+                if self.nftables:
+                    self.messages.append((t, NFT_MESSAGES.get(typ & 0xFF, str(typ)), -1))
+                else:
+                    ifi = TCMSG.unpack_from(data, off + NLHDR.size)[1] if length >= NLHDR.size + TCMSG.size else -1
+                    self.messages.append((t, TC_MESSAGES.get(typ, str(typ)), ifi))
                 off += (length + 3) & ~3
 
     def wait_for(self, kind: str, ifi: int, after: int, timeout: float = 10.0) -> int:
@@ -252,13 +293,25 @@ def sentinel(host: Host, monitor: TcMonitor, lo: int) -> int:
     return monitor.wait_for("delqdisc", lo, monitor.wait_for("newqdisc", lo, start))
 
 
-COUNTERS = re.compile(r"\b(direct_packets_stat) \d+")
+def nft_sentinel(host: Host, monitor: TcMonitor) -> tuple[int, int]:
+    """A table added and deleted, seen by the nftables monitor: (index of its first message, index past its last:
+    the new generation that closes the deleting transaction)."""
+    start = len(monitor.messages)
+    host.run("nft", "add", "table", "inet", "bench_sentinel")
+    host.run("nft", "delete", "table", "inet", "bench_sentinel")
+    first = monitor.wait_for("newtable", -1, start)
+    return first - 1, monitor.wait_for("newgen", -1, monitor.wait_for("deltable", -1, first))
+
+
+COUNTERS = re.compile(r"\b(direct_packets_stat|packets|bytes) \d+")
 
 
 def tc_listing(host: Host) -> str:
-    """``tc qdisc/class/filter show`` of the device, counters (HTB's direct_packets_stat) blanked."""
+    """``tc qdisc/class/filter show`` of the device and ``nft -a list table inet tenure``, counters (HTB's
+    direct_packets_stat, the rules' packets and bytes) blanked."""
     text = "\n".join(host.run("tc", *what, "show", "dev", host.ifname, *extra).stdout
                      for what, extra in ((("qdisc",), ()), (("class",), ()), (("filter",), ("parent", "1:"))))
+    text += "\n" + host.run("nft", "-a", "list", "table", "inet", "tenure", check=False).stdout
     return COUNTERS.sub(r"\1 N", text)
 
 
@@ -530,9 +583,11 @@ CAPACITY = "10000000000"  # bit/s: the hosts' links in the benchmark's topology 
 def baseline_legs(lan: Lan, classid: int) -> list[dict[str, str]]:
     h1, h2 = lan[0], lan[1]
     return [{"device": h1.ifname, "rate": "100000000", "classid": str(classid), "dst": h2.address, "src": h1.address,
-             "netns": h1.netns, "capacity": CAPACITY, "borrow": "no"},
+             "netns": h1.netns, "capacity": CAPACITY, "borrow": "no",
+             "mark": "46"},
             {"device": h2.ifname, "rate": "100000000", "classid": str(classid), "dst": h1.address, "src": h2.address,
-             "netns": h2.netns, "capacity": CAPACITY, "borrow": "no"}]
+             "netns": h2.netns, "capacity": CAPACITY, "borrow": "no",
+             "mark": "46"}]
 
 
 def activation(w: World, probes: list[NetnsTc], tracker: Tracker) -> dict[str, Any]:
@@ -555,11 +610,11 @@ def activation(w: World, probes: list[NetnsTc], tracker: Tracker) -> dict[str, A
         time.sleep(max(0.0, act - 0.05 - time.time()))
         seen = poll_configured(probes, deadline_wall=act + 20, interval=a.poll_ms / 1000)
         row: dict[str, Any] = {"id": rid, "round": i, "warmup": i < 0, "activation": act}
-        ok = all("filter" in s for s in seen)
+        ok = all("rules" in s for s in seen)
         for host, s in zip(("h1", "h2"), seen, strict=True):
             row[f"{host}_class"] = s.get("class")
-            row[f"{host}_filter"] = s.get("filter")
-        row["both"] = max(s["filter"] for s in seen) if ok else None
+            row[f"{host}_rules"] = s.get("rules")
+        row["both"] = max(s["rules"] for s in seen) if ok else None
         # the reports (instance active) close the round's breakdown; bounded wait
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -588,7 +643,7 @@ def activation(w: World, probes: list[NetnsTc], tracker: Tracker) -> dict[str, A
             print(f"  {label}: NOT configured within 20 s: {seen}", flush=True)
         else:
             print(f"  {label}: activation -> both configured {ms(row['both'] - act):.1f} ms "
-                  f"(h1 {ms(row['h1_filter'] - act):.1f}, h2 {ms(row['h2_filter'] - act):.1f}); "
+                  f"(h1 {ms(row['h1_rules'] - act):.1f}, h2 {ms(row['h2_rules'] - act):.1f}); "
                   f"baseline start h1 {ms(took[0]):.1f} ms, h2 {ms(took[1]):.1f} ms", flush=True)
     with tracker.lock:
         for row in rows:
@@ -623,8 +678,8 @@ def summarize_activation(res: dict[str, Any]) -> dict[str, Any]:
                        "min_ms": ms(min(xs)) if xs else float("nan"), "max_ms": ms(max(xs)) if xs else float("nan")}
 
     put("activation -> both configured", span("activation", "both"))
-    put("activation -> h1 configured", span("activation", "h1_filter"))
-    put("activation -> h2 configured", span("activation", "h2_filter"))
+    put("activation -> h1 configured", span("activation", "h1_rules"))
+    put("activation -> h2 configured", span("activation", "h2_rules"))
     put("activation -> server event (state active)", span("activation", "server_event"))
     put("server event -> received by this watch", span("server_event", "server_event_received"))
     for h in ("h1", "h2"):
@@ -634,7 +689,7 @@ def summarize_activation(res: dict[str, Any]) -> dict[str, Any]:
         put(f"{h}: dispatched -> agent accepted the start", span("{h}_dispatched", "{h}_accepted", h))
         put(f"{h}: accepted -> start began", span("{h}_accepted", "{h}_started", h))
         put(f"{h}: start ran (driver)", span("{h}_started", "{h}_finished", h))
-        put(f"{h}: start began -> filter seen on the wire", span("{h}_started", "{h}_filter", h))
+        put(f"{h}: start began -> rules seen on the wire", span("{h}_started", "{h}_rules", h))
         put(f"{h}: start finished -> reported active (server event)", span("{h}_finished", "{h}_reported", h))
     put("baseline: Shaper.start in-process, h1 leg", res["baseline_h1_s"])
     put("baseline: Shaper.start in-process, h2 leg", res["baseline_h2_s"])
@@ -670,7 +725,7 @@ def make_instances(w: World, have: int, n: int, probe: NetnsTc) -> dict[str, Any
     limit = max(600.0, n * 2.0)
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if len(probe.classes()) >= n and len(probe.nodes()) >= n:
+        if len(probe.classes()) >= n and probe.rules() >= n:
             break
         time.sleep(0.5)
     on_wire = time.monotonic() - t0
@@ -687,7 +742,8 @@ def monitor_cost(w: World, probe: NetnsTc, samples: int = 5) -> float:
     h1, h2 = w.lan[0], w.lan[1]
     classid = min(probe.classes()) & 0xFFFF
     params = {"device": h1.ifname, "rate": "1000000", "classid": str(classid), "dst": h2.address, "src": h1.address,
-              "netns": h1.netns, "capacity": CAPACITY, "borrow": "no"}
+              "netns": h1.netns, "capacity": CAPACITY, "borrow": "no",
+             "mark": "46"}
     shaper = Shaper()
     took = []
     for _ in range(samples):
@@ -712,8 +768,10 @@ def restart_round(w: World, lan_host: Host, probe: NetnsTc, n: int) -> dict[str,
     lo = ifindex(lan_host, "lo")
     before = tc_listing(lan_host)
     monitor = TcMonitor(lan_host)
+    nft_monitor = TcMonitor(lan_host, nftables=True)
     try:
         mark = sentinel(lan_host, monitor, lo)  # the subscription is live
+        nft_mark = nft_sentinel(lan_host, nft_monitor)[1]
         assert h1.proc is not None
         old_cpu = cpu_seconds(h1.proc.pid)
         h1.proc.kill(signal.SIGKILL)
@@ -726,10 +784,12 @@ def restart_round(w: World, lan_host: Host, probe: NetnsTc, n: int) -> dict[str,
         t_conv, body = h1.wait(ready, timeout=600, interval=0.025)
         cpu = cpu_seconds(proc.pid)
         end = sentinel(lan_host, monitor, lo)  # every change before this point was read
-        changes = [m for m in monitor.messages[mark:end] if m[2] != lo]
-        lost = list(monitor.errors)
+        nft_end = nft_sentinel(lan_host, nft_monitor)[0]
+        changes = [m for m in monitor.messages[mark:end] if m[2] != lo] + nft_monitor.messages[nft_mark:nft_end]
+        lost = list(monitor.errors) + list(nft_monitor.errors)
     finally:
         monitor.close()
+        nft_monitor.close()
     after = tc_listing(lan_host)
     if before != after:  # kept for a look: what differs
         (w.tmp / f"listing-before-{h1.starts}.txt").write_text(before)
@@ -767,8 +827,9 @@ def baseline_round(w: World, netns: str, k: int) -> dict[str, Any]:
 
 
 def driver_scaling(w: World, sizes: list[int]) -> list[dict[str, Any]]:
-    """``Shaper.monitor`` in this process on a dummy device in h2's namespace holding N shaper-like classes and u32
-    nodes (made with ``tc -batch``, as the Shaper lays them out): the driver's cost per probe as N grows."""
+    """``Shaper.monitor`` in this process on a dummy device in h2's namespace holding N shaper-like classes (made with
+    ``tc -batch``) and their nftables rules (one ``nft -j -f``), as the Shaper lays them out: the driver's cost per
+    probe as N grows."""
     h1, h2 = w.lan[0], w.lan[1]
     dev = "bdum0"
     h2.run("ip", "link", "add", dev, "type", "veth", "peer", "name", "bdum1")  # (no dummy module here)
@@ -781,20 +842,29 @@ def driver_scaling(w: World, sizes: list[int]) -> list[dict[str, Any]]:
         h2.run("tc", "class", "add", "dev", dev, "parent", "1:1", "classid", "1:fffe", "htb", "rate", "1gbit", "ceil",
                "10gbit", "prio", "1")
         params = {"device": dev, "rate": "1000000", "classid": "2", "dst": h1.address, "src": h2.address,
-                  "netns": h2.netns, "capacity": CAPACITY, "borrow": "no"}
+                  "netns": h2.netns, "capacity": CAPACITY, "borrow": "no",
+             "mark": "46"}
         shaper = Shaper()
         out = []
         have = 0
         for n in sorted(sizes):
             lines = []
+            commands: list[dict[str, Any]] = [
+                {"add": {"table": {"family": "inet", "name": "tenure"}}},
+                {"add": {"chain": {"family": "inet", "table": "tenure", "name": "legs", "type": "filter",
+                                   "hook": "postrouting", "prio": nft.PRIORITY, "policy": "accept"}}}]
             for c in range(2 + have, 2 + n):
                 lines.append(f"class add dev {dev} parent 1:1 classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
                              f"burst 1600 cburst 1600 quantum 12500")
-                lines.append(f"filter add dev {dev} parent 1: protocol ip prio 100 handle ::{c:x} u32 "
-                             f"match ip dst {h1.address}/32 match ip src {h2.address}/32 flowid 1:{c:x}")
+                commands += [{"add": {"rule": {"family": "inet", "table": "tenure", "chain": "legs",
+                                               "comment": r.comment, "expr": r.expr}}}
+                             for r in nft.wanted(parse_params({**params, "classid": str(c)}))]
             batch = w.tmp / f"tc-batch-{n}.txt"
             batch.write_text("\n".join(lines) + "\n")
             h2.run("tc", "-batch", str(batch), timeout=300)
+            done = subprocess.run(h2.argv("nft", "-j", "-f", "-"), input=json.dumps({"nftables": commands}),
+                                  text=True, capture_output=True, timeout=300, check=False)
+            assert done.returncode == 0, done.stderr
             have = n
             took, rcs = [], set()
             for _ in range(5):
@@ -808,6 +878,11 @@ def driver_scaling(w: World, sizes: list[int]) -> list[dict[str, Any]]:
         return out
     finally:
         h2.run("ip", "link", "del", dev, check=False)
+        mine = [{"delete": {"rule": {"family": "inet", "table": "tenure", "chain": "legs", "handle": r["handle"]}}}
+                for r in h2.nft_rules() if r.get("comment", "").startswith(f"tenure {dev} ")]
+        if mine:
+            subprocess.run(h2.argv("nft", "-j", "-f", "-"), input=json.dumps({"nftables": mine}), text=True,
+                           capture_output=True, timeout=300, check=False)
 
 
 def idle_cpu(w: World, seconds: float) -> float:
@@ -915,7 +990,7 @@ def run_restarts(w: World, report: Report, probe: NetnsTc) -> None:
         name = f"restart to synced + converged, {n} unchanged instances"
         detail = f"baseline (empty data dir) {fmt(base_all)} s; {fmt(top['per_instance_ms'])} ms per instance"
     report.goals.append(Goal(name, top["converged_median_s"], 5.0, "s", higher_is_better=False, detail=detail))
-    report.goals.append(Goal("dataplane changes during the restarts (TC netlink messages on the device)",
+    report.goals.append(Goal("dataplane changes during the restarts (TC messages on the device, nftables messages)",
                              float(sum(s["dataplane_changes"] for s in ladder)), 0.0, "messages",
                              higher_is_better=False,
                              detail="listings identical" if all(s["listings_identical"] for s in ladder)

@@ -90,6 +90,7 @@ class Host:
     ifname: str
     address: str  # 10.77.0.1
     prefix: int  # 24
+    address6: str | None = None  # fd77::1 (prefix 64) on a dual-stack Lan
 
     @property
     def cidr(self) -> str:
@@ -101,6 +102,19 @@ class Host:
 
     def run(self, *argv: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return run(self.argv(*argv), check=check, timeout=timeout)
+
+    def nft_rules(self, table: str = "tenure", family: str = "inet") -> list[dict]:
+        """The rules of an nftables table (``nft -j list table``), each as nft lists it; [] if there is none."""
+        proc = self.run("nft", "-j", "list", "table", family, table, check=False)
+        if proc.returncode != 0:
+            assert "No such file or directory" in proc.stderr, proc.stderr
+            return []
+        return [item["rule"] for item in json.loads(proc.stdout)["nftables"] if "rule" in item]
+
+    def nft(self, script: str) -> None:
+        """Run an nft script (``nft -f -``) in this host's namespace."""
+        proc = subprocess.run(self.argv("nft", "-f", "-"), input=script, text=True, capture_output=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
 
     def tc_json(self, *what: str) -> list[dict]:
         """``tc -j [OPTS] OBJ show dev IF`` parsed, e.g. ``tc_json("qdisc")``, ``tc_json("-s", "filter")``.
@@ -171,6 +185,7 @@ class Lan:
 
     n: int = 2
     subnet: str = "10.77.0.0/24"
+    ipv6: bool = False  # dual stack: each host also gets fd77::<i>/64 (without duplicate address detection)
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
     hosts: list[Host] = field(default_factory=list, init=False)
     switch: str = field(default="", init=False)  # the bridge's namespace
@@ -212,7 +227,8 @@ class Lan:
         ports = []
         for i in range(1, self.n + 1):
             host = Host(name=f"h{i}", netns=f"tn-{self.suffix}-h{i}", ifname=f"t{self.suffix}h{i}",
-                        address=str(net.network_address + i), prefix=net.prefixlen)
+                        address=str(net.network_address + i), prefix=net.prefixlen,
+                        address6=f"fd77::{i:x}" if self.ipv6 else None)
             port = f"t{self.suffix}s{i}"
             self._add_netns(host.netns)
             run([IP, "link", "add", host.ifname, "netns", host.netns, "type", "veth",
@@ -220,6 +236,8 @@ class Lan:
             run([IP, "-n", self.switch, "link", "set", port, "master", self.bridge])
             run([IP, "-n", self.switch, "link", "set", port, "up"])
             run([IP, "-n", host.netns, "addr", "add", host.cidr, "dev", host.ifname])
+            if host.address6 is not None:
+                run([IP, "-n", host.netns, "addr", "add", f"{host.address6}/64", "dev", host.ifname, "nodad"])
             run([IP, "-n", host.netns, "link", "set", host.ifname, "up"])
             self.hosts.append(host)
             ports.append(port)
@@ -272,11 +290,13 @@ def _listening(pid: int, port: int) -> bool:
 
 
 def iperf3(src: Host, dst: Host, *, seconds: float = 3.0, port: int = 5201, udp: bool = False,
-           bitrate: str | None = None, cport: int | None = None, address: str | None = None) -> float:
+           bitrate: str | None = None, cport: int | None = None, address: str | None = None,
+           tos: int | None = None) -> float:
     """Bits per second received by ``dst`` from a ``seconds``-long iperf3 test from ``src``.
 
     ``address`` is where the client connects (``dst.address`` by default); ``cport``
-    pins the client's data port; ``udp`` with ``bitrate`` (e.g. "200M") sends UDP.
+    pins the client's data port; ``udp`` with ``bitrate`` (e.g. "200M") sends UDP; ``tos`` sets the client's
+    packets' TOS byte (DSCP << 2).
     The one-off server (``-s -1``) is always killed and reaped.
     """
     server = subprocess.Popen(dst.argv("iperf3", "-s", "-1", "--json", "-p", str(port)),
@@ -298,6 +318,8 @@ def iperf3(src: Host, dst: Host, *, seconds: float = 3.0, port: int = 5201, udp:
             argv += ["-b", bitrate]
         if cport is not None:
             argv += ["--cport", str(cport)]
+        if tos is not None:
+            argv += ["--tos", str(tos)]
         client = src.run(*argv, check=False, timeout=seconds + 30)
         report = json.loads(client.stdout or "{}")
         if client.returncode != 0 or "error" in report:
@@ -315,6 +337,31 @@ def iperf3(src: Host, dst: Host, *, seconds: float = 3.0, port: int = 5201, udp:
         for pipe in (server.stdout, server.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def count_dscp(host: Host, src: Host) -> None:
+    """Count, in ``host``'s input, the TCP packets from ``src`` to ports 5201 and 5202 by DSCP (EF, CS0, other),
+    both address families alike: an nftables table ``inet count`` whose rules :func:`dscp_counts` reads."""
+    rules = []
+    for family, address in (("ip", src.address), ("ip6", src.address6)):
+        if address is None:
+            continue
+        for port in (5201, 5202):
+            rules += [f'{family} saddr {address} tcp dport {port} {family} dscp ef counter comment "ef {port}"',
+                      f'{family} saddr {address} tcp dport {port} {family} dscp cs0 counter comment "cs0 {port}"',
+                      f'{family} saddr {address} tcp dport {port} {family} dscp != {{ ef, cs0 }} counter '
+                      f'comment "other {port}"']
+    host.nft("table inet count {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    "
+             + "\n    ".join(rules) + "\n  }\n}\n")
+
+
+def dscp_counts(host: Host) -> dict[str, int]:
+    """Packets :func:`count_dscp`'s rules saw, by their comment ("ef 5201", "cs0 5202", ...), both families summed."""
+    out: dict[str, int] = {}
+    for r in host.nft_rules("count"):
+        packets = next(e["counter"]["packets"] for e in r["expr"] if "counter" in e)
+        out[r["comment"]] = out.get(r["comment"], 0) + packets
+    return out
 
 
 RTMGRP_TC = 0x8  # the netlink multicast group of TC changes

@@ -50,6 +50,7 @@ def test_create_read_modify_cancel(net: Any) -> None:
     assert [p["leg"] for p in res["paths"]] == ["out", "in"]
     assert res["paths"][0]["nodes"] == ["h1", "s1", "s2", "h2"]
     assert res["match"] == {"protocol": "tcp", "dst_port": 5201}
+    assert (res["burst"], res["mark"]) == ("cap", 46)  # the defaults: held to its rate, marked EF on the wire
     assert res["start"].endswith("Z") and res["labels"] == {"app": "iperf"}
     assert net.get(f"/v1/reservations/{res['id']}").json() == res
     listed = net.get("/v1/reservations?state=active").json()
@@ -179,7 +180,18 @@ BAD_RESERVATIONS = [
     ({"kind": "steering", "src": "h1", "dst": "h2", "via": ["m\ud800"], "rate": "1M"}, "invalid_name"),
     ({"src": "h1", "dst": "h2", "rate": "1M", "burst": "always"}, "invalid_request"),
     ({"kind": "mirror", "src": "h1", "collector": "h2", "rate": "1M", "burst": "borrow"}, "invalid_burst"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "mark": 64}, "invalid_request"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "mark": "ef"}, "invalid_request"),
+    ({"src": "h1", "dst": "h2", "rate": "1M", "mark": True}, "invalid_request"),
 ]
+
+
+def test_the_mark_defaults_by_kind_and_may_be_chosen(net: Any) -> None:
+    mirror = post(net, kind="mirror", src="h1", collector="h2", rate="1M")
+    assert mirror.status_code == 201, mirror.text
+    assert mirror.json()["mark"] == 8  # CS1: copies never push the originals aside
+    chosen = post(net, kind="oneway", src="h1", dst="h2", rate="1M", mark=34)  # AF41
+    assert chosen.status_code == 201 and chosen.json()["mark"] == 34
 
 
 @pytest.mark.parametrize(("body", "code"), BAD_RESERVATIONS)

@@ -133,14 +133,18 @@ def test_reserve_bandwidth_human_and_json(cli: Cli, topo: Path) -> None:
 
     r = reserve(cli, "bandwidth", "h1", "h2", "--rate", "1.5M", "--start", "+1h", "--end", "+2h",
                 "--project", "blue", "--protocol", "tcp", "--dst-port", "443", "--dscp", "46",
-                "--label", "team=net", "--label", "ticket=T-1", "--path-mode", "widest")
+                "--label", "team=net", "--label", "ticket=T-1", "--path-mode", "widest", "--mark", "af41")
     assert r["id"].startswith("r-") and r["state"] == "pending" and r["created"] is True
     assert (r["rate_out"], r["rate_in"]) == (1_500_000, 1_500_000)
     assert [(p["leg"], p["nodes"][0], p["nodes"][-1]) for p in r["paths"]] == [("out", "h1", "h2"),
                                                                               ("in", "h2", "h1")]
     assert r["match"] == {"protocol": "tcp", "dst_port": 443, "dscp": 46}
     assert r["labels"] == {"team": "net", "ticket": "T-1"} and r["path_mode"] == "widest"
-    assert r["project"] == "blue"
+    assert r["project"] == "blue" and r["mark"] == 34
+    assert "af41 (34)" in cli.ok("reservation", r["id"]).stdout
+    assert reserve(cli, "oneway", "h1", "h2", "--rate", "1M", "--end", "+1h", "--mark", "10")["mark"] == 10
+    assert cli("reserve", "oneway", "h1", "h2", "--rate", "1M", "--end", "+1h", "--mark", "64").exit_code == 2
+    assert cli("reserve", "oneway", "h1", "h2", "--rate", "1M", "--end", "+1h", "--mark", "best").exit_code == 2
 
 
 def test_refused_reservation_prints_the_servers_code(cli: Cli, topo: Path) -> None:

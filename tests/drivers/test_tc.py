@@ -1,8 +1,8 @@
-"""The tc Shaper against real namespaces, real HTB and real iperf3 flows.
+"""The tc Shaper against real namespaces, real HTB, real nftables and real iperf3 flows.
 
 Every test builds its own hosts (tests/netns_support.py) and calls the handler
 directly with ``netns`` set to the sending host's namespace; what it did is
-checked independently with the ``tc`` command. Shaping is measured, not assumed:
+checked independently with the ``tc`` and ``nft`` commands. Shaping is measured, not assumed:
 an iperf3 flow into a 50 Mbit/s class must come out within 10 % of it, and the
 same flow unshaped well above.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,13 +25,15 @@ from tenure.drivers.ocf import parse_meta_data
 from tenure.drivers.pydriver import HandlerContext
 from tenure.drivers.registry import make_driver
 from tenure.drivers.spec import DriverRoots
-from tenure.drivers.tc import Shaper
+from tenure.drivers.tc import Shaper, nft
 from tenure.drivers.tc.params import Leg, parse_params, parse_rate
 from tests.netns_support import (
     CREATED,
     Host,
     Lan,
     TcEvents,
+    count_dscp,
+    dscp_counts,
     iperf3,
     netns_names,
     require_iperf3,
@@ -79,8 +83,32 @@ def layout(host: Host) -> tuple[list[dict], dict[str, dict], list[dict]]:
 
 
 def nodes(host: Host) -> list[dict]:
-    """The u32 key nodes (not hash tables), each with its pref."""
+    """The u32 key nodes (not hash tables), each with its pref: what legs had before nftables classified them."""
     return [dict(f["options"], pref=f["pref"]) for f in host.tc_json("filter") if "flowid" in f.get("options", {})]
+
+
+def rules(host: Host, kind: str = "leg") -> dict[str, dict]:
+    """Tenure's nftables rules in ``host`` of a ``kind`` (leg or remark), by "DEVICE CLASSID FAMILY", each with its
+    expressions as nft lists them and its handle."""
+    out = {}
+    for r in host.nft_rules():
+        _tenure, device, classid, family, what, _digest = r["comment"].split()
+        if what == kind:
+            out[f"{device} {classid} {family}"] = r
+    return out
+
+
+def matches(rule: dict) -> dict[str, object]:
+    """A rule's matches and settings, flattened: {"ip daddr": "10.77.0.2", "meta priority": "1:5", ...}."""
+    out: dict[str, object] = {}
+    for e in rule["expr"]:
+        for what, body in e.items():
+            if what in ("match", "mangle"):
+                left = body["left"] if what == "match" else body["key"]
+                inner = next(iter(left.values()))
+                key = f"meta {inner['key']}" if "meta" in left else f"{inner['protocol']} {inner['field']}"
+                out[("set " if what == "mangle" else "") + key] = body["right"] if what == "match" else body["value"]
+    return out
 
 
 def root(host: Host) -> dict:
@@ -118,7 +146,7 @@ def test_meta_data_declares_parameters_and_actions() -> None:
     required = {p.name for p in meta.parameters if p.required}
     assert required == {"device", "rate", "classid", "dst"}
     assert {p.name for p in meta.parameters} - required == {"src", "protocol", "dst_port", "src_port", "netns", "burst",
-                                                            "capacity", "borrow"}
+                                                            "capacity", "borrow", "dscp", "mark"}
     assert {a.name for a in meta.actions} == {"start", "stop", "monitor", "reload", "meta-data"}
     assert all(a.timeout for a in meta.actions)
     assert meta.action("monitor").interval == 10.0
@@ -144,7 +172,9 @@ BAD = [
     ({"classid": "0x5"}, "classid"),
     ({"classid": "05"}, "classid"),
     ({"dst": "10.77.0.2/24"}, "dst"),
-    ({"dst": "fe80::1"}, "dst"),
+    ({"dst": "fd77::2/64"}, "dst"),  # host bits set
+    ({"dst": "10.77.0.2,10.77.0.3"}, "dst"),  # one of each family at most
+    ({"src": "fd77::1"}, "src"),  # no family in common with dst
     ({"dst": "h2"}, "dst"),
     ({"src": "10.77.0"}, "src"),
     ({"protocol": "gre"}, "protocol"),
@@ -161,6 +191,9 @@ BAD = [
     ({"capacity": "fast"}, "capacity"),
     ({"capacity": "10M"}, "capacity"),  # less than the leg's rate
     ({"borrow": "maybe"}, "borrow"),
+    ({"dscp": "64"}, "dscp"),
+    ({"mark": "ef"}, "mark"),
+    ({"mark": "-1"}, "mark"),
 ]
 
 
@@ -196,7 +229,7 @@ def test_stop_needs_only_where_the_leg_is(lan: Lan) -> None:
 # --- the layout on the wire ---------------------------------------------------------------------
 
 
-def test_start_builds_root_class_and_filter(lan: Lan) -> None:
+def test_start_builds_the_tree_the_class_and_the_rules(lan: Lan) -> None:
     h1, h2, _ = lan.hosts
     c = ctx()
     assert Shaper().start(leg(h1, h2, classid="10", src=f"{h1.address}/32", protocol="tcp", dst_port="5201"), c) == 0
@@ -212,16 +245,11 @@ def test_start_builds_root_class_and_filter(lan: Lan) -> None:
     assert (cls["kind"], cls["parent"], cls["rate"], cls["ceil"], cls["prio"]) == ("htb", "1:1", 50_000_000,
                                                                                    50_000_000, 0)
     assert cls["burst"] == cls["cburst"] == 62_500  # 10 ms at 50 Mbit/s
-    [node] = nodes(h1)
-    assert (node["pref"], node["fh"].split("::")[1], node["flowid"]) == (100, "a", "1:a")
-    matches = {(m["off"], int(m["value"], 16), int(m["mask"], 16)) for m in node["match"]}
-    assert matches == {
-        (0, 0x05000000, 0x0F000000),  # IHL 5
-        (6, 0x00000006, 0x1FFF00FF),  # fragment offset 0, protocol 6
-        (12, 0x0A4D0001, 0xFFFFFFFF),  # src
-        (16, 0x0A4D0002, 0xFFFFFFFF),  # dst
-        (22, 5201 << 16, 0xFFFF0000),  # dst port
-    }
+    assert h1.tc_json("filter") == []  # classified by nftables, not by a tc filter
+    assert list(rules(h1)) == [f"{h1.ifname} 1:a ip"] and not rules(h1, "remark")  # no mark: nothing re-marked
+    assert matches(rules(h1)[f"{h1.ifname} 1:a ip"]) == {
+        "meta oifname": h1.ifname, "ip saddr": h1.address, "ip daddr": h2.address, "tcp dport": 5201,
+        "set meta priority": "1:a"}
 
 
 def test_rates_up_to_a_terabit_go_through_64_bit_attributes(lan: Lan) -> None:
@@ -240,9 +268,10 @@ def test_second_start_changes_nothing_on_the_wire(lan: Lan) -> None:
     events = TcEvents(h1.netns)
     try:
         assert shaper.start(leg(h1, h2), ctx()) == 0
-        assert events.drain() >= 3  # the watch works: root, class and filter were announced
+        assert events.drain() >= 3  # the watch works: root and classes were announced
         iperf3(h1, h2, seconds=1)
         before_layout, before_counts = layout(h1), h1.tc_classes()["1:5"]["sent_bytes"]
+        before_rules = h1.nft_rules()
         assert before_counts > 0
 
         c = ctx()
@@ -252,6 +281,7 @@ def test_second_start_changes_nothing_on_the_wire(lan: Lan) -> None:
         assert c.output == "" and c.outputs == {"classid": "1:5"}
         assert layout(h1) == before_layout
         assert h1.tc_classes()["1:5"]["sent_bytes"] >= before_counts  # counters kept: the class is the same one
+        assert h1.nft_rules() == before_rules  # the same rules (handles), their counters not reset
     finally:
         events.close()
 
@@ -342,6 +372,28 @@ def test_the_layout_before_the_tree_is_made_again(lan: Lan) -> None:
     assert shaper.monitor(leg(h1, h2), ctx()) == 0
 
 
+def test_a_u32_filter_from_before_nftables_is_replaced_by_the_rules(lan: Lan) -> None:
+    """A leg on the tree classified by the u32 filter an agent before nftables made: monitor reports the rules
+    missing (so the agent starts it again), and the start deletes the filter and adds the rules."""
+    h1, h2, _ = lan.hosts
+    h1.run("tc", "qdisc", "add", "dev", h1.ifname, "root", "handle", "1:", "htb", "default", "fffe")
+    h1.run("tc", "class", "add", "dev", h1.ifname, "parent", "1:", "classid", "1:1", "htb", "rate", "1gbit")
+    h1.run("tc", "class", "add", "dev", h1.ifname, "parent", "1:1", "classid", "1:fffe", "htb", "rate", "950mbit",
+           "ceil", "1gbit", "prio", "1")
+    h1.run("tc", "class", "add", "dev", h1.ifname, "parent", "1:1", "classid", "1:5", "htb", "rate", "50mbit",
+           "ceil", "50mbit", "burst", "62500", "cburst", "62500", "prio", "0")
+    h1.run("tc", "filter", "add", "dev", h1.ifname, "parent", "1:", "protocol", "ip", "prio", "100", "handle", "::5",
+           "u32", "match", "ip", "dst", f"{h2.address}/32", "flowid", "1:5")
+    shaper = Shaper()
+    rc, reason = shaper.monitor(leg(h1, h2), ctx())
+    assert rc == 1 and "missing" in reason
+    c = ctx()
+    assert shaper.start(leg(h1, h2), c) == 0
+    assert "deleted filter pref 100" in c.output and "changed class" not in c.output
+    assert nodes(h1) == [] and list(rules(h1)) == [f"{h1.ifname} 1:5 ip"]
+    assert shaper.monitor(leg(h1, h2), ctx()) == 0
+
+
 def test_the_layout_before_the_tree_is_left_alone_without_a_capacity(lan: Lan) -> None:
     """A leg made by an older server has no capacity: its start changes nothing (the server re-syncs its shapers
     with one when it starts), and stopping legs of the old layout still works, the root going with the last."""
@@ -397,6 +449,63 @@ def test_legs_over_the_capacity_on_the_wire_are_refused_not_fought(lan: Lan) -> 
     assert layout(h1) == before
 
 
+def test_a_leg_marks_its_flow_and_others_marking_themselves_are_made_best_effort(lan: Lan) -> None:
+    """DSCP as the receiver sees it (nftables counters in h2 and h3, an independent judge): every packet of the
+    reserved flow arrives marked EF; a flow that marks itself EF without a reservation arrives as CS0."""
+    require_iperf3()
+    h1, h2, h3 = lan.hosts
+    for h in (h2, h3):
+        count_dscp(h, h1)
+    shaper = Shaper()
+    assert shaper.start(leg(h1, h2, protocol="tcp", dst_port="5201", mark="46"), ctx()) == 0
+    assert [r["comment"].split()[3:5] for r in h1.nft_rules()] == [["ip", "leg"], ["ip", "remark"], ["ip6", "remark"]]
+    iperf3(h1, h2, seconds=1, port=5201)
+    iperf3(h1, h3, seconds=1, port=5202, tos=46 << 2)  # pre-marked EF, no reservation
+    at2, at3 = dscp_counts(h2), dscp_counts(h3)
+    print(f"h2 {at2}, h3 {at3}")
+    assert at2["ef 5201"] > 100 and at2["cs0 5201"] == at2["other 5201"] == 0
+    assert at3["cs0 5202"] > 100 and at3["ef 5202"] == at3["other 5202"] == 0
+    remark = rules(h1, "remark")[f"{h1.ifname} 1:5 ip"]
+    assert next(e["counter"]["packets"] for e in remark["expr"] if "counter" in e) > 100
+
+
+def test_a_dscp_match_takes_only_the_packets_that_carry_it(lan: Lan) -> None:
+    require_iperf3()
+    h1, h2, _ = lan.hosts
+    shaper = Shaper()
+    assert shaper.start(leg(h1, h2, dscp="10", rate="20M"), ctx()) == 0  # AF11
+    assert matches(rules(h1)[f"{h1.ifname} 1:5 ip"])["ip dscp"] == "af11"
+    marked = iperf3(h1, h2, seconds=2, tos=10 << 2)
+    unmarked = iperf3(h1, h2, seconds=1)
+    print(f"AF11 {marked / 1e6:.1f} Mbit/s, unmarked {unmarked / 1e6:.0f} Mbit/s")
+    assert 17e6 <= marked <= 22e6
+    assert unmarked > UNSHAPED
+
+
+def test_the_guarantee_holds_over_ipv6_on_a_dual_stack_host() -> None:
+    """The guarantee test again, over IPv6: a leg to both of h2's addresses keeps its rate against a bulk IPv6
+    transfer from the same host."""
+    require_netns()
+    require_iperf3()
+    with Lan(3, ipv6=True) as lan:
+        h1, h2, h3 = lan.hosts
+        assert h2.address6 is not None and h3.address6 is not None
+        shaper = Shaper()
+        params = {**leg(h1, h2, src=f"{h1.address},{h1.address6}", capacity="200M", protocol="tcp",
+                        dst_port="5201", mark="46"), "dst": f"{h2.address},{h2.address6}"}
+        assert shaper.start(params, ctx()) == 0 and shaper.monitor(params, ctx()) == 0
+        assert sorted(rules(h1)) == [f"{h1.ifname} 1:5 ip", f"{h1.ifname} 1:5 ip6"]
+        assert matches(rules(h1)[f"{h1.ifname} 1:5 ip6"])["ip6 daddr"] == h2.address6
+        alone = iperf3(h1, h2, seconds=2, port=5201, address=h2.address6)
+        reserved, bulk = side_by_side(lambda: iperf3(h1, h2, seconds=4, port=5201, address=h2.address6),
+                                      lambda: iperf3(h1, h3, seconds=4, port=5202, address=h3.address6))
+        print(f"IPv6: alone {alone / 1e6:.1f}, contended {reserved / 1e6:.1f}, bulk {bulk / 1e6:.1f} Mbit/s")
+        assert reserved >= 0.95 * alone and reserved >= 45e6
+        assert 120e6 <= bulk <= 200e6
+        assert shaper.stop(params, ctx()) == 0
+        assert h1.nft_rules() == [] and root(h1)["kind"] == "noqueue"
+
+
 # --- monitor, reload, stop ----------------------------------------------------------------------
 
 
@@ -412,19 +521,24 @@ def test_monitor_reports_running_absent_and_drift_and_reload_repairs_in_place(la
            "ceil", "40mbit", "burst", "62500", "cburst", "62500")  # behind the shaper's back
     rc, reason = shaper.monitor(params, ctx())
     assert rc == 1 and "rate 40Mbit/s" in reason and "expected rate 50Mbit/s" in reason
-    fh_before = nodes(h1)[0]["fh"]
+    rules_before = h1.nft_rules()
     c = ctx()
     assert shaper.reload(params, c) == 0
-    assert "changed class 1:5" in c.output and "filter" not in c.output and "1:fffe" not in c.output
+    assert "changed class 1:5" in c.output and "nftables" not in c.output and "1:fffe" not in c.output
     assert h1.tc_classes()["1:5"]["rate"] == 50_000_000
-    assert nodes(h1)[0]["fh"] == fh_before  # the filter was not touched
+    assert h1.nft_rules() == rules_before  # the rules were not touched
     assert shaper.monitor(params, ctx()) == 0
 
-    h1.run("tc", "filter", "del", "dev", h1.ifname, "parent", "1:", "prio", "100")
+    handle = rules(h1)[f"{h1.ifname} 1:5 ip"]["handle"]
+    h1.run("nft", "delete", "rule", "inet", "tenure", "legs", "handle", str(handle))  # behind its back
     rc, reason = shaper.monitor(params, ctx())
-    assert rc == 1 and "missing" in reason
+    assert rc == 1 and "missing" in reason and "1:5 ip leg" in reason
     assert shaper.start(params, ctx()) == 0
     assert shaper.monitor(params, ctx()) == 0
+    h1.run("nft", "flush", "ruleset")  # a firewall reload: every table goes
+    rc, reason = shaper.monitor(params, ctx())
+    assert rc == 1 and "chain inet tenure legs" in reason and "missing" in reason
+    assert shaper.start(params, ctx()) == 0 and shaper.monitor(params, ctx()) == 0
 
     assert shaper.stop(params, ctx()) == 0
     assert shaper.monitor(params, ctx()) == 7
@@ -444,10 +558,12 @@ def test_reload_changes_rate_and_match_in_place(lan: Lan) -> None:
     assert cls["rate"] == 20_000_000 and cls["sent_bytes"] >= sent  # the same class, changed
     assert shaper.monitor(leg(h1, h2), ctx())[0] == 1  # the old rate is not what runs any more
 
-    assert shaper.reload(leg(h1, h3, rate="20M"), ctx()) == 0  # a new destination
-    [node] = nodes(h1)
-    assert node["flowid"] == "1:5" and {m["off"]: m["value"] for m in node["match"]}[16] == "a4d0003"
+    assert shaper.reload(leg(h1, h3, rate="20M"), ctx()) == 0  # a new destination: the leg's rules replaced
+    [rule] = rules(h1).values()
+    assert matches(rule)["ip daddr"] == h3.address and matches(rule)["set meta priority"] == "1:5"
     assert shaper.monitor(leg(h1, h3, rate="20M"), ctx()) == 0
+    rc, reason = shaper.monitor(leg(h1, h2, rate="20M"), ctx())
+    assert rc == 1 and "other parameters" in reason
     assert iperf3(h1, h2, seconds=1) > UNSHAPED
 
 
@@ -473,14 +589,14 @@ def test_two_classids_on_one_device_from_threads(lan: Lan) -> None:
     assert results == [0] * 8
     classes = h1.tc_classes()
     assert (classes["1:5"]["rate"], classes["1:1004"]["rate"]) == (30_000_000, 60_000_000)
-    assert sorted((n["pref"], n["fh"].split("::")[1], n["flowid"]) for n in nodes(h1)) == [
-        (100, "5", "1:5"), (101, "5", "1:1004")]
+    assert sorted(rules(h1)) == [f"{h1.ifname} 1:1004 ip", f"{h1.ifname} 1:5 ip"]
     assert [shaper.monitor(p, ctx()) for p in legs] == [0, 0]
 
     results.clear()
     all_at_once("stop")
     assert results == [0] * 8
     assert root(h1)["kind"] == "noqueue" and not h1.tc_classes()
+    assert h1.run("nft", "list", "tables").stdout == ""  # the table went with the last leg
 
 
 def test_stop_keeps_the_root_while_another_leg_uses_it(lan: Lan) -> None:
@@ -491,15 +607,15 @@ def test_stop_keeps_the_root_while_another_leg_uses_it(lan: Lan) -> None:
     assert shaper.stop(leg(h1, h2, classid="5"), ctx()) == 0
     assert root(h1)["handle"] == "1:" and set(h1.tc_classes()) == {"1:1", "1:6", "1:fffe"}
     assert h1.tc_classes()["1:fffe"]["rate"] == 950_000_000  # the stopped leg's rate went back to the rest
-    assert [n["flowid"] for n in nodes(h1)] == ["1:6"]
+    assert list(rules(h1)) == [f"{h1.ifname} 1:6 ip"]
     assert shaper.monitor(leg(h1, h3, classid="6"), ctx()) == 0
     assert shaper.stop(leg(h1, h3, classid="6"), ctx()) == 0
     assert root(h1)["kind"] == "noqueue"
 
 
 def fill(host: Host, classids: range, dst: Host, batch: Path) -> None:
-    """The tree and classes and filters for ``classids`` made with ``tc -batch``, exactly as the Shaper lays out a
-    1M leg from ``host`` to ``dst`` on a 1G interface."""
+    """The tree and classes for ``classids`` made with ``tc -batch``, and their nftables rules with one ``nft -j -f``,
+    exactly as the Shaper lays out a 1M leg from ``host`` to ``dst`` on a 1G interface."""
     dev = host.ifname
     left = 10**9 - len(classids) * 10**6
     lines = [f"qdisc add dev {dev} root handle 1: htb default fffe",
@@ -508,10 +624,18 @@ def fill(host: Host, classids: range, dst: Host, batch: Path) -> None:
     for c in classids:
         lines.append(f"class add dev {dev} parent 1:1 classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
                      f"burst 1600 cburst 1600 quantum 12500")
-        lines.append(f"filter add dev {dev} parent 1: protocol ip prio 100 handle ::{c:x} u32 "
-                     f"match ip dst {dst.address}/32 match ip src {host.address}/32 flowid 1:{c:x}")
     batch.write_text("\n".join(lines) + "\n")
     host.run("tc", "-batch", str(batch), timeout=120)
+    commands: list[dict] = [{"add": {"table": {"family": "inet", "name": "tenure"}}},
+                            {"add": {"chain": {"family": "inet", "table": "tenure", "name": "legs", "type": "filter",
+                                               "hook": "postrouting", "prio": -150, "policy": "accept"}}}]
+    for c in classids:
+        lg = parse_params(leg(host, dst, classid=str(c), rate="1000000", src=host.address))
+        commands += [{"add": {"rule": {"family": "inet", "table": "tenure", "chain": "legs", "comment": r.comment,
+                                       "expr": r.expr}}} for r in nft.wanted(lg)]
+    proc = subprocess.run(host.argv("nft", "-j", "-f", "-"), input=json.dumps({"nftables": commands}), text=True,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
@@ -520,7 +644,8 @@ def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
     fill(h1, range(2, 502), h2, tmp_path / "batch")
     shaper = Shaper()
     params = leg(h1, h2, classid="300", rate="1000000", src=h1.address)
-    listing = [h1.run("tc", what, "show", "dev", h1.ifname).stdout for what in ("class", "filter")]
+    listing = [h1.run("tc", what, "show", "dev", h1.ifname).stdout for what in ("class", "filter")] + [
+        h1.run("nft", "-a", "list", "ruleset").stdout]
     events = TcEvents(h1.netns)
     try:
         assert shaper.monitor(params, ctx()) == 0
@@ -528,7 +653,8 @@ def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
         c = ctx()
         assert shaper.start(params, c) == 0 and shaper.reload(params, c) == 0
         assert c.output == "" and events.drain() == 0  # idempotent: nothing sent to the kernel
-        assert [h1.run("tc", what, "show", "dev", h1.ifname).stdout for what in ("class", "filter")] == listing
+        assert [h1.run("tc", what, "show", "dev", h1.ifname).stdout for what in ("class", "filter")] + [
+            h1.run("nft", "-a", "list", "ruleset").stdout] == listing
         assert shaper.monitor(leg(h1, h2, classid="600", rate="1000000", src=h1.address), ctx()) == 7
         assert shaper.monitor(leg(h1, h3, classid="300", rate="1000000", src=h1.address), ctx())[0] == 1
     finally:
@@ -540,8 +666,8 @@ def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
     assert rc == 1 and "rate 2Mbit/s" in reason
     assert shaper.reload(params, ctx()) == 0
     assert shaper.monitor(params, ctx()) == 0
-    h1.run("tc", "filter", "del", "dev", h1.ifname, "parent", "1:", "protocol", "ip", "prio", "100", "handle",
-           "800::12c", "u32")
+    handle = rules(h1)[f"{h1.ifname} 1:12c ip"]["handle"]
+    h1.run("nft", "delete", "rule", "inet", "tenure", "legs", "handle", str(handle))
     rc, reason = shaper.monitor(params, ctx())
     assert rc == 1 and "missing" in reason
     assert shaper.start(params, ctx()) == 0
@@ -552,7 +678,7 @@ def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
     assert shaper.stop(params, ctx()) == 0 and shaper.monitor(params, ctx()) == 7
     classes = h1.tc_classes()
     assert len(classes) == 502 and "1:12c" not in classes and "1:1004" in classes
-    assert len(nodes(h1)) == 500 and root(h1)["handle"] == "1:"
+    assert len(rules(h1)) == 500 and root(h1)["handle"] == "1:"
     assert shaper.monitor(leg(h1, h2, classid="301", rate="1000000", src=h1.address), ctx()) == 0
 
 
@@ -642,5 +768,8 @@ def test_netlink_errors_are_reasons_not_exceptions(lan: Lan, monkeypatch: pytest
 def test_parse_params_gives_the_leg() -> None:
     lg = parse_params({"device": "eth0", "rate": "50M", "classid": "5", "dst": "10.0.0.0/8", "protocol": "udp",
                        "src_port": "53"})
-    assert (lg.rate, lg.rate_bytes, lg.classid_text, str(lg.dst), lg.src_port, lg.netns) == (
-        50_000_000, 6_250_000, "1:5", "10.0.0.0/8", 53, None)
+    assert (lg.rate, lg.rate_bytes, lg.classid_text, [str(n) for n in lg.dst], lg.src_port, lg.netns) == (
+        50_000_000, 6_250_000, "1:5", ["10.0.0.0/8"], 53, None)
+    dual = parse_params({"device": "eth0", "rate": "50M", "classid": "5", "dst": "fd00::/64, 10.0.0.2",
+                         "dscp": "0", "mark": "46"})
+    assert ([str(n) for n in dual.dst], dual.dscp, dual.mark) == (["10.0.0.2/32", "fd00::/64"], 0, 46)

@@ -341,7 +341,7 @@ def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Run
     rt.run(rt.topology.set_topology_op(Topology.parse(TWO_HOSTS)))
     res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse({
         "kind": "bandwidth", "src": "h1", "dst": "h2", "rate_out": "50M", "rate_in": "10M",
-        "start": at(clock, minutes=1), "end": at(clock, minutes=5), "protocol": "tcp", "dst_port": 5201})))
+        "start": at(clock, minutes=1), "end": at(clock, minutes=5), "protocol": "tcp", "dst_port": 5201, "dscp": 10})))
     assert shapers(rt, res.id) == {}  # pending: nothing on the hosts yet
     clock.advance(minutes=1)
     rt.reservations.scheduler.run_due()
@@ -350,9 +350,11 @@ def test_an_active_reservation_has_shapers_on_its_hosts_until_it_expires(rt: Run
     assert (s["out"].host, s["out"].type, s["out"].state) == ("h1", "bandwidth", "provisioning")
     assert dict(s["out"].resolved) == {"rate": "50000000", "dst": "10.0.0.2", "src": "10.0.0.1", "device": "eth0",
                                        "protocol": "tcp", "dst_port": "5201", "capacity": "1000000000",
-                                       "borrow": "no"}  # capacity: h1's link, which its interface's tree shares
+                                       "borrow": "no", "mark": "46", "dscp": "10"}
+    # capacity: h1's link, which its interface's tree shares; mark: EF, a bandwidth reservation's default DSCP
     assert dict(s["in"].resolved) == {"rate": "10000000", "dst": "10.0.0.1", "src": "10.0.0.2", "protocol": "tcp",
-                                      "src_port": "5201", "capacity": "1000000000", "borrow": "no"}
+                                      "src_port": "5201", "capacity": "1000000000", "borrow": "no", "mark": "46",
+                                      "dscp": "10"}
     with pytest.raises(Conflict) as exc:
         rt.run(rt.instances.delete_op(s["out"].id))
     assert exc.value.code == "owned_instance"
@@ -443,8 +445,9 @@ def register_with(rt: Runtime, host: str, net: dict[str, Any]) -> None:
 
 def test_addresses_and_interfaces_come_from_the_agents_when_the_topology_has_none(
         rt: Runtime, clock: FakeClock) -> None:
-    """A node without labels takes what its agent reported: the destination's default route's IPv4 address, the
-    source's interface whose network holds it (not the default one); an explicit label still wins; and when an
+    """A node without labels takes what its agent reported: the destination's address of each family the source
+    has (both when both have two stacks), the source's interface whose network holds it (not the default one) and
+    its address there; an explicit label still wins; and when an
     agent registers late, or reports new addresses, the shapers of active reservations follow."""
     register_with(rt, "h1", network(("mgmt0", ["192.168.9.1/24"]), ("eth1", ["10.5.0.1/24", "fd00:5::1/64"]),
                                     default="mgmt0"))
@@ -463,6 +466,16 @@ def test_addresses_and_interfaces_come_from_the_agents_when_the_topology_has_non
     register_with(rt, "h2", network(("eth0", ["10.5.0.7/24"]), default="eth0"))  # h2 moved
     [out] = shapers(rt, res.id).values()
     assert out.generation == 3 and out.parameters["dst"] == "10.5.0.7"
+
+    register_with(rt, "h2", network(("eth0", ["10.5.0.7/24", "fd00:5::7/64"]), default="eth0"))  # dual stack
+    [out] = shapers(rt, res.id).values()
+    assert {k: out.resolved[k] for k in ("dst", "src", "device")} == {
+        "dst": "10.5.0.7,fd00:5::7", "src": "10.5.0.1,fd00:5::1", "device": "eth1"}  # both families matched
+    register_with(rt, "h2", network(("eth0", ["fd00:5::7/64"]), default="eth0"))  # IPv6 only
+    [out] = shapers(rt, res.id).values()
+    assert {k: out.resolved[k] for k in ("dst", "src", "device")} == {
+        "dst": "fd00:5::7", "src": "fd00:5::1", "device": "eth1"}
+    register_with(rt, "h2", network(("eth0", ["10.5.0.7/24"]), default="eth0"))
 
     labelled = {**BARE, "nodes": [{"id": "h1", "kind": "host", "labels": {"interface": "bond0"}},
                                   *BARE["nodes"][1:]]}
@@ -510,7 +523,7 @@ def test_an_address_two_agents_report_or_another_node_is_labelled_with_is_nobody
     body = {"kind": "oneway", "src": "h1", "dst": "h2", "rate": "5M", "start": "now", "end": at(clock, minutes=5)}
     res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(body)))
     [out] = shapers(rt, res.id).values()
-    assert out.state == "failed" and "reported no IPv4 address of its own" in out.reason
+    assert out.state == "failed" and "reported no address of its own" in out.reason
     register_with(rt, "h4", network(("eth0", ["10.5.0.4/24"]), default="eth0"))  # h4 lets go of .9: h2 has it
     [out] = shapers(rt, res.id).values()
     assert out.parameters["dst"] == "10.5.0.9" and out.state == "provisioning"

@@ -8,15 +8,16 @@ topology names each host's address and interface.
 
 A oneway reservation of 50 Mbit/s from h1 to h2 makes the server create a
 ``bandwidth`` shaper instance on h1; h1's agent applies it with the tc Shaper
-(an HTB class and a u32 filter in h1's namespace). Then, measured with iperf3
+(an HTB class in the interface's tree, and nftables rules classifying the flow into it and marking it EF, in
+h1's namespace). Then, measured with iperf3
 and checked with the ``tc`` command independently of Tenure:
 
 - the flow h1 -> h2 gets 50 Mbit/s (HTB counts layer-2 bytes, so iperf3's
   goodput is about 48: 45..55 accepted), and the class is 1:<classid> at 50Mbit
   with the classid the instance reports;
 - the agent killed with SIGKILL and started again on the same data dir changes
-  nothing: the same qdisc, class and filter (and no TC notification at all in
-  h1's namespace), the reservation and the instance still active with the same
+  nothing: the same qdisc and classes (and no TC notification at all in
+  h1's namespace), the same nftables rules (handles), the reservation and the instance still active with the same
   classid, and the restarted agent ran no operation (its /healthz sync.operations
   is 0) and sent no report; the flow is still shaped;
 - at the reservation's end the server expires it, the shaper is deleted, the
@@ -30,7 +31,6 @@ tails of the server's and agents' logs.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ from tests.netns_support import (
     Host,
     Lan,
     TcEvents,
+    count_dscp,
+    dscp_counts,
     iperf3,
     netns_names,
     require_iperf3,
@@ -83,11 +85,6 @@ def shapers(admin: TenureClient, rid: str) -> list[dict[str, Any]]:
 def owned_by(inst: dict[str, Any], rid: str) -> bool:
     """The instance is one of reservation ``rid``'s (owner ``reservation:<id>/<leg>``)."""
     return (inst["owner"] or "").partition("/")[0] == f"reservation:{rid}"
-
-
-def match_ip(address: str, off: int) -> dict[str, Any]:
-    """A u32 key on a whole IPv4 address (12: source, 16: destination) as ``tc -j filter show`` prints it."""
-    return {"value": f"{int(ipaddress.IPv4Address(address)):x}", "mask": "ffffffff", "offmask": "", "off": off}
 
 
 def root_qdisc(host: Host) -> dict[str, Any]:
@@ -139,9 +136,10 @@ def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> Non
             assert classes[classid]["kind"] == "htb" and classes[classid]["rate"] == RATE, f"{classes}{logs()}"
             assert classes[classid]["ceil"] == RATE, f"{classes}{logs()}"
             assert root_qdisc(h1)["kind"] == "htb", f"{h1.tc_json('qdisc')}{logs()}"
-            nodes = u32_nodes(h1)
-            assert [n["flowid"] for n in nodes] == [classid], f"{nodes}{logs()}"
-            assert nodes[0]["match"] == [match_ip(h1.address, 12), match_ip(h2.address, 16)], f"{nodes}{logs()}"
+            assert u32_nodes(h1) == [], f"{h1.tc_json('filter')}{logs()}"  # classified by nftables instead
+            table = h1.run("nft", "list", "table", "inet", "tenure").stdout  # as nft prints it
+            assert (f'oifname "{h1.ifname}" ip saddr {h1.address} ip daddr {h2.address} meta priority set {classid} '
+                    f'ip dscp set ef counter') in table, f"{table}{logs()}"
             assert h2.tc_classes() == {}, f"h2 is shaped: {h2.tc_classes()}{logs()}"
 
             rates["shaped"] = iperf3(h1, h2, seconds=IPERF_SECONDS)
@@ -152,6 +150,8 @@ def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> Non
             agent = agents["h1"]
             agent.verify_in_netns()  # the pid is the tenure agent itself, not `ip netns exec`
             before = tc_layout(h1)
+            rules_before = [(r["handle"], r["comment"]) for r in h1.nft_rules()]
+            assert len(rules_before) == 3, f"{h1.nft_rules()}{logs()}"  # the leg's, and its re-marks (v4, v6)
             # The kernel announces every change of a qdisc, class or filter in h1's namespace: a pass that
             # touched the wire would show here (the same socket sees the teardown at the end: it is live).
             events = TcEvents(h1.netns)
@@ -170,6 +170,8 @@ def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> Non
             assert changes == 0, f"{changes} tc changes in h1 during the restart{logs()}"
             after = tc_layout(h1)
             assert after == before, f"tc changed across the restart:\nbefore {before}\nafter {after}{logs()}"
+            assert [(r["handle"], r["comment"]) for r in h1.nft_rules()] == rules_before, (
+                f"nftables changed across the restart: {h1.nft_rules()}{logs()}")
             sync = healthy["sync"]
             assert sync["operations"] == 0, f"the restarted agent ran operations: {sync}{logs()}"
             assert sync["reports"] == 0, f"the restarted agent reported again: {sync}{logs()}"
@@ -219,9 +221,11 @@ def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> Non
 
 @pytest.mark.system
 def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_path: Path) -> None:
-    """End to end, on a topology without address or interface labels (the agents report them): a 50 Mbit/s
-    reservation h1 -> h2 on h1's 200 Mbit/s link keeps its rate while an unreserved bulk transfer from h1 to h3
-    wants everything; modified to ``burst: borrow`` it uses the idle link; cancelled, its tree is gone."""
+    """End to end, on dual-stack hosts and a topology without address or interface labels (the agents report
+    them): a 50 Mbit/s reservation h1 -> h2 on h1's 200 Mbit/s link keeps its rate, over IPv4 and over IPv6, while
+    an unreserved bulk transfer from h1 to h3 wants everything; its packets arrive at h2 marked EF, while the bulk
+    transfer's, which mark themselves EF, arrive best effort (counted by nftables in h2 and h3); modified to
+    ``burst: borrow`` it uses the idle link; cancelled, its tree and its rules are gone."""
     require_netns()
     require_iperf3()
     daemons: list[Daemon] = []
@@ -230,10 +234,12 @@ def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_pat
     def logs() -> str:
         return "".join(f"\n----- {d.name} log (tail) -----\n{d.tail()}" for d in daemons)
 
-    with Lan(3) as lan, contextlib.ExitStack() as cleanup:
+    with Lan(3, ipv6=True) as lan, contextlib.ExitStack() as cleanup:
         h1, h2, h3 = lan.hosts
         try:
             admin, _ = start_cluster(tmp_path, lan.hosts, daemons, cleanup, logs)
+            for h in (h2, h3):
+                count_dscp(h, h1)
             capacity = {"h1": "200M", "h2": "1G", "h3": "1G"}
             admin.put_topology({"nodes": [{"id": h.name, "kind": "host"} for h in lan.hosts]
                                 + [{"id": "s1", "kind": "switch"}],
@@ -248,14 +254,24 @@ def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_pat
 
             inst = wait_until(lambda: shaper(1), timeout=WAIT, what="the shaper active on h1", context=logs)
             params = inst["parameters"]
-            assert (params["dst"], params["src"], params["device"], params["capacity"]) == (
-                h2.address, h1.address, h1.ifname, "200000000"), f"{inst}{logs()}"  # from the agents' reports
+            assert (params["dst"], params["src"], params["device"], params["capacity"], params["mark"]) == (
+                f"{h2.address},{h2.address6}", f"{h1.address},{h1.address6}", h1.ifname, "200000000",
+                "46"), f"{inst}{logs()}"  # from the agents' reports, both families; EF
 
             rates["alone"] = iperf3(h1, h2, seconds=IPERF_SECONDS)
+            ef = 46 << 2  # the bulk transfer marks itself EF
             rates["contended"], rates["bulk"] = side_by_side(lambda: iperf3(h1, h2, seconds=4, port=5201),
-                                                             lambda: iperf3(h1, h3, seconds=4, port=5202))
+                                                             lambda: iperf3(h1, h3, seconds=4, port=5202, tos=ef))
             assert rates["contended"] >= 0.95 * rates["alone"] and rates["contended"] >= SHAPED[0], logs()
             assert 120e6 <= rates["bulk"] <= 200e6 and rates["contended"] + rates["bulk"] <= 200e6, logs()
+            rates["contended v6"], rates["bulk v6"] = side_by_side(
+                lambda: iperf3(h1, h2, seconds=4, port=5201, address=h2.address6),
+                lambda: iperf3(h1, h3, seconds=4, port=5202, address=h3.address6, tos=ef))
+            assert rates["contended v6"] >= 0.95 * rates["alone"] and rates["contended v6"] >= SHAPED[0], logs()
+            assert 120e6 <= rates["bulk v6"] <= 200e6, logs()
+            at_h2, at_h3 = dscp_counts(h2), dscp_counts(h3)
+            assert at_h2["ef 5201"] > 1000 and at_h2["cs0 5201"] == at_h2["other 5201"] == 0, f"{at_h2}{logs()}"
+            assert at_h3["cs0 5202"] > 1000 and at_h3["ef 5202"] == at_h3["other 5202"] == 0, f"{at_h3}{logs()}"
 
             admin.modify_reservation(rid, burst="borrow")
             wait_until(lambda: shaper(2), timeout=WAIT, what="the shaper modified to borrow", context=logs)
@@ -265,7 +281,7 @@ def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_pat
             admin.cancel_reservation(rid)
             wait_until(lambda: root_qdisc(h1)["kind"] in ROOT_KINDS, timeout=WAIT, what="h1's tree gone",
                        context=logs)
-            assert h1.tc_classes() == {}, logs()
+            assert h1.tc_classes() == {} and h1.nft_rules() == [], logs()
         finally:
             for d in reversed(daemons):
                 d.stop()

@@ -107,6 +107,7 @@ class ReservationCreate(StrictModel):
     src_port: Port | None = None
     dst_port: Port | None = None
     dscp: int_in(0, 63) | None = None
+    mark: int_in(0, 63) | None = None
     labels: Labels | None = None
     path_mode: PathMode | None = None
     burst: Burst | None = None

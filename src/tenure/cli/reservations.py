@@ -22,6 +22,7 @@ from rich.text import Text
 
 from tenure.cli.common import JsonOption, fields, out, percent, run, say, table, warn
 from tenure.client import TenureClient
+from tenure.domain.reservation import DSCP_NAMES, parse_dscp
 from tenure.domain.units import format_rate
 
 reserve_app = typer.Typer(help="Reserve bandwidth between nodes for a time window.", no_args_is_help=True)
@@ -46,6 +47,19 @@ Burst = Literal["cap", "borrow"]
 BurstOpt = Annotated[Burst | None, typer.Option(help="cap (the default: held to its rate) or borrow (may use idle "
                                                 "capacity above it).")]
 Id = Annotated[str, typer.Argument(metavar="ID", help="Reservation id (r-...).")]
+
+
+def _dscp(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_dscp(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a DSCP: 0-63, or a name as ef, af41, cs1") from None
+
+
+MarkOpt = Annotated[str | None, typer.Option(metavar="DSCP", callback=_dscp, help="DSCP its packets leave with: "
+                                             "0-63 or a name (ef, af41, cs1); default ef, for a mirror cs1.")]
 
 BAR_WIDTH = 40
 EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -78,12 +92,13 @@ def bandwidth(
                                                 "0: one way only.")] = None,
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
     protocol: ProtocolOpt = None, src_port: PortOpt = None, dst_port: PortOpt = None, dscp: DscpOpt = None,
-    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, as_json: JsonOption = False,
+    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, mark: MarkOpt = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE both ways between SRC and DST (each direction on its own path)."""
     _reserve(ctx, as_json, kind="bandwidth", src=src, dst=dst, rate=rate, rate_in=rate_in, start=start, end=end,
              project=project, request_id=request_id, protocol=protocol, src_port=src_port, dst_port=dst_port,
-             dscp=dscp, labels=label, path_mode=path_mode, burst=burst)
+             dscp=dscp, labels=label, path_mode=path_mode, burst=burst, mark=mark)
 
 
 @reserve_app.command("oneway")
@@ -91,12 +106,13 @@ def oneway(
     ctx: typer.Context, src: Src, dst: Dst, rate: RateOpt, end: EndOpt,
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
     protocol: ProtocolOpt = None, src_port: PortOpt = None, dst_port: PortOpt = None, dscp: DscpOpt = None,
-    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, as_json: JsonOption = False,
+    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, mark: MarkOpt = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE from SRC to DST only."""
     _reserve(ctx, as_json, kind="oneway", src=src, dst=dst, rate=rate, start=start, end=end, project=project,
              request_id=request_id, protocol=protocol, src_port=src_port, dst_port=dst_port, dscp=dscp,
-             labels=label, path_mode=path_mode, burst=burst)
+             labels=label, path_mode=path_mode, burst=burst, mark=mark)
 
 
 @reserve_app.command("steering")
@@ -106,12 +122,13 @@ def steering(
                                            help="Middlebox to pass through, in order (repeatable).")],
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
     protocol: ProtocolOpt = None, src_port: PortOpt = None, dst_port: PortOpt = None, dscp: DscpOpt = None,
-    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, as_json: JsonOption = False,
+    label: LabelOpt = None, path_mode: PathModeOpt = None, burst: BurstOpt = None, mark: MarkOpt = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE from SRC through each --via middlebox in turn to DST."""
     _reserve(ctx, as_json, kind="steering", src=src, dst=dst, via=via, rate=rate, start=start, end=end,
              project=project, request_id=request_id, protocol=protocol, src_port=src_port, dst_port=dst_port,
-             dscp=dscp, labels=label, path_mode=path_mode, burst=burst)
+             dscp=dscp, labels=label, path_mode=path_mode, burst=burst, mark=mark)
 
 
 @reserve_app.command("mirror")
@@ -123,11 +140,11 @@ def mirror(
     port: Annotated[str | None, typer.Option(metavar="LINK", help="The link of SRC to mirror (when it has "
                                              "several).")] = None,
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
-    label: LabelOpt = None, path_mode: PathModeOpt = None, as_json: JsonOption = False,
+    label: LabelOpt = None, path_mode: PathModeOpt = None, mark: MarkOpt = None, as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE for a copy of SRC's traffic, from its switch to COLLECTOR."""
     _reserve(ctx, as_json, kind="mirror", src=src, collector=collector, port=port, rate=rate, start=start,
-             end=end, project=project, request_id=request_id, labels=label, path_mode=path_mode)
+             end=end, project=project, request_id=request_id, labels=label, path_mode=path_mode, mark=mark)
 
 
 # ------------------------------------------------------------ the others
@@ -266,7 +283,7 @@ def _detail(r: dict[str, Any]) -> None:
         ("rate", format_rate(r["rate_out"]) + (f" out, {format_rate(r['rate_in'])} in"
                                               if r["kind"] == "bandwidth" else "")),
         ("start", moment(r["start"])), ("end", moment(r["end"])), ("path mode", r["path_mode"]),
-        ("burst", r.get("burst", "cap")),
+        ("burst", r.get("burst", "cap")), ("mark", _mark_name(r.get("mark"))),
         ("match", " ".join(f"{k}={v}" for k, v in match.items()) or None),
         ("labels", ", ".join(f"{k}={v}" for k, v in r["labels"].items()) or None),
         ("request id", r["request_id"]), ("reason", r.get("reason")), ("created", moment(r["created_at"])),
@@ -274,6 +291,13 @@ def _detail(r: dict[str, Any]) -> None:
     ]
     fields(rows)
     _legs(r)
+
+
+def _mark_name(mark: int | None) -> str | None:
+    if mark is None:
+        return None
+    name = next((n for n, v in DSCP_NAMES.items() if v == mark), None)
+    return f"{name} ({mark})" if name else str(mark)
 
 
 def _paths(answer: dict[str, Any]) -> None:

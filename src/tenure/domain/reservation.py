@@ -42,6 +42,21 @@ MAX_VIA = 8
 MAX_LABELS = 32
 MAX_REQUEST_ID = 128
 PATH_MODES = ("shortest", "widest")
+# The DSCP a reservation's packets leave with, unless it says (RFC 4594): expedited forwarding for the flows that
+# were promised a rate, lower effort (CS1) for a mirror's copies, which must never push the originals aside.
+DEFAULT_MARKS = {"bandwidth": 46, "oneway": 46, "steering": 46, "mirror": 8}
+DSCP_NAMES = {**{f"cs{i}": i * 8 for i in range(8)}, **{f"af{c}{d}": c * 8 + d * 2 for c in range(1, 5)
+                                                       for d in range(1, 4)}, "ef": 46}
+
+
+def parse_dscp(text: str) -> int:
+    """A DSCP value from ``"46"`` or a name (``"ef"``, ``"af41"``, ``"cs1"``); ValueError otherwise."""
+    value = DSCP_NAMES.get(text.strip().lower())
+    if value is None:
+        value = int(text)
+        if not 0 <= value <= 63:
+            raise ValueError(f"DSCP {text!r} is not 0-63")
+    return value
 BURSTS = ("cap", "borrow")  # may a leg use idle capacity above its rate (borrow), or is it held to it (cap)
 
 
@@ -96,6 +111,7 @@ class Reservation:
     labels: Mapping[str, str] = field(default_factory=dict)
     path_mode: str = "shortest"
     burst: str = "cap"
+    mark: int = 46  # the DSCP its packets leave with (DEFAULT_MARKS by kind unless asked)
     request_id: str | None = None
     request_hash: str | None = None
     reason: str | None = None  # why degraded or re-routed
@@ -117,7 +133,7 @@ class Reservation:
             "rate_out": self.rate_out, "rate_in": self.rate_in,
             "start": iso(self.start), "end": iso(self.end),
             "paths": [leg.doc() for leg in self.legs], "labels": dict(self.labels), "path_mode": self.path_mode,
-            "burst": self.burst,
+            "burst": self.burst, "mark": self.mark,
             "request_id": self.request_id, "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
             "revision": self.revision,
         }
@@ -187,6 +203,15 @@ def validate_match(*, protocol: object = None, src_port: object = None, dst_port
     return Match(protocol, src_port, dst_port, dscp)  # type: ignore[arg-type]
 
 
+def validate_mark(mark: object, kind: str) -> int:
+    """A DSCP value (0-63) the reservation's packets leave with; None: the kind's default (DEFAULT_MARKS)."""
+    if mark is None:
+        return DEFAULT_MARKS[kind]
+    if isinstance(mark, bool) or not isinstance(mark, int) or not 0 <= mark <= 63:
+        raise InvalidInput("mark must be a DSCP value 0-63", code="invalid_mark")
+    return mark
+
+
 def validate_burst(burst: object) -> str:
     """``cap`` (the default) or ``borrow``."""
     if burst is None:
@@ -240,6 +265,7 @@ class ReservationRequest:
     request_id: str | None = None
     path_mode: str = "shortest"
     burst: str = "cap"
+    mark: int = 46
     sent: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -308,7 +334,7 @@ class ReservationRequest:
         return cls(kind=kind, src=src, dst=dst, rate_out=rate_out, rate_in=rate_in, start=start, end=end, via=via,
                    port=port, match=match, labels=validate_labels(raw.get("labels")), project=project,
                    request_id=validate_request_id(raw.get("request_id")), path_mode=mode, burst=burst,
-                   sent=dict(raw))
+                   mark=validate_mark(raw.get("mark"), kind), sent=dict(raw))
 
 
 def plan_legs(*, kind: str, src: str, dst: str, via: tuple[str, ...], rate_out: int, rate_in: int,

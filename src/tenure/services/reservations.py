@@ -45,6 +45,7 @@ from tenure.domain.names import validate_name
 from tenure.domain.reservation import (
     ACTIVE,
     CANCELLED,
+    DEFAULT_MARKS,
     ENDED,
     EXPIRED,
     LIVE,
@@ -101,7 +102,8 @@ def _from_body(body: Mapping[str, Any], request_hash_: str | None, seq: int = 0)
         dst=body["dst"], via=tuple(body.get("via", ())), port=body.get("port"), rate_out=body["rate_out"],
         rate_in=body["rate_in"], match=Match(m.get("protocol"), m.get("src_port"), m.get("dst_port"), m.get("dscp")),
         start=_ts(body["start"]), end=_ts(body["end"]), state=body["state"], legs=legs, labels=body["labels"],
-        path_mode=body["path_mode"], burst=body.get("burst", "cap"), request_id=body["request_id"],
+        path_mode=body["path_mode"], burst=body.get("burst", "cap"),
+        mark=body.get("mark", DEFAULT_MARKS[body["kind"]]), request_id=body["request_id"],
         request_hash=request_hash_,
         reason=body.get("reason"), created_at=_ts(body["created_at"]), updated_at=_ts(body["updated_at"]),
         ended_at=_ts(body["ended_at"]) if "ended_at" in body else None, revision=body["revision"], seq=seq,
@@ -400,7 +402,7 @@ class ReservationService:
                 id=rid, kind=kind, project=project, owner=owner, src=src, dst=dst, via=via, port=port,
                 rate_out=rate_out, rate_in=rate_in, match=match, start=w_start, end=w_end,
                 state=time_state(w_start, w_end, bnow), legs=(), labels=labels, path_mode=mode, burst=burst,
-                request_id=request_id, request_hash=digest, created_at=bnow, updated_at=bnow,
+                mark=request.mark, request_id=request_id, request_hash=digest, created_at=bnow, updated_at=bnow,
             )
             legs = self.admit(batch, self.plan(res), res, bnow)
             seq = self._next_seq

@@ -3,7 +3,7 @@
 While a reservation is ``active``, every leg that leaves a host gets an
 instance of type ``bandwidth`` on that host: the host's agent shapes the leg's
 flow on its egress (``tenure.drivers.tc:Shaper``: an HTB class at the leg's
-rate and a filter matching the flow). When the reservation expires, is
+rate, and nftables rules classifying and marking the flow). When the reservation expires, is
 cancelled or is degraded, its shapers are deleted; a modification that
 changes a rate modifies them. All of this happens inside the reservation's own
 command (:meth:`InstanceService.sync_owned`), so the reservation's state and
@@ -13,16 +13,18 @@ Each shaper carries the capacity of the leg's first link (its source host's
 link, in the leg's direction): the tree on that interface gives every leg its
 rate and what is left to unreserved traffic (docs/dataplane.md). The
 reservation's ``burst`` (``cap`` or ``borrow``) says whether a leg may use
-idle capacity above its rate.
+idle capacity above its rate. Each leg carries the reservation's ``mark`` (the DSCP its packets leave with) and
+its ``dscp`` match.
 
 The flow is matched by the endpoints' addresses, read from the topology's
 node labels: ``address`` (required on the destination, used on the source
 when present) and ``interface`` (the source host's egress device). A node
 without them takes what its host's agent reported when it registered
-(``capabilities.network``: the IPv4 address of its default route's interface,
-and the interface whose network holds the destination); an explicit label
-wins. Without either, the agent's instance type properties must name the
-``device``. A destination without any address makes a shaper that is created
+(``capabilities.network``: per address family, the destination's address in a network the source has an
+interface in, else its default route's interface's; the source's interface on that network); an explicit label
+wins. A dual-stack pair gets both families matched (the shaper's ``dst`` is an IPv4 and an IPv6 address).
+Without an interface from either, the agent's instance type properties must name the ``device``. A destination
+without any address makes a shaper that is created
 ``failed`` with that reason, so the problem shows on the reservation's host
 instead of passing silently. When an agent registers (or reports new
 addresses), the shapers of the active reservations on its host follow.
@@ -46,6 +48,7 @@ MAX_SHAPED = 10**12  # bit/s: HTB's rates go to 1 Tbit/s; a faster link is shape
 
 
 Network = Callable[[str], Mapping[str, Any] | None]  # host -> what its agent reported (agent/netinfo.py)
+Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def _no_network(host: str) -> None:
@@ -53,8 +56,8 @@ def _no_network(host: str) -> None:
 
 
 def _reported(net: Mapping[str, Any] | None, taken: Mapping[str, str] | None = None,
-              node: str | None = None) -> list[tuple[str, ipaddress.IPv4Interface]]:
-    """(interface, IPv4 address with its network) pairs an agent reported (as ``AgentService.network`` gives
+              node: str | None = None) -> list[tuple[str, Address]]:
+    """(interface, address with its network) pairs an agent reported (as ``AgentService.network`` gives
     them: well-formed), its default route's interface first.
 
     Left out: addresses no host can be reached at (loopback, link-local, multicast, unspecified), and addresses
@@ -66,8 +69,7 @@ def _reported(net: Mapping[str, Any] | None, taken: Mapping[str, str] | None = N
         for text in iface["addresses"]:
             addr = ipaddress.ip_interface(text)
             ip = addr.ip
-            if (not isinstance(addr, ipaddress.IPv4Interface)  # the u32 match is IPv4 (docs/dataplane.md, step 2)
-                    or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
+            if (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
                     or (taken or {}).get(str(ip), node) != node):
                 continue
             out.append((iface["name"], addr))
@@ -87,27 +89,44 @@ def _labelled(topology: Topology) -> dict[str, str]:
 _LABELLED: weakref.WeakKeyDictionary[Topology, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
-def endpoints(src: Node, dst: Node, topology: Topology, network: Network) -> tuple[str | None, str | None,
-                                                                                 str | None]:
-    """(dst address, src interface, src address) of a leg from ``src`` to ``dst``: the topology's labels, else
-    what the hosts' agents reported. Reported addresses pair up: the destination's address in a network the
-    source has an interface in, that interface, and the source's address on it (as the flow leaves); else the
-    destination's default route's address and the source's default route's interface. A labelled interface
-    the agent did not report gets no reported source address (rather than another interface's)."""
+def endpoints(src: Node, dst: Node, topology: Topology, network: Network) -> tuple[list[str], str | None,
+                                                                                 list[str]]:
+    """(dst addresses, src interface, src addresses) of a leg from ``src`` to ``dst``, at most one address of each
+    family: the topology's labels, else what the hosts' agents reported. Reported addresses pair up per family: the
+    destination's address in a network the source has an interface in, that interface, and the source's address
+    on it (as the flow leaves); else the destination's first (its default route's) address of the family. A family
+    the source reported no address of is left out. A labelled interface the agent did not report gets no reported
+    source address (rather than another interface's)."""
     taken = _labelled(topology)
     mine = _reported(network(src.id), taken, src.id)
-    dst_addr = dst.labels.get("address") or None
     device = src.labels.get("interface") or None
-    if dst_addr is None:
+    label = dst.labels.get("address") or None
+    dst_addrs: list[str] = []
+    if label is not None:
+        dst_addrs = [label]
+    else:
         theirs = [addr for _, addr in _reported(network(dst.id), taken, dst.id)]
-        shared = [d for d in theirs for name, s in mine if d.ip in s.network and device in (None, name)]
-        chosen = shared[0] if shared else (theirs[0] if theirs else None)
-        dst_addr = str(chosen.ip) if chosen is not None else None
+        families = {s.version for _, s in mine} if mine else {4, 6}
+        for version in (4, 6):
+            of = [d for d in theirs if d.version == version]
+            if version not in families or not of:
+                continue
+            shared = [d for d in of for name, s in mine if d.ip in s.network and device in (None, name)]
+            dst_addrs.append(str((shared or of)[0].ip))
+    peers = [ipaddress.ip_address(a) for a in dst_addrs if _is_ip(a)]
     if device is None and mine:
-        peer = ipaddress.ip_address(dst_addr) if dst_addr and _is_ip(dst_addr) else None
-        device = next((name for name, s in mine if peer is not None and peer in s.network), mine[0][0])
-    src_addr = src.labels.get("address") or next((str(s.ip) for name, s in mine if name == device), None)
-    return dst_addr, device, src_addr
+        device = next((name for peer in peers for name, s in mine if peer in s.network), mine[0][0])
+    src_label = src.labels.get("address") or None
+    if src_label is not None:
+        src_addrs = [src_label]
+    else:
+        versions = [p.version for p in peers]
+        src_addrs = []
+        for version in versions:
+            found = next((str(s.ip) for name, s in mine if name == device and s.version == version), None)
+            if found is not None:
+                src_addrs.append(found)
+    return dst_addrs, device, src_addrs
 
 
 def _is_ip(text: str) -> bool:
@@ -133,17 +152,20 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
         if first is not None:  # the source host's link: the capacity its interface's tree shares out
             params["capacity"] = min(first.capacity(leg.hops[0][1]), MAX_SHAPED)
         failed = None
-        dst_address, device, src_address = endpoints(src, dst, topology, network)
-        if dst_address:
-            params["dst"] = dst_address
+        dst_addresses, device, src_addresses = endpoints(src, dst, topology, network)
+        if dst_addresses:
+            params["dst"] = ",".join(dst_addresses)
         else:
-            failed = (f"node {dst.id!r} has no 'address' label and its agent reported no IPv4 address of its own: "
-                      f"the flow to it cannot be matched")
+            failed = (f"node {dst.id!r} has no 'address' label and its agent reported no address of its own "
+                      f"(in a family {src.id!r} has): the flow to it cannot be matched")
         if device:
             params["device"] = device
-        if src_address:
-            params["src"] = src_address
+        if src_addresses:
+            params["src"] = ",".join(src_addresses)
+        params["mark"] = res.mark
         m = res.match
+        if m.dscp is not None:
+            params["dscp"] = m.dscp
         if m.protocol is not None:
             params["protocol"] = m.protocol
         sport, dport = (m.src_port, m.dst_port) if leg.name != "in" else (m.dst_port, m.src_port)

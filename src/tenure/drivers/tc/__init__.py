@@ -1,7 +1,7 @@
-"""``python:tenure.drivers.tc:Shaper``: one bandwidth reservation leg as Linux traffic control, over netlink.
+"""``python:tenure.drivers.tc:Shaper``: one bandwidth reservation leg as Linux traffic control and nftables.
 
 A leg reserved for a flow leaving this host becomes an HTB class that the
-flow's packets are steered into. Everything is done through rtnetlink (no
+flow's packets are classified into. The tc side is done through rtnetlink (no
 ``tc`` process; see Reads below). On the egress device the wire layout is one tree::
 
     root qdisc   htb 1:  default fffe       shared by every leg on the device
@@ -10,13 +10,16 @@ flow's packets are steered into. Everything is done through rtnetlink (no
                                             ceil = capacity, prio 1
     class        1:<classid> (parent 1:1)   one per leg: rate = the leg's, ceil = the rate (cap) or the
                                             capacity (borrow), prio 0
-    filter       parent 1: protocol ip  pref 100 + (classid-1) // 4095
-                 u32 node (classid-1) % 4095 + 1, matching the leg  ->  flowid 1:<classid>
+
+and in the namespace's nftables table ``inet tenure`` (:mod:`.nft`), the leg's rules: one per address family of
+its destination, setting the packet's priority to the leg's class (HTB takes such a packet straight into it) and
+its DSCP to the leg's ``mark``, and, if it marks, rules re-marking other packets that carry that DSCP to best
+effort.
 
 - **A guarantee, not a cap.** Every class shares the parent 1:1 at the interface's capacity, and unclassified
   traffic goes to the default class 1:fffe, which gets what the legs leave: a leg keeps its rate however much
-  other traffic the host sends (docs/dataplane.md). Starting, changing or stopping a leg touches its own class
-  and the default class's rate, never another leg's class.
+  other traffic the host sends (docs/dataplane.md). Starting, changing or stopping a leg touches its own class,
+  its own rules and the default class's rate, never another leg's.
 - **Ownership.** A root qdisc with handle 0 is the kernel's default (noqueue,
   pfifo_fast, mq, fq_codel) and is replaced; ``htb 1: default fffe`` is taken to be
   ours, and ``htb 1: default 0`` is ours from before the tree (the first start on the device makes the
@@ -25,26 +28,19 @@ flow's packets are steered into. Everything is done through rtnetlink (no
   configured by someone else: start refuses (OCF_ERR_GENERIC with the reason)
   instead of destroying it, and stop and monitor treat the leg as absent. The
   root qdisc is deleted when the last leg's class goes (the kernel puts its
-  default back).
-- **Filter handles.** Every classid has one fixed place among the filters:
-  preference ``100 + (classid-1) // 4095`` and u32 node ``(classid-1) % 4095 + 1``
-  in that preference's root hash table (a u32 node id has 12 bits, so 17
-  preferences cover classids 2..65533; for classids up to 4095 the node is the
-  classid: ``fh 800::5 ... flowid 1:5``). The hash table id (``800:``, ``801:``)
-  is the kernel's choice, so a filter is looked up in two steps: the
-  preference's root table (asked for as ``fff:``, which the answer names), then
-  the node by its full handle in it. Filters are tried in classid order.
-- **Match.** IPv4 only: dst (and src) prefix, protocol, ports. Ports are read at
-  the fixed offsets of an IP header without options, like ``tc``'s ``match ip
-  dport``, and only in packets with IHL 5 that are not later fragments: those
-  few packets go unshaped rather than being misread.
-- **Idempotent and minimal.** start reads the qdisc, class and filter first and
+  default back), the nftables table with the last rule. In the table, a leg's rules are those whose comment
+  starts ``tenure DEVICE 1:CLASSID``; rules without such a comment are never touched.
+- **The u32 filters of before.** Agents before nftables classified with a u32 filter at a fixed place per
+  classid (preference ``100 + (classid-1) // 4095``, node ``(classid-1) % 4095 + 1``). A start deletes the
+  leg's filter there if it finds one; a monitor reports the leg's rules missing, so after an upgrade each leg
+  is started once again. stop deletes any filter still into the leg's class.
+- **Match.** IPv4, IPv6 or both (a ``dst`` of one address of each family): destination (and source) prefix,
+  protocol, ports (nftables finds the transport header past IPv6 extension headers and IPv4 options), DSCP.
+- **Idempotent and minimal.** start reads the qdisc, class and rules first and
   writes only what differs: an unchanged leg sends nothing to the kernel (class
-  statistics keep counting), a changed rate or burst is a change of the class in
-  place (same handle, same counters), a changed flowid a replace of the node. A
-  changed match is the one exception: the kernel's u32 ``change`` keeps the old
-  keys, so the node is deleted and added again (the flow is unclassified, thus
-  unshaped, for that instant). reload is start.
+  statistics and rule counters keep counting), a changed rate or burst is a change of the class in
+  place (same handle, same counters), a changed match or mark a replacement of the leg's rules in one nftables
+  transaction. reload is start.
 - **Why the classid is a parameter.** The agent takes it from its local
   allocator (a claim keyed by the instance), so the same instance gets the same
   classid after an agent restart, and the restart's start finds everything in
@@ -61,8 +57,10 @@ bytes; a given burst must fit HTB's buffer (2^32 ticks, about 274 s).
 (pyroute2's decoding costs ~0.5 ms an object; it only adds and changes). What
 an operation reads:
 
-- **The leg's filter** by the two lookups above (non-dump RTM_GETTFILTER):
-  the same cost whatever else is on the device.
+- **The leg's old u32 filter** (start only) by two lookups (non-dump RTM_GETTFILTER): the preference's root
+  hash table, whose id the kernel chose, then the node in it; the same cost whatever else is on the device.
+- **The namespace's nftables table** (``nft -j list table``), fresh for start and stop, and for monitor vouched
+  for by a netfilter socket subscribed to nftables' notifications, as below for tc.
 - **The device's View**: its index (RTM_GETLINK by name), root qdisc (a qdisc
   dump: one per device of the namespace) and classes (a class dump: every class
   on the device, ~2 us each in the kernel; a class decoded only when asked for).
@@ -79,12 +77,13 @@ an operation reads:
   lost ones (ENOBUFS), so a View is still the device's state as long as nothing
   arrived since just before its dump started. monitor uses the last View while
   that holds, else a fresh one as above. On a device where nothing changes a
-  monitor costs two filter lookups, however many legs it holds; the dumps
+  monitor reads nothing from the kernel, however many legs it holds; the dumps
   (proportional to the classes) are paid by start and stop and by the first
   monitor after any change in the namespace.
-- **Writes**: adding or changing a class or a filter goes through pyroute2
+- **Writes**: adding or changing a class goes through pyroute2
   (an IPRoute opened for the operation, only when something differs); deletes
-  are sent by hand. stop deletes the node at the leg's place, then the class;
+  are sent by hand; rules go in one ``nft -j -f -`` transaction. stop deletes the leg's rules (first: no packet
+  is classified into a class about to go), an old filter at the leg's place, then the class;
   only if other filters still hold the class (the kernel answers EBUSY), or the
   class is already gone, does it dump the device's filters to delete every u32
   node into the class.
@@ -106,9 +105,9 @@ a multi-threaded process, for every call.
 
 **Modules.** :mod:`.params` (a leg's parameters, checked, and where it lives
 on the device), :mod:`.netlink` (rtnetlink by hand: messages, dumps, sockets
-per namespace, TC watches), :mod:`.wire` (the kernel's classes and nodes, a
-device's View, and :class:`~.wire.Wire`, which reads and writes one leg) and
-:mod:`.shaper` (the handler, :class:`Shaper`, under its device's lock).
+per namespace, TC and nftables watches), :mod:`.wire` (the kernel's classes and nodes, a
+device's View, and :class:`~.wire.Wire`, which reads and writes one leg's class), :mod:`.nft` (the leg's
+nftables rules) and :mod:`.shaper` (the handler, :class:`Shaper`, under its device's lock).
 """
 
 from __future__ import annotations

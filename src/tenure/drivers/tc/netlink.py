@@ -1,4 +1,5 @@
-"""rtnetlink by hand: requests, dumps and attributes, sockets per namespace (made inside it), TC watches."""
+"""rtnetlink by hand: requests, dumps and attributes, sockets per namespace (made inside it), TC and nftables
+watches."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 RTM_GETLINK, RTM_GETQDISC, RTM_GETTCLASS, RTM_GETTFILTER = 18, 38, 42, 46
 RTM_DELQDISC, RTM_DELTCLASS, RTM_DELTFILTER = 37, 41, 45
 RTMGRP_LINK, RTMGRP_TC = 0x1, 0x8
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7  # <linux/netfilter/nfnetlink.h>: nftables' changes (tables, chains, rules, sets)
+NFTABLES_GROUPS = 1 << (NFNLGRP_NFTABLES - 1)
 IFLA_IFNAME = 3
 TCA_KIND, TCA_OPTIONS = 1, 2
 TCA_HTB_PARMS, TCA_HTB_INIT, TCA_HTB_RATE64, TCA_HTB_CEIL64 = 1, 2, 6, 7
@@ -187,8 +191,8 @@ def netlink_socket(netns: str) -> socket.socket:
     return _netns_socket(netns)[0]
 
 
-def _netns_socket(netns: str) -> tuple[socket.socket, tuple[int, int]]:
-    """:func:`netlink_socket`, and the (st_dev, st_ino) of the namespace it is bound in."""
+def _netns_socket(netns: str, protocol: int = NETLINK_ROUTE) -> tuple[socket.socket, tuple[int, int]]:
+    """:func:`netlink_socket` (of ``protocol``), and the (st_dev, st_ino) of the namespace it is bound in."""
     result: list[Any] = []
 
     def work() -> None:
@@ -202,7 +206,7 @@ def _netns_socket(netns: str) -> tuple[socket.socket, tuple[int, int]]:
                     raise OSError(code, f"setns into {netns}: {os.strerror(code)}")
             finally:
                 os.close(fd)
-            result.append((socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE),
+            result.append((socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol),
                            (st.st_dev, st.st_ino)))
         except BaseException as exc:  # handed to the caller
             result.append(exc)
@@ -232,23 +236,25 @@ def _netns_ident(netns: str) -> tuple[int, int]:
 
 
 class TcWatch:
-    """A namespace's link and tc notifications (RTMGRP_LINK | RTMGRP_TC), only counted.
+    """A namespace's link and tc notifications (RTMGRP_LINK | RTMGRP_TC), or its nftables notifications
+    (NFNLGRP_NFTABLES on a netfilter socket), only counted.
 
     :meth:`poll` reads what arrived and returns an epoch that moved if anything
-    did: a qdisc, class, filter or link added, changed or deleted anywhere in the
+    did: a qdisc, class, filter or link (or a table, chain, rule or set) added, changed or deleted anywhere in the
     namespace, or notifications lost (ENOBUFS). The kernel queues a notification
     before the change's own request returns, so an epoch unchanged since a dump
     started means nothing changed since.
     """
 
-    def __init__(self, sock: socket.socket, ident: tuple[int, int] | None) -> None:
+    def __init__(self, sock: socket.socket, ident: tuple[int, int] | None,
+                 groups: int = RTMGRP_LINK | RTMGRP_TC) -> None:
         self.sock = sock
         self.ident = ident
         self.epoch = 0
         self.broken = False
         self.last_used = time.monotonic()
         self._lock = threading.Lock()
-        sock.bind((0, RTMGRP_LINK | RTMGRP_TC))
+        sock.bind((0, groups))
         sock.setblocking(False)
 
     def poll(self) -> int | None:
@@ -270,7 +276,8 @@ class TcWatch:
 
 
 class Sockets:
-    """rtnetlink sockets by namespace: idle ones lent to one operation at a time, and one :class:`TcWatch` each.
+    """rtnetlink sockets by namespace: idle ones lent to one operation at a time, and one :class:`TcWatch` each
+    (made with ``protocol`` and ``groups``: ``Sockets(NETLINK_NETFILTER, NFTABLES_GROUPS)`` only watches nftables).
 
     A socket holds its namespace alive, so each use checks what the name refers
     to now (a deleted namespace is Absent and its sockets are closed at once, a
@@ -280,7 +287,9 @@ class Sockets:
     lent again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: int = NETLINK_ROUTE, groups: int = RTMGRP_LINK | RTMGRP_TC) -> None:
+        self.protocol = protocol
+        self.groups = groups
         self._lock = threading.Lock()
         self._idle: dict[str, list[Netlink]] = {}  # by netns name ("": the agent's own)
         self._watches: dict[str, TcWatch] = {}
@@ -325,7 +334,7 @@ class Sockets:
             except (Absent, OSError):
                 return None
             try:
-                watch = TcWatch(sock, made_in)
+                watch = TcWatch(sock, made_in, self.groups)
             except OSError:
                 sock.close()
                 return None
@@ -342,14 +351,13 @@ class Sockets:
             watch = self._watches.get(key)
         return watch if watch is not None and watch.ident == ident and not watch.broken else None
 
-    @staticmethod
-    def _open(netns: str | None) -> tuple[socket.socket, tuple[int, int] | None]:
+    def _open(self, netns: str | None) -> tuple[socket.socket, tuple[int, int] | None]:
         if netns is None:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, self.protocol)
             _buffers(sock)
             return sock, None
         try:
-            return _netns_socket(netns)
+            return _netns_socket(netns, self.protocol)
         except FileNotFoundError:
             raise Absent(f"network namespace {netns} does not exist") from None
 

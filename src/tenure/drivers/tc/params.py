@@ -1,4 +1,5 @@
-"""A leg's parameters, checked: where it lives on the device (classid, filter place) and what it matches."""
+"""A leg's parameters, checked: where it lives on the device (classid; the place an old u32 filter had) and what it
+matches and marks."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ MIN_DEFAULT_BURST = 1600  # bytes: one frame and then some
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 PARAMS = ("device", "rate", "classid", "dst", "src", "protocol", "dst_port", "src_port", "netns", "burst", "capacity",
-          "borrow")
+          "borrow", "dscp", "mark")
 BOOLEANS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 IDENTITY = ("device", "classid", "netns")  # what stop needs: where the leg is, not what it matches
 
@@ -66,14 +67,24 @@ def _number(params: dict[str, str], name: str, lo: int, hi: int) -> int | None:
     return int(text)
 
 
-def _network(params: dict[str, str], name: str) -> ipaddress.IPv4Network | None:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(params: dict[str, str], name: str) -> tuple[Network, ...]:
+    """An address or network (CIDR, host bits zero), or an IPv4 and an IPv6 one separated by a comma (dual stack),
+    IPv4 first."""
     text = params.get(name)
     if text is None:
-        return None
-    try:
-        return ipaddress.IPv4Network(text, strict=True)
-    except ValueError as exc:
-        raise Invalid(f"{name} {text!r} is not an IPv4 address or network: {exc}") from None
+        return ()
+    out: list[Network] = []
+    for part in text.split(","):
+        try:
+            out.append(ipaddress.ip_network(part.strip(), strict=True))
+        except ValueError as exc:
+            raise Invalid(f"{name} {part.strip()!r} is not an IPv4 or IPv6 address or network: {exc}") from None
+    if len({n.version for n in out}) != len(out):
+        raise Invalid(f"{name} {text!r} must be one address or network, or one of each family (IPv4,IPv6)")
+    return tuple(sorted(out, key=lambda n: n.version))
 
 
 def _u32_ticks(rate_bytes: int, burst: int) -> int:
@@ -89,14 +100,16 @@ class Leg:
     classid: int
     netns: str | None
     rate: int | None = None  # bit/s; None only for stop, which does not need it
-    dst: ipaddress.IPv4Network | None = None
-    src: ipaddress.IPv4Network | None = None
+    dst: tuple[Network, ...] = ()  # at most one of each family
+    src: tuple[Network, ...] = ()
     protocol: str | None = None
     dst_port: int | None = None
     src_port: int | None = None
     burst: int | None = None  # bytes, None for the default
     capacity: int | None = None  # bit/s of the interface (the parent class); None: keep the one on the wire
     borrow: bool = False  # may use idle capacity above the rate (ceil = capacity), or capped at the rate
+    dscp: int | None = None  # matched: only the flow's packets that arrive with this DSCP
+    mark: int | None = None  # the DSCP the flow's packets leave with; others arriving with it are re-marked CS0
 
     @property
     def handle(self) -> int:
@@ -108,10 +121,12 @@ class Leg:
 
     @property
     def prio(self) -> int:
+        """The preference of the u32 filter the leg had before nftables classified it (removed when found)."""
         return FILTER_PRIO_BASE + (self.classid - 1) // U32_NODES
 
     @property
     def node(self) -> int:
+        """That filter's u32 node id."""
         return (self.classid - 1) % U32_NODES + 1
 
     @property
@@ -144,43 +159,18 @@ class Leg:
             return self.burst
         return max(int(ceil * DEFAULT_BURST_SECONDS), MIN_DEFAULT_BURST)
 
-    def words(self) -> list[tuple[int, int, int]]:
-        """The match as (value, mask, offset) 32-bit words of the IPv4 header (and the ports after it)."""
-        words = []
-        if self.ports:
-            words.append((0x05000000, 0x0F000000, 0))  # IHL 5: the ports are at 20
-            words.append((0x00000000, 0x00001FFF, 4))  # fragment offset 0: the ports are in this packet
-        if self.protocol is not None:
-            words.append((PROTOCOLS[self.protocol] << 16, 0x00FF0000, 8))
-        for net, off in ((self.src, 12), (self.dst, 16)):
-            if net is not None and net.prefixlen:
-                words.append((int(net.network_address), int(net.netmask), off))
-        if self.ports:
-            value = ((self.src_port or 0) << 16) | (self.dst_port or 0)
-            mask = (0xFFFF0000 if self.src_port else 0) | (0x0000FFFF if self.dst_port else 0)
-            words.append((value, mask, 20))
-        return words
-
     @property
     def ports(self) -> bool:
         return self.src_port is not None or self.dst_port is not None
 
-    def keys(self) -> list[str]:
-        """pyroute2's u32 key strings."""
-        return [f"0x{v:08x}/0x{m:08x}+{off}" for v, m, off in self.words()]
 
-    def match_bytes(self) -> dict[int, tuple[int, int]]:
-        return bytes_of(self.words())
-
-
-def bytes_of(words: list[tuple[int, int, int]]) -> dict[int, tuple[int, int]]:
-    """{byte offset: (value, mask)} of the masked bytes: keys compared whatever their alignment."""
-    out: dict[int, tuple[int, int]] = {}
-    for value, mask, off in words:
-        for i, (v, m) in enumerate(zip(value.to_bytes(4, "big"), mask.to_bytes(4, "big"), strict=True)):
-            if m:
-                out[off + i] = (v & m, m)
-    return out
+def _dscp(params: dict[str, str], name: str) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    if text != "0" and (_NUMBER.fullmatch(text) is None or int(text) > 63):
+        raise Invalid(f"{name} {text!r} must be a DSCP value, a decimal integer from 0 to 63")
+    return int(text)
 
 
 def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
@@ -220,9 +210,12 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     borrow = BOOLEANS.get(params.get("borrow", "no").lower())
     if borrow is None:
         raise Invalid(f"borrow {params['borrow']!r} must be yes or no")
-    leg = Leg(device=device, classid=classid, netns=netns, rate=rate, dst=_network(params, "dst"),
-              src=_network(params, "src"), protocol=protocol, dst_port=dst_port, src_port=src_port,
-              burst=_number(params, "burst", 1, 2**32 - 1), capacity=capacity, borrow=borrow)
+    dst, src = _networks(params, "dst"), _networks(params, "src")
+    if src and not {n.version for n in src} & {n.version for n in dst}:
+        raise Invalid(f"src {params['src']!r} has no address of the family of dst {params['dst']!r}")
+    leg = Leg(device=device, classid=classid, netns=netns, rate=rate, dst=dst, src=src, protocol=protocol,
+              dst_port=dst_port, src_port=src_port, burst=_number(params, "burst", 1, 2**32 - 1), capacity=capacity,
+              borrow=borrow, dscp=_dscp(params, "dscp"), mark=_dscp(params, "mark"))
     if leg.burst is not None and leg.buffer_ticks > MAX_TICKS:
         raise Invalid(f"burst {leg.burst} bytes is more than HTB can hold at rate {format_rate(rate)}bit/s: "
                       f"its buffer is 2^32 scheduler ticks, about {MAX_TICKS / tick_in_usec / 1e6:.0f} s of sending")

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tenure.drivers.tc.netlink import Absent, Netlink, Sockets
 from tenure.domain.units import format_rate
-from tenure.drivers.tc.params import DEFAULT_HANDLE, PARENT_HANDLE, Invalid, Leg, bytes_of, parse_params
-from tenure.drivers.tc.wire import MIN_RATE_BYTES, OLD_LAYOUT, Flight, U32Node, Wire, node_problem, read_view
+from tenure.drivers.tc import nft
+from tenure.drivers.tc.netlink import Absent, Netlink, Sockets
+from tenure.drivers.tc.nft import NftError
+from tenure.drivers.tc.params import DEFAULT_HANDLE, PARENT_HANDLE, Invalid, Leg, parse_params
+from tenure.drivers.tc.wire import MIN_RATE_BYTES, OLD_LAYOUT, Flight, U32Node, View, Wire, read_view
 
 if TYPE_CHECKING:
     from tenure.drivers.pydriver import HandlerContext
@@ -34,9 +36,10 @@ META_DATA = """<?xml version="1.0"?>
   <longdesc lang="en">One bandwidth reservation leg on a host's egress, guaranteed its rate: the device's tree is the
 root qdisc htb 1: default fffe, a parent class 1:1 at the interface's capacity, a default class 1:fffe for all
 unreserved traffic at what the legs leave (up to the capacity), and one class 1:CLASSID per leg at its rate (its
-ceil the rate, or the capacity with borrow), with a u32 filter steering the leg's IPv4 flow into it. Changing one
-leg touches its class and the default class's rate only. Idempotent: a start that finds everything in place
-changes nothing.</longdesc>
+ceil the rate, or the capacity with borrow). The leg's flow (IPv4, IPv6 or both) is classified into its class, and
+marked with its DSCP, by rules in the nftables table inet tenure, which also re-marks other traffic carrying that
+DSCP to best effort. Changing one leg touches its class, its rules and the default class's rate only. Idempotent: a
+start that finds everything in place changes nothing.</longdesc>
   <shortdesc lang="en">Egress bandwidth shaping with tc (HTB)</shortdesc>
   <parameters>
     <parameter name="device" unique="0" required="1">
@@ -57,12 +60,14 @@ is 1:CLASSID (printed in hex by tc).</longdesc>
       <content type="integer" />
     </parameter>
     <parameter name="dst" unique="0" required="1">
-      <longdesc lang="en">Destination IPv4 address or network (CIDR, host bits zero).</longdesc>
+      <longdesc lang="en">Destination address or network (CIDR, host bits zero), IPv4 or IPv6; or one of each,
+IPv4 first, separated by a comma (a dual-stack host).</longdesc>
       <shortdesc lang="en">Destination</shortdesc>
       <content type="string" />
     </parameter>
     <parameter name="src" unique="0" required="0">
-      <longdesc lang="en">Source IPv4 address or network (CIDR, host bits zero).</longdesc>
+      <longdesc lang="en">Source address or network (CIDR, host bits zero), IPv4 or IPv6, or one of each; matched
+in the family of the destination it shares.</longdesc>
       <shortdesc lang="en">Source</shortdesc>
       <content type="string" />
     </parameter>
@@ -98,6 +103,17 @@ held to its rate.</longdesc>
       <shortdesc lang="en">Borrow idle capacity</shortdesc>
       <content type="string" default="no" />
     </parameter>
+    <parameter name="dscp" unique="0" required="0">
+      <longdesc lang="en">Match only the flow's packets that arrive with this DSCP (0 to 63).</longdesc>
+      <shortdesc lang="en">DSCP to match</shortdesc>
+      <content type="integer" />
+    </parameter>
+    <parameter name="mark" unique="0" required="0">
+      <longdesc lang="en">The DSCP (0 to 63) the flow's packets leave with; other packets leaving this host with it
+are re-marked best effort (0). Without it, packets keep their DSCP.</longdesc>
+      <shortdesc lang="en">DSCP to mark with</shortdesc>
+      <content type="integer" />
+    </parameter>
     <parameter name="burst" unique="0" required="0">
       <longdesc lang="en">Burst and cburst in bytes (an integer); default 10 ms at the rate, at least 1600.</longdesc>
       <shortdesc lang="en">Burst (bytes)</shortdesc>
@@ -124,7 +140,7 @@ def _deadline(ctx: HandlerContext) -> float | None:
 
 _GUARD = threading.Lock()
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}  # by (netns, device)
-_FLIGHTS: dict[tuple[str, str], tuple[tuple[int, int] | None, Flight]] = {}  # by (netns, device), with the netns id
+_FLIGHTS: dict[tuple[str, str], tuple[tuple[int, int] | None, Flight[View]]] = {}  # by (netns, device), with its id
 _SOCKETS = Sockets()
 
 
@@ -133,7 +149,7 @@ def _device_lock(leg: Leg) -> threading.Lock:
         return _LOCKS.setdefault((leg.netns or "", leg.device), threading.Lock())
 
 
-def _flight(leg: Leg, nl: Netlink) -> Flight:
+def _flight(leg: Leg, nl: Netlink) -> Flight[View]:
     """The device's readings in the namespace the socket is in (a re-created namespace starts anew)."""
     key = (leg.netns or "", leg.device)
     with _GUARD:
@@ -192,6 +208,8 @@ class Shaper:
                 result = self._ensure(wire, ctx)
         except Absent as exc:
             return OCF_ERR_GENERIC, f"{exc}; cannot shape on it"
+        except NftError as exc:
+            return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
         except (NetlinkError, OSError) as exc:
             return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
         if result == OCF_SUCCESS and hasattr(ctx, "set_output"):
@@ -203,8 +221,8 @@ class Shaper:
         return self.start(params, ctx)
 
     def _ensure(self, wire: Wire, ctx: HandlerContext) -> Result:
-        """The tree (root qdisc, parent class at the capacity, default class), then the leg's class and filter, then
-        the default class's rate: what the legs leave. Touches nothing that is already as wanted."""
+        """The tree (root qdisc, parent class at the capacity, default class; its rate lowered first to what the legs
+        leave), then the leg's class, then its nftables rules. Touches nothing that is already as wanted."""
         leg = wire.leg
         owner = wire.ours()
         if owner and owner != OLD_LAYOUT:
@@ -251,18 +269,11 @@ class Shaper:
             wire.put_class("change-class", capacity)
             ctx.log(f"changed class {leg.classid_text} from {have.describe()} to {want.describe()}")
 
-        node = wire.node()
-        problem = node_problem(leg, node)
-        if node is None:
-            wire.put_node("add-filter", leg.node)
-            ctx.log(f"added filter pref {leg.prio} node {leg.node:x} -> {leg.classid_text}")
-        elif problem is not None:
-            if node.words is not None and bytes_of(node.words) == leg.match_bytes():
-                wire.put_node("replace-filter", node.handle)  # only the flowid differs: replaced in place
-            else:  # u32 keeps a node's keys on change: a new match is a new node
-                wire.del_node(node)
-                wire.put_node("add-filter", leg.node)
-            ctx.log(f"fixed filter pref {leg.prio} node {leg.node:x}: {problem}")
+        old = wire.node()
+        if old is not None:  # the u32 filter a leg had before nftables classified it
+            self._del_node(wire, old, ctx)
+        for change in nft.ensure(leg, _deadline(ctx)):
+            ctx.log(f"{change} in {leg.netns or 'the host namespace'}")
         return OCF_SUCCESS
 
     @staticmethod
@@ -296,17 +307,20 @@ class Shaper:
                     burst = "" if (have.rate, have.ceil) != (want.rate, want.ceil) else " (burst differs)"
                     return OCF_ERR_GENERIC, (f"class {leg.classid_text} on {leg.where} has {have.describe()}{burst}, "
                                              f"expected {want.describe()}")
-                problem = node_problem(leg, wire.node())
-                if problem is not None:
-                    return OCF_ERR_GENERIC, f"{problem} on {leg.where}"
+            problem = nft.problem(leg, nft.reading(leg.netns, _deadline(ctx), fresh=False))
+            if problem is not None:
+                return OCF_ERR_GENERIC, f"{problem} ({leg.where})"
         except Absent:
             return OCF_NOT_RUNNING
+        except NftError as exc:
+            return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
         except (NetlinkError, OSError) as exc:
             return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
         return OCF_SUCCESS
 
     def stop(self, params: dict[str, str], ctx: HandlerContext) -> Result:
-        """Remove the leg's filter and class, and the root qdisc after the last class; absent is stopped.
+        """Remove the leg's rules (and any old u32 filter) and class, and the root qdisc after the last class; absent
+        is stopped.
 
         Only the leg's identity (device, classid, netns) is checked: whatever the
         rest says, stopping must be able to remove what a start made.
@@ -316,6 +330,8 @@ class Shaper:
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
         try:
+            for change in nft.remove(leg, _deadline(ctx)):  # first: no packet is classified into a class going away
+                ctx.log(f"{change} in {leg.netns or 'the host namespace'}")
             with self._device(leg, ctx) as wire:
                 owner = wire.ours()
                 if owner not in (None, OLD_LAYOUT):
@@ -346,6 +362,8 @@ class Shaper:
                                   capacity)
         except Absent:
             return OCF_SUCCESS
+        except NftError as exc:
+            return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
         except (NetlinkError, OSError) as exc:
             return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
         return OCF_SUCCESS

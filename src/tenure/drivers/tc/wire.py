@@ -1,5 +1,5 @@
-"""The wire: HTB classes and u32 nodes as the kernel has them, a device's View (single-flight dumps), and Wire,
-which reads and writes one leg's class and filter."""
+"""The wire: HTB classes (and the u32 nodes legs had before nftables classified them) as the kernel has them, a
+device's View (single-flight dumps), and Wire, which reads and writes one leg's class."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -26,7 +27,6 @@ from tenure.drivers.tc.netlink import (
     RTM_GETQDISC,
     RTM_GETTCLASS,
     RTM_GETTFILTER,
-    TC_U32_TERMINAL,
     TCA_HTB_CEIL64,
     TCA_HTB_INIT,
     TCA_HTB_PARMS,
@@ -52,7 +52,6 @@ from tenure.drivers.tc.params import (
     DEFAULT_BURST_SECONDS,
     DEFAULT_HANDLE,
     DEFAULT_MINOR,
-    ETH_P_IP,
     MIN_DEFAULT_BURST,
     MIN_RATE,
     PARENT_HANDLE,
@@ -60,9 +59,9 @@ from tenure.drivers.tc.params import (
     TC_H_ROOT,
     Leg,
     _u32_ticks,
-    bytes_of,
 )
 
+T = TypeVar("T")
 OLD_LAYOUT = "old"  # Wire.ours(): the layout before the tree (htb 1: default 0, legs under the root)
 TREE = (PARENT_HANDLE, DEFAULT_HANDLE)
 MIN_RATE_BYTES = MIN_RATE // 8
@@ -84,7 +83,6 @@ class U32Node:
     handle: int  # full: the kernel's hash table id and our node
     info: int  # preference << 16 | protocol (network order), as the kernel has it
     classid: int | None
-    words: list[tuple[int, int, int]] | None
 
     @property
     def prio(self) -> int:
@@ -127,31 +125,7 @@ def _u32_node(msg: Message) -> U32Node | None:
         return None
     data, opts = found
     _fam, _ifi, handle, _parent, info = TCMSG.unpack_from(data, msg[1] + NLMSG.size)
-    start, end = opts[TCA_U32_SEL]
-    return U32Node(handle=handle, info=info, classid=int_attr(data, opts.get(TCA_U32_CLASSID), U32),
-                   words=_u32_words(data[start:end]))
-
-
-def _u32_words(sel: bytes) -> list[tuple[int, int, int]] | None:
-    """A u32 node's keys as (value, mask, offset) from its struct tc_u32_sel; None if it is not a plain node.
-
-    (16 bytes of selector, flags and nkeys first, then 16 bytes per key: mask and
-    value big-endian, offset and offmask in host order. pyroute2 0.9.7's
-    ``u32_sel.decode`` reads the keys 4 bytes too early, hence this.)
-    """
-    if len(sel) < 16:
-        return None
-    flags, nkeys = sel[0], sel[2]
-    if flags != TC_U32_TERMINAL or len(sel) < 16 + 16 * nkeys:  # nothing variable
-        return None
-    words = []
-    for i in range(nkeys):
-        mask, value = struct.unpack_from(">II", sel, 16 + 16 * i)
-        off, offmask = struct.unpack_from("=ii", sel, 24 + 16 * i)
-        if offmask:
-            return None
-        words.append((value, mask, off))
-    return words
+    return U32Node(handle=handle, info=info, classid=int_attr(data, opts.get(TCA_U32_CLASSID), U32))
 
 
 @dataclass(frozen=True)
@@ -180,8 +154,9 @@ def read_view(nl: Netlink, device: str) -> View:
     return View(index, root, classes, parents)
 
 
-class Flight:
-    """Readings of one device: a View is either vouched for by the namespace's :class:`TcWatch` or read anew.
+class Flight(Generic[T]):
+    """Readings of one device (a View), or of a namespace's nftables table: a reading is either vouched for by the
+    namespace's :class:`TcWatch` or read anew.
 
     A reading is kept with the watch's epoch from just before its dump started;
     a monitor takes it while the epoch has not moved (nothing in the namespace
@@ -196,11 +171,11 @@ class Flight:
         self._started = 0
         self._finished = 0
         self._running = False
-        self._result: View | BaseException = View(None)
-        self._kept: tuple[TcWatch, int, View] | None = None
+        self._result: T | BaseException = TimeoutError("no reading yet")
+        self._kept: tuple[TcWatch, int, T] | None = None
 
-    def view(self, read: Callable[[], View], deadline: float | None, watch: TcWatch | None, *,
-             fresh: bool) -> View:
+    def view(self, read: Callable[[], T], deadline: float | None, watch: TcWatch | None, *,
+             fresh: bool) -> T:
         epoch = watch.poll() if watch is not None and not fresh else None
         with self._cond:
             want = self._started + 1
@@ -219,7 +194,7 @@ class Flight:
                 if left is not None and left <= 0:
                     raise TimeoutError("waited too long for a reading of the device")
                 self._cond.wait(left)
-        result: View | BaseException
+        result: T | BaseException
         try:
             before = watch.poll() if watch is not None else None
             result = read()
@@ -229,7 +204,7 @@ class Flight:
             self._running = False
             self._finished = mine
             self._result = result
-            if isinstance(result, View) and watch is not None and before is not None:
+            if not isinstance(result, BaseException) and watch is not None and before is not None:
                 self._kept = (watch, before, result)
             else:
                 self._kept = None
@@ -237,7 +212,7 @@ class Flight:
         return self._outcome(result)
 
     @staticmethod
-    def _outcome(result: View | BaseException) -> View:
+    def _outcome(result: T | BaseException) -> T:
         if isinstance(result, BaseException):
             raise result
         return result
@@ -407,32 +382,9 @@ class Wire:
                 found = tc_options(msg, "u32")
                 if found is not None and int_attr(found[0], found[1].get(TCA_U32_CLASSID), U32) == classid:
                     info = TCMSG.unpack_from(msg[0], msg[1] + NLMSG.size)[4]
-                    out.append(U32Node(handle=handle, info=info, classid=classid, words=None))
+                    out.append(U32Node(handle=handle, info=info, classid=classid))
         return out
-
-    def put_node(self, command: str, handle: int) -> None:
-        leg = self.leg
-        self.ipr.tc(command, "u32", self.index, handle=handle, parent=ROOT_HANDLE, prio=leg.prio,
-                    protocol=ETH_P_IP, target=leg.handle, keys=leg.keys())
 
     def del_node(self, node: U32Node) -> None:
         self.nl.get(RTM_DELTFILTER, TCMSG.pack(0, self.index, node.handle, ROOT_HANDLE, node.info), NLM_F_ACK)
 
-
-def node_problem(leg: Leg, node: U32Node | None) -> str | None:
-    """Why the node is not the leg's filter, or None if it is."""
-    if node is None:
-        return f"filter pref {leg.prio} node {leg.node:x} for class {leg.classid_text} is missing"
-    if node.classid != leg.handle:
-        got = f"1:{node.classid & 0xFFFF:x}" if node.classid else "none"
-        return f"filter pref {leg.prio} node {leg.node:x} has flowid {got}, expected {leg.classid_text}"
-    if node.words is None or bytes_of(node.words) != leg.match_bytes():
-        return (f"filter pref {leg.prio} node {leg.node:x} matches {_describe(node.words)}, "
-                f"expected {_describe(leg.words())}")
-    return None
-
-
-def _describe(words: list[tuple[int, int, int]] | None) -> str:
-    if words is None:
-        return "a selector that is not a plain u32 match"
-    return " ".join(f"{v:08x}/{m:08x}@{off}" for v, m, off in words) or "everything"

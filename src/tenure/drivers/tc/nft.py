@@ -1,0 +1,358 @@
+"""nftables: which packets are a leg's flow, and the DSCP they leave with (docs/dataplane.md, section 2).
+
+One table per namespace, shared by every leg on every device there::
+
+    table inet tenure {
+      chain legs {        type filter hook postrouting priority mangle; policy accept
+        oifname DEV [ip saddr S] ip daddr D [ports | l4proto] [ip dscp X]
+            meta priority set 1:N [ip dscp set M] counter accept    comment "tenure DEV 1:N ip leg DIGEST"
+        ... the same with ip6 for a leg with an IPv6 destination ...
+        ip dscp M ip dscp set cs0 counter                           comment "tenure DEV 1:N ip remark DIGEST"
+        ip6 dscp M ip6 dscp set cs0 counter                         comment "tenure DEV 1:N ip6 remark DIGEST"
+      }
+    }
+
+- **Classification.** HTB takes a packet whose priority names one of its leaf classes straight into it, so the
+  leg's rule (one per address family its destination has) sets ``meta priority`` to the leg's class and no tc
+  filter is needed; the rule names its device, so another device's class with the same number is never hit.
+  Leg rules go to the chain's head and end in ``accept``; the re-mark rules are appended after them, so they
+  see only packets no leg claimed: unreserved traffic arriving with a DSCP some leg marks with leaves as best
+  effort (both families, whatever the leg's), and nobody gets a reservation's priority by marking their own
+  packets.
+- **Ownership.** Every rule's comment starts ``tenure DEV 1:N``: that is how a start finds the leg's rules and a
+  stop removes them, never anyone else's. The comment ends in a digest of the rule as this code builds it: a start
+  whose parameters changed finds the digests differ and replaces the leg's rules whole, in one transaction (nft's
+  batches are atomic), and a monitor compares digests rather than nft's normalised print of the rule (which
+  changes with nft's version). A rule edited by hand while keeping its comment is not noticed.
+- **Writes** run ``nft -j -f -`` with JSON on standard input (no shell), in another namespace through
+  ``nsenter --net``; one transaction per start or stop that changes anything, none when everything is in place.
+  The table goes with its last rule. **Reads** are ``nft -j list table``; a monitor's reading is vouched for by
+  the namespace's nftables notifications (a netfilter socket in NFNLGRP_NFTABLES, as :class:`TcWatch` does for
+  tc), so a thousand monitors cost one ``nft`` process while nothing changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenure.drivers.tc.netlink import NETLINK_NETFILTER, NETNS_DIR, NFTABLES_GROUPS, Absent, Sockets, _netns_ident
+from tenure.drivers.tc.params import Leg, Network
+from tenure.drivers.tc.wire import Flight
+
+FAMILY, TABLE, CHAIN = "inet", "tenure", "legs"
+PRIORITY = -150  # NF_IP_PRI_MANGLE: before the packet reaches the qdisc, as every postrouting hook is
+NFT_TIMEOUT = 20.0  # seconds, when the operation gives none
+L4 = {4: {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}, 6: {"icmp": 58, "tcp": 6, "udp": 17, "sctp": 132}}
+PROTO = {4: "ip", 6: "ip6"}
+NFPROTO = {4: "ipv4", 6: "ipv6"}
+SEARCH_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
+
+
+class NftError(Exception):
+    """nft failed, or the table is not as Tenure makes it; the message says what nft or the table said."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule this code wants: its comment (identity and digest), expressions, and place (head or tail)."""
+
+    comment: str
+    expr: list[dict[str, Any]]
+    head: bool
+
+
+@dataclass(frozen=True)
+class Found:
+    """A rule of the chain as nft lists it."""
+
+    handle: int
+    comment: str
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Table:
+    """One reading of the table: whether it and its chain are there (and the chain's shape), and its rules."""
+
+    exists: bool = False
+    chain: dict[str, Any] | None = None  # the chain 'legs' as listed
+    chains: tuple[str, ...] = ()
+    rules: tuple[Found, ...] = field(default_factory=tuple)  # Tenure's rules of the chain (comment "tenure ...")
+    foreign: int = 0  # the chain's other rules (someone else's: never touched, and they keep the table)
+
+    def of(self, leg: Leg) -> list[Found]:
+        p = prefix(leg)
+        return [r for r in self.rules if r.comment.startswith(p)]
+
+
+def prefix(leg: Leg) -> str:
+    return f"tenure {leg.device} {leg.classid_text} "
+
+
+def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _payload(protocol: str, name: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": name}}
+
+
+def _address(net: Network) -> Any:
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _digest(expr: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(expr, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def _of(nets: tuple[Network, ...], version: int) -> Network | None:
+    return next((n for n in nets if n.version == version), None)
+
+
+def wanted(leg: Leg) -> list[Rule]:
+    """The leg's rules: one classifying (and marking) rule per family of its destination, then, if it marks, the
+    re-mark rules of both families."""
+    out = []
+    for dst in leg.dst:
+        v, proto = dst.version, PROTO[dst.version]
+        expr = [_match({"meta": {"key": "oifname"}}, leg.device),
+                _match({"meta": {"key": "nfproto"}}, NFPROTO[v])]
+        src = _of(leg.src, v)
+        if src is not None and src.prefixlen:
+            expr.append(_match(_payload(proto, "saddr"), _address(src)))
+        if dst.prefixlen:
+            expr.append(_match(_payload(proto, "daddr"), _address(dst)))
+        if leg.ports:
+            assert leg.protocol is not None
+            for name, port in (("sport", leg.src_port), ("dport", leg.dst_port)):
+                if port is not None:
+                    expr.append(_match(_payload(leg.protocol, name), port))
+        elif leg.protocol is not None:
+            expr.append(_match({"meta": {"key": "l4proto"}}, L4[v][leg.protocol]))
+        if leg.dscp is not None:
+            expr.append(_match(_payload(proto, "dscp"), leg.dscp))
+        expr.append({"mangle": {"key": {"meta": {"key": "priority"}}, "value": leg.classid_text}})
+        if leg.mark is not None:
+            expr.append({"mangle": {"key": _payload(proto, "dscp"), "value": leg.mark}})
+        expr += [{"counter": None}, {"accept": None}]
+        out.append(Rule(f"{prefix(leg)}{proto} leg {_digest(expr)}", expr, head=True))
+    if leg.mark:  # (0 is best effort already)
+        for v, proto in PROTO.items():
+            expr = [_match(_payload(proto, "dscp"), leg.mark), {"mangle": {"key": _payload(proto, "dscp"), "value": 0}},
+                    {"counter": None}]
+            out.append(Rule(f"{prefix(leg)}{proto} remark {_digest(expr)}", expr, head=False))
+    return out
+
+
+def problem(leg: Leg, table: Table) -> str | None:
+    """Why the leg's rules on the wire are not the ones it wants, or None."""
+    want = {r.comment for r in wanted(leg)}
+    if table.chain is None:
+        return f"the nftables chain {FAMILY} {TABLE} {CHAIN} classifying the leg's flow is missing"
+    if (shape := _shape_problem(table.chain)) is not None:
+        return shape
+    have = {r.comment for r in table.of(leg)}
+    if want - have:
+        other = " (its rules there were made for other parameters)" if have else ""
+        return f"nftables rule {sorted(want - have)[0]!r} is missing{other}"
+    if have - want:
+        return f"nftables rule {sorted(have - want)[0]!r} is not the leg's (made for other parameters)"
+    return None
+
+
+def counters(leg: Leg, table: Table) -> dict[str, int]:
+    """Packets and bytes the leg's rules classified, and the packets its re-mark rules made best effort."""
+    out = {"classified_packets": 0, "classified_bytes": 0, "remarked_packets": 0}
+    for r in table.of(leg):
+        if " leg " in r.comment[len(prefix(leg)):]:
+            out["classified_packets"] += r.packets
+            out["classified_bytes"] += r.bytes
+        else:
+            out["remarked_packets"] += r.packets
+    return out
+
+
+def _shape_problem(chain: dict[str, Any]) -> str | None:
+    shape = (chain.get("type"), chain.get("hook"), chain.get("prio"))
+    if shape != ("filter", "postrouting", PRIORITY):
+        return (f"the nftables chain {FAMILY} {TABLE} {CHAIN} is {shape[0]} at {shape[1]} priority {shape[2]}, not "
+                f"filter at postrouting priority {PRIORITY} as Tenure makes it; not changing it")
+    return None
+
+
+# --- running nft ------------------------------------------------------------------------------
+
+
+_BINARIES: dict[str, str] = {}
+
+
+def _binary(name: str) -> str:
+    path = _BINARIES.get(name)
+    if path is None:
+        path = shutil.which(name, path=os.environ.get("PATH", "") + ":" + SEARCH_PATH)
+        if path is None:
+            package = "nftables" if name == "nft" else "util-linux"
+            raise NftError(f"{name} is not installed (Debian package {package}): the leg's flow cannot be classified")
+        _BINARIES[name] = path
+    return path
+
+
+def _run(netns: str | None, args: list[str], deadline: float | None, stdin: str | None = None) -> str:
+    argv = [_binary("nft"), *args]
+    if netns is not None:
+        path = os.path.join(NETNS_DIR, netns)
+        if not os.path.exists(path):
+            raise Absent(f"network namespace {netns} does not exist")
+        argv = [_binary("nsenter"), f"--net={path}", "--", *argv]
+    left = NFT_TIMEOUT if deadline is None else deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no time left to run nft")
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=left, check=False,
+                              env={"PATH": SEARCH_PATH, "LC_ALL": "C"})
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"nft did not finish within {left:.3g}s") from None
+    if done.returncode != 0:
+        if netns is not None and not os.path.exists(os.path.join(NETNS_DIR, netns)):
+            raise Absent(f"network namespace {netns} does not exist")
+        raise NftError(_first_error(done.stderr) or f"nft exited {done.returncode}")
+    return done.stdout
+
+
+def _first_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("Error", "nsenter"))]
+    return (errors or lines or [""])[0][:300]
+
+
+def read(netns: str | None, deadline: float | None) -> Table:
+    """The table as nft lists it now (an empty reading if there is none)."""
+    try:
+        out = _run(netns, ["-j", "list", "table", FAMILY, TABLE], deadline)
+    except NftError as exc:
+        if "No such file or directory" in str(exc):
+            return Table()
+        raise
+    try:
+        items = json.loads(out)["nftables"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NftError(f"nft's listing could not be read: {exc}") from None
+    chain, chains, rules, foreign = None, [], [], 0
+    for item in items:
+        if "chain" in item:
+            chains.append(item["chain"].get("name"))
+            if item["chain"].get("name") == CHAIN:
+                chain = item["chain"]
+        elif "rule" in item and item["rule"].get("chain") == CHAIN:
+            rule = item["rule"]
+            comment = rule.get("comment")
+            if isinstance(comment, str) and comment.startswith("tenure "):
+                packets = octets = 0
+                for expr in rule.get("expr") or ():
+                    if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+                        packets, octets = int(expr["counter"].get("packets", 0)), int(expr["counter"].get("bytes", 0))
+                rules.append(Found(int(rule["handle"]), comment, packets, octets))
+            else:
+                foreign += 1
+    return Table(exists=True, chain=chain, chains=tuple(chains), rules=tuple(rules), foreign=foreign)
+
+
+def _apply(netns: str | None, commands: list[dict[str, Any]], deadline: float | None) -> None:
+    _run(netns, ["-j", "-f", "-"], deadline, json.dumps({"nftables": commands}))
+
+
+def _ref(kind: str, **more: Any) -> dict[str, Any]:
+    return {kind: {"family": FAMILY, "table": TABLE, **more}}
+
+
+# --- what the shaper calls ------------------------------------------------------------------------------
+
+
+_GUARD = threading.Lock()
+_LOCKS: dict[str, threading.Lock] = {}  # by netns: the table is shared by every device's legs
+_FLIGHTS: dict[str, tuple[tuple[int, int] | None, Flight[Table]]] = {}
+_WATCHES = Sockets(NETLINK_NETFILTER, NFTABLES_GROUPS)
+
+
+@contextmanager
+def _locked(netns: str | None, deadline: float | None) -> Iterator[None]:
+    with _GUARD:
+        lock = _LOCKS.setdefault(netns or "", threading.Lock())
+    left = -1 if deadline is None else max(deadline - time.monotonic(), 0)
+    if not lock.acquire(timeout=left):
+        raise TimeoutError("another operation held the namespace's nftables table too long")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def reading(netns: str | None, deadline: float | None, *, fresh: bool) -> Table:
+    """The namespace's table: for a monitor (not ``fresh``) a reading nothing has changed since, if there is one;
+    otherwise one read after the call."""
+    ident = _netns_ident(netns) if netns is not None else None
+    key = netns or ""
+    with _GUARD:
+        made_in, flight = _FLIGHTS.get(key, (None, None))
+        if flight is None or made_in != ident:
+            flight = Flight()
+            _FLIGHTS[key] = (ident, flight)
+    watch = _WATCHES.watch(netns, ident)
+    return flight.view(lambda: read(netns, deadline), deadline, watch, fresh=fresh)
+
+
+def ensure(leg: Leg, deadline: float | None) -> list[str]:
+    """Make the leg's rules as wanted: nothing if they are, else one transaction. What changed, for the log."""
+    want = wanted(leg)
+    with _locked(leg.netns, deadline):
+        table = reading(leg.netns, deadline, fresh=True)
+        if table.chain is not None and (shape := _shape_problem(table.chain)) is not None:
+            raise NftError(shape)
+        have = table.of(leg)
+        names = {r.comment for r in want}
+        seen: set[str] = set()
+        drop = []
+        for r in have:
+            if r.comment not in names or r.comment in seen:
+                drop.append(r)
+            seen.add(r.comment)
+        add = [r for r in want if r.comment not in seen]
+        if table.chain is not None and not drop and not add:
+            return []
+        commands: list[dict[str, Any]] = [
+            {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+            {"add": _ref("chain", name=CHAIN, type="filter", hook="postrouting", prio=PRIORITY, policy="accept")}]
+        commands += [{"delete": _ref("rule", chain=CHAIN, handle=r.handle)} for r in drop]
+        commands += [{"insert" if r.head else "add": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)}
+                     for r in add]
+        _apply(leg.netns, commands, deadline)
+    return ([f"deleted nftables rule {r.comment!r}" for r in drop]
+            + [f"added nftables rule {r.comment!r}" for r in add])
+
+
+def remove(leg: Leg, deadline: float | None) -> list[str]:
+    """Delete the leg's rules (whatever parameters made them), and the table with the last rule. What changed."""
+    with _locked(leg.netns, deadline):
+        table = reading(leg.netns, deadline, fresh=True)
+        mine = table.of(leg)
+        if not mine:
+            return []
+        if len(mine) == len(table.rules) and not table.foreign and set(table.chains) <= {CHAIN} \
+                and table.chain is not None and _shape_problem(table.chain) is None:
+            _apply(leg.netns, [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}], deadline)
+            return [f"deleted nftables table {FAMILY} {TABLE} with the leg's rules (no leg left)"]
+        _apply(leg.netns, [{"delete": _ref("rule", chain=CHAIN, handle=r.handle)} for r in mine], deadline)
+    return [f"deleted nftables rule {r.comment!r}" for r in mine]
