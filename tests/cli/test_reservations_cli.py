@@ -142,7 +142,8 @@ def test_reserve_bandwidth_human_and_json(cli: Cli, topo: Path) -> None:
     assert r["labels"] == {"team": "net", "ticket": "T-1"} and r["path_mode"] == "widest"
     assert r["project"] == "blue" and r["mark"] == 34
     assert "af41 (34)" in cli.ok("reservation", r["id"]).stdout
-    assert reserve(cli, "oneway", "h1", "h2", "--rate", "1M", "--end", "+1h", "--mark", "10")["mark"] == 10
+    named = reserve(cli, "oneway", "h1", "h2", "--rate", "1M", "--end", "+1h", "--mark", "10", "--dscp", "cs1")
+    assert (named["mark"], named["match"]) == (10, {"dscp": 8})
     assert cli("reserve", "oneway", "h1", "h2", "--rate", "1M", "--end", "+1h", "--mark", "64").exit_code == 2
     assert cli("reserve", "oneway", "h1", "h2", "--rate", "1M", "--end", "+1h", "--mark", "best").exit_code == 2
 

@@ -88,13 +88,15 @@ def nodes(host: Host) -> list[dict]:
 
 
 def rules(host: Host, kind: str = "leg") -> dict[str, dict]:
-    """Tenure's nftables rules in ``host`` of a ``kind`` (leg or remark), by "DEVICE CLASSID FAMILY", each with its
-    expressions as nft lists them and its handle."""
+    """Tenure's nftables rules in ``host``, in chain order: the legs' by "DEVICE CLASSID FAMILY", or (``kind``
+    "remark") the re-mark rules by "FAMILY MARK"; each with its expressions as nft lists them and its handle."""
     out = {}
     for r in host.nft_rules():
-        _tenure, device, classid, family, what, _digest = r["comment"].split()
-        if what == kind:
-            out[f"{device} {classid} {family}"] = r
+        words = r["comment"].split()
+        if kind == "remark" and words[1] == "remark":
+            out[f"{words[2]} {words[3]}"] = r
+        elif kind == "leg" and words[1] != "remark":
+            out[" ".join(words[1:4])] = r
     return out
 
 
@@ -458,15 +460,75 @@ def test_a_leg_marks_its_flow_and_others_marking_themselves_are_made_best_effort
         count_dscp(h, h1)
     shaper = Shaper()
     assert shaper.start(leg(h1, h2, protocol="tcp", dst_port="5201", mark="46"), ctx()) == 0
-    assert [r["comment"].split()[3:5] for r in h1.nft_rules()] == [["ip", "leg"], ["ip", "remark"], ["ip6", "remark"]]
+    assert list(rules(h1)) == [f"{h1.ifname} 1:5 ip"] and list(rules(h1, "remark")) == ["ip 46", "ip6 46"]
     iperf3(h1, h2, seconds=1, port=5201)
     iperf3(h1, h3, seconds=1, port=5202, tos=46 << 2)  # pre-marked EF, no reservation
     at2, at3 = dscp_counts(h2), dscp_counts(h3)
     print(f"h2 {at2}, h3 {at3}")
     assert at2["ef 5201"] > 100 and at2["cs0 5201"] == at2["other 5201"] == 0
     assert at3["cs0 5202"] > 100 and at3["ef 5202"] == at3["other 5202"] == 0
-    remark = rules(h1, "remark")[f"{h1.ifname} 1:5 ip"]
+    remark = rules(h1, "remark")["ip 46"]
     assert next(e["counter"]["packets"] for e in remark["expr"] if "counter" in e) > 100
+
+
+def test_re_mark_rules_are_shared_by_the_legs_marking_alike_and_go_with_the_last(lan: Lan) -> None:
+    h1, h2, h3 = lan.hosts
+    shaper = Shaper()
+    a, b = leg(h1, h2, classid="5", mark="46"), leg(h1, h3, classid="6", mark="46")
+    c = leg(h1, h3, classid="7", mark="34", protocol="udp")
+    for params in (a, b, c):
+        assert shaper.start(params, ctx()) == 0
+    assert list(rules(h1, "remark")) == ["ip 46", "ip6 46", "ip 34", "ip6 34"]  # once per mark, after the legs
+    assert [r["comment"].split()[1] for r in h1.nft_rules()[:3]] == [h1.ifname] * 3
+    assert shaper.stop(c, ctx()) == 0
+    assert list(rules(h1, "remark")) == ["ip 46", "ip6 46"]
+    assert shaper.stop(a, ctx()) == 0
+    assert list(rules(h1, "remark")) == ["ip 46", "ip6 46"] and shaper.monitor(b, ctx()) == 0  # b still marks EF
+    h1.run("nft", "delete", "rule", "inet", "tenure", "legs", "handle", str(rules(h1, "remark")["ip6 46"]["handle"]))
+    rc, reason = shaper.monitor(b, ctx())
+    assert rc == 1 and "tenure remark ip6 46" in reason
+    assert shaper.start(b, ctx()) == 0 and shaper.monitor(b, ctx()) == 0
+    assert shaper.stop(b, ctx()) == 0
+    assert h1.nft_rules() == [] and h1.run("nft", "list", "tables").stdout == ""
+
+
+def test_overlapping_legs_resolve_the_same_way_whatever_their_history(lan: Lan) -> None:
+    """The more specific leg's rule comes first (it wins the packets both match), however the legs were started
+    or changed; then by device and class."""
+    h1, h2, _ = lan.hosts
+    shaper = Shaper()
+    broad, narrow = leg(h1, h2, classid="5", rate="10M"), leg(h1, h2, classid="6", protocol="tcp", dst_port="5201")
+    other = leg(h1, h2, classid="4", rate="10M", src=h1.address)
+    for params in (broad, narrow, other):
+        assert shaper.start(params, ctx()) == 0
+    order = [f"{h1.ifname} 1:6 ip", f"{h1.ifname} 1:4 ip", f"{h1.ifname} 1:5 ip"]  # 3 matches, 2, 1
+    assert list(rules(h1)) == order
+    assert shaper.reload({**broad, "mark": "10"}, ctx()) == 0  # its rule written again: the same place
+    assert shaper.reload({**narrow, "dst_port": "5202"}, ctx()) == 0
+    assert list(rules(h1)) == order
+    assert [shaper.monitor(p, ctx()) for p in (other, {**broad, "mark": "10"}, {**narrow, "dst_port": "5202"})] == [
+        0, 0, 0]
+
+
+def test_a_source_of_one_family_limits_the_leg_to_that_family(lan: Lan) -> None:
+    h1, h2, _ = lan.hosts
+    params = {**leg(h1, h2, src=h1.address), "dst": f"{h2.address},fd77::2"}
+    assert Shaper().start(params, ctx()) == 0
+    assert list(rules(h1)) == [f"{h1.ifname} 1:5 ip"]  # no IPv6 rule claiming every sender's packets
+    assert Shaper().monitor(params, ctx()) == 0
+
+
+def test_without_nft_a_start_says_so_and_a_stop_has_nothing_to_remove(
+        lan: Lan, monkeypatch: pytest.MonkeyPatch) -> None:
+    h1, h2, _ = lan.hosts
+    with monkeypatch.context() as m:  # (the test's own tools need PATH: only the shaper's calls go without)
+        m.setattr(nft, "SEARCH_PATH", "/nonexistent")
+        m.setattr(nft, "_BINARIES", {})
+        m.setenv("PATH", "/nonexistent")
+        rc, reason = Shaper().start(leg(h1, h2), ctx())
+        assert rc == 1 and "nft is not installed" in reason and "nftables" in reason
+        assert Shaper().stop(leg(h1, h2), ctx()) == 0
+    assert root(h1)["kind"] == "noqueue"
 
 
 def test_a_dscp_match_takes_only_the_packets_that_carry_it(lan: Lan) -> None:
@@ -744,10 +806,11 @@ def test_missing_device_or_namespace(lan: Lan) -> None:
 def test_device_vanishing_after_start(lan: Lan) -> None:
     h1, h2, _ = lan.hosts
     shaper = Shaper()
-    assert shaper.start(leg(h1, h2), ctx()) == 0
+    assert shaper.start(leg(h1, h2, mark="46"), ctx()) == 0
     h1.run("ip", "link", "del", h1.ifname)
     assert shaper.monitor(leg(h1, h2), ctx()) == 7
     assert shaper.stop(leg(h1, h2), ctx()) == 0
+    assert h1.nft_rules() == []  # its rules (and the re-marks of its mark) went all the same
 
 
 def test_netlink_errors_are_reasons_not_exceptions(lan: Lan, monkeypatch: pytest.MonkeyPatch) -> None:

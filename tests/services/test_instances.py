@@ -475,6 +475,14 @@ def test_addresses_and_interfaces_come_from_the_agents_when_the_topology_has_non
     [out] = shapers(rt, res.id).values()
     assert {k: out.resolved[k] for k in ("dst", "src", "device")} == {
         "dst": "fd00:5::7", "src": "fd00:5::1", "device": "eth1"}
+    register_with(rt, "h2", network(("eth0", ["10.5.0.7/24", "fd00:6::7/64"]), default="eth0"))
+    register_with(rt, "h1", network(("mgmt0", ["192.168.9.1/24"]), ("eth1", ["10.5.0.1/24"]),
+                                    ("eth2", ["fd00:6::1/64"]), default="mgmt0"))
+    [out] = shapers(rt, res.id).values()
+    assert {k: out.resolved[k] for k in ("dst", "src", "device")} == {
+        "dst": "10.5.0.7", "src": "10.5.0.1", "device": "eth1"}  # IPv6 leaves by eth2: not matched on eth1
+    register_with(rt, "h1", network(("mgmt0", ["192.168.9.1/24"]), ("eth1", ["10.5.0.1/24", "fd00:5::1/64"]),
+                                    default="mgmt0"))
     register_with(rt, "h2", network(("eth0", ["10.5.0.7/24"]), default="eth0"))
 
     labelled = {**BARE, "nodes": [{"id": "h1", "kind": "host", "labels": {"interface": "bond0"}},
@@ -483,6 +491,19 @@ def test_addresses_and_interfaces_come_from_the_agents_when_the_topology_has_non
     rt.run(rt.reservations.modify_op(res.id, {"rate_out": "6M"}))
     [out] = shapers(rt, res.id).values()
     assert out.parameters["device"] == "bond0" and out.parameters["dst"] == "10.5.0.7"  # the label wins
+
+    register_with(rt, "h2", network(("eth0", ["10.5.0.7/24", "fd00:5::7/64"]), default="eth0"))
+    v4_source = {**BARE, "nodes": [{"id": "h1", "kind": "host", "labels": {"address": "10.5.0.1"}},
+                                   *BARE["nodes"][1:]]}
+    rt.run(rt.topology.set_topology_op(Topology.parse(v4_source)))
+    [out] = shapers(rt, res.id).values()
+    assert {k: out.resolved[k] for k in ("dst", "src")} == {"dst": "10.5.0.7", "src": "10.5.0.1"}  # its family
+    v6_dest = {**v4_source, "nodes": [v4_source["nodes"][0], {"id": "h2", "kind": "host",
+                                                              "labels": {"address": "fd00:5::7"}},
+                                      *BARE["nodes"][2:]]}
+    rt.run(rt.topology.set_topology_op(Topology.parse(v6_dest)))
+    [out] = shapers(rt, res.id).values()
+    assert out.state == "failed" and "different families" in out.reason
 
 
 def test_shapers_follow_a_topology_change_and_a_restart_writes_nothing_new(

@@ -40,15 +40,6 @@ ProjectOpt = Annotated[str | None, typer.Option(help="Project the reservation co
 RequestIdOpt = Annotated[str | None, typer.Option(help="Idempotency key: a retry returns the same reservation.")]
 ProtocolOpt = Annotated[Protocol | None, typer.Option(help="Match only this protocol.")]
 PortOpt = Annotated[int | None, typer.Option(min=1, max=65535, help="Match this port (needs --protocol).")]
-DscpOpt = Annotated[int | None, typer.Option(min=0, max=63, help="Match this DSCP value.")]
-LabelOpt = Annotated[list[str] | None, typer.Option("--label", metavar="K=V", help="A label (repeatable).")]
-PathModeOpt = Annotated[PathMode | None, typer.Option(help="shortest (fewest hops) or widest (most room left).")]
-Burst = Literal["cap", "borrow"]
-BurstOpt = Annotated[Burst | None, typer.Option(help="cap (the default: held to its rate) or borrow (may use idle "
-                                                "capacity above it).")]
-Id = Annotated[str, typer.Argument(metavar="ID", help="Reservation id (r-...).")]
-
-
 def _dscp(value: str | None) -> int | None:
     if value is None:
         return None
@@ -56,6 +47,16 @@ def _dscp(value: str | None) -> int | None:
         return parse_dscp(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a DSCP: 0-63, or a name as ef, af41, cs1") from None
+
+
+DscpOpt = Annotated[str | None, typer.Option(metavar="DSCP", callback=_dscp, help="Match this DSCP: 0-63 or a name "
+                                             "(ef, af41, cs1).")]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", metavar="K=V", help="A label (repeatable).")]
+PathModeOpt = Annotated[PathMode | None, typer.Option(help="shortest (fewest hops) or widest (most room left).")]
+Burst = Literal["cap", "borrow"]
+BurstOpt = Annotated[Burst | None, typer.Option(help="cap (the default: held to its rate) or borrow (may use idle "
+                                                "capacity above it).")]
+Id = Annotated[str, typer.Argument(metavar="ID", help="Reservation id (r-...).")]
 
 
 MarkOpt = Annotated[str | None, typer.Option(metavar="DSCP", callback=_dscp, help="DSCP its packets leave with: "

@@ -90,51 +90,77 @@ _LABELLED: weakref.WeakKeyDictionary[Topology, dict[str, str]] = weakref.WeakKey
 
 
 def endpoints(src: Node, dst: Node, topology: Topology, network: Network) -> tuple[list[str], str | None,
-                                                                                 list[str]]:
-    """(dst addresses, src interface, src addresses) of a leg from ``src`` to ``dst``, at most one address of each
-    family: the topology's labels, else what the hosts' agents reported. Reported addresses pair up per family: the
-    destination's address in a network the source has an interface in, that interface, and the source's address
-    on it (as the flow leaves); else the destination's first (its default route's) address of the family. A family
-    the source reported no address of is left out. A labelled interface the agent did not report gets no reported
-    source address (rather than another interface's)."""
+                                                                                 list[str], str | None]:
+    """(dst addresses, src interface, src addresses, why none) of a leg from ``src`` to ``dst``, at most one address
+    of each family: the topology's labels, else what the hosts' agents reported.
+
+    Reported addresses pair up per family: the destination's address in a network the source has an interface in,
+    else its first (its default route's) address of the family. The interface is the labelled one, else the one
+    whose network holds the destination (IPv4's first), else the default route's. Only families the flow can take
+    from that interface stay: one whose destination another interface of the source holds leaves by that interface
+    and is dropped, as is one the interface has no address of (when the agent reported them), and a labelled source
+    address keeps only its own family. The source addresses are the interface's of those families. A labelled
+    interface the agent did not report gets no reported source address (rather than another interface's)."""
     taken = _labelled(topology)
     mine = _reported(network(src.id), taken, src.id)
     device = src.labels.get("interface") or None
-    label = dst.labels.get("address") or None
-    dst_addrs: list[str] = []
-    if label is not None:
-        dst_addrs = [label]
+    src_label = src.labels.get("address") or None
+    dst_label = dst.labels.get("address") or None
+    families = {4, 6}
+    if src_label is not None and _version(src_label) is not None:
+        families = {_version(src_label)}
+    chosen: dict[int, str] = {}
+    if dst_label is not None:
+        version = _version(dst_label)
+        if version is not None and version not in families:
+            return [], device, [], (f"node {src.id!r}'s address {src_label} and node {dst.id!r}'s {dst_label} are of "
+                                    f"different families: the flow between them cannot be matched")
+        chosen[version or 4] = dst_label
     else:
         theirs = [addr for _, addr in _reported(network(dst.id), taken, dst.id)]
-        families = {s.version for _, s in mine} if mine else {4, 6}
         for version in (4, 6):
             of = [d for d in theirs if d.version == version]
-            if version not in families or not of:
-                continue
-            shared = [d for d in of for name, s in mine if d.ip in s.network and device in (None, name)]
-            dst_addrs.append(str((shared or of)[0].ip))
-    peers = [ipaddress.ip_address(a) for a in dst_addrs if _is_ip(a)]
+            if version in families and of:
+                shared = [d for d in of for name, s in mine if d.ip in s.network and device in (None, name)]
+                chosen[version] = str((shared or of)[0].ip)
+    peers = {v: ipaddress.ip_network(a, strict=False) for v, a in chosen.items() if _version(a) is not None}
     if device is None and mine:
-        device = next((name for peer in peers for name, s in mine if peer in s.network), mine[0][0])
-    src_label = src.labels.get("address") or None
+        device = next((name for peer in peers.values() for name, s in mine if _within(peer, s)), mine[0][0])
+    if mine and device in {name for name, _ in mine}:
+        for version, peer in list(peers.items()):
+            holders = {name for name, s in mine if _within(peer, s)}
+            has_family = any(name == device and s.version == version for name, s in mine)
+            if (holders and device not in holders) or not has_family:
+                del chosen[version]  # the flow of this family leaves by another interface, or cannot leave by this one
     if src_label is not None:
         src_addrs = [src_label]
     else:
-        versions = [p.version for p in peers]
         src_addrs = []
-        for version in versions:
+        for version in chosen:
             found = next((str(s.ip) for name, s in mine if name == device and s.version == version), None)
             if found is not None:
                 src_addrs.append(found)
-    return dst_addrs, device, src_addrs
+    why = None if chosen else (f"node {dst.id!r} has no 'address' label and its agent reported no address of its own "
+                               f"that {src.id!r} can reach from {device or 'its interfaces'}: the flow to it cannot be "
+                               f"matched")
+    return [chosen[v] for v in sorted(chosen)], device, src_addrs, why
 
 
-def _is_ip(text: str) -> bool:
+def _version(text: str) -> int | None:
+    """The address family (4 or 6) of an address or network, or None if it is neither."""
     try:
-        ipaddress.ip_address(text)
+        return ipaddress.ip_network(text, strict=False).version
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _within(peer: ipaddress.IPv4Network | ipaddress.IPv6Network, mine: Address) -> bool:
+    """Whether ``peer`` lies in the network of an address of ours (of its family)."""
+    if peer.version == 4 and isinstance(mine, ipaddress.IPv4Interface):
+        return peer.subnet_of(mine.network)
+    if peer.version == 6 and isinstance(mine, ipaddress.IPv6Interface):
+        return peer.subnet_of(mine.network)
+    return False
 
 
 def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_network) -> dict[str, dict[str, Any]]:
@@ -152,12 +178,11 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
         if first is not None:  # the source host's link: the capacity its interface's tree shares out
             params["capacity"] = min(first.capacity(leg.hops[0][1]), MAX_SHAPED)
         failed = None
-        dst_addresses, device, src_addresses = endpoints(src, dst, topology, network)
+        dst_addresses, device, src_addresses, why = endpoints(src, dst, topology, network)
         if dst_addresses:
             params["dst"] = ",".join(dst_addresses)
         else:
-            failed = (f"node {dst.id!r} has no 'address' label and its agent reported no address of its own "
-                      f"(in a family {src.id!r} has): the flow to it cannot be matched")
+            failed = why
         if device:
             params["device"] = device
         if src_addresses:

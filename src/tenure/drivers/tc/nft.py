@@ -5,30 +5,37 @@ One table per namespace, shared by every leg on every device there::
     table inet tenure {
       chain legs {        type filter hook postrouting priority mangle; policy accept
         oifname DEV [ip saddr S] ip daddr D [ports | l4proto] [ip dscp X]
-            meta priority set 1:N [ip dscp set M] counter accept    comment "tenure DEV 1:N ip leg DIGEST"
+            meta priority set 1:N [ip dscp set M] counter accept    comment "tenure DEV 1:N ip leg DIGEST mM"
         ... the same with ip6 for a leg with an IPv6 destination ...
-        ip dscp M ip dscp set cs0 counter                           comment "tenure DEV 1:N ip remark DIGEST"
-        ip6 dscp M ip6 dscp set cs0 counter                         comment "tenure DEV 1:N ip6 remark DIGEST"
+        ip dscp M ip dscp set cs0 counter                           comment "tenure remark ip M"
+        ip6 dscp M ip6 dscp set cs0 counter                         comment "tenure remark ip6 M"
       }
     }
 
 - **Classification.** HTB takes a packet whose priority names one of its leaf classes straight into it, so the
   leg's rule (one per address family its destination has) sets ``meta priority`` to the leg's class and no tc
   filter is needed; the rule names its device, so another device's class with the same number is never hit.
-  Leg rules go to the chain's head and end in ``accept``; the re-mark rules are appended after them, so they
-  see only packets no leg claimed: unreserved traffic arriving with a DSCP some leg marks with leaves as best
-  effort (both families, whatever the leg's), and nobody gets a reservation's priority by marking their own
-  packets.
-- **Ownership.** Every rule's comment starts ``tenure DEV 1:N``: that is how a start finds the leg's rules and a
-  stop removes them, never anyone else's. The comment ends in a digest of the rule as this code builds it: a start
-  whose parameters changed finds the digests differ and replaces the leg's rules whole, in one transaction (nft's
+  Leg rules come first and end in ``accept``, the most specific first (a rule with ports before one without, so
+  overlapping reservations resolve the same way after any restart), then by device, class and family.
+- **Re-marking.** After the leg rules, one rule per family and per DSCP that some leg marks with re-marks the
+  packets no leg claimed to best effort: nobody gets a reservation's priority by marking their own packets. These
+  rules are shared: they are derived from the leg rules on the wire (each names its mark, ``mM``) in the same
+  transaction as every leg change, so the last leg marking M takes M's re-mark rules with it.
+- **Ownership.** A leg's rules are those whose comment starts ``tenure DEV 1:N``: that is how a start finds them
+  and a stop removes them, never anyone else's; ``tenure remark`` rules are the table's. A leg rule's comment
+  carries a digest of the rule as this code builds it (its first digit is the rule's specificity): a start whose
+  parameters changed finds the digests differ and replaces the leg's rules whole, in one transaction (nft's
   batches are atomic), and a monitor compares digests rather than nft's normalised print of the rule (which
   changes with nft's version). A rule edited by hand while keeping its comment is not noticed.
 - **Writes** run ``nft -j -f -`` with JSON on standard input (no shell), in another namespace through
   ``nsenter --net``; one transaction per start or stop that changes anything, none when everything is in place.
-  The table goes with its last rule. **Reads** are ``nft -j list table``; a monitor's reading is vouched for by
-  the namespace's nftables notifications (a netfilter socket in NFNLGRP_NFTABLES, as :class:`TcWatch` does for
-  tc), so a thousand monitors cost one ``nft`` process while nothing changes.
+  The table goes with its last rule, unless it holds something that is not Tenure's. **Reads** are
+  ``nft -j list table``; a monitor's reading is vouched for by the namespace's nftables notifications (a
+  netfilter socket in NFNLGRP_NFTABLES, as :class:`TcWatch` does for tc) and is at most MAX_AGE old (its
+  counters are the observed state's), so many monitors share one ``nft`` process a second.
+- **Cost.** nftables walks a chain's rules in order: a packet no leg claims passes every leg rule (a few tens of
+  nanoseconds each) and the re-mark rules. Fine for the hundreds of legs a host carries; thousands on one host
+  would want a verdict map keyed by device and destination (not built).
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ from tenure.drivers.tc.wire import Flight
 FAMILY, TABLE, CHAIN = "inet", "tenure", "legs"
 PRIORITY = -150  # NF_IP_PRI_MANGLE: before the packet reaches the qdisc, as every postrouting hook is
 NFT_TIMEOUT = 20.0  # seconds, when the operation gives none
+MAX_AGE = 1.0  # seconds a monitor may reuse a reading (its counters) while nothing changed
+REMARK = "tenure remark "
 L4 = {4: {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}, 6: {"icmp": 58, "tcp": 6, "udp": 17, "sctp": 132}}
 PROTO = {4: "ip", 6: "ip6"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
@@ -62,13 +71,16 @@ class NftError(Exception):
     """nft failed, or the table is not as Tenure makes it; the message says what nft or the table said."""
 
 
+class NftMissing(NftError):
+    """nft (or nsenter) is not installed."""
+
+
 @dataclass(frozen=True)
 class Rule:
-    """A rule this code wants: its comment (identity and digest), expressions, and place (head or tail)."""
+    """A rule this code wants: its comment (identity and digest) and expressions."""
 
     comment: str
     expr: list[dict[str, Any]]
-    head: bool
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,25 @@ class Found:
     comment: str
     packets: int = 0
     bytes: int = 0
+
+    @property
+    def is_leg(self) -> bool:
+        return not self.comment.startswith(REMARK)
+
+    @property
+    def mark(self) -> int | None:
+        """The DSCP a leg rule marks with (its comment's last word, ``mM``); None if none or not a leg rule."""
+        last = self.comment.rsplit(" ", 1)[-1]
+        return int(last[1:]) if self.is_leg and last[:1] == "m" and last[1:].isdigit() else None
+
+    @property
+    def order(self) -> tuple[int, str, int, str]:
+        """Where a leg rule goes among the others: most specific first, then device, class and family."""
+        words = self.comment.split()
+        try:
+            return -int(words[5][0]), words[1], int(words[2].partition(":")[2], 16), words[3]
+        except (IndexError, ValueError):
+            return 0, "", 0, ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,9 @@ class Table:
     def of(self, leg: Leg) -> list[Found]:
         p = prefix(leg)
         return [r for r in self.rules if r.comment.startswith(p)]
+
+    def remarks(self) -> list[Found]:
+        return [r for r in self.rules if not r.is_leg]
 
 
 def prefix(leg: Leg) -> str:
@@ -122,11 +156,19 @@ def _of(nets: tuple[Network, ...], version: int) -> Network | None:
     return next((n for n in nets if n.version == version), None)
 
 
+def families(leg: Leg) -> list[Network]:
+    """The destinations the leg has rules for: each of its ``dst``, but, when it names a ``src``, only those of a
+    family the source has too (a rule without the source would claim every sender's packets)."""
+    if not leg.src:
+        return list(leg.dst)
+    versions = {n.version for n in leg.src}
+    return [d for d in leg.dst if d.version in versions]
+
+
 def wanted(leg: Leg) -> list[Rule]:
-    """The leg's rules: one classifying (and marking) rule per family of its destination, then, if it marks, the
-    re-mark rules of both families."""
+    """The leg's own rules: one classifying (and marking) rule per family of its destination (and source)."""
     out = []
-    for dst in leg.dst:
+    for dst in families(leg):
         v, proto = dst.version, PROTO[dst.version]
         expr = [_match({"meta": {"key": "oifname"}}, leg.device),
                 _match({"meta": {"key": "nfproto"}}, NFPROTO[v])]
@@ -148,17 +190,28 @@ def wanted(leg: Leg) -> list[Rule]:
         if leg.mark is not None:
             expr.append({"mangle": {"key": _payload(proto, "dscp"), "value": leg.mark}})
         expr += [{"counter": None}, {"accept": None}]
-        out.append(Rule(f"{prefix(leg)}{proto} leg {_digest(expr)}", expr, head=True))
-    if leg.mark:  # (0 is best effort already)
-        for v, proto in PROTO.items():
-            expr = [_match(_payload(proto, "dscp"), leg.mark), {"mangle": {"key": _payload(proto, "dscp"), "value": 0}},
+        # How specific the match is (the rule's place among the legs'): a protocol (with or without its ports), each
+        # port, each address and the DSCP count one each.
+        specific = min(9, sum((src is not None and src.prefixlen > 0, dst.prefixlen > 0, leg.protocol is not None,
+                               leg.src_port is not None, leg.dst_port is not None, leg.dscp is not None)))
+        mark = "m-" if leg.mark is None else f"m{leg.mark}"
+        out.append(Rule(f"{prefix(leg)}{proto} leg {specific}{_digest(expr)[:11]} {mark}", expr))
+    return out
+
+
+def remarks(marks: set[int]) -> list[Rule]:
+    """The shared re-mark rules for the DSCP values legs mark with (0 is best effort already)."""
+    out = []
+    for mark in sorted(marks - {0}):
+        for proto in PROTO.values():
+            expr = [_match(_payload(proto, "dscp"), mark), {"mangle": {"key": _payload(proto, "dscp"), "value": 0}},
                     {"counter": None}]
-            out.append(Rule(f"{prefix(leg)}{proto} remark {_digest(expr)}", expr, head=False))
+            out.append(Rule(f"{REMARK}{proto} {mark}", expr))
     return out
 
 
 def problem(leg: Leg, table: Table) -> str | None:
-    """Why the leg's rules on the wire are not the ones it wants, or None."""
+    """Why the leg's rules on the wire (and the re-mark rules of its mark) are not the ones it wants, or None."""
     want = {r.comment for r in wanted(leg)}
     if table.chain is None:
         return f"the nftables chain {FAMILY} {TABLE} {CHAIN} classifying the leg's flow is missing"
@@ -170,18 +223,23 @@ def problem(leg: Leg, table: Table) -> str | None:
         return f"nftables rule {sorted(want - have)[0]!r} is missing{other}"
     if have - want:
         return f"nftables rule {sorted(have - want)[0]!r} is not the leg's (made for other parameters)"
+    if want and leg.mark:
+        missing = {r.comment for r in remarks({leg.mark})} - {r.comment for r in table.remarks()}
+        if missing:
+            return f"nftables rule {sorted(missing)[0]!r} (re-marking others that carry its mark) is missing"
     return None
 
 
 def counters(leg: Leg, table: Table) -> dict[str, int]:
-    """Packets and bytes the leg's rules classified, and the packets its re-mark rules made best effort."""
+    """Packets and bytes the leg's rules classified, and the packets the re-mark rules of its mark made best
+    effort (on this host, whichever leg's mark it was)."""
     out = {"classified_packets": 0, "classified_bytes": 0, "remarked_packets": 0}
     for r in table.of(leg):
-        if " leg " in r.comment[len(prefix(leg)):]:
-            out["classified_packets"] += r.packets
-            out["classified_bytes"] += r.bytes
-        else:
-            out["remarked_packets"] += r.packets
+        out["classified_packets"] += r.packets
+        out["classified_bytes"] += r.bytes
+    if leg.mark:
+        names = {r.comment for r in remarks({leg.mark})}
+        out["remarked_packets"] = sum(r.packets for r in table.remarks() if r.comment in names)
     return out
 
 
@@ -205,7 +263,8 @@ def _binary(name: str) -> str:
         path = shutil.which(name, path=os.environ.get("PATH", "") + ":" + SEARCH_PATH)
         if path is None:
             package = "nftables" if name == "nft" else "util-linux"
-            raise NftError(f"{name} is not installed (Debian package {package}): the leg's flow cannot be classified")
+            raise NftMissing(f"{name} is not installed (Debian package {package}): the leg's flow cannot be "
+                             f"classified")
         _BINARIES[name] = path
     return path
 
@@ -252,6 +311,8 @@ def read(netns: str | None, deadline: float | None) -> Table:
         raise NftError(f"nft's listing could not be read: {exc}") from None
     chain, chains, rules, foreign = None, [], [], 0
     for item in items:
+        if not isinstance(item, dict) or "metainfo" in item or "table" in item:
+            continue
         if "chain" in item:
             chains.append(item["chain"].get("name"))
             if item["chain"].get("name") == CHAIN:
@@ -267,6 +328,8 @@ def read(netns: str | None, deadline: float | None) -> Table:
                 rules.append(Found(int(rule["handle"]), comment, packets, octets))
             else:
                 foreign += 1
+        elif "rule" not in item:  # a set, map, flowtable or object: someone else's, and it keeps the table
+            foreign += 1
     return Table(exists=True, chain=chain, chains=tuple(chains), rules=tuple(rules), foreign=foreign)
 
 
@@ -301,8 +364,8 @@ def _locked(netns: str | None, deadline: float | None) -> Iterator[None]:
 
 
 def reading(netns: str | None, deadline: float | None, *, fresh: bool) -> Table:
-    """The namespace's table: for a monitor (not ``fresh``) a reading nothing has changed since, if there is one;
-    otherwise one read after the call."""
+    """The namespace's table: for a monitor (not ``fresh``) a reading nothing has changed since and at most
+    MAX_AGE old, if there is one; otherwise one read after the call."""
     ident = _netns_ident(netns) if netns is not None else None
     key = netns or ""
     with _GUARD:
@@ -311,48 +374,82 @@ def reading(netns: str | None, deadline: float | None, *, fresh: bool) -> Table:
             flight = Flight()
             _FLIGHTS[key] = (ident, flight)
     watch = _WATCHES.watch(netns, ident)
-    return flight.view(lambda: read(netns, deadline), deadline, watch, fresh=fresh)
+    return flight.view(lambda: read(netns, deadline), deadline, watch, fresh=fresh, max_age=MAX_AGE)
+
+
+def _place(new: Rule, legs: list[Found], remarks_staying: list[Found]) -> dict[str, Any]:
+    """The command adding a leg rule at its place: before the first leg rule that stays and goes after it, else
+    before the first re-mark rule that stays, else at the end (the re-mark rules added with it come after). (An
+    insert names the rule it goes before; nft 1.0.6's JSON ignores the rule an add names to go after.)"""
+    key = Found(0, new.comment).order
+    before = next((r for r in legs if r.order > key), None) or next(iter(remarks_staying), None)
+    body = {"chain": CHAIN, "comment": new.comment, "expr": new.expr}
+    if before is not None:
+        return {"insert": _ref("rule", handle=before.handle, **body)}
+    return {"add": _ref("rule", **body)}
+
+
+def _remark_changes(table: Table, legs: list[Found], adding: list[Rule]) -> tuple[list[Found], list[Rule]]:
+    """(re-mark rules to delete, to add) so that they are the ones the leg rules that stay and are added need."""
+    marks = {m for m in (r.mark for r in legs) if m is not None}
+    marks |= {m for m in (Found(0, r.comment).mark for r in adding) if m is not None}
+    want = {r.comment: r for r in remarks(marks)}
+    have = table.remarks()
+    drop = [r for r in have if r.comment not in want]
+    names = {r.comment for r in have}
+    return drop, [r for c, r in want.items() if c not in names]
 
 
 def ensure(leg: Leg, deadline: float | None) -> list[str]:
-    """Make the leg's rules as wanted: nothing if they are, else one transaction. What changed, for the log."""
+    """Make the leg's rules (and the re-mark rules) as wanted: nothing if they are, else one transaction. What
+    changed, for the log."""
     want = wanted(leg)
     with _locked(leg.netns, deadline):
         table = reading(leg.netns, deadline, fresh=True)
         if table.chain is not None and (shape := _shape_problem(table.chain)) is not None:
             raise NftError(shape)
-        have = table.of(leg)
         names = {r.comment for r in want}
         seen: set[str] = set()
         drop = []
-        for r in have:
+        for r in table.of(leg):
             if r.comment not in names or r.comment in seen:
                 drop.append(r)
             seen.add(r.comment)
         add = [r for r in want if r.comment not in seen]
-        if table.chain is not None and not drop and not add:
+        dropped = {r.handle for r in drop}
+        legs = [r for r in table.rules if r.is_leg and r.handle not in dropped]
+        drop_remarks, add_remarks = _remark_changes(table, legs, add)
+        if table.chain is not None and not drop and not add and not drop_remarks and not add_remarks:
             return []
         commands: list[dict[str, Any]] = [
             {"add": {"table": {"family": FAMILY, "name": TABLE}}},
             {"add": _ref("chain", name=CHAIN, type="filter", hook="postrouting", prio=PRIORITY, policy="accept")}]
-        commands += [{"delete": _ref("rule", chain=CHAIN, handle=r.handle)} for r in drop]
-        commands += [{"insert" if r.head else "add": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)}
-                     for r in add]
+        commands += [{"delete": _ref("rule", chain=CHAIN, handle=r.handle)} for r in drop + drop_remarks]
+        staying = [r for r in table.remarks() if r not in drop_remarks]
+        commands += [_place(r, legs, staying) for r in add]
+        commands += [{"add": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)} for r in add_remarks]
         _apply(leg.netns, commands, deadline)
-    return ([f"deleted nftables rule {r.comment!r}" for r in drop]
-            + [f"added nftables rule {r.comment!r}" for r in add])
+    return ([f"deleted nftables rule {r.comment!r}" for r in drop + drop_remarks]
+            + [f"added nftables rule {r.comment!r}" for r in add + add_remarks])
 
 
 def remove(leg: Leg, deadline: float | None) -> list[str]:
-    """Delete the leg's rules (whatever parameters made them), and the table with the last rule. What changed."""
+    """Delete the leg's rules (whatever parameters made them) and the re-mark rules no leg needs any more, and the
+    table with its last rule. What changed, for the log."""
     with _locked(leg.netns, deadline):
-        table = reading(leg.netns, deadline, fresh=True)
+        try:
+            table = reading(leg.netns, deadline, fresh=True)
+        except NftMissing:
+            return []  # without nft there are no rules of ours to remove
         mine = table.of(leg)
-        if not mine:
+        legs = [r for r in table.rules if r.is_leg and r not in mine]
+        drop_remarks, _ = _remark_changes(table, legs, [])
+        if not mine and not drop_remarks:
             return []
-        if len(mine) == len(table.rules) and not table.foreign and set(table.chains) <= {CHAIN} \
-                and table.chain is not None and _shape_problem(table.chain) is None:
+        if not legs and not table.foreign and set(table.chains) <= {CHAIN} and table.chain is not None \
+                and _shape_problem(table.chain) is None:
             _apply(leg.netns, [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}], deadline)
             return [f"deleted nftables table {FAMILY} {TABLE} with the leg's rules (no leg left)"]
-        _apply(leg.netns, [{"delete": _ref("rule", chain=CHAIN, handle=r.handle)} for r in mine], deadline)
-    return [f"deleted nftables rule {r.comment!r}" for r in mine]
+        _apply(leg.netns, [{"delete": _ref("rule", chain=CHAIN, handle=r.handle)} for r in mine + drop_remarks],
+               deadline)
+    return [f"deleted nftables rule {r.comment!r}" for r in mine + drop_remarks]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -149,6 +150,19 @@ def _device_lock(leg: Leg) -> threading.Lock:
         return _LOCKS.setdefault((leg.netns or "", leg.device), threading.Lock())
 
 
+@contextmanager
+def _held(leg: Leg, deadline: float | None) -> Iterator[None]:
+    """The device's lock, waited for until the operation's deadline."""
+    lock = _device_lock(leg)
+    left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
+    if not lock.acquire(timeout=left):
+        raise TimeoutError(f"another operation on {leg.where} held it past this one's deadline")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _flight(leg: Leg, nl: Netlink) -> Flight[View]:
     """The device's readings in the namespace the socket is in (a re-created namespace starts anew)."""
     key = (leg.netns or "", leg.device)
@@ -168,20 +182,18 @@ class Shaper:
     """
 
     @contextmanager
-    def _device(self, leg: Leg, ctx: HandlerContext, *, monitor: bool = False) -> Iterator[Wire]:
+    def _device(self, leg: Leg, deadline: float | None, *, monitor: bool = False) -> Iterator[Wire]:
         """The device's Wire over a lent socket: for start and stop with the device's lock held and a fresh View,
-        for monitor (which only reads) without the lock and with a View the watch vouches for. Absent,
-        NetlinkError and OSError pass through."""
-        deadline = _deadline(ctx)
-        lock = None if monitor else _device_lock(leg)
-        if lock is not None and not lock.acquire(timeout=-1 if deadline is None else ctx.timeout):
-            raise TimeoutError(f"another operation on {leg.where} held it for over {ctx.timeout:g}s")
-        try:
+        for monitor (which only reads) without the lock and with a View the watch vouches for (at most
+        nft.MAX_AGE old: its counters are the observed state's). Absent, NetlinkError and OSError pass through."""
+        with contextlib.ExitStack() as held:
+            if not monitor:
+                held.enter_context(_held(leg, deadline))
             with _SOCKETS.lend(leg.netns) as nl:
                 try:
                     watch = _SOCKETS.watch(leg.netns, nl.ident)
                     view = _flight(leg, nl).view(lambda: read_view(nl, leg.device), deadline, watch,
-                                                 fresh=not monitor)
+                                                 fresh=not monitor, max_age=nft.MAX_AGE)
                     wire = Wire(nl, leg, view)
                     try:
                         yield wire
@@ -191,9 +203,6 @@ class Shaper:
                     if exc.code == errno.ENODEV:  # the device went away under us
                         raise Absent(f"device {leg.where} does not exist") from exc
                     raise
-        finally:
-            if lock is not None:
-                lock.release()
 
     def meta_data(self) -> str:
         return META_DATA
@@ -203,13 +212,16 @@ class Shaper:
             leg = parse_params(params)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
+        deadline = _deadline(ctx)
         try:
-            with self._device(leg, ctx) as wire:
-                result = self._ensure(wire, ctx)
+            with self._device(leg, deadline) as wire:
+                result = self._ensure(wire, ctx, deadline)
         except Absent as exc:
             return OCF_ERR_GENERIC, f"{exc}; cannot shape on it"
         except NftError as exc:
             return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
+        except TimeoutError as exc:
+            return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
         except (NetlinkError, OSError) as exc:
             return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
         if result == OCF_SUCCESS and hasattr(ctx, "set_output"):
@@ -220,7 +232,7 @@ class Shaper:
         """A changed rate, burst or match applied in place: start's reconciliation."""
         return self.start(params, ctx)
 
-    def _ensure(self, wire: Wire, ctx: HandlerContext) -> Result:
+    def _ensure(self, wire: Wire, ctx: HandlerContext, deadline: float | None) -> Result:
         """The tree (root qdisc, parent class at the capacity, default class; its rate lowered first to what the legs
         leave), then the leg's class, then its nftables rules. Touches nothing that is already as wanted."""
         leg = wire.leg
@@ -269,11 +281,11 @@ class Shaper:
             wire.put_class("change-class", capacity)
             ctx.log(f"changed class {leg.classid_text} from {have.describe()} to {want.describe()}")
 
-        old = wire.node()
-        if old is not None:  # the u32 filter a leg had before nftables classified it
-            self._del_node(wire, old, ctx)
-        for change in nft.ensure(leg, _deadline(ctx)):
+        for change in nft.ensure(leg, deadline):
             ctx.log(f"{change} in {leg.netns or 'the host namespace'}")
+        old = wire.node()  # the u32 filter a leg had before nftables classified it: after the rules, no gap
+        if old is not None:  # (HTB takes the packet's priority before its filters)
+            self._del_node(wire, old, ctx)
         return OCF_SUCCESS
 
     @staticmethod
@@ -289,8 +301,9 @@ class Shaper:
             leg = parse_params(params)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
+        deadline = _deadline(ctx)
         try:
-            with self._device(leg, ctx, monitor=True) as wire:
+            with self._device(leg, deadline, monitor=True) as wire:
                 if wire.ours() is not None:
                     return OCF_NOT_RUNNING  # no tree of ours (or the layout before it), so no class of ours
                 have = wire.get_class()
@@ -307,13 +320,15 @@ class Shaper:
                     burst = "" if (have.rate, have.ceil) != (want.rate, want.ceil) else " (burst differs)"
                     return OCF_ERR_GENERIC, (f"class {leg.classid_text} on {leg.where} has {have.describe()}{burst}, "
                                              f"expected {want.describe()}")
-            problem = nft.problem(leg, nft.reading(leg.netns, _deadline(ctx), fresh=False))
+            problem = nft.problem(leg, nft.reading(leg.netns, deadline, fresh=False))
             if problem is not None:
                 return OCF_ERR_GENERIC, f"{problem} ({leg.where})"
         except Absent:
             return OCF_NOT_RUNNING
         except NftError as exc:
             return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
+        except TimeoutError as exc:
+            return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
         except (NetlinkError, OSError) as exc:
             return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
         return OCF_SUCCESS
@@ -329,10 +344,12 @@ class Shaper:
             leg = parse_params(params, identity_only=True)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
+        deadline = _deadline(ctx)
+        where = leg.netns or "the host namespace"
         try:
-            for change in nft.remove(leg, _deadline(ctx)):  # first: no packet is classified into a class going away
-                ctx.log(f"{change} in {leg.netns or 'the host namespace'}")
-            with self._device(leg, ctx) as wire:
+            with self._device(leg, deadline) as wire:
+                for change in nft.remove(leg, deadline):  # first: no packet is classified into a class going away
+                    ctx.log(f"{change} in {where}")
                 owner = wire.ours()
                 if owner not in (None, OLD_LAYOUT):
                     return OCF_SUCCESS  # no root qdisc, or a foreign one: nothing of ours can be under it
@@ -360,10 +377,22 @@ class Shaper:
                 elif owner is None and (capacity := wire.capacity()) is not None:  # its rate goes back to the rest
                     self._default(wire, ctx, max(capacity - wire.reserved(without=leg.handle), MIN_RATE_BYTES),
                                   capacity)
-        except Absent:
+        except Absent:  # the device (or the namespace) is gone; its rules, in a namespace still there, go too
+            try:
+                with _held(leg, deadline):
+                    for change in nft.remove(leg, deadline):
+                        ctx.log(f"{change} in {where}")
+            except Absent:
+                pass
+            except NftError as exc:
+                return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
+            except TimeoutError as exc:
+                return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
             return OCF_SUCCESS
         except NftError as exc:
             return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
+        except TimeoutError as exc:
+            return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
         except (NetlinkError, OSError) as exc:
             return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
         return OCF_SUCCESS

@@ -160,7 +160,8 @@ class Flight(Generic[T]):
 
     A reading is kept with the watch's epoch from just before its dump started;
     a monitor takes it while the epoch has not moved (nothing in the namespace
-    changed since). Otherwise, and always for start and stop (``fresh``), the
+    changed since) and, with ``max_age``, while it is younger than that (its counters, which move without
+    notifications, are then at most that old). Otherwise, and always for start and stop (``fresh``), the
     caller gets a View read by a dump that started after it asked, single-flight:
     whoever asks while no dump runs makes one, whoever asks while one runs waits
     for the next, and every caller waiting when that starts shares it.
@@ -172,16 +173,18 @@ class Flight(Generic[T]):
         self._finished = 0
         self._running = False
         self._result: T | BaseException = TimeoutError("no reading yet")
-        self._kept: tuple[TcWatch, int, T] | None = None
+        self._kept: tuple[TcWatch, int, T, float] | None = None
 
     def view(self, read: Callable[[], T], deadline: float | None, watch: TcWatch | None, *,
-             fresh: bool) -> T:
+             fresh: bool, max_age: float | None = None) -> T:
         epoch = watch.poll() if watch is not None and not fresh else None
+        oldest = None if max_age is None else time.monotonic() - max_age
         with self._cond:
             want = self._started + 1
             while True:
                 kept = self._kept  # (also one a dump made while we waited: nothing changed since we asked)
-                if epoch is not None and kept is not None and kept[0] is watch and kept[1] == epoch:
+                if (epoch is not None and kept is not None and kept[0] is watch and kept[1] == epoch
+                        and (oldest is None or kept[3] >= oldest)):
                     return kept[2]
                 if self._finished >= want:
                     return self._outcome(self._result)
@@ -197,6 +200,7 @@ class Flight(Generic[T]):
         result: T | BaseException
         try:
             before = watch.poll() if watch is not None else None
+            began = time.monotonic()
             result = read()
         except BaseException as exc:  # the waiters' outcome as well
             result = exc
@@ -205,7 +209,7 @@ class Flight(Generic[T]):
             self._finished = mine
             self._result = result
             if not isinstance(result, BaseException) and watch is not None and before is not None:
-                self._kept = (watch, before, result)
+                self._kept = (watch, before, result, began)
             else:
                 self._kept = None
             self._cond.notify_all()
