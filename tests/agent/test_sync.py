@@ -163,6 +163,11 @@ def test_a_stuck_operation_ends_as_timeout_and_the_instance_failed(tmp_path: Pat
             assert a["state"] == "failed"
             assert a["reason"].startswith("timeout: create did not finish within its timeout"), a["reason"]
             assert a["result"] is None or a["result"]["status"] == "timeout"
+            sync, lrm = sync_of(agent), agent.app.state.tenure.lrm
+            rt = server.app.state.tenure.runtime
+            # The agent may try again (each try ends the same way): wait until it has seen every event the server
+            # has (its own reports included) and nothing runs, so that no try is under way or about to start.
+            _wait_loop(agent, lambda: sync.converged.is_set() and lrm.idle() and sync.since >= rt.revision)
             [res] = resources(agent)
             assert res["state"] == "failed" and res["running"] is None  # nothing left running
             assert server.delete("/v1/instances/a").status_code == 200
