@@ -40,7 +40,10 @@ class Thing:
 
     def probe(self, params: dict[str, str], ctx: Any) -> int:
         with self.lock:
-            return 0 if ctx.instance_id in self.things else 7
+            if ctx.instance_id not in self.things:
+                return 7
+        ctx.set_output("seen", params.get("value", "-"))  # what it found: the agent's observed state
+        return 0
 
 
 class Gate:

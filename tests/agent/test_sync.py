@@ -194,6 +194,34 @@ def test_a_failed_monitor_is_reported_then_recovered(tmp_path: Path) -> None:
             assert resources(agent)[0]["state"] == "running"
 
 
+def test_what_a_monitor_found_reaches_the_server_with_the_next_heartbeat(tmp_path: Path) -> None:
+    import asyncio
+
+    for server in start_server(tmp_path, settings=settings()):
+        for agent in agent_of(tmp_path, server):
+            a = wait_for(server, create(server, name="a", type="slot", parameters={"value": "one"})["id"],
+                         state_is("active"))
+            sync, loop = sync_of(agent), agent.app.state.tenure.loop
+            [res] = resources(agent)
+            assert agent.post(f"/v1/resources/{res['id']}/operations", json={"action": "monitor"}).status_code == 202
+            _wait_loop(agent, lambda: a["id"] in sync.observed)
+
+            def heartbeat() -> None:
+                asyncio.run_coroutine_threadsafe(sync._heartbeat(), loop).result(30)
+
+            heartbeat()
+            seen = server.get(f"/v1/instances/{a['id']}/observed").json()
+            assert seen["observed"] == {"seen": "one"} and seen["observed_at"].endswith("Z"), seen
+            assert not sync._unsent  # sent: the next heartbeat carries nothing until a monitor finds something
+
+            # A server that refuses them (one older than the agent): heartbeats go on without them.
+            sync.observed[a["id"]] = {"at": seen["observed_at"], "values": {"Not-A-Key": "x"}}
+            sync._unsent.add(a["id"])
+            heartbeat()
+            assert sync._observations_refused
+            assert server.get(f"/v1/instances/{a['id']}/observed").json()["observed"] == {"seen": "one"}
+
+
 def test_a_full_resync_after_410_tears_down_what_the_server_forgot(tmp_path: Path) -> None:
     from tenure.services.runtime import Settings
 

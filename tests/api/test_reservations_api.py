@@ -344,3 +344,39 @@ def test_who_may_reserve_is_decided_before_the_request_is_judged(net: Any) -> No
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     r = post(net, blue, project="red", **same_ends)
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_heartbeats_carry_what_monitors_saw_on_the_wire(net: Any) -> None:
+    """An agent's heartbeat carries its monitors' observations; the reservation's wire shows them per leg, only an
+    agent's own host's are taken, bad ones change nothing, and another project sees none of it."""
+    for host in ("h1", "h2"):
+        assert net.post("/v1/agents", json={"host": host, "kinds": ["instance"], "version": "1"}).status_code in (
+            200, 201)
+    h1, h2 = net.token("agent", host="h1"), net.token("agent", host="h2")
+    blue, red = net.token("member", project="blue"), net.token("member", project="red")
+    rid = post(net, blue, kind="oneway", src="h1", dst="h2", rate="10M").json()["id"]
+    [leg] = net.get(f"/v1/reservations/{rid}/wire", token=blue).json()["legs"]
+    assert (leg["leg"], leg["host"], leg["observed"], leg["observed_at"]) == ("out", "h1", {}, None)
+    iid = leg["instance"]
+    seen = {"classid": "1:5", "rate": "10000000", "sent_bytes": "123456", "dropped": "0"}
+    obs = {"instance": iid, "at": "2026-12-05T10:00:00.250+01:00", "values": seen}
+    r = net.post("/v1/agents/h2/heartbeat", json={"observations": [obs]}, token=h2)  # not h2's instance
+    assert r.status_code == 200, r.text
+    assert net.get(f"/v1/instances/{iid}/observed").json()["observed"] == {}
+    assert net.post("/v1/agents/h1/heartbeat", json={"observations": [obs]}, token=h1).status_code == 200
+    [leg] = net.get(f"/v1/reservations/{rid}/wire", token=blue).json()["legs"]
+    assert (leg["observed"], leg["observed_at"]) == (seen, "2026-12-05T09:00:00.250000Z")
+    assert net.get(f"/v1/instances/{iid}/observed").json()["observed"] == seen
+    assert_error(net.get(f"/v1/reservations/{rid}/wire", token=red), 404, "reservation_not_found")
+
+    before = fingerprint(net)
+    for bad in ({**obs, "values": {"Bad-Key": "1"}}, {**obs, "values": {"k": "x" * 257}},
+                {**obs, "values": {f"k{i}": "1" for i in range(33)}}, {**obs, "at": "2026-12-05T10:00:00"},
+                {**obs, "at": "0001-01-01T00:00:00+14:00"}, {**obs, "instance": ""}, {**obs, "extra": 1}):
+        r = net.post("/v1/agents/h1/heartbeat", json={"observations": [{**bad, "values": {**bad["values"]}}]},
+                     token=h1)
+        assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_observation", "invalid_request"), (
+            bad, r.text)
+    assert_error(net.post("/v1/agents/h1/heartbeat", json={"observations": [obs] * 2001}, token=h1), 400)
+    assert fingerprint(net) == before
+    assert net.get(f"/v1/instances/{iid}/observed").json()["observed"] == seen

@@ -356,3 +356,20 @@ def test_client_limits(client: TenureClient) -> None:
     with pytest.raises(TenureAPIError) as err:
         client.limit("blue")
     assert err.value.code == "limit_not_found"
+
+
+def test_a_reservation_shows_what_its_agents_saw_on_the_wire(cli: Cli, topo: Path) -> None:
+    api = cli.api
+    assert api.post("/v1/agents", json={"host": "h1", "kinds": ["instance"], "version": "1"}).status_code == 201
+    r = reserve(cli, "oneway", "h1", "h2", "--rate", "50M", "--end", "+1h")
+    out = cli.ok("reservation", r["id"]).stdout
+    assert "on the wire" in out and "h1" in out  # the leg, nothing observed yet
+    [leg] = cli.json("reservation", r["id"])["wire"]
+    seen = {"classid": "1:5", "rate": "50000000", "ceil": "50000000", "sent_bytes": "123456789",
+            "sent_packets": "8000", "dropped": "3", "classified_packets": "7990", "remarked_packets": "12"}
+    hb = api.post("/v1/agents/h1/heartbeat", token=api.token("agent", host="h1"), json={
+        "observations": [{"instance": leg["instance"], "at": "2026-12-05T10:00:00Z", "values": seen}]})
+    assert hb.status_code == 200, hb.text
+    out = cli.ok("reservation", r["id"]).stdout
+    for shown in ("1:5", "50.0M", "123.5MB", "8.0k", "10:00:00", "cannot be matched"):
+        assert shown in out, out

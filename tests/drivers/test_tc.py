@@ -469,6 +469,14 @@ def test_a_leg_marks_its_flow_and_others_marking_themselves_are_made_best_effort
     assert at3["cs0 5202"] > 100 and at3["ef 5202"] == at3["other 5202"] == 0
     remark = rules(h1, "remark")["ip 46"]
     assert next(e["counter"]["packets"] for e in remark["expr"] if "counter" in e) > 100
+    c = ctx()  # the observed state: the monitor's outputs, against tc's and nft's own counters
+    assert shaper.monitor(leg(h1, h2, protocol="tcp", dst_port="5201", mark="46"), c) == 0
+    seen = {k: int(v) if v.isdigit() else v for k, v in c.outputs.items()}
+    tc_sent = h1.tc_classes()["1:5"]["sent_bytes"]
+    assert (seen["classid"], seen["rate"], seen["ceil"]) == ("1:5", 50_000_000, 50_000_000)
+    assert 0 < seen["sent_bytes"] <= tc_sent and seen["sent_packets"] > 0 and seen["dropped"] >= 0
+    assert seen["classified_packets"] > 0 and seen["classified_bytes"] >= seen["sent_bytes"] * 0.9
+    assert seen["remarked_packets"] > 100 and {"overlimits", "backlog"} <= set(seen)
 
 
 def test_re_mark_rules_are_shared_by_the_legs_marking_alike_and_go_with_the_last(lan: Lan) -> None:

@@ -237,7 +237,7 @@ def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_pat
     with Lan(3, ipv6=True) as lan, contextlib.ExitStack() as cleanup:
         h1, h2, h3 = lan.hosts
         try:
-            admin, _ = start_cluster(tmp_path, lan.hosts, daemons, cleanup, logs)
+            admin, agents = start_cluster(tmp_path, lan.hosts, daemons, cleanup, logs)
             for h in (h2, h3):
                 count_dscp(h, h1)
             capacity = {"h1": "200M", "h2": "1G", "h3": "1G"}
@@ -269,6 +269,18 @@ def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_pat
                 lambda: iperf3(h1, h3, seconds=4, port=5202, address=h3.address6, tos=ef))
             assert rates["contended v6"] >= 0.95 * rates["alone"] and rates["contended v6"] >= SHAPED[0], logs()
             assert 120e6 <= rates["bulk v6"] <= 200e6, logs()
+            with agents["h1"].admin_client() as h1_agent:  # a probe now (the recurring one runs every 60 s)
+                h1_agent.submit(f"i-{inst['id']}", "monitor")
+
+            def observed() -> dict[str, Any] | None:  # the agent's monitor, through its heartbeat, on the server
+                [leg] = admin.reservation_wire(rid)["legs"]
+                seen = leg["observed"]
+                busy = int(seen.get("sent_bytes", "0")) > 0 and int(seen.get("classified_packets", "0")) > 0
+                return leg if busy else None
+
+            leg = wait_until(observed, timeout=WAIT, what="the shaper's observed state on the server", context=logs)
+            assert (leg["host"], leg["state"], leg["observed"]["rate"], leg["observed"]["classid"]) == (
+                "h1", "active", "50000000", inst["outputs"]["classid"]), f"{leg}{logs()}"
             at_h2, at_h3 = dscp_counts(h2), dscp_counts(h3)
             assert at_h2["ef 5201"] > 1000 and at_h2["cs0 5201"] == at_h2["other 5201"] == 0, f"{at_h2}{logs()}"
             assert at_h3["cs0 5202"] > 1000 and at_h3["ef 5202"] == at_h3["other 5202"] == 0, f"{at_h3}{logs()}"

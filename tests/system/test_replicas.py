@@ -96,9 +96,12 @@ def same_answers(rs: ReplicaSet) -> None:
     """Every replica answers every read as the leader does, at the same revision."""
     headers = {"Authorization": f"Bearer {rs.token}"}
     newest = max(r.health()["revision"] for r in rs)
+    some = next(iter(rs))  # and each leg on the wire of a few reservations (followers ask the leader)
+    listed = httpx.get(f"{some.url}/v1/reservations?limit=2&min_revision={newest}", headers=headers, timeout=10)
+    wires = [f"/v1/reservations/{x['id']}/wire" for x in listed.json()["reservations"]]
     answers = {}
     for r in rs:
-        for path in READS:
+        for path in READS + wires:
             sep = "&" if "?" in path else "?"
             got = httpx.get(f"{r.url}{path}{sep}min_revision={newest}", headers=headers, timeout=10)
             answers.setdefault(path, {})[r.name] = (got.status_code, got.json())

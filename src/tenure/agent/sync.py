@@ -45,12 +45,13 @@ from tenure.domain.errors import TenureError
 from tenure.drivers.registry import make_driver
 from tenure.instance_types import InstanceType
 from tenure.lrm.executor import Lrm
-from tenure.lrm.model import Result
+from tenure.lrm.model import Result, iso
 
 log = logging.getLogger("tenure.agent.sync")
 
 VERSION = "tenure-agent/0.1"
 OK_STATES = frozenset({"running", "promoted"})
+MAX_OBSERVATIONS = 2000  # per heartbeat; more wait for the next (the server takes at most this many)
 
 
 class Retry(Exception):
@@ -103,6 +104,10 @@ class SyncLoop:
         self._again: set[str] = set()
         self._lost: dict[str, str] = {}  # instance id -> why a monitor found its resource not running
         self._pending_kicks: set[str] = set()  # remembered at start, run once the watch has caught up
+        # instance id -> {"at", "values"}: what its last good monitor found on the wire (its outputs), for the server
+        self.observed: dict[str, dict[str, Any]] = {}
+        self._unsent: set[str] = set()  # observed since the last heartbeat that carried them
+        self._observations_refused = False  # the server does not take them (older than the agent)
         self._tasks: list[asyncio.Task[None]] = []
         self.registered = asyncio.Event()
         self.synced = asyncio.Event()  # the watch is live (caught up once)
@@ -203,7 +208,7 @@ class SyncLoop:
                     log.info("host interfaces changed; registering again", extra={"host": self.host})
                     await self._register(network)
                     continue
-                await self.client.heartbeat(self.host)
+                await self._heartbeat()
             except TenureAPIError as exc:
                 if exc.code == "agent_not_registered":
                     await self._register()
@@ -213,6 +218,26 @@ class SyncLoop:
                 raise
             except Exception as exc:
                 log.warning("heartbeat failed", extra={"host": self.host, "error": str(exc)})
+
+    async def _heartbeat(self) -> None:
+        """One heartbeat, carrying the observations made since the last one that carried them. A server that
+        refuses them as a request (one older than this agent) gets heartbeats without them from then on."""
+        sending = {} if self._observations_refused else {
+            iid: self.observed[iid] for iid in list(self._unsent)[:MAX_OBSERVATIONS] if iid in self.observed}
+        try:
+            await self.client.heartbeat(self.host, observations=[{"instance": iid, **o} for iid, o in sending.items()]
+                                        or None)
+        except TenureAPIError as exc:
+            if not sending or exc.code not in ("invalid_request", "invalid_observation"):
+                raise
+            log.warning("the server refused the observations; heartbeats go without them",
+                        extra={"host": self.host, "error": str(exc)})
+            self._observations_refused = True
+            await self.client.heartbeat(self.host)
+            return
+        for iid, o in sending.items():
+            if self.observed.get(iid) is o:  # (not observed again meanwhile)
+                self._unsent.discard(iid)
 
     # ================================================================ the watch
 
@@ -348,7 +373,7 @@ class SyncLoop:
             failure = await self._teardown(loc)
             if failure is not None:  # keep it, and try again (with backoff): never forget what runs
                 raise Retry(f"teardown of {iid}: {failure}")
-            self.local.pop(iid, None)
+            self._forget(iid)
             await self.state.save(drop=iid)
             return
         if d["desired"] == "absent":
@@ -530,13 +555,19 @@ class SyncLoop:
                 "revision", 0):
             loc.desired = body  # the server's state after our report (its event follows on the watch)
         if state == "deleted":
-            self.local.pop(loc.id, None)
+            self._forget(loc.id)
             await self.state.save(drop=loc.id)
         else:
             await self.state.save(loc)
 
+    def _forget(self, iid: str) -> None:
+        self.local.pop(iid, None)
+        self.observed.pop(iid, None)
+        self._unsent.discard(iid)
+
     def _on_result(self, body: dict[str, Any], result: Result) -> None:
-        """An LRM result: a monitor that disagrees with what was reported starts a pass."""
+        """An LRM result: a monitor that disagrees with what was reported starts a pass; one that found the resource
+        well and said what it found (outputs) is the instance's observed state, for the next heartbeat."""
         if result.action != "monitor" or self._closing:
             return
         labels = body.get("labels") or {}
@@ -548,6 +579,9 @@ class SyncLoop:
             return
         gen = loc.desired.get("dispatched", 0)
         ok = body.get("state") in OK_STATES
+        if ok and result.outputs and not result.failed:
+            self.observed[iid] = {"at": iso(result.finished_at), "values": dict(result.outputs)}
+            self._unsent.add(iid)
         if ok and loc.reported == (gen, "failed") and loc.done == gen:
             self._kick(iid)  # well again: the pass reports it active
         elif not ok and loc.reported == (gen, "active"):

@@ -9,14 +9,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Response
-from pydantic import Field
+from pydantic import AwareDatetime, Field, StrictStr
 
 from tenure.api.fields import Name, coded, text
 from tenure.api.routes import RT, Auth, StrictModel
+from tenure.domain.errors import InvalidInput
 from tenure.domain.events import KINDS
+from tenure.domain.units import FIRST_INSTANT, LAST_INSTANT, iso, to_us
 from tenure.services.agents import MAX_VERSION_LENGTH
 
 router = APIRouter(prefix="/v1")
+MAX_OBSERVATIONS = 2000  # per heartbeat (agent/sync.py sends at most this many)
+MAX_OBSERVATION_VALUES = 32
 
 
 class AgentRegister(StrictModel):
@@ -26,8 +30,23 @@ class AgentRegister(StrictModel):
     capabilities: dict[str, Any] | None = None
 
 
+ObservationKey = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$"),
+                           coded("invalid_observation", "lower-case letters, digits and _")]
+
+
+class Observation(StrictModel):
+    """What a monitor of ``instance`` found on the wire at ``at`` (its outputs)."""
+
+    instance: text("invalid_observation", 64, min_length=1)  # type: ignore[valid-type]
+    at: Annotated[AwareDatetime, coded("invalid_observation")]
+    values: Annotated[dict[ObservationKey, text("invalid_observation", 256)],  # type: ignore[valid-type]
+                      Field(max_length=MAX_OBSERVATION_VALUES), coded("invalid_observation")]
+
+
 class Heartbeat(StrictModel):
-    """Empty for now; a strict model so that a misspelt field is refused rather than ignored."""
+    """A strict model, so that a misspelt field is refused rather than ignored."""
+
+    observations: list[Observation] | None = Field(default=None, max_length=MAX_OBSERVATIONS)
 
 
 @router.post("/agents", status_code=201, tags=["agents"])
@@ -44,7 +63,17 @@ async def register_agent(body: AgentRegister, response: Response, rt: RT, who: A
 async def heartbeat(
     host: str, rt: RT, who: Auth, body: Annotated[Heartbeat | None, Body()] = None
 ) -> dict[str, Any]:
-    return (await rt.arun(rt.agents.heartbeat_op(host, principal=who))).body()
+    observations = []
+    for o in (body.observations if body is not None else None) or ():  # checked before anything changes
+        at = to_us(o.at)
+        if not FIRST_INSTANT <= at <= LAST_INSTANT:
+            raise InvalidInput(f"observation of {o.instance!r}: at {o.at.isoformat()} is out of range",
+                               code="invalid_observation")
+        observations.append({"instance": o.instance, "at": iso(at), "values": o.values})
+    info = (await rt.arun(rt.agents.heartbeat_op(host, principal=who))).body()
+    if observations:  # (the heartbeat authorized the agent for this host)
+        rt.instances.observe(host, observations)
+    return info
 
 
 @router.get("/agents", tags=["agents"])

@@ -115,6 +115,16 @@ def get_instance(iid: str, rt: RT, who: Auth) -> dict[str, Any]:
     return rt.instances.get(iid, principal=who).body()
 
 
+@router.get("/instances/{iid}/observed", tags=["instances"])
+def instance_observed(iid: str, rt: RT, who: Auth) -> dict[str, Any]:
+    """What the instance's agent last saw on the wire (its last good monitor's outputs, from a heartbeat; the
+    leader has them): ``observed_at`` null and ``observed`` empty if nothing yet."""
+    inst = rt.instances.get(iid, principal=who)
+    observed = rt.instances.observation(inst.id)
+    return {"instance": inst.id, "host": inst.host, "state": inst.state,
+            "observed_at": observed["at"] if observed else None, "observed": observed["values"] if observed else {}}
+
+
 @router.patch("/instances/{iid}", tags=["instances"])
 async def modify_instance(iid: str, body: InstancePatch, rt: RT, who: Auth) -> dict[str, Any]:
     op = rt.instances.modify_op(iid, body.model_dump(exclude_none=True), principal=who)

@@ -7,7 +7,8 @@
   No leader known (an election is under way), or the leader unreachable before the request was sent: 503
   ``no_leader`` with ``Retry-After``. The connection to the leader failed after the request was sent: 503
   ``outcome_unknown`` (the write may have committed: retry only what is idempotent). A link's usage over
-  time is read by the leader's writer (it owns the ledgers), so that read is forwarded too. A forwarded request
+  time is read by the leader's writer (it owns the ledgers), so that read is forwarded too, and so are the reads
+  of what agents observed on the wire (their heartbeats go to the leader, which keeps them). A forwarded request
   that reaches a replica which does not lead (the lead moved meanwhile) is not forwarded again: 503.
 - ``GET /v1/replicas``: every replica's row (role, epoch, applied revision, last heartbeat), admin only.
 """
@@ -73,7 +74,9 @@ class ReplicaRequests:
                 scope = {**scope, "query_string": rest}
         replica = self.state.replica
         path = scope["path"]
-        leader_read = path.startswith("/v1/links/") and path.endswith("/usage")  # read through the writer
+        leader_read = ((path.startswith("/v1/links/") and path.endswith("/usage"))  # read through the writer
+                       or (path.startswith("/v1/reservations/") and path.endswith("/wire"))  # heartbeats': the
+                       or (path.startswith("/v1/instances/") and path.endswith("/observed")))  # leader's memory
         if replica is None or (scope["method"] in SAFE and not leader_read) or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return

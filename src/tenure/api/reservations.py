@@ -252,6 +252,15 @@ def get_reservation(rid: str, rt: RT, who: Auth) -> dict[str, Any]:
     return rt.reservations.get(rid, principal=who).body()
 
 
+@router.get("/reservations/{rid}/wire", tags=["reservations"])
+def reservation_wire(rid: str, rt: RT, who: Auth) -> dict[str, Any]:
+    """Each leg's shaper: its host, state, outputs, and what its agent last saw on the wire (``observed``, at
+    ``observed_at``: class, rates and counters; from heartbeats, so up to a monitor interval and a heartbeat old;
+    followers ask the leader, which has them)."""
+    res = rt.reservations.get(rid, principal=who)
+    return {"reservation": res.id, "state": res.state, "legs": rt.instances.wire_of(f"reservation:{res.id}")}
+
+
 @router.patch("/reservations/{rid}", tags=["reservations"])
 async def modify_reservation(rid: str, body: ReservationPatch, rt: RT, who: Auth) -> dict[str, Any]:
     changes = body.model_dump(exclude_none=True)

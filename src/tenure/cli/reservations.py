@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tenure.cli.common import JsonOption, fields, out, percent, run, say, table, warn
-from tenure.client import TenureClient
+from tenure.client import TenureAPIError, TenureClient
 from tenure.domain.reservation import DSCP_NAMES, parse_dscp
 from tenure.domain.units import format_rate
 
@@ -166,8 +166,18 @@ def reservations(
 
 
 def reservation(ctx: typer.Context, rid: Id, as_json: JsonOption = False) -> None:
-    """Show one reservation in detail, with the path of each leg."""
-    run(ctx, lambda c: c.reservation(rid), _detail, as_json=as_json)
+    """Show one reservation in detail, with the path of each leg and what its hosts' agents see on the wire."""
+
+    def call(c: TenureClient) -> dict[str, Any]:
+        r = c.reservation(rid)
+        try:
+            r["wire"] = c.reservation_wire(rid)["legs"]
+        except TenureAPIError as exc:  # a server from before the wire was observed
+            if exc.status != 404 or exc.code == "reservation_not_found":
+                raise
+        return r
+
+    run(ctx, call, _detail, as_json=as_json)
 
 
 def modify(
@@ -292,6 +302,40 @@ def _detail(r: dict[str, Any]) -> None:
     ]
     fields(rows)
     _legs(r)
+    if r.get("wire"):
+        _wire(r["wire"])
+
+
+def _wire(legs: list[dict[str, Any]]) -> None:
+    """Each leg's shaper as its agent last saw it: class, rate (and ceil), what it sent and dropped, what its rules
+    classified (packets); then why a leg failed."""
+
+    def count(values: dict[str, str], key: str, unit: str = "") -> str | None:
+        v = values.get(key)
+        if v is None or not v.isdigit():
+            return v  # (an agent's words, shown as they are)
+        n = float(v)
+        for prefix in ("", "k", "M", "G", "T"):
+            if n < 1000 or prefix == "T":
+                return f"{n:.0f}{unit}" if not prefix else f"{n:.1f}{prefix}{unit}"
+            n /= 1000
+        return v
+
+    def rate(values: dict[str, str]) -> str | None:
+        text, ceil = count(values, "rate"), values.get("ceil")
+        return text if ceil in (None, values.get("rate")) else f"{text}/{count(values, 'ceil')}"
+
+    # Narrow enough for 80 columns: what it sent (bytes) and dropped (packets), the packets its rules matched, and
+    # when (UTC) its agent looked; the rest is in --json.
+    table(("leg", "host", "state", "class", "rate", "sent", "drops", "matched", "seen"),
+          ((w["leg"], w["host"], w["state"], w["observed"].get("classid") or w.get("outputs", {}).get("classid"),
+            rate(w["observed"]), count(w["observed"], "sent_bytes", "B"), count(w["observed"], "dropped"),
+            count(w["observed"], "classified_packets"),
+            _short(w["observed_at"])[6:] if w.get("observed_at") else None) for w in legs),
+          title="on the wire")
+    for w in legs:
+        if w.get("reason"):
+            say(f"{w['leg']} ({w['host']}): {w['reason']}")
 
 
 def _mark_name(mark: int | None) -> str | None:

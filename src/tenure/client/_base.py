@@ -436,6 +436,14 @@ class ClientBase(Generic[R]):
     def reservation(self, id: str) -> R:  # noqa: A002
         return self._run(Call("GET", f"/v1/reservations/{segment(id)}"))
 
+    def reservation_wire(self, id: str) -> R:  # noqa: A002
+        """Each leg's shaper and what its agent last observed on the wire (``GET /v1/reservations/{id}/wire``)."""
+        return self._run(Call("GET", f"/v1/reservations/{segment(id)}/wire"))
+
+    def instance_observed(self, id: str) -> R:  # noqa: A002
+        """What the instance's agent last observed on the wire (``GET /v1/instances/{id}/observed``)."""
+        return self._run(Call("GET", f"/v1/instances/{segment(id)}/observed"))
+
     def modify_reservation(self, id: str, **changes: Any) -> R:  # noqa: A002
         """Change ``start``, ``end``, ``rate``/``rate_out``, ``rate_in`` or ``labels``: re-admitted, all or nothing."""
         body = {k: v for k, v in changes.items() if v is not None}
@@ -537,9 +545,11 @@ class ClientBase(Generic[R]):
         body = {"host": host, "kinds": list(kinds), "version": version, "capabilities": capabilities}
         return self._run(Call("POST", "/v1/agents", json=body, answer="created", retry=True))
 
-    def heartbeat(self, host: str) -> R:
-        """report_state: the agent as it stands; ``agent_not_registered`` means register again."""
-        return self._run(Call("POST", f"/v1/agents/{segment(host)}/heartbeat", json={}, retry=True))
+    def heartbeat(self, host: str, observations: list[dict[str, Any]] | None = None) -> R:
+        """report_state: the agent as it stands; ``agent_not_registered`` means register again. ``observations``:
+        ``[{"instance", "at", "values"}]``, what monitors found on the wire since the last heartbeat."""
+        body = {} if observations is None else {"observations": observations}
+        return self._run(Call("POST", f"/v1/agents/{segment(host)}/heartbeat", json=body, retry=True))
 
     def agents(self) -> R:
         """``{"agents": [...], "revision": N}``; an agent token sees only its own record."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -174,6 +175,10 @@ class InstanceService:
         self._by_host: dict[str, set[str]] = {}
         self._by_owner: dict[str, set[str]] = {}  # "reservation:<id>" -> ids of the instances it owns
         self.scheduler = Scheduler(now_us=self.now_us, run=self._run_due)
+        # What agents' monitors found on the wire (heartbeats): id -> (host, at, values). Not stored and not
+        # events: this server's memory of the last heartbeats (a new leader has them after the next ones).
+        self._observed: dict[str, tuple[str, str, dict[str, str]]] = {}
+        self._observed_lock = threading.Lock()
 
     def now_us(self) -> int:
         return to_us(self.clock())
@@ -680,6 +685,46 @@ class InstanceService:
         return Op(apply)
 
     # ================================================================ reads
+
+    # ================================================================ observed state (heartbeats)
+
+    def observe(self, host: str, items: Sequence[Mapping[str, Any]]) -> int:
+        """Keep what ``host``'s agent says its monitors found (``{"instance", "at", "values"}``), for instances on
+        that host (an agent speaks for its own host only: others are ignored); forget what it said of instances
+        that are gone or moved. How many were kept."""
+        kept = 0
+        with self._observed_lock:
+            for iid in [i for i, (h, _, _) in self._observed.items() if h == host]:
+                inst = self._views.get(iid)
+                if inst is None or inst.host != host:
+                    del self._observed[iid]
+            for item in items:
+                inst = self._views.get(item["instance"])
+                if inst is not None and inst.host == host:
+                    self._observed[inst.id] = (host, item["at"], dict(item["values"]))
+                    kept += 1
+        return kept
+
+    def observation(self, iid: str) -> dict[str, Any] | None:
+        """``{"at", "values"}``: the last observation of an instance still on the host that made it, or None."""
+        with self._observed_lock:
+            found = self._observed.get(iid)
+        inst = self._views.get(iid)
+        if found is None or inst is None or inst.host != found[0]:
+            return None
+        return {"at": found[1], "values": dict(found[2])}
+
+    def wire_of(self, owner: str) -> list[dict[str, Any]]:
+        """The instances of ``owner`` (``reservation:<id>``), each with its part, state and last observation."""
+        legs = []
+        for inst in sorted((i for i in self._views.values() if i.owner is not None
+                            and i.owner.partition("/")[0] == owner), key=lambda i: i.owner or ""):
+            observed = self.observation(inst.id)
+            legs.append({"leg": (inst.owner or "").partition("/")[2], "instance": inst.id, "host": inst.host,
+                         "state": inst.state, "reason": inst.reason, "outputs": dict(inst.outputs),
+                         "observed_at": observed["at"] if observed else None,
+                         "observed": observed["values"] if observed else {}})
+        return legs
 
     def get(self, iid: str, *, principal: Principal = ADMIN) -> Instance:
         inst = self._views.get(iid)

@@ -40,7 +40,10 @@ unreserved traffic at what the legs leave (up to the capacity), and one class 1:
 ceil the rate, or the capacity with borrow). The leg's flow (IPv4, IPv6 or both) is classified into its class, and
 marked with its DSCP, by rules in the nftables table inet tenure, which also re-marks other traffic carrying that
 DSCP to best effort. Changing one leg touches its class, its rules and the default class's rate only. Idempotent: a
-start that finds everything in place changes nothing.</longdesc>
+start that finds everything in place changes nothing. A monitor that finds the leg well outputs what is on the wire
+(at most a second old): classid, rate and ceil (bit/s), sent_bytes, sent_packets, dropped, overlimits and backlog
+(the class's counters), classified_packets and classified_bytes (its rules'), and remarked_packets (packets others
+marked with its DSCP that left as best effort).</longdesc>
   <shortdesc lang="en">Egress bandwidth shaping with tc (HTB)</shortdesc>
   <parameters>
     <parameter name="device" unique="0" required="1">
@@ -316,13 +319,21 @@ class Shaper:
                 # Its own class against its own parameters: the tree's capacity is the last start's (legs that
                 # disagree about it, until the server re-syncs them, do not make each other fail).
                 want = wire.wanted_class(leg.capacity_bytes or wire.capacity())
+                stats = wire.stats()
                 if have != want:
                     burst = "" if (have.rate, have.ceil) != (want.rate, want.ceil) else " (burst differs)"
                     return OCF_ERR_GENERIC, (f"class {leg.classid_text} on {leg.where} has {have.describe()}{burst}, "
                                              f"expected {want.describe()}")
-            problem = nft.problem(leg, nft.reading(leg.netns, deadline, fresh=False))
+            table = nft.reading(leg.netns, deadline, fresh=False)
+            problem = nft.problem(leg, table)
             if problem is not None:
                 return OCF_ERR_GENERIC, f"{problem} ({leg.where})"
+            if hasattr(ctx, "set_output"):  # the observed state: what is on the wire, as of at most nft.MAX_AGE ago
+                observed = {"classid": leg.classid_text, "rate": str(have.rate * 8), "ceil": str(have.ceil * 8),
+                            **(stats.outputs() if stats is not None else {}),
+                            **{k: str(v) for k, v in nft.counters(leg, table).items()}}
+                for key, value in observed.items():
+                    ctx.set_output(key, value)
         except Absent:
             return OCF_NOT_RUNNING
         except NftError as exc:

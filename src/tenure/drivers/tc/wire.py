@@ -32,6 +32,7 @@ from tenure.drivers.tc.netlink import (
     TCA_HTB_PARMS,
     TCA_HTB_RATE64,
     TCA_KIND,
+    TCA_STATS,
     TCA_U32_CLASSID,
     TCA_U32_SEL,
     TCMSG,
@@ -76,6 +77,34 @@ class HtbClass:
 
     def describe(self) -> str:
         return f"rate {format_rate(self.rate * 8)}bit/s ceil {format_rate(self.ceil * 8)}bit/s"
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """A class's counters (struct tc_stats): what it sent, dropped and held back at its rate or ceil."""
+
+    sent_bytes: int
+    sent_packets: int
+    dropped: int
+    overlimits: int
+    backlog: int  # bytes queued now
+
+    def outputs(self) -> dict[str, str]:
+        return {"sent_bytes": str(self.sent_bytes), "sent_packets": str(self.sent_packets),
+                "dropped": str(self.dropped), "overlimits": str(self.overlimits), "backlog": str(self.backlog)}
+
+
+def class_stats(msg: Message) -> ClassStats | None:
+    """The counters of an RTM_NEWTCLASS message (its TCA_STATS), if it has them."""
+    data, off, length = msg
+    span = attrs(data, off + HEAD, off + length).get(TCA_STATS)
+    if span is None or span[1] - span[0] < TC_STATS.size:
+        return None
+    sent_bytes, packets, drops, overlimits, _bps, _pps, _qlen, backlog = TC_STATS.unpack_from(data, span[0])
+    return ClassStats(sent_bytes, packets, drops, overlimits, backlog)
+
+
+TC_STATS = struct.Struct("=QIIIIIII")  # bytes, packets, drops, overlimits, bps, pps, qlen, backlog
 
 
 @dataclass(frozen=True)
@@ -312,6 +341,11 @@ class Wire:
     def get_class(self) -> HtbClass | None:
         """This leg's HTB class, if there is one."""
         return self.htb_class(self.leg.handle)
+
+    def stats(self) -> ClassStats | None:
+        """This leg's class's counters, as of the View's reading."""
+        msg = self.view.classes.get(self.leg.handle)
+        return class_stats(msg) if msg is not None else None
 
     def capacity(self) -> int | None:
         """The interface's capacity in bytes/s, as the parent class on the wire has it."""
