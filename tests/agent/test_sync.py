@@ -194,6 +194,15 @@ def test_a_failed_monitor_is_reported_then_recovered(tmp_path: Path) -> None:
             assert resources(agent)[0]["state"] == "running"
 
 
+def test_only_outputs_the_server_takes_are_observations() -> None:
+    from tenure.agent.sync import _observable
+
+    outputs = {"VLAN": "100", "_x": "1", "ok": "x" * 300, "nul": "a\x00b", **{f"k{i:02d}": "v" for i in range(40)}}
+    seen = _observable(outputs)
+    assert "VLAN" not in seen and "_x" not in seen and "nul" not in seen and len(seen) == 32
+    assert list(seen) == sorted(seen) and all(len(v) <= 256 for v in seen.values())
+
+
 def test_what_a_monitor_found_reaches_the_server_with_the_next_heartbeat(tmp_path: Path) -> None:
     import asyncio
 
@@ -214,11 +223,13 @@ def test_what_a_monitor_found_reaches_the_server_with_the_next_heartbeat(tmp_pat
             assert seen["observed"] == {"seen": "one"} and seen["observed_at"].endswith("Z"), seen
             assert not sync._unsent  # sent: the next heartbeat carries nothing until a monitor finds something
 
-            # A server that refuses them (one older than the agent): heartbeats go on without them.
+            # Observations the server refuses never cost the heartbeat: it goes again without them, and they go.
             sync.observed[a["id"]] = {"at": seen["observed_at"], "values": {"Not-A-Key": "x"}}
             sync._unsent.add(a["id"])
+            before = server.get("/v1/agents/h1").json()["last_seen"]
             heartbeat()
-            assert sync._observations_refused
+            assert server.get("/v1/agents/h1").json()["last_seen"] > before
+            assert not sync._unsent and not sync._observations_refused
             assert server.get(f"/v1/instances/{a['id']}/observed").json()["observed"] == {"seen": "one"}
 
 

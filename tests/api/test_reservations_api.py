@@ -368,11 +368,14 @@ def test_heartbeats_carry_what_monitors_saw_on_the_wire(net: Any) -> None:
     assert (leg["observed"], leg["observed_at"]) == (seen, "2026-12-05T09:00:00.250000Z")
     assert net.get(f"/v1/instances/{iid}/observed").json()["observed"] == seen
     assert_error(net.get(f"/v1/reservations/{rid}/wire", token=red), 404, "reservation_not_found")
+    assert [x["host"] for x in net.get(f"/v1/reservations/{rid}/wire", token=h1).json()["legs"]] == ["h1"]
+    assert net.get(f"/v1/reservations/{rid}/wire", token=h2).json()["legs"] == []  # its end, not its leg
 
     before = fingerprint(net)
     for bad in ({**obs, "values": {"Bad-Key": "1"}}, {**obs, "values": {"k": "x" * 257}},
                 {**obs, "values": {f"k{i}": "1" for i in range(33)}}, {**obs, "at": "2026-12-05T10:00:00"},
-                {**obs, "at": "0001-01-01T00:00:00+14:00"}, {**obs, "instance": ""}, {**obs, "extra": 1}):
+                {**obs, "at": "0001-01-01T00:00:00+14:00"}, {**obs, "at": 1796000000}, {**obs, "instance": ""},
+                {**obs, "extra": 1}):
         r = net.post("/v1/agents/h1/heartbeat", json={"observations": [{**bad, "values": {**bad["values"]}}]},
                      token=h1)
         assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_observation", "invalid_request"), (

@@ -371,5 +371,5 @@ def test_a_reservation_shows_what_its_agents_saw_on_the_wire(cli: Cli, topo: Pat
         "observations": [{"instance": leg["instance"], "at": "2026-12-05T10:00:00Z", "values": seen}]})
     assert hb.status_code == 200, hb.text
     out = cli.ok("reservation", r["id"]).stdout
-    for shown in ("1:5", "50.0M", "123.5MB", "8.0k", "10:00:00", "cannot be matched"):
+    for shown in ("1:5", "50.0M", "123.5MB", "8.0k", "10:00", "cannot be matched"):
         assert shown in out, out

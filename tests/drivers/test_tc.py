@@ -507,9 +507,11 @@ def test_overlapping_legs_resolve_the_same_way_whatever_their_history(lan: Lan) 
     shaper = Shaper()
     broad, narrow = leg(h1, h2, classid="5", rate="10M"), leg(h1, h2, classid="6", protocol="tcp", dst_port="5201")
     other = leg(h1, h2, classid="4", rate="10M", src=h1.address)
-    for params in (broad, narrow, other):
+    subnet = {**leg(h1, h2, classid="3", rate="10M"), "dst": "10.77.0.0/24"}
+    for params in (subnet, broad, narrow, other):
         assert shaper.start(params, ctx()) == 0
-    order = [f"{h1.ifname} 1:6 ip", f"{h1.ifname} 1:4 ip", f"{h1.ifname} 1:5 ip"]  # 3 matches, 2, 1
+    # 3 fields matched; 2; 1 (a /32); 1 (a /24: less specific, whatever its class number)
+    order = [f"{h1.ifname} 1:6 ip", f"{h1.ifname} 1:4 ip", f"{h1.ifname} 1:5 ip", f"{h1.ifname} 1:3 ip"]
     assert list(rules(h1)) == order
     assert shaper.reload({**broad, "mark": "10"}, ctx()) == 0  # its rule written again: the same place
     assert shaper.reload({**narrow, "dst_port": "5202"}, ctx()) == 0

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,9 @@ log = logging.getLogger("tenure.agent.sync")
 VERSION = "tenure-agent/0.1"
 OK_STATES = frozenset({"running", "promoted"})
 MAX_OBSERVATIONS = 2000  # per heartbeat; more wait for the next (the server takes at most this many)
+MAX_OBSERVATION_BYTES = 256 * 1024  # of them in one heartbeat (the server takes requests up to 1 MiB)
+OBSERVATION_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")  # what the server takes: at most 32 values of 256 characters
+MAX_OBSERVATION_VALUES, MAX_OBSERVATION_VALUE = 32, 256
 
 
 class Retry(Exception):
@@ -182,6 +187,7 @@ class SyncLoop:
             try:
                 await self.client.register_agent(self.host, kinds=["instance"], version=VERSION, capabilities=caps)
                 self._reported_network = network
+                self._observations_refused = False  # (a server upgraded meanwhile takes them)
                 self.registered.set()
                 return
             except TenureAPIError as exc:
@@ -220,19 +226,32 @@ class SyncLoop:
                 log.warning("heartbeat failed", extra={"host": self.host, "error": str(exc)})
 
     async def _heartbeat(self) -> None:
-        """One heartbeat, carrying the observations made since the last one that carried them. A server that
-        refuses them as a request (one older than this agent) gets heartbeats without them from then on."""
-        sending = {} if self._observations_refused else {
-            iid: self.observed[iid] for iid in list(self._unsent)[:MAX_OBSERVATIONS] if iid in self.observed}
+        """One heartbeat, carrying the observations made since the last one that carried them (at most
+        MAX_OBSERVATIONS, MAX_OBSERVATION_BYTES). Observations never cost the agent its heartbeat: if the server
+        refuses a heartbeat with them, it gets one without them, and those are dropped (the next monitors make
+        new ones); a server that does not know them at all (one older than this agent, ``invalid_request``) gets
+        none until the agent registers again."""
+        sending: dict[str, dict[str, Any]] = {}
+        size = 0
+        for iid in [] if self._observations_refused else list(self._unsent):
+            o = self.observed.get(iid)
+            if o is None:
+                self._unsent.discard(iid)
+                continue
+            size += len(json.dumps(o)) + len(iid) + 16
+            if len(sending) >= MAX_OBSERVATIONS or size > MAX_OBSERVATION_BYTES:
+                break
+            sending[iid] = o
         try:
             await self.client.heartbeat(self.host, observations=[{"instance": iid, **o} for iid, o in sending.items()]
                                         or None)
         except TenureAPIError as exc:
-            if not sending or exc.code not in ("invalid_request", "invalid_observation"):
+            if not sending or exc.code == "agent_not_registered" or not 400 <= exc.status < 500:
                 raise
-            log.warning("the server refused the observations; heartbeats go without them",
-                        extra={"host": self.host, "error": str(exc)})
-            self._observations_refused = True
+            log.warning("the server refused the heartbeat's observations; sent again without them",
+                        extra={"host": self.host, "error": str(exc), "observations": len(sending)})
+            self._observations_refused = exc.code == "invalid_request"
+            self._unsent -= set(sending)
             await self.client.heartbeat(self.host)
             return
         for iid, o in sending.items():
@@ -579,8 +598,9 @@ class SyncLoop:
             return
         gen = loc.desired.get("dispatched", 0)
         ok = body.get("state") in OK_STATES
-        if ok and result.outputs and not result.failed:
-            self.observed[iid] = {"at": iso(result.finished_at), "values": dict(result.outputs)}
+        values = _observable(result.outputs)
+        if ok and values and not result.failed:
+            self.observed[iid] = {"at": iso(result.finished_at), "values": values}
             self._unsent.add(iid)
         if ok and loc.reported == (gen, "failed") and loc.done == gen:
             self._kick(iid)  # well again: the pass reports it active
@@ -588,6 +608,16 @@ class SyncLoop:
             self._lost[iid] = _reason("probe", result.to_dict()) if result.rc != 7 else (
                 "probe: the resource is not running")
             self._kick(iid)  # the pass reports the failure, then recovers
+
+
+def _observable(outputs: dict[str, str]) -> dict[str, str]:
+    """The outputs the server takes as an observation: keys of lower-case letters, digits and _ (at most 32, in
+    order), values cut to MAX_OBSERVATION_VALUE characters; a driver may output more than that."""
+    out: dict[str, str] = {}
+    for key in sorted(outputs):
+        if OBSERVATION_KEY.fullmatch(key) and "\x00" not in outputs[key] and len(out) < MAX_OBSERVATION_VALUES:
+            out[key] = outputs[key][:MAX_OBSERVATION_VALUE]
+    return out
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Response
-from pydantic import AwareDatetime, Field, StrictStr
+from pydantic import AwareDatetime, BeforeValidator, Field, StrictStr
 
 from tenure.api.fields import Name, coded, text
 from tenure.api.routes import RT, Auth, StrictModel
@@ -30,6 +30,13 @@ class AgentRegister(StrictModel):
     capabilities: dict[str, Any] | None = None
 
 
+def _text_only(value: Any) -> Any:
+    """An instant as ISO 8601 text with its zone, not a number (pydantic would take one as Unix time)."""
+    if not isinstance(value, str):
+        raise ValueError("at must be an ISO 8601 date and time with its zone, as text")
+    return value
+
+
 ObservationKey = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$"),
                            coded("invalid_observation", "lower-case letters, digits and _")]
 
@@ -38,7 +45,7 @@ class Observation(StrictModel):
     """What a monitor of ``instance`` found on the wire at ``at`` (its outputs)."""
 
     instance: text("invalid_observation", 64, min_length=1)  # type: ignore[valid-type]
-    at: Annotated[AwareDatetime, coded("invalid_observation")]
+    at: Annotated[AwareDatetime, BeforeValidator(_text_only), coded("invalid_observation")]
     values: Annotated[dict[ObservationKey, text("invalid_observation", 256)],  # type: ignore[valid-type]
                       Field(max_length=MAX_OBSERVATION_VALUES), coded("invalid_observation")]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -33,6 +34,9 @@ log = logging.getLogger("tenure.replicas")
 
 MIN_REVISION_WAIT = 5.0
 LEADER_CHECK = 0.1  # how often a forwarded request looks whether the lead moved
+# Reads only the leader can answer: a link's usage (its writer owns the ledgers), what agents observed (their
+# heartbeats go to the leader, which keeps them in memory).
+LEADER_READS = re.compile(r"/v1/links/[^/]+/usage|/v1/reservations/[^/]+/wire|/v1/instances/[^/]+/observed")
 FORWARD_TIMEOUT = httpx.Timeout(35.0, connect=2.0)  # the leader's own request timeout is 30 s
 FORWARDED = b"x-tenure-forwarded"
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -74,9 +78,7 @@ class ReplicaRequests:
                 scope = {**scope, "query_string": rest}
         replica = self.state.replica
         path = scope["path"]
-        leader_read = ((path.startswith("/v1/links/") and path.endswith("/usage"))  # read through the writer
-                       or (path.startswith("/v1/reservations/") and path.endswith("/wire"))  # heartbeats': the
-                       or (path.startswith("/v1/instances/") and path.endswith("/observed")))  # leader's memory
+        leader_read = LEADER_READS.fullmatch(path) is not None
         if replica is None or (scope["method"] in SAFE and not leader_read) or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return

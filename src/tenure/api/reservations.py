@@ -258,7 +258,8 @@ def reservation_wire(rid: str, rt: RT, who: Auth) -> dict[str, Any]:
     ``observed_at``: class, rates and counters; from heartbeats, so up to a monitor interval and a heartbeat old;
     followers ask the leader, which has them)."""
     res = rt.reservations.get(rid, principal=who)
-    return {"reservation": res.id, "state": res.state, "legs": rt.instances.wire_of(f"reservation:{res.id}")}
+    return {"reservation": res.id, "state": res.state,
+            "legs": rt.instances.wire_of(f"reservation:{res.id}", principal=who)}
 
 
 @router.patch("/reservations/{rid}", tags=["reservations"])

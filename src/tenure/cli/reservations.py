@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tenure.cli.common import JsonOption, fields, out, percent, run, say, table, warn
-from tenure.client import TenureAPIError, TenureClient
+from tenure.client import TenureAPIError, TenureClient, TenureClientError
 from tenure.domain.reservation import DSCP_NAMES, parse_dscp
 from tenure.domain.units import format_rate
 
@@ -172,9 +172,8 @@ def reservation(ctx: typer.Context, rid: Id, as_json: JsonOption = False) -> Non
         r = c.reservation(rid)
         try:
             r["wire"] = c.reservation_wire(rid)["legs"]
-        except TenureAPIError as exc:  # a server from before the wire was observed
-            if exc.status != 404 or exc.code == "reservation_not_found":
-                raise
+        except (TenureAPIError, TenureClientError) as exc:  # an older server; a follower without a leader now
+            warn(f"what is on the wire is not known now: {exc}")
         return r
 
     run(ctx, call, _detail, as_json=as_json)
@@ -312,7 +311,7 @@ def _wire(legs: list[dict[str, Any]]) -> None:
 
     def count(values: dict[str, str], key: str, unit: str = "") -> str | None:
         v = values.get(key)
-        if v is None or not v.isdigit():
+        if v is None or not (v.isascii() and v.isdigit()):
             return v  # (an agent's words, shown as they are)
         n = float(v)
         for prefix in ("", "k", "M", "G", "T"):
@@ -331,7 +330,7 @@ def _wire(legs: list[dict[str, Any]]) -> None:
           ((w["leg"], w["host"], w["state"], w["observed"].get("classid") or w.get("outputs", {}).get("classid"),
             rate(w["observed"]), count(w["observed"], "sent_bytes", "B"), count(w["observed"], "dropped"),
             count(w["observed"], "classified_packets"),
-            _short(w["observed_at"])[6:] if w.get("observed_at") else None) for w in legs),
+            _seen(w.get("observed_at"))) for w in legs),
           title="on the wire")
     for w in legs:
         if w.get("reason"):
@@ -343,6 +342,14 @@ def _mark_name(mark: int | None) -> str | None:
         return None
     name = next((n for n, v in DSCP_NAMES.items() if v == mark), None)
     return f"{name} ({mark})" if name else str(mark)
+
+
+def _seen(at: str | None) -> str | None:
+    """When an agent looked, in UTC: the time today, else the day and the minute."""
+    if not at:
+        return None
+    when = datetime.fromisoformat(at).astimezone(UTC)
+    return when.strftime("%H:%M:%S" if when.date() == datetime.now(UTC).date() else "%m-%d %H:%M")
 
 
 def _paths(answer: dict[str, Any]) -> None:

@@ -178,6 +178,7 @@ class InstanceService:
         # What agents' monitors found on the wire (heartbeats): id -> (host, at, values). Not stored and not
         # events: this server's memory of the last heartbeats (a new leader has them after the next ones).
         self._observed: dict[str, tuple[str, str, dict[str, str]]] = {}
+        self._observed_by_host: dict[str, set[str]] = {}
         self._observed_lock = threading.Lock()
 
     def now_us(self) -> int:
@@ -694,15 +695,24 @@ class InstanceService:
         that are gone or moved. How many were kept."""
         kept = 0
         with self._observed_lock:
-            for iid in [i for i, (h, _, _) in self._observed.items() if h == host]:
+            mine = self._observed_by_host.setdefault(host, set())
+            for iid in list(mine):
                 inst = self._views.get(iid)
                 if inst is None or inst.host != host:
-                    del self._observed[iid]
+                    mine.discard(iid)
+                    self._observed.pop(iid, None)
             for item in items:
                 inst = self._views.get(item["instance"])
                 if inst is not None and inst.host == host:
                     self._observed[inst.id] = (host, item["at"], dict(item["values"]))
+                    mine.add(inst.id)
                     kept += 1
+            if len(self._observed) > 2 * len(self._views) + 1000:  # hosts gone silent: a sweep now and then
+                for iid, (h, _, _) in list(self._observed.items()):
+                    inst = self._views.get(iid)
+                    if inst is None or inst.host != h:
+                        del self._observed[iid]
+                        self._observed_by_host.get(h, set()).discard(iid)
         return kept
 
     def observation(self, iid: str) -> dict[str, Any] | None:
@@ -714,11 +724,13 @@ class InstanceService:
             return None
         return {"at": found[1], "values": dict(found[2])}
 
-    def wire_of(self, owner: str) -> list[dict[str, Any]]:
-        """The instances of ``owner`` (``reservation:<id>``), each with its part, state and last observation."""
+    def wire_of(self, owner: str, *, principal: Principal = ADMIN) -> list[dict[str, Any]]:
+        """The instances of ``owner`` (``reservation:<id>``) that ``principal`` may see, each with its part, state
+        and last observation."""
         legs = []
-        for inst in sorted((i for i in self._views.values() if i.owner is not None
-                            and i.owner.partition("/")[0] == owner), key=lambda i: i.owner or ""):
+        for inst in sorted((i for i in list(self._views.values()) if i.owner is not None
+                            and i.owner.partition("/")[0] == owner and may_see(principal, i)),
+                           key=lambda i: i.owner or ""):
             observed = self.observation(inst.id)
             legs.append({"leg": (inst.owner or "").partition("/")[2], "instance": inst.id, "host": inst.host,
                          "state": inst.state, "reason": inst.reason, "outputs": dict(inst.outputs),
@@ -730,7 +742,7 @@ class InstanceService:
         inst = self._views.get(iid)
         if inst is None:
             scope = _scope(principal.project if principal.role == "member" else None)
-            inst = next((i for i in self._views.values() if i.name == iid and _scope(i.project) == scope), None)
+            inst = next((i for i in list(self._views.values()) if i.name == iid and _scope(i.project) == scope), None)
         if inst is None or not may_see(principal, inst):
             raise NotFound(f"no instance {iid!r}", code="instance_not_found", id=iid)
         return inst

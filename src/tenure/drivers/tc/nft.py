@@ -5,7 +5,7 @@ One table per namespace, shared by every leg on every device there::
     table inet tenure {
       chain legs {        type filter hook postrouting priority mangle; policy accept
         oifname DEV [ip saddr S] ip daddr D [ports | l4proto] [ip dscp X]
-            meta priority set 1:N [ip dscp set M] counter accept    comment "tenure DEV 1:N ip leg DIGEST mM"
+            meta priority set 1:N [ip dscp set M] counter accept    comment "tenure DEV 1:N ip leg sS DIGEST mM"
         ... the same with ip6 for a leg with an IPv6 destination ...
         ip dscp M ip dscp set cs0 counter                           comment "tenure remark ip M"
         ip6 dscp M ip6 dscp set cs0 counter                         comment "tenure remark ip6 M"
@@ -15,15 +15,16 @@ One table per namespace, shared by every leg on every device there::
 - **Classification.** HTB takes a packet whose priority names one of its leaf classes straight into it, so the
   leg's rule (one per address family its destination has) sets ``meta priority`` to the leg's class and no tc
   filter is needed; the rule names its device, so another device's class with the same number is never hit.
-  Leg rules come first and end in ``accept``, the most specific first (a rule with ports before one without, so
-  overlapping reservations resolve the same way after any restart), then by device, class and family.
+  Leg rules come first and end in ``accept``, the most specific first (``sS``: the number of fields matched, then
+  the address prefixes' lengths; so overlapping reservations resolve the same way after any restart), then by
+  device, class and family.
 - **Re-marking.** After the leg rules, one rule per family and per DSCP that some leg marks with re-marks the
   packets no leg claimed to best effort: nobody gets a reservation's priority by marking their own packets. These
   rules are shared: they are derived from the leg rules on the wire (each names its mark, ``mM``) in the same
   transaction as every leg change, so the last leg marking M takes M's re-mark rules with it.
 - **Ownership.** A leg's rules are those whose comment starts ``tenure DEV 1:N``: that is how a start finds them
   and a stop removes them, never anyone else's; ``tenure remark`` rules are the table's. A leg rule's comment
-  carries a digest of the rule as this code builds it (its first digit is the rule's specificity): a start whose
+  carries a digest of the rule as this code builds it: a start whose
   parameters changed finds the digests differ and replaces the leg's rules whole, in one transaction (nft's
   batches are atomic), and a monitor compares digests rather than nft's normalised print of the rule (which
   changes with nft's version). A rule edited by hand while keeping its comment is not noticed.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -61,6 +63,7 @@ PRIORITY = -150  # NF_IP_PRI_MANGLE: before the packet reaches the qdisc, as eve
 NFT_TIMEOUT = 20.0  # seconds, when the operation gives none
 MAX_AGE = 1.0  # seconds a monitor may reuse a reading (its counters) while nothing changed
 REMARK = "tenure remark "
+LEG_COMMENT = re.compile(r"tenure (\S+) 1:([0-9a-f]{1,4}) (ip6?) leg s([0-9]{1,5}) [0-9a-f]{12} m([0-9]{1,2}|-)")
 L4 = {4: {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}, 6: {"icmp": 58, "tcp": 6, "udp": 17, "sctp": 132}}
 PROTO = {4: "ip", 6: "ip6"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
@@ -98,18 +101,18 @@ class Found:
 
     @property
     def mark(self) -> int | None:
-        """The DSCP a leg rule marks with (its comment's last word, ``mM``); None if none or not a leg rule."""
-        last = self.comment.rsplit(" ", 1)[-1]
-        return int(last[1:]) if self.is_leg and last[:1] == "m" and last[1:].isdigit() else None
+        """The DSCP a leg rule marks with (its comment's ``mM``); None if none, or not a well-formed leg rule."""
+        m = LEG_COMMENT.fullmatch(self.comment)
+        return int(m.group(5)) if m is not None and m.group(5) != "-" else None
 
     @property
-    def order(self) -> tuple[int, str, int, str]:
-        """Where a leg rule goes among the others: most specific first, then device, class and family."""
-        words = self.comment.split()
-        try:
-            return -int(words[5][0]), words[1], int(words[2].partition(":")[2], 16), words[3]
-        except (IndexError, ValueError):
-            return 0, "", 0, ""
+    def order(self) -> tuple[int, str, int, str] | None:
+        """Where a leg rule goes among the others: most specific first, then device, class and family; None for
+        a rule whose comment is not one this code writes (it is no landmark for placing others)."""
+        m = LEG_COMMENT.fullmatch(self.comment)
+        if m is None:
+            return None
+        return -int(m.group(4)), m.group(1), int(m.group(2), 16), m.group(3)
 
 
 @dataclass(frozen=True)
@@ -190,12 +193,13 @@ def wanted(leg: Leg) -> list[Rule]:
         if leg.mark is not None:
             expr.append({"mangle": {"key": _payload(proto, "dscp"), "value": leg.mark}})
         expr += [{"counter": None}, {"accept": None}]
-        # How specific the match is (the rule's place among the legs'): a protocol (with or without its ports), each
-        # port, each address and the DSCP count one each.
-        specific = min(9, sum((src is not None and src.prefixlen > 0, dst.prefixlen > 0, leg.protocol is not None,
-                               leg.src_port is not None, leg.dst_port is not None, leg.dscp is not None)))
+        # How specific the match is (the rule's place among the legs'): the fields it matches (a protocol with or
+        # without its ports, each port, each address, the DSCP), then the lengths of its address prefixes.
+        fields = sum((src is not None and src.prefixlen > 0, dst.prefixlen > 0, leg.protocol is not None,
+                      leg.src_port is not None, leg.dst_port is not None, leg.dscp is not None))
+        score = fields * 1000 + (src.prefixlen if src is not None else 0) + dst.prefixlen
         mark = "m-" if leg.mark is None else f"m{leg.mark}"
-        out.append(Rule(f"{prefix(leg)}{proto} leg {specific}{_digest(expr)[:11]} {mark}", expr))
+        out.append(Rule(f"{prefix(leg)}{proto} leg s{score} {_digest(expr)} {mark}", expr))
     return out
 
 
@@ -382,7 +386,9 @@ def _place(new: Rule, legs: list[Found], remarks_staying: list[Found]) -> dict[s
     before the first re-mark rule that stays, else at the end (the re-mark rules added with it come after). (An
     insert names the rule it goes before; nft 1.0.6's JSON ignores the rule an add names to go after.)"""
     key = Found(0, new.comment).order
-    before = next((r for r in legs if r.order > key), None) or next(iter(remarks_staying), None)
+    assert key is not None
+    before = next((r for r in legs if (o := r.order) is not None and o > key), None) or next(iter(remarks_staying),
+                                                                                          None)
     body = {"chain": CHAIN, "comment": new.comment, "expr": new.expr}
     if before is not None:
         return {"insert": _ref("rule", handle=before.handle, **body)}
