@@ -849,16 +849,11 @@ def driver_scaling(w: World, sizes: list[int]) -> list[dict[str, Any]]:
         have = 0
         for n in sorted(sizes):
             lines = []
-            commands: list[dict[str, Any]] = [
-                {"add": {"table": {"family": "inet", "name": "tenure"}}},
-                {"add": {"chain": {"family": "inet", "table": "tenure", "name": "legs", "type": "filter",
-                                   "hook": "postrouting", "prio": nft.PRIORITY, "policy": "accept"}}}]
             for c in range(2 + have, 2 + n):
                 lines.append(f"class add dev {dev} parent 1:1 classid 1:{c:x} htb rate 1000000bit ceil 1000000bit "
                              f"burst 1600 cburst 1600 quantum 12500")
-                commands += [{"add": {"rule": {"family": "inet", "table": "tenure", "chain": "legs",
-                                               "comment": r.comment, "expr": r.expr}}}
-                             for r in nft.wanted(parse_params({**params, "classid": str(c)}))]
+            h2.run("nft", "delete", "table", "inet", "tenure", check=False)  # made again, with all n
+            commands = nft.bulk([parse_params({**params, "classid": str(c)}) for c in range(2, 2 + n)])
             batch = w.tmp / f"tc-batch-{n}.txt"
             batch.write_text("\n".join(lines) + "\n")
             h2.run("tc", "-batch", str(batch), timeout=300)
@@ -878,11 +873,7 @@ def driver_scaling(w: World, sizes: list[int]) -> list[dict[str, Any]]:
         return out
     finally:
         h2.run("ip", "link", "del", dev, check=False)
-        mine = [{"delete": {"rule": {"family": "inet", "table": "tenure", "chain": "legs", "handle": r["handle"]}}}
-                for r in h2.nft_rules() if r.get("comment", "").startswith(f"tenure {dev} ")]
-        if mine:
-            subprocess.run(h2.argv("nft", "-j", "-f", "-"), input=json.dumps({"nftables": mine}), text=True,
-                           capture_output=True, timeout=300, check=False)
+        h2.run("nft", "delete", "table", "inet", "tenure", check=False)  # (h2's agent holds no leg by then)
 
 
 def idle_cpu(w: World, seconds: float) -> float:

@@ -95,9 +95,16 @@ def rules(host: Host, kind: str = "leg") -> dict[str, dict]:
         words = r["comment"].split()
         if kind == "remark" and words[1] == "remark":
             out[f"{words[2]} {words[3]}"] = r
-        elif kind == "leg" and words[1] != "remark":
+        elif kind == "leg" and words[1] not in ("remark", "dispatch"):
             out[" ".join(words[1:4])] = r
     return out
+
+
+def evaluated(host: Host) -> list[str]:
+    """The legs' rules in the order a packet meets them (one destination): its host chain's, then the base chain's
+    (the dispatch rules jump to the host chain first)."""
+    legs = rules(host)
+    return [k for k, r in legs.items() if r["chain"] != "legs"] + [k for k, r in legs.items() if r["chain"] == "legs"]
 
 
 def matches(rule: dict) -> dict[str, object]:
@@ -487,7 +494,9 @@ def test_re_mark_rules_are_shared_by_the_legs_marking_alike_and_go_with_the_last
     for params in (a, b, c):
         assert shaper.start(params, ctx()) == 0
     assert list(rules(h1, "remark")) == ["ip 46", "ip6 46", "ip 34", "ip6 34"]  # once per mark, after the legs
-    assert [r["comment"].split()[1] for r in h1.nft_rules()[:3]] == [h1.ifname] * 3
+    base = [r["comment"] for r in h1.nft_rules() if r["chain"] == "legs"]  # the legs are in their hosts' chains
+    assert base == ["tenure dispatch ip", "tenure dispatch ip6", "tenure remark ip 46", "tenure remark ip6 46",
+                    "tenure remark ip 34", "tenure remark ip6 34"]
     assert shaper.stop(c, ctx()) == 0
     assert list(rules(h1, "remark")) == ["ip 46", "ip6 46"]
     assert shaper.stop(a, ctx()) == 0
@@ -512,10 +521,10 @@ def test_overlapping_legs_resolve_the_same_way_whatever_their_history(lan: Lan) 
         assert shaper.start(params, ctx()) == 0
     # 3 fields matched; 2; 1 (a /32); 1 (a /24: less specific, whatever its class number)
     order = [f"{h1.ifname} 1:6 ip", f"{h1.ifname} 1:4 ip", f"{h1.ifname} 1:5 ip", f"{h1.ifname} 1:3 ip"]
-    assert list(rules(h1)) == order
+    assert evaluated(h1) == order
     assert shaper.reload({**broad, "mark": "10"}, ctx()) == 0  # its rule written again: the same place
     assert shaper.reload({**narrow, "dst_port": "5202"}, ctx()) == 0
-    assert list(rules(h1)) == order
+    assert evaluated(h1) == order
     assert [shaper.monitor(p, ctx()) for p in (other, {**broad, "mark": "10"}, {**narrow, "dst_port": "5202"})] == [
         0, 0, 0]
 
@@ -601,8 +610,8 @@ def test_monitor_reports_running_absent_and_drift_and_reload_repairs_in_place(la
     assert h1.nft_rules() == rules_before  # the rules were not touched
     assert shaper.monitor(params, ctx()) == 0
 
-    handle = rules(h1)[f"{h1.ifname} 1:5 ip"]["handle"]
-    h1.run("nft", "delete", "rule", "inet", "tenure", "legs", "handle", str(handle))  # behind its back
+    gone = rules(h1)[f"{h1.ifname} 1:5 ip"]
+    h1.run("nft", "delete", "rule", "inet", "tenure", gone["chain"], "handle", str(gone["handle"]))  # behind its back
     rc, reason = shaper.monitor(params, ctx())
     assert rc == 1 and "missing" in reason and "1:5 ip leg" in reason
     assert shaper.start(params, ctx()) == 0
@@ -680,6 +689,9 @@ def test_stop_keeps_the_root_while_another_leg_uses_it(lan: Lan) -> None:
     assert root(h1)["handle"] == "1:" and set(h1.tc_classes()) == {"1:1", "1:6", "1:fffe"}
     assert h1.tc_classes()["1:fffe"]["rate"] == 950_000_000  # the stopped leg's rate went back to the rest
     assert list(rules(h1)) == [f"{h1.ifname} 1:6 ip"]
+    to4 = h1.run("nft", "list", "map", "inet", "tenure", "to4").stdout  # h2's chain went with its last leg
+    chains = h1.run("nft", "list", "chains", "inet").stdout
+    assert h3.address in to4 and h2.address not in to4 and chains.count("chain to-") == 1, (to4, chains)
     assert shaper.monitor(leg(h1, h3, classid="6"), ctx()) == 0
     assert shaper.stop(leg(h1, h3, classid="6"), ctx()) == 0
     assert root(h1)["kind"] == "noqueue"
@@ -698,13 +710,8 @@ def fill(host: Host, classids: range, dst: Host, batch: Path) -> None:
                      f"burst 1600 cburst 1600 quantum 12500")
     batch.write_text("\n".join(lines) + "\n")
     host.run("tc", "-batch", str(batch), timeout=120)
-    commands: list[dict] = [{"add": {"table": {"family": "inet", "name": "tenure"}}},
-                            {"add": {"chain": {"family": "inet", "table": "tenure", "name": "legs", "type": "filter",
-                                               "hook": "postrouting", "prio": -150, "policy": "accept"}}}]
-    for c in classids:
-        lg = parse_params(leg(host, dst, classid=str(c), rate="1000000", src=host.address))
-        commands += [{"add": {"rule": {"family": "inet", "table": "tenure", "chain": "legs", "comment": r.comment,
-                                       "expr": r.expr}}} for r in nft.wanted(lg)]
+    commands = nft.bulk([parse_params(leg(host, dst, classid=str(c), rate="1000000", src=host.address))
+                         for c in classids])
     proc = subprocess.run(host.argv("nft", "-j", "-f", "-"), input=json.dumps({"nftables": commands}), text=True,
                           capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -738,8 +745,8 @@ def test_one_leg_among_500_on_a_device(lan: Lan, tmp_path: Path) -> None:
     assert rc == 1 and "rate 2Mbit/s" in reason
     assert shaper.reload(params, ctx()) == 0
     assert shaper.monitor(params, ctx()) == 0
-    handle = rules(h1)[f"{h1.ifname} 1:12c ip"]["handle"]
-    h1.run("nft", "delete", "rule", "inet", "tenure", "legs", "handle", str(handle))
+    gone = rules(h1)[f"{h1.ifname} 1:12c ip"]
+    h1.run("nft", "delete", "rule", "inet", "tenure", gone["chain"], "handle", str(gone["handle"]))
     rc, reason = shaper.monitor(params, ctx())
     assert rc == 1 and "missing" in reason
     assert shaper.start(params, ctx()) == 0
