@@ -12,8 +12,10 @@ shows). In each round, side by side in the same run:
    in place by ``tenure.drivers.tc:Shaper`` on h1's interface with the capacity at 100 Gbit/s (above what the
    veth carries: on a real NIC the capacity is the line rate, so the link, not the tree, is the limit; the default
    class holds what the legs leave), then the same iperf3 h1 -> h3: unreserved traffic, classified into the
-   default class after walking every leg's nftables rule and the re-mark rules. What it measures is the CPU cost
-   of HTB and the rules per byte, on a path where CPU is the limit.
+   default class after two map lookups (the legs are all to h2, in h2's chain, which traffic to h3 never enters)
+   and the re-mark rules. What it measures is the CPU cost of HTB and the rules per byte, on a path where CPU is
+   the limit. Not measured here: unreserved traffic to a host that has legs (it walks that host's chain) and legs
+   to networks (in the base chain, walked by every packet).
 
 The rounds alternate the order of the modes; the medians are compared. Goal (issue 15): unreserved throughput
 with the tree in place at least 0.95x no qdisc. (With no reservation active the agent leaves no tree and no table

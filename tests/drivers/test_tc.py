@@ -510,17 +510,20 @@ def test_re_mark_rules_are_shared_by_the_legs_marking_alike_and_go_with_the_last
 
 
 def test_overlapping_legs_resolve_the_same_way_whatever_their_history(lan: Lan) -> None:
-    """The more specific leg's rule comes first (it wins the packets both match), however the legs were started
-    or changed; then by device and class."""
+    """Legs to one host address come first (their chain is looked up before the base chain's legs to networks),
+    and within a chain the more specific (it wins the packets both match), however the legs were started or
+    changed; then by device and class."""
     h1, h2, _ = lan.hosts
     shaper = Shaper()
     broad, narrow = leg(h1, h2, classid="5", rate="10M"), leg(h1, h2, classid="6", protocol="tcp", dst_port="5201")
     other = leg(h1, h2, classid="4", rate="10M", src=h1.address)
     subnet = {**leg(h1, h2, classid="3", rate="10M"), "dst": "10.77.0.0/24"}
-    for params in (subnet, broad, narrow, other):
+    subnet_port = {**leg(h1, h2, classid="7", rate="10M", protocol="tcp", dst_port="5201"), "dst": "10.77.0.0/24"}
+    for params in (subnet, broad, subnet_port, narrow, other):
         assert shaper.start(params, ctx()) == 0
-    # 3 fields matched; 2; 1 (a /32); 1 (a /24: less specific, whatever its class number)
-    order = [f"{h1.ifname} 1:6 ip", f"{h1.ifname} 1:4 ip", f"{h1.ifname} 1:5 ip", f"{h1.ifname} 1:3 ip"]
+    # h2's chain: 3 fields matched; 2; 1. Then the networks': 3 fields; 1 (whatever their class numbers).
+    order = [f"{h1.ifname} 1:6 ip", f"{h1.ifname} 1:4 ip", f"{h1.ifname} 1:5 ip", f"{h1.ifname} 1:7 ip",
+             f"{h1.ifname} 1:3 ip"]
     assert evaluated(h1) == order
     assert shaper.reload({**broad, "mark": "10"}, ctx()) == 0  # its rule written again: the same place
     assert shaper.reload({**narrow, "dst_port": "5202"}, ctx()) == 0
@@ -853,3 +856,38 @@ def test_parse_params_gives_the_leg() -> None:
     dual = parse_params({"device": "eth0", "rate": "50M", "classid": "5", "dst": "fd00::/64, 10.0.0.2",
                          "dscp": "0", "mark": "46"})
     assert ([str(n) for n in dual.dst], dual.dscp, dual.mark) == (["10.0.0.2/32", "fd00::/64"], 0, 46)
+
+
+def test_map_elements_are_read_whatever_their_form() -> None:
+    """Elements listed wrapped (with a comment or counter), with another verdict, or with an IPv4-mapped IPv6
+    address as nft prints it, are all read (a missed one would make every start add it and every stop fail)."""
+    listing = json.dumps({"nftables": [
+        {"table": {"family": "inet", "name": "tenure"}},
+        {"map": {"family": "inet", "table": "tenure", "name": "to4", "type": ["ifname", "ipv4_addr"], "map": "verdict",
+                 "elem": [[{"elem": {"val": {"concat": ["eth0", "10.0.0.2"]}, "comment": "x"}},
+                           {"jump": {"target": "to-0123456789ab"}}],
+                          [{"concat": ["eth0", "10.0.0.3"]}, {"accept": None}]]}},
+        {"map": {"family": "inet", "table": "tenure", "name": "to6", "type": ["ifname", "ipv6_addr"], "map": "verdict",
+                 "elem": [[{"concat": ["eth0", "::ffff:10.0.0.7"]}, {"jump": {"target": "to-ba9876543210"}}]]}},
+    ]})
+    table = nft.parse(listing)
+    assert table.elements == {(4, "eth0", "10.0.0.2"): "to-0123456789ab", (4, "eth0", "10.0.0.3"): None,
+                              (6, "eth0", "::ffff:a00:7"): "to-ba9876543210"}
+    assert table.maps == {"to4", "to6"}
+
+
+def test_a_map_element_changed_by_hand_is_reported_and_repaired(lan: Lan) -> None:
+    h1, h2, _ = lan.hosts
+    shaper = Shaper()
+    params = leg(h1, h2)
+    assert shaper.start(params, ctx()) == 0
+    h1.run("nft", "delete", "element", "inet", "tenure", "to4", "{", f'"{h1.ifname}"', ".", h2.address, "}")
+    h1.run("nft", "add", "element", "inet", "tenure", "to4", "{", f'"{h1.ifname}"', ".", h2.address, ":", "accept",
+           "}")
+    rc, reason = shaper.monitor(params, ctx())
+    assert rc == 1 and "map to4 does not send" in reason
+    c = ctx()
+    assert shaper.start(params, c) == 0 and "set the nftables map to4" in c.output
+    assert shaper.monitor(params, ctx()) == 0
+    assert shaper.stop(params, ctx()) == 0 and h1.nft_rules() == []
+    assert h1.run("nft", "list", "tables").stdout == ""

@@ -51,6 +51,7 @@ One table per namespace, shared by every leg on every device there::
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -142,7 +143,8 @@ class Table:
     rules: tuple[Found, ...] = field(default_factory=tuple)  # Tenure's rules (comment "tenure ..."), every chain
     foreign: int = 0  # anything else in the table (someone else's: never touched, and it keeps the table)
     maps: frozenset[str] = frozenset()
-    elements: dict[tuple[int, str, str], str] = field(default_factory=dict)  # key -> the chain it jumps to
+    elements: dict[tuple[int, str, str], str | None] = field(default_factory=dict)  # key -> the chain it jumps
+    # to (None: another verdict, someone else's doing)
 
     def of(self, leg: Leg) -> list[Found]:
         p = prefix(leg)
@@ -154,8 +156,13 @@ class Table:
     def dispatch(self) -> set[str]:
         return {r.comment for r in self.rules if r.comment.startswith(DISPATCH)}
 
+    foreign_chains: frozenset[str] = frozenset()  # our chains that hold someone else's rules
+
     def in_chain(self, chain: str) -> list[Found]:
         return [r for r in self.rules if r.chain == chain]
+
+    def foreign_in(self, chain: str) -> bool:
+        return chain in self.foreign_chains
 
 
 def prefix(leg: Leg) -> str:
@@ -359,13 +366,19 @@ def read(netns: str | None, deadline: float | None) -> Table:
         if "No such file or directory" in str(exc):
             return Table()
         raise
+    return parse(out)
+
+
+def parse(listing: str) -> Table:
+    """A Table from ``nft -j list table inet tenure``'s output."""
     try:
-        items = json.loads(out)["nftables"]
+        items = json.loads(listing)["nftables"]
     except (ValueError, KeyError, TypeError) as exc:
         raise NftError(f"nft's listing could not be read: {exc}") from None
     chain, chains, rules, foreign = None, [], [], 0
     maps: set[str] = set()
-    elements: dict[tuple[int, str, str], str] = {}
+    foreign_chains: set[str] = set()
+    elements: dict[tuple[int, str, str], str | None] = {}
     for item in items:
         if not isinstance(item, dict) or "metainfo" in item or "table" in item:
             continue
@@ -389,20 +402,27 @@ def read(netns: str | None, deadline: float | None) -> Table:
                 rules.append(Found(int(rule["handle"]), comment, packets, octets, name))
             elif ours:
                 foreign += 1
+                foreign_chains.add(name)
         elif "map" in item and item["map"].get("name") in MAPS.values():
             m = item["map"]
             maps.add(m["name"])
             v = 4 if m["name"] == MAPS[4] else 6
             for elem in m.get("elem") or ():
                 try:
-                    (device, address), target = elem[0]["concat"], elem[1]["jump"]["target"]
+                    key, verdict = elem[0], elem[1]
+                    if isinstance(key, dict) and "elem" in key:  # (listed wrapped when it has a comment, counter...)
+                        key = key["elem"]["val"]
+                    device, address = key["concat"]
+                    address = str(ipaddress.ip_address(address))  # as this code writes it (::ffff:a00:7)
                 except (KeyError, TypeError, ValueError, IndexError):
                     continue
-                elements[(v, str(device), str(address))] = str(target)
+                jump = verdict.get("jump") if isinstance(verdict, dict) else None
+                target = jump.get("target") if isinstance(jump, dict) else None
+                elements[(v, str(device), address)] = str(target) if target is not None else None
         else:  # a set, another map, a flowtable or an object: someone else's, and it keeps the table
             foreign += 1
     return Table(exists=True, chain=chain, chains=tuple(chains), rules=tuple(rules), foreign=foreign,
-                 maps=frozenset(maps), elements=elements)
+                 maps=frozenset(maps), elements=elements, foreign_chains=frozenset(foreign_chains))
 
 
 def _apply(netns: str | None, commands: list[dict[str, Any]], deadline: float | None) -> None:
@@ -477,16 +497,21 @@ def _remark_changes(table: Table, legs: list[Found], adding: list[Rule]) -> tupl
     return drop, [r for c, r in want.items() if c not in names]
 
 
-def _emptied(table: Table, dropped: set[int], adding: list[Rule]) -> list[dict[str, Any]]:
-    """Commands deleting the host chains no rule is left in (their map elements first)."""
+def _emptied(table: Table, dropped: set[int], adding: list[Rule],
+             deleted: set[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    """Commands deleting the host chains no rule is left in (their map elements first), also ones found empty;
+    ``deleted`` gathers the elements deleted (so that a transaction never deletes one twice)."""
     filling = {r.chain for r in adding}
+    candidates = {r.chain for r in table.rules if r.handle in dropped and r.chain != CHAIN}
+    candidates |= {c for c in table.chains if TO_CHAIN.fullmatch(c or "") and not table.in_chain(c)}
     out: list[dict[str, Any]] = []
-    for name in sorted({r.chain for r in table.rules if r.handle in dropped and r.chain != CHAIN} - filling):
-        if any(r.handle not in dropped for r in table.in_chain(name)):
+    for name in sorted(candidates - filling):
+        if any(r.handle not in dropped for r in table.in_chain(name)) or table.foreign_in(name):
             continue
-        for (v, device, address), target in table.elements.items():
-            if target == name:
-                out.append({"delete": _ref("element", name=MAPS[v], elem=[{"concat": [device, address]}])})
+        for key, target in table.elements.items():
+            if target == name and key not in deleted:
+                deleted.add(key)
+                out.append({"delete": _ref("element", name=MAPS[key[0]], elem=[{"concat": [key[1], key[2]]}])})
         out.append({"delete": _ref("chain", name=name)})
     return out
 
@@ -533,8 +558,10 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         dropped |= {r.handle for r in drop_remarks}
         keys = [r for r in want if r.key is not None and table.elements.get(r.key) != r.chain]
         dispatch_missing = [r for r in dispatch() if r.comment not in table.dispatch()]
+        deleted: set[tuple[int, str, str]] = set()
+        emptied = _emptied(table, dropped, add, deleted)
         if (table.chain is not None and not drop and not add and not drop_remarks and not add_remarks and not keys
-                and not dispatch_missing and set(MAPS.values()) <= table.maps):
+                and not dispatch_missing and not emptied and set(MAPS.values()) <= table.maps):
             return []
         commands: list[dict[str, Any]] = [
             {"add": {"table": {"family": FAMILY, "name": TABLE}}},
@@ -542,12 +569,13 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         commands += [{"add": _ref("map", name=MAPS[v], type=["ifname", ADDR_TYPE[v]], map="verdict")}
                      for v in (4, 6)]
         commands += [{"delete": _ref("rule", chain=r.chain, handle=r.handle)} for r in drop + drop_remarks]
-        commands += _emptied(table, dropped, add)
+        commands += emptied
         for r in {r.chain: r for r in want if r.key is not None}.values():
             assert r.key is not None
             commands.append({"add": _ref("chain", name=r.chain)})
             if table.elements.get(r.key) != r.chain:
-                if r.key in table.elements:  # (its chain is another: replaced)
+                if r.key in table.elements and r.key not in deleted:  # (another verdict: replaced)
+                    deleted.add(r.key)
                     commands.append({"delete": _ref("element", name=MAPS[r.key[0]],
                                                     elem=[{"concat": [r.key[1], r.key[2]]}])})
                 commands.append({"add": _ref("element", name=MAPS[r.key[0]], elem=[
@@ -558,7 +586,11 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         commands += [{"add": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)} for r in add_remarks]
         _apply(leg.netns, commands, deadline)
     return ([f"deleted nftables rule {r.comment!r}" for r in drop + drop_remarks]
-            + [f"added nftables rule {r.comment!r}" for r in add + add_remarks + dispatch_missing])
+            + [f"added nftables rule {r.comment!r}" for r in add + add_remarks + dispatch_missing]
+            + [f"set the nftables map {MAPS[r.key[0]]}'s {r.key[1]} . {r.key[2]} to jump to {r.chain}"
+               for r in keys if r.key is not None]
+            + [f"deleted the empty nftables chain {c['delete']['chain']['name']}" for c in emptied
+               if "chain" in c["delete"]])
 
 
 def remove(leg: Leg, deadline: float | None) -> list[str]:
@@ -572,12 +604,13 @@ def remove(leg: Leg, deadline: float | None) -> list[str]:
         mine = table.of(leg)
         legs = [r for r in table.rules if r.is_leg and r not in mine]
         drop_remarks, _ = _remark_changes(table, legs, [])
-        if not mine and not drop_remarks:
+        dropped = {r.handle for r in mine + drop_remarks}
+        emptied = _emptied(table, dropped, [], set())
+        if not mine and not drop_remarks and not emptied:
             return []
         if not legs and not table.foreign and table.chain is not None and _shape_problem(table.chain) is None:
             _apply(leg.netns, [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}], deadline)
             return [f"deleted nftables table {FAMILY} {TABLE} with the leg's rules (no leg left)"]
-        dropped = {r.handle for r in mine + drop_remarks}
         _apply(leg.netns, [{"delete": _ref("rule", chain=r.chain, handle=r.handle)} for r in mine + drop_remarks]
-               + _emptied(table, dropped, []), deadline)
+               + emptied, deadline)
     return [f"deleted nftables rule {r.comment!r}" for r in mine + drop_remarks]
