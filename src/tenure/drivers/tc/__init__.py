@@ -12,9 +12,10 @@ flow's packets are classified into. The tc side is done through rtnetlink (no
                                             capacity (borrow), prio 0
 
 and in the namespace's nftables table ``inet tenure`` (:mod:`.nft`), the leg's rules: one per address family of
-its destination, setting the packet's priority to the leg's class (HTB takes such a packet straight into it) and
-its DSCP to the leg's ``mark``, and, if it marks, rules re-marking other packets that carry that DSCP to best
-effort.
+its destination (in the chain of its device and destination host, reached through a verdict map, so that other
+traffic does not walk it), setting the packet's priority to the leg's class (HTB takes such a packet straight into
+it) and its DSCP to the leg's ``mark``; and, shared by the legs marking alike, rules re-marking other packets that
+carry that DSCP to best effort.
 
 - **A guarantee, not a cap.** Every class shares the parent 1:1 at the interface's capacity, and unclassified
   traffic goes to the default class 1:fffe, which gets what the legs leave: a leg keeps its rate however much
