@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import json
 import subprocess
 import threading
@@ -871,9 +872,31 @@ def test_map_elements_are_read_whatever_their_form() -> None:
                  "elem": [[{"concat": ["eth0", "::ffff:10.0.0.7"]}, {"jump": {"target": "to-ba9876543210"}}]]}},
     ]})
     table = nft.parse(listing)
+    mapped = str(ipaddress.ip_address("::ffff:10.0.0.7"))  # as this code writes it (Python's form)
     assert table.elements == {(4, "eth0", "10.0.0.2"): "to-0123456789ab", (4, "eth0", "10.0.0.3"): None,
-                              (6, "eth0", "::ffff:a00:7"): "to-ba9876543210"}
-    assert table.maps == {"to4", "to6"}
+                              (6, "eth0", mapped): "to-ba9876543210"}
+    assert table.maps == {"to4", "to6"} and not table.unread
+
+
+def test_an_empty_host_chain_something_else_points_at_is_left_alone() -> None:
+    """Sweeping an empty host chain that a goto (or an element it cannot read) points at would fail every
+    transaction of the namespace: it is left."""
+    def listing(elements: list) -> str:
+        return json.dumps({"nftables": [
+            {"table": {"family": "inet", "name": "tenure"}},
+            {"map": {"family": "inet", "table": "tenure", "name": "to4", "type": ["ifname", "ipv4_addr"],
+                     "map": "verdict", "elem": elements}},
+            {"chain": {"family": "inet", "table": "tenure", "name": "legs", "type": "filter", "hook": "postrouting",
+                       "prio": -150, "policy": "accept"}},
+            {"chain": {"family": "inet", "table": "tenure", "name": "to-aaaaaaaaaaaa"}}]})
+
+    jump = [[{"concat": ["eth0", "10.0.0.2"]}, {"jump": {"target": "to-aaaaaaaaaaaa"}}]]
+    goto = [[{"concat": ["eth0", "10.0.0.2"]}, {"goto": {"target": "to-aaaaaaaaaaaa"}}]]
+    unreadable = [["something", "else"]]
+    swept = nft._emptied(nft.parse(listing(jump)), set(), [], set())
+    assert [c["delete"].get("chain", {}).get("name") for c in swept] == [None, "to-aaaaaaaaaaaa"]  # element, chain
+    assert nft._emptied(nft.parse(listing(goto)), set(), [], set()) == []
+    assert nft._emptied(nft.parse(listing(unreadable)), set(), [], set()) == []
 
 
 def test_a_map_element_changed_by_hand_is_reported_and_repaired(lan: Lan) -> None:

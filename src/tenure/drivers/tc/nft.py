@@ -157,6 +157,8 @@ class Table:
         return {r.comment for r in self.rules if r.comment.startswith(DISPATCH)}
 
     foreign_chains: frozenset[str] = frozenset()  # our chains that hold someone else's rules
+    pointed: frozenset[str] = frozenset()  # chains something else points at (a goto element, a rule's jump)
+    unread: bool = False  # a map element could not be read: what it points at is unknown
 
     def in_chain(self, chain: str) -> list[Found]:
         return [r for r in self.rules if r.chain == chain]
@@ -378,6 +380,8 @@ def parse(listing: str) -> Table:
     chain, chains, rules, foreign = None, [], [], 0
     maps: set[str] = set()
     foreign_chains: set[str] = set()
+    pointed: set[str] = set()
+    unread = False
     elements: dict[tuple[int, str, str], str | None] = {}
     for item in items:
         if not isinstance(item, dict) or "metainfo" in item or "table" in item:
@@ -393,6 +397,10 @@ def parse(listing: str) -> Table:
             rule = item["rule"]
             comment = rule.get("comment")
             name = rule.get("chain")
+            for expr in rule.get("expr") or ():  # a jump or goto from a rule (not a map lookup)
+                for verdict in ("jump", "goto"):
+                    if isinstance(expr, dict) and isinstance(expr.get(verdict), dict):
+                        pointed.add(str(expr[verdict].get("target")))
             ours = name == CHAIN or (isinstance(name, str) and TO_CHAIN.fullmatch(name) is not None)
             if ours and isinstance(comment, str) and comment.startswith("tenure "):
                 packets = octets = 0
@@ -415,14 +423,19 @@ def parse(listing: str) -> Table:
                     device, address = key["concat"]
                     address = str(ipaddress.ip_address(address))  # as this code writes it (::ffff:a00:7)
                 except (KeyError, TypeError, ValueError, IndexError):
+                    unread = True
                     continue
                 jump = verdict.get("jump") if isinstance(verdict, dict) else None
                 target = jump.get("target") if isinstance(jump, dict) else None
+                goto = verdict.get("goto") if isinstance(verdict, dict) else None
+                if isinstance(goto, dict):
+                    pointed.add(str(goto.get("target")))
                 elements[(v, str(device), address)] = str(target) if target is not None else None
         else:  # a set, another map, a flowtable or an object: someone else's, and it keeps the table
             foreign += 1
     return Table(exists=True, chain=chain, chains=tuple(chains), rules=tuple(rules), foreign=foreign,
-                 maps=frozenset(maps), elements=elements, foreign_chains=frozenset(foreign_chains))
+                 maps=frozenset(maps), elements=elements, foreign_chains=frozenset(foreign_chains),
+                 pointed=frozenset(pointed), unread=unread)
 
 
 def _apply(netns: str | None, commands: list[dict[str, Any]], deadline: float | None) -> None:
@@ -503,10 +516,12 @@ def _emptied(table: Table, dropped: set[int], adding: list[Rule],
     ``deleted`` gathers the elements deleted (so that a transaction never deletes one twice)."""
     filling = {r.chain for r in adding}
     candidates = {r.chain for r in table.rules if r.handle in dropped and r.chain != CHAIN}
-    candidates |= {c for c in table.chains if TO_CHAIN.fullmatch(c or "") and not table.in_chain(c)}
+    if not table.foreign and not table.unread:  # (found empty: swept only when nothing unknown may point at them)
+        candidates |= {c for c in table.chains if TO_CHAIN.fullmatch(c or "") and not table.in_chain(c)}
     out: list[dict[str, Any]] = []
     for name in sorted(candidates - filling):
-        if any(r.handle not in dropped for r in table.in_chain(name)) or table.foreign_in(name):
+        if (any(r.handle not in dropped for r in table.in_chain(name)) or table.foreign_in(name)
+                or name in table.pointed):  # (deleting a chain something still points at fails the transaction)
             continue
         for key, target in table.elements.items():
             if target == name and key not in deleted:
@@ -613,4 +628,6 @@ def remove(leg: Leg, deadline: float | None) -> list[str]:
             return [f"deleted nftables table {FAMILY} {TABLE} with the leg's rules (no leg left)"]
         _apply(leg.netns, [{"delete": _ref("rule", chain=r.chain, handle=r.handle)} for r in mine + drop_remarks]
                + emptied, deadline)
-    return [f"deleted nftables rule {r.comment!r}" for r in mine + drop_remarks]
+    return ([f"deleted nftables rule {r.comment!r}" for r in mine + drop_remarks]
+            + [f"deleted the empty nftables chain {c['delete']['chain']['name']}" for c in emptied
+               if "chain" in c["delete"]])
