@@ -82,3 +82,49 @@ class Gate:
 
     def probe(self, params: dict[str, str], ctx: Any) -> int:
         return 0 if self.gate.is_set() else 7
+
+
+class Knob:
+    """An OCF-style handler whose meta-data says which parameters a reload may change (OCF 1.1's ``reloadable``):
+    ``value`` may, ``where`` may not (as a shaper's device). Class-wide record of the calls."""
+
+    calls: list[tuple[str, str, str]] = []  # (action, where, value)
+    lock = threading.Lock()
+    META = """<?xml version="1.0"?>
+<resource-agent name="Knob" version="1.0">
+  <version>1.1</version>
+  <longdesc lang="en">A test knob.</longdesc>
+  <shortdesc lang="en">Knob</shortdesc>
+  <parameters>
+    <parameter name="where" unique="0" required="1" reloadable="0"><content type="string"/></parameter>
+    <parameter name="value" unique="0" required="0" reloadable="1"><content type="string"/></parameter>
+  </parameters>
+  <actions>
+    <action name="start" timeout="10s"/>
+    <action name="stop" timeout="10s"/>
+    <action name="monitor" timeout="10s" interval="0"/>
+    <action name="reload" timeout="10s"/>
+    <action name="meta-data" timeout="5s"/>
+  </actions>
+</resource-agent>
+"""
+
+    def _call(self, action: str, params: dict[str, str]) -> int:
+        with self.lock:
+            self.calls.append((action, params.get("where", ""), params.get("value", "")))
+        return 0
+
+    def meta_data(self) -> str:
+        return self.META
+
+    def start(self, params: dict[str, str], ctx: Any) -> int:
+        return self._call("start", params)
+
+    def reload(self, params: dict[str, str], ctx: Any) -> int:
+        return self._call("reload", params)
+
+    def stop(self, params: dict[str, str], ctx: Any) -> int:
+        return self._call("stop", params)
+
+    def monitor(self, params: dict[str, str], ctx: Any) -> int:
+        return 0

@@ -25,6 +25,7 @@ ITYPES = parse_instance_types({"resources": {
     "fixed": {"driver": "python:tests.agent.handlers:Thing", "properties": {"device": "eth9"}},
     "stuck": {"driver": "exec:sleeper", "timeout": 0.5},
     "gate": {"driver": "python:tests.agent.handlers:Gate", "timeout": "20s"},
+    "knob": {"driver": "python:tests.agent.handlers:Knob", "timeout": "10s"},
 }})
 TYPES = {t.name: t.timeout for t in ITYPES.values()}
 
@@ -296,6 +297,23 @@ def test_a_modify_without_reload_stops_with_the_old_parameters_and_a_failed_stop
             a = wait_for(server, a["id"], lambda b: b is not None and b["observed"] == 3)
             assert a["state"] == "failed" and a["reason"].startswith("modify (stop) failed"), a["reason"]
             assert Gate.calls[-1] == ("delete", "two")  # no create after the failed stop
+
+
+def test_a_change_the_driver_cannot_reload_is_a_stop_with_the_old_parameters_then_a_start(tmp_path: Path) -> None:
+    """OCF 1.1's ``reloadable``: a change of ``value`` (reloadable) is a reload; a change of ``where`` (not) stops
+    what runs where it runs and starts it anew (a shaper moved to another device leaves nothing behind)."""
+    from tests.agent.handlers import Knob
+
+    Knob.calls = []
+    for server in start_server(tmp_path, settings=settings()):
+        for _agent in agent_of(tmp_path, server):
+            k = wait_for(server, create(server, name="k", type="knob", parameters={"where": "a", "value": "1"})["id"],
+                         state_is("active"))
+            server.request("PATCH", "/v1/instances/k", json={"parameters": {"where": "a", "value": "2"}})
+            wait_for(server, k["id"], lambda b: b is not None and b["observed"] == 2 and b["state"] == "active")
+            server.request("PATCH", "/v1/instances/k", json={"parameters": {"where": "b", "value": "2"}})
+            wait_for(server, k["id"], lambda b: b is not None and b["observed"] == 3 and b["state"] == "active")
+            assert Knob.calls == [("start", "a", "1"), ("reload", "a", "2"), ("stop", "a", "2"), ("start", "b", "2")]
 
 
 def test_a_failure_of_the_agents_own_store_does_not_stop_it_following(tmp_path: Path) -> None:

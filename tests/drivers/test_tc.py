@@ -158,6 +158,9 @@ def test_meta_data_declares_parameters_and_actions() -> None:
     assert {p.name for p in meta.parameters} - required == {"src", "protocol", "dst_port", "src_port", "netns", "burst",
                                                             "capacity", "borrow", "dscp", "mark"}
     assert {a.name for a in meta.actions} == {"start", "stop", "monitor", "reload", "meta-data"}
+    # OCF 1.1's reloadable: where the leg lives is not (a move is a stop, then a start); the rest is
+    assert {p.name for p in meta.parameters if not p.reloadable} == {"device", "classid", "netns"}
+    assert meta.reloadable({"rate", "dst", "mark"}) and not meta.reloadable({"rate", "device"})
     assert all(a.timeout for a in meta.actions)
     assert meta.action("monitor").interval == 10.0
 

@@ -481,7 +481,11 @@ class SyncLoop:
             loc.restarts = 0
         loc.applied = gen  # attempted: a failure below is retried at most max_restarts times
         in_doubt = res["state"] == "failed"  # a failed start, stop or monitor: it may still be (half) there
-        reload = running and before != params and "reload" in (self.lrm.actions(res["name"]) or {"reload"})
+        changed = {k for k in set(before) | set(params) if before.get(k) != params.get(k)}
+        # Reload when the driver can apply the change in place; a parameter it marks not reloadable (the device a
+        # shaper is on) needs stop with the old parameters, then start with the new.
+        reload = (running and bool(changed) and "reload" in (self.lrm.actions(res["name"]) or {"reload"})
+                  and self.lrm.reloadable(res["name"], changed))
         if reload:
             action = "reload"
         elif in_doubt or (running and before != params):

@@ -168,6 +168,7 @@ class ParamSpec:
     type: str
     default: str | None
     shortdesc: str
+    reloadable: bool | None = None  # OCF 1.1: a change reload can apply; None when the agent does not say
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,13 @@ class MetaData:
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.parameters if p.name == name), None)
+
+    def reloadable(self, changed: set[str]) -> bool:
+        """Whether a reload may apply a change of ``changed`` parameters: when the agent marks parameters
+        ``reloadable`` (OCF 1.1), only changes of those; when it marks none, any (its reload says)."""
+        if all(p.reloadable is None for p in self.parameters):
+            return True
+        return all((spec := self.param(name)) is not None and bool(spec.reloadable) for name in changed)
 
     def action(self, name: str, interval: float | None = None) -> ActionSpec | None:
         """The first declared action ``name`` (with that interval, if given; undeclared counts as 0)."""
@@ -279,6 +287,7 @@ def parse_meta_data(xml: str) -> MetaData:
             type=(content.get("type") if content is not None else None) or "string",
             default=content.get("default") if content is not None else None,
             shortdesc=_text(p, "shortdesc"),
+            reloadable=_flag(p.get("reloadable")) if p.get("reloadable") is not None else None,
         ))
 
     actions: list[ActionSpec] = []

@@ -223,6 +223,12 @@ class Lrm:
         inst = self._get(ref)
         return inst.driver.actions(self._meta.get(inst.driver_spec))
 
+    def reloadable(self, ref: str, changed: set[str]) -> bool:
+        """Whether the instance's driver says a reload may apply a change of ``changed`` parameters (OCF 1.1's
+        ``reloadable``); True when its meta-data is unknown or marks none (its reload action says)."""
+        meta = self._meta.get(self._get(ref).driver_spec)
+        return meta is None or meta.reloadable(changed)
+
     def _op_view(self, inst: _Inst, op: _Op) -> dict[str, Any]:
         return {"id": op.id, "resource_id": inst.id, "resource": inst.name, "action": op.action,
                 "interval": op.interval, "timeout": op.timeout, "report": op.report, "expect": op.expect,

@@ -32,8 +32,8 @@ Result = int | tuple[int, str]
 
 
 META_DATA = """<?xml version="1.0"?>
-<resource-agent name="Shaper" version="1.0">
-  <version>1.0</version>
+<resource-agent name="Shaper" version="1.1">
+  <version>1.1</version>
   <longdesc lang="en">One bandwidth reservation leg on a host's egress, guaranteed its rate: the device's tree is the
 root qdisc htb 1: default fffe, a parent class 1:1 at the interface's capacity, a default class 1:fffe for all
 unreserved traffic at what the legs leave (up to the capacity), and one class 1:CLASSID per leg at its rate (its
@@ -46,79 +46,79 @@ start that finds everything in place changes nothing. A monitor that finds the l
 marked with its DSCP that left as best effort).</longdesc>
   <shortdesc lang="en">Egress bandwidth shaping with tc (HTB)</shortdesc>
   <parameters>
-    <parameter name="device" unique="0" required="1">
+    <parameter name="device" unique="0" reloadable="0" required="1">
       <longdesc lang="en">Egress network interface.</longdesc>
       <shortdesc lang="en">Egress device</shortdesc>
       <content type="string" />
     </parameter>
-    <parameter name="rate" unique="0" required="1">
+    <parameter name="rate" unique="0" reloadable="1" required="1">
       <longdesc lang="en">Rate in bit/s (layer 2): an integer, or with a suffix K, M or G (10^3, 10^6, 10^9), as
 50M. From 64 to 10^12.</longdesc>
       <shortdesc lang="en">Rate (bit/s)</shortdesc>
       <content type="string" />
     </parameter>
-    <parameter name="classid" unique="1" required="1">
+    <parameter name="classid" unique="1" reloadable="0" required="1">
       <longdesc lang="en">HTB class minor number, 2 to 65533 (decimal), from the agent's local allocator; the class
 is 1:CLASSID (printed in hex by tc).</longdesc>
       <shortdesc lang="en">HTB class minor</shortdesc>
       <content type="integer" />
     </parameter>
-    <parameter name="dst" unique="0" required="1">
+    <parameter name="dst" unique="0" reloadable="1" required="1">
       <longdesc lang="en">Destination address or network (CIDR, host bits zero), IPv4 or IPv6; or one of each,
 IPv4 first, separated by a comma (a dual-stack host).</longdesc>
       <shortdesc lang="en">Destination</shortdesc>
       <content type="string" />
     </parameter>
-    <parameter name="src" unique="0" required="0">
+    <parameter name="src" unique="0" reloadable="1" required="0">
       <longdesc lang="en">Source address or network (CIDR, host bits zero), IPv4 or IPv6, or one of each; matched
 in the family of the destination it shares.</longdesc>
       <shortdesc lang="en">Source</shortdesc>
       <content type="string" />
     </parameter>
-    <parameter name="protocol" unique="0" required="0">
+    <parameter name="protocol" unique="0" reloadable="1" required="0">
       <longdesc lang="en">tcp, udp, icmp or sctp; required with ports (tcp, udp or sctp).</longdesc>
       <shortdesc lang="en">IP protocol</shortdesc>
       <content type="string" />
     </parameter>
-    <parameter name="dst_port" unique="0" required="0">
+    <parameter name="dst_port" unique="0" reloadable="1" required="0">
       <longdesc lang="en">Destination port, 1 to 65535.</longdesc>
       <shortdesc lang="en">Destination port</shortdesc>
       <content type="integer" />
     </parameter>
-    <parameter name="src_port" unique="0" required="0">
+    <parameter name="src_port" unique="0" reloadable="1" required="0">
       <longdesc lang="en">Source port, 1 to 65535.</longdesc>
       <shortdesc lang="en">Source port</shortdesc>
       <content type="integer" />
     </parameter>
-    <parameter name="netns" unique="0" required="0">
+    <parameter name="netns" unique="0" reloadable="0" required="0">
       <longdesc lang="en">Name of a network namespace in /var/run/netns to work in; default: the agent's.</longdesc>
       <shortdesc lang="en">Network namespace</shortdesc>
       <content type="string" />
     </parameter>
-    <parameter name="capacity" unique="0" required="0">
+    <parameter name="capacity" unique="0" reloadable="1" required="0">
       <longdesc lang="en">The interface's capacity in bit/s (as rate): the parent class 1:1's rate, which the legs and
 the default class share. Required when the device has no tree yet; otherwise the tree's is kept unless given.</longdesc>
       <shortdesc lang="en">Interface capacity (bit/s)</shortdesc>
       <content type="string" />
     </parameter>
-    <parameter name="borrow" unique="0" required="0">
+    <parameter name="borrow" unique="0" reloadable="1" required="0">
       <longdesc lang="en">yes: the leg may use idle capacity above its rate (ceil = capacity); no (the default): it is
 held to its rate.</longdesc>
       <shortdesc lang="en">Borrow idle capacity</shortdesc>
       <content type="string" default="no" />
     </parameter>
-    <parameter name="dscp" unique="0" required="0">
+    <parameter name="dscp" unique="0" reloadable="1" required="0">
       <longdesc lang="en">Match only the flow's packets that arrive with this DSCP (0 to 63).</longdesc>
       <shortdesc lang="en">DSCP to match</shortdesc>
       <content type="integer" />
     </parameter>
-    <parameter name="mark" unique="0" required="0">
+    <parameter name="mark" unique="0" reloadable="1" required="0">
       <longdesc lang="en">The DSCP (0 to 63) the flow's packets leave with; other packets leaving this host with it
 are re-marked best effort (0). Without it, packets keep their DSCP.</longdesc>
       <shortdesc lang="en">DSCP to mark with</shortdesc>
       <content type="integer" />
     </parameter>
-    <parameter name="burst" unique="0" required="0">
+    <parameter name="burst" unique="0" reloadable="1" required="0">
       <longdesc lang="en">Burst and cburst in bytes (an integer); default 10 ms at the rate, at least 1600.</longdesc>
       <shortdesc lang="en">Burst (bytes)</shortdesc>
       <content type="integer" />
