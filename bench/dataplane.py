@@ -14,8 +14,11 @@ shows). In each round, side by side in the same run:
    class holds what the legs leave), then the same iperf3 h1 -> h3: unreserved traffic, classified into the
    default class after two map lookups (the legs are all to h2, in h2's chain, which traffic to h3 never enters)
    and the re-mark rules. What it measures is the CPU cost of HTB and the rules per byte, on a path where CPU is
-   the limit. Not measured here: unreserved traffic to a host that has legs (it walks that host's chain) and legs
-   to networks (in the base chain, walked by every packet).
+   the limit;
+3. **same host, N legs**: the same legs, and iperf3 h1 -> h2 on a port none of them matches: unreserved traffic to
+   a host that has legs walks that host's chain (every leg's rule) before it reaches the default class.
+
+Not measured here: legs to networks (in the base chain, walked by every packet).
 
 The rounds alternate the order of the modes; the medians are compared. Goal (issue 15): unreserved throughput
 with the tree in place at least 0.95x no qdisc. (With no reservation active the agent leaves no tree and no table
@@ -78,7 +81,7 @@ def main() -> None:
         sys.exit("bench dataplane needs root, iperf3 and nft (network namespaces)")
     counts = [int(x) for x in args.legs.split(",") if x.strip()]
     report = Report("dataplane", benchkit.machine(measure_fsync=False), vars(args))
-    modes = ["no qdisc"] + [f"tree, {n} legs" for n in counts]
+    modes = ["no qdisc"] + [f"tree, {n} legs" for n in counts] + [f"same host, {n} legs" for n in counts]
     rates: dict[str, list[float]] = {m: [] for m in modes}
     shaper = Shaper()
     with Lan(3) as lan:
@@ -87,11 +90,12 @@ def main() -> None:
         for r in range(args.runs):
             order = modes if r % 2 == 0 else list(reversed(modes))
             for mode in order:
-                n = 0 if mode == "no qdisc" else int(mode.split()[1])
+                n = 0 if mode == "no qdisc" else int(mode.split()[-2])
                 params = legs(h1, h2, n)
                 put(shaper, params)
                 try:
-                    rates[mode].append(iperf3(h1, h3, seconds=args.seconds))
+                    to = h2 if mode.startswith("same host") else h3
+                    rates[mode].append(iperf3(h1, to, seconds=args.seconds, port=5202))
                 finally:
                     clear(shaper, params)
                 print(f"  round {r + 1}/{args.runs} {mode}: {rates[mode][-1] / 1e9:.2f} Gbit/s", flush=True)
@@ -104,10 +108,10 @@ def main() -> None:
     benchkit.print_table("Unreserved throughput h1 -> h3 (iperf3, TCP)", ["mode", "median (Gbit/s)", "runs",
                                                                          "x no qdisc"], rows)
     for n in counts:
-        mode = f"tree, {n} legs"
-        report.goals.append(Goal(f"unreserved throughput with the tree and {n} legs' rules, against no qdisc",
-                                 median(rates[mode]) / base, 0.95, "x",
-                                 detail=f"{fmt(median(rates[mode]) / 1e9)} vs {fmt(base / 1e9)} Gbit/s"))
+        for mode, what in ((f"tree, {n} legs", "to another host"), (f"same host, {n} legs", "to the legs' host")):
+            report.goals.append(Goal(f"unreserved throughput {what} with the tree and {n} legs' rules, against no "
+                                     f"qdisc", median(rates[mode]) / base, 0.95, "x",
+                                     detail=f"{fmt(median(rates[mode]) / 1e9)} vs {fmt(base / 1e9)} Gbit/s"))
     benchkit.finish(report)
 
 
