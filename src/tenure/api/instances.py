@@ -120,9 +120,7 @@ def instance_observed(iid: str, rt: RT, who: Auth) -> dict[str, Any]:
     """What the instance's agent last saw on the wire (its last good monitor's outputs, from a heartbeat; the
     leader has them): ``observed_at`` null and ``observed`` empty if nothing yet."""
     inst = rt.instances.get(iid, principal=who)
-    observed = rt.instances.observation(inst.id)
-    return {"instance": inst.id, "host": inst.host, "state": inst.state,
-            "observed_at": observed["at"] if observed else None, "observed": observed["values"] if observed else {}}
+    return {"instance": inst.id, "host": inst.host, "state": inst.state, **rt.instances.observed(inst.id)}
 
 
 @router.patch("/instances/{iid}", tags=["instances"])

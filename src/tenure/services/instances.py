@@ -715,14 +715,15 @@ class InstanceService:
                         self._observed_by_host.get(h, set()).discard(iid)
         return kept
 
-    def observation(self, iid: str) -> dict[str, Any] | None:
-        """``{"at", "values"}``: the last observation of an instance still on the host that made it, or None."""
+    def observed(self, iid: str) -> dict[str, Any]:
+        """``{"observed_at", "observed"}``: the last observation of an instance still on the host that made it
+        (``observed_at`` None and ``observed`` empty if there is none)."""
         with self._observed_lock:
             found = self._observed.get(iid)
         inst = self._views.get(iid)
         if found is None or inst is None or inst.host != found[0]:
-            return None
-        return {"at": found[1], "values": dict(found[2])}
+            return {"observed_at": None, "observed": {}}
+        return {"observed_at": found[1], "observed": dict(found[2])}
 
     def wire_of(self, owner: str, *, principal: Principal = ADMIN) -> list[dict[str, Any]]:
         """The instances of ``owner`` (``reservation:<id>``) that ``principal`` may see, each with its part, state
@@ -731,11 +732,9 @@ class InstanceService:
         for inst in sorted((i for i in list(self._views.values()) if i.owner is not None
                             and i.owner.partition("/")[0] == owner and may_see(principal, i)),
                            key=lambda i: i.owner or ""):
-            observed = self.observation(inst.id)
             legs.append({"leg": (inst.owner or "").partition("/")[2], "instance": inst.id, "host": inst.host,
                          "state": inst.state, "reason": inst.reason, "outputs": dict(inst.outputs),
-                         "observed_at": observed["at"] if observed else None,
-                         "observed": observed["values"] if observed else {}})
+                         **self.observed(inst.id)})
         return legs
 
     def get(self, iid: str, *, principal: Principal = ADMIN) -> Instance:

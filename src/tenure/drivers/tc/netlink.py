@@ -25,6 +25,18 @@ class Absent(Exception):
     """The namespace or the device is not there (now)."""
 
 
+@contextmanager
+def held(lock: threading.Lock, deadline: float | None, what: str) -> Iterator[None]:
+    """``lock``, waited for until ``deadline`` (monotonic; None: for ever); TimeoutError naming ``what`` if not."""
+    left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
+    if not lock.acquire(timeout=left):
+        raise TimeoutError(f"another operation held {what} past this one's deadline")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 # --- netlink, by hand -----------------------------------------------------------------------
 #
 # Reads and deletes are rtnetlink requests made and parsed here, a handful of

@@ -59,12 +59,19 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenure.drivers.tc.netlink import NETLINK_NETFILTER, NETNS_DIR, NFTABLES_GROUPS, Absent, Sockets, _netns_ident
+from tenure.drivers.tc.netlink import (
+    NETLINK_NETFILTER,
+    NETNS_DIR,
+    NFTABLES_GROUPS,
+    Absent,
+    Sockets,
+    _netns_ident,
+    held,
+)
 from tenure.drivers.tc.params import Leg, Network
 from tenure.drivers.tc.wire import Flight
 
@@ -145,6 +152,9 @@ class Table:
     maps: frozenset[str] = frozenset()
     elements: dict[tuple[int, str, str], str | None] = field(default_factory=dict)  # key -> the chain it jumps
     # to (None: another verdict, someone else's doing)
+    foreign_chains: frozenset[str] = frozenset()  # our chains that hold someone else's rules
+    pointed: frozenset[str] = frozenset()  # chains something else points at (a goto element, a rule's jump)
+    unread: bool = False  # a map element could not be read: what it points at is unknown
 
     def of(self, leg: Leg) -> list[Found]:
         p = prefix(leg)
@@ -156,15 +166,8 @@ class Table:
     def dispatch(self) -> set[str]:
         return {r.comment for r in self.rules if r.comment.startswith(DISPATCH)}
 
-    foreign_chains: frozenset[str] = frozenset()  # our chains that hold someone else's rules
-    pointed: frozenset[str] = frozenset()  # chains something else points at (a goto element, a rule's jump)
-    unread: bool = False  # a map element could not be read: what it points at is unknown
-
     def in_chain(self, chain: str) -> list[Found]:
         return [r for r in self.rules if r.chain == chain]
-
-    def foreign_in(self, chain: str) -> bool:
-        return chain in self.foreign_chains
 
 
 def prefix(leg: Leg) -> str:
@@ -455,17 +458,11 @@ _FLIGHTS: dict[str, tuple[tuple[int, int] | None, Flight[Table]]] = {}
 _WATCHES = Sockets(NETLINK_NETFILTER, NFTABLES_GROUPS)
 
 
-@contextmanager
-def _locked(netns: str | None, deadline: float | None) -> Iterator[None]:
+def _locked(netns: str | None, deadline: float | None) -> AbstractContextManager[None]:
+    """The namespace's table's lock, waited for until the operation's deadline."""
     with _GUARD:
         lock = _LOCKS.setdefault(netns or "", threading.Lock())
-    left = -1 if deadline is None else max(deadline - time.monotonic(), 0)
-    if not lock.acquire(timeout=left):
-        raise TimeoutError("another operation held the namespace's nftables table too long")
-    try:
-        yield
-    finally:
-        lock.release()
+    return held(lock, deadline, f"the nftables table of {netns or 'the host namespace'}")
 
 
 def reading(netns: str | None, deadline: float | None, *, fresh: bool) -> Table:
@@ -520,7 +517,7 @@ def _emptied(table: Table, dropped: set[int], adding: list[Rule],
         candidates |= {c for c in table.chains if TO_CHAIN.fullmatch(c or "") and not table.in_chain(c)}
     out: list[dict[str, Any]] = []
     for name in sorted(candidates - filling):
-        if (any(r.handle not in dropped for r in table.in_chain(name)) or table.foreign_in(name)
+        if (any(r.handle not in dropped for r in table.in_chain(name)) or name in table.foreign_chains
                 or name in table.pointed):  # (deleting a chain something still points at fails the transaction)
             continue
         for key, target in table.elements.items():

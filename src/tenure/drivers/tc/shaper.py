@@ -15,7 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tenure.domain.units import format_rate
 from tenure.drivers.tc import nft
-from tenure.drivers.tc.netlink import Absent, Netlink, Sockets
+from tenure.drivers.tc.netlink import Absent, Netlink, Sockets, held
 from tenure.drivers.tc.nft import NftError
 from tenure.drivers.tc.params import DEFAULT_HANDLE, PARENT_HANDLE, Invalid, Leg, parse_params
 from tenure.drivers.tc.wire import MIN_RATE_BYTES, OLD_LAYOUT, Flight, U32Node, View, Wire, read_view
@@ -153,17 +153,9 @@ def _device_lock(leg: Leg) -> threading.Lock:
         return _LOCKS.setdefault((leg.netns or "", leg.device), threading.Lock())
 
 
-@contextmanager
-def _held(leg: Leg, deadline: float | None) -> Iterator[None]:
+def _held(leg: Leg, deadline: float | None) -> contextlib.AbstractContextManager[None]:
     """The device's lock, waited for until the operation's deadline."""
-    lock = _device_lock(leg)
-    left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
-    if not lock.acquire(timeout=left):
-        raise TimeoutError(f"another operation on {leg.where} held it past this one's deadline")
-    try:
-        yield
-    finally:
-        lock.release()
+    return held(_device_lock(leg), deadline, f"device {leg.where}")
 
 
 def _flight(leg: Leg, nl: Netlink) -> Flight[View]:
@@ -221,12 +213,8 @@ class Shaper:
                 result = self._ensure(wire, ctx, deadline)
         except Absent as exc:
             return OCF_ERR_GENERIC, f"{exc}; cannot shape on it"
-        except NftError as exc:
-            return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
-        except TimeoutError as exc:
-            return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
-        except (NetlinkError, OSError) as exc:
-            return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
+        except (NftError, NetlinkError, OSError) as exc:
+            return _failed(leg, exc)
         if result == OCF_SUCCESS and hasattr(ctx, "set_output"):
             ctx.set_output("classid", leg.classid_text)
         return result
@@ -336,12 +324,8 @@ class Shaper:
                     ctx.set_output(key, value)
         except Absent:
             return OCF_NOT_RUNNING
-        except NftError as exc:
-            return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
-        except TimeoutError as exc:
-            return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
-        except (NetlinkError, OSError) as exc:
-            return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
+        except (NftError, NetlinkError, OSError) as exc:
+            return _failed(leg, exc)
         return OCF_SUCCESS
 
     def stop(self, params: dict[str, str], ctx: HandlerContext) -> Result:
@@ -395,17 +379,11 @@ class Shaper:
                         ctx.log(f"{change} in {where}")
             except Absent:
                 pass
-            except NftError as exc:
-                return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
-            except TimeoutError as exc:
-                return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
+            except (NftError, OSError) as exc:
+                return _failed(leg, exc)
             return OCF_SUCCESS
-        except NftError as exc:
-            return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
-        except TimeoutError as exc:
-            return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
-        except (NetlinkError, OSError) as exc:
-            return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
+        except (NftError, NetlinkError, OSError) as exc:
+            return _failed(leg, exc)
         return OCF_SUCCESS
 
     @staticmethod
@@ -425,6 +403,15 @@ def _absent_ok(fn: Any, *args: Any, gone: tuple[int, ...] = (errno.ENOENT,)) -> 
 
 def _bits(rate_bytes: int) -> str:
     return f"{format_rate(rate_bytes * 8)}bit/s"
+
+
+def _failed(leg: Leg, exc: BaseException) -> Result:
+    """OCF_ERR_GENERIC with what failed: nftables, the deadline, or tc (netlink, a socket)."""
+    if isinstance(exc, NftError):
+        return OCF_ERR_GENERIC, f"nftables for {leg.where}: {exc}"
+    if isinstance(exc, TimeoutError):
+        return OCF_ERR_GENERIC, f"{leg.where}: timed out: {exc}"
+    return OCF_ERR_GENERIC, f"tc on {leg.where}: {_error(exc)}"
 
 
 def _error(exc: BaseException) -> str:
