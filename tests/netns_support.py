@@ -364,6 +364,23 @@ def dscp_counts(host: Host) -> dict[str, int]:
     return out
 
 
+def forwarded(host: Host, src: Host, dst: Host) -> None:
+    """Count, in ``host``'s forward hook, the TCP packets from ``src`` to ``dst`` by destination port (5201, 5202):
+    an nftables table ``inet count`` read by :func:`dscp_counts` (packets: as forwarded, after GRO) or by bytes."""
+    host.nft("table inet count {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n"
+             + "".join(f'    ip saddr {src.address} ip daddr {dst.address} tcp dport {port} counter comment '
+                       f'"fwd {port}"\n' for port in (5201, 5202)) + "  }\n}\n")
+
+
+def routing(host: Host) -> tuple[str, ...]:
+    """The host's ip rules and every routing table's routes, both families, as ``ip`` prints them (less the IPv6
+    link-local addresses, which come when the kernel gets round to them)."""
+    v6 = "".join(line for line in host.run("ip", "-6", "route", "show", "table", "all").stdout.splitlines(True)
+                 if "fe80:" not in line)
+    return host.run("ip", "rule").stdout, host.run("ip", "-6", "rule").stdout, host.run(
+        "ip", "-4", "route", "show", "table", "all").stdout, v6
+
+
 RTMGRP_TC = 0x8  # the netlink multicast group of TC changes
 
 

@@ -10,6 +10,7 @@ same flow unshaped well above.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import errno
 import ipaddress
 import json
@@ -35,11 +36,13 @@ from tests.netns_support import (
     TcEvents,
     count_dscp,
     dscp_counts,
+    forwarded,
     iperf3,
     netns_names,
     require_iperf3,
     side_by_side,
     require_netns,
+    routing,
     run,
 )
 
@@ -90,14 +93,15 @@ def nodes(host: Host) -> list[dict]:
 
 def rules(host: Host, kind: str = "leg") -> dict[str, dict]:
     """Tenure's nftables rules in ``host``, in chain order: the legs' by "DEVICE CLASSID FAMILY", or (``kind``
-    "remark") the re-mark rules by "FAMILY MARK"; each with its expressions as nft lists them and its handle."""
+    "remark") the re-mark rules by "FAMILY MARK", or (``kind`` "steer") the steering rules by "DEVICE CLASSID FAMILY
+    CHAIN"; each with its expressions as nft lists them and its handle."""
     out = {}
     for r in host.nft_rules():
         words = r["comment"].split()
         if kind == "remark" and words[1] == "remark":
             out[f"{words[2]} {words[3]}"] = r
-        elif kind == "leg" and words[1] not in ("remark", "dispatch"):
-            out[" ".join(words[1:4])] = r
+        elif words[1] not in ("remark", "dispatch") and words[4] == kind:  # "leg" or "steer"
+            out[" ".join(words[1:4]) + (f" {r['chain']}" if kind == "steer" else "")] = r
     return out
 
 
@@ -156,10 +160,11 @@ def test_meta_data_declares_parameters_and_actions() -> None:
     required = {p.name for p in meta.parameters if p.required}
     assert required == {"device", "rate", "classid", "dst"}
     assert {p.name for p in meta.parameters} - required == {"src", "protocol", "dst_port", "src_port", "netns", "burst",
-                                                            "capacity", "borrow", "dscp", "mark"}
+                                                            "capacity", "borrow", "dscp", "mark", "via", "forward"}
     assert {a.name for a in meta.actions} == {"start", "stop", "monitor", "reload", "meta-data"}
-    # OCF 1.1's reloadable: where the leg lives is not (a move is a stop, then a start); the rest is
-    assert {p.name for p in meta.parameters if not p.reloadable} == {"device", "classid", "netns"}
+    # OCF 1.1's reloadable: where the leg lives and how it is steered are not (a change is a stop, then a start, so
+    # the stop takes the old routing with it); the rest is
+    assert {p.name for p in meta.parameters if not p.reloadable} == {"device", "classid", "netns", "via", "forward"}
     assert meta.reloadable({"rate", "dst", "mark"}) and not meta.reloadable({"rate", "device"})
     assert all(a.timeout for a in meta.actions)
     assert meta.action("monitor").interval == 10.0
@@ -595,6 +600,82 @@ def test_the_guarantee_holds_over_ipv6_on_a_dual_stack_host() -> None:
 
 
 # --- monitor, reload, stop ----------------------------------------------------------------------
+
+
+def test_a_steered_flow_goes_through_the_middlebox_at_its_rate_and_nothing_else_does(lan: Lan) -> None:
+    """Steering h1 -> h2 (the middlebox) -> h3: h1's leg (via h2) routes the flow (TCP to port 5201) to h2, whose
+    leg (forward) sends it on to h3; both shape it. Counted in h2's forward hook (nftables, an independent judge):
+    the flow passes h2 and arrives at h3 at the leg's rate; a flow to another port goes straight to h3, unshaped.
+    A restart's starts change nothing; the stops take every rule, route and class away, and nothing else."""
+    require_iperf3()
+    h1, h2, h3 = lan.hosts
+    h2.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    forwarded(h2, h1, h3)
+    base = {"protocol": "tcp", "dst_port": "5201", "src": h1.address, "rate": "20M"}
+    first, second = leg(h1, h3, via=h2.address, **base), leg(h2, h3, forward="yes", classid="9", **base)
+    before = {h: routing(h) for h in (h1, h2)}
+    shaper = Shaper()
+    c1, c2 = ctx(), ctx()
+    assert shaper.start(first, c1) == 0
+    assert shaper.start(second, c2) == 0
+    mark = 0x54450005
+    assert f"fwmark {mark:#x} lookup {mark}" in h1.run("ip", "rule").stdout
+    assert h1.run("ip", "route", "show", "table", str(mark)).stdout.split()[:5] == [
+        h3.address, "via", h2.address, "dev", h1.ifname]
+    assert sorted(rules(h1, "steer")) == [f"{h1.ifname} 1:5 ip steer-in", f"{h1.ifname} 1:5 ip steer-out"]
+    assert h2.run("ip", "rule").stdout == before[h2][0]  # the last segment: no routing of its own
+
+    steered = iperf3(h1, h3, seconds=2, port=5201)
+    other = iperf3(h1, h3, seconds=1, port=5202)
+    counts = dscp_counts(h2)
+    print(f"steered {steered / 1e6:.1f} Mbit/s, other port {other / 1e6:.0f} Mbit/s, through h2: {counts}")
+    assert 17e6 <= steered <= 22e6
+    through = {r["comment"]: next(e["counter"]["bytes"] for e in r["expr"] if "counter" in e)
+               for r in h2.nft_rules("count")}
+    assert through["fwd 5201"] >= 0.9 * steered * 2 / 8 and counts["fwd 5202"] == through["fwd 5202"] == 0
+    assert other > UNSHAPED
+    assert h2.tc_classes()["1:9"]["sent_bytes"] > 0 and h1.tc_classes()["1:5"]["sent_bytes"] > 0
+    m = ctx()
+    assert shaper.monitor(first, m) == 0 and int(m.outputs["steered_packets"]) > 100
+    assert int(m.outputs["steered_bytes"]) >= through["fwd 5201"]
+    assert shaper.monitor(second, ctx()) == 0
+
+    wire = {h: (layout(h), [(r["handle"], r["comment"]) for r in h.nft_rules()], routing(h)) for h in (h1, h2)}
+    assert shaper.start(first, ctx()) == 0 and shaper.start(second, ctx()) == 0  # as after an agent restart
+    assert {h: (layout(h), [(r["handle"], r["comment"]) for r in h.nft_rules()], routing(h)) for h in (h1, h2)} == wire
+
+    h1.run("ip", "rule", "del", "fwmark", hex(mark))  # drift: reported, and a start repairs it
+    rc, why = shaper.monitor(first, ctx())
+    assert rc == 1 and "ip rule" in why, why
+    assert shaper.start(first, ctx()) == 0 and shaper.monitor(first, ctx()) == 0
+
+    assert shaper.stop(first, ctx()) == 0 and shaper.stop(second, ctx()) == 0
+    for h in (h1, h2):
+        assert routing(h) == before[h], "".join(difflib.unified_diff(
+            "".join(before[h]).splitlines(True), "".join(routing(h)).splitlines(True)))
+    assert h1.nft_rules() == [] and h2.nft_rules() == []
+    assert root(h1)["kind"] == root(h2)["kind"] == "noqueue"
+    assert shaper.stop(first, ctx()) == 0  # stopped is stopped
+
+
+def test_a_middlebox_that_does_not_forward_says_so(lan: Lan) -> None:
+    h1, h2, h3 = lan.hosts
+    params = leg(h2, h3, forward="yes", src=h1.address)
+    rc, why = Shaper().start(params, ctx())
+    assert rc == 1 and "forwarding is off" in why and "net.ipv4.conf" in why, why
+    assert h2.tc_classes() == {} and h2.nft_rules() == []  # refused before anything changed
+    assert Shaper().monitor(params, ctx()) == 7
+
+
+def test_a_steered_leg_needs_a_source_and_a_next_hop_of_each_family() -> None:
+    base = {"device": "eth0", "rate": "1M", "classid": "5", "dst": "10.0.0.3"}
+    for bad, why in (({"via": "10.0.0.2"}, "needs src"), ({"forward": "yes"}, "needs src"),
+                     ({"via": "10.0.0.0/24", "src": "10.0.0.1"}, "not networks"),
+                     ({"via": "fd00::2", "src": "10.0.0.1"}, "no next hop"),
+                     ({"forward": "maybe", "src": "10.0.0.1"}, "yes or no")):
+        with pytest.raises(ValueError, match=why):
+            parse_params({**base, **bad})
+    assert parse_params({**base, "via": "10.0.0.2", "src": "10.0.0.1"}).steer_mark == 0x54450005
 
 
 def test_monitor_reports_running_absent_and_drift_and_reload_repairs_in_place(lan: Lan) -> None:

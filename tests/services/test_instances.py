@@ -506,6 +506,42 @@ def test_addresses_and_interfaces_come_from_the_agents_when_the_topology_has_non
     assert out.state == "failed" and "different families" in out.reason
 
 
+def test_a_steering_reservation_shapes_every_segment_and_routes_each_to_the_next_stop(
+        rt: Runtime, clock: FakeClock) -> None:
+    """h1 -> fw1 -> fw2 -> h2: a shaper on each segment's source (middleboxes too), each matching the flow end to end
+    (h1's address to h2's), leaving by the interface toward the next stop and routed to it (``via``; the last
+    segment has none, the main table reaches h2), forwarded on the middleboxes; a flow family without a next hop is
+    not steered, and a middlebox without a reachable address fails the segment that leads to it, saying so."""
+    topo = {"nodes": [{"id": n, "kind": "host" if n[0] == "h" else "middlebox"} for n in ("h1", "h2", "fw1", "fw2")]
+            + [{"id": "s1", "kind": "switch"}],
+            "links": [{"id": f"{n}-s1", "a": n, "b": "s1", "capacity": "1G"} for n in ("h1", "h2", "fw1", "fw2")]}
+    register_with(rt, "h1", network(("eth0", ["10.5.0.1/24", "fd00:5::1/64"]), default="eth0"))
+    register_with(rt, "h2", network(("eth0", ["10.5.0.2/24", "fd00:5::2/64"]), default="eth0"))
+    register_with(rt, "fw1", network(("eth0", ["10.5.0.11/24", "fd00:5::11/64"]), default="eth0"))
+    register_with(rt, "fw2", network(("mgmt", ["192.168.0.12/24"]), ("eth1", ["10.5.0.12/24"]), default="mgmt"))
+    rt.run(rt.topology.set_topology_op(Topology.parse(topo)))
+    body = {"kind": "steering", "src": "h1", "dst": "h2", "via": ["fw1", "fw2"], "rate": "5M", "start": "now",
+            "end": at(clock, minutes=5), "protocol": "tcp", "dst_port": 5201}
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(body)))
+    s = shapers(rt, res.id)
+    assert {leg: (i.host, i.state) for leg, i in s.items()} == {
+        "seg0": ("h1", "provisioning"), "seg1": ("fw1", "provisioning"), "seg2": ("fw2", "provisioning")}
+    pick = ("dst", "src", "device", "via", "forward", "protocol", "dst_port", "rate")
+    assert {k: s["seg0"].resolved.get(k) for k in pick} == {
+        "dst": "10.5.0.2", "src": "10.5.0.1", "device": "eth0", "via": "10.5.0.11", "forward": None,
+        "protocol": "tcp", "dst_port": "5201", "rate": "5000000"}  # fw2 has no IPv6: no segment steers that family
+    assert {k: s["seg1"].resolved.get(k) for k in pick} == {
+        "dst": "10.5.0.2", "src": "10.5.0.1", "device": "eth0", "via": "10.5.0.12", "forward": "yes",
+        "protocol": "tcp", "dst_port": "5201", "rate": "5000000"}
+    assert {k: s["seg2"].resolved.get(k) for k in pick} == {
+        "dst": "10.5.0.2", "src": "10.5.0.1", "device": "eth1", "via": None, "forward": "yes",
+        "protocol": "tcp", "dst_port": "5201", "rate": "5000000"}  # the last stop: the main table reaches h2
+
+    register_with(rt, "fw2", network(("mgmt", ["192.168.0.12/24"]), default="mgmt"))  # fw2 left the flow's network
+    s = shapers(rt, res.id)
+    assert all(i.state == "failed" and "'fw2'" in i.reason for i in s.values()), {k: i.reason for k, i in s.items()}
+
+
 def test_shapers_follow_a_topology_change_and_a_restart_writes_nothing_new(
         db_url: str, rt: Runtime, clock: FakeClock) -> None:
     """A kept reservation's shapers follow a new link capacity (and any label) of a topology change; a server

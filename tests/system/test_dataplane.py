@@ -46,10 +46,12 @@ from tests.netns_support import (
     TcEvents,
     count_dscp,
     dscp_counts,
+    forwarded,
     iperf3,
     netns_names,
     require_iperf3,
     require_netns,
+    routing,
     side_by_side,
 )
 from tests.system.dataplane_support import Daemon, group_alive, start_cluster, tc_layout, wait_until
@@ -299,5 +301,86 @@ def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_pat
             for d in reversed(daemons):
                 d.stop()
             print("\niperf3: " + ", ".join(f"{k} {v / 1e6:.1f} Mbit/s" for k, v in rates.items()))
+        for d in daemons:
+            assert not group_alive(d.pid), f"{d.name} left processes behind"
+
+
+def wire_state(host: Host) -> tuple[Any, ...]:
+    """What a restart must not change on ``host``: tc, the nftables rules (handles), the ip rules and routes."""
+    return tc_layout(host), [(r["handle"], r["comment"]) for r in host.nft_rules()], routing(host)
+
+
+@pytest.mark.system
+def test_a_steered_flow_passes_the_middlebox_at_its_rate_across_agent_kill_9s(tmp_path: Path) -> None:
+    """End to end, on a topology without labels: a steering reservation h1 -> h2 (a middlebox, forwarding) -> h3
+    for TCP to port 5201 at 20 Mbit/s. h1's agent shapes the first segment and routes the flow to h2; h2's agent
+    shapes the second. Counted in h2's forward hook (nftables): the flow passes h2 and arrives at h3 at its rate;
+    a flow to another port goes straight to h3, unshaped. Both agents killed with SIGKILL and started again change
+    nothing on the wire (tc, nftables, ip rules and routes) and run no operation. Cancelled, everything the
+    reservation put on the wire is gone, and nothing else."""
+    require_netns()
+    require_iperf3()
+    daemons: list[Daemon] = []
+    rates: dict[str, float] = {}
+
+    def logs() -> str:
+        return "".join(f"\n----- {d.name} log (tail) -----\n{d.tail()}" for d in daemons)
+
+    with Lan(3) as lan, contextlib.ExitStack() as cleanup:
+        h1, h2, h3 = lan.hosts
+        try:
+            h2.run("sysctl", "-qw", "net.ipv4.ip_forward=1")  # a middlebox forwards (the operator's choice)
+            forwarded(h2, h1, h3)
+            before = {h.name: (routing(h), h.nft_rules()) for h in (h1, h2)}
+            admin, agents = start_cluster(tmp_path, lan.hosts, daemons, cleanup, logs)
+            admin.put_topology({"nodes": [{"id": h.name, "kind": "middlebox" if h is h2 else "host"}
+                                          for h in lan.hosts] + [{"id": "s1", "kind": "switch"}],
+                                "links": [{"id": f"{h.name}-s1", "a": h.name, "b": "s1", "capacity": "1G"}
+                                          for h in lan.hosts]})
+            rid = admin.reserve(kind="steering", src="h1", dst="h3", via=["h2"], rate="20M", protocol="tcp",
+                                dst_port=5201, start="now", end="+120s")["id"]
+
+            def both_active() -> dict[str, dict[str, Any]] | None:
+                mine = {i["owner"].partition("/")[2]: i for i in shapers(admin, rid)}
+                return mine if len(mine) == 2 and all(i["state"] == "active" for i in mine.values()) else None
+
+            legs = wait_until(both_active, timeout=WAIT, what="both segments' shapers active", context=logs)
+            assert (legs["seg0"]["host"], legs["seg1"]["host"]) == ("h1", "h2"), f"{legs}{logs()}"
+            assert legs["seg0"]["parameters"]["via"] == h2.address, f"{legs}{logs()}"
+
+            rates["steered"] = iperf3(h1, h3, seconds=IPERF_SECONDS, port=5201)
+            rates["other port"] = iperf3(h1, h3, seconds=1, port=5202)
+            through = {r["comment"]: next(e["counter"]["bytes"] for e in r["expr"] if "counter" in e)
+                       for r in h2.nft_rules("count")}
+            assert 17e6 <= rates["steered"] <= 22e6, logs()
+            assert through["fwd 5201"] >= 0.9 * rates["steered"] * IPERF_SECONDS / 8, f"{through}{logs()}"
+            assert through["fwd 5202"] == 0 and rates["other port"] > UNSHAPED, f"{through}{logs()}"
+            for h, leg in ((h1, "seg0"), (h2, "seg1")):  # each segment shaped at its source
+                classid = legs[leg]["outputs"]["classid"]
+                cls = h.tc_classes()[classid]
+                assert cls["rate"] == 20_000_000 and cls["sent_bytes"] > 0, f"{h.name} {cls}{logs()}"
+
+            wire = {h.name: wire_state(h) for h in (h1, h2)}
+            for h in (h1, h2):
+                agent = agents[h.name]
+                agent.kill9()
+                agent.start()
+                healthy = agent.wait_healthy(lambda b: b["sync"]["registered"] and b["sync"]["synced"]
+                                             and b["sync"]["converged"], what="converged after the restart",
+                                             context=logs)
+                assert healthy["sync"]["operations"] == 0, f"{h.name} ran operations: {healthy}{logs()}"
+            assert {h.name: wire_state(h) for h in (h1, h2)} == wire, f"the restarts changed the wire{logs()}"
+            rates["after restarts"] = iperf3(h1, h3, seconds=IPERF_SECONDS, port=5201)
+            assert 17e6 <= rates["after restarts"] <= 22e6, logs()
+
+            admin.cancel_reservation(rid)
+            wait_until(lambda: all(root_qdisc(h)["kind"] in ROOT_KINDS for h in (h1, h2)), timeout=WAIT,
+                       what="the trees gone", context=logs)
+            wait_until(lambda: {h.name: (routing(h), h.nft_rules()) for h in (h1, h2)} == before, timeout=WAIT,
+                       what="the rules and routes gone", context=logs)
+        finally:
+            for d in reversed(daemons):
+                d.stop()
+            print("\niperf3 h1 -> h3 through h2: " + ", ".join(f"{k} {v / 1e6:.1f} Mbit/s" for k, v in rates.items()))
         for d in daemons:
             assert not group_alive(d.pid), f"{d.name} left processes behind"

@@ -16,6 +16,10 @@ reservation's ``burst`` (``cap`` or ``borrow``) says whether a leg may use
 idle capacity above its rate. Each leg carries the reservation's ``mark`` (the DSCP its packets leave with) and
 its ``dscp`` match.
 
+A steering reservation's legs are its segments (source -> middlebox -> ... -> destination), each shaped at its
+source, a middlebox included (its agent runs the shaper); each matches the flow end to end, and a segment ending
+at a middlebox routes the flow to it (``via``; :func:`_steered`).
+
 The flow is matched by the endpoints' addresses, read from the topology's
 node labels: ``address`` (required on the destination, used on the source
 when present) and ``interface`` (the source host's egress device). A node
@@ -163,6 +167,48 @@ def _within(peer: ipaddress.IPv4Network | ipaddress.IPv6Network, mine: Address) 
     return False
 
 
+def _steered(res: Reservation, here: str, there: str, topology: Topology,
+             network: Network) -> tuple[list[str], str | None, list[str], str | None, dict[str, str]]:
+    """A steering segment from ``here`` to ``there``: (the flow's dst addresses, ``here``'s interface toward
+    ``there``, the flow's src addresses, why none, and the steering parameters). The flow is the reservation's, end to
+    end (its source's addresses to its destination's), whichever segment, in the families in which every middlebox
+    can be reached from the stop before it (a family one stop could not route on would go straight to the
+    destination from there); the segment adds where it leaves ``here`` and, unless ``there`` is the destination, the
+    next hop it is routed to (``via``, one address per family); a middlebox forwards it (``forward``)."""
+    nodes = topology.nodes
+    dst_addrs, _, src_addrs, why = endpoints(nodes[res.src], nodes[res.dst], topology, network)
+    _, device, _, _ = endpoints(nodes[here], nodes[there], topology, network)
+    more = {"forward": "yes"} if here != res.src else {}
+    if why is None and not src_addrs:
+        why = f"node {res.src!r} has no address its agent reported or its labels name: its flow cannot be steered"
+    if why is None:  # the families every middlebox can be reached in, each from the stop before it
+        stops = (res.src, *res.via, res.dst)
+        families = {4, 6}
+        for a, b in zip(stops[:-2], stops[1:-1], strict=True):
+            families &= {_version(r) for r in _next_hops(a, b, topology, network)}
+            if not families:
+                why = (f"middlebox {b!r} has no address of the flow's family on a network {a!r} has an interface in: "
+                       f"the flow cannot be steered to it")
+                break
+        dst_addrs = [d for d in dst_addrs if _version(d) in families]
+        src_addrs = [d for d in src_addrs if _version(d) in families]
+    if why is None and there != res.dst:
+        by_family = {_version(a): a for a in _next_hops(here, there, topology, network)}
+        more["via"] = ",".join(by_family[_version(a)] for a in dst_addrs)
+    return (dst_addrs if why is None else []), device, src_addrs, why, more
+
+
+def _next_hops(here: str, there: str, topology: Topology, network: Network) -> list[str]:
+    """``there``'s addresses (at most one per family) that ``here`` can route to as a next hop: on a network of its
+    interface toward ``there`` (when its agent reported its networks; a labelled address is taken as it is)."""
+    nodes = topology.nodes
+    reached, device, _, _ = endpoints(nodes[here], nodes[there], topology, network)
+    mine = [s for name, s in _reported(network(here), _labelled(topology), here) if device in (None, name)]
+    if not mine:
+        return reached
+    return [r for r in reached if any(ipaddress.ip_address(r) in s.network for s in mine)]
+
+
 def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_network) -> dict[str, dict[str, Any]]:
     """Leg name -> the shaper instance spec, for an active reservation; {} otherwise. Addresses and interfaces
     come from the topology's labels, else from what the hosts' agents reported (``network``)."""
@@ -171,14 +217,18 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
     out: dict[str, dict[str, Any]] = {}
     for leg in res.legs:
         src, dst = topology.nodes.get(leg.src), topology.nodes.get(leg.dst)
-        if leg.rate <= 0 or src is None or dst is None or src.kind != "host":
+        if leg.rate <= 0 or src is None or dst is None or src.kind not in ("host", "middlebox"):
             continue
         params: dict[str, Any] = {"rate": leg.rate, "borrow": "yes" if res.burst == "borrow" else "no"}
         first = topology.links.get(leg.hops[0][0]) if leg.hops else None
         if first is not None:  # the source host's link: the capacity its interface's tree shares out
             params["capacity"] = min(first.capacity(leg.hops[0][1]), MAX_SHAPED)
         failed = None
-        dst_addresses, device, src_addresses, why = endpoints(src, dst, topology, network)
+        if res.kind == "steering":
+            dst_addresses, device, src_addresses, why, more = _steered(res, leg.src, leg.dst, topology, network)
+            params.update(more)
+        else:
+            dst_addresses, device, src_addresses, why = endpoints(src, dst, topology, network)
         if dst_addresses:
             params["dst"] = ",".join(dst_addresses)
         else:

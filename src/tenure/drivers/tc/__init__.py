@@ -35,6 +35,9 @@ carry that DSCP to best effort.
   classid (preference ``100 + (classid-1) // 4095``, node ``(classid-1) % 4095 + 1``). A start deletes the
   leg's filter there if it finds one; a monitor reports the leg's rules missing, so after an upgrade each leg
   is started once again. stop deletes any filter still into the leg's class.
+- **Steering.** A leg with ``via`` (a segment of a steering reservation that ends at a middlebox) also routes its
+  flow to that next hop: a firewall mark from its nftables rules, an ip rule and a routing table of its own
+  (:mod:`.steer`). One with ``forward`` (on a middlebox) needs the device to forward, and says so if it does not.
 - **Match.** IPv4, IPv6 or both (a ``dst`` of one address of each family): destination (and source) prefix,
   protocol, ports (nftables finds the transport header past IPv6 extension headers and IPv4 options), DSCP.
 - **Idempotent and minimal.** start reads the qdisc, class and rules first and
@@ -108,7 +111,8 @@ a multi-threaded process, for every call.
 on the device), :mod:`.netlink` (rtnetlink by hand: messages, dumps, sockets
 per namespace, TC and nftables watches), :mod:`.wire` (the kernel's classes and nodes, a
 device's View, and :class:`~.wire.Wire`, which reads and writes one leg's class), :mod:`.nft` (the leg's
-nftables rules) and :mod:`.shaper` (the handler, :class:`Shaper`, under its device's lock).
+nftables rules), :mod:`.steer` (a steered leg's ip rules and routes: policy routing to the next hop) and
+:mod:`.shaper` (the handler, :class:`Shaper`, under its device's lock).
 """
 
 from __future__ import annotations

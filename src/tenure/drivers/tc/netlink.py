@@ -10,9 +10,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netlink.exceptions import NetlinkError
@@ -205,9 +205,21 @@ def netlink_socket(netns: str) -> socket.socket:
 
 def _netns_socket(netns: str, protocol: int = NETLINK_ROUTE) -> tuple[socket.socket, tuple[int, int]]:
     """:func:`netlink_socket` (of ``protocol``), and the (st_dev, st_ino) of the namespace it is bound in."""
+    sock, ident = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol))
+    _buffers(sock)
+    return sock, ident
+
+
+T = TypeVar("T")
+
+
+def in_netns(netns: str, work: Callable[[], T]) -> tuple[T, tuple[int, int]]:
+    """``work()``'s result as done in namespace ``netns`` (in /var/run/netns), and the namespace's (st_dev, st_ino):
+    done by a thread that enters the namespace and ends (``setns`` moves only the calling thread; a socket made
+    there stays bound to it, a file of /proc/sys/net opened there is the namespace's)."""
     result: list[Any] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
             fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -218,19 +230,16 @@ def _netns_socket(netns: str, protocol: int = NETLINK_ROUTE) -> tuple[socket.soc
                     raise OSError(code, f"setns into {netns}: {os.strerror(code)}")
             finally:
                 os.close(fd)
-            result.append((socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol),
-                           (st.st_dev, st.st_ino)))
+            result.append((work(), (st.st_dev, st.st_ino)))
         except BaseException as exc:  # handed to the caller
             result.append(exc)
 
-    t = threading.Thread(target=work, name=f"tenure-tc-setns-{netns}", daemon=True)
+    t = threading.Thread(target=run, name=f"tenure-tc-setns-{netns}", daemon=True)
     t.start()
     t.join()
     if isinstance(result[0], BaseException):
         raise result[0]
-    sock, ident = result[0]
-    _buffers(sock)
-    return sock, ident
+    return result[0]
 
 
 def _buffers(sock: socket.socket) -> None:

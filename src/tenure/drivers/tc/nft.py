@@ -84,7 +84,12 @@ DISPATCH = "tenure dispatch "  # the base chain's first rules: oifname . daddr v
 MAPS = {4: "to4", 6: "to6"}
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 TO_CHAIN = re.compile(r"to-[0-9a-f]{12}")
-LEG_COMMENT = re.compile(r"tenure (\S+) 1:([0-9a-f]{1,4}) (ip6?) leg s([0-9]{1,5}) [0-9a-f]{12} m([0-9]{1,2}|-)")
+LEG_COMMENT = re.compile(r"tenure (\S+) 1:([0-9a-f]{1,4}) (ip6?) (leg|steer) s([0-9]{1,5}) [0-9a-f]{12} "
+                         r"m([0-9]{1,2}|-)")
+# Steering (docs/dataplane.md, section 3): the base chains that give a steered flow its firewall mark, which its ip
+# rule routes by: for the flow this host sends (output, a route chain: the kernel routes the packet again when its
+# mark changed) and for the flow it forwards (prerouting, before routing).
+STEER_CHAINS = {"steer-out": ("route", "output"), "steer-in": ("filter", "prerouting")}
 L4 = {4: {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}, 6: {"icmp": 58, "tcp": 6, "udp": 17, "sctp": 132}}
 PROTO = {4: "ip", 6: "ip6"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
@@ -128,7 +133,12 @@ class Found:
     def mark(self) -> int | None:
         """The DSCP a leg rule marks with (its comment's ``mM``); None if none, or not a well-formed leg rule."""
         m = LEG_COMMENT.fullmatch(self.comment)
-        return int(m.group(5)) if m is not None and m.group(5) != "-" else None
+        return int(m.group(6)) if m is not None and m.group(6) != "-" else None
+
+    @property
+    def steers(self) -> bool:
+        m = LEG_COMMENT.fullmatch(self.comment)
+        return m is not None and m.group(4) == "steer"
 
     @property
     def order(self) -> tuple[int, str, int, str] | None:
@@ -137,7 +147,7 @@ class Found:
         m = LEG_COMMENT.fullmatch(self.comment)
         if m is None:
             return None
-        return -int(m.group(4)), m.group(1), int(m.group(2), 16), m.group(3)
+        return -int(m.group(5)), m.group(1), int(m.group(2), 16), m.group(3)
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,7 @@ class Table:
 
     exists: bool = False
     chain: dict[str, Any] | None = None  # the chain 'legs' as listed
+    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the steering chains there, as listed
     chains: tuple[str, ...] = ()
     rules: tuple[Found, ...] = field(default_factory=tuple)  # Tenure's rules (comment "tenure ..."), every chain
     foreign: int = 0  # anything else in the table (someone else's: never touched, and it keeps the table)
@@ -242,6 +253,12 @@ def wanted(leg: Leg) -> list[Rule]:
             out.append(Rule(comment, expr, _to_chain(leg.device, address), (v, leg.device, address)))
         else:
             out.append(Rule(comment, expr))
+        if _of(leg.via, v) is not None:  # steered: the flow's mark, which its ip rule routes to the next hop by
+            steer = expr[1:expr.index(next(e for e in expr if "mangle" in e))]  # the match, less the device
+            steer += [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": leg.steer_mark}}, {"counter": None},
+                      {"accept": None}]
+            comment = f"{prefix(leg)}{proto} steer s{score} {_digest(steer)} m-"
+            out += [Rule(comment, steer, name) for name in STEER_CHAINS]
     return out
 
 
@@ -275,6 +292,11 @@ def problem(leg: Leg, table: Table) -> str | None:
         return f"the nftables chain {FAMILY} {TABLE} {CHAIN} classifying the leg's flow is missing"
     if (shape := _shape_problem(table.chain)) is not None:
         return shape
+    for name in sorted({r.chain for r in wanted(leg) if r.chain in STEER_CHAINS}):
+        if name not in table.hooks:
+            return f"the nftables chain {FAMILY} {TABLE} {name} steering the leg's flow is missing"
+        if (shape := _shape_problem(table.hooks[name], name)) is not None:
+            return shape
     have = {r.comment for r in table.of(leg)}
     if want - have:
         other = " (its rules there were made for other parameters)" if have else ""
@@ -301,6 +323,10 @@ def counters(leg: Leg, table: Table) -> dict[str, int]:
     effort (on this host, whichever leg's mark it was)."""
     out = {"classified_packets": 0, "classified_bytes": 0, "remarked_packets": 0}
     for r in table.of(leg):
+        if r.steers:  # (the packets this host sent or forwarded to the next hop)
+            out["steered_packets"] = out.get("steered_packets", 0) + r.packets
+            out["steered_bytes"] = out.get("steered_bytes", 0) + r.bytes
+            continue
         out["classified_packets"] += r.packets
         out["classified_bytes"] += r.bytes
     if leg.mark:
@@ -309,12 +335,26 @@ def counters(leg: Leg, table: Table) -> dict[str, int]:
     return out
 
 
-def _shape_problem(chain: dict[str, Any]) -> str | None:
+def _shape_problem(chain: dict[str, Any], name: str = CHAIN) -> str | None:
     shape = (chain.get("type"), chain.get("hook"), chain.get("prio"))
-    if shape != ("filter", "postrouting", PRIORITY):
-        return (f"the nftables chain {FAMILY} {TABLE} {CHAIN} is {shape[0]} at {shape[1]} priority {shape[2]}, not "
-                f"filter at postrouting priority {PRIORITY} as Tenure makes it; not changing it")
+    kind, hook = STEER_CHAINS.get(name, ("filter", "postrouting"))
+    if shape != (kind, hook, PRIORITY):
+        return (f"the nftables chain {FAMILY} {TABLE} {name} is {shape[0]} at {shape[1]} priority {shape[2]}, not "
+                f"{kind} at {hook} priority {PRIORITY} as Tenure makes it; not changing it")
     return None
+
+
+def _base_chains(rules: list[Rule]) -> list[dict[str, Any]]:
+    """Commands adding the table, its base chain and maps, and the steering chains ``rules`` go in (an add of what
+    is there is nothing)."""
+    commands: list[dict[str, Any]] = [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": _ref("chain", name=CHAIN, type="filter", hook="postrouting", prio=PRIORITY, policy="accept")}]
+    commands += [{"add": _ref("map", name=MAPS[v], type=["ifname", ADDR_TYPE[v]], map="verdict")} for v in (4, 6)]
+    for name in sorted({r.chain for r in rules if r.chain in STEER_CHAINS}):
+        kind, hook = STEER_CHAINS[name]
+        commands.append({"add": _ref("chain", name=name, type=kind, hook=hook, prio=PRIORITY, policy="accept")})
+    return commands
 
 
 # --- running nft ------------------------------------------------------------------------------
@@ -381,6 +421,7 @@ def parse(listing: str) -> Table:
     except (ValueError, KeyError, TypeError) as exc:
         raise NftError(f"nft's listing could not be read: {exc}") from None
     chain, chains, rules, foreign = None, [], [], 0
+    hooks: dict[str, dict[str, Any]] = {}
     maps: set[str] = set()
     foreign_chains: set[str] = set()
     pointed: set[str] = set()
@@ -394,6 +435,8 @@ def parse(listing: str) -> Table:
             chains.append(name)
             if name == CHAIN:
                 chain = item["chain"]
+            elif name in STEER_CHAINS:
+                hooks[name] = item["chain"]
             elif not (isinstance(name, str) and TO_CHAIN.fullmatch(name)):
                 foreign += 1
         elif "rule" in item:
@@ -404,7 +447,8 @@ def parse(listing: str) -> Table:
                 for verdict in ("jump", "goto"):
                     if isinstance(expr, dict) and isinstance(expr.get(verdict), dict):
                         pointed.add(str(expr[verdict].get("target")))
-            ours = name == CHAIN or (isinstance(name, str) and TO_CHAIN.fullmatch(name) is not None)
+            ours = name == CHAIN or name in STEER_CHAINS or (isinstance(name, str)
+                                                             and TO_CHAIN.fullmatch(name) is not None)
             if ours and isinstance(comment, str) and comment.startswith("tenure "):
                 packets = octets = 0
                 for expr in rule.get("expr") or ():
@@ -436,7 +480,7 @@ def parse(listing: str) -> Table:
                 elements[(v, str(device), address)] = str(target) if target is not None else None
         else:  # a set, another map, a flowtable or an object: someone else's, and it keeps the table
             foreign += 1
-    return Table(exists=True, chain=chain, chains=tuple(chains), rules=tuple(rules), foreign=foreign,
+    return Table(exists=True, chain=chain, hooks=hooks, chains=tuple(chains), rules=tuple(rules), foreign=foreign,
                  maps=frozenset(maps), elements=elements, foreign_chains=frozenset(foreign_chains),
                  pointed=frozenset(pointed), unread=unread)
 
@@ -512,7 +556,7 @@ def _emptied(table: Table, dropped: set[int], adding: list[Rule],
     """Commands deleting the host chains no rule is left in (their map elements first), also ones found empty;
     ``deleted`` gathers the elements deleted (so that a transaction never deletes one twice)."""
     filling = {r.chain for r in adding}
-    candidates = {r.chain for r in table.rules if r.handle in dropped and r.chain != CHAIN}
+    candidates = {r.chain for r in table.rules if r.handle in dropped and r.chain != CHAIN}  # (a steering chain too)
     if not table.foreign and not table.unread:  # (found empty: swept only when nothing unknown may point at them)
         candidates |= {c for c in table.chains if TO_CHAIN.fullmatch(c or "") and not table.in_chain(c)}
     out: list[dict[str, Any]] = []
@@ -532,10 +576,7 @@ def bulk(legs: list[Leg]) -> list[dict[str, Any]]:
     """One transaction laying out ``legs`` from nothing as :func:`ensure` would one by one (the rules in each chain
     in their order): for tests and benchmarks that fill a table fast."""
     rules = sorted((r for leg in legs for r in wanted(leg)), key=lambda r: Found(0, r.comment).order or (0, "", 0, ""))
-    commands: list[dict[str, Any]] = [
-        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        {"add": _ref("chain", name=CHAIN, type="filter", hook="postrouting", prio=PRIORITY, policy="accept")}]
-    commands += [{"add": _ref("map", name=MAPS[v], type=["ifname", ADDR_TYPE[v]], map="verdict")} for v in (4, 6)]
+    commands = _base_chains(rules)
     commands += [{"add": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)} for r in dispatch()]
     for r in {r.chain: r for r in rules if r.key is not None}.values():
         assert r.key is not None
@@ -556,6 +597,10 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         table = reading(leg.netns, deadline, fresh=True)
         if table.chain is not None and (shape := _shape_problem(table.chain)) is not None:
             raise NftError(shape)
+        steering = {r.chain for r in want if r.chain in STEER_CHAINS}
+        for name in sorted(steering & set(table.hooks)):
+            if (shape := _shape_problem(table.hooks[name], name)) is not None:
+                raise NftError(shape)
         names = {(r.comment, r.chain) for r in want}
         seen: set[tuple[str, str]] = set()
         drop = []
@@ -573,13 +618,10 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         deleted: set[tuple[int, str, str]] = set()
         emptied = _emptied(table, dropped, add, deleted)
         if (table.chain is not None and not drop and not add and not drop_remarks and not add_remarks and not keys
-                and not dispatch_missing and not emptied and set(MAPS.values()) <= table.maps):
+                and not dispatch_missing and not emptied and set(MAPS.values()) <= table.maps
+                and steering <= set(table.hooks)):
             return []
-        commands: list[dict[str, Any]] = [
-            {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-            {"add": _ref("chain", name=CHAIN, type="filter", hook="postrouting", prio=PRIORITY, policy="accept")}]
-        commands += [{"add": _ref("map", name=MAPS[v], type=["ifname", ADDR_TYPE[v]], map="verdict")}
-                     for v in (4, 6)]
+        commands = _base_chains(want)
         commands += [{"delete": _ref("rule", chain=r.chain, handle=r.handle)} for r in drop + drop_remarks]
         commands += emptied
         for r in {r.chain: r for r in want if r.key is not None}.values():

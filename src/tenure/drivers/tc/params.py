@@ -32,9 +32,12 @@ MIN_DEFAULT_BURST = 1600  # bytes: one frame and then some
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 PARAMS = ("device", "rate", "classid", "dst", "src", "protocol", "dst_port", "src_port", "netns", "burst", "capacity",
-          "borrow", "dscp", "mark")
+          "borrow", "dscp", "mark", "via", "forward")
 BOOLEANS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 IDENTITY = ("device", "classid", "netns")  # what stop needs: where the leg is, not what it matches
+STEER_BASE = 0x54450000  # a steered leg's firewall mark and routing table: this | classid (unique per namespace)
+STEER_MASK = 0xFFFF0000
+STEER_RULE_PRIORITY = 30000  # its ip rule: before the main table's (32766)
 
 _RATE = re.compile(r"([1-9][0-9]{0,12})([kKMG]?)")
 _RATE_SCALE = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
@@ -110,6 +113,13 @@ class Leg:
     borrow: bool = False  # may use idle capacity above the rate (ceil = capacity), or capped at the rate
     dscp: int | None = None  # matched: only the flow's packets that arrive with this DSCP
     mark: int | None = None  # the DSCP the flow's packets leave with; others arriving with it are re-marked CS0
+    via: tuple[Network, ...] = ()  # steering: the next hop (one address per family) the flow is routed to
+    forward: bool = False  # steering through this host (a middlebox): the flow arrives here and is forwarded
+
+    @property
+    def steer_mark(self) -> int:
+        """The firewall mark (and routing table id) a steered leg's flow gets here."""
+        return STEER_BASE | self.classid
 
     @property
     def handle(self) -> int:
@@ -192,8 +202,12 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
         raise Invalid(f"netns {netns!r} is not a namespace name in {NETNS_DIR}")
     classid = _number(params, "classid", MIN_CLASSID, OLD_MAX_CLASSID if identity_only else MAX_CLASSID)
     assert classid is not None
-    if identity_only:
-        return Leg(device=device, classid=classid, netns=netns)
+    if identity_only:  # (a steered leg's via says stop has its policy routing to remove: not reloadable)
+        try:
+            via = _networks(params, "via")
+        except Invalid:
+            via = ()
+        return Leg(device=device, classid=classid, netns=netns, via=via)
 
     rate = parse_rate(params["rate"])
     protocol = params.get("protocol")
@@ -213,9 +227,24 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     dst, src = _networks(params, "dst"), _networks(params, "src")
     if src and not {n.version for n in src} & {n.version for n in dst}:
         raise Invalid(f"src {params['src']!r} has no address of the family of dst {params['dst']!r}")
+    via = _networks(params, "via")
+    forward = BOOLEANS.get(params.get("forward", "no").lower())
+    if forward is None:
+        raise Invalid(f"forward {params['forward']!r} must be yes or no")
+    for hop in via:
+        if hop.prefixlen != hop.max_prefixlen:
+            raise Invalid(f"via {params['via']!r} must be addresses (the next hop), not networks")
+    if via:
+        matched = [d for d in dst if not src or d.version in {n.version for n in src}]  # (as nft.families)
+        missing = [str(d) for d in matched if d.version not in {h.version for h in via}]
+        if missing:
+            raise Invalid(f"via {params['via']!r} has no next hop of the family of dst {missing[0]}: that part of "
+                          f"the flow would not be steered")
+    if (via or forward) and not src:
+        raise Invalid("a steered leg needs src: without it, the rule would steer every sender's traffic to dst")
     leg = Leg(device=device, classid=classid, netns=netns, rate=rate, dst=dst, src=src, protocol=protocol,
               dst_port=dst_port, src_port=src_port, burst=_number(params, "burst", 1, 2**32 - 1), capacity=capacity,
-              borrow=borrow, dscp=_dscp(params, "dscp"), mark=_dscp(params, "mark"))
+              borrow=borrow, dscp=_dscp(params, "dscp"), mark=_dscp(params, "mark"), via=via, forward=forward)
     if leg.burst is not None and leg.buffer_ticks > MAX_TICKS:
         raise Invalid(f"burst {leg.burst} bytes is more than HTB can hold at rate {format_rate(rate)}bit/s: "
                       f"its buffer is 2^32 scheduler ticks, about {MAX_TICKS / tick_in_usec / 1e6:.0f} s of sending")

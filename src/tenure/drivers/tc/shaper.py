@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tenure.domain.units import format_rate
-from tenure.drivers.tc import nft
+from tenure.drivers.tc import nft, steer
 from tenure.drivers.tc.netlink import Absent, Netlink, Sockets, held
 from tenure.drivers.tc.nft import NftError
 from tenure.drivers.tc.params import DEFAULT_HANDLE, PARENT_HANDLE, Invalid, Leg, parse_params
-from tenure.drivers.tc.wire import MIN_RATE_BYTES, OLD_LAYOUT, Flight, U32Node, View, Wire, read_view
+from tenure.drivers.tc.wire import MIN_RATE_BYTES, OLD_LAYOUT, Flight, U32Node, View, Wire, iproute, read_view
 
 if TYPE_CHECKING:
     from tenure.drivers.pydriver import HandlerContext
@@ -43,7 +43,9 @@ DSCP to best effort. Changing one leg touches its class, its rules and the defau
 start that finds everything in place changes nothing. A monitor that finds the leg well outputs what is on the wire
 (at most a second old): classid, rate and ceil (bit/s), sent_bytes, sent_packets, dropped, overlimits and backlog
 (the class's counters), classified_packets and classified_bytes (its rules'), and remarked_packets (packets others
-marked with its DSCP that left as best effort).</longdesc>
+marked with its DSCP that left as best effort). A steered leg (via) also routes its flow to the next hop by policy
+routing (an nftables firewall mark, an ip rule and a routing table of its own), and outputs steered_packets and
+steered_bytes.</longdesc>
   <shortdesc lang="en">Egress bandwidth shaping with tc (HTB)</shortdesc>
   <parameters>
     <parameter name="device" unique="0" reloadable="0" required="1">
@@ -117,6 +119,18 @@ held to its rate.</longdesc>
 are re-marked best effort (0). Without it, packets keep their DSCP.</longdesc>
       <shortdesc lang="en">DSCP to mark with</shortdesc>
       <content type="integer" />
+    </parameter>
+    <parameter name="via" unique="0" reloadable="0" required="0">
+      <longdesc lang="en">Steering: the next hop (an address on the device's link, one per family of dst) the flow is
+routed to instead of the main table's route: the first middlebox, or the next one. Needs src.</longdesc>
+      <shortdesc lang="en">Next hop</shortdesc>
+      <content type="string" />
+    </parameter>
+    <parameter name="forward" unique="0" reloadable="0" required="0">
+      <longdesc lang="en">yes on a middlebox: the flow arrives from elsewhere and this host forwards it (the start
+fails, saying so, if forwarding is off on the device); no (the default): this host sends it.</longdesc>
+      <shortdesc lang="en">Forwarded here</shortdesc>
+      <content type="string" default="no" />
     </parameter>
     <parameter name="burst" unique="0" reloadable="1" required="0">
       <longdesc lang="en">Burst and cburst in bytes (an integer); default 10 ms at the rate, at least 1600.</longdesc>
@@ -230,6 +244,8 @@ class Shaper:
         owner = wire.ours()
         if owner and owner != OLD_LAYOUT:
             return OCF_ERR_GENERIC, owner
+        if leg.forward and (why := steer.forwarding_problem(leg)) is not None:
+            return OCF_ERR_GENERIC, why
         capacity = leg.capacity_bytes or (wire.capacity() if owner is None else None)
         if capacity is None:  # checked before anything changes (an old layout is left as it is)
             return OCF_ERR_CONFIGURED, f"parameter 'capacity' is required to build the tree on {leg.where}"
@@ -272,6 +288,8 @@ class Shaper:
             wire.put_class("change-class", capacity)
             ctx.log(f"changed class {leg.classid_text} from {have.describe()} to {want.describe()}")
 
+        for change in steer.ensure(wire.ipr, leg, wire.index) if leg.via else ():  # (its table before its mark)
+            ctx.log(f"{change} in {leg.netns or 'the host namespace'}")
         for change in nft.ensure(leg, deadline):
             ctx.log(f"{change} in {leg.netns or 'the host namespace'}")
         old = wire.node()  # the u32 filter a leg had before nftables classified it: after the rules, no gap
@@ -312,6 +330,10 @@ class Shaper:
                     burst = "" if (have.rate, have.ceil) != (want.rate, want.ceil) else " (burst differs)"
                     return OCF_ERR_GENERIC, (f"class {leg.classid_text} on {leg.where} has {have.describe()}{burst}, "
                                              f"expected {want.describe()}")
+                if leg.via and (why := steer.problem(wire.ipr, leg, wire.index)) is not None:
+                    return OCF_ERR_GENERIC, f"{why} ({leg.where})"
+                if leg.forward and (why := steer.forwarding_problem(leg)) is not None:
+                    return OCF_ERR_GENERIC, why
             table = nft.reading(leg.netns, deadline, fresh=False)
             problem = nft.problem(leg, table)
             if problem is not None:
@@ -345,6 +367,8 @@ class Shaper:
             with self._device(leg, deadline) as wire:
                 for change in nft.remove(leg, deadline):  # first: no packet is classified into a class going away
                     ctx.log(f"{change} in {where}")
+                for change in steer.remove(wire.ipr, leg) if leg.via else ():  # (not marked any more: unrouted)
+                    ctx.log(f"{change} in {where}")
                 owner = wire.ours()
                 if owner not in (None, OLD_LAYOUT):
                     return OCF_SUCCESS  # no root qdisc, or a foreign one: nothing of ours can be under it
@@ -377,9 +401,16 @@ class Shaper:
                 with _held(leg, deadline):
                     for change in nft.remove(leg, deadline):
                         ctx.log(f"{change} in {where}")
+                    if leg.via:  # (the kernel took the routes with the device, not the ip rules)
+                        ipr = iproute(leg.netns)
+                        try:
+                            for change in steer.remove(ipr, leg):
+                                ctx.log(f"{change} in {where}")
+                        finally:
+                            ipr.close()
             except Absent:
                 pass
-            except (NftError, OSError) as exc:
+            except (NftError, NetlinkError, OSError) as exc:
                 return _failed(leg, exc)
             return OCF_SUCCESS
         except (NftError, NetlinkError, OSError) as exc:

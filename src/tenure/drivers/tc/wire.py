@@ -256,7 +256,7 @@ def tree_burst(rate: int) -> int:
     return max(int(rate * DEFAULT_BURST_SECONDS), MIN_DEFAULT_BURST)
 
 
-def _iproute(netns: str | None) -> IPRoute:
+def iproute(netns: str | None) -> IPRoute:
     """An IPRoute in ``netns`` (None: ours) to write with; :class:`Absent` if the namespace is not there."""
     if netns is None:
         return IPRoute()
@@ -289,7 +289,7 @@ class Wire:
     @property
     def ipr(self) -> IPRoute:
         if self._ipr is None:
-            self._ipr = _iproute(self.leg.netns)
+            self._ipr = iproute(self.leg.netns)
         return self._ipr
 
     def close(self) -> None:
