@@ -291,12 +291,12 @@ def _listening(pid: int, port: int) -> bool:
 
 def iperf3(src: Host, dst: Host, *, seconds: float = 3.0, port: int = 5201, udp: bool = False,
            bitrate: str | None = None, cport: int | None = None, address: str | None = None,
-           tos: int | None = None) -> float:
+           tos: int | None = None, length: int | None = None) -> float:
     """Bits per second received by ``dst`` from a ``seconds``-long iperf3 test from ``src``.
 
     ``address`` is where the client connects (``dst.address`` by default); ``cport``
     pins the client's data port; ``udp`` with ``bitrate`` (e.g. "200M") sends UDP; ``tos`` sets the client's
-    packets' TOS byte (DSCP << 2).
+    packets' TOS byte (DSCP << 2); ``length`` the size of each write (a UDP datagram's payload).
     The one-off server (``-s -1``) is always killed and reaped.
     """
     server = subprocess.Popen(dst.argv("iperf3", "-s", "-1", "--json", "-p", str(port)),
@@ -320,6 +320,8 @@ def iperf3(src: Host, dst: Host, *, seconds: float = 3.0, port: int = 5201, udp:
             argv += ["--cport", str(cport)]
         if tos is not None:
             argv += ["--tos", str(tos)]
+        if length is not None:
+            argv += ["-l", str(length)]
         client = src.run(*argv, check=False, timeout=seconds + 30)
         report = json.loads(client.stdout or "{}")
         if client.returncode != 0 or "error" in report:
@@ -379,6 +381,24 @@ def routing(host: Host) -> tuple[str, ...]:
                  if "fe80:" not in line)
     return host.run("ip", "rule").stdout, host.run("ip", "-6", "rule").stdout, host.run(
         "ip", "-4", "route", "show", "table", "all").stdout, v6
+
+
+def count_udp(host: Host, port: int = 5201, device: str | None = None) -> None:
+    """Count the UDP datagrams to ``port`` that ``host`` receives: in its input hook, or (``device``) as frames
+    arriving on that device (a mirror's tunnel; the netdev family's ingress hook). Read by :func:`udp_count`."""
+    name = f"udp{port}" + (device or "")
+    hook = (f"type filter hook ingress device {device} priority 0;" if device
+            else "type filter hook input priority 0;")
+    family = "netdev" if device else "inet"
+    host.nft(f"table {family} {name} {{\n  chain c {{\n    {hook} policy accept;\n    udp dport {port} counter\n"
+             f"  }}\n}}\n")
+
+
+def udp_count(host: Host, port: int = 5201, device: str | None = None) -> tuple[int, int]:
+    """(packets, bytes) :func:`count_udp`'s rule counted."""
+    rules = host.nft_rules(f"udp{port}" + (device or ""), "netdev" if device else "inet")
+    counter = next(e["counter"] for r in rules for e in r["expr"] if "counter" in e)
+    return counter["packets"], counter["bytes"]
 
 
 RTMGRP_TC = 0x8  # the netlink multicast group of TC changes

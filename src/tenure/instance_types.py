@@ -15,7 +15,7 @@ operations may take) and by every host agent (which driver runs them)::
         locals:                           # values from the agent's local allocator, one per instance:
           classid: 2-65533                # the same value after any agent restart
 
-The built-in types (``bandwidth`` for reservations, ``memory`` for examples) are
+The built-in types (``bandwidth`` and ``mirror`` for reservations, ``memory`` for examples) are
 always there; a file adds types or replaces them by name. Operations map to
 the LRM's actions as FABRIC's handlers do: create = start, modify = reload,
 delete = stop, probe = monitor.
@@ -42,6 +42,8 @@ INVALID = "invalid_instance_types"  # the code of every refusal of a types file
 BUILTIN: dict[str, dict[str, Any]] = {
     "bandwidth": {"driver": "python:tenure.drivers.tc:Shaper", "timeout": "30s", "monitor": "60s",
                   "locals": {"classid": "2-65533"}},
+    "mirror": {"driver": "python:tenure.drivers.tc:Mirror", "timeout": "30s", "monitor": "60s",
+               "locals": {"slot": "1-4000"}},
     "memory": {"driver": "python:tenure.drivers.bundled.example:Memory", "timeout": "10s", "monitor": "30s"},
 }
 

@@ -27,7 +27,8 @@ from tenure.drivers.ocf import parse_meta_data
 from tenure.drivers.pydriver import HandlerContext
 from tenure.drivers.registry import make_driver
 from tenure.drivers.spec import DriverRoots
-from tenure.drivers.tc import Shaper, nft
+from tenure.drivers.tc import Mirror, Shaper, nft
+from tenure.drivers.tc.mirror import parse_end
 from tenure.drivers.tc.params import Leg, parse_params, parse_rate
 from tests.netns_support import (
     CREATED,
@@ -35,6 +36,7 @@ from tests.netns_support import (
     Lan,
     TcEvents,
     count_dscp,
+    count_udp,
     dscp_counts,
     forwarded,
     iperf3,
@@ -44,6 +46,7 @@ from tests.netns_support import (
     require_netns,
     routing,
     run,
+    udp_count,
 )
 
 UNSHAPED = 200e6  # bit/s: far above any class here; veth pairs through a bridge carry several Gbit/s
@@ -648,6 +651,13 @@ def test_a_steered_flow_goes_through_the_middlebox_at_its_rate_and_nothing_else_
     rc, why = shaper.monitor(first, ctx())
     assert rc == 1 and "ip rule" in why, why
     assert shaper.start(first, ctx()) == 0 and shaper.monitor(first, ctx()) == 0
+    h1.run("ip", "rule", "add", "priority", "100", "lookup", str(mark))  # everything into the leg's table
+    h1.run("ip", "route", "add", "default", "via", h2.address, "table", str(mark))
+    h1.run("ip", "route", "add", h3.address, "via", h2.address, "metric", "5", "table", str(mark))
+    rc, why = shaper.monitor(first, ctx())
+    assert rc == 1 and "other ip rule" in why, why
+    assert shaper.start(first, ctx()) == 0 and shaper.monitor(first, ctx()) == 0
+    assert routing(h1) == wire[h1][2]  # converged: the strays gone, the leg's own kept
 
     assert shaper.stop(first, ctx()) == 0 and shaper.stop(second, ctx()) == 0
     for h in (h1, h2):
@@ -656,6 +666,34 @@ def test_a_steered_flow_goes_through_the_middlebox_at_its_rate_and_nothing_else_
     assert h1.nft_rules() == [] and h2.nft_rules() == []
     assert root(h1)["kind"] == root(h2)["kind"] == "noqueue"
     assert shaper.stop(first, ctx()) == 0  # stopped is stopped
+
+
+def test_a_steered_flow_goes_through_the_middlebox_over_ipv6_too() -> None:
+    """Dual stack: the leg steers both families (a next hop of each); the IPv6 flow passes h2 too, and a second
+    start changes nothing (the kernel's IPv6 metric on the route is the one it gives)."""
+    require_netns()
+    require_iperf3()
+    with Lan(3, ipv6=True) as lan:
+        h1, h2, h3 = lan.hosts
+        h2.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        h2.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        h2.nft("table inet count {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n"
+               f"    ip6 saddr {h1.address6} ip6 daddr {h3.address6} tcp dport 5201 counter\n  }}\n}}\n")
+        both = {"protocol": "tcp", "dst_port": "5201", "rate": "20M", "src": f"{h1.address},{h1.address6}"}
+        first = {**leg(h1, h3, via=f"{h2.address},{h2.address6}", **both), "dst": f"{h3.address},{h3.address6}"}
+        second = {**leg(h2, h3, forward="yes", classid="9", **both), "dst": f"{h3.address},{h3.address6}"}
+        shaper = Shaper()
+        assert shaper.start(first, ctx()) == 0 and shaper.start(second, ctx()) == 0
+        wire = routing(h1)
+        assert shaper.start(first, ctx()) == 0 and routing(h1) == wire
+        assert shaper.monitor(first, ctx()) == 0 and shaper.monitor(second, ctx()) == 0
+        steered = iperf3(h1, h3, seconds=1, port=5201, address=h3.address6)
+        [rule] = h2.nft_rules("count")
+        through = next(e["counter"]["bytes"] for e in rule["expr"] if "counter" in e)
+        print(f"IPv6 steered {steered / 1e6:.1f} Mbit/s, {through} bytes through h2")
+        assert 17e6 <= steered <= 22e6 and through >= 0.9 * steered / 8
+        assert shaper.stop(first, ctx()) == 0 and shaper.stop(second, ctx()) == 0
+        assert f"{0x54450005:#x}" not in h1.run("ip", "-6", "rule").stdout
 
 
 def test_a_middlebox_that_does_not_forward_says_so(lan: Lan) -> None:
@@ -676,6 +714,139 @@ def test_a_steered_leg_needs_a_source_and_a_next_hop_of_each_family() -> None:
         with pytest.raises(ValueError, match=why):
             parse_params({**base, **bad})
     assert parse_params({**base, "via": "10.0.0.2", "src": "10.0.0.1"}).steer_mark == 0x54450005
+
+
+def mirror_ends(source: Host, collector: Host, **kw: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The two ends' parameters of a mirror of ``source``'s device to ``collector`` (VNI 0x5a, slot 3)."""
+    common = {"tunnel": "tm00005a", "vni": "90"}
+    src = {"role": "source", "device": source.ifname, "local": source.address, "remote": collector.address,
+           "rate": "100M", "slot": "3", "netns": source.netns, "mark": "8", **common, **kw}
+    dst = {"role": "collector", "local": collector.address, "remote": source.address, "netns": collector.netns,
+           **common}
+    return src, dst
+
+
+def test_a_mirror_copies_every_frame_to_the_collector_and_never_more_than_its_rate(lan: Lan) -> None:
+    """A mirror of h2's incoming frames to h3 over VXLAN: h3 receives a copy of every UDP datagram h2 receives from
+    h1 (counted by nftables at both ends: within 1 %), the original flow keeps its rate; held to 10 Mbit/s, the
+    copies of a 50 Mbit/s flow take no more than that (the bucket drops the rest) while the flow is untouched. A
+    second start changes nothing; stop takes the tunnels, filters and clsact away, and nothing else."""
+    require_iperf3()
+    h1, h2, h3 = lan.hosts
+    source, collector = mirror_ends(h2, h3, direction="in")
+    mirror = Mirror()
+    assert mirror.start(collector, ctx()) == 0 and mirror.start(source, ctx()) == 0
+    count_udp(h2)
+    count_udp(h3, device="tm00005a")
+    rate = iperf3(h1, h2, seconds=2, udp=True, bitrate="20M", length=1000)
+    (sent, _), (copied, _) = udp_count(h2), udp_count(h3, device="tm00005a")
+    print(f"flow {rate / 1e6:.1f} Mbit/s: {sent} datagrams at h2, {copied} copies at h3")
+    assert 19e6 <= rate <= 21e6 and sent > 4000
+    assert abs(copied - sent) <= 0.01 * sent
+    m = ctx()
+    assert mirror.monitor(source, m) == 0 and int(m.outputs["mirrored_packets"]) >= sent
+    c = ctx()
+    assert mirror.monitor(collector, c) == 0 and int(c.outputs["received_packets"]) >= copied
+    link = json.loads(h2.run("ip", "-j", "-d", "link", "show", "dev", "tm00005a").stdout)[0]
+    assert link["linkinfo"]["info_data"]["tos"] == "0x20"  # CS1: the copies give way to everything else
+
+    wire = (layout(h2), h2.tc_json("-s", "qdisc"), h2.run("ip", "-d", "link", "show", "dev", "tm00005a").stdout)
+    assert mirror.start(source, ctx()) == 0  # as after an agent restart: nothing changes
+    assert (layout(h2), h2.tc_json("-s", "qdisc"))[0] == wire[0]
+
+    slow, _ = mirror_ends(h2, h3, direction="in", rate="10M")
+    assert mirror.reload(slow, ctx()) == 0
+    before = udp_count(h3, device="tm00005a")[1]
+    rate = iperf3(h1, h2, seconds=2, udp=True, bitrate="50M", length=1000)
+    through = udp_count(h3, device="tm00005a")[1] - before
+    m = ctx()
+    assert mirror.monitor(slow, m) == 0
+    print(f"flow {rate / 1e6:.1f} Mbit/s, copies {through * 8 / 2 / 1e6:.1f} Mbit/s, dropped {m.outputs['dropped']}")
+    assert rate >= 49e6  # the original is untouched
+    assert through * 8 <= 10e6 * 2 * 1.1 and int(m.outputs["dropped"]) > 0  # the copies over the rate dropped
+
+    assert mirror.stop(slow, ctx()) == 0 and mirror.stop(collector, ctx()) == 0
+    for h in (h2, h3):
+        assert "tm00005a" not in h.run("ip", "link").stdout
+    assert not [q for q in h2.tc_json("qdisc") if q["kind"] == "clsact"]
+    assert mirror.stop(slow, ctx()) == 0 and mirror.monitor(slow, ctx()) == 7  # stopped is stopped
+
+
+def test_a_mirror_out_skips_its_own_tunnel_and_two_mirrors_share_the_device(lan: Lan) -> None:
+    """Egress mirroring: the copies leaving by the mirrored device are not copied again (the exclusion filter), and
+    a second mirror on the device keeps its filters when the first stops (the clsact goes with the last)."""
+    require_iperf3()
+    h1, h2, h3 = lan.hosts
+    first, collector = mirror_ends(h1, h3, direction="out")
+    second = {**first, "tunnel": "tm00005b", "vni": "91", "slot": "4", "direction": "both"}
+    mirror = Mirror()
+    for params in (collector, first, second):
+        assert mirror.start(params, ctx()) == 0
+    count_udp(h3, device="tm00005a")
+    iperf3(h1, h2, seconds=1, udp=True, bitrate="10M", length=1000)
+    m = ctx()
+    assert mirror.monitor(first, m) == 0
+    copied = udp_count(h3, device="tm00005a")[0]
+    assert copied > 1000 and int(m.outputs["mirrored_packets"]) < 1.2 * copied + 200, m.outputs  # no copies of copies
+    assert mirror.stop(first, ctx()) == 0
+    assert mirror.monitor(second, ctx()) == 0
+    assert [q for q in h1.tc_json("qdisc") if q["kind"] == "clsact"]
+    assert mirror.stop(second, ctx()) == 0 and mirror.stop(collector, ctx()) == 0
+    assert not [q for q in h1.tc_json("qdisc") if q["kind"] == "clsact"]
+
+
+def test_a_mirror_never_takes_or_removes_what_is_not_its_own(lan: Lan) -> None:
+    """A foreign filter at the mirror's preference makes its start refuse (nothing changed); a foreign ingress filter
+    keeps the clsact qdisc (and itself) through the mirror's stop; a device by the tunnel's name that is another
+    mirror's is refused by start and left by stop; stop works from the identity alone, whatever else is wrong."""
+    h1, h2, h3 = lan.hosts
+    source, collector = mirror_ends(h2, h3, direction="out")
+    mirror = Mirror()
+    h2.run("tc", "qdisc", "add", "dev", h2.ifname, "clsact")
+    h2.run("tc", "filter", "add", "dev", h2.ifname, "egress", "pref", "3", "protocol", "ip", "u32", "match", "ip",
+           "dst", "10.9.9.9/32", "action", "mirred", "egress", "mirror", "dev", "lo")
+    rc, why = mirror.start(source, ctx())
+    assert rc == 1 and "not this mirror's" in why, why
+    assert "tm00005a" in h2.run("ip", "link").stdout  # (the tunnel came first: it goes with the stop below)
+    h2.run("tc", "filter", "del", "dev", h2.ifname, "egress", "pref", "3")
+    h2.run("tc", "filter", "add", "dev", h2.ifname, "ingress", "pref", "3", "protocol", "ip", "u32", "match", "ip",
+           "dst", "10.9.9.9/32", "action", "mirred", "egress", "mirror", "dev", "lo")
+    assert mirror.start(source, ctx()) == 0 and mirror.monitor(source, ctx()) == 0
+    assert mirror.stop({**source, "rate": "1", "mark": "64", "direction": "x"}, ctx()) == 0  # identity is enough
+    assert "tm00005a" not in h2.run("ip", "link").stdout
+    [foreign] = [f for f in json.loads(h2.run("tc", "-j", "filter", "show", "dev", h2.ifname, "ingress").stdout)
+                 if "options" in f and "actions" in f["options"]]
+    assert foreign["pref"] == 3  # someone else's: kept, and the clsact it is on
+    other = {**source, "remote": h1.address, "local": h3.address, "netns": h3.netns, "device": h3.ifname}
+    assert mirror.start(collector, ctx()) == 0  # h3's tunnel tm00005a: the collector end
+    rc, why = mirror.start(other, ctx())  # another mirror's source wanting the same name on h3
+    assert rc == 1 and "another mirror's tunnel" in why, why
+    assert mirror.stop(other, ctx()) == 0 and mirror.monitor(collector, ctx()) == 0  # left to its owner
+    assert mirror.stop(collector, ctx()) == 0
+    rc, why = mirror.start({**source, "rate": "999"}, ctx())
+    assert rc == 6 and "below 1000" in why, why
+
+
+def test_mirror_meta_data_declares_parameters_and_actions() -> None:
+    meta = parse_meta_data(Mirror().meta_data())
+    assert {p.name for p in meta.parameters if p.required} == {"role", "tunnel", "vni", "local", "remote"}
+    assert {p.name for p in meta.parameters if p.reloadable} == {"rate"}  # anything else is a stop, then a start
+    assert {a.name for a in meta.actions} == {"start", "stop", "monitor", "reload", "meta-data"}
+
+
+def test_a_mirror_refuses_what_it_cannot_take() -> None:
+    src = {"role": "source", "tunnel": "tm00005a", "vni": "90", "local": "10.0.0.1", "remote": "10.0.0.3",
+           "device": "eth0", "rate": "10M", "slot": "3"}
+    assert parse_end(src).hooks == ("ingress", "egress")
+    for bad, why in (({"role": "sink"}, "role"), ({"tunnel": "eth0"}, "tm and six hex"), ({"vni": "91"}, "vni"),
+                     ({"remote": "fd00::3"}, "different families"), ({"direction": "up"}, "direction"),
+                     ({"slot": "4001"}, "slot"), ({"rate": None}, "rate"), ({"device": None}, "device and slot"),
+                     ({"colour": "red"}, "unknown parameter")):
+        params = {k: v for k, v in {**src, **bad}.items() if v is not None}
+        with pytest.raises(ValueError, match=why):
+            parse_end(params)
+    assert parse_end({"role": "source", "tunnel": "tm00005a", "device": "eth0", "slot": "3"},
+                     identity_only=True).slot == 3  # stop needs only where it is
 
 
 def test_monitor_reports_running_absent_and_drift_and_reload_repairs_in_place(lan: Lan) -> None:

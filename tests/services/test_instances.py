@@ -16,6 +16,7 @@ from tenure.domain.instance import Instance
 from tenure.domain.reservation import ReservationRequest
 from tenure.domain.topology import Topology
 from tenure.services.runtime import Runtime
+from tenure.services.shaping import mirror_vni
 
 from tests.reservation_support import FakeClock, at, open_rt
 
@@ -540,6 +541,74 @@ def test_a_steering_reservation_shapes_every_segment_and_routes_each_to_the_next
     register_with(rt, "fw2", network(("mgmt", ["192.168.0.12/24"]), default="mgmt"))  # fw2 left the flow's network
     s = shapers(rt, res.id)
     assert all(i.state == "failed" and "'fw2'" in i.reason for i in s.values()), {k: i.reason for k, i in s.items()}
+
+    # The middleboxes only in a family the flow is not: no family left, every segment fails naming one.
+    register_with(rt, "fw2", network(("eth1", ["fd00:5::12/64"]), default="eth1"))
+    register_with(rt, "h2", network(("eth0", ["10.5.0.2/24"]), default="eth0"))
+    register_with(rt, "fw1", network(("eth0", ["fd00:5::11/64"]), default="eth0"))
+    s = shapers(rt, res.id)
+    assert all(i.state == "failed" and "'fw1'" in i.reason for i in s.values()), {k: i.reason for k, i in s.items()}
+
+    # A DSCP match is the source's: past it the flow carries the reservation's mark, so a middlebox matches without.
+    register_with(rt, "fw1", network(("eth0", ["10.5.0.11/24"]), default="eth0"))
+    register_with(rt, "fw2", network(("eth1", ["10.5.0.12/24"]), default="eth1"))
+    body = {**body, "dscp": 10, "end": at(clock, minutes=5)}
+    dscp, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(body)))
+    s = shapers(rt, dscp.id)
+    assert {leg: (i.state, i.resolved.get("dscp")) for leg, i in s.items()} == {
+        "seg0": ("provisioning", "10"), "seg1": ("provisioning", None), "seg2": ("provisioning", None)}
+
+
+
+def test_a_mirror_has_a_source_and_a_collector_end_while_active(rt: Runtime, clock: FakeClock) -> None:
+    """A mirror of h1 to h2: the source end on h1 (its interface, the direction, the rate, CS1) and the collector
+    end on h2, sharing a tunnel named after the VNI; modified, the source follows; cancelled, both go; a collector
+    that shares no address family with the source fails both ends, saying so; a mirror of a switch has none."""
+    register_with(rt, "h1", network(("eth0", ["10.5.0.1/24"]), default="eth0"))
+    register_with(rt, "h2", network(("eth0", ["10.5.0.2/24"]), default="eth0"))
+    rt.run(rt.topology.set_topology_op(Topology.parse(BARE)))
+    body = {"kind": "mirror", "src": "h1", "collector": "h2", "rate": "10M", "direction": "in", "start": "now",
+            "end": at(clock, minutes=5)}
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(body)))
+    assert res.body()["direction"] == "in" and res.mark == 8
+    ends = shapers(rt, res.id)
+    vni = mirror_vni(res.id)
+    assert {part: (i.host, i.type, i.state) for part, i in ends.items()} == {
+        "mirror": ("h1", "mirror", "provisioning"), "collector": ("h2", "mirror", "provisioning")}
+    assert dict(ends["mirror"].parameters) == {
+        "role": "source", "tunnel": f"tm{vni:06x}", "vni": str(vni), "direction": "in", "rate": "10000000",
+        "mark": "8", "device": "eth0", "local": "10.5.0.1", "remote": "10.5.0.2"}
+    assert dict(ends["collector"].parameters) == {
+        "role": "collector", "tunnel": f"tm{vni:06x}", "vni": str(vni), "local": "10.5.0.2", "remote": "10.5.0.1"}
+    rt.run(rt.reservations.modify_op(res.id, {"rate_out": "20M"}))
+    assert shapers(rt, res.id)["mirror"].parameters["rate"] == "20000000"
+
+    register_with(rt, "h2", network(("eth0", ["fd00:5::2/64"]), default="eth0"))  # no family in common now
+    ends = shapers(rt, res.id)
+    assert all(i.state == "failed" and "cannot be reached by a tunnel" in i.reason for i in ends.values()), {
+        k: i.reason for k, i in ends.items()}
+    rt.run(rt.reservations.cancel_op(res.id))
+    assert {i.desired for i in shapers(rt, res.id).values()} == {"absent"}  # (sent once: their agents stop them)
+
+    two_switches = {"nodes": BARE["nodes"] + [{"id": "s2", "kind": "switch", "labels": {"address": "10.5.0.9"}}],
+                    "links": BARE["links"] + [{"id": "s1-s2", "a": "s1", "b": "s2", "capacity": "1G"}]}
+    rt.run(rt.topology.set_topology_op(Topology.parse(two_switches)))
+    register_with(rt, "h2", network(("eth0", ["10.5.0.2/24"]), default="eth0"))
+    to_switch = {**body, "collector": "s2", "end": at(clock, minutes=5)}  # a collector that is not a host
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(to_switch)))
+    assert {i.reason for i in shapers(rt, res.id).values()} == {
+        "the collector 's2' is a switch: a mirror's copies go to a host, whose agent ends their tunnel"}
+    rt.run(rt.reservations.cancel_op(res.id))
+
+    switch = {**body, "src": "s1", "end": at(clock, minutes=5)}
+    res, _, _ = rt.run(rt.reservations.create_op(ReservationRequest.parse(switch)))
+    assert shapers(rt, res.id) == {}  # a switch mirrors its own port: no host agent has anything to do
+    with pytest.raises(InvalidInput) as exc:
+        ReservationRequest.parse({**body, "kind": "oneway", "dst": "h2", "collector": None})
+    assert exc.value.code == "invalid_direction"
+    with pytest.raises(InvalidInput) as exc:
+        ReservationRequest.parse({**body, "direction": "sideways"})
+    assert exc.value.code == "invalid_direction"
 
 
 def test_shapers_follow_a_topology_change_and_a_restart_writes_nothing_new(

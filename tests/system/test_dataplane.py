@@ -31,6 +31,7 @@ tails of the server's and agents' logs.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from tests.netns_support import (
     Lan,
     TcEvents,
     count_dscp,
+    count_udp,
     dscp_counts,
     forwarded,
     iperf3,
@@ -53,6 +55,7 @@ from tests.netns_support import (
     require_netns,
     routing,
     side_by_side,
+    udp_count,
 )
 from tests.system.dataplane_support import Daemon, group_alive, start_cluster, tc_layout, wait_until
 
@@ -306,18 +309,30 @@ def test_a_guaranteed_reservation_keeps_its_rate_against_a_bulk_transfer(tmp_pat
 
 
 def wire_state(host: Host) -> tuple[Any, ...]:
-    """What a restart must not change on ``host``: tc, the nftables rules (handles), the ip rules and routes."""
-    return tc_layout(host), [(r["handle"], r["comment"]) for r in host.nft_rules()], routing(host)
+    """What a restart must not change on ``host``: tc (the root's and clsact's), the nftables rules (handles), the
+    ip rules and routes, the links (a mirror's tunnel), without counters."""
+    clsact = [json.loads(host.run("tc", "-j", "filter", "show", "dev", host.ifname, hook).stdout or "[]")
+              for hook in ("ingress", "egress")]
+    return (tc_layout(host), clsact, [(r["handle"], r["comment"]) for r in host.nft_rules()], routing(host),
+            host.run("ip", "-d", "link", "show").stdout)
 
 
 @pytest.mark.system
-def test_a_steered_flow_passes_the_middlebox_at_its_rate_across_agent_kill_9s(tmp_path: Path) -> None:
-    """End to end, on a topology without labels: a steering reservation h1 -> h2 (a middlebox, forwarding) -> h3
-    for TCP to port 5201 at 20 Mbit/s. h1's agent shapes the first segment and routes the flow to h2; h2's agent
-    shapes the second. Counted in h2's forward hook (nftables): the flow passes h2 and arrives at h3 at its rate;
-    a flow to another port goes straight to h3, unshaped. Both agents killed with SIGKILL and started again change
-    nothing on the wire (tc, nftables, ip rules and routes) and run no operation. Cancelled, everything the
-    reservation put on the wire is gone, and nothing else."""
+def test_steering_a_mirror_and_a_guarantee_at_once_across_agent_kill_9s(tmp_path: Path) -> None:
+    """End to end, on a topology without labels, three reservations at once:
+
+    - steering h1 -> h2 (a middlebox, forwarding) -> h3 for TCP to port 5201 at 20 Mbit/s: h1's agent shapes the
+      first segment and routes the flow to h2, h2's agent shapes the second. Counted in h2's forward hook
+      (nftables): the flow passes h2 and arrives at h3 at its rate; a flow to another port goes straight to h3;
+    - a mirror of what h3 receives to the collector h4 at 30 Mbit/s: h4 gets a copy of every datagram of a 20 Mbit/s
+      UDP flow into h3 over 10 s (counted at both ends by nftables: within 1 %), the flow keeps its rate, and copies of a
+      60 Mbit/s flow stay within the mirror's 30 (the original untouched); the mirror's observed state reaches the
+      server;
+    - a oneway 50 Mbit/s h1 -> h4, shaped.
+
+    Every agent killed with SIGKILL and started again changes nothing on any host (tc, clsact filters, nftables,
+    ip rules and routes, links) and runs no operation. Cancelled, everything the reservations put on the wire is
+    gone, and nothing else."""
     require_netns()
     require_iperf3()
     daemons: list[Daemon] = []
@@ -326,28 +341,40 @@ def test_a_steered_flow_passes_the_middlebox_at_its_rate_across_agent_kill_9s(tm
     def logs() -> str:
         return "".join(f"\n----- {d.name} log (tail) -----\n{d.tail()}" for d in daemons)
 
-    with Lan(3) as lan, contextlib.ExitStack() as cleanup:
-        h1, h2, h3 = lan.hosts
+    with Lan(4) as lan, contextlib.ExitStack() as cleanup:
+        h1, h2, h3, h4 = lan.hosts
         try:
             h2.run("sysctl", "-qw", "net.ipv4.ip_forward=1")  # a middlebox forwards (the operator's choice)
             forwarded(h2, h1, h3)
-            before = {h.name: (routing(h), h.nft_rules()) for h in (h1, h2)}
+            count_udp(h3, 5204)
+            before = {h.name: wire_state(h) for h in lan.hosts}
             admin, agents = start_cluster(tmp_path, lan.hosts, daemons, cleanup, logs)
             admin.put_topology({"nodes": [{"id": h.name, "kind": "middlebox" if h is h2 else "host"}
                                           for h in lan.hosts] + [{"id": "s1", "kind": "switch"}],
                                 "links": [{"id": f"{h.name}-s1", "a": h.name, "b": "s1", "capacity": "1G"}
                                           for h in lan.hosts]})
-            rid = admin.reserve(kind="steering", src="h1", dst="h3", via=["h2"], rate="20M", protocol="tcp",
-                                dst_port=5201, start="now", end="+120s")["id"]
+            window = {"start": "now", "end": "+180s"}
+            steer = admin.reserve(kind="steering", src="h1", dst="h3", via=["h2"], rate="20M", protocol="tcp",
+                                  dst_port=5201, **window)["id"]
+            mirror = admin.reserve(kind="mirror", src="h3", collector="h4", rate="30M", direction="in",
+                                   **window)["id"]
+            oneway = admin.reserve(kind="oneway", src="h1", dst="h4", rate="50M", protocol="tcp", dst_port=5203,
+                                   **window)["id"]
 
-            def both_active() -> dict[str, dict[str, Any]] | None:
+            def active(rid: str, parts: int) -> dict[str, dict[str, Any]] | None:
                 mine = {i["owner"].partition("/")[2]: i for i in shapers(admin, rid)}
-                return mine if len(mine) == 2 and all(i["state"] == "active" for i in mine.values()) else None
+                return mine if len(mine) == parts and all(i["state"] == "active" for i in mine.values()) else None
 
-            legs = wait_until(both_active, timeout=WAIT, what="both segments' shapers active", context=logs)
+            legs = wait_until(lambda: active(steer, 2), timeout=WAIT, what="both segments active", context=logs)
+            ends = wait_until(lambda: active(mirror, 2), timeout=WAIT, what="both mirror ends active", context=logs)
+            wait_until(lambda: active(oneway, 1), timeout=WAIT, what="the oneway shaper active", context=logs)
             assert (legs["seg0"]["host"], legs["seg1"]["host"]) == ("h1", "h2"), f"{legs}{logs()}"
             assert legs["seg0"]["parameters"]["via"] == h2.address, f"{legs}{logs()}"
+            assert (ends["mirror"]["host"], ends["collector"]["host"]) == ("h3", "h4"), f"{ends}{logs()}"
+            tunnel = ends["mirror"]["parameters"]["tunnel"]
+            count_udp(h4, 5204, device=tunnel)
 
+            # --- steering: through h2, at its rate; another port straight to h3
             rates["steered"] = iperf3(h1, h3, seconds=IPERF_SECONDS, port=5201)
             rates["other port"] = iperf3(h1, h3, seconds=1, port=5202)
             through = {r["comment"]: next(e["counter"]["bytes"] for e in r["expr"] if "counter" in e)
@@ -356,12 +383,35 @@ def test_a_steered_flow_passes_the_middlebox_at_its_rate_across_agent_kill_9s(tm
             assert through["fwd 5201"] >= 0.9 * rates["steered"] * IPERF_SECONDS / 8, f"{through}{logs()}"
             assert through["fwd 5202"] == 0 and rates["other port"] > UNSHAPED, f"{through}{logs()}"
             for h, leg in ((h1, "seg0"), (h2, "seg1")):  # each segment shaped at its source
-                classid = legs[leg]["outputs"]["classid"]
-                cls = h.tc_classes()[classid]
+                cls = h.tc_classes()[legs[leg]["outputs"]["classid"]]
                 assert cls["rate"] == 20_000_000 and cls["sent_bytes"] > 0, f"{h.name} {cls}{logs()}"
+            rates["oneway"] = iperf3(h1, h4, seconds=2, port=5203)
+            assert SHAPED[0] <= rates["oneway"] <= SHAPED[1], logs()
 
-            wire = {h.name: wire_state(h) for h in (h1, h2)}
-            for h in (h1, h2):
+            # --- the mirror: a copy of every datagram, the original's rate kept, the copies within the mirror's
+            rates["mirrored flow"] = iperf3(h1, h3, seconds=10, udp=True, bitrate="20M", length=1000,
+                                            port=5204)
+            (received, _), (copies, _) = udp_count(h3, 5204), udp_count(h4, 5204, device=tunnel)
+            assert rates["mirrored flow"] >= 19.8e6 and received > 24000, f"{received}{logs()}"
+            assert abs(copies - received) <= 0.01 * received, f"{received} received, {copies} copies{logs()}"
+            copied_before = udp_count(h4, 5204, device=tunnel)[1]
+            rates["fast flow"] = iperf3(h1, h3, seconds=2, udp=True, bitrate="60M", length=1000, port=5204)
+            rates["its copies"] = (udp_count(h4, 5204, device=tunnel)[1] - copied_before) * 8 / 2
+            assert rates["fast flow"] >= 59e6, logs()
+            assert rates["its copies"] <= 30e6 * 1.1, logs()
+            with agents["h3"].admin_client() as h3_agent:  # a probe now (the recurring one runs every 60 s)
+                h3_agent.submit(f"i-{ends['mirror']['id']}", "monitor")
+
+            def observed() -> dict[str, Any] | None:
+                seen = {leg["leg"]: leg["observed"] for leg in admin.reservation_wire(mirror)["legs"]}
+                return seen if int(seen.get("mirror", {}).get("mirrored_packets", "0")) >= received else None
+
+            seen = wait_until(observed, timeout=WAIT, what="the mirror's observed state on the server", context=logs)
+            assert int(seen["mirror"]["dropped"]) > 0, f"{seen}{logs()}"  # the fast flow's copies over the rate
+
+            # --- kill -9 of every agent, and the same command lines again: nothing changes on the wire
+            wire = {h.name: wire_state(h) for h in lan.hosts}
+            for h in lan.hosts:
                 agent = agents[h.name]
                 agent.kill9()
                 agent.start()
@@ -369,18 +419,20 @@ def test_a_steered_flow_passes_the_middlebox_at_its_rate_across_agent_kill_9s(tm
                                              and b["sync"]["converged"], what="converged after the restart",
                                              context=logs)
                 assert healthy["sync"]["operations"] == 0, f"{h.name} ran operations: {healthy}{logs()}"
-            assert {h.name: wire_state(h) for h in (h1, h2)} == wire, f"the restarts changed the wire{logs()}"
-            rates["after restarts"] = iperf3(h1, h3, seconds=IPERF_SECONDS, port=5201)
+            after = {h.name: wire_state(h) for h in lan.hosts}
+            changed = [name for name in wire if after[name] != wire[name]]
+            assert not changed, f"the restarts changed the wire on {changed}{logs()}"
+            rates["after restarts"] = iperf3(h1, h3, seconds=2, port=5201)
             assert 17e6 <= rates["after restarts"] <= 22e6, logs()
 
-            admin.cancel_reservation(rid)
-            wait_until(lambda: all(root_qdisc(h)["kind"] in ROOT_KINDS for h in (h1, h2)), timeout=WAIT,
-                       what="the trees gone", context=logs)
-            wait_until(lambda: {h.name: (routing(h), h.nft_rules()) for h in (h1, h2)} == before, timeout=WAIT,
-                       what="the rules and routes gone", context=logs)
+            # --- cancelled: everything they put on the wire is gone, and nothing else
+            for rid in (steer, mirror, oneway):
+                admin.cancel_reservation(rid)
+            wait_until(lambda: {h.name: wire_state(h) for h in lan.hosts} == before, timeout=WAIT,
+                       what="every host's wire as before the reservations", context=logs)
         finally:
             for d in reversed(daemons):
                 d.stop()
-            print("\niperf3 h1 -> h3 through h2: " + ", ".join(f"{k} {v / 1e6:.1f} Mbit/s" for k, v in rates.items()))
+            print("\niperf3: " + ", ".join(f"{k} {v / 1e6:.1f} Mbit/s" for k, v in rates.items()))
         for d in daemons:
             assert not group_alive(d.pid), f"{d.name} left processes behind"

@@ -74,11 +74,11 @@ _ONE_RATE = {"properties": {"rate_in": {"anyOf": [{"type": "null"}, {"const": 0}
 _KINDS = {"allOf": [
     {"oneOf": [
         merge({"properties": {"kind": {"const": "bandwidth"}}}, present("dst"), absent("collector"), absent("via"),
-              absent("port")),
+              absent("port"), absent("direction")),
         merge({"properties": {"kind": {"const": "oneway"}}}, present("dst"), absent("collector"), absent("via"),
-              absent("port"), _ONE_RATE),
+              absent("port"), absent("direction"), _ONE_RATE),
         merge({"properties": {"kind": {"const": "steering"}}}, present("dst"), present("via"), absent("collector"),
-              absent("port"), _ONE_RATE,
+              absent("port"), absent("direction"), _ONE_RATE,
               {"properties": {"via": {"type": "array", "minItems": 1, "uniqueItems": True}}}),
         merge({"properties": {"kind": {"const": "mirror"}}}, present("collector"), absent("dst"), absent("via"),
               _ONE_RATE, {"properties": {"burst": {"anyOf": [{"type": "null"}, {"const": "cap"}]}}}),
@@ -111,6 +111,8 @@ class ReservationCreate(StrictModel):
     labels: Labels | None = None
     path_mode: PathMode | None = None
     burst: Burst | None = None
+    direction: Literal["both", "in", "out"] | None = Field(
+        default=None, description="mirror: what it copies of its source's traffic, received (in), sent (out) or both")
 
 
 class ReservationPatch(StrictModel):

@@ -140,12 +140,15 @@ def mirror(
     rate: RateOpt, end: EndOpt,
     port: Annotated[str | None, typer.Option(metavar="LINK", help="The link of SRC to mirror (when it has "
                                              "several).")] = None,
+    direction: Annotated[str | None, typer.Option(metavar="in|out|both", help="What to copy: the frames SRC "
+                                                  "receives, sends, or both (the default).")] = None,
     start: StartOpt = "now", project: ProjectOpt = None, request_id: RequestIdOpt = None,
     label: LabelOpt = None, path_mode: PathModeOpt = None, mark: MarkOpt = None, as_json: JsonOption = False,
 ) -> None:
     """Reserve RATE for a copy of SRC's traffic, from its switch to COLLECTOR."""
     _reserve(ctx, as_json, kind="mirror", src=src, collector=collector, port=port, rate=rate, start=start,
-             end=end, project=project, request_id=request_id, labels=label, path_mode=path_mode, mark=mark)
+             end=end, project=project, request_id=request_id, labels=label, path_mode=path_mode, mark=mark,
+             direction=direction)
 
 
 # ------------------------------------------------------------ the others
@@ -288,7 +291,7 @@ def _detail(r: dict[str, Any]) -> None:
     if r["kind"] == "steering":
         rows.append(("via", " → ".join(r["via"])))
     if r["kind"] == "mirror":
-        rows.append(("port", r.get("port")))
+        rows += [("port", r.get("port")), ("direction", r.get("direction", "both"))]
     rows += [
         ("rate", format_rate(r["rate_out"]) + (f" out, {format_rate(r['rate_in'])} in"
                                               if r["kind"] == "bandwidth" else "")),
@@ -324,12 +327,17 @@ def _wire(legs: list[dict[str, Any]]) -> None:
         text, ceil = count(values, "rate"), values.get("ceil")
         return text if ceil in (None, values.get("rate")) else f"{text}/{count(values, 'ceil')}"
 
-    # Narrow enough for 80 columns: what it sent (bytes) and dropped (packets), the packets its rules matched, and
-    # when (UTC) its agent looked; the rest is in --json.
+    def first(values: dict[str, str], *keys: str) -> str:
+        return next((k for k in keys if k in values), keys[0])
+
+    # Narrow enough for 80 columns: what it sent (bytes) and dropped (packets), the packets its rules matched (a
+    # mirror's: copied; its collector's: received in sent), and when (UTC) its agent looked; the rest is in --json.
     table(("leg", "host", "state", "class", "rate", "sent", "drops", "matched", "seen"),
-          ((w["leg"], w["host"], w["state"], w["observed"].get("classid") or w.get("outputs", {}).get("classid"),
-            rate(w["observed"]), count(w["observed"], "sent_bytes", "B"), count(w["observed"], "dropped"),
-            count(w["observed"], "classified_packets"),
+          ((w["leg"], w["host"], w["state"], w["observed"].get("classid") or w["observed"].get("tunnel")
+            or w.get("outputs", {}).get("classid") or w.get("outputs", {}).get("tunnel"),
+            rate(w["observed"]), count(w["observed"], first(w["observed"], "sent_bytes", "received_bytes"), "B"),
+            count(w["observed"], "dropped"),
+            count(w["observed"], first(w["observed"], "classified_packets", "mirrored_packets")),
             _seen(w.get("observed_at"))) for w in legs),
           title="on the wire")
     for w in legs:

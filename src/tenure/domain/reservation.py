@@ -57,6 +57,7 @@ def parse_dscp(text: str) -> int:
         if not 0 <= value <= 63:
             raise ValueError(f"DSCP {text!r} is not 0-63")
     return value
+MIRROR_DIRECTIONS = ("both", "in", "out")  # what a mirror copies: what its source receives, sends, or both
 BURSTS = ("cap", "borrow")  # may a leg use idle capacity above its rate (borrow), or is it held to it (cap)
 
 
@@ -112,6 +113,7 @@ class Reservation:
     path_mode: str = "shortest"
     burst: str = "cap"
     mark: int = 46  # the DSCP its packets leave with (DEFAULT_MARKS by kind unless asked)
+    direction: str = "both"  # mirror: what it copies (MIRROR_DIRECTIONS)
     request_id: str | None = None
     request_hash: str | None = None
     reason: str | None = None  # why degraded or re-routed
@@ -142,6 +144,7 @@ class Reservation:
         if self.kind == "mirror":
             d["collector"] = self.dst
             d["port"] = self.port
+            d["direction"] = self.direction
         if self.match.doc():
             d["match"] = self.match.doc()
         if self.reason:
@@ -266,6 +269,7 @@ class ReservationRequest:
     path_mode: str = "shortest"
     burst: str = "cap"
     mark: int = 46
+    direction: str = "both"
     sent: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -328,13 +332,18 @@ class ReservationRequest:
         if kind == "mirror" and burst != "cap":
             raise InvalidInput("a mirror is held to its rate: burst borrow is for the other kinds",
                                code="invalid_burst")
+        direction = raw.get("direction")
+        if direction is not None and kind != "mirror":
+            raise InvalidInput("direction is only for mirror", code="invalid_direction")
+        if direction is not None and direction not in MIRROR_DIRECTIONS:
+            raise InvalidInput(f"direction must be one of {', '.join(MIRROR_DIRECTIONS)}", code="invalid_direction")
         start, end = raw.get("start"), raw.get("end")  # checked when resolved against the clock
         if start is None or end is None:
             raise InvalidInput("start and end are required", code="invalid_window")
         return cls(kind=kind, src=src, dst=dst, rate_out=rate_out, rate_in=rate_in, start=start, end=end, via=via,
                    port=port, match=match, labels=validate_labels(raw.get("labels")), project=project,
                    request_id=validate_request_id(raw.get("request_id")), path_mode=mode, burst=burst,
-                   mark=validate_mark(raw.get("mark"), kind), sent=dict(raw))
+                   mark=validate_mark(raw.get("mark"), kind), direction=direction or "both", sent=dict(raw))
 
 
 def plan_legs(*, kind: str, src: str, dst: str, via: tuple[str, ...], rate_out: int, rate_in: int,

@@ -103,7 +103,8 @@ def _from_body(body: Mapping[str, Any], request_hash_: str | None, seq: int = 0)
         rate_in=body["rate_in"], match=Match(m.get("protocol"), m.get("src_port"), m.get("dst_port"), m.get("dscp")),
         start=_ts(body["start"]), end=_ts(body["end"]), state=body["state"], legs=legs, labels=body["labels"],
         path_mode=body["path_mode"], burst=body.get("burst", "cap"),
-        mark=body.get("mark", DEFAULT_MARKS[body["kind"]]), request_id=body["request_id"],
+        mark=body.get("mark", DEFAULT_MARKS[body["kind"]]), direction=body.get("direction", "both"),
+        request_id=body["request_id"],
         request_hash=request_hash_,
         reason=body.get("reason"), created_at=_ts(body["created_at"]), updated_at=_ts(body["updated_at"]),
         ended_at=_ts(body["ended_at"]) if "ended_at" in body else None, revision=body["revision"], seq=seq,
@@ -402,7 +403,8 @@ class ReservationService:
                 id=rid, kind=kind, project=project, owner=owner, src=src, dst=dst, via=via, port=port,
                 rate_out=rate_out, rate_in=rate_in, match=match, start=w_start, end=w_end,
                 state=time_state(w_start, w_end, bnow), legs=(), labels=labels, path_mode=mode, burst=burst,
-                mark=request.mark, request_id=request_id, request_hash=digest, created_at=bnow, updated_at=bnow,
+                mark=request.mark, direction=request.direction, request_id=request_id, request_hash=digest,
+                created_at=bnow, updated_at=bnow,
             )
             legs = self.admit(batch, self.plan(res), res, bnow)
             seq = self._next_seq
@@ -548,9 +550,11 @@ class ReservationService:
     # ================================================================ reads
 
     def active_touching(self, hosts: Collection[str] | None) -> list[Reservation]:
-        """The active reservations with a leg from or to one of ``hosts`` (None: all of them; writer thread)."""
+        """The active reservations with an end, or a leg from or to one of ``hosts`` (None: all of them; writer
+        thread)."""
         return [r for r in self._res.values() if r.state == ACTIVE and (
-            hosts is None or any(leg.src in hosts or leg.dst in hosts for leg in r.legs))]
+            hosts is None or r.src in hosts or r.dst in hosts or any(leg.src in hosts or leg.dst in hosts
+                                                                     for leg in r.legs))]
 
     def get(self, rid: str, *, principal: Principal = ADMIN) -> Reservation:
         res = self._views.get(rid)

@@ -36,6 +36,7 @@ addresses), the shapers of the active reservations on its host follow.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import weakref
 from collections.abc import Callable, Mapping
@@ -47,6 +48,7 @@ from tenure.services.instances import InstanceService
 from tenure.store.writer import Batch
 
 SHAPER_TYPE = "bandwidth"
+MIRROR_TYPE = "mirror"
 SHAPED_KINDS = frozenset({"bandwidth", "oneway", "steering"})
 MAX_SHAPED = 10**12  # bit/s: HTB's rates go to 1 Tbit/s; a faster link is shaped as if it were that
 
@@ -183,7 +185,7 @@ def _steered(res: Reservation, here: str, there: str, topology: Topology,
         why = f"node {res.src!r} has no address its agent reported or its labels name: its flow cannot be steered"
     if why is None:  # the families every middlebox can be reached in, each from the stop before it
         stops = (res.src, *res.via, res.dst)
-        families = {4, 6}
+        families = {_version(d) for d in dst_addrs}
         for a, b in zip(stops[:-2], stops[1:-1], strict=True):
             families &= {_version(r) for r in _next_hops(a, b, topology, network)}
             if not families:
@@ -203,10 +205,14 @@ def _next_hops(here: str, there: str, topology: Topology, network: Network) -> l
     interface toward ``there`` (when its agent reported its networks; a labelled address is taken as it is)."""
     nodes = topology.nodes
     reached, device, _, _ = endpoints(nodes[here], nodes[there], topology, network)
+    hops = []
+    for text in reached:
+        try:
+            hops.append(ipaddress.ip_address(text))
+        except ValueError:  # a label naming a network: no next hop
+            continue
     mine = [s for name, s in _reported(network(here), _labelled(topology), here) if device in (None, name)]
-    if not mine:
-        return reached
-    return [r for r in reached if any(ipaddress.ip_address(r) in s.network for s in mine)]
+    return [str(h) for h in hops if not mine or any(h in s.network for s in mine)]
 
 
 def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_network) -> dict[str, dict[str, Any]]:
@@ -217,7 +223,8 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
     out: dict[str, dict[str, Any]] = {}
     for leg in res.legs:
         src, dst = topology.nodes.get(leg.src), topology.nodes.get(leg.dst)
-        if leg.rate <= 0 or src is None or dst is None or src.kind not in ("host", "middlebox"):
+        if leg.rate <= 0 or src is None or dst is None or not (
+                src.kind == "host" or (src.kind == "middlebox" and res.kind == "steering")):
             continue
         params: dict[str, Any] = {"rate": leg.rate, "borrow": "yes" if res.burst == "borrow" else "no"}
         first = topology.links.get(leg.hops[0][0]) if leg.hops else None
@@ -239,7 +246,7 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
             params["src"] = ",".join(src_addresses)
         params["mark"] = res.mark
         m = res.match
-        if m.dscp is not None:
+        if m.dscp is not None and params.get("forward") != "yes":  # (past the source, the flow carries the mark)
             params["dscp"] = m.dscp
         if m.protocol is not None:
             params["protocol"] = m.protocol
@@ -256,8 +263,74 @@ def shaper_specs(res: Reservation, topology: Topology, network: Network = _no_ne
     return out
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def mirror_vni(rid: str) -> int:
+    """A mirror's VXLAN network identifier (1 to 2^24-1), from its id: the same at both ends and after any restart.
+    Two mirrors on one host share one only with odds of 1 in 16.7 million; the second's tunnel then finds the
+    first's in its way and fails, saying so (it never takes it over)."""
+    return int(hashlib.sha256(rid.encode()).hexdigest()[:6], 16) or 1
+
+
+def mirror_specs(res: Reservation, topology: Topology, network: Network = _no_network) -> dict[str, dict[str, Any]]:
+    """Part name -> instance spec, for an active mirror whose source is a host: ``mirror`` on the source (copies
+    into a VXLAN tunnel held to the rate) and ``collector`` on the collector (the tunnel's other end); {} otherwise
+    (a switch's port is mirrored by the switch, which has no agent). One address family, IPv4 first, that both
+    ends have; without one, both are created failed with the reason."""
+    if res.state != ACTIVE or res.kind != "mirror":
+        return {}
+    src, dst = topology.nodes.get(res.src), topology.nodes.get(res.dst)
+    if src is None or dst is None or src.kind != "host":
+        return {}
+    remote, device, local, why = endpoints(src, dst, topology, network)
+    pair = next(((r, loc) for r in remote for loc in local if _version(r) == _version(loc)
+                 and _is_address(r) and _is_address(loc)), None)
+    vni = mirror_vni(res.id)
+    common = {"tunnel": f"tm{vni:06x}", "vni": vni}
+    source: dict[str, Any] = {"role": "source", **common, "direction": res.direction, "rate": res.rate_out,
+                              "mark": res.mark}
+    collector: dict[str, Any] = {"role": "collector", **common}
+    if device:
+        source["device"] = device
+    failed = None
+    if pair is not None:
+        source.update(local=pair[1], remote=pair[0])
+        collector.update(local=pair[0], remote=pair[1])
+    else:
+        failed = (f"the collector {dst.id!r} cannot be reached by a tunnel from {src.id!r}: "
+                  + (why or "they have no address of one family in common"))
+    if failed is None and not device:
+        failed = f"node {src.id!r} has no 'interface' label and its agent reported none: nothing to mirror"
+    if failed is None and dst.kind != "host":
+        failed = (f"the collector {dst.id!r} is a {dst.kind}: a mirror's copies go to a host, whose agent ends "
+                  f"their tunnel")
+    if failed is None and res.port is not None and len(topology.links_of(src.id)) > 1:
+        failed = (f"which of {src.id!r}'s interfaces is its link {res.port!r} is not known: on the wire, a mirror of "
+                  f"a host with several links copies the host's one interface (label it 'interface')")
+    out = {"mirror": {"name": f"{res.id}-mirror", "type": MIRROR_TYPE, "host": src.id, "parameters": source},
+           "collector": {"name": f"{res.id}-collector", "type": MIRROR_TYPE, "host": dst.id,
+                         "parameters": collector}}
+    if failed:
+        for spec in out.values():
+            spec["failed"] = failed
+    return out
+
+
 def sync_shapers(batch: Batch, res: Reservation, topology: Topology, instances: InstanceService,
                  network: Network = _no_network) -> None:
+    """The reservation's instances on the wire as it says now: its legs' shapers, or a mirror's two ends (each kind
+    only while its instance type exists)."""
+    if res.kind == "mirror":
+        if MIRROR_TYPE in instances.types:
+            instances.sync_owned(batch, f"reservation:{res.id}", mirror_specs(res, topology, network),
+                                 project=res.project)
+        return
     if SHAPER_TYPE not in instances.types:
         return
     instances.sync_owned(batch, f"reservation:{res.id}", shaper_specs(res, topology, network), project=res.project)

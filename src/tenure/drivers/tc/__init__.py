@@ -117,6 +117,7 @@ nftables rules), :mod:`.steer` (a steered leg's ip rules and routes: policy rout
 
 from __future__ import annotations
 
+from tenure.drivers.tc.mirror import Mirror
 from tenure.drivers.tc.shaper import Shaper
 
-__all__ = ["Shaper"]
+__all__ = ["Mirror", "Shaper"]

@@ -361,6 +361,7 @@ def _base_chains(rules: list[Rule]) -> list[dict[str, Any]]:
 
 
 _BINARIES: dict[str, str] = {}
+PACKAGES = {"nft": "nftables", "nsenter": "util-linux", "ip": "iproute2", "tc": "iproute2"}
 
 
 def _binary(name: str) -> str:
@@ -368,15 +369,16 @@ def _binary(name: str) -> str:
     if path is None:
         path = shutil.which(name, path=os.environ.get("PATH", "") + ":" + SEARCH_PATH)
         if path is None:
-            package = "nftables" if name == "nft" else "util-linux"
-            raise NftMissing(f"{name} is not installed (Debian package {package}): the leg's flow cannot be "
-                             f"classified")
+            raise NftMissing(f"{name} is not installed (Debian package {PACKAGES.get(name, name)})")
         _BINARIES[name] = path
     return path
 
 
-def _run(netns: str | None, args: list[str], deadline: float | None, stdin: str | None = None) -> str:
-    argv = [_binary("nft"), *args]
+def run_tool(tool: str, netns: str | None, args: list[str], deadline: float | None, stdin: str | None = None) -> str:
+    """``tool args`` (nft, ip, tc) in namespace ``netns`` (through nsenter; no shell), its output; NftError with the
+    first error line it printed, NftMissing if it is not installed, Absent if the namespace is gone, TimeoutError
+    at the deadline."""
+    argv = [_binary(tool), *args]
     if netns is not None:
         path = os.path.join(NETNS_DIR, netns)
         if not os.path.exists(path):
@@ -384,22 +386,29 @@ def _run(netns: str | None, args: list[str], deadline: float | None, stdin: str 
         argv = [_binary("nsenter"), f"--net={path}", "--", *argv]
     left = NFT_TIMEOUT if deadline is None else deadline - time.monotonic()
     if left <= 0:
-        raise TimeoutError("no time left to run nft")
+        raise TimeoutError(f"no time left to run {tool}")
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=left, check=False,
                               env={"PATH": SEARCH_PATH, "LC_ALL": "C"})
     except subprocess.TimeoutExpired:
-        raise TimeoutError(f"nft did not finish within {left:.3g}s") from None
+        raise TimeoutError(f"{tool} did not finish within {left:.3g}s") from None
     if done.returncode != 0:
         if netns is not None and not os.path.exists(os.path.join(NETNS_DIR, netns)):
             raise Absent(f"network namespace {netns} does not exist")
-        raise NftError(_first_error(done.stderr) or f"nft exited {done.returncode}")
+        raise NftError(_first_error(done.stderr) or f"{tool} exited {done.returncode}")
     return done.stdout
+
+
+def _run(netns: str | None, args: list[str], deadline: float | None, stdin: str | None = None) -> str:
+    try:
+        return run_tool("nft", netns, args, deadline, stdin)
+    except NftMissing as exc:
+        raise NftMissing(f"{exc}: the leg's flow cannot be classified") from None
 
 
 def _first_error(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(("Error", "nsenter"))]
+    errors = [line for line in lines if line.startswith(("Error", "nsenter", "RTNETLINK", "Cannot"))]
     return (errors or lines or [""])[0][:300]
 
 

@@ -36,7 +36,6 @@ PARAMS = ("device", "rate", "classid", "dst", "src", "protocol", "dst_port", "sr
 BOOLEANS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 IDENTITY = ("device", "classid", "netns")  # what stop needs: where the leg is, not what it matches
 STEER_BASE = 0x54450000  # a steered leg's firewall mark and routing table: this | classid (unique per namespace)
-STEER_MASK = 0xFFFF0000
 STEER_RULE_PRIORITY = 30000  # its ip rule: before the main table's (32766)
 
 _RATE = re.compile(r"([1-9][0-9]{0,12})([kKMG]?)")
