@@ -324,10 +324,10 @@ def test_steering_a_mirror_and_a_guarantee_at_once_across_agent_kill_9s(tmp_path
     - steering h1 -> h2 (a middlebox, forwarding) -> h3 for TCP to port 5201 at 20 Mbit/s: h1's agent shapes the
       first segment and routes the flow to h2, h2's agent shapes the second. Counted in h2's forward hook
       (nftables): the flow passes h2 and arrives at h3 at its rate; a flow to another port goes straight to h3;
-    - a mirror of what h3 receives to the collector h4 at 30 Mbit/s: h4 gets a copy of every datagram of a 20 Mbit/s
-      UDP flow into h3 over 10 s (counted at both ends by nftables: within 1 %), the flow keeps its rate, and copies of a
-      60 Mbit/s flow stay within the mirror's 30 (the original untouched); the mirror's observed state reaches the
-      server;
+    - a mirror of what h3 receives to the collector h4 at 30 Mbit/s: h4 gets a copy of every datagram of a
+      20 Mbit/s UDP flow into h3 over 10 s (counted at both ends by nftables: within 1 %), the flow keeps its rate,
+      and copies of a 60 Mbit/s flow stay within the mirror's 30 (the original untouched); the mirror's observed
+      state reaches the server;
     - a oneway 50 Mbit/s h1 -> h4, shaped.
 
     Every agent killed with SIGKILL and started again changes nothing on any host (tc, clsact filters, nftables,

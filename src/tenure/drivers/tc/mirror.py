@@ -309,14 +309,17 @@ def _is_ours(end: End, link: dict[str, Any]) -> bool:
 
 
 def _add_tunnel(end: End, deadline: float | None) -> None:
-    args = ["link", "add", end.tunnel, "type", "vxlan", "id", str(end.vni), "local", str(end.local),
-            "remote", str(end.remote), "dstport", str(VXLAN_PORT), "nolearning"]
-    if end.mark:
-        args += ["tos", f"{end.mark << 2:#x}"]
-    run_tool("ip", end.netns, args, deadline)
+    add = (f"link add {end.tunnel} type vxlan id {end.vni} local {end.local} remote {end.remote} dstport {VXLAN_PORT}"
+           f" nolearning" + (f" tos {end.mark << 2:#x}" if end.mark else ""))
     # No IPv6 link-local address: the device sends nothing of its own (router solicitations, MLD) into the tunnel.
-    run_tool("ip", end.netns, ["link", "set", end.tunnel, "addrgenmode", "none"], deadline)
-    run_tool("ip", end.netns, ["link", "set", end.tunnel, "up"], deadline)
+    _batch("ip", end, [add, f"link set {end.tunnel} addrgenmode none", f"link set {end.tunnel} up"], deadline)
+
+
+def _batch(tool: str, end: End, lines: list[list[str] | str], deadline: float | None) -> None:
+    """Commands of ``tool`` (ip, tc) in one process (``-batch -``; it stops at the first that fails)."""
+    if lines:
+        text = "".join((line if isinstance(line, str) else " ".join(line)) + "\n" for line in lines)
+        run_tool(tool, end.netns, ["-batch", "-"], deadline, stdin=text)
 
 
 def _del_link(end: End, name: str, deadline: float | None) -> bool:
@@ -475,14 +478,15 @@ class Mirror:
         deadline = _deadline(ctx)
         try:
             with _locked(end, deadline):
+                links = {ln.get("ifname"): ln for ln in _json("ip", end, ["-d", "link", "show"], deadline)}
                 mtu = 1500
                 if end.role == "source":
                     assert end.device is not None
-                    device = _link(end, end.device, deadline)
+                    device = links.get(end.device)
                     if device is None:
                         return OCF_ERR_GENERIC, f"device {end.device} does not exist; cannot mirror it"
                     mtu = int(device.get("mtu") or 1500)
-                link = _link(end, end.tunnel, deadline)
+                link = links.get(end.tunnel)
                 kind = ((link or {}).get("linkinfo") or {}).get("info_kind")
                 if link is not None and kind != "vxlan":
                     return OCF_ERR_GENERIC, (f"a device {end.where} that is not a mirror's tunnel "
@@ -510,35 +514,38 @@ class Mirror:
     @staticmethod
     def _source(end: End, ctx: HandlerContext, deadline: float | None, mtu: int) -> None:
         """The tunnel's token bucket, then the device's clsact and filters (the exclusion before the copying)."""
-        assert end.device is not None and end.slot is not None
-        if _bucket_problem(end, _bucket(end, deadline)) is not None:
-            assert end.remote is not None
-            run_tool("tc", end.netns, ["qdisc", "replace", "dev", end.tunnel, "root", "handle", "1:", "stab",
-                                       "overhead", str(OVERHEAD[end.remote.version]), "tbf", "rate",
-                                       f"{end.rate_bytes * 8}bit", "burst", str(end.burst(mtu)), "latency", "100ms"],
-                     deadline)
-            ctx.log(f"set the tunnel {end.where}'s token bucket to {end.rate_bytes * 8} bit/s")
-        found = {hook: _filters(end, hook, deadline) for hook in ("ingress", "egress")}
+        assert end.device is not None and end.slot is not None and end.remote is not None
+        qdiscs = _json("tc", end, ["-d", "qdisc", "show"], deadline)  # every device's: the tunnel's and the device's
+        bucket = next((q for q in qdiscs if q.get("dev") == end.tunnel and q.get("root")), None)
+        clsact = any(q.get("kind") == "clsact" and q.get("dev") == end.device for q in qdiscs)
+        found = {hook: _filters(end, hook, deadline) if clsact else [] for hook in ("ingress", "egress")}
         for hook, filters in found.items():  # checked before anything changes: never someone else's place
             if _foreign_copy(end, filters) or (hook == "egress" and _excluding(end, filters) is False):
                 return (f"a filter that is not this mirror's is at preference {end.slot} or {MIRROR_PREF + end.slot} "
                         f"on {end.device} {hook}; not changing it")
-        if not _clsact(end, deadline):
-            run_tool("tc", end.netns, ["qdisc", "add", "dev", end.device, "clsact"], deadline)
+        adds: list[list[str]] = []
+        if _bucket_problem(end, bucket) is not None:
+            adds.append(["qdisc", "replace", "dev", end.tunnel, "root", "handle", "1:", "stab", "overhead",
+                         str(OVERHEAD[end.remote.version]), "tbf", "rate", f"{end.rate_bytes * 8}bit", "burst",
+                         str(end.burst(mtu)), "latency", "100ms"])
+            ctx.log(f"set the tunnel {end.where}'s token bucket to {end.rate_bytes * 8} bit/s")
+        if not clsact:
+            adds.append(["qdisc", "add", "dev", end.device, "clsact"])
             ctx.log(f"added the clsact qdisc on {end.device}")
         for hook, filters in found.items():
             wanted = hook in end.hooks
             if hook == "egress":
                 if wanted and _excluding(end, filters) is None:
-                    run_tool("tc", end.netns, _exclusion_args(end), deadline)
+                    adds.append(_exclusion_args(end))
                     ctx.log(f"added the filter letting the tunnel's packets leave {end.device} uncopied")
                 elif not wanted and _excluding(end, filters):
                     _del_pref(end, hook, end.slot, deadline)
             if wanted and not _copies_into_tunnel(end, filters):
-                run_tool("tc", end.netns, _copy_args(end, hook), deadline)
+                adds.append(_copy_args(end, hook))
                 ctx.log(f"added the filter copying {end.device}'s {hook} frames into {end.tunnel}")
             elif not wanted and _copies_into_tunnel(end, filters):
                 _del_pref(end, hook, MIRROR_PREF + end.slot, deadline)
+        _batch("tc", end, adds, deadline)  # in order: the bucket, the clsact, the exclusion before the copying
         return None
 
     def reload(self, params: dict[str, str], ctx: HandlerContext) -> Result:
