@@ -109,10 +109,14 @@ def rules(host: Host, kind: str = "leg") -> dict[str, dict]:
 
 
 def evaluated(host: Host) -> list[str]:
-    """The legs' rules in the order a packet meets them (one destination): its host chain's, then the base chain's
-    (the dispatch rules jump to the host chain first)."""
+    """The legs' rules in the order a packet meets them (one destination): its port's chain's, its host's chain's,
+    then the base chain's (the dispatch rules jump to the port's chain, then to the host's, first)."""
     legs = rules(host)
-    return [k for k, r in legs.items() if r["chain"] != "legs"] + [k for k, r in legs.items() if r["chain"] == "legs"]
+    table = nft.parse(host.run("nft", "-j", "list", "table", "inet", "tenure").stdout)
+    by_port = {target for key, target in table.elements.items() if len(key) == 5}
+    return ([k for k, r in legs.items() if r["chain"] in by_port]
+            + [k for k, r in legs.items() if r["chain"] not in by_port and r["chain"] != "legs"]
+            + [k for k, r in legs.items() if r["chain"] == "legs"])
 
 
 def matches(rule: dict) -> dict[str, object]:
@@ -334,6 +338,11 @@ def test_ports_select_the_flow(lan: Lan) -> None:
     require_iperf3()
     h1, h2, _ = lan.hosts
     assert Shaper().start(leg(h1, h2, protocol="tcp", dst_port="5201", rate="20M"), ctx()) == 0
+    # A leg to one port of one host is in that port's chain: traffic to the host's other ports never walks it.
+    by_port = h1.run("nft", "list", "map", "inet", "tenure", "to4p").stdout
+    by_host = h1.run("nft", "list", "map", "inet", "tenure", "to4").stdout
+    assert f'"{h1.ifname}" . {h2.address} . tcp . 5201 : jump to-' in by_port and h2.address not in by_host, (
+        by_port, by_host)
     shaped = iperf3(h1, h2, seconds=2, port=5201)
     other_port = iperf3(h1, h2, seconds=1, port=5202)
     print(f"port 5201 {shaped / 1e6:.1f} Mbit/s, port 5202 {other_port / 1e6:.0f} Mbit/s")
@@ -507,8 +516,8 @@ def test_re_mark_rules_are_shared_by_the_legs_marking_alike_and_go_with_the_last
         assert shaper.start(params, ctx()) == 0
     assert list(rules(h1, "remark")) == ["ip 46", "ip6 46", "ip 34", "ip6 34"]  # once per mark, after the legs
     base = [r["comment"] for r in h1.nft_rules() if r["chain"] == "legs"]  # the legs are in their hosts' chains
-    assert base == ["tenure dispatch ip", "tenure dispatch ip6", "tenure remark ip 46", "tenure remark ip6 46",
-                    "tenure remark ip 34", "tenure remark ip6 34"]
+    assert base == ["tenure dispatch ip port", "tenure dispatch ip6 port", "tenure dispatch ip", "tenure dispatch ip6",
+                    "tenure remark ip 46", "tenure remark ip6 46", "tenure remark ip 34", "tenure remark ip6 34"]
     assert shaper.stop(c, ctx()) == 0
     assert list(rules(h1, "remark")) == ["ip 46", "ip6 46"]
     assert shaper.stop(a, ctx()) == 0
@@ -522,9 +531,9 @@ def test_re_mark_rules_are_shared_by_the_legs_marking_alike_and_go_with_the_last
 
 
 def test_overlapping_legs_resolve_the_same_way_whatever_their_history(lan: Lan) -> None:
-    """Legs to one host address come first (their chain is looked up before the base chain's legs to networks),
-    and within a chain the more specific (it wins the packets both match), however the legs were started or
-    changed; then by device and class."""
+    """Legs to one port of one host address come first, then the host's other legs (their chains are looked up
+    before the base chain's legs to networks), and within a chain the more specific (it wins the packets both
+    match), however the legs were started or changed; then by device and class."""
     h1, h2, _ = lan.hosts
     shaper = Shaper()
     broad, narrow = leg(h1, h2, classid="5", rate="10M"), leg(h1, h2, classid="6", protocol="tcp", dst_port="5201")
@@ -533,7 +542,8 @@ def test_overlapping_legs_resolve_the_same_way_whatever_their_history(lan: Lan) 
     subnet_port = {**leg(h1, h2, classid="7", rate="10M", protocol="tcp", dst_port="5201"), "dst": "10.77.0.0/24"}
     for params in (subnet, broad, subnet_port, narrow, other):
         assert shaper.start(params, ctx()) == 0
-    # h2's chain: 3 fields matched; 2; 1. Then the networks': 3 fields; 1 (whatever their class numbers).
+    # h2's port 5201's chain; h2's chain: 2 fields matched, 1. Then the networks': 3 fields; 1 (whatever their
+    # class numbers).
     order = [f"{h1.ifname} 1:6 ip", f"{h1.ifname} 1:4 ip", f"{h1.ifname} 1:5 ip", f"{h1.ifname} 1:7 ip",
              f"{h1.ifname} 1:3 ip"]
     assert evaluated(h1) == order
@@ -1125,12 +1135,20 @@ def test_map_elements_are_read_whatever_their_form() -> None:
                           [{"concat": ["eth0", "10.0.0.3"]}, {"accept": None}]]}},
         {"map": {"family": "inet", "table": "tenure", "name": "to6", "type": ["ifname", "ipv6_addr"], "map": "verdict",
                  "elem": [[{"concat": ["eth0", "::ffff:10.0.0.7"]}, {"jump": {"target": "to-ba9876543210"}}]]}},
+        {"map": {"family": "inet", "table": "tenure", "name": "to4p", "map": "verdict",
+                 "type": ["ifname", "ipv4_addr", "inet_proto", "inet_service"],
+                 "elem": [[{"concat": ["eth0", "10.0.0.2", "tcp", 6001]}, {"jump": {"target": "to-00000000000a"}}]]}},
+        {"map": {"family": "inet", "table": "tenure", "name": "to6p", "map": "verdict",
+                 "type": ["ifname", "ipv6_addr", "inet_proto", "inet_service"],
+                 "elem": [[{"concat": ["eth0", "fd00::2", 17, 53]}, {"jump": {"target": "to-00000000000b"}}]]}},
     ]})
     table = nft.parse(listing)
     mapped = str(ipaddress.ip_address("::ffff:10.0.0.7"))  # as this code writes it (Python's form)
     assert table.elements == {(4, "eth0", "10.0.0.2"): "to-0123456789ab", (4, "eth0", "10.0.0.3"): None,
-                              (6, "eth0", mapped): "to-ba9876543210"}
-    assert table.maps == {"to4", "to6"} and not table.unread
+                              (6, "eth0", mapped): "to-ba9876543210",
+                              (4, "eth0", "10.0.0.2", 6, 6001): "to-00000000000a",
+                              (6, "eth0", "fd00::2", 17, 53): "to-00000000000b"}
+    assert table.maps == {"to4", "to6", "to4p", "to6p"} and not table.unread
 
 
 def test_an_empty_host_chain_something_else_points_at_is_left_alone() -> None:

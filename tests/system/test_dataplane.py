@@ -156,8 +156,8 @@ def test_reservation_shapes_a_flow_across_an_agent_kill_9(tmp_path: Path) -> Non
             agent.verify_in_netns()  # the pid is the tenure agent itself, not `ip netns exec`
             before = tc_layout(h1)
             rules_before = [(r["handle"], r["comment"]) for r in h1.nft_rules()]
-            # the dispatch rules (v4, v6), the re-marks of EF (v4, v6), and the leg's in h2's chain
-            assert len(rules_before) == 5, f"{h1.nft_rules()}{logs()}"
+            # the dispatch rules (by port and by host, v4 and v6), the re-marks of EF (v4, v6), the leg's in h2's chain
+            assert len(rules_before) == 7, f"{h1.nft_rules()}{logs()}"
             # The kernel announces every change of a qdisc, class or filter in h1's namespace: a pass that
             # touched the wire would show here (the same socket sees the teardown at the end: it is live).
             events = TcEvents(h1.netns)

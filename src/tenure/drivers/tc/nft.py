@@ -3,9 +3,13 @@
 One table per namespace, shared by every leg on every device there::
 
     table inet tenure {
+      map to4p { type ifname . ipv4_addr . inet_proto . inet_service : verdict; DEV . D . tcp . P : jump to-HASH }
+      map to6p { ... }
       map to4 { type ifname . ipv4_addr : verdict; elements = { DEV . D : jump to-HASH, ... } }
       map to6 { type ifname . ipv6_addr : verdict; ... }
       chain legs {        type filter hook postrouting priority mangle; policy accept
+        oifname . ip daddr . meta l4proto . th dport vmap @to4p     comment "tenure dispatch ip port"
+        oifname . ip6 daddr . meta l4proto . th dport vmap @to6p    comment "tenure dispatch ip6 port"
         oifname . ip daddr vmap @to4                                comment "tenure dispatch ip"
         oifname . ip6 daddr vmap @to6                               comment "tenure dispatch ip6"
         ... the rules of legs to a network (not one host address), as in to-HASH below ...
@@ -40,12 +44,14 @@ One table per namespace, shared by every leg on every device there::
   ``nft -j list table``; a monitor's reading is vouched for by the namespace's nftables notifications (a
   netfilter socket in NFNLGRP_NFTABLES, as :class:`TcWatch` does for tc) and is at most MAX_AGE old (its
   counters are the observed state's), so many monitors share one ``nft`` process a second.
-- **Cost.** nftables walks a chain's rules in order, so the legs are not all in one chain: a leg to one host
-  address (the usual case) is in the chain of its (device, address), which the family's map sends a packet to in
-  one lookup; a packet to nowhere reserved passes two map lookups, the legs to networks and the re-mark rules.
+- **Cost.** nftables walks a chain's rules in order, so the legs are not all in one chain: a leg to one port (TCP,
+  UDP or SCTP) of one host address is in the chain of its (device, address, protocol, port), a leg to one host
+  address without a destination port in the chain of its (device, address); the family's maps send a packet to
+  each in one lookup. A packet to nowhere reserved passes four map lookups (two of its family), the legs to
+  networks and the re-mark rules; one to a reserved host's other port, those and the host's legs without a port.
   (bench/dataplane.py: with 1,000 legs on the interface, unreserved traffic keeps 0.94x its throughput without
-  any qdisc; with every leg in one chain it kept 0.24x.) Legs to one host address are tried before legs to a
-  network; a host's chain goes with its last leg.
+  any qdisc; with every leg in one chain it kept 0.24x.) Legs to a host's port are tried before the host's other
+  legs, and those before legs to a network; a chain goes with its last leg.
 """
 
 from __future__ import annotations
@@ -80,9 +86,28 @@ PRIORITY = -150  # NF_IP_PRI_MANGLE: before the packet reaches the qdisc, as eve
 NFT_TIMEOUT = 20.0  # seconds, when the operation gives none
 MAX_AGE = 1.0  # seconds a monitor may reuse a reading (its counters) while nothing changed
 REMARK = "tenure remark "
-DISPATCH = "tenure dispatch "  # the base chain's first rules: oifname . daddr vmap @to4 / @to6
-MAPS = {4: "to4", 6: "to6"}
+DISPATCH = "tenure dispatch "  # the base chain's first rules: oifname . daddr [. l4proto . dport] vmap @to4p ...
+MAPS = {4: "to4", 6: "to6"}  # (device, host address) -> its chain
+PORT_MAPS = {4: "to4p", 6: "to6p"}  # (device, host address, protocol, destination port) -> its chain
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+PORTED = {"tcp": 6, "udp": 17, "sctp": 132}  # the protocols with ports: a leg to one of their ports has its own chain
+Key = tuple[int, str, str] | tuple[int, str, str, int, int]  # a map element's: (family, device, address[, proto, port])
+
+
+def _map_name(key: Key) -> str:
+    return (PORT_MAPS if len(key) == 5 else MAPS)[key[0]]
+
+
+def _concat(key: Key) -> dict[str, Any]:
+    return {"concat": list(key[1:])}
+
+
+def _dispatch_of(key: Key) -> str:
+    return f"{DISPATCH}{PROTO[key[0]]}" + (" port" if len(key) == 5 else "")
+
+
+def _key_text(key: Key) -> str:
+    return " . ".join(str(k) for k in key[1:])
 TO_CHAIN = re.compile(r"to-[0-9a-f]{12}")
 LEG_COMMENT = re.compile(r"tenure (\S+) 1:([0-9a-f]{1,4}) (ip6?) (leg|steer) s([0-9]{1,5}) [0-9a-f]{12} "
                          r"m([0-9]{1,2}|-)")
@@ -112,7 +137,7 @@ class Rule:
     comment: str
     expr: list[dict[str, Any]]
     chain: str = CHAIN
-    key: tuple[int, str, str] | None = None  # (family, device, address) of a host's chain
+    key: Key | None = None  # (family, device, address[, protocol, port]) of a host's (or a host port's) chain
 
 
 @dataclass(frozen=True)
@@ -161,7 +186,7 @@ class Table:
     rules: tuple[Found, ...] = field(default_factory=tuple)  # Tenure's rules (comment "tenure ..."), every chain
     foreign: int = 0  # anything else in the table (someone else's: never touched, and it keeps the table)
     maps: frozenset[str] = frozenset()
-    elements: dict[tuple[int, str, str], str | None] = field(default_factory=dict)  # key -> the chain it jumps
+    elements: dict[Key, str | None] = field(default_factory=dict)  # key -> the chain it jumps
     # to (None: another verdict, someone else's doing)
     foreign_chains: frozenset[str] = frozenset()  # our chains that hold someone else's rules
     pointed: frozenset[str] = frozenset()  # chains something else points at (a goto element, a rule's jump)
@@ -248,7 +273,11 @@ def wanted(leg: Leg) -> list[Rule]:
         score = fields * 1000 + (src.prefixlen if src is not None else 0) + dst.prefixlen
         mark = "m-" if leg.mark is None else f"m{leg.mark}"
         comment = f"{prefix(leg)}{proto} leg s{score} {_digest(expr)} {mark}"
-        if dst.prefixlen == dst.max_prefixlen:  # to one host: in its own chain, found through the family's map
+        if dst.prefixlen == dst.max_prefixlen and leg.protocol in PORTED and leg.dst_port is not None:
+            address = str(dst.network_address)  # to one port of one host: that port's chain, through the port map
+            key: Key = (v, leg.device, address, PORTED[leg.protocol], leg.dst_port)
+            out.append(Rule(comment, expr, _to_chain(leg.device, address, leg.protocol, leg.dst_port), key))
+        elif dst.prefixlen == dst.max_prefixlen:  # to one host: in its own chain, found through the family's map
             address = str(dst.network_address)
             out.append(Rule(comment, expr, _to_chain(leg.device, address), (v, leg.device, address)))
         else:
@@ -262,16 +291,21 @@ def wanted(leg: Leg) -> list[Rule]:
     return out
 
 
-def _to_chain(device: str, address: str) -> str:
-    return "to-" + hashlib.sha256(f"{device} {address}".encode()).hexdigest()[:12]
+def _to_chain(device: str, address: str, *port: object) -> str:
+    return "to-" + hashlib.sha256(" ".join(map(str, (device, address, *port))).encode()).hexdigest()[:12]
 
 
 def dispatch() -> list[Rule]:
-    """The base chain's first rules: a packet whose (device, destination) is a key of the family's map jumps to
-    the chain of the legs to that host (and comes back if none of them takes it)."""
-    return [Rule(f"{DISPATCH}{PROTO[v]}", [{"vmap": {"key": {"concat": [{"meta": {"key": "oifname"}},
-                                                                         _payload(PROTO[v], "daddr")]},
-                                                   "data": f"@{MAPS[v]}"}}]) for v in (4, 6)]
+    """The base chain's first rules, in this order: a packet whose (device, destination, protocol, destination port)
+    is a key of the family's port map jumps to the chain of the legs to that port of that host; then one whose
+    (device, destination) is a key of the family's map, to the chain of that host's other legs (coming back from
+    either when none of the legs takes it)."""
+    ported = [Rule(f"{DISPATCH}{PROTO[v]} port", [{"vmap": {"key": {"concat": [
+        {"meta": {"key": "oifname"}}, _payload(PROTO[v], "daddr"), {"meta": {"key": "l4proto"}},
+        _payload("th", "dport")]}, "data": f"@{PORT_MAPS[v]}"}}]) for v in (4, 6)]
+    return ported + [Rule(f"{DISPATCH}{PROTO[v]}", [{"vmap": {"key": {"concat": [{"meta": {"key": "oifname"}},
+                                                                                  _payload(PROTO[v], "daddr")]},
+                                                            "data": f"@{MAPS[v]}"}}]) for v in (4, 6)]
 
 
 def remarks(marks: set[int]) -> list[Rule]:
@@ -307,10 +341,10 @@ def problem(leg: Leg, table: Table) -> str | None:
         if r.chain not in {f.chain for f in table.of(leg) if f.comment == r.comment}:
             return f"nftables rule {r.comment!r} is not in the chain {r.chain}"
         if r.key is not None and table.elements.get(r.key) != r.chain:
-            return (f"the nftables map {MAPS[r.key[0]]} does not send {r.key[1]} . {r.key[2]} to the chain "
+            return (f"the nftables map {_map_name(r.key)} does not send {_key_text(r.key)} to the chain "
                     f"{r.chain}")
-        if r.key is not None and f"{DISPATCH}{PROTO[r.key[0]]}" not in table.dispatch():
-            return f"nftables rule '{DISPATCH}{PROTO[r.key[0]]}' is missing"
+        if r.key is not None and _dispatch_of(r.key) not in table.dispatch():
+            return f"nftables rule '{_dispatch_of(r.key)}' is missing"
     if want and leg.mark:
         missing = {r.comment for r in remarks({leg.mark})} - {r.comment for r in table.remarks()}
         if missing:
@@ -351,6 +385,8 @@ def _base_chains(rules: list[Rule]) -> list[dict[str, Any]]:
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": _ref("chain", name=CHAIN, type="filter", hook="postrouting", prio=PRIORITY, policy="accept")}]
     commands += [{"add": _ref("map", name=MAPS[v], type=["ifname", ADDR_TYPE[v]], map="verdict")} for v in (4, 6)]
+    commands += [{"add": _ref("map", name=PORT_MAPS[v], type=["ifname", ADDR_TYPE[v], "inet_proto", "inet_service"],
+                              map="verdict")} for v in (4, 6)]
     for name in sorted({r.chain for r in rules if r.chain in STEER_CHAINS}):
         kind, hook = STEER_CHAINS[name]
         commands.append({"add": _ref("chain", name=name, type=kind, hook=hook, prio=PRIORITY, policy="accept")})
@@ -435,7 +471,7 @@ def parse(listing: str) -> Table:
     foreign_chains: set[str] = set()
     pointed: set[str] = set()
     unread = False
-    elements: dict[tuple[int, str, str], str | None] = {}
+    elements: dict[Key, str | None] = {}
     for item in items:
         if not isinstance(item, dict) or "metainfo" in item or "table" in item:
             continue
@@ -467,17 +503,23 @@ def parse(listing: str) -> Table:
             elif ours:
                 foreign += 1
                 foreign_chains.add(name)
-        elif "map" in item and item["map"].get("name") in MAPS.values():
+        elif "map" in item and item["map"].get("name") in {*MAPS.values(), *PORT_MAPS.values()}:
             m = item["map"]
             maps.add(m["name"])
-            v = 4 if m["name"] == MAPS[4] else 6
+            v = 4 if m["name"] in (MAPS[4], PORT_MAPS[4]) else 6
+            ported = m["name"] in PORT_MAPS.values()
             for elem in m.get("elem") or ():
                 try:
                     key, verdict = elem[0], elem[1]
                     if isinstance(key, dict) and "elem" in key:  # (listed wrapped when it has a comment, counter...)
                         key = key["elem"]["val"]
-                    device, address = key["concat"]
-                    address = str(ipaddress.ip_address(address))  # as this code writes it (::ffff:a00:7)
+                    parts = key["concat"]
+                    device, address = parts[0], str(ipaddress.ip_address(parts[1]))  # as written (::ffff:a00:7)
+                    if ported:
+                        proto, port = parts[2], int(parts[3])
+                        proto = PORTED[proto] if isinstance(proto, str) else int(proto)  # listed by name
+                    elif len(parts) != 2:
+                        raise ValueError(parts)
                 except (KeyError, TypeError, ValueError, IndexError):
                     unread = True
                     continue
@@ -486,7 +528,8 @@ def parse(listing: str) -> Table:
                 goto = verdict.get("goto") if isinstance(verdict, dict) else None
                 if isinstance(goto, dict):
                     pointed.add(str(goto.get("target")))
-                elements[(v, str(device), address)] = str(target) if target is not None else None
+                found_key: Key = (v, str(device), address, proto, port) if ported else (v, str(device), address)
+                elements[found_key] = str(target) if target is not None else None
         else:  # a set, another map, a flowtable or an object: someone else's, and it keeps the table
             foreign += 1
     return Table(exists=True, chain=chain, hooks=hooks, chains=tuple(chains), rules=tuple(rules), foreign=foreign,
@@ -560,8 +603,7 @@ def _remark_changes(table: Table, legs: list[Found], adding: list[Rule]) -> tupl
     return drop, [r for c, r in want.items() if c not in names]
 
 
-def _emptied(table: Table, dropped: set[int], adding: list[Rule],
-             deleted: set[tuple[int, str, str]]) -> list[dict[str, Any]]:
+def _emptied(table: Table, dropped: set[int], adding: list[Rule], deleted: set[Key]) -> list[dict[str, Any]]:
     """Commands deleting the host chains no rule is left in (their map elements first), also ones found empty;
     ``deleted`` gathers the elements deleted (so that a transaction never deletes one twice)."""
     filling = {r.chain for r in adding}
@@ -576,7 +618,7 @@ def _emptied(table: Table, dropped: set[int], adding: list[Rule],
         for key, target in table.elements.items():
             if target == name and key not in deleted:
                 deleted.add(key)
-                out.append({"delete": _ref("element", name=MAPS[key[0]], elem=[{"concat": [key[1], key[2]]}])})
+                out.append({"delete": _ref("element", name=_map_name(key), elem=[_concat(key)])})
         out.append({"delete": _ref("chain", name=name)})
     return out
 
@@ -590,8 +632,8 @@ def bulk(legs: list[Leg]) -> list[dict[str, Any]]:
     for r in {r.chain: r for r in rules if r.key is not None}.values():
         assert r.key is not None
         commands += [{"add": _ref("chain", name=r.chain)},
-                     {"add": _ref("element", name=MAPS[r.key[0]], elem=[
-                         [{"concat": [r.key[1], r.key[2]]}, {"jump": {"target": r.chain}}]])}]
+                     {"add": _ref("element", name=_map_name(r.key), elem=[
+                         [_concat(r.key), {"jump": {"target": r.chain}}]])}]
     commands += [{"add": _ref("rule", chain=r.chain, comment=r.comment, expr=r.expr)} for r in rules]
     marks = {leg.mark for leg in legs if leg.mark is not None and wanted(leg)}
     commands += [{"add": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)} for r in remarks(marks)]
@@ -624,10 +666,10 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         dropped |= {r.handle for r in drop_remarks}
         keys = [r for r in want if r.key is not None and table.elements.get(r.key) != r.chain]
         dispatch_missing = [r for r in dispatch() if r.comment not in table.dispatch()]
-        deleted: set[tuple[int, str, str]] = set()
+        deleted: set[Key] = set()
         emptied = _emptied(table, dropped, add, deleted)
         if (table.chain is not None and not drop and not add and not drop_remarks and not add_remarks and not keys
-                and not dispatch_missing and not emptied and set(MAPS.values()) <= table.maps
+                and not dispatch_missing and not emptied and {*MAPS.values(), *PORT_MAPS.values()} <= table.maps
                 and steering <= set(table.hooks)):
             return []
         commands = _base_chains(want)
@@ -639,10 +681,9 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
             if table.elements.get(r.key) != r.chain:
                 if r.key in table.elements and r.key not in deleted:  # (another verdict: replaced)
                     deleted.add(r.key)
-                    commands.append({"delete": _ref("element", name=MAPS[r.key[0]],
-                                                    elem=[{"concat": [r.key[1], r.key[2]]}])})
-                commands.append({"add": _ref("element", name=MAPS[r.key[0]], elem=[
-                    [{"concat": [r.key[1], r.key[2]]}, {"jump": {"target": r.chain}}]])})
+                    commands.append({"delete": _ref("element", name=_map_name(r.key), elem=[_concat(r.key)])})
+                commands.append({"add": _ref("element", name=_map_name(r.key), elem=[
+                    [_concat(r.key), {"jump": {"target": r.chain}}]])})
         commands += [{"insert": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)}
                      for r in reversed(dispatch_missing)]  # at the head, in order
         commands += [_place(r, table, dropped) for r in add]
@@ -650,7 +691,7 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         _apply(leg.netns, commands, deadline)
     return ([f"deleted nftables rule {r.comment!r}" for r in drop + drop_remarks]
             + [f"added nftables rule {r.comment!r}" for r in add + add_remarks + dispatch_missing]
-            + [f"set the nftables map {MAPS[r.key[0]]}'s {r.key[1]} . {r.key[2]} to jump to {r.chain}"
+            + [f"set the nftables map {_map_name(r.key)}'s {_key_text(r.key)} to jump to {r.chain}"
                for r in keys if r.key is not None]
             + [f"deleted the empty nftables chain {c['delete']['chain']['name']}" for c in emptied
                if "chain" in c["delete"]])
