@@ -31,13 +31,12 @@ import ipaddress
 import json
 import re
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tenure.drivers.tc.netlink import NETNS_DIR, Absent, held
+from tenure.drivers.tc.netlink import Absent, deadline_of, held
 from tenure.drivers.tc.nft import NftError, run_tool
-from tenure.drivers.tc.params import Invalid, parse_rate
+from tenure.drivers.tc.params import ACTIONS, NETNS_PARAMETER, Invalid, checked, number, parse_rate
 
 if TYPE_CHECKING:
     from tenure.drivers.pydriver import HandlerContext
@@ -53,14 +52,10 @@ DIRECTIONS = ("in", "out", "both")
 ROLES = ("source", "collector")
 PARAMS = ("role", "tunnel", "vni", "local", "remote", "device", "direction", "rate", "mark", "slot", "netns")
 _TUNNEL = re.compile(r"tm[0-9a-f]{6}")
-_IFNAME = re.compile(r"[^\s/:]{1,15}")
-_NETNS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
-_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
-TIMEOUT = 20.0
 
 Result = int | tuple[int, str]
 
-META_DATA = """<?xml version="1.0"?>
+META_DATA = f"""<?xml version="1.0"?>
 <resource-agent name="Mirror" version="1.1">
   <version>1.1</version>
   <longdesc lang="en">One end of a mirror: on the mirrored host (role source), a VXLAN tunnel to the collector shaped
@@ -123,20 +118,8 @@ the exclusion of the tunnel's own packets, 10000 + slot for the copying); requir
       <shortdesc lang="en">Filter slot</shortdesc>
       <content type="integer" />
     </parameter>
-    <parameter name="netns" unique="0" reloadable="0" required="0">
-      <longdesc lang="en">Name of a network namespace in /var/run/netns to work in; default: the agent's.</longdesc>
-      <shortdesc lang="en">Network namespace</shortdesc>
-      <content type="string" />
-    </parameter>
-  </parameters>
-  <actions>
-    <action name="start" timeout="20s" />
-    <action name="stop" timeout="20s" />
-    <action name="monitor" timeout="20s" interval="10s" />
-    <action name="reload" timeout="20s" />
-    <action name="meta-data" timeout="5s" />
-  </actions>
-</resource-agent>
+{NETNS_PARAMETER}  </parameters>
+{ACTIONS}</resource-agent>
 """
 
 
@@ -175,15 +158,6 @@ class End:
         return f"{self.tunnel}" + (f" in netns {self.netns}" if self.netns else "")
 
 
-def _number(params: dict[str, str], name: str, lo: int, hi: int) -> int | None:
-    text = params.get(name)
-    if text is None:
-        return None
-    if (_NUMBER.fullmatch(text) is None and text != "0") or not lo <= int(text) <= hi:
-        raise Invalid(f"{name} {text!r} must be a decimal integer from {lo} to {hi}")
-    return int(text)
-
-
 def _address(params: dict[str, str], name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     text = params.get(name)
     if text is None:
@@ -200,25 +174,15 @@ def _address(params: dict[str, str], name: str) -> ipaddress.IPv4Address | ipadd
 def parse_end(params: dict[str, str], *, identity_only: bool = False) -> End:
     """An :class:`End`, or :class:`Invalid` with the reason. ``identity_only`` (stop): what it takes to find what a
     start made (role, tunnel, and on a source the device and slot), the rest as far as it parses."""
-    unknown = sorted(set(params) - set(PARAMS) - {"OCF_CHECK_LEVEL"})
-    if unknown:
-        raise Invalid(f"unknown parameter {unknown[0]!r}; the mirror takes {', '.join(PARAMS)}")
-    for name, value in params.items():
-        if not isinstance(value, str):
-            raise Invalid(f"{name} must be a string, not {type(value).__name__}")
+    checked(params, PARAMS, "mirror")
     role = params.get("role")
     if role not in ROLES:
         raise Invalid(f"role {role!r} must be source or collector")
     tunnel = params.get("tunnel", "")
     if _TUNNEL.fullmatch(tunnel) is None:
         raise Invalid(f"tunnel {tunnel!r} must be tm and six hex digits")
-    netns = params.get("netns")
-    if netns is not None and (_NETNS_NAME.fullmatch(netns) is None or netns in (".", "..")):
-        raise Invalid(f"netns {netns!r} is not a namespace name in {NETNS_DIR}")
-    device = params.get("device")
-    if device is not None and (_IFNAME.fullmatch(device) is None or device in (".", "..")):
-        raise Invalid(f"device {device!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
-    slot = _number(params, "slot", 1, MAX_SLOT)
+    netns, device = params.get("netns"), params.get("device")
+    slot = number(params, "slot", 1, MAX_SLOT)
     if role == "source" and (device is None or slot is None):
         raise Invalid("a mirror's source needs device and slot")
     vni = int(tunnel[2:], 16)
@@ -234,7 +198,7 @@ def parse_end(params: dict[str, str], *, identity_only: bool = False) -> End:
     direction = params.get("direction", "both")
     if direction not in DIRECTIONS:
         raise Invalid(f"direction {direction!r} must be in, out or both")
-    if _number(params, "vni", 1, MAX_VNI) != vni:
+    if number(params, "vni", 1, MAX_VNI) != vni:
         raise Invalid(f"vni {params.get('vni')!r} must be given, and be the tunnel's name's ({tunnel})")
     local, remote = _address(params, "local"), _address(params, "remote")
     if local.version != remote.version:
@@ -245,7 +209,7 @@ def parse_end(params: dict[str, str], *, identity_only: bool = False) -> End:
     if rate is not None and rate < MIN_RATE:
         raise Invalid(f"rate {params['rate']!r} is below {MIN_RATE} bit/s: a token bucket cannot hold a frame's "
                       f"burst that slowly")
-    mark = _number(params, "mark", 0, 63) or 0
+    mark = number(params, "mark", 0, 63) or 0
     return End(role=role, tunnel=tunnel, vni=vni, local=local, remote=remote, netns=netns, device=device,
                direction=direction, rate=rate, mark=mark, slot=slot)
 
@@ -457,13 +421,6 @@ def _locked(end: End, deadline: float | None) -> Any:
     return held(lock, deadline, f"device {key[1]}")
 
 
-def _deadline(ctx: HandlerContext) -> float:
-    timeout = getattr(ctx, "timeout", None)
-    if isinstance(timeout, int | float) and 0 < timeout < 1e6:
-        return time.monotonic() + timeout
-    return time.monotonic() + TIMEOUT
-
-
 class Mirror:
     """The handler: start, reload, monitor and stop of one end of a mirror."""
 
@@ -475,7 +432,7 @@ class Mirror:
             end = parse_end(params)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
-        deadline = _deadline(ctx)
+        deadline = deadline_of(ctx)
         try:
             with _locked(end, deadline):
                 links = {ln.get("ifname"): ln for ln in _json("ip", end, ["-d", "link", "show"], deadline)}
@@ -556,7 +513,7 @@ class Mirror:
             end = parse_end(params)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
-        deadline = _deadline(ctx)
+        deadline = deadline_of(ctx)
         try:
             link = _link(end, end.tunnel, deadline)
             if link is None:
@@ -601,7 +558,7 @@ class Mirror:
             end = parse_end(params, identity_only=True)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
-        deadline = _deadline(ctx)
+        deadline = deadline_of(ctx)
         try:
             with _locked(end, deadline):
                 if end.role == "source" and end.device is not None and end.slot is not None:

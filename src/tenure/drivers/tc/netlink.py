@@ -76,6 +76,15 @@ MSG_TRUNC = int(socket.MSG_TRUNC)
 Message = tuple[bytes, int, int]  # (datagram, offset of the message, its length)
 
 
+def deadline_of(ctx: Any, default: float = 20.0) -> float:
+    """When an operation must be done by (time.monotonic()): its context's timeout from now, else ``default``
+    seconds from now (every operation ends)."""
+    timeout = getattr(ctx, "timeout", None)
+    if isinstance(timeout, int | float) and 0 < timeout < 1e6:
+        return time.monotonic() + timeout
+    return time.monotonic() + default
+
+
 def attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
     """The netlink attributes in ``data[start:end]``: {type: (payload start, payload end)}, the first of each."""
     out: dict[int, tuple[int, int]] = {}

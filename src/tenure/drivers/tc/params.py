@@ -45,6 +45,23 @@ _IFNAME = re.compile(r"[^\s/:]{1,15}")
 _NETNS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
+# What the handlers' OCF meta-data share (shaper.py, mirror.py).
+NETNS_PARAMETER = """    <parameter name="netns" unique="0" reloadable="0" required="0">
+      <longdesc lang="en">Name of a network namespace in /var/run/netns to work in; default: the agent's.</longdesc>
+      <shortdesc lang="en">Network namespace</shortdesc>
+      <content type="string" />
+    </parameter>
+"""
+ACTIONS = """  <actions>
+    <action name="start" timeout="20s" />
+    <action name="stop" timeout="20s" />
+    <action name="monitor" timeout="20s" interval="10s" />
+    <action name="reload" timeout="20s" />
+    <action name="meta-data" timeout="5s" />
+  </actions>
+"""
+
+
 class Invalid(ValueError):
     """A parameter the shaper cannot take (OCF_ERR_CONFIGURED)."""
 
@@ -60,13 +77,31 @@ def parse_rate(text: str, what: str = "rate") -> int:
     return bps
 
 
-def _number(params: dict[str, str], name: str, lo: int, hi: int) -> int | None:
+def number(params: dict[str, str], name: str, lo: int, hi: int) -> int | None:
+    """A decimal integer parameter within [lo, hi] (None if absent)."""
     text = params.get(name)
     if text is None:
         return None
-    if _NUMBER.fullmatch(text) is None or not lo <= int(text) <= hi:
+    if (_NUMBER.fullmatch(text) is None and text != "0") or not lo <= int(text) <= hi:
         raise Invalid(f"{name} {text!r} must be a decimal integer from {lo} to {hi}")
     return int(text)
+
+
+def checked(params: dict[str, str], known: tuple[str, ...], what: str) -> None:
+    """Every parameter known (or OCF_CHECK_LEVEL) and a string, and ``device`` and ``netns``, when given, names
+    that can be an interface's and a namespace's."""
+    unknown = sorted(set(params) - set(known) - {"OCF_CHECK_LEVEL"})
+    if unknown:
+        raise Invalid(f"unknown parameter {unknown[0]!r}; the {what} takes {', '.join(known)}")
+    for name, value in params.items():
+        if not isinstance(value, str):
+            raise Invalid(f"{name} must be a string, not {type(value).__name__}")
+    device = params.get("device")
+    if device is not None and (_IFNAME.fullmatch(device) is None or device in (".", "..")):
+        raise Invalid(f"device {device!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
+    netns = params.get("netns")
+    if netns is not None and (_NETNS_NAME.fullmatch(netns) is None or netns in (".", "..")):
+        raise Invalid(f"netns {netns!r} is not a namespace name in {NETNS_DIR}")
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -184,22 +219,12 @@ def _dscp(params: dict[str, str], name: str) -> int | None:
 
 def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     """A :class:`Leg`, or :class:`Invalid` with the reason."""
-    unknown = sorted(set(params) - set(PARAMS) - {"OCF_CHECK_LEVEL"})
-    if unknown:
-        raise Invalid(f"unknown parameter {unknown[0]!r}; the shaper takes {', '.join(PARAMS)}")
-    for name, value in params.items():
-        if not isinstance(value, str):
-            raise Invalid(f"{name} must be a string, not {type(value).__name__}")
+    checked(params, PARAMS, "shaper")
     for name in ("device", "classid") + (() if identity_only else ("rate", "dst")):
         if not params.get(name):
             raise Invalid(f"parameter {name!r} is required")
-    device = params["device"]
-    if _IFNAME.fullmatch(device) is None or device in (".", ".."):
-        raise Invalid(f"device {device!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
-    netns = params.get("netns")
-    if netns is not None and (_NETNS_NAME.fullmatch(netns) is None or netns in (".", "..")):
-        raise Invalid(f"netns {netns!r} is not a namespace name in {NETNS_DIR}")
-    classid = _number(params, "classid", MIN_CLASSID, OLD_MAX_CLASSID if identity_only else MAX_CLASSID)
+    device, netns = params["device"], params.get("netns")
+    classid = number(params, "classid", MIN_CLASSID, OLD_MAX_CLASSID if identity_only else MAX_CLASSID)
     assert classid is not None
     if identity_only:  # (a steered leg's via says stop has its policy routing to remove: not reloadable)
         try:
@@ -212,8 +237,8 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     protocol = params.get("protocol")
     if protocol is not None and protocol not in PROTOCOLS:
         raise Invalid(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
-    dst_port = _number(params, "dst_port", 1, 65535)
-    src_port = _number(params, "src_port", 1, 65535)
+    dst_port = number(params, "dst_port", 1, 65535)
+    src_port = number(params, "src_port", 1, 65535)
     if (dst_port or src_port) and protocol not in PORT_PROTOCOLS:
         raise Invalid(f"ports need protocol {', '.join(PORT_PROTOCOLS)}, not {protocol or 'none'}")
     capacity = parse_rate(params["capacity"], "capacity") if params.get("capacity") is not None else None
@@ -242,7 +267,7 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
     if (via or forward) and not src:
         raise Invalid("a steered leg needs src: without it, the rule would steer every sender's traffic to dst")
     leg = Leg(device=device, classid=classid, netns=netns, rate=rate, dst=dst, src=src, protocol=protocol,
-              dst_port=dst_port, src_port=src_port, burst=_number(params, "burst", 1, 2**32 - 1), capacity=capacity,
+              dst_port=dst_port, src_port=src_port, burst=number(params, "burst", 1, 2**32 - 1), capacity=capacity,
               borrow=borrow, dscp=_dscp(params, "dscp"), mark=_dscp(params, "mark"), via=via, forward=forward)
     if leg.burst is not None and leg.buffer_ticks > MAX_TICKS:
         raise Invalid(f"burst {leg.burst} bytes is more than HTB can hold at rate {format_rate(rate)}bit/s: "

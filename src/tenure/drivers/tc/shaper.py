@@ -6,7 +6,6 @@ import contextlib
 import errno
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -15,9 +14,17 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tenure.domain.units import format_rate
 from tenure.drivers.tc import nft, steer
-from tenure.drivers.tc.netlink import Absent, Netlink, Sockets, held
+from tenure.drivers.tc.netlink import Absent, Netlink, Sockets, deadline_of, held
 from tenure.drivers.tc.nft import NftError
-from tenure.drivers.tc.params import DEFAULT_HANDLE, PARENT_HANDLE, Invalid, Leg, parse_params
+from tenure.drivers.tc.params import (
+    ACTIONS,
+    DEFAULT_HANDLE,
+    NETNS_PARAMETER,
+    PARENT_HANDLE,
+    Invalid,
+    Leg,
+    parse_params,
+)
 from tenure.drivers.tc.wire import MIN_RATE_BYTES, OLD_LAYOUT, Flight, U32Node, View, Wire, iproute, read_view
 
 if TYPE_CHECKING:
@@ -31,7 +38,7 @@ OCF_NOT_RUNNING = 7
 Result = int | tuple[int, str]
 
 
-META_DATA = """<?xml version="1.0"?>
+META_DATA = f"""<?xml version="1.0"?>
 <resource-agent name="Shaper" version="1.1">
   <version>1.1</version>
   <longdesc lang="en">One bandwidth reservation leg on a host's egress, guaranteed its rate: the device's tree is the
@@ -92,12 +99,7 @@ in the family of the destination it shares.</longdesc>
       <shortdesc lang="en">Source port</shortdesc>
       <content type="integer" />
     </parameter>
-    <parameter name="netns" unique="0" reloadable="0" required="0">
-      <longdesc lang="en">Name of a network namespace in /var/run/netns to work in; default: the agent's.</longdesc>
-      <shortdesc lang="en">Network namespace</shortdesc>
-      <content type="string" />
-    </parameter>
-    <parameter name="capacity" unique="0" reloadable="1" required="0">
+{NETNS_PARAMETER}    <parameter name="capacity" unique="0" reloadable="1" required="0">
       <longdesc lang="en">The interface's capacity in bit/s (as rate): the parent class 1:1's rate, which the legs and
 the default class share. Required when the device has no tree yet; otherwise the tree's is kept unless given.</longdesc>
       <shortdesc lang="en">Interface capacity (bit/s)</shortdesc>
@@ -138,22 +140,8 @@ fails, saying so, if forwarding is off on the device); no (the default): this ho
       <content type="integer" />
     </parameter>
   </parameters>
-  <actions>
-    <action name="start" timeout="20s" />
-    <action name="stop" timeout="20s" />
-    <action name="monitor" timeout="20s" interval="10s" />
-    <action name="reload" timeout="20s" />
-    <action name="meta-data" timeout="5s" />
-  </actions>
-</resource-agent>
+{ACTIONS}</resource-agent>
 """
-
-
-def _deadline(ctx: HandlerContext) -> float | None:
-    timeout = getattr(ctx, "timeout", None)
-    if isinstance(timeout, int | float) and 0 < timeout < 1e6:
-        return time.monotonic() + timeout
-    return None
 
 
 _GUARD = threading.Lock()
@@ -221,7 +209,7 @@ class Shaper:
             leg = parse_params(params)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
-        deadline = _deadline(ctx)
+        deadline = deadline_of(ctx)
         try:
             with self._device(leg, deadline) as wire:
                 result = self._ensure(wire, ctx, deadline)
@@ -310,7 +298,7 @@ class Shaper:
             leg = parse_params(params)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
-        deadline = _deadline(ctx)
+        deadline = deadline_of(ctx)
         try:
             with self._device(leg, deadline, monitor=True) as wire:
                 if wire.ours() is not None:
@@ -361,7 +349,7 @@ class Shaper:
             leg = parse_params(params, identity_only=True)
         except Invalid as exc:
             return OCF_ERR_CONFIGURED, str(exc)
-        deadline = _deadline(ctx)
+        deadline = deadline_of(ctx)
         where = leg.netns or "the host namespace"
         try:
             with self._device(leg, deadline) as wire:
