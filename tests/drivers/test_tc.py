@@ -554,6 +554,33 @@ def test_overlapping_legs_resolve_the_same_way_whatever_their_history(lan: Lan) 
         0, 0, 0]
 
 
+def test_dispatch_rules_deleted_or_moved_by_hand_are_put_back_in_their_order(lan: Lan) -> None:
+    """A leg to a port of h2 and one to h2: with a host dispatch rule deleted (or moved to the head), the host leg's
+    monitor says so and its start puts all four back at the head, by port first, so the port leg keeps its
+    packets."""
+    h1, h2, _ = lan.hosts
+    shaper = Shaper()
+    port, host = leg(h1, h2, classid="5", protocol="tcp", dst_port="5201"), leg(h1, h2, classid="6", rate="10M")
+    for params in (port, host):
+        assert shaper.start(params, ctx()) == 0
+    order = ["tenure dispatch ip port", "tenure dispatch ip6 port", "tenure dispatch ip", "tenure dispatch ip6"]
+    base = [r for r in h1.nft_rules() if r["chain"] == "legs"]
+    assert [r["comment"] for r in base][:4] == order
+    h1.run("nft", "delete", "rule", "inet", "tenure", "legs", "handle", str(base[2]["handle"]))
+    rc, why = shaper.monitor(host, ctx())
+    assert rc == 1 and "tenure dispatch ip' is missing" in why, why
+    assert shaper.start(host, ctx()) == 0
+    assert [r["comment"] for r in h1.nft_rules() if r["chain"] == "legs"][:4] == order
+    ip6 = next(r for r in h1.nft_rules() if r["comment"] == "tenure dispatch ip6")  # moved to the head by hand
+    h1.run("nft", "delete", "rule", "inet", "tenure", "legs", "handle", str(ip6["handle"]))
+    h1.run("nft", "insert", "rule", "inet", "tenure", "legs", "oifname", ".", "ip6", "daddr", "vmap", "@to6",
+           "comment", '"tenure dispatch ip6"')
+    rc, why = shaper.monitor(port, ctx())
+    assert rc == 1 and "out of its place" in why, why
+    assert shaper.start(port, ctx()) == 0 and shaper.monitor(host, ctx()) == 0
+    assert [r["comment"] for r in h1.nft_rules() if r["chain"] == "legs"][:4] == order
+
+
 def test_a_source_of_one_family_limits_the_leg_to_that_family(lan: Lan) -> None:
     h1, h2, _ = lan.hosts
     params = {**leg(h1, h2, src=h1.address), "dst": f"{h2.address},fd77::2"}

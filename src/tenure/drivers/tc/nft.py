@@ -25,9 +25,11 @@ One table per namespace, shared by every leg on every device there::
 - **Classification.** HTB takes a packet whose priority names one of its leaf classes straight into it, so the
   leg's rule (one per address family its destination has) sets ``meta priority`` to the leg's class and no tc
   filter is needed; the rule names its device, so another device's class with the same number is never hit.
-  Leg rules come first and end in ``accept``, the most specific first (``sS``: the number of fields matched, then
-  the address prefixes' lengths; so overlapping reservations resolve the same way after any restart), then by
-  device, class and family.
+  Leg rules come first and end in ``accept``: a leg to one port of a host before the host's other legs (the port's
+  chain is looked up first), those before legs to networks, and within a chain the most specific first (``sS``:
+  the number of fields matched, then the address prefixes' lengths), then by device, class and family; so
+  overlapping reservations resolve the same way after any restart (a port leg wins over a host leg that matches
+  more fields but not the destination port).
 - **Re-marking.** After the leg rules, one rule per family and per DSCP that some leg marks with re-marks the
   packets no leg claimed to best effort: nobody gets a reservation's priority by marking their own packets. These
   rules are shared: they are derived from the leg rules on the wire (each names its mark, ``mM``) in the same
@@ -308,6 +310,17 @@ def dispatch() -> list[Rule]:
                                                             "data": f"@{MAPS[v]}"}}]) for v in (4, 6)]
 
 
+def _dispatch_changes(table: Table) -> tuple[list[Found], list[Rule]]:
+    """(dispatch rules to delete, to add) so that the base chain starts with every dispatch rule in its order (by
+    port, then by host): none if it does; else all of them again at the head, in one transaction (an upgrade from
+    the host maps alone, a rule deleted by hand or moved)."""
+    wanted = dispatch()
+    head = [r.comment for r in table.in_chain(CHAIN)][:len(wanted)]
+    if head == [r.comment for r in wanted]:
+        return [], []
+    return [r for r in table.in_chain(CHAIN) if r.comment.startswith(DISPATCH)], wanted
+
+
 def remarks(marks: set[int]) -> list[Rule]:
     """The shared re-mark rules for the DSCP values legs mark with (0 is best effort already)."""
     out = []
@@ -343,8 +356,9 @@ def problem(leg: Leg, table: Table) -> str | None:
         if r.key is not None and table.elements.get(r.key) != r.chain:
             return (f"the nftables map {_map_name(r.key)} does not send {_key_text(r.key)} to the chain "
                     f"{r.chain}")
-        if r.key is not None and _dispatch_of(r.key) not in table.dispatch():
-            return f"nftables rule '{_dispatch_of(r.key)}' is missing"
+        if r.key is not None and _dispatch_changes(table)[1]:
+            missing = _dispatch_of(r.key) not in table.dispatch()
+            return f"nftables rule '{_dispatch_of(r.key)}' is " + ("missing" if missing else "out of its place")
     if want and leg.mark:
         missing = {r.comment for r in remarks({leg.mark})} - {r.comment for r in table.remarks()}
         if missing:
@@ -665,7 +679,8 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
         drop_remarks, add_remarks = _remark_changes(table, legs, add)
         dropped |= {r.handle for r in drop_remarks}
         keys = [r for r in want if r.key is not None and table.elements.get(r.key) != r.chain]
-        dispatch_missing = [r for r in dispatch() if r.comment not in table.dispatch()]
+        dispatch_drop, dispatch_missing = _dispatch_changes(table)
+        drop += dispatch_drop
         deleted: set[Key] = set()
         emptied = _emptied(table, dropped, add, deleted)
         if (table.chain is not None and not drop and not add and not drop_remarks and not add_remarks and not keys
@@ -685,7 +700,7 @@ def ensure(leg: Leg, deadline: float | None) -> list[str]:
                 commands.append({"add": _ref("element", name=_map_name(r.key), elem=[
                     [_concat(r.key), {"jump": {"target": r.chain}}]])})
         commands += [{"insert": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)}
-                     for r in reversed(dispatch_missing)]  # at the head, in order
+                     for r in reversed(dispatch_missing)]  # at the head, in order (all of them, when any is)
         commands += [_place(r, table, dropped) for r in add]
         commands += [{"add": _ref("rule", chain=CHAIN, comment=r.comment, expr=r.expr)} for r in add_remarks]
         _apply(leg.netns, commands, deadline)
