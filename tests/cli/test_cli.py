@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import httpx
 
 from tenure.cli.common import Session
@@ -120,6 +121,16 @@ def test_audit_end_lists_released_claims(cli: Cli) -> None:
     cli.ok("audit", "begin", "ids")
     out = cli.ok("audit", "end", "ids").stdout
     assert "released 1 claim" in out and "stale-key" in out
+
+
+def test_ui_prints_a_one_time_sign_in_link(cli: Cli) -> None:
+    result = cli.ok("ui")
+    url = result.stdout.strip()
+    assert "/ui/#code=tnc_" in url and "signs in once" in result.stderr
+    code = url.partition("#code=")[2]
+    with httpx.Client(base_url=cli.url, timeout=30) as browser:
+        assert browser.post("/v1/ui/session", json={"code": code}).status_code == 200
+        assert browser.post("/v1/ui/session", json={"code": code}).status_code == 401  # once
 
 
 def test_token_create_list_revoke(cli: Cli) -> None:

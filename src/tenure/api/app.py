@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, errors, instances, openapi, replicas, reservations, routes, watch
+from tenure.api import agents, console, errors, instances, openapi, replicas, reservations, routes, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
@@ -268,6 +268,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(console.router)
     app.include_router(watch.router)
     app.include_router(replicas.router)
     if config.extension is None:

@@ -1,14 +1,66 @@
-"""Bearer-token authentication as a FastAPI dependency (async: no thread hop per request)."""
+"""Authentication as a FastAPI dependency (async: no thread hop per request): a bearer token, or the web
+console's session cookie (docs/console.md).
+
+A request that carries a bearer token is that token's. One without, that carries the cookie ``tenure_session``, is
+its session's (its token's principal); if it would change something (any method but GET, HEAD and OPTIONS) it must
+also carry the header ``X-Tenure-Console: 1``, which a form on another site cannot send, and an ``Origin``, when
+it has one, of the host it was sent to (the cookie is ``SameSite=Strict`` already: these are the second and third
+locks). Sessions sign in and out through /v1/ui/session.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
 from fastapi import Request
+from starlette.requests import cookie_parser
 
 from tenure.domain.access import Principal
+from tenure.domain.errors import Forbidden
+from tenure.services.sessions import COOKIE
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CONSOLE_HEADER = "x-tenure-console"
 
 
 async def authenticate(request: Request) -> Principal:
     rt = request.app.state.tenure.require()
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return rt.tokens.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+    return principal_of(rt, request.headers.get("authorization"), request.cookies.get(COOKIE), request.method,
+                        request.headers.get(CONSOLE_HEADER), request.headers.get("origin"),
+                        request.headers.get("host"))
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (None for none, or another scheme)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def principal_of(rt: object, authorization: str | None, cookie: str | None, method: str,
+                 console_header: str | None, origin: str | None = None, host: str | None = None) -> Principal:
+    """Who a request is: its bearer token's, else its session cookie's (with the console's header, and its own
+    origin, to change anything), else nobody (401, as a missing token)."""
+    token = bearer(authorization)
+    if token is not None or not cookie:
+        return rt.tokens.authenticate(token)  # type: ignore[attr-defined]
+    who = rt.sessions.authenticate(cookie)  # type: ignore[attr-defined]
+    if method.upper() not in SAFE_METHODS:
+        if (console_header or "").strip() != "1":
+            raise Forbidden("a change made with the console's session needs the header X-Tenure-Console: 1",
+                            code="console_header_required")
+        if origin and urlsplit(origin).netloc != (host or ""):
+            raise Forbidden("a change made with the console's session must come from the console's own origin",
+                            code="foreign_origin")
+    return who
+
+
+def cookie_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The session cookie among raw ASGI headers (for the watch, served in front of the framework), read as the
+    framework reads cookies for every other route."""
+    for name, value in headers:
+        if name == b"cookie":
+            found = cookie_parser(value.decode("latin-1")).get(COOKIE)
+            if found:
+                return found
+    return None

@@ -136,3 +136,21 @@ def text(code: str, max_length: int, min_length: int = 0) -> Any:
 Key = text("invalid_key", MAX_KEY_LENGTH, min_length=1)
 # Labels of reservations and instances (domain/reservation.py validate_labels): names to short text.
 Labels = Annotated[dict[Name, text("invalid_labels", 256)], Field(max_length=MAX_LABELS), coded("invalid_labels")]
+
+
+# JSON Schema for request models whose members depend on each other (api/reservations.py, api/console.py).
+def present(name: str) -> dict[str, Any]:
+    """JSON Schema: the member is given, and not null (the server takes null as absent)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def absent(name: str) -> dict[str, Any]:
+    return {"properties": {name: {"type": "null"}}}
+
+
+def merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"properties": {}}
+    for p in parts:
+        out["properties"].update(p.get("properties", {}))
+        out.setdefault("required", []).extend(p.get("required", []))
+    return out

@@ -78,7 +78,10 @@ EXISTING: dict[tuple[str, str], str] = {
 NOT_FOUND: dict[tuple[str, str], str] = {}
 
 EXTRA_MODELS = (TopologyDoc,)
-UNAUTHENTICATED = {"/healthz"}  # every other operation needs a bearer token
+UNAUTHENTICATED = {"/healthz"}  # every other operation needs a bearer token, but for SIGN_IN's
+# The console's sign-in (api/console.py): no token needed (the body carries a code or a token; the cookie signs out),
+# yet a code or token that is not valid is 401 and an agent's token 403.
+SIGN_IN = {("post", "/v1/ui/session"), ("delete", "/v1/ui/session")}
 WITHOUT_SCOPE = {("get", "/v1/whoami")}  # any valid token may ask: never 403
 
 
@@ -167,7 +170,7 @@ def document(app: FastAPI) -> dict[str, Any]:
             if "410" in responses:  # the watch: history compacted past the resume point
                 responses["410"] = _error("Resuming from before the retained history (gone, with revision and "
                                           "compacted_revision): list, then watch from the list's revision")
-            if path not in UNAUTHENTICATED:
+            if path not in UNAUTHENTICATED and (method, path) not in SIGN_IN:
                 op["security"] = [{"bearer": []}]
     return doc
 

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ConfigDict, Field, StrictFloat, StrictStr, ValidationError
 
 from tenure.api.errors import describe_validation
-from tenure.api.fields import NAME_PATTERN, Labels, Name, coded, int_in, text
+from tenure.api.fields import NAME_PATTERN, Labels, Name, absent, coded, int_in, merge, present, text
 from tenure.api.routes import RT, Auth, StrictModel
 from tenure.domain.names import MAX_NAME_LENGTH
 from tenure.domain.access import require_admin
@@ -52,22 +52,6 @@ PathMode = Literal["shortest", "widest"]
 Burst = Literal["cap", "borrow"]  # cap: held to its rate; borrow: may use idle capacity above it
 ReservationState = Annotated[Literal[STATES], coded("invalid_state")]  # type: ignore[valid-type]
 
-
-def present(name: str) -> dict[str, Any]:
-    """JSON Schema: the member is given, and not null (the server takes null as absent)."""
-    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
-
-
-def absent(name: str) -> dict[str, Any]:
-    return {"properties": {name: {"type": "null"}}}
-
-
-def merge(*parts: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"properties": {}}
-    for p in parts:
-        out["properties"].update(p.get("properties", {}))
-        out.setdefault("required", []).extend(p.get("required", []))
-    return out
 
 # What each kind takes (services/reservations.py create_op); a rate is given as rate or rate_out, not both.
 _ONE_RATE = {"properties": {"rate_in": {"anyOf": [{"type": "null"}, {"const": 0}]}}}

@@ -26,10 +26,11 @@ from fastapi import APIRouter, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenure.api import errors
+from tenure.api.auth import cookie_of, principal_of
 from tenure.api.routes import Auth
 from tenure.domain.access import Principal
 from tenure.domain.errors import Forbidden, InvalidInput, TenureError, Unavailable
-from tenure.domain.events import implied_scope, may_see_event
+from tenure.domain.events import KINDS, OPS, implied_scope, may_see_event
 from tenure.store.history import PAGE, History, Row
 from tenure.watch.hub import (
     Hub,
@@ -40,7 +41,6 @@ from tenure.watch.hub import (
     event_data,
     sse_frame,
 )
-from tenure.domain.events import KINDS, OPS
 from tenure.watch.selector import Filter
 
 log = logging.getLogger("tenure.watch")
@@ -215,12 +215,12 @@ class WatchEndpoint:
                 if want is not None and want > rt.revision and not await self.state.hub.applied(want, RESUME_WAIT):
                     raise Unavailable(f"this replica has not applied revision {want} yet (it is at "
                                       f"{self.state.hub.revision}); retry shortly", code="not_yet_applied")
-            token = None
+            authorization = None
             for name, value in scope.get("headers", ()):
                 if name == b"authorization":
-                    scheme, _, token = value.decode("latin-1").partition(" ")
-                    token = token.strip() if scheme.lower() == "bearer" else None
-            stream = prepare(self.state, rt.tokens.authenticate(token), scope)
+                    authorization = value.decode("latin-1")
+            who = principal_of(rt, authorization, cookie_of(scope.get("headers", ())), "GET", None)
+            stream = prepare(self.state, who, scope)
         except TenureError as exc:
             await errors.error_response(errors.status_of(exc), exc.code, exc.message, **exc.details)(
                 scope, receive, send)

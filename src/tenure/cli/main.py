@@ -56,6 +56,7 @@ def _root(
 app.add_typer(pools.app, name="pool")
 app.add_typer(audit.app, name="audit")
 app.add_typer(tokens.app, name="token")
+app.command("ui")(tokens.ui)
 app.command("claim")(claims.claim)
 app.command("release")(claims.release)
 app.command("claims")(claims.claims)

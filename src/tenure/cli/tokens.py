@@ -67,3 +67,22 @@ def _list(answer: dict[str, Any]) -> None:
     table(("id", "role", "project", "host", "description", "created", "revoked"),
           ((t["id"], t["role"], t.get("project"), t.get("host"), t.get("description"), when(t["created_at"]),
             when(t.get("revoked_at"))) for t in tokens))
+
+
+def ui(
+    ctx: typer.Context,
+    open_: Annotated[bool, typer.Option("--open", help="Open the link in a browser on this machine.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a link that signs a browser in to the web console as this token (valid 60 s, once)."""
+
+    def show(answer: dict[str, Any]) -> None:
+        say(answer["url"])
+        warn(f"the link signs in once, until {when(answer['expires_at'])}; it carries the code in its fragment, "
+             f"which the browser never sends and the console removes from its history")
+        if open_:
+            import webbrowser
+
+            webbrowser.open(answer["url"])
+
+    run(ctx, lambda c: c.console_code(), show, as_json=as_json)

@@ -367,6 +367,10 @@ class ClientBase(Generic[R]):
     def revoke_token(self, id: str) -> R:  # noqa: A002 - mirrors the API's name
         return self._run(Call("DELETE", f"/v1/tokens/{segment(id)}"))
 
+    def console_code(self) -> R:
+        """A one-time sign-in code for the web console (60 s, once): ``{"code", "expires_at", "url"}``."""
+        return self._run(Call("POST", "/v1/ui/codes"))
+
     def whoami(self) -> R:
         """The role, project and host of this client's token."""
         return self._run(Call("GET", "/v1/whoami"))

@@ -31,6 +31,7 @@ from tenure.services.follower import Tailer
 from tenure.services.instances import InstanceService
 from tenure.services.periodic import Periodic
 from tenure.services.reservations import ReservationService
+from tenure.services.sessions import SessionService
 from tenure.services.shaping import sync_shapers
 from tenure.services.tokens import TokenService
 from tenure.services.topology import TopologyService
@@ -102,6 +103,7 @@ class Runtime:
                 self.writer = Writer(self.engine, revision=revision, clock=clock, fence=fence, epoch=epoch)
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
                 self.tokens = TokenService(writer=self.writer)
+                self.sessions = SessionService(writer=self.writer, engine=self.engine, tokens=self.tokens, clock=clock)
                 self.agents = AgentService(writer=self.writer, clock=clock, down_after=self.settings.agent_down_after)
                 limits: Published[str, Limit] = Published()
                 self.reservations = ReservationService(
@@ -121,6 +123,7 @@ class Runtime:
                 self.topology.on_changed.append(self._resync_shapers)
                 self.allocator.load(conn)
                 self.tokens.load(conn)
+                self.sessions.load(conn)
                 self.history = History(self.engine, self.writer, clock=clock, max_age=self.settings.history_age,
                                        max_events=self.settings.history_events)
                 self.history.load(conn)

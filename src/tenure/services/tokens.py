@@ -106,6 +106,11 @@ class TokenService:
             raise Unauthorized("the token is not valid or has been revoked", code="invalid_token")
         return found
 
+    def principal_of(self, token_id: str) -> Principal | None:
+        """The principal of an active token by its id (None if unknown or revoked)."""
+        digest = self._hash_of.get(token_id)
+        return None if digest is None else self._by_hash.get(digest)
+
     def create_op(
         self,
         *,

@@ -269,3 +269,16 @@ replicas = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("seen_at", UTCDateTime(), nullable=False),
 )
+
+# The web console's sign-in (services/sessions.py): one-time codes and browser sessions, each stored only as the
+# SHA-256 of its secret, with the token it stands for and when it ends. Not events: nothing of them is watched.
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # code | session
+    Column("token_id", String(32), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+Index("ix_ui_sessions_token", ui_sessions.c.token_id)
