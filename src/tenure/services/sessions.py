@@ -19,7 +19,6 @@ CHECK_SECONDS at most, and the memory of them is bounded).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 import time
@@ -32,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tenure.clock import Clock
 from tenure.domain.access import Principal
 from tenure.domain.errors import Forbidden, Unauthorized, Unavailable
-from tenure.services.tokens import TokenService
+from tenure.services.tokens import TokenService, hash_token
 from tenure.store import schema
 from tenure.store.writer import Batch, Op
 
@@ -45,9 +44,7 @@ SECRET_LENGTH = 4 + 43  # a prefix and token_urlsafe(32)
 COOKIE = "tenure_session"
 _T = schema.ui_sessions
 
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+_hash = hash_token  # (the same SHA-256 as a token's)
 
 
 @dataclass(frozen=True, slots=True)
