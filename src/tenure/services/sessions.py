@@ -44,8 +44,6 @@ SECRET_LENGTH = 4 + 43  # a prefix and token_urlsafe(32)
 COOKIE = "tenure_session"
 _T = schema.ui_sessions
 
-_hash = hash_token  # (the same SHA-256 as a token's)
-
 
 @dataclass(frozen=True, slots=True)
 class Grant:
@@ -84,7 +82,7 @@ class SessionService:
             secret = CODE_PREFIX + secrets.token_urlsafe(32)
             expires = batch.now + timedelta(seconds=CODE_SECONDS)
             batch.write(delete(_T).where(_T.c.expires_at <= batch.now), {})
-            digest, token_id = _hash(secret), principal.token_id
+            digest, token_id = hash_token(secret), principal.token_id
             assert token_id is not None
             batch.write(insert(_T), {"hash": digest, "kind": "code", "token_id": token_id,
                                      "created_at": batch.now, "expires_at": expires})
@@ -112,7 +110,7 @@ class SessionService:
         def apply(batch: Batch) -> Grant:
             principal = from_token
             if code is not None:
-                digest_code = _hash(code) if len(code) == SECRET_LENGTH and code.startswith(CODE_PREFIX) else ""
+                digest_code = hash_token(code) if len(code) == SECRET_LENGTH and code.startswith(CODE_PREFIX) else ""
                 with self._lock:  # taken now (a second use in this batch finds it gone); back if the batch fails
                     found = self._codes.pop(digest_code, None)
                 if found is not None:
@@ -127,7 +125,7 @@ class SessionService:
             assert principal is not None and principal.token_id is not None
             secret = SESSION_PREFIX + secrets.token_urlsafe(32)
             expires = batch.now + timedelta(seconds=SESSION_SECONDS)
-            digest = _hash(secret)
+            digest = hash_token(secret)
             batch.write(delete(_T).where(_T.c.expires_at <= batch.now), {})
             batch.write(insert(_T), {"hash": digest, "kind": "session", "token_id": principal.token_id,
                                      "created_at": batch.now, "expires_at": expires})
@@ -148,7 +146,7 @@ class SessionService:
 
     def end_op(self, secret: str) -> Op:
         """Sign out: the session is gone (nothing if it already was)."""
-        digest = _hash(secret)
+        digest = hash_token(secret)
 
         def apply(batch: Batch) -> None:
             batch.write(delete(_T).where(_T.c.hash == digest, _T.c.kind == "session"), {})
@@ -166,7 +164,7 @@ class SessionService:
         the session is older than CHECK_SECONDS (a few milliseconds, at most once per session per CHECK_SECONDS)."""
         if not secret or len(secret) != SECRET_LENGTH or not secret.startswith(SESSION_PREFIX):
             raise Unauthorized("sign in again: the console session is not valid", code="invalid_session")
-        digest = _hash(secret)
+        digest = hash_token(secret)
         now = time.monotonic()
         with self._lock:
             known = self._sessions.get(digest)

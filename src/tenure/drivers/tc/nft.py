@@ -80,7 +80,7 @@ from tenure.drivers.tc.netlink import (
     _netns_ident,
     held,
 )
-from tenure.drivers.tc.params import Leg, Network
+from tenure.drivers.tc.params import Leg, Network, matched
 from tenure.drivers.tc.wire import Flight
 
 FAMILY, TABLE, CHAIN = "inet", "tenure", "legs"
@@ -234,19 +234,10 @@ def _of(nets: tuple[Network, ...], version: int) -> Network | None:
     return next((n for n in nets if n.version == version), None)
 
 
-def families(leg: Leg) -> list[Network]:
-    """The destinations the leg has rules for: each of its ``dst``, but, when it names a ``src``, only those of a
-    family the source has too (a rule without the source would claim every sender's packets)."""
-    if not leg.src:
-        return list(leg.dst)
-    versions = {n.version for n in leg.src}
-    return [d for d in leg.dst if d.version in versions]
-
-
 def wanted(leg: Leg) -> list[Rule]:
     """The leg's own rules: one classifying (and marking) rule per family of its destination (and source)."""
     out = []
-    for dst in families(leg):
+    for dst in matched(leg.dst, leg.src):  # one rule per family of the destination (and source)
         v, proto = dst.version, PROTO[dst.version]
         expr = [_match({"meta": {"key": "oifname"}}, leg.device),
                 _match({"meta": {"key": "nfproto"}}, NFPROTO[v])]

@@ -124,6 +124,13 @@ def _networks(params: dict[str, str], name: str) -> tuple[Network, ...]:
     return tuple(sorted(out, key=lambda n: n.version))
 
 
+def matched(dst: tuple[Network, ...], src: tuple[Network, ...]) -> list[Network]:
+    """The destinations a leg's flow is matched to: each of ``dst``, but, when it names a ``src``, only those of a
+    family the source has too (a rule without the source would claim every sender's packets)."""
+    versions = {n.version for n in src}
+    return [d for d in dst if not src or d.version in versions]
+
+
 def _u32_ticks(rate_bytes: int, burst: int) -> int:
     """HTB's buffer for ``burst`` bytes at ``rate_bytes``/s, in scheduler ticks (pyroute2's arithmetic)."""
     return calc_xmittime(rate_bytes, burst)
@@ -259,8 +266,7 @@ def parse_params(params: dict[str, str], *, identity_only: bool = False) -> Leg:
         if hop.prefixlen != hop.max_prefixlen:
             raise Invalid(f"via {params['via']!r} must be addresses (the next hop), not networks")
     if via:
-        matched = [d for d in dst if not src or d.version in {n.version for n in src}]  # (as nft.families)
-        missing = [str(d) for d in matched if d.version not in {h.version for h in via}]
+        missing = [str(d) for d in matched(dst, src) if d.version not in {h.version for h in via}]
         if missing:
             raise Invalid(f"via {params['via']!r} has no next hop of the family of dst {missing[0]}: that part of "
                           f"the flow would not be steered")

@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tenure.drivers.tc.netlink import Absent, in_netns
-from tenure.drivers.tc.params import STEER_RULE_PRIORITY, Leg, Network
+from tenure.drivers.tc.params import STEER_RULE_PRIORITY, Leg, Network, matched
 
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 ESRCH, ENOENT, EEXIST = 3, 2, 17
@@ -38,9 +38,9 @@ DEFAULT_METRIC = {4: 0, 6: 1024}  # what the kernel gives a route added without 
 def routes(leg: Leg) -> list[tuple[int, Network, str]]:
     """(family, destination, next hop) of each route the steered leg wants in its table."""
     out = []
-    for dst in leg.dst:
+    for dst in matched(leg.dst, leg.src):
         hop = next((h for h in leg.via if h.version == dst.version), None)
-        if hop is not None and (not leg.src or dst.version in {n.version for n in leg.src}):
+        if hop is not None:
             out.append((dst.version, dst, str(hop.network_address)))
     return out
 
@@ -152,8 +152,7 @@ def forwarding_problem(leg: Leg) -> str | None:
     """Why this host does not forward the leg's flow, or None: per family of the flow, IPv6's switch is
     ``conf.all.forwarding``; IPv4's is the flag of the device a packet arrives by, which the leg does not know: the
     leg's device is checked (on a one-armed middlebox, the device it arrives by)."""
-    versions = sorted({d.version for d in leg.dst if not leg.src or d.version in {n.version for n in leg.src}})
-    for version in versions:
+    for version in sorted({d.version for d in matched(leg.dst, leg.src)}):
         for conf in (leg.device,) if version == 4 else ("all",):
             value = _read_in(leg.netns, f"/proc/sys/net/ipv{version}/conf/{conf}/forwarding")
             if value is None:
