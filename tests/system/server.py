@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -16,9 +17,11 @@ START_DEADLINE = 60.0
 
 
 class ServerProcess:
-    def __init__(self, *, db_url: str, data_dir: Path) -> None:
+    def __init__(self, *, db_url: str, data_dir: Path, listen: str = "127.0.0.1:0", args: Sequence[str] = ()) -> None:
         self.db_url = db_url
         self.data_dir = data_dir
+        self.listen = listen  # a fixed port: the same URL after a restart
+        self.args = tuple(args)  # more of `tenure serve`'s options, e.g. --example
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log = data_dir / "server.log"
@@ -29,8 +32,8 @@ class ServerProcess:
         (self.data_dir / "server.json").unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tenure", "serve", "--db", self.db_url, "--listen", "127.0.0.1:0",
-                 "--data-dir", str(self.data_dir), "--log-level", "warning"],
+                [sys.executable, "-m", "tenure", "serve", "--db", self.db_url, "--listen", self.listen,
+                 "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args],
                 stdout=log, stderr=log, start_new_session=True,
             )
         deadline = time.monotonic() + START_DEADLINE

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, console, errors, instances, openapi, replicas, reservations, routes, watch
+from tenure.api import agents, console, errors, instances, openapi, replicas, reservations, routes, ui, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
@@ -275,6 +275,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         app.include_router(agents.router)
         app.include_router(reservations.router)
         app.include_router(instances.router)
+        app.include_router(ui.router)
+        app.mount(ui.PREFIX, ui.ConsoleFiles(), name="ui")
     else:  # e.g. a host agent: its own tokens, local IDs and events, and the resource manager
         for router in config.extension.routers:
             app.include_router(router)

@@ -93,6 +93,8 @@ def serve(
     what = "agent" if agent is not None else "serving"
     console.print(f"[bold]Tenure[/] {what} on [cyan]{url}[/] (store: {db_url})")
     console.print(f"admin token: [cyan]{data_dir / ADMIN_TOKEN_FILE}[/] (written on first start, mode 0600)")
+    if agent is None and not url.startswith("unix:"):
+        console.print(f"web console: [cyan]{url}/ui/[/] (a sign-in link: [bold]tenure ui[/])")
     failure: list[BaseException] = []
 
     def stop(exc: BaseException) -> None:  # the restore failed: nothing to serve, exit non-zero

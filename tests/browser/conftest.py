@@ -1,0 +1,193 @@
+"""The web console in a real browser: Debian's chromium, headless, driven by Selenium through Debian's chromedriver
+(both installed by scripts/system-deps; nothing downloads a browser), against a real ``tenure serve`` process.
+
+Bounded: one browser and one server per module; every wait is on a condition with a deadline, never a sleep.
+Each test starts with no cookie (signed out) and ends by checking the browser's console: no script error, no
+Content-Security-Policy violation. Screenshots go to ``build/screenshots/`` (or ``$TENURE_SCREENSHOTS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.system.server import ServerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT = 10.0  # seconds any condition may take in a browser test
+SHOTS = Path(os.environ.get("TENURE_SCREENSHOTS", Path(__file__).resolve().parents[2] / "build" / "screenshots"))
+AXE = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    data = tmp_path_factory.mktemp("console")
+    proc = ServerProcess(db_url=f"sqlite:///{data / 'tenure.db'}", data_dir=data,
+                         listen=f"127.0.0.1:{_free_port()}", args=["--example"])
+    proc.start()
+    try:
+        proc.wait_ready()
+        with httpx.Client(base_url=proc.url, timeout=10,
+                          headers={"authorization": f"Bearer {proc.admin_token}"}) as admin:
+            yield Console(proc, admin)
+    finally:
+        proc.stop()
+
+
+class Console:
+    """The server under test and an admin's API client to change things behind the page's back."""
+
+    def __init__(self, proc: ServerProcess, admin: httpx.Client) -> None:
+        self.proc = proc
+        self.admin = admin
+
+    @property
+    def url(self) -> str:
+        return self.proc.url
+
+    def api(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        r = self.admin.request(method, path, headers=headers, **kw)
+        assert r.status_code < 300, r.text
+        return r.json()
+
+    def code_url(self, token: str | None = None) -> str:
+        return self.api("POST", "/v1/ui/codes", token=token)["url"]
+
+    def member(self, project: str) -> str:
+        return self.api("POST", "/v1/tokens", json={"role": "member", "project": project})["token"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("chromium and chromium-driver are not installed (scripts/system-deps installs them)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"tenure-chromium-{os.getpid()}"
+    shutil.rmtree(profile, ignore_errors=True)
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--disable-extensions", "--window-size=1280,800", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser: Any, server: Console, request: pytest.FixtureRequest) -> Iterator[Page]:
+    browser.get(server.url + "/ui/vendor/manifest.json")  # same origin, no console running: clear its state
+    browser.delete_all_cookies()
+    browser.execute_script("try { localStorage.clear(); } catch (e) {}")
+    browser.set_window_size(1280, 800)
+    browser.get_log("browser")  # drop what earlier tests left
+    p = Page(browser, server)
+    yield p
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        p.screenshot(f"FAILED-{request.node.name}")
+        return
+    p.assert_clean_console()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+
+
+class Page:
+    """One browser tab on the console, with waits on conditions (never sleeps)."""
+
+    def __init__(self, driver: Any, server: Console) -> None:
+        self.driver = driver
+        self.server = server
+
+    def open(self, fragment: str = "#/overview") -> None:
+        self.driver.get(f"{self.server.url}/ui/{fragment}")
+
+    def sign_in(self, token: str | None = None) -> None:
+        self.driver.get(self.server.code_url(token))
+        self.wait(lambda: self.js("return !document.getElementById('nav').hidden"), "the console after sign-in")
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.driver.execute_script(script, *args)
+
+    def wait(self, condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+        def check(_: Any) -> Any:
+            try:
+                return condition()
+            except (WebDriverException, AssertionError, LookupError, ValueError):
+                return False
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(
+            check, message=f"waited {timeout} s for {what}")
+
+    def find(self, css: str) -> Any:
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def finds(self, css: str) -> list[Any]:
+        return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def text(self, css: str) -> str:
+        return self.find(css).text
+
+    def go(self, fragment: str) -> None:
+        self.js("location.hash = arguments[0]", fragment)
+
+    def screenshot(self, name: str) -> Path:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+    def console_errors(self) -> list[str]:
+        return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+
+    def assert_clean_console(self) -> None:
+        # Errors a test provokes on purpose (a 401 after sign-out, the server stopped) are logged by chromium as
+        # failed requests: those are the network's, not the page's. Script errors and CSP refusals are the page's.
+        errors = [m for m in self.console_errors()
+                  if "Failed to load resource" not in m and "net::ERR_" not in m]
+        assert not errors, "the browser's console has errors:\n" + "\n".join(errors)
+
+    def axe(self, context: str = "main") -> list[dict[str, Any]]:
+        """axe-core's serious and critical violations of WCAG 2.1 A and AA on the page as it is now."""
+        self.js(AXE.read_text())
+        result = self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})"
+            ".then(r => done(JSON.stringify(r.violations))).catch(e => done(JSON.stringify([{id: 'axe-error',"
+            " impact: 'critical', description: String(e), nodes: []}])));")
+        return [v for v in json.loads(result) if v.get("impact") in ("serious", "critical")]
