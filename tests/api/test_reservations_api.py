@@ -88,6 +88,46 @@ def test_usage_steps_and_paths(net: Any) -> None:
     assert [p["hops"] for p in r.json()["paths"]] == [3, 3, 4]
 
 
+def test_every_links_usage_at_an_instant_or_its_peak_agrees_with_each_links_steps(net: Any) -> None:
+    post(net, kind="oneway", src="h1", dst="h2", rate="300M", start="+1h", end="+2h")
+    post(net, kind="oneway", src="h2", dst="h1", rate="100M", start="+90m", end="+3h")
+    links = [lk["id"] for lk in net.get("/v1/topology").json()["links"]]
+    for query in ({}, {"at": "+1h30m"}, {"at": "+2h30m"}, {"from": "now", "to": "+4h"}, {"from": "+2h", "to": "+3h"}):
+        r = net.get("/v1/links/usage", params=query)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [row["link"] for row in body["links"]] == links and body["revision"] >= 1
+        for row in body["links"]:
+            steps = net.get(f"/v1/links/{row['link']}/usage").json()["directions"]
+            for d in ("ab", "ba"):
+                if "at" in body:
+                    expected = next((s["used"] for s in steps[d]["steps"] if s["from"] <= body["at"]
+                                     and (s["to"] is None or body["at"] < s["to"])), 0)
+                else:
+                    expected = max([s["used"] for s in steps[d]["steps"] if s["from"] < body["to"]
+                                    and (s["to"] is None or body["from"] < s["to"])], default=0)
+                assert row[d] == expected, (query, row, d)
+    at = {row["link"]: row for row in net.get("/v1/links/usage", params={"at": "+1h30m"}).json()["links"]}
+    assert at["h1-s1"]["ab"] == 300_000_000 and at["h1-s1"]["ba"] == 100_000_000
+    for bad in ({"at": "+1h", "from": "now", "to": "+2h"}, {"from": "now"}, {"from": "+2h", "to": "+1h"},
+                {"at": "yesterday"}):
+        r = net.get("/v1/links/usage", params=bad)
+        assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_window", "invalid_time"), (bad, r.text)
+
+
+def test_reservations_are_listed_by_kind_node_and_link(net: Any) -> None:
+    a = post(net, kind="oneway", src="h1", dst="h2", rate="10M").json()
+    b = post(net, kind="bandwidth", src="h3", dst="h2", rate="10M").json()
+    ids = lambda **q: [r["id"] for r in net.get("/v1/reservations", params=q).json()["reservations"]]  # noqa: E731
+    assert ids(kind="oneway") == [a["id"]] and ids(kind="bandwidth") == [b["id"]] and ids(kind="mirror") == []
+    assert ids(node="h1") == [a["id"]] and ids(node="h2") == [a["id"], b["id"]]
+    transit = a["paths"][0]["nodes"][1]
+    assert a["id"] in ids(node=transit)
+    assert ids(link=a["paths"][0]["links"][0]) == [a["id"]]
+    assert ids(link="no-such-link") == [] and ids(node="h1", kind="bandwidth") == []
+    assert_error(net.get("/v1/reservations", params={"kind": "teleport"}), 400, "invalid_kind")
+
+
 def test_topology_in_yaml_and_per_node_and_link(api: Any) -> None:
     text = yaml.safe_dump(SQUARE)
     r = api.request("PUT", "/v1/topology", content=text, headers={"content-type": "application/yaml"})

@@ -21,7 +21,7 @@ from tenure.api.routes import RT, Auth, StrictModel
 from tenure.domain.names import MAX_NAME_LENGTH
 from tenure.domain.access import require_admin
 from tenure.domain.errors import Conflict, InvalidInput
-from tenure.domain.reservation import MAX_REQUEST_ID, MAX_VIA, STATES, ReservationRequest
+from tenure.domain.reservation import KINDS, MAX_REQUEST_ID, MAX_VIA, STATES, ReservationRequest
 from tenure.domain.topology import MAX_LABELS as TOPOLOGY_LABELS
 from tenure.domain.topology import MAX_LINKS, MAX_NODES, NODE_KINDS
 from tenure.domain.units import MAX_RATE
@@ -51,6 +51,7 @@ Port = int_in(1, 65535)
 PathMode = Literal["shortest", "widest"]
 Burst = Literal["cap", "borrow"]  # cap: held to its rate; borrow: may use idle capacity above it
 ReservationState = Annotated[Literal[STATES], coded("invalid_state")]  # type: ignore[valid-type]
+ReservationKind = Annotated[Literal[KINDS], coded("invalid_kind")]  # type: ignore[valid-type]
 
 
 # What each kind takes (services/reservations.py create_op); a rate is given as rate or rate_out, not both.
@@ -227,9 +228,13 @@ async def create_reservation(body: ReservationCreate, request: Request, response
 @router.get("/reservations", tags=["reservations"])
 def list_reservations(
     rt: RT, who: Auth, state: ReservationState | None = None, project: str | None = None, after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000, kind: ReservationKind | None = None,
+    node: str | None = None, link: str | None = None,
 ) -> dict[str, Any]:
-    page, cursor = rt.reservations.list(principal=who, state=state, project=project, after=after, limit=limit)
+    """Filters: ``state``, ``project``, ``kind``; ``node`` (an end, a middlebox it is steered through, or a node of
+    any of its paths) and ``link`` (on any of its paths)."""
+    page, cursor = rt.reservations.list(principal=who, state=state, project=project, after=after, limit=limit,
+                                        kind=kind, node=node, link=link)
     return {"reservations": [r.body() for r in page], "next": cursor, "revision": rt.revision}
 
 
@@ -359,6 +364,17 @@ async def put_link(link_id: Annotated[TopologyId, Path()], body: LinkBody,
 async def delete_link(link_id: str, rt: RT, who: Auth) -> dict[str, Any]:
     svc = rt.topology
     return await rt.arun(svc.edit_topology_op(svc.delete_link(link_id), principal=who))
+
+
+@router.get("/links/usage", tags=["topology"])
+async def links_usage(
+    rt: RT, who: Auth, at: str | None = None,
+    start: Annotated[str | None, Query(alias="from")] = None, end: Annotated[str | None, Query(alias="to")] = None,
+) -> dict[str, Any]:
+    """Every link's reserved usage per direction (bit/s, every project's together): at an instant (``at``, default
+    now), or the peak over ``[from, to)``. Capacities are the topology's."""
+    body = await rt.arun(rt.reservations.usage_all_op(at=at, start=start, end=end))
+    return {**body, "revision": rt.revision}
 
 
 @router.get("/links/{link_id}/usage", tags=["topology"])

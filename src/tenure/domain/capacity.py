@@ -268,6 +268,18 @@ class Capacity:
 
     # ------------------------------------------------------------ reads
 
+    def usage_all(self, start: int, end: int | None) -> list[dict[str, Any]]:
+        """Every link's usage per direction: at ``start`` (``end`` None), or the peak over ``[start, end)``."""
+        topo = self.topology
+        out = []
+        for link_id in topo.links:
+            row: dict[str, Any] = {"link": link_id}
+            for d in ("ab", "ba"):
+                ledger = self.use[topo.hop_index[(link_id, d)]]
+                row[d] = ledger.usage_at(start) if end is None else ledger.peak(start, end)
+            out.append(row)
+        return out
+
     def usage(self, link_id: str, start: int | None, end: int | None, *, max_steps: int) -> dict[str, Any]:
         topo = self.topology
         link = topo.links[link_id]

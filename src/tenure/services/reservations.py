@@ -48,6 +48,7 @@ from tenure.domain.reservation import (
     DEFAULT_MARKS,
     ENDED,
     EXPIRED,
+    KINDS,
     LIVE,
     PATH_MODES,
     PENDING,
@@ -563,11 +564,15 @@ class ReservationService:
         return res
 
     def list(self, *, principal: Principal = ADMIN, state: str | None = None, project: str | None = None,
-             after: str | None = None, limit: int = 1000) -> tuple[list[Reservation], str | None]:
+             after: str | None = None, limit: int = 1000, kind: str | None = None, node: str | None = None,
+             link: str | None = None) -> tuple[list[Reservation], str | None]:
         """Reservations in admission order, filtered; a page and the cursor of the next one (opaque to clients:
-        the admission number of the last one given, so it reveals nothing and survives a purge)."""
+        the admission number of the last one given, so it reveals nothing and survives a purge). ``node``: one of
+        its ends, a middlebox it is steered through, or a node of any of its paths; ``link``: on any of its paths."""
         if state is not None and state not in STATES:
             raise InvalidInput(f"state must be one of {', '.join(STATES)}", code="invalid_state")
+        if kind is not None and kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", code="invalid_kind")
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be 1 to {MAX_PAGE}", code="invalid_limit")
         if principal.role == "member" and project is not None and project != principal.project:
@@ -580,6 +585,8 @@ class ReservationService:
         page: list[Reservation] = []
         for r in list(self._views.values()):  # one atomic copy: the writer may publish meanwhile
             if r.seq > cursor and (state is None or r.state == state) and (project is None or r.project == project) \
+                    and (kind is None or r.kind == kind) and (node is None or _touches_node(r, node)) \
+                    and (link is None or any(h[0] == link for leg in r.legs for h in leg.hops)) \
                     and may_see(principal, r.project, r.src, r.dst):
                 if len(page) == limit:
                     return page, str(page[-1].seq)
@@ -604,6 +611,28 @@ class ReservationService:
             if link_id not in self.cap.topology.links:
                 raise NotFound(f"no link {link_id!r}", code="link_not_found", link=link_id)
             return self.cap.usage(link_id, s, e, max_steps=MAX_USAGE_STEPS)
+
+        return Op(apply)
+
+    def usage_all_op(self, *, at: object = None, start: object = None, end: object = None) -> Op:
+        """Every link's usage per direction at one instant (``at``, default now), or its peak over ``[from, to)``
+        (read-only command: one consistent view of every ledger)."""
+        now = self.now_us()
+        if at is not None and (start is not None or end is not None):
+            raise InvalidInput("give at, or from and to, not both", code="invalid_window")
+        if (start is None) != (end is None):
+            raise InvalidInput("from and to go together", code="invalid_window")
+        s = parse_instant(start, now=now, what="from") if start is not None else None
+        e = parse_instant(end, now=now, what="to") if end is not None else None
+        if s is not None and e is not None and e <= s:
+            raise InvalidInput("to must be after from", code="invalid_window")
+        instant = parse_instant(at, now=now, what="at") if at is not None else None
+
+        def apply(batch: Batch) -> dict[str, Any]:
+            if s is not None:
+                return {"from": iso(s), "to": iso(e), "links": self.cap.usage_all(s, e)}
+            t = instant if instant is not None else to_us(batch.now)
+            return {"at": iso(t), "links": self.cap.usage_all(t, None)}
 
         return Op(apply)
 
@@ -668,3 +697,6 @@ def log_on_commit(batch: Batch, msg: str, *, level: int = logging.DEBUG, logger:
     if logger.isEnabledFor(level):
         batch.on_commit(lambda: logger.log(level, msg, extra=fields))
 
+
+def _touches_node(r: Reservation, node: str) -> bool:
+    return node in (r.src, r.dst) or node in r.via or any(node in leg.nodes for leg in r.legs)

@@ -172,6 +172,7 @@ function applyTheme(theme) {
   const button = document.getElementById('theme');
   button.textContent = `Theme: ${theme}`;
   button.setAttribute('aria-label', `Theme: ${theme === 'auto' ? 'automatic' : theme}; change`);
+  window.dispatchEvent(new Event('tenure-theme'));
 }
 
 function storedTheme() {

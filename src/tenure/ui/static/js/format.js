@@ -39,6 +39,7 @@ export function time(iso, doc = document) {
   if (Number.isNaN(d.getTime())) return doc.createTextNode(String(iso));
   const el = doc.createElement('time');
   el.dateTime = d.toISOString();
+  el.dataset.iso = String(iso); // the server's own spelling (microseconds), for whoever compares
   el.title = `${d.toISOString().replace('.000Z', 'Z')} (UTC)`;
   el.textContent = local.format(d);
   return el;
