@@ -310,6 +310,7 @@ BEYOND_SCHEMA: dict[str, set[str]] = {
     "POST /v1/paths": {"unknown_node", "same_endpoints", "invalid_window", "start_in_past", "beyond_horizon",
                        "invalid_time", "invalid_rate", "invalid_endpoint"},
     "GET /v1/links/{link_id}/usage": {"invalid_time", "invalid_window"},
+    "GET /v1/links/usage": {"invalid_time", "invalid_window"},  # at with from and to; from without to
     "PUT /v1/topology": {"dangling_link", "duplicate_id", "invalid_topology"},
     "PUT /v1/topology/nodes/{node_id}": {"id_mismatch"},
     "PUT /v1/topology/links/{link_id}": {"id_mismatch", "dangling_link", "invalid_topology"},

@@ -25,7 +25,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 10.0  # seconds any condition may take in a browser test
 SHOTS = Path(os.environ.get("TENURE_SCREENSHOTS", Path(__file__).resolve().parents[2] / "build" / "screenshots"))
-AXE = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
+VENDOR = Path(__file__).parent / "vendor"
+AXE = VENDOR / next(lib["dir"] for lib in json.loads((VENDOR / "manifest.json").read_text())["libraries"]
+                    if lib["name"] == "axe-core") / "axe.min.js"
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import WebDriverException  # noqa: E402

@@ -6,8 +6,8 @@ serves its files:
 - a Content-Security-Policy that lets the page run only the server's own scripts and styles and talk only to the
   server (no inline script, no other origin, no framing), ``Referrer-Policy: no-referrer`` (the sign-in code is in
   the fragment, which is never sent, but nothing of a console URL should leave either), ``nosniff``;
-- caching: a vendored library lives in a directory named by its version (``vendor/uplot-1.6.32/``), so browsers keep
-  it for good; the console's own files are revalidated on every load (ETag), so an upgrade is seen at once.
+- caching: a vendored library lives in a directory named by its version and a digest of its files
+  (``vendor/uplot-1.6.32-3dad594259/``), so browsers keep it for good; the console's own files are revalidated on every load (ETag), so an upgrade is seen at once.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-VERSIONED = re.compile(r"^/vendor/[a-z0-9-]+-\d+\.\d+\.\d+/")  # vendor/NAME-X.Y.Z/...: never changes
+# vendor/NAME-X.Y.Z-DIGEST/...: named by the version and a digest of its files (scripts/vendor-ui), never changes
+VERSIONED = re.compile(r"^/vendor/[a-z0-9-]+-\d+\.\d+\.\d+-[0-9a-f]{10}/")
 FOREVER = b"public, max-age=31536000, immutable"
 REVALIDATE = b"no-cache"
 

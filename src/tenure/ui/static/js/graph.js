@@ -194,6 +194,7 @@ export class TopologyGraph {
 
   // The nodes and links of a path (a preview or a reservation's), drawn over the colours.
   showPath(paths) {
+    this.container.dataset.path = (paths || []).flatMap((p) => p.links || []).join(' ');
     this.cy.batch(() => {
       this.cy.elements('.path').removeClass('path');
       for (const path of paths || []) {
@@ -204,6 +205,7 @@ export class TopologyGraph {
   }
 
   markRefused(linkId) {
+    this.container.dataset.refused = linkId || '';
     this.cy.batch(() => {
       this.cy.edges('.refused').removeClass('refused');
       if (linkId) this.cy.getElementById(linkId).addClass('refused');

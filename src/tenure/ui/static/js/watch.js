@@ -16,9 +16,22 @@ export function onStatus(fn) {
   statusListeners.push(fn);
 }
 
+let notifying = false;
+
+function notifySoon() { // the revision moved: the header says so, at most once a frame
+  if (notifying) return;
+  notifying = true;
+  requestAnimationFrame(() => {
+    notifying = false;
+    setStatus(null, undefined);
+  });
+}
+
 function setStatus(watch, status) {
-  if (status === null) statuses.delete(watch);
-  else statuses.set(watch, status);
+  if (watch !== null) {
+    if (status === null) statuses.delete(watch);
+    else statuses.set(watch, status);
+  }
   const all = [...statuses.values()];
   const summary = all.includes('reconnecting') ? 'reconnecting'
     : all.some((s) => s === 'connecting' || s === 'listing') ? 'connecting'
@@ -204,7 +217,10 @@ export class Watch {
   advance(revision) {
     if (!Number.isFinite(revision)) return;
     this.revision = revision;
-    if (Watch.revision === null || revision > Watch.revision) Watch.revision = revision;
+    if (Watch.revision === null || revision > Watch.revision) {
+      Watch.revision = revision;
+      notifySoon();
+    }
   }
 }
 
