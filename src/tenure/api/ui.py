@@ -7,7 +7,8 @@ serves its files:
   server (no inline script, no other origin, no framing), ``Referrer-Policy: no-referrer`` (the sign-in code is in
   the fragment, which is never sent, but nothing of a console URL should leave either), ``nosniff``;
 - caching: a vendored library lives in a directory named by its version and a digest of its files
-  (``vendor/uplot-1.6.32-3dad594259/``), so browsers keep it for good; the console's own files are revalidated on every load (ETag), so an upgrade is seen at once.
+  (``vendor/uplot-1.6.32-3dad594259/``), so browsers keep it for good; the console's own files are revalidated on
+  every load (ETag), so an upgrade is seen at once.
 """
 
 from __future__ import annotations
