@@ -65,7 +65,8 @@ def test_instances_show_their_state_and_dependencies_and_agents_their_heartbeat(
 
     def state_of(name: str) -> str:
         return page.js("for (const b of document.querySelectorAll('#inst-table button[data-instance]'))"
-                       " if (b.textContent === arguments[0]) return b.closest('tr').querySelector('.state').textContent;",
+                       " if (b.textContent === arguments[0])"
+                       "  return b.closest('tr').querySelector('.state').textContent;",
                        name)
 
     assert state_of("base") == "pending"
