@@ -59,7 +59,10 @@ async function route() {
   if (generation !== state.generation) return;
   const root = h('section', { 'aria-labelledby': 'view-title' });
   main.replaceChildren(root);
-  const ctx = { who: state.who, params, setParams };
+  delete main.dataset.ready;
+  // A view calls ready() once its first data is drawn (the tests and the benchmarks wait for it).
+  const ready = () => { if (generation === state.generation) main.dataset.ready = view; };
+  const ctx = { who: state.who, params, setParams, ready };
   const mounted = module.mount(root, ctx) || {};
   state.unmount = mounted.unmount || (() => {});
   state.onParams = mounted.onParams || null;
@@ -171,7 +174,7 @@ function applyTheme(theme) {
   else document.documentElement.dataset.theme = theme;
   const button = document.getElementById('theme');
   button.textContent = `Theme: ${theme}`;
-  button.setAttribute('aria-label', `Theme: ${theme === 'auto' ? 'automatic' : theme}; change`);
+  button.title = 'Change the theme (automatic follows the system)';
   window.dispatchEvent(new Event('tenure-theme'));
 }
 

@@ -61,7 +61,7 @@ export function mount(root, ctx) {
     watch = new Watch(query(), {
       since,
       onEvent: (event) => { received++; add(event); },
-      onBookmark: (rev) => { revision = rev; say(); },
+      onBookmark: (rev) => { revision = rev; say(); ctx.ready(); },
       onReset: () => {
         problem.className = 'notice';
         problem.textContent = 'The server no longer holds the events after the revision this page had: some '

@@ -102,6 +102,7 @@ export function mount(root, ctx) {
       { empty: 'No instance matches.' },
     ));
     drawAgents();
+    ctx.ready();
     if (selected) {
       const i = instances.get(selected);
       if (i) showDetail(i, false);

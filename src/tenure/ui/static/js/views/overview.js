@@ -57,7 +57,7 @@ export function mount(root, ctx) {
       else map.set(event.id, event.object);
       if (listed) redraw();
     },
-    onListed: () => { listed = true; render(); },
+    onListed: () => { listed = true; render(); ctx.ready(); },
     onBookmark: () => { if (listed) redraw(); },
     onError: (error) => { body.replaceChildren(h('p', { class: 'notice bad', role: 'alert' }, error.message)); },
   }).start();

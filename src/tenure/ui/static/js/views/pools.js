@@ -241,7 +241,10 @@ export function mount(root, ctx) {
       }, ending ? 'End it' : 'Begin it');
   }
 
-  loadPools().then(() => { if (selected && !closed) openPool(); });
+  loadPools().then(async () => {
+    if (selected && !closed) await openPool();
+    ctx.ready();
+  });
   const poolWatch = new Watch({ kind: 'pool' }, { onEvent: loadPoolsSoon, onReset: loadPoolsSoon }).start();
 
   return {

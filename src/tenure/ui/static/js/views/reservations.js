@@ -39,6 +39,7 @@ export function mount(root, ctx) {
   let closed = false;
   let generation = 0;
   let fitted = false;
+  let firstDraw = null;
 
   // ---- the filters ----------------------------------------------------------------------------------------
   const input = (name, label, attrs = {}) => {
@@ -181,6 +182,8 @@ export function mount(root, ctx) {
     if (closed) return;
     items = new DataSet();
     groups = new DataSet();
+    let drawn;
+    firstDraw = new Promise((resolve) => { drawn = resolve; });
     timeline = new Timeline(timelineBox, items, {
       stack: true,
       verticalScroll: true,
@@ -197,6 +200,7 @@ export function mount(root, ctx) {
       tooltip: { followMouse: false },
       start: Date.now() - 3600e3,
       end: Date.now() + 2 * 86400e3,
+      onInitialDrawComplete: () => drawn(),
     });
     timeline.on('select', ({ items: chosen }) => {
       const first = chosen[0];
@@ -234,6 +238,8 @@ export function mount(root, ctx) {
     drawTable(all);
     say();
     if (selected) choose(selected, true);
+    if (list.length) firstDraw.then(() => ctx.ready()); // the timeline shows itself once it has drawn its items
+    else ctx.ready();
   }
 
   function changed(id, r) {

@@ -222,6 +222,7 @@ export function mount(root, ctx) {
     if (closed) return;
     if (!topology.nodes.length) {
       canvas.replaceChildren(h('p', { class: 'muted' }, 'No topology yet: an admin loads one with tenure topology load FILE.'));
+      ctx.ready();
       return;
     }
     if (graph) graph.setTopology(topology);
@@ -233,6 +234,7 @@ export function mount(root, ctx) {
     await recolour();
     if (selected) drawSelected(false);
     canvas.dataset.ready = '1';
+    ctx.ready();
   }
 
   const watch = new Watch({ kind: ['reservation', 'topology'] }, {
