@@ -176,7 +176,8 @@ class Page:
         return path
 
     def console_errors(self) -> list[str]:
-        errors, self.kept = self.kept + [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"], []
+        fresh = [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        errors, self.kept = self.kept + fresh, []
         return errors
 
     def assert_clean_console(self) -> None:
