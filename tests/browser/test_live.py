@@ -62,7 +62,7 @@ def test_events_pause_and_resume_by_revision_without_losing_one(page: Page, serv
     shown = _event_ids(page)
     assert [oid for _, oid in shown] == [f"vlans/ev-{i}" for i in range(6, 0, -1)]  # newest first, each once
     assert [rev for rev, _ in shown][:5] == sorted(made, reverse=True)
-    assert all(row.get_attribute("data-kind") == "claim" for row in page.finds("#events tbody tr"))
+    assert all(row.get_attribute("data-kind") == "claim" for row in page.finds("#events tbody tr[data-id]"))
 
 
 def test_names_and_keys_with_markup_are_shown_as_text(page: Page, server: Console) -> None:
@@ -73,6 +73,10 @@ def test_names_and_keys_with_markup_are_shown_as_text(page: Page, server: Consol
     server.api("POST", "/v1/pools/vlans/claims", json={"key": key})
     page.wait(lambda: any(oid == f"vlans/{key}" for _, oid in _event_ids(page)), "the claim's event")
     assert page.find("#events tbody tr td.mono").text == f"vlans/{key}"
+    page.find("#events tbody tr[data-id] button").click()  # the object, as text too
+    page.wait(lambda: page.find("#ev-object").is_displayed(), "the event's object")
+    assert "<img src=x onerror=" in page.text("#ev-object") and "<script>" in page.text("#ev-object")
+    assert not page.finds("#ev-object *")
     assert page.js("return window.__pwned") is None
     assert not page.finds("#events img") and not page.finds("#events script")
 

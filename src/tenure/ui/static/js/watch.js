@@ -7,6 +7,7 @@
 import { unauthorized } from './api.js';
 
 const RETRY_FIRST = 500;
+const BREAK = /\r\n|\r|\n/g; // the SSE spec's line ends
 const RETRY_MAX = 8000;
 
 const statuses = new Map(); // watch -> 'connecting' | 'listing' | 'live' | 'reconnecting'
@@ -163,11 +164,13 @@ export class Watch {
       buffer += value;
       let start = 0;
       for (;;) {
-        const nl = buffer.slice(start).search(/\r\n|\r|\n/);
-        if (nl < 0) break;
-        const end = start + nl;
+        BREAK.lastIndex = start; // linear in the chunk: no copy of the rest of the buffer per line
+        const found = BREAK.exec(buffer);
+        if (!found) break;
+        if (found[0] === '\r' && found.index === buffer.length - 1) break; // maybe the first half of \r\n
+        const end = found.index;
         const line = buffer.slice(start, end);
-        start = end + (buffer.startsWith('\r\n', end) ? 2 : 1);
+        start = end + found[0].length;
         if (line === '') {
           if (frame.data.length) {
             const error = this.dispatch(frame);

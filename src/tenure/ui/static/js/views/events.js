@@ -1,5 +1,7 @@
 // Events: the live event stream with the watch's own filters (kind, label selector, id, op). Pausing closes the
 // stream and keeps its revision; resuming opens it again from there (since=REV), so nothing is lost while paused.
+// The newest KEEP events are kept; only the rows in sight are on the page (a fixed set of rows whose text is
+// rewritten once a frame), so a thousand events a second cost the page no more than a few.
 
 import { h } from '../dom.js';
 import { count, time } from '../format.js';
@@ -7,14 +9,16 @@ import { Watch } from '../watch.js';
 
 const KINDS = ['pool', 'claim', 'token', 'agent', 'reservation', 'topology', 'limit', 'instance'];
 const OPS = ['created', 'updated', 'deleted', 'monitor_failed'];
-const KEEP = 500; // rows kept on the page (the newest)
+const KEEP = 5000; // events kept (the newest)
+const ROW = 32; // px: every row is one line high
+const SHOWN = 40; // rows on the page at most
 
 export function mount(root, ctx) {
   let watch = null;
   let paused = false;
   let revision = null;
   let received = 0;
-  const rows = [];
+  let events = []; // newest first
 
   const kinds = checkboxes('Kinds', 'kind', KINDS, ctx.params.getAll('kind').flatMap((k) => k.split(',')));
   const ops = checkboxes('Operations', 'op', OPS, ctx.params.getAll('op').flatMap((k) => k.split(',')));
@@ -25,6 +29,10 @@ export function mount(root, ctx) {
   const info = h('p', { id: 'ev-info', class: 'muted', 'aria-live': 'polite' });
   const problem = h('p', { id: 'ev-problem', role: 'alert' });
   const tbody = h('tbody');
+  const above = h('tr', { class: 'spacer', 'aria-hidden': 'true' }, h('td', { colspan: 7 }));
+  const below = h('tr', { class: 'spacer', 'aria-hidden': 'true' }, h('td', { colspan: 7 }));
+  const body = h('pre', { id: 'ev-object', class: 'mono card', hidden: true, tabindex: 0 });
+  const scroller = h('div', { class: 'scroll events-scroll', id: 'events-scroll' });
   const form = h('form', { class: 'toolbar', onsubmit: (event) => { event.preventDefault(); apply(); } },
     kinds.fieldset, ops.fieldset,
     h('label', { for: 'ev-selector' }, 'Label selector', selector),
@@ -34,11 +42,12 @@ export function mount(root, ctx) {
   root.append(
     h('h1', { id: 'view-title' }, 'Events'),
     form, problem, info,
-    h('div', { class: 'scroll' }, h('table', { class: 'events list', id: 'events' },
-      h('thead', null, h('tr', null, ['revision', 'time', 'kind', 'op', 'id', 'labels', 'object'].map((c) =>
-        h('th', { scope: 'col', class: c === 'revision' ? 'num' : null }, c)))),
-      tbody)),
+    scroller, body,
   );
+  scroller.append(h('table', { class: 'events', id: 'events' },
+    h('thead', null, h('tr', null, ['revision', 'time', 'kind', 'op', 'id', 'labels', 'object'].map((c) =>
+      h('th', { scope: 'col', class: c === 'revision' ? 'num' : null }, c)))),
+    tbody));
 
   const query = () => {
     const q = {};
@@ -74,22 +83,81 @@ export function mount(root, ctx) {
     }).start();
   };
 
+  // Events are queued as they arrive and shown once a frame.
+  let queued = [];
+  let frame = null;
   const add = (event) => {
     revision = Math.max(revision || 0, event.revision || 0);
-    const labels = Object.entries(event.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ');
-    const row = h('tr', { dataset: { revision: String(event.revision), kind: event.kind, id: event.id } },
-      h('td', { class: 'num', 'data-label': 'revision' }, String(event.revision)),
-      h('td', { 'data-label': 'time' }, time(event.ts)),
-      h('td', { 'data-label': 'kind' }, event.kind),
-      h('td', { 'data-label': 'op' }, event.type),
-      h('td', { 'data-label': 'id', class: 'mono' }, event.id),
-      h('td', { 'data-label': 'labels' }, labels),
-      h('td', { 'data-label': 'object', class: 'body' },
-        h('details', null, h('summary', null, 'show'), h('pre', { class: 'mono' }, JSON.stringify(event.object, null, 2)))));
-    tbody.prepend(row);
-    rows.unshift(row);
-    while (rows.length > KEEP) rows.pop().remove();
-    say();
+    queued.push(event);
+    if (queued.length > KEEP) queued = queued.slice(-KEEP);
+    schedule();
+  };
+  const schedule = () => { if (frame === null) frame = requestAnimationFrame(flush); };
+  const flush = () => {
+    frame = null;
+    const top = scroller.scrollTop;
+    const added = queued.length;
+    if (added) {
+      events = queued.reverse().concat(events);
+      if (events.length > KEEP) events.length = KEEP;
+      queued = [];
+      say();
+    }
+    if (added && top > 0) { // scrolled down to older events: they stay in sight as newer ones come in above
+      above.firstChild.style.height = `${(Math.floor(top / ROW) + added) * ROW}px`;
+      scroller.scrollTop = top + added * ROW;
+    }
+    draw();
+  };
+
+  // The rows in sight: a fixed pool of rows, each cell's text rewritten; spacers stand for the rest.
+  const pool = [];
+  const cell = (label, cls) => h('td', { 'data-label': label, class: cls });
+  const rowAt = (i) => {
+    while (pool.length <= i) {
+      const show = h('button', { type: 'button', class: 'linkish' }, 'show');
+      const tr = h('tr', null, cell('revision', 'num'), cell('time'), cell('kind'), cell('op'), cell('id', 'mono'),
+        cell('labels'), h('td', { 'data-label': 'object' }, show));
+      show.addEventListener('click', () => reveal(tr.event));
+      pool.push(tr);
+    }
+    return pool[i];
+  };
+  const draw = () => {
+    const first = Math.max(0, Math.min(Math.floor(scroller.scrollTop / ROW) - 5, events.length - SHOWN));
+    const last = Math.min(events.length, first + SHOWN);
+    above.firstChild.style.height = `${first * ROW}px`;
+    below.firstChild.style.height = `${(events.length - last) * ROW}px`;
+    const wanted = [above];
+    for (let i = first; i < last; i++) {
+      const event = events[i];
+      const tr = rowAt(i - first);
+      if (tr.event !== event) {
+        tr.event = event;
+        tr.dataset.revision = String(event.revision);
+        tr.dataset.kind = event.kind;
+        tr.dataset.id = event.id;
+        const c = tr.cells;
+        c[0].textContent = String(event.revision);
+        c[1].replaceChildren(time(event.ts));
+        c[2].textContent = event.kind;
+        c[3].textContent = event.type;
+        c[4].textContent = event.id;
+        c[5].textContent = Object.entries(event.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ');
+      }
+      wanted.push(tr);
+    }
+    wanted.push(below);
+    if (wanted.length !== tbody.children.length || wanted.some((tr, i) => tbody.children[i] !== tr)) {
+      tbody.replaceChildren(...wanted);
+    }
+  };
+  scroller.addEventListener('scroll', schedule, { passive: true });
+  const reveal = (event) => {
+    body.hidden = false;
+    body.textContent = `${event.kind} ${event.id} (${event.type} at revision ${event.revision})\n\n`
+      + JSON.stringify(event.object, null, 2);
+    body.focus();
   };
 
   const apply = () => {
@@ -100,8 +168,11 @@ export function mount(root, ctx) {
     if (ids.value.trim()) params.set('id', ids.value.trim());
     ctx.setParams(params);
     if (watch) watch.close();
-    rows.splice(0).forEach((r) => r.remove());
+    events = [];
+    queued = [];
     received = 0;
+    body.hidden = true;
+    draw();
     if (paused) toggle();
     else open(null);
   };
@@ -124,7 +195,7 @@ export function mount(root, ctx) {
 
   open(null);
   say();
-  return { unmount: () => { if (watch) watch.close(); } };
+  return { unmount: () => { if (watch) watch.close(); if (frame !== null) cancelAnimationFrame(frame); } };
 }
 
 function checkboxes(legend, name, values, checked) {

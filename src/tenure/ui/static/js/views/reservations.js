@@ -199,7 +199,7 @@ export function mount(root, ctx) {
       groupTemplate: (group) => h('span', { class: 'mono' }, group.id),
       tooltip: { followMouse: false },
       start: Date.now() - 3600e3,
-      end: Date.now() + 2 * 86400e3,
+      end: Date.now() + 86400e3,
       onInitialDrawComplete: () => drawn(),
     });
     timeline.on('select', ({ items: chosen }) => {
@@ -231,9 +231,11 @@ export function mount(root, ctx) {
     }
     items.add(list);
     timelineBox.dataset.items = String(items.length);
-    if (!fitted && list.length) {
+    if (!fitted && list.length) { // the next day, unless nothing is in it: then all of them
       fitted = true;
-      timeline.fit({ animation: false });
+      const from = Date.now() - 3600e3;
+      const to = Date.now() + 86400e3;
+      if (!list.some((i) => Date.parse(i.start) < to && Date.parse(i.end) > from)) timeline.fit({ animation: false });
     }
     drawTable(all);
     say();
