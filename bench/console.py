@@ -114,6 +114,7 @@ const [steps] = args;
 const slider = document.getElementById('topo-at');
 const canvas = document.getElementById('topo-graph');
 const out = [];
+const timings = [];
 for (const step of steps) {
   const before = canvas.dataset.at;
   const t0 = performance.now();
@@ -122,8 +123,9 @@ for (const step of steps) {
   await new Promise((r) => { const w = () => canvas.dataset.at !== before ? r() : requestAnimationFrame(w); w(); });
   await new Promise((r) => requestAnimationFrame(r));
   out.push(performance.now() - t0);
+  timings.push(canvas.dataset.timing);
 }
-return out;
+return {times: out, timings};
 """
 
 SCROLL = """
@@ -253,7 +255,10 @@ def main() -> None:
             ready.append(run_async(driver, READY, "topology", "#/topology"))
             ready_floor.append(run_async(driver, FLOOR, ["/v1/topology", "/v1/links/usage"]))
             positions = [random.Random(r * 100 + i).randrange(1, 672) for i in range(steps_per_run)]
-            slider += run_async(driver, SLIDER, positions)
+            moved = run_async(driver, SLIDER, positions)
+            slider += moved["times"]
+            if r == 0:
+                con.print(f"  where a slider step's time goes (ms): {moved['timings'][:5]}")
             at = datetime.fromtimestamp(now.timestamp() + 86400, UTC).isoformat().replace("+00:00", "Z")
             slider_floor.append(run_async(driver, FLOOR, [f"/v1/links/usage?at={at}"]))
             run_async(driver, READY, "reservations", "#/reservations")

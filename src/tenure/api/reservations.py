@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ConfigDict, Field, StrictFloat, StrictStr, ValidationError
 
@@ -374,7 +375,9 @@ async def links_usage(
     """Every link's reserved usage per direction (bit/s, every project's together): at an instant (``at``, default
     now), or the peak over ``[from, to)``. Capacities are the topology's."""
     body = await rt.arun(rt.reservations.usage_all_op(at=at, start=start, end=end))
-    return {**body, "revision": rt.revision}
+    # Plain ints and strings, one row per link (3,072 on a k=16 fat tree): encoded as they are, without the
+    # framework's walk of every row (a third of the answer's time on the console's time slider).
+    return JSONResponse({**body, "revision": rt.revision})  # type: ignore[return-value]
 
 
 @router.get("/links/{link_id}/usage", tags=["topology"])

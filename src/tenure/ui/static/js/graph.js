@@ -15,6 +15,12 @@ export function shareColour(share) {
   return `hsl(${hue.toFixed(0)}, 75%, ${(42 - 6 * s).toFixed(0)}%)`;
 }
 
+const STEP_COLOURS = Array.from({ length: 21 }, (_, i) => shareColour(i === 0 ? 0 : i / 20));
+
+function stepOf(share) {
+  return !share || share <= 0 ? 0 : Math.max(1, Math.min(20, Math.round(share * 20)));
+}
+
 function cssVar(name, fallback) {
   const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   return value || fallback;
@@ -149,7 +155,7 @@ export class TopologyGraph {
       ...topology.nodes.map((n) => ({ group: 'nodes', data: { id: n.id, kind: n.kind, shape: SHAPES[n.kind] || 'ellipse' },
         position: positions.get(n.id) })),
       ...topology.links.map((l) => ({ group: 'edges', data: { id: l.id, source: l.a, target: l.b,
-        colour: shareColour(this.shares.get(l.id)),
+        colour: STEP_COLOURS[stepOf(this.shares.get(l.id))],
         width: 1.5 + 3.5 * (Math.log10(linkCapacity(l)) / Math.log10(maxCap)) } })),
     ];
     this.cy.batch(() => {
@@ -170,8 +176,16 @@ export class TopologyGraph {
       const share = Math.max(usable.ab ? row.ab / usable.ab : 0, usable.ba ? row.ba / usable.ba : 0);
       this.shares.set(row.link, share);
     }
+    // Colours in 21 steps (none, then every 5 %): only links whose step changed are touched, so a slider move
+    // restyles the few links that changed rather than all of them.
     this.cy.batch(() => {
-      this.cy.edges().forEach((edge) => edge.data('colour', shareColour(this.shares.get(edge.id()))));
+      this.cy.edges().forEach((edge) => {
+        const step = stepOf(this.shares.get(edge.id()));
+        if (edge.scratch('_step') !== step) {
+          edge.scratch('_step', step);
+          edge.data('colour', STEP_COLOURS[step]);
+        }
+      });
     });
     return this.shares;
   }

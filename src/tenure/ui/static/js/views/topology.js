@@ -92,12 +92,15 @@ export function mount(root, ctx) {
       const query = at === null ? '' : `?at=${encodeURIComponent(new Date(at).toISOString())}`;
       const body = await get(`/v1/links/usage${query}`);
       if (closed) return;
+      const fetched = performance.now();
       usage = new Map(body.links.map((row) => [row.link, row]));
       const shares = graph.setUsage(body.links);
+      const coloured = performance.now();
+      drawBusiest(shares);
       canvas.dataset.at = body.at;
       canvas.dataset.revision = String(body.revision);
-      canvas.dataset.recolourMs = String(Math.round(performance.now() - started));
-      drawBusiest(shares);
+      canvas.dataset.timing = `fetch ${Math.round(fetched - started)} colour ${Math.round(coloured - fetched)} `
+        + `table ${Math.round(performance.now() - coloured)}`;
       if (selected) drawSelected(false);
     } catch (err) {
       problem.className = 'notice bad';
