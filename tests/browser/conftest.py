@@ -144,6 +144,10 @@ class Page:
     def sign_in(self, token: str | None = None) -> None:
         self.driver.get(self.server.code_url(token))
         self.wait(lambda: self.js("return !document.getElementById('nav').hidden"), "the console after sign-in")
+        self.js("window.__tenure_page = 'not reloaded'")  # a reload (or a new document) would lose it
+
+    def not_reloaded(self) -> bool:
+        return self.js("return window.__tenure_page") == "not reloaded"
 
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)

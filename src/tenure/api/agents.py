@@ -85,7 +85,8 @@ async def heartbeat(
 
 @router.get("/agents", tags=["agents"])
 def list_agents(rt: RT, who: Auth) -> dict[str, Any]:
-    return {"agents": [a.body() for a in rt.agents.list(principal=who)], "revision": rt.revision}
+    revision = rt.revision  # first: the list then holds at least everything up to it (see Writer._committed)
+    return {"agents": [a.body() for a in rt.agents.list(principal=who)], "revision": revision}
 
 
 @router.get("/agents/{host}", tags=["agents"])

@@ -105,9 +105,10 @@ def list_instances(
     project: str | None = None, after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> dict[str, Any]:
+    revision = rt.revision  # first: the page then holds at least everything up to it (see Writer._committed)
     page, cursor = rt.instances.list(principal=who, host=host, state=state, type_=type, project=project,
                                      after=after, limit=limit)
-    return {"instances": [i.body() for i in page], "next": cursor, "revision": rt.revision}
+    return {"instances": [i.body() for i in page], "next": cursor, "revision": revision}
 
 
 @router.get("/instances/{iid}", tags=["instances"])

@@ -234,9 +234,10 @@ def list_reservations(
 ) -> dict[str, Any]:
     """Filters: ``state``, ``project``, ``kind``; ``node`` (an end, a middlebox it is steered through, or a node of
     any of its paths) and ``link`` (on any of its paths)."""
+    revision = rt.revision  # first: the page then holds at least everything up to it (see Writer._committed)
     page, cursor = rt.reservations.list(principal=who, state=state, project=project, after=after, limit=limit,
                                         kind=kind, node=node, link=link)
-    return {"reservations": [r.body() for r in page], "next": cursor, "revision": rt.revision}
+    return {"reservations": [r.body() for r in page], "next": cursor, "revision": revision}
 
 
 @router.get("/reservations/{rid}", tags=["reservations"])
@@ -377,7 +378,7 @@ async def links_usage(
     body = await rt.arun(rt.reservations.usage_all_op(at=at, start=start, end=end))
     # Plain ints and strings, one row per link (3,072 on a k=16 fat tree): encoded as they are, without the
     # framework's walk of every row (a third of the answer's time on the console's time slider).
-    return JSONResponse({**body, "revision": rt.revision})  # type: ignore[return-value]
+    return JSONResponse(body)  # type: ignore[return-value]
 
 
 @router.get("/links/{link_id}/usage", tags=["topology"])
@@ -394,7 +395,8 @@ async def link_usage(
 
 @router.get("/limits", tags=["limits"])
 def list_limits(rt: RT, who: Auth) -> dict[str, Any]:
-    return {"limits": [lim.body() for lim in rt.topology.list_limits(principal=who)], "revision": rt.revision}
+    revision = rt.revision  # first: the list then holds at least everything up to it (see Writer._committed)
+    return {"limits": [lim.body() for lim in rt.topology.list_limits(principal=who)], "revision": revision}
 
 
 @router.get("/limits/{project}", tags=["limits"])

@@ -131,7 +131,8 @@ async def create_pool(body: PoolCreate, rt: RT, who: Auth) -> dict[str, Any]:
 
 @router.get("/pools", tags=["pools"])
 def list_pools(rt: RT, who: Auth) -> dict[str, Any]:
-    return {"pools": [v.body() for v in rt.allocator.pool_views(who)], "revision": rt.revision}
+    revision = rt.revision  # first: the list then holds at least everything up to it (see Writer._committed)
+    return {"pools": [v.body() for v in rt.allocator.pool_views(who)], "revision": revision}
 
 
 @router.get("/pools/{pool}", tags=["pools"])
@@ -189,8 +190,9 @@ def list_claims(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     after: Annotated[str | None, Query(max_length=MAX_KEY_LENGTH, pattern=NO_NUL)] = None,
 ) -> dict[str, Any]:
+    revision = rt.revision  # first: the rows read then hold at least everything up to it
     page, nxt = rt.allocator.list_claims(pool, limit=limit, after=after, principal=who)
-    return {"claims": [c.body() for c in page], "next": nxt, "revision": rt.revision}
+    return {"claims": [c.body() for c in page], "next": nxt, "revision": revision}
 
 
 @router.get("/pools/{pool}/values/{value}", tags=["claims"])

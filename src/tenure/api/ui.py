@@ -17,7 +17,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
@@ -45,8 +45,8 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.api_route(PREFIX, methods=["GET", "HEAD"])
-def ui_slash() -> RedirectResponse:
-    return RedirectResponse(PREFIX + "/", status_code=308)
+def ui_slash(request: Request) -> RedirectResponse:
+    return RedirectResponse(request.scope.get("root_path", "") + PREFIX + "/", status_code=308)
 
 
 class ConsoleFiles:
@@ -71,8 +71,10 @@ class ConsoleFiles:
         try:
             await self.files(scope, receive, with_headers)
         except HTTPException as exc:  # raised before any byte was sent: answer as the API does
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-            message = "no such file in the console" if exc.status_code == 404 else str(exc.detail)
-            response = error_response(exc.status_code, code, message)
+            # A file the server may not read (Starlette's 401) is, to a client, no file of the console.
+            status = 404 if exc.status_code == 401 else exc.status_code
+            code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+            message = "no such file in the console" if status == 404 else str(exc.detail)
+            response = error_response(status, code, message)
             response.headers.update(exc.headers or {})
             await response(scope, receive, with_headers)

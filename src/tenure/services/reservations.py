@@ -629,10 +629,11 @@ class ReservationService:
         instant = parse_instant(at, now=now, what="at") if at is not None else None
 
         def apply(batch: Batch) -> dict[str, Any]:
+            # ``revision``: the ledgers as the writer holds them at this command, i.e. after every change up to it.
             if s is not None:
-                return {"from": iso(s), "to": iso(e), "links": self.cap.usage_all(s, e)}
+                return {"from": iso(s), "to": iso(e), "links": self.cap.usage_all(s, e), "revision": batch.revision}
             t = instant if instant is not None else to_us(batch.now)
-            return {"at": iso(t), "links": self.cap.usage_all(t, None)}
+            return {"at": iso(t), "links": self.cap.usage_all(t, None), "revision": batch.revision}
 
         return Op(apply)
 

@@ -488,9 +488,12 @@ class Writer:
                 delay = min(delay * 2, 1.0)
 
     def _committed(self, conn: Any, batch: Batch, outcomes: list[tuple[_Pending, bool, Any]]) -> Any:
+        # What the batch changed is published before the revision moves: a reader that takes the revision and then
+        # reads the published views (a list and the revision a watch then resumes from) never misses a change
+        # counted in that revision.
+        self._after_commit(batch)
         if batch.events or batch.writes or batch.end_of_batch:
             self.revision = batch.revision
-        self._after_commit(batch)
         self.commands += len(outcomes)
         for item, ok, value in outcomes:
             if ok:
@@ -530,7 +533,7 @@ class Writer:
             raise RuntimeError("replay() is for a follower; this writer has run")
         batch = Batch(revision=self.revision, now=self.clock())
         fill(batch)
+        self._after_commit(batch)  # published before the revision moves, as for a commit of this writer's own
         self.revision = revision
-        self._after_commit(batch)
         for events in pages:
             self._announce(events)

@@ -63,7 +63,14 @@ async function route() {
   // A view calls ready() once its first data is drawn (the tests and the benchmarks wait for it).
   const ready = () => { if (generation === state.generation) main.dataset.ready = view; };
   const ctx = { who: state.who, params, setParams, ready };
-  const mounted = module.mount(root, ctx) || {};
+  let mounted;
+  try {
+    mounted = module.mount(root, ctx) || {};
+  } catch (err) {
+    console.error(err);
+    main.replaceChildren(h('p', { class: 'notice bad', role: 'alert' }, `This view failed: ${err.message}`));
+    return;
+  }
   state.unmount = mounted.unmount || (() => {});
   state.onParams = mounted.onParams || null;
 }
@@ -135,6 +142,10 @@ async function exchangeCode() {
   if (!match) return null;
   const code = decodeURIComponent(match[1]);
   history.replaceState(null, '', `${location.pathname}#/overview`);
+  // Already signed in (another tab's link, or a link someone sent): say so before replacing the session.
+  let current = null;
+  try { current = await get('/v1/whoami', { quiet401: true }); } catch { current = null; }
+  if (current && !await confirmReplace(current)) return null;
   try {
     await api('POST', '/v1/ui/session', { code }, { quiet401: true });
     return null;
@@ -219,7 +230,25 @@ window.addEventListener('hashchange', () => {
   route();
 });
 
+function confirmReplace(current) {
+  return new Promise((resolve) => {
+    const who = current.role === 'admin' ? 'an admin' : `${current.role} of ${current.project}`;
+    const yes = h('button', { type: 'button', class: 'primary', id: 'replace-yes', onclick: () => resolve(true) },
+      'Use the link');
+    const no = h('button', { type: 'button', id: 'replace-no', onclick: () => resolve(false) }, 'Stay as I am');
+    main.replaceChildren(h('section', { class: 'signin', 'aria-labelledby': 'view-title' },
+      h('h1', { id: 'view-title' }, 'A sign-in link was opened'),
+      h('p', { id: 'replace-message' }, `You are signed in as ${who}. The link signs this browser in as whoever `
+        + 'made it, in place of your session. Use it only if you asked for it.'),
+      h('div', { class: 'toolbar' }, yes, no)));
+    no.focus();
+  });
+}
+
 async function boot() {
+  teardown(); // a link opened in a tab already showing a view: nothing of the old session stays on screen
+  state.who = null;
+  state.generation++;
   const failed = await exchangeCode();
   if (failed) {
     signIn(failed);

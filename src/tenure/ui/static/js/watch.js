@@ -8,6 +8,9 @@ import { unauthorized } from './api.js';
 
 const RETRY_FIRST = 500;
 const BREAK = /\r\n|\r|\n/g; // the SSE spec's line ends
+// Error frames that the same request would meet again: the rest end a stream that is opened again.
+const FATAL = new Set(['forbidden', 'invalid_kind', 'invalid_op', 'invalid_selector', 'invalid_since',
+  'invalid_request']);
 const RETRY_MAX = 8000;
 
 const statuses = new Map(); // watch -> 'connecting' | 'listing' | 'live' | 'reconnecting'
@@ -46,13 +49,17 @@ export class Watch {
   // query: the watch's filters (kind, selector, id, op: strings or arrays). initial: list the matching objects
   // first. since: resume after this revision. Handlers: onEvent(frame), onListed(revision), onReset() (the
   // view's data is to be dropped: a new listing follows, or, without initial, events were lost and the stream
-  // continues from now), onBookmark(revision), onError(error) (a refusal that retrying cannot mend).
-  constructor(query, { initial = false, since = null, onEvent, onListed, onReset, onBookmark, onError } = {}) {
+  // continues from now), onBookmark(revision), onConnected() (the first frame of every connection: a view that
+  // re-reads on change reads here, so nothing between its read and the stream is missed), onError(error) (a
+  // refusal that retrying cannot mend).
+  constructor(query, { initial = false, since = null, onEvent, onListed, onReset, onBookmark, onConnected,
+    onError } = {}) {
     this.query = query;
     this.initial = initial;
     this.revision = since;
     this.listed = since !== null || !initial;
-    this.handlers = { onEvent, onListed, onReset, onBookmark, onError };
+    this.handlers = { onEvent, onListed, onReset, onBookmark, onConnected, onError };
+    this.fresh = false; // no frame yet on this connection
     this.closed = false;
     this.controller = null;
   }
@@ -79,9 +86,16 @@ export class Watch {
     return `/v1/watch?${params}`;
   }
 
+  // A view's handler that throws is a bug of the page: reported (the browser's console shows it), never taken for
+  // a cut of the stream (which would reconnect and skip the event).
   call(name, ...args) {
     const fn = this.handlers[name];
-    if (fn) fn(...args);
+    if (!fn) return;
+    try {
+      fn(...args);
+    } catch (err) {
+      reportError(err);
+    }
   }
 
   async run() {
@@ -108,6 +122,7 @@ export class Watch {
       }
       if (!response.ok) {
         const error = await errorOf(response);
+        if (this.closed) return;
         if (response.status === 401) {
           this.close();
           unauthorized(error);
@@ -130,6 +145,7 @@ export class Watch {
       }
       setStatus(this, listing ? 'listing' : 'live');
       delay = RETRY_FIRST;
+      this.fresh = true;
       let ended = null;
       try {
         ended = await this.read(response.body);
@@ -142,11 +158,17 @@ export class Watch {
         if (!this.initial) this.call('onReset', 'gone');
         continue;
       }
-      if (ended && ended.code && !['too_many_listings', 'listing_timeout', 'shutting_down'].includes(ended.code)) {
+      if (ended && (ended.code === 'unauthorized' || ended.code === 'invalid_session')) {
+        this.close();
+        unauthorized(ended);
+        return;
+      }
+      if (ended && FATAL.has(ended.code)) {
         this.close();
         this.call('onError', ended);
         return;
       }
+      // Anything else (the server shutting down, the store away under a replay, a listing's turn or time): again.
       setStatus(this, 'reconnecting');
       await sleep(delay);
       delay = Math.min(delay * 2, RETRY_MAX);
@@ -200,6 +222,10 @@ export class Watch {
       data = JSON.parse(frame.data.join('\n'));
     } catch {
       return null;
+    }
+    if (this.fresh && frame.event !== 'error') {
+      this.fresh = false;
+      this.call('onConnected');
     }
     if (frame.event === 'error') return (data && data.error) || { code: 'error', message: 'the watch failed' };
     if (frame.event === 'bookmark') {

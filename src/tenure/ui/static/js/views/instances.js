@@ -105,7 +105,7 @@ export function mount(root, ctx) {
     ctx.ready();
     if (selected) {
       const i = instances.get(selected);
-      if (i) showDetail(i, false);
+      if (i && String(i.revision) !== detail.dataset.revision) showDetail(i, false);
     }
   }, 100);
 
@@ -130,6 +130,7 @@ export function mount(root, ctx) {
   async function showDetail(i, fresh) {
     detail.hidden = false;
     detail.dataset.instance = i.id;
+    detail.dataset.revision = String(i.revision);
     const kv = (obj) => (Object.keys(obj || {}).length
       ? h('ul', null, Object.entries(obj).map(([k, v]) => h('li', null, h('span', { class: 'mono' }, k), ' = ', String(v))))
       : '–');
@@ -145,7 +146,8 @@ export function mount(root, ctx) {
         ['depends on', i.depends_on.length ? i.depends_on.join(', ') : '–'], ['labels', kv(i.labels)],
       ].flatMap(([k, v]) => [h('dt', null, k), h('dd', { dataset: { field: k } }, v)])),
       h('h3', null, 'On the wire'), observedBox,
-      h('h3', null, 'Dependencies'), graphBox);
+      h('h3', null, 'Dependencies'), graphBox,
+      h('p', { class: 'muted' }, 'Among the instances listed: widen the filters to see dependents on other hosts.'));
     drawGraph(graphBox, i);
     try {
       const observed = await get(`/v1/instances/${encodeURIComponent(i.id)}/observed`);

@@ -61,16 +61,23 @@ export function mount(root, ctx) {
     onBookmark: () => { if (listed) redraw(); },
     onError: (error) => { body.replaceChildren(h('p', { class: 'notice bad', role: 'alert' }, error.message)); },
   }).start();
-  const poolWatch = new Watch({ kind: ['pool', 'claim'] }, { onEvent: reloadPools, onReset: reloadPools }).start();
+  // Pools are read on every (re)connection of their watch and again when a pool or a claim changes.
+  const poolWatch = new Watch({ kind: ['pool', 'claim'] }, {
+    onConnected: loadPools, onEvent: reloadPools, onReset: reloadPools,
+    onError: (error) => { poolsError = error.message; redraw(); },
+  }).start();
 
-  loadPools();
-  get('/v1/replicas').then((r) => { replicas = r; redraw(); }).catch(() => {});
+  // Replicas' roles are not events: an admin's overview reads them again every 5 s (members may not read them).
+  const loadReplicas = () => get('/v1/replicas').then((r) => { replicas = r; redraw(); }).catch(() => {});
+  const replicaTimer = ctx.who.role === 'admin' ? setInterval(loadReplicas, 5000) : null;
+  if (replicaTimer !== null) loadReplicas();
   render();
 
   return {
     unmount: () => {
       watch.close();
       poolWatch.close();
+      if (replicaTimer !== null) clearInterval(replicaTimer);
       redraw.cancel();
       reloadPools.cancel();
     },
@@ -136,10 +143,11 @@ function serverCard(replicas) {
   card.append(h('p', null, 'Revision ', h('span', { class: 'big', id: 'revision' },
     Watch.revision === null ? '–' : count(Watch.revision))));
   if (replicas && replicas.replicas && replicas.replicas.length) {
-    card.append(table([{ label: 'replica' }, { label: 'role' }, { label: 'address' }],
-      replicas.replicas.map((r) => [r.name, r.name === (replicas.leader && replicas.leader.name) ? 'leader' : 'standby',
-        r.address || '–'])));
-  } else {
+    const leader = replicas.leader ? replicas.leader.name : null;
+    card.append(h('p', null, leader ? `Leader: ${leader} (epoch ${replicas.leader.epoch})` : 'No leader right now.'),
+      table([{ label: 'replica' }, { label: 'role' }, { label: 'revision', num: true }, { label: 'last seen' }],
+        replicas.replicas.map((r) => [r.name, r.role, count(r.revision), `${r.seen_seconds_ago} s ago`])));
+  } else if (replicas) {
     card.append(h('p', { class: 'muted' }, 'One server (no replicas).'));
   }
   return card;

@@ -131,7 +131,11 @@ export function mount(root, ctx) {
         claims = [];
         next = null;
         if (search) {
+          // The listing first, for its revision: the lookups after it may see later changes, which the watch
+          // from that revision then brings again (a claim's event sets or removes it: no harm done twice).
           const found = new Map();
+          const listed = await get(`${base}/claims?limit=${PAGE}&after=${encodeURIComponent(before(search))}`);
+          revision = listed.revision;
           const tries = [get(`${base}/claims/${encodeURIComponent(search)}`)];
           if (/^\d+$/.test(search)) tries.push(get(`${base}/values/${search}`));
           for (const result of await Promise.allSettled(tries)) {
@@ -139,10 +143,8 @@ export function mount(root, ctx) {
               found.set(result.value.key, result.value);
             }
           }
-          const listed = await get(`${base}/claims?limit=${PAGE}&after=${encodeURIComponent(before(search))}`);
-          revision = listed.revision;
           for (const c of listed.claims) if (c.key.startsWith(search)) found.set(c.key, c);
-          claims = [...found.values()];
+          claims = [...found.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
         }
       }
       if (!search) {
@@ -187,6 +189,7 @@ export function mount(root, ctx) {
         loadPoolsSoon();
       },
       onReset: () => page(true),
+      onError: (error) => { problem.className = 'notice bad'; problem.textContent = `${error.message} (${error.code})`; },
     }).start();
   }
 
@@ -245,7 +248,10 @@ export function mount(root, ctx) {
     if (selected && !closed) await openPool();
     ctx.ready();
   });
-  const poolWatch = new Watch({ kind: 'pool' }, { onEvent: loadPoolsSoon, onReset: loadPoolsSoon }).start();
+  const poolWatch = new Watch({ kind: 'pool' }, {
+    onConnected: loadPoolsSoon, onEvent: loadPoolsSoon, onReset: loadPoolsSoon,
+    onError: (error) => { problem.className = 'notice bad'; problem.textContent = `${error.message} (${error.code})`; },
+  }).start();
 
   return {
     unmount: () => {

@@ -155,6 +155,7 @@ export function mount(root, ctx) {
         }
       },
       onReset: () => load(), // the server no longer has the events since our list: list again
+      onError: (error) => { problem.className = 'notice bad'; problem.textContent = `${error.message} (${error.code})`; },
     }).start();
   }
 
@@ -176,8 +177,13 @@ export function mount(root, ctx) {
     return out;
   }
 
-  async function ensureTimeline() {
-    if (timeline) return;
+  let making = null; // one timeline, however many draws ask for it before its library has loaded
+  function ensureTimeline() {
+    if (!making) making = makeTimeline();
+    return making;
+  }
+
+  async function makeTimeline() {
     const { Timeline, DataSet } = await import('../../vendor/timeline.js');
     if (closed) return;
     items = new DataSet();

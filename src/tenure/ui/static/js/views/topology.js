@@ -26,8 +26,11 @@ export function mount(root, ctx) {
   base -= base % 60000;
   let horizonDays = Number(params.get('days')) || 7;
   let at = params.get('at') ? Date.parse(params.get('at')) : null; // null: now
+  if (!Number.isFinite(at)) at = null; // a link with a bad instant shows now
   let chart = null;
   let closed = false;
+  let selectedAsk = 0;
+  let topologyRevision = null;
 
   const slider = h('input', { type: 'range', id: 'topo-at', min: 0, max: (horizonDays * 24 * 60) / STEP_MINUTES,
     step: 1, value: 0, 'aria-describedby': 'topo-at-text', oninput: () => {
@@ -97,11 +100,11 @@ export function mount(root, ctx) {
       const shares = graph.setUsage(body.links);
       const coloured = performance.now();
       drawBusiest(shares);
+      sayLinkNow();
       canvas.dataset.at = body.at;
       canvas.dataset.revision = String(body.revision);
       canvas.dataset.timing = `fetch ${Math.round(fetched - started)} colour ${Math.round(coloured - fetched)} `
         + `table ${Math.round(performance.now() - coloured)}`;
-      if (selected) drawSelected(false);
     } catch (err) {
       problem.className = 'notice bad';
       problem.textContent = err.message;
@@ -128,6 +131,13 @@ export function mount(root, ctx) {
     ));
   }
 
+  function sayLinkNow() {
+    const line = panel.querySelector('#link-now');
+    if (!line || !selected || !panel.dataset.usable) return;
+    const row = usage.get(selected) || { ab: 0, ba: 0 };
+    line.textContent = `${at === null ? 'Now' : 'At the slider\'s instant'}: ${describeShare(row, JSON.parse(panel.dataset.usable))}`;
+  }
+
   function choose(id) {
     selected = id;
     if (refused && refused.link !== id) refused = null;
@@ -152,6 +162,7 @@ export function mount(root, ctx) {
     const to = Math.max(Date.now(), at ?? 0) + 6 * 3600e3; // the chart reaches further when the steps do
     let body;
     let reservations;
+    const asked = ++selectedAsk; // answers that come back out of order are dropped
     try {
       [body, reservations] = await Promise.all([
         get(`/v1/links/${encodeURIComponent(selected)}/usage?from=${encodeURIComponent(new Date(from).toISOString())}`),
@@ -162,7 +173,7 @@ export function mount(root, ctx) {
       panel.replaceChildren(h('p', { class: 'error' }, err.message));
       return;
     }
-    if (closed || selected !== link.id) return;
+    if (closed || selected !== link.id || asked !== selectedAsk) return;
     const live = reservations.reservations.filter((r) => r.state === 'pending' || r.state === 'active');
     const row = usage.get(link.id) || { ab: 0, ba: 0 };
     const usable = { ab: body.directions.ab.usable, ba: body.directions.ba.usable };
@@ -188,6 +199,7 @@ export function mount(root, ctx) {
       }
     });
     panel.hidden = false;
+    panel.dataset.usable = JSON.stringify(usable);
     panel.replaceChildren(...[
       h('h2', null, `Link ${link.id}`),
       h('p', null, `${link.a} ↔ ${link.b} · usable ${rate(usable.ab)} → / ${rate(usable.ba)} ←`),
@@ -223,6 +235,12 @@ export function mount(root, ctx) {
       return;
     }
     if (closed) return;
+    if (graph && topology.revision === topologyRevision) { // the same topology: only the colours may have moved
+      await recolour();
+      if (selected) drawSelected(false);
+      return;
+    }
+    topologyRevision = topology.revision;
     if (!topology.nodes.length) {
       canvas.replaceChildren(h('p', { class: 'muted' }, 'No topology yet: an admin loads one with tenure topology load FILE.'));
       ctx.ready();
@@ -240,22 +258,29 @@ export function mount(root, ctx) {
     ctx.ready();
   }
 
+  // The watch first, and every read on its (re)connection: a change between a read and the stream is never missed.
+  const refreshSelected = debounce(() => { if (selected && graph) drawSelected(false); }, 300);
   const watch = new Watch({ kind: ['reservation', 'topology'] }, {
-    onEvent: (event) => { if (event.kind === 'topology') load(); else recolourSoon(); },
-    onReset: recolourSoon,
+    onConnected: () => load(),
+    onEvent: (event) => {
+      if (event.kind === 'topology') load();
+      else { recolourSoon(); refreshSelected(); }
+    },
+    onReset: () => load(),
+    onError: (error) => { problem.className = 'notice bad'; problem.textContent = `${error.message} (${error.code})`; },
   }).start();
   const timer = ctx.who.role === 'admin' ? null : setInterval(recolour, 15000);
   const themeChanged = () => { if (graph) graph.restyle(); if (selected) drawSelected(false); };
   window.addEventListener('tenure-theme', themeChanged);
 
   say();
-  load();
 
   return {
     unmount: () => {
       closed = true;
       watch.close();
       recolourSoon.cancel();
+      refreshSelected.cancel();
       if (timer) clearInterval(timer);
       window.removeEventListener('tenure-theme', themeChanged);
       if (chart) chart.destroy();
