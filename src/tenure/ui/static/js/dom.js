@@ -42,3 +42,15 @@ export function debounce(fn, ms) {
   debounced.cancel = () => { if (timer !== null) clearTimeout(timer); timer = null; };
   return debounced;
 }
+
+// A theme colour (a custom property of console.css) as the browser resolves it now: the stylesheet gives each as
+// light-dark(...), which only an element's computed style turns into the colour of the current theme.
+export function themeColour(name, fallback) {
+  const probe = document.createElement('span');
+  probe.style.color = `var(${name}, ${fallback})`;
+  probe.hidden = true;
+  document.body.append(probe);
+  const colour = getComputedStyle(probe).color;
+  probe.remove();
+  return colour || fallback;
+}

@@ -3,6 +3,7 @@
 // the chosen instant. Used by the Topology view and by the Reservations view's path preview.
 
 import cytoscape from '../vendor/cytoscape.js';
+import { themeColour } from './dom.js';
 import { percent, rate } from './format.js';
 
 const SHAPES = { host: 'ellipse', switch: 'round-rectangle', middlebox: 'diamond', gateway: 'hexagon' };
@@ -21,10 +22,6 @@ function stepOf(share) {
   return !share || share <= 0 ? 0 : Math.max(1, Math.min(20, Math.round(share * 20)));
 }
 
-function cssVar(name, fallback) {
-  const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-  return value || fallback;
-}
 
 // Layers: endpoints (hosts, middleboxes) at 0, every other node at its hop distance from the nearest endpoint.
 // Order within a layer by the mean position of its neighbours in the layer above, top down, then bottom up.
@@ -115,12 +112,12 @@ export class TopologyGraph {
   }
 
   style() {
-    const fg = cssVar('--fg', '#1b1f24');
-    const bg = cssVar('--bg', '#ffffff');
-    const accent = cssVar('--accent', '#0a58ca');
+    const fg = themeColour('--fg', '#1b1f24');
+    const bg = themeColour('--bg', '#ffffff');
+    const accent = themeColour('--accent', '#0a58ca');
     return [
       { selector: 'node', style: {
-        'background-color': cssVar('--muted', '#57606a'), width: 14, height: 14, shape: 'data(shape)',
+        'background-color': themeColour('--muted', '#57606a'), width: 14, height: 14, shape: 'data(shape)',
         label: 'data(id)', 'font-size': 9, color: fg, 'text-valign': 'bottom', 'text-margin-y': 3,
         'min-zoomed-font-size': 7, 'text-background-color': bg, 'text-background-opacity': 0.7,
         'text-background-padding': 1,
@@ -134,7 +131,7 @@ export class TopologyGraph {
       { selector: 'edge.path', style: { 'line-color': accent, width: 6, 'z-index': 10, opacity: 1 } },
       { selector: 'node.path', style: { 'background-color': accent } },
       { selector: 'edge.refused', style: {
-        'line-color': cssVar('--bad', '#cf222e'), 'line-style': 'dashed', width: 8, 'z-index': 20, opacity: 1,
+        'line-color': themeColour('--bad', '#cf222e'), 'line-style': 'dashed', width: 8, 'z-index': 20, opacity: 1,
       } },
       { selector: 'edge:selected', style: { 'underlay-color': accent, 'underlay-opacity': 0.35,
         'underlay-padding': 5, 'z-index': 30 } },

@@ -2,7 +2,7 @@
 // optional marked instant (a refusal's), and the same numbers as a table (the chart's text alternative).
 
 import uPlot from '../vendor/uplot.js';
-import { h, table } from './dom.js';
+import { h, table, themeColour } from './dom.js';
 import { rate, time } from './format.js';
 
 // GET /v1/links/{id}/usage -> the instants where either direction changes, and each direction's usage there.
@@ -56,10 +56,9 @@ export class LinkChart {
     const data = [x, x.map((t) => value(ab, t)), x.map((t) => value(ba, t)),
       x.map(() => dirs.ab.usable), x.map(() => dirs.ba.usable)];
     const stepped = uPlot.paths.stepped({ align: 1 });
-    const styles = getComputedStyle(document.documentElement);
-    const fg = styles.getPropertyValue('--fg').trim() || '#1b1f24';
-    const line = styles.getPropertyValue('--line').trim() || '#d0d7de';
-    const bad = styles.getPropertyValue('--bad').trim() || '#cf222e';
+    const fg = themeColour('--fg', '#1b1f24');
+    const line = themeColour('--line', '#d0d7de');
+    const bad = themeColour('--bad', '#cf222e');
     const width = Math.max(280, Math.min(this.container.clientWidth || 640, 900));
     const options = {
       width,

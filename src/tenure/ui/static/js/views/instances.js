@@ -5,7 +5,7 @@
 
 import cytoscape from '../../vendor/cytoscape.js';
 import { get } from '../api.js';
-import { debounce, h, table } from '../dom.js';
+import { debounce, h, table, themeColour } from '../dom.js';
 import { count, time } from '../format.js';
 import { Watch } from '../watch.js';
 
@@ -188,7 +188,7 @@ export function mount(root, ctx) {
       return;
     }
     box.classList.add('graph');
-    const fg = getComputedStyle(document.documentElement).getPropertyValue('--fg').trim();
+    const fg = themeColour('--fg', '#1b1f24');
     const elements = [...seen].map((name) => ({ data: { id: name, state: byName.get(name)?.state || 'unknown' } }));
     for (const name of seen) {
       for (const dep of byName.get(name)?.depends_on || []) elements.push({ data: { id: `${name}>${dep}`, source: name, target: dep } });
