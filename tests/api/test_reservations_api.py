@@ -423,3 +423,12 @@ def test_heartbeats_carry_what_monitors_saw_on_the_wire(net: Any) -> None:
     assert_error(net.post("/v1/agents/h1/heartbeat", json={"observations": [obs] * 2001}, token=h1), 400)
     assert fingerprint(net) == before
     assert net.get(f"/v1/instances/{iid}/observed").json()["observed"] == seen
+
+
+def test_every_usage_read_goes_to_the_leader_on_replicas() -> None:
+    # Usage is read by a writer command (one consistent view of the ledgers), which only the leader can run: a
+    # follower forwards these reads (api/replicas.py), the console's colours included.
+    from tenure.api.replicas import LEADER_READS
+
+    assert LEADER_READS.fullmatch("/v1/links/usage") and LEADER_READS.fullmatch("/v1/links/h1-s1/usage")
+    assert not LEADER_READS.fullmatch("/v1/links/a/b/usage")

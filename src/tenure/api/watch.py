@@ -210,10 +210,14 @@ class WatchEndpoint:
             return
         try:
             rt = self.state.require()
-            if self.state.replica is not None:  # a watch resumed here from a revision another replica served
-                want = _resume_revision(scope)
-                if want is not None and want > rt.revision and not await self.state.hub.applied(want, RESUME_WAIT):
-                    raise Unavailable(f"this replica has not applied revision {want} yet (it is at "
+            want = _resume_revision(scope)
+            if want is not None and want > rt.revision:
+                # A revision another replica served, or one this server is publishing right now (its objects are
+                # readable a moment before the revision moves: store/writer.py): wait for it, briefly. A revision
+                # beyond both is the client's mistake, refused at once by the route (400 invalid_since).
+                landing = want <= rt.writer.landing
+                if (self.state.replica is not None or landing) and not await self.state.hub.applied(want, RESUME_WAIT):
+                    raise Unavailable(f"this server has not applied revision {want} yet (it is at "
                                       f"{self.state.hub.revision}); retry shortly", code="not_yet_applied")
             authorization = None
             for name, value in scope.get("headers", ()):

@@ -255,6 +255,9 @@ class Writer:
         self.epoch = epoch
         self.clock = clock
         self.revision = revision  # last committed revision
+        # The revision of a committed batch whose changes are being published (revision moves right after): a
+        # reader may already see objects of it, e.g. a watch asked to resume from one (api/watch.py waits).
+        self.landing = revision
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Event]], None]] = []
@@ -491,8 +494,11 @@ class Writer:
         # What the batch changed is published before the revision moves: a reader that takes the revision and then
         # reads the published views (a list and the revision a watch then resumes from) never misses a change
         # counted in that revision.
+        moves = bool(batch.events or batch.writes or batch.end_of_batch)
+        if moves:
+            self.landing = batch.revision
         self._after_commit(batch)
-        if batch.events or batch.writes or batch.end_of_batch:
+        if moves:
             self.revision = batch.revision
         self.commands += len(outcomes)
         for item, ok, value in outcomes:
@@ -533,6 +539,7 @@ class Writer:
             raise RuntimeError("replay() is for a follower; this writer has run")
         batch = Batch(revision=self.revision, now=self.clock())
         fill(batch)
+        self.landing = revision
         self._after_commit(batch)  # published before the revision moves, as for a commit of this writer's own
         self.revision = revision
         for events in pages:

@@ -142,15 +142,25 @@ async function exchangeCode() {
   if (!match) return null;
   const code = decodeURIComponent(match[1]);
   history.replaceState(null, '', `${location.pathname}#/overview`);
-  // Already signed in (another tab's link, or a link someone sent): say so before replacing the session.
+  // Already signed in (another tab's link, or a link someone sent): say so before replacing the session. Only a
+  // 401 means there is no session; when the server cannot tell, ask all the same.
   let current = null;
-  try { current = await get('/v1/whoami', { quiet401: true }); } catch { current = null; }
+  try {
+    current = await get('/v1/whoami', { quiet401: true });
+  } catch (err) {
+    current = err instanceof ApiError && err.status === 401 ? null : { unknown: true };
+  }
   if (current && !await confirmReplace(current)) return null;
   try {
     await api('POST', '/v1/ui/session', { code }, { quiet401: true });
     return null;
   } catch (err) {
-    return err instanceof ApiError ? { code: err.code, message: err.message } : { code: 'error', message: String(err) };
+    const failed = err instanceof ApiError ? { code: err.code, message: err.message } : { code: 'error', message: String(err) };
+    if (current && !current.unknown) {
+      state.notice = `That sign-in link did not work (${failed.message}): you are still signed in as before.`;
+      return null;
+    }
+    return failed;
   }
 }
 
@@ -165,7 +175,8 @@ async function start() {
     }
     main.replaceChildren(h('p', { class: 'notice bad', role: 'alert' },
       `The server cannot be reached (${err.message}). Retrying…`));
-    setTimeout(start, 2000);
+    const mine = state.generation;
+    state.retry = setTimeout(() => { if (mine === state.generation) start(); }, 2000);
     return;
   }
   state.who = who;
@@ -195,6 +206,10 @@ function storedTheme() {
 
 function setupHeader() {
   applyTheme(storedTheme());
+  // In the automatic theme the page follows the system as it changes; the graphs and charts are told so too.
+  matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
+    if (storedTheme() === 'auto') window.dispatchEvent(new Event('tenure-theme'));
+  });
   document.getElementById('theme').addEventListener('click', () => {
     const next = THEMES[(THEMES.indexOf(storedTheme()) + 1) % THEMES.length];
     try { localStorage.setItem('tenure-theme', next); } catch { /* private mode: this page only */ }
@@ -232,7 +247,8 @@ window.addEventListener('hashchange', () => {
 
 function confirmReplace(current) {
   return new Promise((resolve) => {
-    const who = current.role === 'admin' ? 'an admin' : `${current.role} of ${current.project}`;
+    const who = current.unknown ? 'someone (the server could not say who)'
+      : current.role === 'admin' ? 'an admin' : `${current.role} of ${current.project}`;
     const yes = h('button', { type: 'button', class: 'primary', id: 'replace-yes', onclick: () => resolve(true) },
       'Use the link');
     const no = h('button', { type: 'button', id: 'replace-no', onclick: () => resolve(false) }, 'Stay as I am');
@@ -247,14 +263,23 @@ function confirmReplace(current) {
 
 async function boot() {
   teardown(); // a link opened in a tab already showing a view: nothing of the old session stays on screen
+  clearTimeout(state.retry);
   state.who = null;
-  state.generation++;
+  document.getElementById('nav').hidden = true;
+  document.getElementById('signout').hidden = true;
+  document.getElementById('who').textContent = '';
+  const mine = ++state.generation;
   const failed = await exchangeCode();
+  if (mine !== state.generation) return; // another link was opened meanwhile: that boot goes on
   if (failed) {
     signIn(failed);
     return;
   }
+  teardown();
+  const notice = state.notice;
+  state.notice = null;
   await start();
+  if (notice) main.prepend(h('p', { class: 'notice bad', role: 'alert', id: 'boot-notice' }, notice));
 }
 
 setupHeader();

@@ -49,8 +49,9 @@ export class Watch {
   // query: the watch's filters (kind, selector, id, op: strings or arrays). initial: list the matching objects
   // first. since: resume after this revision. Handlers: onEvent(frame), onListed(revision), onReset() (the
   // view's data is to be dropped: a new listing follows, or, without initial, events were lost and the stream
-  // continues from now), onBookmark(revision), onConnected() (the first frame of every connection: a view that
-  // re-reads on change reads here, so nothing between its read and the stream is missed), onError(error) (a
+  // continues from now), onBookmark(revision), onConnected() (the first frame of a connection that starts afresh,
+  // not of a resume: a view that re-reads on change reads here, so nothing between its read and the stream is
+  // missed), onError(error) (a
   // refusal that retrying cannot mend).
   constructor(query, { initial = false, since = null, onEvent, onListed, onReset, onBookmark, onConnected,
     onError } = {}) {
@@ -105,7 +106,9 @@ export class Watch {
       if (listing) {
         this.listed = false;
         this.call('onReset', 'listing');
+        if (this.closed) return;
       }
+      const resuming = this.revision !== null; // a resume replays what was missed: nothing to read again
       this.controller = new AbortController();
       let response;
       try {
@@ -128,7 +131,9 @@ export class Watch {
           unauthorized(error);
           return;
         }
-        if (response.status === 410) { // our revision was compacted away: list again (or continue from now)
+        if (response.status === 410 || (response.status === 400 && error.code === 'invalid_since' && resuming)) {
+          // Our revision was compacted away, or is ahead of a store restored from a backup: list again (or, with
+          // no listing, continue from now).
           this.revision = null;
           if (!this.initial) this.call('onReset', 'gone');
           continue;
@@ -144,8 +149,8 @@ export class Watch {
         return;
       }
       setStatus(this, listing ? 'listing' : 'live');
-      delay = RETRY_FIRST;
-      this.fresh = true;
+      this.fresh = !resuming;
+      const opened = performance.now();
       let ended = null;
       try {
         ended = await this.read(response.body);
@@ -153,6 +158,8 @@ export class Watch {
         ended = null; // cut: reconnect from the last revision
       }
       if (this.closed) return;
+      // The backoff starts over only after a stream that lasted: one refused as soon as it opened keeps backing off.
+      if (performance.now() - opened > 5000) delay = RETRY_FIRST;
       if (ended && ended.code === 'gone') {
         this.revision = null;
         if (!this.initial) this.call('onReset', 'gone');
@@ -199,6 +206,10 @@ export class Watch {
             if (error) {
               reader.cancel().catch(() => {});
               return error;
+            }
+            if (this.closed) { // a handler closed this watch: nothing more of this stream
+              reader.cancel().catch(() => {});
+              return null;
             }
           }
           frame = { event: 'message', data: [], id: null };

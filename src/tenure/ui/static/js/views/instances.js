@@ -24,7 +24,12 @@ export function mount(root, ctx) {
   let listed = false;
   let watch = null;
   let graph = null;
+  let graphNames = new Set(); // the instances the dependency graph shows: it is drawn again when one's state moves
   let closed = false;
+  const graphStates = () => [...graphNames].sort().map((name) => {
+    const i = [...instances.values()].find((x) => x.name === name && x.project === instances.get(selected)?.project);
+    return `${name}:${i ? i.state : '?'}`;
+  }).join(' ');
 
   const field = (name, label, attrs = {}) => {
     const el = h('input', { id: `if-${name}`, name, value: filters[name], size: 12, ...attrs });
@@ -106,6 +111,7 @@ export function mount(root, ctx) {
     if (selected) {
       const i = instances.get(selected);
       if (i && String(i.revision) !== detail.dataset.revision) showDetail(i, false);
+      else if (i && graphStates() !== detail.dataset.states) drawGraph(detail.querySelector('#inst-graph'), i);
     }
   }, 100);
 
@@ -180,6 +186,8 @@ export function mount(root, ctx) {
     }
     box.setAttribute('aria-label', `${root.name} and the ${seen.size - 1} instances linked to it by dependencies`);
     box.dataset.nodes = [...seen].sort().join(' ');
+    graphNames = seen;
+    detail.dataset.states = graphStates();
     if (graph) graph.destroy();
     graph = null;
     if (seen.size === 1) {

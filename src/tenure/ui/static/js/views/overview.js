@@ -62,6 +62,7 @@ export function mount(root, ctx) {
     onError: (error) => { body.replaceChildren(h('p', { class: 'notice bad', role: 'alert' }, error.message)); },
   }).start();
   // Pools are read on every (re)connection of their watch and again when a pool or a claim changes.
+  loadPools();
   const poolWatch = new Watch({ kind: ['pool', 'claim'] }, {
     onConnected: loadPools, onEvent: reloadPools, onReset: reloadPools,
     onError: (error) => { poolsError = error.message; redraw(); },

@@ -50,7 +50,7 @@ export function mount(root, ctx) {
   const legend = h('div', { class: 'legend', 'aria-hidden': 'true' },
     h('span', null, '0 %'), h('span', { class: 'ramp' }), h('span', null, '100 % of usable'));
   const busiest = h('div', { id: 'topo-links' });
-  const panel = h('section', { id: 'link-panel', class: 'card', 'aria-live': 'polite', hidden: true });
+  const panel = h('section', { id: 'link-panel', class: 'card', hidden: true });
   const problem = h('p', { role: 'alert' });
   root.append(
     h('h1', { id: 'view-title' }, 'Topology'),
@@ -133,7 +133,7 @@ export function mount(root, ctx) {
 
   function sayLinkNow() {
     const line = panel.querySelector('#link-now');
-    if (!line || !selected || !panel.dataset.usable) return;
+    if (!line || !selected || !panel.dataset.usable || panel.dataset.link !== selected) return;
     const row = usage.get(selected) || { ab: 0, ba: 0 };
     line.textContent = `${at === null ? 'Now' : 'At the slider\'s instant'}: ${describeShare(row, JSON.parse(panel.dataset.usable))}`;
   }
@@ -169,6 +169,7 @@ export function mount(root, ctx) {
         get(`/v1/reservations?link=${encodeURIComponent(selected)}&limit=1000`),
       ]);
     } catch (err) {
+      if (closed || asked !== selectedAsk) return;
       panel.hidden = false;
       panel.replaceChildren(h('p', { class: 'error' }, err.message));
       return;
@@ -200,10 +201,11 @@ export function mount(root, ctx) {
     });
     panel.hidden = false;
     panel.dataset.usable = JSON.stringify(usable);
+    panel.dataset.link = link.id;
     panel.replaceChildren(...[
       h('h2', null, `Link ${link.id}`),
       h('p', null, `${link.a} ↔ ${link.b} · usable ${rate(usable.ab)} → / ${rate(usable.ba)} ←`),
-      h('p', { id: 'link-now' }, `${at === null ? 'Now' : 'At the slider\'s instant'}: ${describeShare(row, usable)}`),
+      h('p', { id: 'link-now', 'aria-live': 'polite' }, `${at === null ? 'Now' : 'At the slider\'s instant'}: ${describeShare(row, usable)}`),
       refused && refused.link === link.id
         ? h('p', { class: 'notice bad', id: 'link-refusal' }, 'A reservation was refused here: this link had too little capacity left at ',
           time(refused.when), ' (marked on the chart).')
@@ -235,6 +237,7 @@ export function mount(root, ctx) {
       return;
     }
     if (closed) return;
+    if (topologyRevision !== null && topology.revision < topologyRevision) return; // an older read answered late
     if (graph && topology.revision === topologyRevision) { // the same topology: only the colours may have moved
       await recolour();
       if (selected) drawSelected(false);
@@ -263,8 +266,16 @@ export function mount(root, ctx) {
   const watch = new Watch({ kind: ['reservation', 'topology'] }, {
     onConnected: () => load(),
     onEvent: (event) => {
-      if (event.kind === 'topology') load();
-      else { recolourSoon(); refreshSelected(); }
+      if (event.kind === 'topology') {
+        load();
+        return;
+      }
+      recolourSoon();
+      // The selected link's panel is read again only for a reservation that crosses it (or did: it is listed).
+      const r = event.object || {};
+      const crosses = (r.paths || []).some((p) => (p.links || []).includes(selected))
+        || panel.querySelector(`tr[data-reservation="${CSS.escape(event.id)}"]`);
+      if (selected && crosses) refreshSelected();
     },
     onReset: () => load(),
     onError: (error) => { problem.className = 'notice bad'; problem.textContent = `${error.message} (${error.code})`; },
@@ -274,6 +285,7 @@ export function mount(root, ctx) {
   window.addEventListener('tenure-theme', themeChanged);
 
   say();
+  load(); // at once, and again when the watch connects (what changed between the two is then in the second read)
 
   return {
     unmount: () => {
