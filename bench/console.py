@@ -51,23 +51,13 @@ from benchkit import Goal, Report, fmt, median  # noqa: E402
 from reservations import Server, Store, fat_tree, gen_requests  # noqa: E402
 
 from tenure.domain.topology import Topology  # noqa: E402
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+from tests.support import chromium  # noqa: E402
 
 
 def browser(profile: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-extensions", "--window-size=1280,800", f"--user-data-dir={profile}",
-                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    # Kept running at full speed: the measurements must not be throttled as a background page's would be.
+    driver = chromium.start(profile, flags=("--disable-background-timer-throttling",
+                                            "--disable-renderer-backgrounding"))
     driver.set_script_timeout(600)
     driver.set_page_load_timeout(120)
     return driver

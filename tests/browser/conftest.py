@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,33 +18,27 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import chromium
+from tests.support.postgres import free_port
 from tests.system.server import ServerProcess
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 10.0  # seconds any condition may take in a browser test
 SHOTS = Path(os.environ.get("TENURE_SCREENSHOTS", Path(__file__).resolve().parents[2] / "build" / "screenshots"))
 VENDOR = Path(__file__).parent / "vendor"
 AXE = VENDOR / next(lib["dir"] for lib in json.loads((VENDOR / "manifest.json").read_text())["libraries"]
                     if lib["name"] == "axe-core") / "axe.min.js"
 
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     data = tmp_path_factory.mktemp("console")
     proc = ServerProcess(db_url=f"sqlite:///{data / 'tenure.db'}", data_dir=data,
-                         listen=f"127.0.0.1:{_free_port()}", args=["--example"])
+                         listen=f"127.0.0.1:{free_port()}", args=["--example"])
     proc.start()
     try:
         proc.wait_ready()
@@ -82,21 +75,11 @@ class Console:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    if not chromium.installed():
         pytest.skip("chromium and chromium-driver are not installed (scripts/system-deps installs them)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
     profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"tenure-chromium-{os.getpid()}"
     shutil.rmtree(profile, ignore_errors=True)
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-extensions", "--window-size=1280,800", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium.start(profile, console_log=True)
     driver.set_page_load_timeout(30)
     driver.set_script_timeout(30)
     try:
@@ -160,6 +143,16 @@ class Page:
                 return False
         return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(
             check, message=f"waited {timeout} s for {what}")
+
+    def ready(self, view: str, timeout: float = WAIT) -> None:
+        """Wait until ``view`` says its first data is drawn (app.js: main's data-ready)."""
+        self.wait(lambda: self.find("#main").get_attribute("data-ready") == view, f"the {view} view", timeout)
+
+    def link_shares(self) -> dict[str, float]:
+        """The Topology view's busiest-links table: each link's reserved share as the page shows it."""
+        return self.js("const out = {}; for (const b of document.querySelectorAll('#topo-links button[data-link]'))"
+                       " { out[b.dataset.link] = Number(b.closest('tr').querySelector('[data-share]').dataset.share); }"
+                       " return out;")
 
     def find(self, css: str) -> Any:
         return self.driver.find_element(By.CSS_SELECTOR, css)

@@ -6,10 +6,6 @@ from __future__ import annotations
 from tests.browser.conftest import Console, Page
 
 
-def _ready(page: Page, view: str) -> None:
-    page.wait(lambda: page.find("#main").get_attribute("data-ready") == view, f"the {view} view")
-
-
 def test_a_members_console_shows_nothing_of_another_project(page: Page, server: Console) -> None:
     blue = server.member("blue")
     red_secrets = []
@@ -32,39 +28,39 @@ def test_a_members_console_shows_nothing_of_another_project(page: Page, server: 
 
     page.sign_in(blue)
     assert page.text("#who") == "member · blue"
-    _ready(page, "overview")
+    page.ready("overview")
     assert page.find("#reservations-card .big").get_attribute("data-total") == "1"
     nothing_of_red("the overview")
 
     page.go("#/reservations")
-    _ready(page, "reservations")
+    page.ready("reservations")
     assert [b.get_attribute("data-reservation") for b in page.finds("#res-table button[data-reservation]")] \
         == [mine["id"]]
     nothing_of_red("the reservations")
 
     link = red["paths"][0]["links"][0]  # a link both cross: its chart counts everyone's, its list only blue's
     page.go(f"#/topology?link={link}")
-    _ready(page, "topology")
+    page.ready("topology")
     page.wait(lambda: page.finds("#link-panel tbody tr"), "the link's reservations")
     assert [r.get_attribute("data-reservation") for r in page.finds("#link-panel tbody tr[data-reservation]")] \
         == [mine["id"]]
     nothing_of_red("the topology")
 
     page.go("#/pools?pool=vlans")
-    _ready(page, "pools")
+    page.ready("pools")
     assert page.js("return [...document.querySelectorAll('#claim-rows [data-key]')].map(e => e.dataset.key)") \
         == ["blue-key"]
     nothing_of_red("the pools")
 
     page.go("#/instances")
-    _ready(page, "instances")
+    page.ready("instances")
     shown = sorted(b.text for b in page.finds("#inst-table button[data-instance]"))
     assert "blue-app" in shown
     assert shown == sorted(i["name"] for i in server.api("GET", "/v1/instances", token=blue)["instances"])
     nothing_of_red("the instances")
 
     page.go("#/events")
-    _ready(page, "events")
+    page.ready("events")
     server.api("POST", "/v1/pools/vlans/claims", json={"key": "red-secret-key-2", "project": "red"})
     red_secrets.append("red-secret-key-2")
     server.api("DELETE", f"/v1/reservations/{red['id']}")

@@ -37,12 +37,6 @@ def _fill(page: Page, **fields: str) -> None:
         el.send_keys(value)
 
 
-def _shares(page: Page) -> dict[str, float]:
-    return page.js("const out = {}; for (const b of document.querySelectorAll('#topo-links button[data-link]')) {"
-                   " out[b.dataset.link] = Number(b.closest('tr').querySelector('[data-share]').dataset.share); }"
-                   " return out;")
-
-
 def test_a_form_booking_and_a_cli_booking_reach_the_timeline_and_the_colours_within_a_second(
         page: Page, server: Console) -> None:
     page.sign_in()
@@ -69,7 +63,7 @@ def test_a_form_booking_and_a_cli_booking_reach_the_timeline_and_the_colours_wit
     page.screenshot("reservations")
     links = {rid: set(server.api("GET", f"/v1/reservations/{rid}")["paths"][0]["links"]) for rid in (from_form, cli_id)}
     page.driver.switch_to.window(topology_window)
-    page.wait(lambda: all(_shares(page).get(link, 0) > 0 for ls in links.values() for link in ls),
+    page.wait(lambda: all(page.link_shares().get(link, 0) > 0 for ls in links.values() for link in ls),
               "both reservations' links recoloured", timeout=1.0)
     for handle in page.driver.window_handles:
         page.driver.switch_to.window(handle)

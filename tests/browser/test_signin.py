@@ -91,7 +91,7 @@ def test_a_revoked_token_ends_the_open_console_with_no_half_drawn_view(page: Pag
 
 def test_a_link_opened_while_signed_in_asks_before_it_replaces_the_session(page: Page, server: Console) -> None:
     page.sign_in()  # admin
-    page.wait(lambda: page.find("#main").get_attribute("data-ready") == "overview", "the admin's overview")
+    page.ready("overview")
     member = server.member("teal")
     page.driver.get(server.code_url(member))  # e.g. a link someone else sent
     page.wait(lambda: page.finds("#replace-no"), "the question")
@@ -99,10 +99,10 @@ def test_a_link_opened_while_signed_in_asks_before_it_replaces_the_session(page:
     assert page.find("#nav").get_attribute("hidden") is not None
     assert "signed in as an admin" in page.text("#replace-message")
     page.find("#replace-no").click()
-    page.wait(lambda: page.find("#main").get_attribute("data-ready") == "overview", "the overview again")
+    page.ready("overview")
     assert page.text("#who") == "admin"
     page.driver.get(server.code_url(member))
     page.wait(lambda: page.finds("#replace-yes"), "the question again")
     page.find("#replace-yes").click()
     page.wait(lambda: page.text("#who") == "member · teal", "the new session")
-    page.wait(lambda: page.find("#main").get_attribute("data-ready") == "overview", "the member's overview")
+    page.ready("overview")

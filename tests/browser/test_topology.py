@@ -12,12 +12,6 @@ from selenium.webdriver.common.keys import Keys
 from tests.browser.conftest import Console, Page
 
 
-def _shares(page: Page) -> dict[str, float]:
-    return page.js("const out = {}; for (const b of document.querySelectorAll('#topo-links button[data-link]')) {"
-                   " out[b.dataset.link] = Number(b.closest('tr').querySelector('[data-share]').dataset.share); }"
-                   " return out;")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def headroom(server: Console) -> None:
     """The example topology with 10 % of every link held back: a share is of the usable capacity, not the raw one."""
@@ -49,13 +43,13 @@ def _open(page: Page) -> None:
 
 def test_a_booking_recolours_its_links_within_a_second_without_a_reload(page: Page, server: Console) -> None:
     _open(page)
-    assert set(_shares(page).values()) == {0.0}
+    assert set(page.link_shares().values()) == {0.0}
     res = server.api("POST", "/v1/reservations", json={"kind": "bandwidth", "src": "h1", "dst": "h3", "rate": "4G",
                                                        "end": "+2h"})
     on_path = set(res["paths"][0]["links"])
-    page.wait(lambda: all(_shares(page).get(link, 0) > 0 for link in on_path), "the path's links recoloured",
+    page.wait(lambda: all(page.link_shares().get(link, 0) > 0 for link in on_path), "the path's links recoloured",
               timeout=1.0)
-    shares = _shares(page)
+    shares = page.link_shares()
     expected = _expected(server)
     assert {k: round(v, 6) for k, v in shares.items() if v} == {k: round(v, 6) for k, v in expected.items() if v}
     assert page.not_reloaded()
@@ -73,7 +67,7 @@ def test_the_slider_shows_the_shares_of_its_instant(page: Page, server: Console)
     at = page.find("#topo-graph").get_attribute("data-at")
     assert datetime.fromisoformat(at) - datetime.now(UTC) > timedelta(hours=3, minutes=30)
     expected = _expected(server, at)
-    page.wait(lambda: {k: round(v, 6) for k, v in _shares(page).items()}
+    page.wait(lambda: {k: round(v, 6) for k, v in page.link_shares().items()}
               == {k: round(v, 6) for k, v in expected.items()}, "the shares at the slider's instant")
     assert expected["h2-leaf1"] == pytest.approx(7 / 9)  # 7G of the 9G usable (10 % held back)
     assert "at=" in page.driver.current_url  # the instant is in the link to share

@@ -32,7 +32,7 @@ def data(server: Console) -> None:
 def _show(page: Page, view: str) -> None:
     fragment = {"pools": "#/pools?pool=vlans", "topology": "#/topology?link=h1-leaf1"}.get(view, f"#/{view}")
     page.go(fragment)
-    page.wait(lambda: page.find("#main").get_attribute("data-ready") == view, f"the {view} view drawn")
+    page.ready(view)
     if view == "reservations":
         assert page.finds("#res-timeline .vis-item .res-label")
         page.find("#res-table button[data-reservation]").click()  # details open too
@@ -76,7 +76,7 @@ def test_every_view_fits_a_phones_width(page: Page) -> None:
 
 def test_the_keyboard_reaches_every_view_and_shows_where_it_is(page: Page) -> None:
     page.sign_in()
-    page.wait(lambda: page.find("#main").get_attribute("data-ready") == "overview", "the overview")
+    page.ready("overview")
     body = page.find("body")
     body.send_keys(Keys.TAB)
     assert page.js("return document.activeElement.id") == "skip"
@@ -88,7 +88,7 @@ def test_the_keyboard_reaches_every_view_and_shows_where_it_is(page: Page) -> No
         assert outline not in ("none", ""), "no visible focus"
     assert reached == VIEWS
     page.driver.switch_to.active_element.send_keys(Keys.ENTER)  # the last: Events
-    page.wait(lambda: page.find("#main").get_attribute("data-ready") == "events", "the events view by keyboard")
+    page.ready("events")
     assert page.js("return document.querySelector('#nav a[aria-current=page]').dataset.view") == "events"
 
 
@@ -111,7 +111,7 @@ def test_times_are_local_with_utc_on_hover_and_numbers_have_units(page: Page, se
     try:
         page.sign_in()
         page.go("#/instances")
-        page.wait(lambda: page.find("#main").get_attribute("data-ready") == "instances", "the instances")
+        page.ready("instances")
         stamp = page.find("#inst-table time")
         iso = stamp.get_attribute("data-iso")
         assert stamp.get_attribute("title").endswith("Z (UTC)")

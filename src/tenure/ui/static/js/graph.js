@@ -223,11 +223,6 @@ export class TopologyGraph {
     });
   }
 
-  classesOf(linkId) {
-    const edge = this.cy.getElementById(linkId);
-    return edge.nonempty() ? edge.classes() : [];
-  }
-
   destroy() {
     this.cy.destroy();
   }
