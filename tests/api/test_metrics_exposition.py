@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tenure.api.app import _scheduled_backup
+from tenure.services.backups import Schedule
 from tests.conftest import Api, start_api
 from tests.lrm_support import start_agent
 from tests.watch.stream import open_stream
@@ -53,7 +55,8 @@ def _check(text: str) -> dict[str, tuple[str, dict[str, float]]]:
 
 
 def test_server_metrics_pass_promtool_and_counters_are_counters(tmp_path: Path) -> None:
-    for api in start_api(f"sqlite:///{tmp_path / 'tenure.db'}", tmp_path / "data"):
+    schedule = Schedule(tmp_path / "backups", every=3600, keep=2)
+    for api in start_api(f"sqlite:///{tmp_path / 'tenure.db'}", tmp_path / "data", backups=schedule):
         assert api.request("PUT", "/v1/topology", json=TOPOLOGY).status_code == 200
         r = api.post("/v1/reservations", json={"kind": "bandwidth", "src": "h1", "dst": "h3", "rate": "1M",
                                                "end": "+1h"})
@@ -62,8 +65,13 @@ def test_server_metrics_pass_promtool_and_counters_are_counters(tmp_path: Path) 
         assert api.post("/v1/pools", json={"name": "p", "ranges": [[1, 10]]}).status_code == 201
         assert api.post("/v1/pools/p/claims", json={"key": "a"}).status_code == 201
         assert s.events(1)[0].data["id"] == "p/a"  # dispatched and delivered before the scrape
+        _scheduled_backup(api.app.state.tenure)  # what the backup timer runs
         families = _check(_scrape(api))
         s.close()
+        assert families["tenure_backup_last_revision"][1]["tenure_backup_last_revision"] == schedule.last.revision > 0
+        assert families["tenure_backup_last_success_timestamp_seconds"][1][
+            "tenure_backup_last_success_timestamp_seconds"] > 0
+        assert families["tenure_backup_failures"][1]["tenure_backup_failures_total"] == 0
         assert families["tenure_watch_events"][1]["tenure_watch_events_total"] >= 1
         assert families["tenure_watch_deliveries"][1]["tenure_watch_deliveries_total"] >= 1
         assert families["tenure_writer_batches"][1]["tenure_writer_batches_total"] >= 2

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tenure.api import agents, console, errors, instances, openapi, replicas, reservations, routes, ui, watch
+from tenure.api import admin, agents, console, errors, instances, openapi, replicas, reservations, routes, ui, watch
 from tenure.api.auth import authenticate
 from tenure.api.metrics import Metrics
 from tenure.api.middleware import BodyLimit, RequestMetrics
@@ -38,6 +38,8 @@ from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Gone, Unauthorized, Unavailable
 from tenure.lrm.executor import Lrm
+from tenure.services.backups import Schedule
+from tenure.services.periodic import Periodic
 from tenure.services.replica import Replica
 from tenure.services.runtime import Runtime, Settings
 from tenure.services.tokens import new_secret
@@ -84,6 +86,7 @@ class ServerConfig:
     watch_ring: int = RING_SIZE
     extension: Extension | None = None  # set: e.g. this is a host agent (`tenure agent`, tenure.agent.daemon)
     replica: ReplicaConfig | None = None  # set: one of several replicas of a PostgreSQL store
+    backups: Schedule | None = None  # `tenure serve --backup-dir DIR --backup-every S --backup-keep N`
     before_ready: Callable[[], None] | None = None  # test hook, runs in the restore thread
     on_restore_failed: Callable[[BaseException], None] | None = None  # e.g. stop the server: nothing to serve
 
@@ -100,6 +103,7 @@ class ServerState:
     replica: Replica | None = None
     published: int = 0  # the newest revision handed to the hub
     forward_client: Any = None  # httpx.AsyncClient of writes forwarded to the leader (api.replicas)
+    backup_timer: Periodic | None = None
     _publishing: threading.RLock = field(default_factory=threading.RLock)
 
     def require(self) -> Runtime:
@@ -219,6 +223,9 @@ def _restore(state: ServerState) -> None:
             asyncio.run_coroutine_threadsafe(cfg.extension.start(state, rt), state.loop).result()
         if cfg.before_ready is not None:
             cfg.before_ready()
+        if cfg.backups is not None:
+            cfg.backups.prepare()
+            state.backup_timer = Periodic("backup", cfg.backups.every, lambda: _scheduled_backup(state)).start()
         state.ready.set()
         log.info("ready", extra={"revision": rt.revision, "restore_seconds": round(rt.restore_seconds, 3)})
     except BaseException as exc:  # surfaced by /healthz and logged; `tenure serve` then exits non-zero
@@ -228,13 +235,22 @@ def _restore(state: ServerState) -> None:
             cfg.on_restore_failed(exc)
 
 
+def _scheduled_backup(state: ServerState) -> None:
+    """One scheduled backup, by the leader only (a replica set takes one, not one per replica)."""
+    rt, schedule = state.runtime, state.config.backups
+    if rt is None or schedule is None or (state.replica is not None and state.replica.role.role != "leader"):
+        return
+    schedule.take(rt.engine)
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     hub = Hub(ring_size=config.watch_ring, max_pending=config.watch_max_pending,
               bookmark_interval=config.bookmark_interval, mode=config.watch_mode)
     state = ServerState(config, hub=hub)
     metrics = Metrics(lambda: state.runtime if state.ready.is_set() else None, hub,
                       lrm=(lambda: state.lrm) if config.extension is not None else None,
-                      replica=(lambda: state.replica) if config.replica is not None else None)
+                      replica=(lambda: state.replica) if config.replica is not None else None,
+                      backups=config.backups)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -248,6 +264,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             if state.replica is not None:
                 state.replica.request_stop()  # a start still waiting for the store gives up
             await asyncio.to_thread(thread.join)
+            if state.backup_timer is not None:
+                await asyncio.to_thread(state.backup_timer.stop)
             if config.extension is not None:
                 await config.extension.close()
             if state.forward_client is not None:
@@ -271,6 +289,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(console.router)
     app.include_router(watch.router)
     app.include_router(replicas.router)
+    app.include_router(admin.router)
     if config.extension is None:
         app.include_router(agents.router)
         app.include_router(reservations.router)

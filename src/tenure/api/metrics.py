@@ -102,6 +102,24 @@ class _StateCollector(Collector):
         return out
 
 
+class _BackupCollector(Collector):
+    """Scheduled backups (``services.backups.Schedule``): the newest one's time and revision, and failures."""
+
+    def __init__(self, schedule: Any) -> None:
+        self._schedule = schedule
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._schedule
+        when = GaugeMetricFamily("tenure_backup_last_success_timestamp_seconds",
+                                 "When the newest scheduled backup was taken (Unix time; 0: none yet by this process)")
+        when.add_metric([], s.last_at.timestamp() if s.last_at is not None else 0.0)
+        revision = GaugeMetricFamily("tenure_backup_last_revision", "The revision the newest scheduled backup holds")
+        revision.add_metric([], s.last.revision if s.last is not None else 0)
+        failures = CounterMetricFamily("tenure_backup_failures", "Scheduled backups that failed")
+        failures.add_metric([], s.failures)
+        return [when, revision, failures]
+
+
 class _ReplicaCollector(Collector):
     """This replica's part in a replica set (``services.replica.Replica``), read at scrape time."""
 
@@ -165,7 +183,7 @@ class _HttpCollector(Collector):
 
 class Metrics:
     def __init__(self, runtime: Callable[[], Any], hub: Any = None, lrm: Callable[[], Any] | None = None,
-                 replica: Callable[[], Any] | None = None) -> None:
+                 replica: Callable[[], Any] | None = None, backups: Any = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("tenure_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
@@ -183,6 +201,8 @@ class Metrics:
             self.registry.register(_LrmCollector(lrm))
         if replica is not None:
             self.registry.register(_ReplicaCollector(replica))
+        if backups is not None:
+            self.registry.register(_BackupCollector(backups))
 
     def attach_http(self, stats: Any) -> None:
         """The server's connections (``api.server.HttpStats``): called once the server starts."""

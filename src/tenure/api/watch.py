@@ -73,8 +73,7 @@ def parse_since(raw: str | None, current: int, history: History, name: str = "si
     if since > current:
         raise InvalidInput(f"{name}={since} is in the future: the newest revision is {current}", code="invalid_since",
                            revision=current)
-    if since < history.floor:
-        raise history.gone(since)
+    history.check(since)  # compacted away, or another store's revision (before a restore): 410
     return since
 
 

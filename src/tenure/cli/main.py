@@ -17,6 +17,7 @@ from tenure.cli import (
     agent,
     agents,
     audit,
+    backup,
     claims,
     instances,
     limits,
@@ -76,6 +77,8 @@ app.add_typer(limits.app, name="limit")
 app.add_typer(resources.app, name="resource")
 app.add_typer(instances.app, name="instance")
 app.command("agent")(agent.agent)
+app.add_typer(backup.app, name="backup")
+app.command("restore")(backup.restore)
 
 
 @app.command()
@@ -113,6 +116,12 @@ def serve(
                                                   "this one at (default: the listening address)")] = None,
     lease: Annotated[float, typer.Option(min=0.5, max=3600, help="With --replica-name: seconds a leader's lease "
                                          "lasts; a paused or cut-off leader is replaced after it")] = 5.0,
+    backup_dir: Annotated[Path | None, typer.Option(help="Take backups on a schedule into this directory "
+                                                    "(tenure-REVISION-TIME.tbk; on replicas, the leader takes "
+                                                    "them)")] = None,
+    backup_every: Annotated[str, typer.Option(help="With --backup-dir: how often (30m, 1h, 1d...)")] = "1h",
+    backup_keep: Annotated[int, typer.Option(min=1, help="With --backup-dir: how many backups to keep (the "
+                                             "oldest revisions are removed first)")] = 48,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -145,9 +154,21 @@ def serve(
         replica = (replica_name, advertise, lease)
     elif advertise is not None:
         raise typer.BadParameter("only with --replica-name", param_hint="--advertise")
+    schedule = None
+    if backup_dir is not None:
+        from tenure.domain.units import parse_duration
+        from tenure.services.backups import Schedule
+
+        try:
+            every = parse_duration(backup_every)
+        except TenureError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--backup-every") from None
+        if every < 60:
+            raise typer.BadParameter("at least 1m", param_hint="--backup-every")
+        schedule = Schedule(backup_dir.resolve(), every=float(every), keep=backup_keep)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
         watch_dispatch=watch_dispatch, header_timeout=header_timeout, max_connections=max_connections,
-        replica=replica)
+        replica=replica, backups=schedule)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from tenure.api.app import ReplicaConfig, ServerConfig, create_app
 from tenure.api.server import HttpLimits, server_for
 from tenure.config import ADMIN_TOKEN_FILE, HEADER_TIMEOUT, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
+from tenure.services.backups import Schedule
 from tenure.services.examples import ensure_examples
 from tenure.services.runtime import Settings
 
@@ -81,6 +82,7 @@ def serve(
     header_timeout: float = HEADER_TIMEOUT,
     max_connections: int | None = None,
     replica: tuple[str, str | None, float] | None = None,
+    backups: Schedule | None = None,
 ) -> None:
     """Serve until interrupted: the server, or with ``agent`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
@@ -93,6 +95,9 @@ def serve(
     what = "agent" if agent is not None else "serving"
     console.print(f"[bold]Tenure[/] {what} on [cyan]{url}[/] (store: {db_url})")
     console.print(f"admin token: [cyan]{data_dir / ADMIN_TOKEN_FILE}[/] (written on first start, mode 0600)")
+    if backups is not None:
+        console.print(f"backups: every {backups.every:g} s into [cyan]{backups.directory}[/], the newest "
+                      f"{backups.keep} kept")
     if agent is None and not url.startswith("unix:"):
         console.print(f"web console: [cyan]{url}/ui/[/] (a sign-in link: [bold]tenure ui[/])")
     failure: list[BaseException] = []
@@ -114,7 +119,7 @@ def serve(
         console.print(f"replica [cyan]{name}[/], advertised as [cyan]{replica_config.address}[/]")
     config = ServerConfig(db_url=db_url, data_dir=data_dir, seed=ensure_examples if example else None,
                           on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch,
-                          replica=replica_config)
+                          replica=replica_config, backups=backups)
     app = create_app(config) if agent is None else create_agent_app(config, agent)
     limits = HttpLimits(header_timeout=header_timeout, body_timeout=header_timeout, max_connections=max_connections)
     server = server_for(app, limits=limits, raise_fd_limit=agent is None)

@@ -95,11 +95,28 @@ def _config() -> Config:
 
 def _versions(conn: Connection) -> tuple[str | None, str, bool]:
     """(the store's schema version, this code's newest, whether this code knows the store's version)."""
-    script = ScriptDirectory.from_config(_config())
-    head = script.get_current_head() or ""
     current = MigrationContext.configure(conn).get_current_revision()
-    known = current is None or any(r.revision == current for r in script.walk_revisions())
-    return current, head, known
+    return current, head(), current is None or knows(current)
+
+
+schema_versions = _versions
+
+
+def head() -> str:
+    """The newest schema version this code knows."""
+    return ScriptDirectory.from_config(_config()).get_current_head() or ""
+
+
+def knows(version: str) -> bool:
+    """Whether ``version`` is one of this code's schema versions (one it can create, and upgrade from)."""
+    return any(r.revision == version for r in ScriptDirectory.from_config(_config()).walk_revisions())
+
+
+def upgrade_to(conn: Connection, version: str) -> None:
+    """Run the migrations up to ``version`` (or ``head``) inside ``conn``'s transaction."""
+    cfg = _config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, version)
 
 
 def _newer(current: str | None, head: str) -> SchemaMismatch:
@@ -125,6 +142,23 @@ def check_schema(engine: Engine) -> str:
             "start a replica that leads (it migrates) first", code="schema_mismatch",
             database=current, code_version=head)
     return current
+
+
+def open_snapshot(engine: Engine) -> tuple[Connection, int]:
+    """A connection inside a stable read transaction, and the revision its view is at: ``REPEATABLE READ`` on
+    PostgreSQL, a ``BEGIN`` on SQLite (a WAL reader sees one snapshot per transaction). Readers never block the
+    writer on either backend. The caller closes the connection."""
+    conn = engine.connect()
+    try:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            conn.exec_driver_sql("BEGIN")
+        revision = conn.execute(text("SELECT revision FROM state WHERE id = 1")).scalar_one()
+    except BaseException:
+        conn.close()
+        raise
+    return conn, revision
 
 
 class SchemaMismatch(Unavailable):

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from tenure.clock import Clock
 from tenure.domain.errors import Gone
 from tenure.store import schema
+from tenure.store.engine import open_snapshot
 from tenure.store.writer import Batch, Op, Writer
 
 log = logging.getLogger("tenure.history")
@@ -65,15 +66,36 @@ class History:
         self.max_events = max_events
         self.compacted = 0  # committed: events at or below this revision are gone
         self.floor = 0  # announced: events at or below this revision may be gone already
+        # Restored from a backup at revision lo, going on at hi: (lo, hi) were issued by the store the backup came
+        # from, never by this one (store/backup.py).
+        self.restored: tuple[int, int] | None = None
         self.listers: dict[str, Lister] = {}
         # A follower's log is compacted by another process, which announces nothing here: each page then
         # reads the compacted revision in the page's own snapshot.
         self.follower = False
 
     def load(self, conn: Connection) -> None:
-        self.compacted = self.floor = conn.execute(select(schema.state.c.compacted_revision)).scalar_one()
+        st = schema.state.c
+        self.compacted, lo, hi = conn.execute(select(st.compacted_revision, st.restored_from, st.restored_to)).one()
+        self.floor = self.compacted
+        self.restored = (lo, hi) if lo is not None and hi is not None else None
+
+    def check(self, after: int) -> None:
+        """Raise :class:`Gone` unless every event after ``after`` is still kept, or ``after`` is a revision of
+        another store's history (the one a restored backup came from)."""
+        if after < self.floor or self._before_restore(after):
+            raise self.gone(after)
+
+    def _before_restore(self, after: int) -> bool:
+        return self.restored is not None and self.restored[0] < after < self.restored[1]
 
     def gone(self, after: int) -> Gone:
+        if self._before_restore(after):
+            lo, hi = self.restored  # type: ignore[misc]
+            return Gone(f"revision {after} is not in this store's history: it was restored from a backup taken at "
+                        f"revision {lo} and went on from {hi}; list the objects, then watch from the list's "
+                        "revision (or watch with initial=true)", revision=self.writer.revision,
+                        compacted_revision=self.floor, restored_from=lo)
         return Gone(
             f"history after revision {after} is no longer kept (compacted up to {self.floor}); "
             "list the objects, then watch from the list's revision (or watch with initial=true)",
@@ -88,8 +110,7 @@ class History:
 
         Raises :class:`Gone` if compaction may have removed any of them.
         """
-        if after < self.floor:
-            raise self.gone(after)
+        self.check(after)
         q = (
             select(_E.revision, _E.ts, _E.kind, _E.object_id, _E.op, _E.labels, _E.body)
             .where(_E.revision > after)
@@ -117,17 +138,7 @@ class History:
 
     def open_snapshot(self) -> tuple[Connection, int]:
         """A connection inside a stable read transaction, and the revision its view is at."""
-        conn = self.engine.connect()
-        try:
-            if conn.dialect.name == "postgresql":
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            else:
-                conn.exec_driver_sql("BEGIN")
-            revision = conn.execute(select(schema.state.c.revision)).scalar_one()
-        except BaseException:
-            conn.close()
-            raise
-        return conn, revision
+        return open_snapshot(self.engine)
 
     # -------------------------------------------------------------- compaction
 
@@ -149,7 +160,11 @@ class History:
     def target(self, now: datetime | None = None) -> int:
         """The revision history should be compacted up to now, by count and by age."""
         newest = self.writer.revision
-        upto = max(self.compacted, newest - self.max_events)
+        upto = newest - self.max_events
+        if self.restored is not None and upto < self.restored[1]:  # no events in the restore's gap: count past it
+            lo, hi = self.restored
+            upto = lo - (self.max_events - max(0, newest - hi))
+        upto = max(self.compacted, upto)
         cutoff = (now or self.clock()) - timedelta(seconds=self.max_age)
         with self.engine.connect() as conn:
             upto = max(upto, self._revision_before(conn, cutoff, self.compacted, newest))
@@ -174,7 +189,10 @@ class History:
         target = self.target() if upto is None else min(upto, self.writer.revision)
         start = self.compacted
         while self.compacted < target:
-            self.writer.execute(self.compact_op(min(target, self.compacted + CHUNK)))
+            base = self.compacted
+            if self.restored is not None and self.restored[0] <= base < self.restored[1]:
+                base = self.restored[1]  # no event has a revision in a restore's gap: step over it
+            self.writer.execute(self.compact_op(min(target, base + CHUNK)))
         if self.compacted > start:
             log.info("history compacted", extra={"compacted_revision": self.compacted, "events": self.compacted - start})
         return self.compacted

@@ -51,13 +51,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-# One row: the newest revision committed, and the oldest still in the event log.
+# One row: the newest revision committed, and the oldest still in the event log. After a restore from a backup
+# (store/backup.py), revisions in (restored_from, restored_to) were issued only by the store the backup came from.
 state = Table(
     "state",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("revision", BigInteger, nullable=False),
     Column("compacted_revision", BigInteger, nullable=False),
+    Column("restored_from", BigInteger, nullable=True),
+    Column("restored_to", BigInteger, nullable=True),
 )
 
 pools = Table(

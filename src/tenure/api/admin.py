@@ -1,0 +1,131 @@
+"""``GET /v1/admin/backup`` (admin only): a backup of the store, streamed as it is read (docs/operations.md).
+
+One snapshot (a read transaction: writers go on) is written by a thread in the ``tenure-backup/1`` format into a
+bounded queue that the response drains; a client that goes away, or stops reading for ``STALL`` seconds, ends the
+thread and the snapshot with it. The revision of the snapshot is in the ``X-Tenure-Revision`` header and the file
+name; the trailer's checksum tells a complete download from a cut one (``tenure backup`` verifies before keeping
+it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from tenure.api.auth import authenticate
+from tenure.domain.access import Principal, require_admin
+from tenure.services.backups import file_name
+from tenure.store import backup
+
+router = APIRouter()
+
+CHUNK = 256 * 1024  # bytes handed to the response at a time
+DEPTH = 8  # chunks queued ahead of a slow client
+STALL = 60.0  # seconds a client may stop reading before the backup is abandoned
+
+
+class _Abandoned(Exception):
+    pass
+
+
+class _Pipe:
+    """A file the backup thread writes to; the response reads whole chunks from the other end."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[bytes | BaseException | None] = queue.Queue(DEPTH)
+        self.buffer = bytearray()
+        self.closed = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) >= CHUNK:
+            self._put(bytes(self.buffer))
+            self.buffer.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        waited = 0.0
+        while not self.closed.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                waited += 0.5
+                if waited >= STALL:
+                    break
+        raise _Abandoned
+
+    def get(self) -> bytes | BaseException | None:
+        """The next chunk; None at the end, or once the reader has gone (so no thread waits for ever)."""
+        while True:
+            try:
+                return self.queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.closed.is_set():
+                    return None
+
+    def finish(self, error: BaseException | None) -> None:
+        if error is None and self.buffer:
+            self._put(bytes(self.buffer))
+        self._put(error)
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The backup, format tenure-backup/1 (gzip'd JSON lines with a SHA-256 trailer)",
+          "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+}
+
+
+@router.get("/v1/admin/backup", tags=["admin"], response_class=StreamingResponse, responses=RESPONSES,
+            summary="A backup of the whole store at one revision (admin)")
+async def take_backup(request: Request, who: Annotated[Principal, Depends(authenticate)]) -> StreamingResponse:
+    require_admin(who, "taking a backup")
+    rt = request.app.state.tenure.require()
+    conn, revision = await asyncio.to_thread(rt.history.open_snapshot)
+    now = rt.clock().astimezone(UTC)
+    pipe = _Pipe()
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            backup.write(conn, revision, pipe, now=now)
+        except _Abandoned:
+            return
+        except BaseException as exc:  # the stream ends without a trailer: the client sees a cut backup
+            error = exc
+        finally:
+            conn.close()
+        try:
+            pipe.finish(error)
+        except _Abandoned:
+            pass
+
+    thread = threading.Thread(target=run, name="tenure-backup-stream", daemon=True)
+    thread.start()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                item = await asyncio.to_thread(pipe.get)
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            pipe.closed.set()
+
+    name = file_name(revision, now)
+    return StreamingResponse(chunks(), media_type="application/gzip",
+                             headers={"X-Tenure-Revision": str(revision), "Cache-Control": "no-store",
+                                      "Content-Disposition": f'attachment; filename="{name}"'})

@@ -1,0 +1,178 @@
+"""Backup files: taken whole or not at all, named and chosen by revision, kept on a schedule (docs/operations.md).
+
+A backup is written as ``NAME.partial``, fsynced, verified, renamed to ``NAME`` and the directory fsynced: a backup
+killed half-way is never found under a final name, and a file under a final name has been read back once. In a
+backup directory the files are ``tenure-<revision, 20 digits>-<UTC stamp>.tbk``; which is newest is decided by the
+revision in each file's verified header, never by a file's modification time (Tegu once restored the wrong
+checkpoint that way).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from tenure.clock import Clock, utcnow
+from tenure.store import backup
+from tenure.store.backup import BackupError, Header
+from tenure.store.engine import StoreLocked, acquire_owner_lock, check_schema, make_engine, open_snapshot
+
+log = logging.getLogger("tenure.backup")
+
+SUFFIX = ".tbk"
+PARTIAL = ".partial"
+_NAME = re.compile(r"tenure-(\d{20})-(\d{8}T\d{6}Z)\.tbk")
+
+
+def file_name(revision: int, when: datetime) -> str:
+    return f"tenure-{revision:020d}-{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}{SUFFIX}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(fill: Callable[[IO[bytes]], object], path: Path) -> tuple[Header, Path]:
+    """Write a backup with ``fill(out)`` to ``path`` whole or not at all; its verified header and final path.
+
+    ``path`` may be a directory: the file is then named by the backup's revision and time inside it.
+    """
+    directory = path if path.is_dir() else path.parent
+    partial = directory / (f".tenure-backup-{os.getpid()}{PARTIAL}" if path.is_dir() else path.name + PARTIAL)
+    try:
+        with open(partial, "wb") as out:
+            fill(out)
+            out.flush()
+            os.fsync(out.fileno())
+        header = backup.verify(partial)
+        final = directory / file_name(header.revision, datetime.fromisoformat(header.created_at)) \
+            if path.is_dir() else path
+        os.replace(partial, final)
+        _fsync_dir(directory)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return header, final
+
+
+def from_engine(engine: object, out: IO[bytes], now: datetime) -> Header:
+    """One snapshot of the store behind ``engine`` (a read transaction: writers go on), written to ``out``."""
+    conn, revision = open_snapshot(engine)  # type: ignore[arg-type]
+    try:
+        return backup.write(conn, revision, out, now=now)
+    finally:
+        conn.close()
+
+
+def from_stopped_store(url: str, out: IO[bytes], now: datetime) -> Header:
+    """A backup of a store no server runs on (its owner lock is taken for the time of the backup)."""
+    engine = make_engine(url)
+    try:
+        try:
+            lock = acquire_owner_lock(engine)
+        except StoreLocked as exc:
+            raise BackupError(f"{exc.message}: take the backup through the server (tenure backup --out FILE, "
+                              "without --db)") from None
+        try:
+            check_schema(engine)  # a store an older tenure left: the server upgrades it when it starts
+            return from_engine(engine, out, now)
+        finally:
+            lock.release()
+    finally:
+        engine.dispose()
+
+
+def newest(directory: Path) -> tuple[Path, Header, list[tuple[Path, str]]]:
+    """The backup in ``directory`` with the highest revision in its verified header, and the files skipped on the
+    way (each with why). Raises :class:`BackupError` when none verifies."""
+    if not directory.is_dir():
+        raise BackupError(f"{directory}: not a directory")
+    peeked: list[tuple[int, str, Path]] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            h = backup.header_of(path)
+        except BackupError as exc:
+            skipped.append((path, str(exc)))
+            continue
+        peeked.append((h.revision, h.created_at, path))
+    for _, _, path in sorted(peeked, reverse=True):  # by revision, then time; never by the file's mtime
+        try:
+            return path, backup.verify(path), skipped
+        except BackupError as exc:
+            skipped.append((path, str(exc)))
+    raise BackupError(f"{directory}: no backup that verifies"
+                      + "".join(f"\n  {p.name}: {why}" for p, why in skipped))
+
+
+@dataclass
+class Schedule:
+    """``tenure serve --backup-dir DIR --backup-every 1h --backup-keep 48``."""
+
+    directory: Path
+    every: float
+    keep: int
+    clock: Clock = utcnow
+    last: Header | None = field(default=None, init=False)
+    last_at: datetime | None = field(default=None, init=False)
+    failures: int = field(default=0, init=False)
+
+    def prepare(self) -> None:
+        """Before the first backup: the directory exists (0700), and partial files a killed run left are removed."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in self.directory.glob(f"*{PARTIAL}"):
+            log.warning("removing a partial backup left by an interrupted run", extra={"path": str(stale)})
+            stale.unlink(missing_ok=True)
+
+    def take(self, engine: object) -> Path:
+        """One backup into the directory, then the oldest beyond ``keep`` (by revision) removed; its path."""
+        now = self.clock()
+        try:
+            header, path = write_file(lambda out: from_engine(engine, out, now), self.directory)
+        except Exception:
+            self.failures += 1
+            raise
+        self.last, self.last_at = header, now
+        log.info("backup written", extra={"path": str(path), "revision": header.revision})
+        self.prune()
+        return path
+
+    def prune(self) -> list[Path]:
+        """Remove the backups beyond ``keep``, oldest revision first (files that do not parse are left alone)."""
+        dated: list[tuple[int, str, Path]] = []
+        for path in self.directory.glob(f"*{SUFFIX}"):
+            try:
+                h = backup.header_of(path)
+            except BackupError:
+                continue
+            dated.append((h.revision, h.created_at, path))
+        dated.sort(reverse=True)
+        gone = [p for _, _, p in dated[self.keep:]]
+        for path in gone:
+            path.unlink(missing_ok=True)
+            log.info("old backup removed", extra={"path": str(path)})
+        return gone
+
+
+def restore(url: str, path: Path, *, force: bool = False, verified: Header | None = None) -> backup.Restored:
+    """Restore the backup at ``path`` into the store at ``url``, which no server may hold (its owner lock is taken
+    for the time of the restore)."""
+    engine = make_engine(url)
+    try:
+        lock = acquire_owner_lock(engine)
+        try:
+            return backup.restore(engine, path, force=force, verified=verified)
+        finally:
+            lock.release()
+    finally:
+        engine.dispose()
