@@ -61,6 +61,7 @@ class Settings:
     compact_interval: float = 60.0  # how often the history is compacted
     agent_down_after: float = 75.0  # an agent silent this long is marked down (Neutron's default)
     agent_sweep_interval: float = 5.0  # how often silent agents are looked for
+    token_use_interval: float = 60.0  # how often the tokens' last use is written
     reservation_horizon: float = 366 * 86400.0  # no reservation may end later than this from now
     reservation_retention: float = 7 * 86400.0  # ended reservations stay readable this long, then are purged
     reservation_start_grace: float = 300.0  # a start this far in the past is taken as now; further is refused

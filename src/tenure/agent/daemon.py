@@ -21,7 +21,7 @@ from fastapi import APIRouter, FastAPI
 
 from tenure.agent.netinfo import host_network
 from tenure.agent.state import SyncState
-from tenure.agent.sync import SyncConfig, SyncLoop
+from tenure.agent.sync import SyncConfig, SyncLoop, TokenFile
 from tenure.api import resources
 from tenure.api.app import ServerConfig, ServerState, create_app
 from tenure.client import AsyncTenureClient
@@ -69,7 +69,8 @@ class AgentDaemon:
             sc = cfg.sync
             sync = SyncLoop(host=sc.host, client=AsyncTenureClient(sc.server_url, sc.token), lrm=lrm,
                             state=SyncState(rt), types=sc.types, heartbeat_interval=sc.heartbeat_interval,
-                            max_restarts=sc.max_restarts, network=host_network)
+                            max_restarts=sc.max_restarts, network=host_network,
+                            token_file=TokenFile(sc.token_file) if sc.token_file is not None else None)
             await sync.start()
             self.sync = sync
 

@@ -38,6 +38,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tenure.agent.state import Local, SyncState
@@ -83,6 +84,30 @@ class SyncConfig:
     types: dict[str, InstanceType]
     heartbeat_interval: float = 20.0
     max_restarts: int = 3
+    token_file: Path | None = None  # re-read when it changes (a rotated token needs no restart)
+
+
+class TokenFile:
+    """The file an agent's token comes from, read again (a few bytes) before each heartbeat and after a 401: a
+    token rotated on the server and written here is used from then on, with no restart. Its content decides, not
+    its time or size (every token has the same length, and a file system's times may be coarse)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.token: str | None = None
+        self.changed()
+
+    def changed(self) -> str | None:
+        """The token, if the file now holds another one than last read (None: unchanged, empty or unreadable)."""
+        try:
+            text = self.path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("cannot read the token file", extra={"path": str(self.path), "error": str(exc)})
+            return None
+        if not text or text == self.token:
+            return None
+        self.token = text
+        return text
 
 
 class SyncLoop:
@@ -90,10 +115,13 @@ class SyncLoop:
                  types: dict[str, InstanceType], heartbeat_interval: float = 20.0, max_restarts: int = 3,
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
                  rng: random.Random | None = None,
-                 network: Callable[[], dict[str, Any]] | None = None) -> None:
-        """``network`` reads the host's interfaces and addresses for the registration (None: not reported)."""
+                 network: Callable[[], dict[str, Any]] | None = None,
+                 token_file: TokenFile | None = None) -> None:
+        """``network`` reads the host's interfaces and addresses for the registration (None: not reported);
+        ``token_file``: where the token comes from, looked at before each heartbeat and after a 401."""
         self.host = host
         self.client = client
+        self.token_file = token_file
         self.lrm = lrm
         self.state = state
         self.types = types
@@ -196,6 +224,8 @@ class SyncLoop:
                                 extra={"host": self.host, "error": str(exc)})
                     del caps["network"]  # (and not offered again until it changes: it is kept as reported)
                     continue
+                if exc.status == 401 and self.reload_token():
+                    continue  # the token file had a newer token (a rotation): at once
                 log.warning("registration failed; retrying", extra={"host": self.host, "error": str(exc)})
                 await self._backoff(attempt)
                 attempt += 1
@@ -209,6 +239,7 @@ class SyncLoop:
         while True:
             await self.sleep(self.heartbeat_interval)
             try:
+                self.reload_token()
                 network = await self._read_network()
                 if network and network != self._reported_network:  # addresses changed: say so
                     log.info("host interfaces changed; registering again", extra={"host": self.host})
@@ -218,12 +249,23 @@ class SyncLoop:
             except TenureAPIError as exc:
                 if exc.code == "agent_not_registered":
                     await self._register()
+                elif exc.status == 401 and self.reload_token():
+                    await self._heartbeat()  # the new token, at once
                 else:
                     log.warning("heartbeat refused", extra={"host": self.host, "error": str(exc)})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("heartbeat failed", extra={"host": self.host, "error": str(exc)})
+
+    def reload_token(self) -> bool:
+        """Take the token file's token if it changed (a rotation); whether it did."""
+        token = self.token_file.changed() if self.token_file is not None else None
+        if token is None:
+            return False
+        self.client.set_token(token)
+        log.info("the token file changed: using its token", extra={"host": self.host})
+        return True
 
     async def _heartbeat(self) -> None:
         """One heartbeat, carrying the observations made since the last one that carried them (at most
@@ -246,7 +288,8 @@ class SyncLoop:
             await self.client.heartbeat(self.host, observations=[{"instance": iid, **o} for iid, o in sending.items()]
                                         or None)
         except TenureAPIError as exc:
-            if not sending or exc.code == "agent_not_registered" or not 400 <= exc.status < 500:
+            if not sending or exc.code == "agent_not_registered" or not 400 <= exc.status < 500 \
+                    or exc.status in (401, 403):  # the token's fault, not the observations'
                 raise
             log.warning("the server refused the heartbeat's observations; sent again without them",
                         extra={"host": self.host, "error": str(exc), "observations": len(sending)})
@@ -276,6 +319,8 @@ class SyncLoop:
                         "host": self.host, "since": self.since})
                     self.since = None
                     await self.state.forget_since()
+                elif exc.status == 401 and self.reload_token():
+                    log.info("watch refused with the old token; restarting with the token file's")
                 else:
                     log.warning("watch refused; restarting", extra={"host": self.host, "error": str(exc)})
                     await self._backoff(3)

@@ -225,7 +225,10 @@ def _restore(state: ServerState) -> None:
             cfg.before_ready()
         if cfg.backups is not None:
             cfg.backups.prepare()
-            state.backup_timer = Periodic("backup", cfg.backups.every, lambda: _scheduled_backup(state)).start()
+            # Checked every minute (or as often as they are taken): the first is due at once if the directory's
+            # newest is older than the period, so a server restarted more often than that still takes them.
+            state.backup_timer = Periodic("backup", min(cfg.backups.every, 60.0),
+                                          lambda: _scheduled_backup(state)).start()
         state.ready.set()
         log.info("ready", extra={"revision": rt.revision, "restore_seconds": round(rt.restore_seconds, 3)})
     except BaseException as exc:  # surfaced by /healthz and logged; `tenure serve` then exits non-zero
@@ -240,7 +243,8 @@ def _scheduled_backup(state: ServerState) -> None:
     rt, schedule = state.runtime, state.config.backups
     if rt is None or schedule is None or (state.replica is not None and state.replica.role.role != "leader"):
         return
-    schedule.take(rt.engine)
+    if schedule.due():
+        schedule.take(rt.engine)
 
 
 def create_app(config: ServerConfig) -> FastAPI:

@@ -36,7 +36,8 @@ MIN_REVISION_WAIT = 5.0
 LEADER_CHECK = 0.1  # how often a forwarded request looks whether the lead moved
 # Reads only the leader can answer: a link's usage (its writer owns the ledgers), what agents observed (their
 # heartbeats go to the leader, which keeps them in memory).
-LEADER_READS = re.compile(r"/v1/links/(?:[^/]+/)?usage|/v1/reservations/[^/]+/wire|/v1/instances/[^/]+/observed")
+LEADER_READS = re.compile(r"/v1/links/(?:[^/]+/)?usage|/v1/reservations/[^/]+/wire|/v1/instances/[^/]+/observed"
+                          r"|/v1/tokens")  # tokens: their last use is written by the leader, with no event
 FORWARD_TIMEOUT = httpx.Timeout(35.0, connect=2.0)  # the leader's own request timeout is 30 s
 FORWARDED = b"x-tenure-forwarded"
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -21,6 +21,7 @@ from tenure.domain.idspace import MAX_VALUE
 from tenure.domain.names import MAX_KEY_LENGTH
 from tenure.services.allocator import MAX_BULK, MAX_PAGE
 from tenure.services.runtime import Runtime
+from tenure.services.tokens import MAX_GRACE, MAX_TTL
 
 router = APIRouter(prefix="/v1")
 
@@ -109,6 +110,13 @@ class TokenCreate(StrictModel):
     project: Name | None = None
     host: Name | None = None
     description: text("invalid_text", 1024) | None = None
+    ttl: Annotated[int_in(1, MAX_TTL) | None, coded("invalid_ttl", "seconds, 1 to ten years")] = Field(
+        None, description="Seconds the token works for (none: until revoked); then 401 token_expired")
+
+
+class TokenRotate(StrictModel):
+    grace: Annotated[int_in(0, MAX_GRACE), coded("invalid_grace", "seconds, 0 to 30 days")] = Field(
+        3600, description="Seconds the old secret keeps working (0: it stops at once)")
 
 
 def _count(request: Request, pool: str, outcome: str, n: int = 1) -> None:
@@ -232,8 +240,15 @@ async def audit_end(pool: str, rt: RT, who: Auth) -> dict[str, Any]:
 @router.post("/tokens", status_code=201, tags=["tokens"])
 async def create_token(body: TokenCreate, rt: RT, who: Auth) -> dict[str, Any]:
     op = rt.tokens.create_op(role=body.role, project=body.project, host=body.host, description=body.description,
-                             principal=who)
+                             principal=who, ttl=body.ttl)
     secret, info = await rt.arun(op)
+    return {**info.body(), "token": secret}
+
+
+@router.post("/tokens/{token_id}:rotate", tags=["tokens"])
+async def rotate_token(token_id: str, rt: RT, who: Auth, body: TokenRotate | None = None) -> dict[str, Any]:
+    """A new secret for the token (same id and scope); the old one works for ``grace`` seconds more."""
+    secret, info = await rt.arun(rt.tokens.rotate_op(token_id, grace=(body or TokenRotate()).grace, principal=who))
     return {**info.body(), "token": secret}
 
 

@@ -113,7 +113,8 @@ def agent(
         if not token:
             raise typer.BadParameter("the server needs this host's agent token: --server-token-file or "
                                      "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
-        sync = SyncConfig(host=host, server_url=server_url, token=token, types=itypes, heartbeat_interval=heartbeat)
+        sync = SyncConfig(host=host, server_url=server_url, token=token, types=itypes, heartbeat_interval=heartbeat,
+                          token_file=server_token_file)
     config = AgentConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
                          grace=kill_grace, shutdown_wait=shutdown_wait, sync=sync)
     run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,

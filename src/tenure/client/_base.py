@@ -355,10 +355,25 @@ class ClientBase(Generic[R]):
         project: str | None = None,
         host: str | None = None,
         description: str | None = None,
+        ttl: int | None = None,
     ) -> R:
-        """The token's record with its secret under ``token``; the server never shows the secret again."""
-        body = {"role": role, "project": project, "host": host, "description": description}
+        """The token's record with its secret under ``token``; the server never shows the secret again. ``ttl``:
+        seconds it works for (None: until revoked)."""
+        body: dict[str, Any] = {"role": role, "project": project, "host": host, "description": description}
+        if ttl is not None:
+            body["ttl"] = ttl
         return self._run(Call("POST", "/v1/tokens", json=body))
+
+    def rotate_token(self, id: str, grace: int | None = None) -> R:  # noqa: A002 - mirrors the API's name
+        """A new secret for the token (its record, the secret under ``token``); the old secret works ``grace``
+        seconds more (the server's default: an hour)."""
+        return self._run(Call("POST", f"/v1/tokens/{segment(id)}:rotate",
+                              json={"grace": grace} if grace is not None else {}))
+
+    def set_token(self, token: str) -> None:
+        """Send ``token`` from now on (a rotated secret): requests already sent keep theirs; the watch's next
+        connection takes the new one."""
+        self._headers = {**self._headers, "Authorization": f"Bearer {token}"}
 
     def tokens(self, revoked: bool = False) -> R:
         """``{"tokens": [...]}``; revoked tokens only when ``revoked``."""

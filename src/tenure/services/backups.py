@@ -50,7 +50,10 @@ def write_file(fill: Callable[[IO[bytes]], object], path: Path) -> tuple[Header,
     directory = path if path.is_dir() else path.parent
     partial = directory / (f".tenure-backup-{os.getpid()}{PARTIAL}" if path.is_dir() else path.name + PARTIAL)
     try:
-        with open(partial, "wb") as out:
+        # 0600: a backup holds the whole store (token hashes included); O_TRUNC: a partial file a killed run left
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out:
             fill(out)
             out.flush()
             os.fsync(out.fileno())
@@ -128,14 +131,30 @@ class Schedule:
     failures: int = field(default=0, init=False)
 
     def prepare(self) -> None:
-        """Before the first backup: the directory exists (0700), and partial files a killed run left are removed."""
+        """At start: the directory exists (0700); the newest backup in it is when the last one was taken."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in self.directory.glob(f"*{PARTIAL}"):
-            log.warning("removing a partial backup left by an interrupted run", extra={"path": str(stale)})
-            stale.unlink(missing_ok=True)
+        try:
+            _, header, _ = newest(self.directory)
+        except BackupError:
+            return
+        self.last_at = datetime.fromisoformat(header.created_at)
+
+    def due(self) -> bool:
+        """Whether a backup is due: none taken (here or by an earlier run into this directory) for ``every``."""
+        return self.last_at is None or (self.clock() - self.last_at).total_seconds() >= self.every
+
+    def clean(self) -> None:
+        """Partial files that scheduled runs left when they were killed (not a running one's: those are named by
+        this process's pid, and only one process takes the scheduled backups)."""
+        mine = f".tenure-backup-{os.getpid()}{PARTIAL}"
+        for stale in self.directory.glob(f".tenure-backup-*{PARTIAL}"):
+            if stale.name != mine:
+                log.warning("removing a partial backup left by an interrupted run", extra={"path": str(stale)})
+                stale.unlink(missing_ok=True)
 
     def take(self, engine: object) -> Path:
         """One backup into the directory, then the oldest beyond ``keep`` (by revision) removed; its path."""
+        self.clean()
         now = self.clock()
         try:
             header, path = write_file(lambda out: from_engine(engine, out, now), self.directory)

@@ -92,6 +92,7 @@ class Runtime:
         self.tailer: Tailer | None = None
         self._compactor: Periodic | None = None
         self._agent_sweeper: Periodic | None = None
+        self._token_use: Periodic | None = None
         self._lock = acquire_owner_lock(self.engine, shared=replica) if (replica or not follower) else None
         try:
             if follower:
@@ -102,7 +103,7 @@ class Runtime:
                 revision = conn.execute(select(schema.state.c.revision)).scalar_one()
                 self.writer = Writer(self.engine, revision=revision, clock=clock, fence=fence, epoch=epoch)
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
-                self.tokens = TokenService(writer=self.writer)
+                self.tokens = TokenService(writer=self.writer, clock=clock)
                 self.sessions = SessionService(writer=self.writer, engine=self.engine, tokens=self.tokens, clock=clock)
                 self.agents = AgentService(writer=self.writer, clock=clock, down_after=self.settings.agent_down_after)
                 limits: Published[str, Limit] = Published()
@@ -172,6 +173,7 @@ class Runtime:
         # Timers re-armed at load; what fell due while the server was down is applied before serving.
         self.reservations.scheduler.run_due()
         self.instances.scheduler.run_due()
+        self.tokens.scheduler.run_due()
         try:
             self.writer.execute(Op(self._resync_shapers))
         except Exception:  # shapers stay as they were: the next topology change or registration tries again
@@ -179,6 +181,8 @@ class Runtime:
         if self.settings.housekeeping:
             self.reservations.scheduler.start()
             self.instances.scheduler.start()
+            self.tokens.scheduler.start()
+            self._token_use = Periodic("token-use", self.settings.token_use_interval, self.tokens.flush_use).start()
             self._compactor = Periodic("compactor", self.settings.compact_interval, self.history.compact).start()
             self._agent_sweeper = Periodic(
                 "agent-sweeper", self.settings.agent_sweep_interval, self.agents.sweep
@@ -253,6 +257,13 @@ class Runtime:
             self.tailer.stop()
         self.reservations.scheduler.stop()
         self.instances.scheduler.stop()
+        self.tokens.scheduler.stop()
+        if self._token_use is not None:
+            self._token_use.stop()
+            try:
+                self.tokens.flush_use()  # the last uses, before the writer closes
+            except Exception:
+                log.warning("could not write the tokens' last use at close", exc_info=True)
         if self._compactor is not None:
             self._compactor.stop()
         if self._agent_sweeper is not None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import psycopg
 from sqlalchemy import Boolean, Connection, Engine, MetaData, Table, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -394,6 +395,8 @@ def restore(engine: Engine, path: Path, *, force: bool = False, verified: Header
                            "pass --force to replace everything in it")
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":  # else the driver commits each DROP and CREATE as it goes
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             _drop(conn)
             upgrade_to(conn, header.schema)
             n = _load(conn, path, header)
@@ -403,6 +406,9 @@ def restore(engine: Engine, path: Path, *, force: bool = False, verified: Header
     except DBAPIError as exc:  # rows this schema does not take (a file made by hand, say): nothing was changed
         raise BackupError(f"{path}: the store refused the backup's rows, nothing was restored: "
                           f"{str(exc.orig).splitlines()[0] if exc.orig else exc}") from None
+    except (psycopg.Error, TypeError, ValueError, IndexError, KeyError) as exc:  # COPY's own, a value of a wrong type
+        raise BackupError(f"{path}: a row the store cannot take, nothing was restored: "
+                          f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     return Restored(header, header.schema, schema_to, revision, n)
 
 

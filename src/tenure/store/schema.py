@@ -121,6 +121,11 @@ tokens = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
     Column("revision", BigInteger, nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),  # NULL: never
+    Column("last_used_at", UTCDateTime(), nullable=True),  # written in batches (services/tokens.py), not an event
+    Column("previous_hash", String(64), nullable=True),  # a rotation's old secret, valid until previous_until
+    Column("previous_until", UTCDateTime(), nullable=True),
+    Column("expired_at", UTCDateTime(), nullable=True),  # when the expiry's event was written (NULL: not yet)
 )
 
 # One agent per host (services/agents.py); last_seen moves with every heartbeat, revision only with events.

@@ -261,9 +261,10 @@ class Hub:
                         for w in bucket:
                             if w.wants(item):
                                 delivered += self._push(w, item)
-            if item.kind == "token" and item.op != "created" and item.body.get("revoked_at"):
+            if item.kind == "token" and item.op != "created" and (item.body.get("revoked_at")
+                                                                    or item.body.get("expired")):
                 for w in list(self._by_token.get(item.object_id, ())):
-                    w.close("token revoked")
+                    w.close("token revoked" if item.body.get("revoked_at") else "token expired")
         self.dispatched += len(events)
         self.delivered += delivered
         if self._revision_waiters:
