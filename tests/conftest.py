@@ -118,8 +118,9 @@ class Api:
 
 
 def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, limits: HttpLimits | None = None,
-              **config: Any) -> Iterator[Api]:
-    """Serve the app with uvicorn in a thread on a free loopback port; stop it afterwards."""
+              tls: Any = None, verify: Any = True, **config: Any) -> Iterator[Api]:
+    """Serve the app with uvicorn in a thread on a free loopback port; stop it afterwards. ``tls``: an
+    ``ssl.SSLContext`` to listen with (https://), ``verify``: what the test's client trusts then."""
     app = create_app(ServerConfig(db_url=db_url, data_dir=data_dir, **config))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -132,6 +133,7 @@ def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, limits: H
             started.set()
 
     server = _Server(server_config(app, limits=limits, timeout_graceful_shutdown=None))
+    server.tls = tls
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -141,7 +143,8 @@ def start_api(db_url: str, data_dir: Path, *, wait_ready: bool = True, limits: H
             assert state.ready.wait(30), f"server did not become ready: {state.error!r}"
         token_file = data_dir / "admin.token"
         token = token_file.read_text().strip() if token_file.exists() else ""
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        scheme = "https" if tls is not None else "http"
+        with httpx.Client(base_url=f"{scheme}://127.0.0.1:{port}", timeout=30, verify=verify) as client:
             yield Api(client, token, data_dir, app, server, thread)
     finally:
         server.should_exit = True

@@ -67,7 +67,8 @@ class AgentDaemon:
         self.lrm = state.lrm = lrm
         if cfg.sync is not None:
             sc = cfg.sync
-            sync = SyncLoop(host=sc.host, client=AsyncTenureClient(sc.server_url, sc.token), lrm=lrm,
+            sync = SyncLoop(host=sc.host, client=AsyncTenureClient(sc.server_url, sc.token, ca_file=sc.ca_file),
+                            lrm=lrm,
                             state=SyncState(rt), types=sc.types, heartbeat_interval=sc.heartbeat_interval,
                             max_restarts=sc.max_restarts, network=host_network,
                             token_file=TokenFile(sc.token_file) if sc.token_file is not None else None)

@@ -85,6 +85,7 @@ class SyncConfig:
     heartbeat_interval: float = 20.0
     max_restarts: int = 3
     token_file: Path | None = None  # re-read when it changes (a rotated token needs no restart)
+    ca_file: str | None = None  # the CA of an https:// server's certificate
 
 
 class TokenFile:

@@ -36,6 +36,7 @@ import logging
 import math
 import resource
 import signal
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,11 +134,14 @@ def connection_limit(soft: int) -> int:
     return min(MAX_CONNECTIONS, max(64, soft - max(256, soft // 8)))
 
 
-def server_for(app: Any, *, limits: HttpLimits | None = None, raise_fd_limit: bool = True) -> Server:
+def server_for(app: Any, *, limits: HttpLimits | None = None, raise_fd_limit: bool = True,
+               tls: ssl.SSLContext | None = None) -> Server:
     """The server for ``app``. ``raise_fd_limit``: raise the descriptor soft limit at start (``tenure serve``;
-    not the host agent, whose drivers would inherit it and which serves a few local clients)."""
+    not the host agent, whose drivers would inherit it and which serves a few local clients). ``tls``: listen
+    with this context (api/tls.py; reloaded in place on SIGHUP)."""
     server = Server(server_config(app, limits=limits))
     server.raise_fd_limit = raise_fd_limit
+    server.tls = tls
     return server
 
 
@@ -461,6 +465,8 @@ class Server(uvicorn.Server):
     hub is given one here: find the connection serving that request and abort its transport.
     """
 
+    tls: ssl.SSLContext | None = None
+
     stopped_by: list[str] = []
     raise_fd_limit = True
 
@@ -469,6 +475,8 @@ class Server(uvicorn.Server):
         return getattr(getattr(_unwrap(app), "state", None), "tenure", None)
 
     async def startup(self, sockets: Any = None) -> None:
+        if self.tls is not None:  # our own context (not uvicorn's from file names): it is reloaded in place
+            self.config.ssl = self.tls
         if self.raise_fd_limit:
             before, soft, hard = raise_descriptor_limit()
         else:

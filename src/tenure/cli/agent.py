@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from tenure.cli.common import tls_pair
 from tenure.config import default_data_dir
 
 
@@ -56,6 +57,12 @@ def agent(
     types: Annotated[Path | None, typer.Option(help="YAML: resource types and their drivers (resources:); "
                                                   "the built-in types without it")] = None,
     heartbeat: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats to the server")] = 20.0,
+    ca_file: Annotated[Path | None, typer.Option(envvar="TENURE_CA_FILE", help="The CA that signs an https:// "
+                                                 "server's certificate (default: the system's trust store)")]
+    = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Listen with TLS (with a HOST:PORT --listen): the "
+                                                  "certificate; re-read on SIGHUP")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="With --tls-cert: its private key")] = None,
 ) -> None:
     """Run the host agent: the local resource manager over HTTP (same tokens and watch as the server).
 
@@ -114,8 +121,8 @@ def agent(
             raise typer.BadParameter("the server needs this host's agent token: --server-token-file or "
                                      "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
         sync = SyncConfig(host=host, server_url=server_url, token=token, types=itypes, heartbeat_interval=heartbeat,
-                          token_file=server_token_file)
+                          token_file=server_token_file, ca_file=str(ca_file) if ca_file is not None else None)
     config = AgentConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
                          grace=kill_grace, shutdown_wait=shutdown_wait, sync=sync)
     run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,
-        log_level=log_level, agent=config)
+        log_level=log_level, agent=config, tls=tls_pair(tls_cert, tls_key))

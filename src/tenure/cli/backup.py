@@ -53,6 +53,7 @@ def backup(
         return
     if out is None:
         raise typer.BadParameter("where to write the backup", param_hint="--out")
+    from tenure.domain.errors import TenureError
     from tenure.services import backups
     from tenure.store.backup import BackupError
 
@@ -64,12 +65,14 @@ def backup(
         else:
             s = session(ctx)
             target = locate(s.url, s.token, s.data_dir)
-            with s.connect(target.url, target.token) as client:
+            with s.client(target.url, target.token) as client:
                 header, path = backups.write_file(client.backup, out)
     except TenureClientError as exc:
         fail(exc.code, exc.message)
     except BackupError as exc:
         fail("backup_failed", str(exc))
+    except TenureError as exc:  # a stopped store of another schema version, say
+        fail(exc.code, exc.message)
     except OSError as exc:
         fail("backup_failed", f"cannot write {out}: {exc.strerror or exc}")
     rows = sum(header.counts().values())
@@ -111,6 +114,7 @@ def restore(
     force: Annotated[bool, typer.Option("--force", help="Replace everything in a store that is not empty.")] = False,
 ) -> None:
     """Restore a backup into an empty store (SQLite or PostgreSQL), upgrading its schema; no server may run on it."""
+    from tenure.domain.errors import TenureError
     from tenure.services import backups
     from tenure.store.backup import BackupError, NotEmpty
     from tenure.store.engine import StoreLocked
@@ -134,6 +138,8 @@ def restore(
         fail("store_locked", f"{exc.message}: stop the server first")
     except BackupError as exc:
         fail("backup_invalid", str(exc))
+    except TenureError as exc:
+        fail(exc.code, exc.message)
     upgraded = f", upgraded to schema {done.schema_to}" if done.schema_to != done.schema_from else ""
     say(f"restored {file} (revision {done.header.revision}, {done.rows} rows, schema {done.schema_from}{upgraded}) "
         f"in {time.monotonic() - started:.1f} s")

@@ -46,7 +46,13 @@ class Session:
     url: str | None = None
     token: str | None = None
     data_dir: Path | None = None
-    connect: Connect = TenureClient
+    ca_file: str | None = None  # --ca-file / TENURE_CA_FILE: the CA of an https:// server's certificate
+    connect: Connect | None = None  # a test's transport; None: a real client
+
+    def client(self, url: str, token: str) -> TenureClient:
+        if self.connect is not None:
+            return self.connect(url, token)
+        return TenureClient(url, token, ca_file=self.ca_file)
 
 
 def session(ctx: typer.Context) -> Session:
@@ -64,7 +70,7 @@ def run(ctx: typer.Context, call: Callable[[TenureClient], T], show: Callable[[T
     s = session(ctx)
     try:
         target = locate(s.url, s.token, s.data_dir)
-        with s.connect(target.url, target.token) as client:
+        with s.client(target.url, target.token) as client:
             result = call(client)
     except TenureClientError as exc:
         fail(exc.code, exc.message)
@@ -75,6 +81,14 @@ def run(ctx: typer.Context, call: Callable[[TenureClient], T], show: Callable[[T
 
 
 # ------------------------------------------------------------------ parsing
+
+
+def tls_pair(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    """``--tls-cert`` and ``--tls-key``: both, or neither."""
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert")
+    return (cert, key) if cert is not None and key is not None else None
+
 
 _SPAN = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
 

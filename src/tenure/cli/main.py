@@ -29,7 +29,7 @@ from tenure.cli import (
     topology,
     watch,
 )
-from tenure.cli.common import session
+from tenure.cli.common import session, tls_pair
 from tenure.config import DEFAULT_LISTEN, HEADER_TIMEOUT, Settings, default_data_dir
 
 app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resource operations.",
@@ -48,10 +48,14 @@ def _root(
     data_dir: Annotated[Path | None, typer.Option(envvar="TENURE_DATA_DIR", show_envvar=True,
                                                   help="Where the local server keeps server.json and "
                                                        "admin.token.")] = None,
+    ca_file: Annotated[Path | None, typer.Option(envvar="TENURE_CA_FILE", show_envvar=True,
+                                                 help="The CA that signs an https:// server's certificate "
+                                                      "(default: the system's trust store).")] = None,
 ) -> None:
     """Tenure: stable identifiers, reservations in time, resource operations."""
     s = session(ctx)
     s.url, s.token, s.data_dir = (",".join(url) if url else None), token, data_dir
+    s.ca_file = str(ca_file) if ca_file is not None else None
 
 
 app.add_typer(pools.app, name="pool")
@@ -122,6 +126,9 @@ def serve(
     backup_every: Annotated[str, typer.Option(help="With --backup-dir: how often (30m, 1h, 1d...)")] = "1h",
     backup_keep: Annotated[int, typer.Option(min=1, help="With --backup-dir: how many backups to keep (the "
                                              "oldest revisions are removed first)")] = 48,
+    tls_cert: Annotated[Path | None, typer.Option(help="Listen with TLS: the certificate (PEM, with its chain); "
+                                                  "re-read on SIGHUP")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="With --tls-cert: its private key (PEM)")] = None,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -168,7 +175,7 @@ def serve(
         schedule = Schedule(backup_dir.resolve(), every=float(every), keep=backup_keep)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
         watch_dispatch=watch_dispatch, header_timeout=header_timeout, max_connections=max_connections,
-        replica=replica, backups=schedule)
+        replica=replica, backups=schedule, tls=tls_pair(tls_cert, tls_key))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from tenure import logs
 from tenure.agent.daemon import AgentConfig, create_agent_app
 from tenure.api.app import ReplicaConfig, ServerConfig, create_app
 from tenure.api.server import HttpLimits, server_for
+from tenure.api.tls import ServerTLS, TLSConfigError
 from tenure.config import ADMIN_TOKEN_FILE, HEADER_TIMEOUT, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
 from tenure.services.backups import Schedule
@@ -83,13 +84,25 @@ def serve(
     max_connections: int | None = None,
     replica: tuple[str, str | None, float] | None = None,
     backups: Schedule | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Serve until interrupted: the server, or with ``agent`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     db_url = db or default_db_url(data_dir)
+    server_tls = None
+    if tls is not None:
+        if listen.startswith("unix:"):
+            raise SystemExit("error: --tls-cert needs a HOST:PORT --listen (a unix: socket is local and 0600)")
+        try:
+            server_tls = ServerTLS(*tls)
+        except TLSConfigError as exc:
+            Console(stderr=True).print(f"[red]error:[/] {exc}")
+            raise SystemExit(2) from None
     sock, url = bind(listen)  # first, so port 0 works and the printed URL is the real one
+    if server_tls is not None:
+        url = "https://" + url.removeprefix("http://")
     write_server_info(data_dir, url)
     console = Console(stderr=True)
     what = "agent" if agent is not None else "serving"
@@ -108,6 +121,8 @@ def serve(
 
     # SIGUSR1: every thread's stack to stderr (the log), for a process that seems stuck; it goes on running.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if server_tls is not None:  # SIGHUP: the certificate and key again, in place (open connections keep theirs)
+        signal.signal(signal.SIGHUP, lambda *_: server_tls.reload())
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     replica_config = None
     if replica is not None:
@@ -122,7 +137,8 @@ def serve(
                           replica=replica_config, backups=backups)
     app = create_app(config) if agent is None else create_agent_app(config, agent)
     limits = HttpLimits(header_timeout=header_timeout, body_timeout=header_timeout, max_connections=max_connections)
-    server = server_for(app, limits=limits, raise_fd_limit=agent is None)
+    server = server_for(app, limits=limits, raise_fd_limit=agent is None,
+                        tls=server_tls.context if server_tls is not None else None)
     try:
         server.run(sockets=[sock])
     finally:

@@ -61,7 +61,7 @@ def follow(ctx: typer.Context, start: Callable[[TenureClient], Watch], show: Cal
     s = session(ctx)
     try:
         target = locate(s.url, s.token, s.data_dir)
-        with s.connect(target.url, target.token) as client:
+        with s.client(target.url, target.token) as client:
             client.health()  # fail now if the server cannot be reached; once watching, outages are waited out
             with start(client) as events:
                 for event in events:

@@ -15,7 +15,13 @@ from __future__ import annotations
 from tenure.client._async import AsyncTenureClient
 from tenure.client._base import MAX_PAGE, segment
 from tenure.client._client import TenureClient
-from tenure.client._errors import TenureAPIError, TenureClientError, TenureConfigError, TenureConnectionError
+from tenure.client._errors import (
+    TenureAPIError,
+    TenureClientError,
+    TenureConfigError,
+    TenureConnectionError,
+    TenureTLSError,
+)
 from tenure.client._locate import Target, locate
 from tenure.client._watch import AsyncWatch, Backoff, Watch, WatchEvent, WatchGone
 
@@ -30,6 +36,7 @@ __all__ = [
     "TenureClientError",
     "TenureConfigError",
     "TenureConnectionError",
+    "TenureTLSError",
     "Watch",
     "WatchEvent",
     "WatchGone",

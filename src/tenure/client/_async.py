@@ -19,6 +19,7 @@ import httpx
 
 from tenure.client._base import Call, ClientBase
 from tenure.client._errors import TenureClientError, TenureConfigError, transport_error
+from tenure.client._tls import verify_with
 from tenure.client._watch import WATCH_READ_TIMEOUT, AsyncWatch, Backoff, WatchEvent, WatchSession
 
 
@@ -33,13 +34,15 @@ class AsyncTenureClient(ClientBase[Awaitable[dict[str, Any]]]):
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         http: httpx.AsyncClient | None = None,
+        ca_file: str | None = None,
     ) -> None:
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
         ``httpx.AsyncClient`` and stays owned by the caller (it is not closed by :meth:`aclose`)."""
         super().__init__(base_url, token, timeout, http, transport)
         if self._socket is not None and http is None and transport is None:
             transport = httpx.AsyncHTTPTransport(uds=self._socket)
-        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, transport=transport,
+                                                          verify=verify_with(ca_file))
 
     # ---------------------------------------------------------------- plumbing
 

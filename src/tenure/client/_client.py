@@ -32,6 +32,7 @@ import httpx
 
 from tenure.client._base import MAX_PAGE, Call, ClientBase
 from tenure.client._errors import TenureClientError, TenureConfigError, api_error, transport_error
+from tenure.client._tls import verify_with
 from tenure.client._watch import WATCH_READ_TIMEOUT, Backoff, Watch, WatchSession
 
 
@@ -46,16 +47,19 @@ class TenureClient(ClientBase[dict[str, Any]]):
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
+        ca_file: str | None = None,
     ) -> None:
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
         ``httpx.Client`` and stays owned by the caller (it is not closed by :meth:`close`).
 
         ``base_url`` ``unix:PATH`` connects to the Unix socket ``PATH`` (unless ``transport`` or ``http``
-        replaces the network, which then gets the requests with an ``http://localhost`` origin)."""
+        replaces the network, which then gets the requests with an ``http://localhost`` origin). ``ca_file``: the CA
+        that signs an ``https://`` server's certificate (else ``$TENURE_CA_FILE``, else the system's trust store)."""
         super().__init__(base_url, token, timeout, http, transport)
         if self._socket is not None and http is None and transport is None:
             transport = httpx.HTTPTransport(uds=self._socket)
-        self._http = http if http is not None else httpx.Client(timeout=timeout, transport=transport)
+        self._http = http if http is not None else httpx.Client(timeout=timeout, transport=transport,
+                                                     verify=verify_with(ca_file))
 
     # ---------------------------------------------------------------- plumbing
 

@@ -12,6 +12,8 @@ command line can catch one class and print one line.
 
 from __future__ import annotations
 
+import os
+import ssl
 from typing import Any
 
 import httpx
@@ -82,6 +84,9 @@ def transport_error(base_url: str, timeout: float | None, exc: Exception) -> Ten
     if isinstance(exc, httpx.TimeoutException):
         return TenureConnectionError(base_url, f"no answer within {timeout:g}s" if timeout else "timed out")
     if isinstance(exc, httpx.ConnectError):
+        refused = tls_error(base_url, exc)
+        if refused is not None:
+            return refused
         which = "tenure agent" if base_url.startswith(UNIX_PREFIX) else "tenure serve"
         return TenureConnectionError(base_url, f"{str(exc) or 'connection failed'} (is `{which}` running there?)")
     if isinstance(exc, httpx.InvalidURL):
@@ -104,3 +109,42 @@ def created(response: httpx.Response) -> dict[str, Any]:
     if response.is_error:
         raise api_error(response)
     return {**decode(response), "created": response.status_code == 201}
+
+
+# ------------------------------------------------------------------------ TLS
+
+
+class TenureTLSError(TenureConnectionError):
+    """The server's certificate was refused (or the TLS handshake failed)."""
+
+    code = "tls_refused"
+
+
+def tls_refusal(exc: BaseException) -> str | None:
+    """Why a connection failed in TLS, in words (None: it did not fail in TLS)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            code, said = seen.verify_code, seen.verify_message or str(seen)
+            if code == 10:
+                return "the server's certificate has expired"
+            if code == 9:
+                return "the server's certificate is not valid yet"
+            if code == 62 or "mismatch" in said.lower():
+                return f"the server's certificate is not for this host name ({said})"
+            if code in (18, 19, 20, 21, 2):
+                where = os.environ.get("TENURE_CA_FILE")
+                return ("the server's certificate is not signed by a CA this client trusts"
+                        + (f" (CA file {where})" if where else " (pass --ca-file, or set TENURE_CA_FILE)"))
+            return f"the server's certificate was refused: {said}"
+        if isinstance(seen, ssl.SSLError):
+            return f"the TLS handshake failed: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def tls_error(base_url: str, exc: BaseException) -> TenureTLSError | None:
+    why = tls_refusal(exc)
+    return TenureTLSError(base_url, why) if why is not None else None
