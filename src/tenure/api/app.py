@@ -38,6 +38,7 @@ from tenure.config import ADMIN_TOKEN_FILE
 from tenure.domain.access import Principal, require_admin
 from tenure.domain.errors import Gone, Unauthorized, Unavailable
 from tenure.lrm.executor import Lrm
+from tenure.sdnotify import notify
 from tenure.services.backups import Schedule
 from tenure.services.periodic import Periodic
 from tenure.services.replica import Replica
@@ -230,6 +231,7 @@ def _restore(state: ServerState) -> None:
             state.backup_timer = Periodic("backup", min(cfg.backups.every, 60.0),
                                           lambda: _scheduled_backup(state)).start()
         state.ready.set()
+        notify("READY=1", f"STATUS=serving, revision {rt.revision}")  # systemd's Type=notify: only now
         log.info("ready", extra={"revision": rt.revision, "restore_seconds": round(rt.restore_seconds, 3)})
     except BaseException as exc:  # surfaced by /healthz and logged; `tenure serve` then exits non-zero
         state.error = exc
@@ -264,6 +266,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         try:
             yield
         finally:
+            notify("STOPPING=1")
             hub.close()
             if state.replica is not None:
                 state.replica.request_stop()  # a start still waiting for the store gives up

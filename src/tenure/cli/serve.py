@@ -19,6 +19,7 @@ from tenure.api.server import HttpLimits, server_for
 from tenure.api.tls import ServerTLS, TLSConfigError
 from tenure.config import ADMIN_TOKEN_FILE, HEADER_TIMEOUT, default_db_url, write_server_info
 from tenure.gcpolicy import GCPolicy
+from tenure.sdnotify import notify, reloading
 from tenure.services.backups import Schedule
 from tenure.services.examples import ensure_examples
 from tenure.services.runtime import Settings
@@ -121,8 +122,13 @@ def serve(
 
     # SIGUSR1: every thread's stack to stderr (the log), for a process that seems stuck; it goes on running.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    if server_tls is not None:  # SIGHUP: the certificate and key again, in place (open connections keep theirs)
-        signal.signal(signal.SIGHUP, lambda *_: server_tls.reload())
+    def reload(*_: object) -> None:  # SIGHUP (systemctl reload): the certificate and key again, in place
+        reloading()
+        if server_tls is not None:
+            server_tls.reload()
+        notify("READY=1")
+
+    signal.signal(signal.SIGHUP, reload)
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     replica_config = None
     if replica is not None:
