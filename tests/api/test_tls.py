@@ -175,7 +175,9 @@ def test_sighup_reloads_the_certificate_and_keeps_open_connections(tmp_path: Pat
         token = (data / "admin.token").read_text().strip()
         with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=ca_file), timeout=10,
                           headers={"Authorization": f"Bearer {token}"}) as open_conn:
-            assert open_conn.get("/v1/whoami").status_code == 200  # a keep-alive connection, made with the first
+            first_answer = open_conn.get("/v1/whoami")  # a keep-alive connection, made with the first certificate
+            assert first_answer.status_code == 200
+            local = first_answer.extensions["network_stream"].get_extra_info("client_addr")
             before = _peer_cert(port, ca_file)
             second = ca.issue_cert("127.0.0.1", "localhost")
             second.cert_chain_pems[0].write_to_path(str(cert_path))
@@ -187,7 +189,9 @@ def test_sighup_reloads_the_certificate_and_keeps_open_connections(tmp_path: Pat
                 assert time.monotonic() < deadline, "the certificate was not reloaded"
                 time.sleep(0.05)
             assert after == ssl.PEM_cert_to_DER_cert(second.cert_chain_pems[0].bytes().decode())
-            assert open_conn.get("/v1/whoami").status_code == 200  # the open connection goes on
+            again = open_conn.get("/v1/whoami")  # the open connection goes on: the same one, not a new one
+            assert again.status_code == 200
+            assert again.extensions["network_stream"].get_extra_info("client_addr") == local
             # A broken pair on the next SIGHUP: the server keeps the one it has, and keeps serving.
             key_path.write_text("not a key\n")
             proc.send_signal(signal.SIGHUP)

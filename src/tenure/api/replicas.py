@@ -27,6 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenure.api.auth import authenticate
 from tenure.api.errors import error_response
+from tenure.client._errors import tls_refusal
+from tenure.client._tls import verify_with
 from tenure.domain.access import Principal, require_admin
 from tenure.services.replica import LEADER, replicas
 
@@ -108,7 +110,10 @@ class ReplicaRequests:
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         if self.state.forward_client is None:
-            self.state.forward_client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, follow_redirects=False)
+            # An https:// leader's certificate: checked against TENURE_CA_FILE (`tenure serve --ca-file`), else the
+            # system's trust store.
+            self.state.forward_client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, follow_redirects=False,
+                                                          verify=verify_with(None))
         epoch = self.state.replica.role.epoch
         request = asyncio.ensure_future(self.state.forward_client.request(scope["method"], url, content=bytes(body),
                                                                           headers=headers))
@@ -125,6 +130,12 @@ class ReplicaRequests:
             request.cancel()  # the client went away: so does the forwarded request
             raise
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            refused = tls_refusal(exc)
+            if refused is not None:  # not a leader down: a certificate this replica does not trust
+                log.error("the leader's certificate was refused: %s", refused, extra={"leader": leader})
+                await error_response(503, "no_leader", f"the leader at {leader} cannot be reached: {refused}"
+                                     )(scope, receive, send)
+                return
             log.warning("the leader did not answer a forwarded write: %s", exc, extra={"leader": leader})
             await error_response(503, "no_leader", f"the leader at {leader} cannot be reached; retry shortly"
                                  )(scope, receive, send)

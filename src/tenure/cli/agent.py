@@ -120,6 +120,8 @@ def agent(
         if not token:
             raise typer.BadParameter("the server needs this host's agent token: --server-token-file or "
                                      "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
+        if ca_file is not None and not ca_file.is_file():
+            raise typer.BadParameter(f"{ca_file} is not a readable file", param_hint="--ca-file")
         sync = SyncConfig(host=host, server_url=server_url, token=token, types=itypes, heartbeat_interval=heartbeat,
                           token_file=server_token_file, ca_file=str(ca_file) if ca_file is not None else None)
     config = AgentConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,

@@ -122,13 +122,13 @@ def serve(
 
     # SIGUSR1: every thread's stack to stderr (the log), for a process that seems stuck; it goes on running.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    def reload(*_: object) -> None:  # SIGHUP (systemctl reload): the certificate and key again, in place
+    def reload(*_: object) -> None:  # SIGHUP (systemctl reload): the certificate and key again
         reloading()
         if server_tls is not None:
             server_tls.reload()
-        notify("READY=1")
+        if app.state.tenure.ready.is_set():  # (a reload during the restore: READY=1 comes when it is done)
+            notify("READY=1")
 
-    signal.signal(signal.SIGHUP, reload)
     GCPolicy().install()  # a long-lived heap: full collections walk only what is new (see tenure.gcpolicy)
     replica_config = None
     if replica is not None:
@@ -145,6 +145,10 @@ def serve(
     limits = HttpLimits(header_timeout=header_timeout, body_timeout=header_timeout, max_connections=max_connections)
     server = server_for(app, limits=limits, raise_fd_limit=agent is None,
                         tls=server_tls.context if server_tls is not None else None)
+    # Under a service manager, or with a certificate to re-read, SIGHUP reloads; otherwise (a terminal) it still
+    # ends the process, as hanging up should.
+    if server_tls is not None or os.environ.get("NOTIFY_SOCKET"):
+        signal.signal(signal.SIGHUP, reload)
     try:
         server.run(sockets=[sock])
     finally:

@@ -12,7 +12,6 @@ command line can catch one class and print one line.
 
 from __future__ import annotations
 
-import os
 import ssl
 from typing import Any
 
@@ -135,9 +134,8 @@ def tls_refusal(exc: BaseException) -> str | None:
             if code == 62 or "mismatch" in said.lower():
                 return f"the server's certificate is not for this host name ({said})"
             if code in (18, 19, 20, 21, 2):
-                where = os.environ.get("TENURE_CA_FILE")
-                return ("the server's certificate is not signed by a CA this client trusts"
-                        + (f" (CA file {where})" if where else " (pass --ca-file, or set TENURE_CA_FILE)"))
+                return ("the server's certificate is not signed by a CA this client trusts (the CA file given "
+                        "with --ca-file or TENURE_CA_FILE, else the system's trust store)")
             return f"the server's certificate was refused: {said}"
         if isinstance(seen, ssl.SSLError):
             return f"the TLS handshake failed: {seen.reason or seen}"

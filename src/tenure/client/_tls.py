@@ -20,7 +20,7 @@ def verify_with(ca_file: str | None) -> ssl.SSLContext | bool:
     """What httpx verifies servers with: ``ca_file``, else ``$TENURE_CA_FILE``, else the system's trust store."""
     ca = ca_file or os.environ.get(CA_ENV) or None
     if ca is None:
-        return True
+        return ssl.create_default_context()  # the system's store (httpx's own default is certifi's bundle)
     try:
         return ssl.create_default_context(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
