@@ -73,22 +73,22 @@ def build(path: Path, claims: int, reservations: int, log: Any) -> dict[str, Any
         rt.run(rt.topology.set_topology_op(Topology.parse(doc)))
         base = int(time.time()) // 60 * 60 + 3600
         booked, refused, pending = 0, 0, []
+
+        def settle() -> None:
+            nonlocal booked, refused
+            for f in pending:
+                try:
+                    f.result(timeout=600)
+                    booked += 1
+                except TenureError:
+                    refused += 1
+            pending.clear()
+
         for raw in gen_requests(rng, hosts, reservations, base):
             pending.append(rt.writer.submit(rt.reservations.create_op(ReservationRequest.parse(raw))))
             if len(pending) >= 2048:
-                for f in pending:
-                    try:
-                        f.result(timeout=600)
-                        booked += 1
-                    except TenureError:
-                        refused += 1
-                pending.clear()
-        for f in pending:
-            try:
-                f.result(timeout=600)
-                booked += 1
-            except TenureError:
-                refused += 1
+                settle()
+        settle()
         revision = rt.revision
     finally:
         rt.close()

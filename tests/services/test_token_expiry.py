@@ -12,17 +12,7 @@ from tenure.domain.errors import InvalidInput, NotFound, Unauthorized
 from tenure.services.runtime import Runtime
 from tests.reservation_support import FakeClock, open_rt
 
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def rt(db_url: str, clock: FakeClock) -> Any:
-    r = open_rt(db_url, clock)
-    yield r
-    r.close()
+# `clock` and `rt` (a runtime on the fake clock): tests/services/conftest.py.
 
 
 def _token_events(rt: Runtime, token_id: str) -> list[tuple[str, dict[str, Any]]]:
