@@ -14,11 +14,13 @@ from typing import Annotated
 import typer
 
 from tenure.cli.common import tls_pair
+from tenure.cli.config import ConfigOption
 from tenure.config import default_data_dir
 
 
 def agent(
     ctx: typer.Context,
+    config: Annotated[Path | None, ConfigOption] = None,
     data_dir: Annotated[Path | None, typer.Option(help="The agent's local store, admin token and server.json; "
                                                   "default: the server's data dir + /agent "
                                                   "(~/.local/share/tenure/agent)",

@@ -29,7 +29,8 @@ from tenure.cli import (
     topology,
     watch,
 )
-from tenure.cli.common import session, tls_pair
+from tenure.cli.common import JsonOption, session, tls_pair
+from tenure.cli.config import ConfigOption
 from tenure.config import DEFAULT_LISTEN, HEADER_TIMEOUT, Settings, default_data_dir
 
 app = typer.Typer(help="Tenure: stable identifiers, reservations in time, resource operations.",
@@ -80,14 +81,15 @@ app.command("usage")(reservations.usage)
 app.add_typer(limits.app, name="limit")
 app.add_typer(resources.app, name="resource")
 app.add_typer(instances.app, name="instance")
-app.command("agent")(agent.agent)
+app.command("agent", context_settings={"auto_envvar_prefix": "TENURE_AGENT"})(agent.agent)
 app.add_typer(backup.app, name="backup")
 app.command("restore")(backup.restore)
 
 
-@app.command()
+@app.command(context_settings={"auto_envvar_prefix": "TENURE_SERVE"})
 def serve(
     ctx: typer.Context,
+    config: Annotated[Path | None, ConfigOption] = None,
     db: Annotated[str | None, typer.Option(help="Database URL (sqlite:///PATH or postgresql://...); "
                                               "default: SQLite in the data dir")] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (port 0 picks a free one)")] = DEFAULT_LISTEN,
@@ -176,6 +178,33 @@ def serve(
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
         watch_dispatch=watch_dispatch, header_timeout=header_timeout, max_connections=max_connections,
         replica=replica, backups=schedule, tls=tls_pair(tls_cert, tls_key))
+
+
+config_app = typer.Typer(help="The configuration of tenure serve and tenure agent.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", envvar="TENURE_CONFIG",
+                                                help="The TOML file the command would read.")] = None,
+    agent_: Annotated[bool, typer.Option("--agent", help="tenure agent's, not tenure serve's.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the options the command would run with (without flags), and where each value comes from."""
+    import json
+
+    from tenure.cli.common import table
+    from tenure.cli.config import show
+
+    rows = show(ctx, "agent" if agent_ else "serve", config)
+    if as_json:
+        typer.echo(json.dumps([{"option": opt, "value": value if value is None or isinstance(
+            value, int | float | bool | str | list) else str(value), "from": origin} for opt, value, origin in rows],
+            indent=2))
+        return
+    table(("option", "value", "from"), ((opt, "-" if value is None else value, origin) for opt, value, origin in rows))
 
 
 def main() -> None:
