@@ -55,7 +55,7 @@ def test_the_file_the_environment_and_the_flags_in_that_order(tmp_path: Path) ->
     assert params["history_age"] == 60.0 and params["listen"] == "e:1"  # the environment beats the file
     params, _ = _parsed(["--config", str(path), "--listen", "f:2"], env={"TENURE_SERVE_LISTEN": "e:1"})
     assert params["listen"] == "f:2"  # the flag beats both
-    params, _ = _parsed([], env={"TENURE_CONFIG": str(path)})
+    params, _ = _parsed([], env={"TENURE_SERVE_CONFIG": str(path)})
     assert params["listen"] == "127.0.0.1:7999"  # the file named by the environment
 
 
@@ -71,9 +71,16 @@ def test_config_show_says_where_each_value_comes_from(tmp_path: Path) -> None:
     assert rows["--header-timeout"] == [10.0, "default"]
     human = CliRunner().invoke(app, ["config", "show", "--config", str(path)])
     assert human.exit_code == 0 and "--listen" in human.stdout, human.output
-    agent = CliRunner().invoke(app, ["config", "show", "--agent", "--json"], env={"TENURE_AGENT_HOST": "h1"})
+    agent_file = tmp_path / "agent.toml"
+    agent_file.write_text('drivers-dir = "/opt/drivers"\nserver = ["https://a:7470", "https://b:7470"]\n')
+    agent = CliRunner().invoke(app, ["config", "show", "--agent", "--json"],
+                               env={"TENURE_AGENT_HOST": "h1", "TENURE_AGENT_CONFIG": str(agent_file)})
     assert agent.exit_code == 0, agent.output
-    assert {r["option"]: r["value"] for r in json.loads(agent.stdout)}["--host"] == "h1"
+    shown = {r["option"]: r for r in json.loads(agent.stdout)}
+    assert shown["--host"]["value"] == "h1" and shown["--host"]["from"] == "environment"
+    assert shown["--drivers-dir"]["value"] == ["/opt/drivers"]  # one value for a repeatable option
+    assert shown["--server"] == {"option": "--server", "value": ["https://a:7470", "https://b:7470"],
+                                 "from": f"file {agent_file}"}
 
 
 def test_an_unknown_key_is_refused_naming_it_the_file_and_the_line(tmp_path: Path) -> None:
@@ -85,6 +92,15 @@ def test_an_unknown_key_is_refused_naming_it_the_file_and_the_line(tmp_path: Pat
         assert out.exit_code == 2, (args, out.output)
         said = _flat(out.output)  # (the error box wraps it)
         assert _flat("unknown key 'backup-keeep'") in said and _flat(f"{path}, line 4") in said, out.output
+    path.write_text('[tls]\ncert = "a"\n[backup]\ncert = "b"\n')  # the same leaf under two tables: the right line
+    out = CliRunner().invoke(app, ["serve", "--config", str(path)])
+    assert _flat(f"unknown key 'backup-cert' ({path}, line 4)") in _flat(out.output), out.output
+    path.write_text('backup-dir = "a"\n[backup]\ndir = "b"\n')
+    out = CliRunner().invoke(app, ["serve", "--config", str(path)])
+    assert out.exit_code == 2 and _flat("'backup-dir' is given twice") in _flat(out.output), out.output
+    path.write_bytes(b"listen = \"\xff\"\n")
+    out = CliRunner().invoke(app, ["serve", "--config", str(path)])
+    assert out.exit_code == 2 and _flat("is not UTF-8") in _flat(out.output), out.output
     path.write_text("listen = \n")
     out = CliRunner().invoke(app, ["serve", "--config", str(path)])
     assert out.exit_code == 2 and _flat("is not TOML") in _flat(out.output), out.output

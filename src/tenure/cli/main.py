@@ -187,8 +187,8 @@ app.add_typer(config_app, name="config")
 @config_app.command("show")
 def config_show(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("--config", envvar="TENURE_CONFIG",
-                                                help="The TOML file the command would read.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="The TOML file the command would read (else "
+                                                "TENURE_SERVE_CONFIG / TENURE_AGENT_CONFIG).")] = None,
     agent_: Annotated[bool, typer.Option("--agent", help="tenure agent's, not tenure serve's.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -200,11 +200,16 @@ def config_show(
 
     rows = show(ctx, "agent" if agent_ else "serve", config)
     if as_json:
-        typer.echo(json.dumps([{"option": opt, "value": value if value is None or isinstance(
-            value, int | float | bool | str | list) else str(value), "from": origin} for opt, value, origin in rows],
-            indent=2))
+        typer.echo(json.dumps([{"option": opt, "value": _plain(value), "from": origin} for opt, value, origin in rows],
+                              indent=2))
         return
     table(("option", "value", "from"), ((opt, "-" if value is None else value, origin) for opt, value, origin in rows))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, int | float | bool | str) else str(value)
 
 
 def main() -> None:
