@@ -225,7 +225,7 @@ def _restore(state: ServerState) -> None:
         if cfg.before_ready is not None:
             cfg.before_ready()
         if cfg.backups is not None:
-            cfg.backups.prepare()
+            cfg.backups.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # a bad --backup-dir fails the start
             # Checked every minute (or as often as they are taken): the first is due at once if the directory's
             # newest is older than the period, so a server restarted more often than that still takes them.
             state.backup_timer = Periodic("backup", min(cfg.backups.every, 60.0),
@@ -245,6 +245,8 @@ def _scheduled_backup(state: ServerState) -> None:
     rt, schedule = state.runtime, state.config.backups
     if rt is None or schedule is None or (state.replica is not None and state.replica.role.role != "leader"):
         return
+    if not schedule.prepared:
+        schedule.prepare()
     if schedule.due():
         schedule.take(rt.engine)
 

@@ -9,14 +9,16 @@ checkpoint that way).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
+
+from sqlalchemy import Engine
 
 from tenure.clock import Clock, utcnow
 from tenure.store import backup
@@ -27,7 +29,6 @@ log = logging.getLogger("tenure.backup")
 
 SUFFIX = ".tbk"
 PARTIAL = ".partial"
-_NAME = re.compile(r"tenure-(\d{20})-(\d{8}T\d{6}Z)\.tbk")
 
 
 def file_name(revision: int, when: datetime) -> str:
@@ -77,22 +78,44 @@ def from_engine(engine: object, out: IO[bytes], now: datetime) -> Header:
         conn.close()
 
 
-def from_stopped_store(url: str, out: IO[bytes], now: datetime) -> Header:
-    """A backup of a store no server runs on (its owner lock is taken for the time of the backup)."""
+@contextlib.contextmanager
+def _owned(url: str) -> Iterator[Engine]:
+    """The store at ``url``, owned (its owner lock held) for the time of the block: no server runs on it."""
     engine = make_engine(url)
     try:
+        lock = acquire_owner_lock(engine)
         try:
-            lock = acquire_owner_lock(engine)
-        except StoreLocked as exc:
-            raise BackupError(f"{exc.message}: take the backup through the server (tenure backup --out FILE, "
-                              "without --db)") from None
-        try:
-            check_schema(engine)  # a store an older tenure left: the server upgrades it when it starts
-            return from_engine(engine, out, now)
+            yield engine
         finally:
             lock.release()
     finally:
         engine.dispose()
+
+
+def from_stopped_store(url: str, out: IO[bytes], now: datetime) -> Header:
+    """A backup of a store no server runs on (its owner lock is taken for the time of the backup)."""
+    try:
+        with _owned(url) as engine:
+            check_schema(engine)  # a store an older tenure left: the server upgrades it when it starts
+            return from_engine(engine, out, now)
+    except StoreLocked as exc:
+        raise BackupError(f"{exc.message}: take the backup through the server (tenure backup --out FILE, "
+                          "without --db)") from None
+
+
+def _by_revision(directory: Path, skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The backups in ``directory``, newest first by the revision (then the time) in each header, never by a
+    file's mtime; the files whose header does not parse go to ``skipped``, with why."""
+    dated: list[tuple[int, str, Path]] = []
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            h = backup.header_of(path)
+        except BackupError as exc:
+            if skipped is not None:
+                skipped.append((path, str(exc)))
+            continue
+        dated.append((h.revision, h.created_at, path))
+    return [p for _, _, p in sorted(dated, reverse=True)]
 
 
 def newest(directory: Path) -> tuple[Path, Header, list[tuple[Path, str]]]:
@@ -100,16 +123,8 @@ def newest(directory: Path) -> tuple[Path, Header, list[tuple[Path, str]]]:
     way (each with why). Raises :class:`BackupError` when none verifies."""
     if not directory.is_dir():
         raise BackupError(f"{directory}: not a directory")
-    peeked: list[tuple[int, str, Path]] = []
     skipped: list[tuple[Path, str]] = []
-    for path in sorted(directory.glob(f"*{SUFFIX}")):
-        try:
-            h = backup.header_of(path)
-        except BackupError as exc:
-            skipped.append((path, str(exc)))
-            continue
-        peeked.append((h.revision, h.created_at, path))
-    for _, _, path in sorted(peeked, reverse=True):  # by revision, then time; never by the file's mtime
+    for path in _by_revision(directory, skipped):
         try:
             return path, backup.verify(path), skipped
         except BackupError as exc:
@@ -129,10 +144,13 @@ class Schedule:
     last: Header | None = field(default=None, init=False)
     last_at: datetime | None = field(default=None, init=False)
     failures: int = field(default=0, init=False)
+    prepared: bool = field(default=False, init=False)
 
     def prepare(self) -> None:
-        """At start: the directory exists (0700); the newest backup in it is when the last one was taken."""
+        """Before the first check (by the timer, not on the server's start: it verifies the newest backup): the
+        directory exists (0700); the newest backup in it is when the last one was taken."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.prepared = True
         try:
             _, header, _ = newest(self.directory)
         except BackupError:
@@ -168,15 +186,7 @@ class Schedule:
 
     def prune(self) -> list[Path]:
         """Remove the backups beyond ``keep``, oldest revision first (files that do not parse are left alone)."""
-        dated: list[tuple[int, str, Path]] = []
-        for path in self.directory.glob(f"*{SUFFIX}"):
-            try:
-                h = backup.header_of(path)
-            except BackupError:
-                continue
-            dated.append((h.revision, h.created_at, path))
-        dated.sort(reverse=True)
-        gone = [p for _, _, p in dated[self.keep:]]
+        gone = _by_revision(self.directory)[self.keep:]
         for path in gone:
             path.unlink(missing_ok=True)
             log.info("old backup removed", extra={"path": str(path)})
@@ -186,12 +196,5 @@ class Schedule:
 def restore(url: str, path: Path, *, force: bool = False, verified: Header | None = None) -> backup.Restored:
     """Restore the backup at ``path`` into the store at ``url``, which no server may hold (its owner lock is taken
     for the time of the restore)."""
-    engine = make_engine(url)
-    try:
-        lock = acquire_owner_lock(engine)
-        try:
-            return backup.restore(engine, path, force=force, verified=verified)
-        finally:
-            lock.release()
-    finally:
-        engine.dispose()
+    with _owned(url) as engine:
+        return backup.restore(engine, path, force=force, verified=verified)

@@ -15,6 +15,7 @@ silently diverging.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,14 +103,20 @@ def _versions(conn: Connection) -> tuple[str | None, str, bool]:
 schema_versions = _versions
 
 
+@functools.cache
+def _script() -> ScriptDirectory:
+    """This code's migrations (read once: they are files of the package)."""
+    return ScriptDirectory.from_config(_config())
+
+
 def head() -> str:
     """The newest schema version this code knows."""
-    return ScriptDirectory.from_config(_config()).get_current_head() or ""
+    return _script().get_current_head() or ""
 
 
 def knows(version: str) -> bool:
     """Whether ``version`` is one of this code's schema versions (one it can create, and upgrade from)."""
-    return any(r.revision == version for r in ScriptDirectory.from_config(_config()).walk_revisions())
+    return any(r.revision == version for r in _script().walk_revisions())
 
 
 def upgrade_to(conn: Connection, version: str) -> None:
