@@ -10,9 +10,10 @@ host pairs and windows in the coming week). For PostgreSQL the same store is mov
 
 Per backend, ``--runs`` rounds, medians reported:
 
-backup        ``services.backups.write_file`` of the running store's snapshot (what ``tenure backup`` and the
-              schedule do: gzip'd JSON lines, fsync, verify, rename) while one thread of the same process claims
-              one key at a time; the longest claim during the backup is the longest write pause. The same claims
+backup        ``services.backups.write_file`` of the running store's snapshot, read by another process
+              (``services.backups.in_child``: what ``tenure backup`` and the schedule do: gzip'd JSON lines, fsync,
+              verify, rename) while one thread of the store's process claims one key at a time; the longest claim
+              during the backup is the longest write pause. The same claims
               for as long, without a backup, give the pause of the machine itself (baseline).
 restore       ``services.backups.restore`` of that file into a new empty store (verify, schema, rows,
               migrations, one transaction).
@@ -97,7 +98,8 @@ def build(path: Path, claims: int, reservations: int, log: Any) -> dict[str, Any
 
 
 class Claimer:
-    """Claims one key at a time in this process (as a server's writer is shared with its backup), timing each."""
+    """Claims one key at a time in the store's process (as a server's writer goes on while a backup is taken),
+    timing each."""
 
     def __init__(self, rt: Any) -> None:
         from tenure.services.embedded import Allocator
@@ -131,7 +133,7 @@ def backup_under_writes(url: str, out_dir: Path) -> dict[str, Any]:
         time.sleep(0.5)  # the claimer is going before the backup starts
         lat.clear()
         t0 = time.perf_counter()
-        header, path = backups.write_file(lambda f: backups.from_engine(rt.engine, f, datetime.now(UTC)), out_dir)
+        header, path = backups.write_file(lambda f: backups.in_child(rt.engine, f, datetime.now(UTC)), out_dir)
         seconds = time.perf_counter() - t0
         busy.clear()
         t.join()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,17 +133,22 @@ def test_a_backup_under_16_writers_holds_exactly_its_revision(served: Api, new_d
                 with progress:
                     progress.notify_all()
 
-    # The backup's snapshot stays open until the writers have committed 100 more revisions: writes are not held
-    # up by it, and none of them gets into the backup.
-    real_write = backup.write
+    # The backup's process is stopped, its snapshot open, until the writers have committed 100 more revisions:
+    # writes are not held up by it, and none of them gets into the backup.
+    from tenure.api import admin
 
-    def held_write(conn: Any, revision: int, out: Any, *, now: Any) -> backup.Header:
-        with progress:
-            assert progress.wait_for(lambda: rt.revision >= revision + 100 or bool(errors), timeout=60), \
-                "the writers made no progress while a backup's snapshot was open"
-        return real_write(conn, revision, out, now=now)
+    class HeldChild(backups.Child):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            try:
+                with progress:
+                    assert progress.wait_for(lambda: rt.revision >= self.revision + 100 or bool(errors), timeout=60), \
+                        "the writers made no progress while a backup's snapshot was open"
+            finally:
+                os.kill(self.proc.pid, signal.SIGCONT)
 
-    monkeypatch.setattr(backup, "write", held_write)
+    monkeypatch.setattr(admin, "Child", HeldChild)
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
     for t in threads:
         t.start()
@@ -459,3 +466,50 @@ def test_a_backup_file_is_readable_by_its_owner_only(served: Api, tmp_path: Path
     out = tmp_path / "b.tbk"
     cli_ok(*remote(served), "backup", "--out", str(out))
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_backup_process_says_why_it_failed(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'not-a-store.db'}")
+    try:
+        with pytest.raises(backup.BackupError, match="no such table: state"):
+            backups.Child(engine, datetime.now(UTC))
+    finally:
+        engine.dispose()
+
+
+def test_the_backup_process_ends_with_the_server_that_started_it(alloc: Any, db_url: str) -> None:
+    """A server killed while its backup is streamed leaves no process reading a snapshot behind."""
+    import select
+    import subprocess
+    import sys
+
+    alloc.create_pool("vlans", ranges=[[1, 1_000_000]])
+    for n in range(3):  # more than the pipe holds: the child waits for its reader
+        alloc.claim_many("vlans", [f"key-{n}-{i}" for i in range(10_000)])
+    parent = subprocess.Popen([sys.executable, "-c", STARTS_A_BACKUP, db_url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        child = os.pidfd_open(pid)
+        try:
+            assert not select.select([child], [], [], 0)[0]  # it runs, its snapshot open, blocked on its output
+            parent.kill()
+            assert select.select([child], [], [], 30)[0], "the backup process outlived the server that started it"
+        finally:
+            os.close(child)
+    finally:
+        parent.kill()
+        parent.wait(30)
+
+
+STARTS_A_BACKUP = """
+import sys, threading
+from datetime import UTC, datetime
+from tenure.services.backups import Child
+from tenure.store.engine import make_engine
+child = Child(make_engine(sys.argv[1]), datetime.now(UTC))
+print(child.proc.pid, flush=True)
+threading.Event().wait()
+"""

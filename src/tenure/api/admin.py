@@ -1,8 +1,9 @@
 """``GET /v1/admin/backup`` (admin only): a backup of the store, streamed as it is read (docs/operations.md).
 
-One snapshot (a read transaction: writers go on) is written by a thread in the ``tenure-backup/1`` format into a
-bounded queue that the response drains; a client that goes away, or stops reading for ``STALL`` seconds, ends the
-thread and the snapshot with it. The revision of the snapshot is in the ``X-Tenure-Revision`` header and the file
+One snapshot (a read transaction: writers go on) is written in the ``tenure-backup/1`` format by another process
+(services.backups.Child: the server's writer keeps its interpreter); a thread moves its output into a bounded queue
+that the response drains. A client that goes away, or stops reading for ``STALL`` seconds, ends the thread and the
+process, and the snapshot with them. The revision of the snapshot is in the ``X-Tenure-Revision`` header and the file
 name; the trailer's checksum tells a complete download from a cut one (``tenure backup`` verifies before keeping
 it).
 """
@@ -21,8 +22,9 @@ from fastapi.responses import StreamingResponse
 
 from tenure.api.auth import authenticate
 from tenure.domain.access import Principal, require_admin
-from tenure.services.backups import file_name
-from tenure.store import backup
+from tenure.domain.errors import Unavailable
+from tenure.services.backups import Child, file_name
+from tenure.store.backup import BackupError
 
 router = APIRouter()
 
@@ -91,20 +93,26 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 async def take_backup(request: Request, who: Annotated[Principal, Depends(authenticate)]) -> StreamingResponse:
     require_admin(who, "taking a backup")
     rt = request.app.state.tenure.require()
-    conn, revision = await asyncio.to_thread(rt.history.open_snapshot)
     now = rt.clock().astimezone(UTC)
+    try:
+        child = await asyncio.to_thread(Child, rt.engine, now)  # the snapshot is open once it returns
+    except BackupError as exc:
+        raise Unavailable(f"the backup could not start: {exc}") from None
+    revision = child.revision
     pipe = _Pipe()
 
     def run() -> None:
         error: BaseException | None = None
         try:
-            backup.write(conn, revision, pipe, now=now)
+            while data := child.stdout.read(CHUNK):
+                pipe.write(data)
+            child.finish()
         except _Abandoned:
             return
         except BaseException as exc:  # the stream ends without a trailer: the client sees a cut backup
             error = exc
         finally:
-            conn.close()
+            child.close()
         try:
             pipe.finish(error)
         except _Abandoned:

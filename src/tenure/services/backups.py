@@ -10,8 +10,14 @@ checkpoint that way).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -69,8 +75,106 @@ def write_file(fill: Callable[[IO[bytes]], object], path: Path) -> tuple[Header,
     return header, final
 
 
+class Child:
+    """A backup of the store behind ``engine``, read from one snapshot by another process
+    (``tenure.store.backup_child``), so that the server's writer keeps its interpreter and its core meanwhile.
+
+    The backup goes to ``out`` (a file descriptor: the backup file) or, without one, to :attr:`stdout` (a pipe to
+    read until its end). :attr:`revision` is the snapshot's, known once the constructor returns. Every wait is
+    bounded: ``OPEN`` seconds for the snapshot to open, ``LIMIT`` for the whole backup; :meth:`close` ends the
+    process in any case (it also ends by itself when this process goes away).
+    """
+
+    OPEN = 30.0
+    LIMIT = 4 * 3600.0
+
+    def __init__(self, engine: Engine, now: datetime, out: int | None = None) -> None:
+        self.started = time.monotonic()
+        self._errors = tempfile.TemporaryFile()
+        read, write = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tenure.store.backup_child"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE if out is None else out, stderr=self._errors, pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            self._errors.close()
+            raise
+        finally:
+            os.close(write)
+        self._status = read
+        self._said = b""
+        try:
+            assert self.proc.stdin is not None
+            # the URL (its password too) by a pipe, not the command line that any user of the host can read
+            self.proc.stdin.write(json.dumps({"url": engine.url.render_as_string(hide_password=False),
+                                              "now": now.isoformat(), "status_fd": write}).encode() + b"\n")
+            self.proc.stdin.flush()
+            self.revision = int(self._next("revision", self.OPEN))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    def _next(self, key: str, within: float) -> object:
+        """The next status line's ``key``; :class:`BackupError` with the child's own words if it says otherwise."""
+        deadline = time.monotonic() + within
+        while b"\n" not in self._said:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._status], [], [], left)[0]:
+                raise BackupError(f"the backup process did not answer within {within:.0f} s")
+            more = os.read(self._status, 4096)
+            if not more:
+                self.proc.wait(10)
+                self._errors.seek(0)
+                said = self._errors.read().decode(errors="replace").strip().splitlines()
+                raise BackupError(f"the backup process ended (exit status {self.proc.returncode})"
+                                  + (f": {said[-1]}" if said else ""))
+            self._said += more
+        line, self._said = self._said.split(b"\n", 1)
+        status = json.loads(line)
+        if key not in status:
+            raise BackupError(str(status.get("error", status)))
+        return status[key]
+
+    def finish(self) -> None:
+        """Wait for the backup to be written whole (after :attr:`stdout` is read to its end, if it is a pipe)."""
+        try:
+            self._next("done", max(1.0, self.LIMIT - (time.monotonic() - self.started)))
+            self.proc.wait(30)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the process (if it still runs) and let go of its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.proc.wait()
+        if self._status >= 0:
+            os.close(self._status)
+            self._status = -1
+        self._errors.close()
+
+
+def in_child(engine: Engine, out: IO[bytes], now: datetime) -> int:
+    """A backup of a running store (``engine``'s) written to the file ``out`` by another process; its revision."""
+    out.flush()
+    child = Child(engine, now, out.fileno())
+    child.finish()
+    return child.revision
+
+
 def from_engine(engine: object, out: IO[bytes], now: datetime) -> Header:
-    """One snapshot of the store behind ``engine`` (a read transaction: writers go on), written to ``out``."""
+    """One snapshot of the store behind ``engine`` (a read transaction: writers go on), written to ``out`` in this
+    process (a stopped store's backup: no writer to hold up)."""
     conn, revision = open_snapshot(engine)  # type: ignore[arg-type]
     try:
         return backup.write(conn, revision, out, now=now)
@@ -170,12 +274,12 @@ class Schedule:
                 log.warning("removing a partial backup left by an interrupted run", extra={"path": str(stale)})
                 stale.unlink(missing_ok=True)
 
-    def take(self, engine: object) -> Path:
+    def take(self, engine: Engine) -> Path:
         """One backup into the directory, then the oldest beyond ``keep`` (by revision) removed; its path."""
         self.clean()
         now = self.clock()
         try:
-            header, path = write_file(lambda out: from_engine(engine, out, now), self.directory)
+            header, path = write_file(lambda out: in_child(engine, out, now), self.directory)
         except Exception:
             self.failures += 1
             raise

@@ -18,6 +18,10 @@ and events are dropped and the rest of the batch goes on. If the commit itself
 fails, every command of the batch is undone in reverse order and every caller
 gets ``store_error``: memory never runs ahead of the store.
 
+On SQLite the write-ahead log is copied back into the database file by :class:`Checkpointer`, a thread of its own,
+not by the commit that happens to cross SQLite's threshold: a checkpoint after a long reader (a backup's snapshot
+holds every page written meanwhile in the log) took 30–120 ms, and a commit that ran it made its callers wait.
+
 Services keep their state in :class:`Published` maps: the writer thread changes
 the working map inside a command (with its undo registered), and readers on any
 thread see the view, which is brought up to date only after the commit.
@@ -53,6 +57,47 @@ MAX_BATCH = 512
 VERDICT_WAIT = 10.0  # seconds a writer asks an away store whether a cut commit went through
 INSERT_EVENTS = RawInsert(schema.events)
 UPDATE_REVISION = update(schema.state).where(schema.state.c.id == 1).values(revision=bindparam("b_revision"))
+
+
+class Checkpointer:
+    """SQLite's checkpoints, off the writer's path: every ``interval`` seconds a ``PASSIVE`` checkpoint (it waits
+    for no reader and no writer; what a reader still needs stays in the log for the next one) on a connection of its
+    own. The writer's connection makes none (``wal_autocheckpoint=0``). Nothing on PostgreSQL."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, engine: Engine, interval: float = INTERVAL) -> None:
+        self.engine = engine
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tenure-checkpoint", daemon=True)
+
+    def start(self) -> Checkpointer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stop.wait(self.interval):
+            try:
+                if conn is None:
+                    conn = self.engine.connect()
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").close()
+                conn.commit()  # (SQLAlchemy's own begin: the driver started no transaction for a PRAGMA)
+            except Exception as exc:  # (a busy or vanished file): the next round tries again
+                log.warning("checkpoint failed: %s", exc)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,12 +308,15 @@ class Writer:
         self._listeners: list[Callable[[list[Event]], None]] = []
         self._thread = threading.Thread(target=self._run, name="tenure-writer", daemon=True)
         self._stopped = threading.Event()
+        self._checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
         self.batches = 0
         self.commands = 0
         self.failure: BaseException | None = None  # set if the writer thread stopped on a bug
 
     def start(self) -> None:
         self._thread.start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     def subscribe(self, fn: Callable[[list[Event]], None]) -> None:
         """Call ``fn(events)`` after each commit, from the writer thread; it must not block."""
@@ -297,6 +345,8 @@ class Writer:
                               code="outcome_unknown") from None
 
     def close(self, timeout: float = 30.0) -> None:
+        if self._checkpointer is not None:  # (the last connection to close checkpoints what is left)
+            self._checkpointer.stop(timeout)
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -379,6 +429,9 @@ class Writer:
             try:
                 if conn is None:  # first batch, or the last commit failed: (re)connect now
                     conn = self.engine.connect()
+                    if self._checkpointer is not None:  # the Checkpointer's to do, not a commit's
+                        conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0").close()
+                        conn.commit()
                     if self.fence is not None:
                         self.fence.prepare(conn)
                 with conn.begin():
