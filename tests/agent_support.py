@@ -27,7 +27,7 @@ def start_server(tmp: Path, **config: Any) -> Iterator[Api]:
 
 def start_host_agent(tmp: Path, server: Api, host: str, *, types: dict[str, InstanceType] | None = None,
                      heartbeat: float = 20.0, token_file: Path | None = None, ca_file: str | None = None,
-                     **lrm: Any) -> Iterator[Api]:
+                     client_cert: tuple[str, str] | None = None, **lrm: Any) -> Iterator[Api]:
     """A ``tenure agent --host HOST --server URL`` in-process, with its own data dir under ``tmp/host``;
     ``token_file``: its token is written there and read from there (``--server-token-file``)."""
     token = server.token("agent", host=host)
@@ -37,7 +37,7 @@ def start_host_agent(tmp: Path, server: Api, host: str, *, types: dict[str, Inst
     data.mkdir(parents=True, exist_ok=True)
     sync = SyncConfig(host=host, server_url=str(server.client.base_url), token=token,
                       types=types if types is not None else load_instance_types(None),
-                      heartbeat_interval=heartbeat, token_file=token_file, ca_file=ca_file)
+                      heartbeat_interval=heartbeat, token_file=token_file, ca_file=ca_file, client_cert=client_cert)
     cfg = lrm_config(tmp / host, sync=sync, **lrm)
     yield from start_api(f"sqlite:///{data / 'tenure.db'}", data, extension=AgentDaemon(cfg))
 

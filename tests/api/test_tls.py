@@ -206,3 +206,133 @@ def test_sighup_reloads_the_certificate_and_keeps_open_connections(tmp_path: Pat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+# ------------------------------------------------------------ client certificates for agents (--tls-client-ca)
+
+def _pair(leaf: trustme.LeafCert, where: Path, name: str) -> tuple[str, str]:
+    cert, key = where / f"{name}.pem", where / f"{name}.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def clients_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def with_client_ca(tmp_path: Path, ca: trustme.CA, clients_ca: trustme.CA) -> Iterator[Api]:
+    """A server that asks clients for a certificate signed by ``clients_ca`` (tenure serve --tls-client-ca)."""
+    from tenure.api.tls import ServerTLS
+    from tenure.services.runtime import Settings
+
+    cert, key = _pair(ca.issue_cert("127.0.0.1"), tmp_path, "server")
+    client_ca = tmp_path / "clients-ca.pem"
+    clients_ca.cert_pem.write_to_path(str(client_ca))
+    verify = ssl.create_default_context()
+    ca.configure_trust(verify)
+    tls = ServerTLS(Path(cert), Path(key), client_ca=client_ca)
+    yield from start_api(f"sqlite:///{tmp_path / 'tls.db'}", tmp_path / "data", tls=tls.context, verify=verify,
+                         agent_certs=True, bookmark_interval=0.2, settings=Settings())
+
+
+def test_an_agent_token_is_accepted_only_with_a_certificate_naming_its_host(with_client_ca: Api, ca_file: str,
+                                                                            clients_ca: trustme.CA,
+                                                                            tmp_path: Path) -> None:
+    from tenure.client import ClientCert, TenureAPIError
+
+    url = str(with_client_ca.client.base_url)
+    token = with_client_ca.token("agent", host="h1")
+    right = ClientCert(*_pair(clients_ca.issue_cert("h1"), tmp_path, "h1"))
+    wrong = ClientCert(*_pair(clients_ca.issue_cert("h2"), tmp_path, "h2"))
+    with TenureClient(url, token, ca_file=ca_file) as c:
+        with pytest.raises(TenureAPIError) as none:
+            c.register_agent("h1", kinds=["instance"], version="test")
+        assert none.value.status == 403 and none.value.code == "client_cert_required", none.value
+        with pytest.raises(TenureAPIError) as watch:  # the watch too
+            next(iter(c.watch("instance", initial=True)))
+        assert watch.value.code == "client_cert_required"
+    with TenureClient(url, token, ca_file=ca_file, client_cert=wrong) as c, pytest.raises(TenureAPIError) as other:
+        c.register_agent("h1", kinds=["instance"], version="test")
+    assert other.value.code == "client_cert_mismatch" and "'h1'" in other.value.message and "h2" in other.value.message
+    with TenureClient(url, token, ca_file=ca_file, client_cert=right) as c:
+        c.register_agent("h1", kinds=["instance"], version="test")
+        w = c.watch("instance", initial=True)
+        assert next(iter(w)).initial_end
+        w.close()
+    with TenureClient(url, with_client_ca.admin_token, ca_file=ca_file) as c:  # users need no certificate
+        assert c.agent("h1")["state"] == "up"
+
+
+def test_a_client_certificate_the_ca_did_not_sign_is_refused_in_the_handshake(with_client_ca: Api, ca_file: str,
+                                                                               tmp_path: Path) -> None:
+    import httpx
+
+    from tenure.client import ClientCert, TenureClientError
+
+    stranger = ClientCert(*_pair(trustme.CA().issue_cert("h1"), tmp_path, "stranger"))
+    token = with_client_ca.token("agent", host="h1")
+    with TenureClient(str(with_client_ca.client.base_url), token, ca_file=ca_file, client_cert=stranger) as c, \
+            pytest.raises((httpx.HTTPError, TenureClientError)):
+        c.register_agent("h1", kinds=["instance"], version="test")
+
+
+def test_the_host_agent_shows_its_certificate_and_follows_the_server(with_client_ca: Api, ca_file: str,
+                                                                     clients_ca: trustme.CA, tmp_path: Path) -> None:
+    pair = _pair(clients_ca.issue_cert("h1"), tmp_path, "h1")
+    for _agent in start_host_agent(tmp_path, with_client_ca, "h1", ca_file=ca_file, client_cert=pair):
+        r = with_client_ca.post("/v1/instances", json={"name": "m", "type": "memory", "host": "h1"})
+        assert r.status_code == 201, r.text
+        wait_for_tls(with_client_ca, r.json()["id"], ca_file)
+
+
+def test_client_ca_and_client_cert_options_are_checked_before_anything_runs(tmp_path: Path, ca: trustme.CA) -> None:
+    runner = CliRunner()
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    alone = runner.invoke(cli, ["serve", "--data-dir", str(tmp_path / "d"), "--tls-client-ca", str(ca_pem)])
+    assert alone.exit_code == 2 and "only with --tls-cert" in alone.output, alone.output
+    cert, key = _pair(ca.issue_cert("127.0.0.1"), tmp_path, "server")
+    replica = runner.invoke(cli, ["serve", "--data-dir", str(tmp_path / "d"), "--db", "postgresql://x/y",
+                                  "--replica-name", "a", "--tls-cert", cert, "--tls-key", key,
+                                  "--tls-client-ca", str(ca_pem)])
+    assert replica.exit_code == 2 and "not yet with --replica-name" in replica.output, replica.output
+    half = runner.invoke(cli, ["agent", "--data-dir", str(tmp_path / "a"), "--host", "h1", "--server",
+                               "https://127.0.0.1:1", "--client-cert", cert], env={"TENURE_SERVER_TOKEN": "x"})
+    assert half.exit_code == 2 and "--client-key" in half.output, half.output
+    mismatched = runner.invoke(cli, ["agent", "--data-dir", str(tmp_path / "a"), "--host", "h1", "--server",
+                                     "https://127.0.0.1:1", "--client-cert", cert, "--client-key", str(ca_pem)],
+                               env={"TENURE_SERVER_TOKEN": "x", "COLUMNS": "400"})
+    assert mismatched.exit_code == 2 and "cannot be used together" in mismatched.output, mismatched.output
+
+
+def test_a_renewed_client_certificate_is_loaded_again_and_a_broken_one_is_not(tmp_path: Path,
+                                                                               clients_ca: trustme.CA) -> None:
+    from tenure.client import ClientCert, TenureConfigError
+
+    cert, key = _pair(clients_ca.issue_cert("h1"), tmp_path, "h1")
+    pair = ClientCert(cert, key)
+    context = ssl.create_default_context()
+    assert pair.load_into(context) and not pair.load_into(context)  # loaded once; unchanged files: not again
+    _pair(clients_ca.issue_cert("h1"), tmp_path, "h1")  # renewed in place
+    assert pair.load_into(context)
+    Path(key).write_text("half a key")
+    with pytest.raises(TenureConfigError, match="cannot be used together"):
+        pair.load_into(context)
+
+
+def test_a_pair_that_does_not_match_is_refused_naming_both_files(tmp_path: Path, ca: trustme.CA) -> None:
+    """(An ssl.SSLError is an OSError: it was once reported as a file that could not be read.)"""
+    from tenure.api.tls import ServerTLS, TLSConfigError
+
+    cert, _ = _pair(ca.issue_cert("127.0.0.1"), tmp_path, "one")
+    _, key = _pair(ca.issue_cert("127.0.0.1"), tmp_path, "two")
+    with pytest.raises(TLSConfigError, match="cannot be used together") as caught:
+        ServerTLS(Path(cert), Path(key))
+    assert cert in str(caught.value) and key in str(caught.value)
+    with pytest.raises(TLSConfigError, match="cannot read"):
+        ServerTLS(Path(cert), tmp_path / "missing.key")
+    with pytest.raises(TLSConfigError, match="holds no CA certificate"):
+        ServerTLS(*map(Path, _pair(ca.issue_cert("127.0.0.1"), tmp_path, "three")), client_ca=Path(key))

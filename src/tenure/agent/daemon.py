@@ -24,7 +24,7 @@ from tenure.agent.state import SyncState
 from tenure.agent.sync import SyncConfig, SyncLoop, TokenFile
 from tenure.api import resources
 from tenure.api.app import ServerConfig, ServerState, create_app
-from tenure.client import AsyncTenureClient
+from tenure.client import AsyncTenureClient, ClientCert
 from tenure.clock import LoopClock, RealClock
 from tenure.drivers.spec import DriverRoots
 from tenure.lrm.executor import Lrm
@@ -67,8 +67,9 @@ class AgentDaemon:
         self.lrm = state.lrm = lrm
         if cfg.sync is not None:
             sc = cfg.sync
-            sync = SyncLoop(host=sc.host, client=AsyncTenureClient(sc.server_url, sc.token, ca_file=sc.ca_file),
-                            lrm=lrm,
+            cert = ClientCert(*sc.client_cert) if sc.client_cert is not None else None
+            client = AsyncTenureClient(sc.server_url, sc.token, ca_file=sc.ca_file, client_cert=cert)
+            sync = SyncLoop(host=sc.host, client=client, lrm=lrm,
                             state=SyncState(rt), types=sc.types, heartbeat_interval=sc.heartbeat_interval,
                             max_restarts=sc.max_restarts, network=host_network,
                             token_file=TokenFile(sc.token_file) if sc.token_file is not None else None)

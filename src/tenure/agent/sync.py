@@ -86,6 +86,7 @@ class SyncConfig:
     max_restarts: int = 3
     token_file: Path | None = None  # re-read when it changes (a rotated token needs no restart)
     ca_file: str | None = None  # the CA of an https:// server's certificate
+    client_cert: tuple[str, str] | None = None  # (cert, key): shown to a server that asks (--tls-client-ca)
 
 
 class TokenFile:
@@ -241,6 +242,7 @@ class SyncLoop:
             await self.sleep(self.heartbeat_interval)
             try:
                 self.reload_token()
+                self._reload_client_cert()
                 network = await self._read_network()
                 if network and network != self._reported_network:  # addresses changed: say so
                     log.info("host interfaces changed; registering again", extra={"host": self.host})
@@ -258,6 +260,14 @@ class SyncLoop:
                 raise
             except Exception as exc:
                 log.warning("heartbeat failed", extra={"host": self.host, "error": str(exc)})
+
+    def _reload_client_cert(self) -> None:
+        """A renewed client certificate (its files changed) is shown from the next connection on."""
+        try:
+            if self.client.reload_client_cert():
+                log.info("the client certificate changed: using it", extra={"host": self.host})
+        except TenureClientError as exc:  # a half-written renewal: the pair in use stays, and it is tried again
+            log.warning("the client certificate was not reloaded", extra={"host": self.host, "error": str(exc)})
 
     def reload_token(self) -> bool:
         """Take the token file's token if it changed (a rotation); whether it did."""

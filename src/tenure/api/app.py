@@ -88,6 +88,7 @@ class ServerConfig:
     extension: Extension | None = None  # set: e.g. this is a host agent (`tenure agent`, tenure.agent.daemon)
     replica: ReplicaConfig | None = None  # set: one of several replicas of a PostgreSQL store
     backups: Schedule | None = None  # `tenure serve --backup-dir DIR --backup-every S --backup-keep N`
+    agent_certs: bool = False  # `tenure serve --tls-client-ca FILE`: agents' tokens need a certificate (api/auth.py)
     before_ready: Callable[[], None] | None = None  # test hook, runs in the restore thread
     on_restore_failed: Callable[[BaseException], None] | None = None  # e.g. stop the server: nothing to serve
 

@@ -6,16 +6,22 @@ its session's (its token's principal); if it would change something (any method 
 also carry the header ``X-Tenure-Console: 1``, which a form on another site cannot send, and an ``Origin``, when
 it has one, of the host it was sent to (the cookie is ``SameSite=Strict`` already: these are the second and third
 locks). Sessions sign in and out through /v1/ui/session.
+
+With ``tenure serve --tls-client-ca FILE`` an agent's token is not enough: its request must come over a connection
+whose client certificate (verified against that CA in the handshake, api/tls.py) names the agent's host
+(:func:`check_agent_cert`). A stolen agent token alone cannot act as the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
 from starlette.requests import cookie_parser
 
+from tenure.api.tls import CERT_NAMES
 from tenure.domain.access import Principal
 from tenure.domain.errors import Forbidden
 from tenure.services.sessions import COOKIE
@@ -25,10 +31,25 @@ CONSOLE_HEADER = "x-tenure-console"
 
 
 async def authenticate(request: Request) -> Principal:
-    rt = request.app.state.tenure.require()
-    return principal_of(rt, request.headers.get("authorization"), request.cookies.get(COOKIE), request.method,
-                        request.headers.get(CONSOLE_HEADER), request.headers.get("origin"),
-                        request.headers.get("host"))
+    state = request.app.state.tenure
+    who = principal_of(state.require(), request.headers.get("authorization"), request.cookies.get(COOKIE),
+                       request.method, request.headers.get(CONSOLE_HEADER), request.headers.get("origin"),
+                       request.headers.get("host"))
+    if who.role == "agent" and state.config.agent_certs:
+        check_agent_cert(who, request.scope)
+    return who
+
+
+def check_agent_cert(who: Principal, scope: Any) -> None:
+    """An agent's request must come with a client certificate naming its host (``--tls-client-ca``)."""
+    names = ((scope.get("extensions") or {}).get("tls") or {}).get(CERT_NAMES)
+    if not names:
+        raise Forbidden(f"the token of the agent of host {who.host!r} is accepted only with a client certificate "
+                        "naming that host (this server has --tls-client-ca); none came with the request",
+                        code="client_cert_required")
+    if (who.host or "").lower() not in names:
+        raise Forbidden(f"the token is the agent of host {who.host!r}'s, but the client certificate was made for "
+                        f"{', '.join(sorted(names))}", code="client_cert_mismatch")
 
 
 def bearer(authorization: str | None) -> str | None:

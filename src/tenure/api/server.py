@@ -48,6 +48,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 
+from tenure.api.tls import CERT_NAMES, cert_names
 from tenure.config import HEADER_TIMEOUT
 
 log = logging.getLogger("tenure.http")
@@ -157,7 +158,7 @@ class _Conn:
     """What HttpProtocol keeps per connection (see its docstring), apart from uvicorn's own state."""
 
     __slots__ = ("counted", "head_timer", "in_head", "head_bytes", "head_size", "draining", "discarding", "drained",
-                 "linger", "body_timer", "body_seen", "cycle_transport")
+                 "linger", "body_timer", "body_seen", "cycle_transport", "cert_names")
 
     def __init__(self) -> None:
         self.counted = False
@@ -171,6 +172,7 @@ class _Conn:
         self.body_timer: asyncio.TimerHandle | None = None
         self.body_seen = 0.0
         self.cycle_transport: _CycleTransport | None = None
+        self.cert_names: frozenset[str] | None = None  # a TLS connection's verified client certificate's names
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -203,6 +205,8 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         # What a request's cycle closes goes through _close_after_response (see on_headers_complete).
         self._c.cycle_transport = _CycleTransport(transport, self._close_after_response)
+        if transport.get_extra_info("ssl_object") is not None:  # (called once the handshake is done)
+            self._c.cert_names = cert_names(transport.get_extra_info("peercert"))
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -278,6 +282,9 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not previous:  # a new request (not an upgrade): its task has not run yet
             self.cycle.transport = self._c.cycle_transport  # type: ignore[assignment]
+            if self._c.cert_names is not None:  # the ASGI TLS extension's place; read by api/auth.py
+                tls = self.scope.setdefault("extensions", {}).setdefault("tls", {})  # type: ignore[typeddict-item]
+                tls[CERT_NAMES] = self._c.cert_names
             if _has_body(self.headers):  # a body follows: it may not stall (the app reads it before it answers)
                 self._c.body_seen = self.loop.time()
                 self._c.body_timer = _cancel(self._c.body_timer)

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenure.api import errors
-from tenure.api.auth import cookie_of, principal_of
+from tenure.api.auth import check_agent_cert, cookie_of, principal_of
 from tenure.api.routes import Auth
 from tenure.domain.access import Principal
 from tenure.domain.errors import Forbidden, InvalidInput, TenureError, Unavailable
@@ -223,6 +223,8 @@ class WatchEndpoint:
                 if name == b"authorization":
                     authorization = value.decode("latin-1")
             who = principal_of(rt, authorization, cookie_of(scope.get("headers", ())), "GET", None)
+            if who.role == "agent" and self.state.config.agent_certs:
+                check_agent_cert(who, scope)
             stream = prepare(self.state, who, scope)
         except TenureError as exc:
             await errors.error_response(errors.status_of(exc), exc.code, exc.message, **exc.details)(

@@ -8,6 +8,7 @@ by :mod:`tenure.agent.daemon` and served by :func:`tenure.cli.serve.serve`.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +66,11 @@ def agent(
     tls_cert: Annotated[Path | None, typer.Option(help="Listen with TLS (with a HOST:PORT --listen): the "
                                                   "certificate; re-read on SIGHUP")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="With --tls-cert: its private key")] = None,
+    client_cert: Annotated[Path | None, typer.Option(help="The certificate (PEM) this agent shows the server, "
+                                                     "made for --host's name: needed when the server has "
+                                                     "--tls-client-ca; a renewed one is used without a "
+                                                     "restart")] = None,
+    client_key: Annotated[Path | None, typer.Option(help="With --client-cert: its private key (PEM)")] = None,
 ) -> None:
     """Run the host agent: the local resource manager over HTTP (same tokens and watch as the server).
 
@@ -124,8 +130,23 @@ def agent(
                                      "TENURE_SERVER_TOKEN", param_hint="--server-token-file")
         if ca_file is not None and not ca_file.is_file():
             raise typer.BadParameter(f"{ca_file} is not a readable file", param_hint="--ca-file")
+        pair = None
+        if (client_cert is None) != (client_key is None):
+            raise typer.BadParameter("give both --client-cert and --client-key, or neither", param_hint="--client-cert")
+        if client_cert is not None and client_key is not None:
+            from tenure.client import ClientCert, TenureConfigError
+
+            pair = (str(client_cert), str(client_key))
+            try:
+                ClientCert(*pair).load_into(ssl.create_default_context())  # a pair that cannot work fails the start
+            except TenureConfigError as exc:
+                raise typer.BadParameter(exc.message, param_hint="--client-cert") from None
         sync = SyncConfig(host=host, server_url=server_url, token=token, types=itypes, heartbeat_interval=heartbeat,
-                          token_file=server_token_file, ca_file=str(ca_file) if ca_file is not None else None)
+                          token_file=server_token_file, ca_file=str(ca_file) if ca_file is not None else None,
+                          client_cert=pair)
+    elif client_cert is not None or client_key is not None:
+        raise typer.BadParameter("only with --host and --server (the certificate is shown to the server)",
+                                 param_hint="--client-cert")
     config = AgentConfig(roots=roots, rsctmp=tmp, max_parallel=max_parallel, default_timeout=default_timeout,
                          grace=kill_grace, shutdown_wait=shutdown_wait, sync=sync)
     run(db=None, listen=listen or f"unix:{data_dir / 'agent.sock'}", data_dir=data_dir, example=False,

@@ -131,6 +131,10 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="Listen with TLS: the certificate (PEM, with its chain); "
                                                   "re-read on SIGHUP")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="With --tls-cert: its private key (PEM)")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(help="With --tls-cert: ask clients for a certificate "
+                                                       "signed by this CA; an agent's token is then accepted "
+                                                       "only with a certificate naming its host. Re-read on "
+                                                       "SIGHUP")] = None,
 ) -> None:
     """Run the Tenure server."""
     from tenure.cli.serve import serve as run
@@ -163,6 +167,13 @@ def serve(
         replica = (replica_name, advertise, lease)
     elif advertise is not None:
         raise typer.BadParameter("only with --replica-name", param_hint="--advertise")
+    if tls_client_ca is not None:
+        if tls_cert is None:
+            raise typer.BadParameter("only with --tls-cert (client certificates are asked for in TLS)",
+                                     param_hint="--tls-client-ca")
+        if replica is not None:  # a follower forwards an agent's writes: the leader could not see its certificate
+            raise typer.BadParameter("not yet with --replica-name: a write forwarded by a follower reaches the "
+                                     "leader without the agent's certificate", param_hint="--tls-client-ca")
     schedule = None
     if backup_dir is not None:
         from tenure.domain.units import parse_duration
@@ -177,7 +188,7 @@ def serve(
         schedule = Schedule(backup_dir.resolve(), every=float(every), keep=backup_keep)
     run(db=db, listen=listen, data_dir=data_dir, example=example, log_level=log_level, settings=settings,
         watch_dispatch=watch_dispatch, header_timeout=header_timeout, max_connections=max_connections,
-        replica=replica, backups=schedule, tls=tls_pair(tls_cert, tls_key))
+        replica=replica, backups=schedule, tls=tls_pair(tls_cert, tls_key), tls_client_ca=tls_client_ca)
 
 
 config_app = typer.Typer(help="The configuration of tenure serve and tenure agent.", no_args_is_help=True)

@@ -86,6 +86,7 @@ def serve(
     replica: tuple[str, str | None, float] | None = None,
     backups: Schedule | None = None,
     tls: tuple[Path, Path] | None = None,
+    tls_client_ca: Path | None = None,
 ) -> None:
     """Serve until interrupted: the server, or with ``agent`` a host agent (same store, tokens and watch)."""
     logs.configure(log_level)
@@ -97,7 +98,7 @@ def serve(
         if listen.startswith("unix:"):
             raise SystemExit("error: --tls-cert needs a HOST:PORT --listen (a unix: socket is local and 0600)")
         try:
-            server_tls = ServerTLS(*tls)
+            server_tls = ServerTLS(*tls, client_ca=tls_client_ca)
         except TLSConfigError as exc:
             Console(stderr=True).print(f"[red]error:[/] {exc}")
             raise SystemExit(2) from None
@@ -122,7 +123,7 @@ def serve(
 
     # SIGUSR1: every thread's stack to stderr (the log), for a process that seems stuck; it goes on running.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    def reload(*_: object) -> None:  # SIGHUP (systemctl reload): the certificate and key again
+    def reload(*_: object) -> None:  # SIGHUP (systemctl reload): the certificate, key and client CA again
         reloading()
         if server_tls is not None:
             server_tls.reload()
@@ -140,7 +141,7 @@ def serve(
         console.print(f"replica [cyan]{name}[/], advertised as [cyan]{replica_config.address}[/]")
     config = ServerConfig(db_url=db_url, data_dir=data_dir, seed=ensure_examples if example else None,
                           on_restore_failed=stop, settings=settings or Settings(), watch_mode=watch_dispatch,
-                          replica=replica_config, backups=backups)
+                          replica=replica_config, backups=backups, agent_certs=tls_client_ca is not None)
     app = create_app(config) if agent is None else create_agent_app(config, agent)
     limits = HttpLimits(header_timeout=header_timeout, body_timeout=header_timeout, max_connections=max_connections)
     server = server_for(app, limits=limits, raise_fd_limit=agent is None,

@@ -23,6 +23,7 @@ from tenure.client._errors import (
     TenureTLSError,
 )
 from tenure.client._locate import Target, locate
+from tenure.client._tls import ClientCert
 from tenure.client._watch import AsyncWatch, Backoff, Watch, WatchEvent, WatchGone
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "AsyncTenureClient",
     "AsyncWatch",
     "Backoff",
+    "ClientCert",
     "Target",
     "TenureAPIError",
     "TenureClient",

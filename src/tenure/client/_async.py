@@ -19,7 +19,7 @@ import httpx
 
 from tenure.client._base import Call, ClientBase
 from tenure.client._errors import TenureClientError, TenureConfigError, transport_error
-from tenure.client._tls import verify_with
+from tenure.client._tls import ClientCert, verify_with
 from tenure.client._watch import WATCH_READ_TIMEOUT, AsyncWatch, Backoff, WatchEvent, WatchSession
 
 
@@ -35,14 +35,17 @@ class AsyncTenureClient(ClientBase[Awaitable[dict[str, Any]]]):
         transport: httpx.AsyncBaseTransport | None = None,
         http: httpx.AsyncClient | None = None,
         ca_file: str | None = None,
+        client_cert: ClientCert | None = None,
     ) -> None:
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
         ``httpx.AsyncClient`` and stays owned by the caller (it is not closed by :meth:`aclose`)."""
         super().__init__(base_url, token, timeout, http, transport)
+        self.tls = verify_with(ca_file, client_cert)  # the context of https:// connections
+        self.client_cert = client_cert
         if self._socket is not None and http is None and transport is None:
             transport = httpx.AsyncHTTPTransport(uds=self._socket)
         self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, transport=transport,
-                                                          verify=verify_with(ca_file))
+                                                          verify=self.tls)
 
     # ---------------------------------------------------------------- plumbing
 

@@ -370,6 +370,12 @@ class ClientBase(Generic[R]):
         return self._run(Call("POST", f"/v1/tokens/{segment(id)}:rotate",
                               json={"grace": grace} if grace is not None else {}))
 
+    def reload_client_cert(self) -> bool:
+        """Load the client certificate again if its files changed (a renewal); whether they did. The connections
+        made from then on show it."""
+        cert = getattr(self, "client_cert", None)
+        return cert is not None and cert.load_into(self.tls)  # type: ignore[attr-defined]
+
     def set_token(self, token: str) -> None:
         """Send ``token`` from now on (a rotated secret): requests already sent keep theirs; the watch's next
         connection takes the new one."""

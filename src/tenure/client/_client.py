@@ -32,7 +32,7 @@ import httpx
 
 from tenure.client._base import MAX_PAGE, Call, ClientBase
 from tenure.client._errors import TenureClientError, TenureConfigError, api_error, transport_error
-from tenure.client._tls import verify_with
+from tenure.client._tls import ClientCert, verify_with
 from tenure.client._watch import WATCH_READ_TIMEOUT, Backoff, Watch, WatchSession
 
 
@@ -48,6 +48,7 @@ class TenureClient(ClientBase[dict[str, Any]]):
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
         ca_file: str | None = None,
+        client_cert: ClientCert | None = None,
     ) -> None:
         """``transport`` replaces the network (e.g. ``httpx.MockTransport``); ``http`` replaces the whole
         ``httpx.Client`` and stays owned by the caller (it is not closed by :meth:`close`).
@@ -56,10 +57,12 @@ class TenureClient(ClientBase[dict[str, Any]]):
         replaces the network, which then gets the requests with an ``http://localhost`` origin). ``ca_file``: the CA
         that signs an ``https://`` server's certificate (else ``$TENURE_CA_FILE``, else the system's trust store)."""
         super().__init__(base_url, token, timeout, http, transport)
+        self.tls = verify_with(ca_file, client_cert)  # the context of https:// connections
+        self.client_cert = client_cert
         if self._socket is not None and http is None and transport is None:
             transport = httpx.HTTPTransport(uds=self._socket)
         self._http = http if http is not None else httpx.Client(timeout=timeout, transport=transport,
-                                                     verify=verify_with(ca_file))
+                                                     verify=self.tls)
 
     # ---------------------------------------------------------------- plumbing
 

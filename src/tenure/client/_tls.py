@@ -4,10 +4,14 @@
 certificate the system does not trust (a private CA, the usual case); without it, the system's trust store. A
 refused certificate becomes :class:`TenureTLSError` naming why: not signed by a trusted CA, expired, or made for
 another host name.
+
+``client_cert`` (``tenure agent --client-cert FILE --client-key FILE``): the certificate the client shows a server
+that asks for one (``tenure serve --tls-client-ca``); :class:`ClientCert` loads it again when its files change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 
@@ -16,12 +20,45 @@ from tenure.client._errors import TenureConfigError
 CA_ENV = "TENURE_CA_FILE"
 
 
-def verify_with(ca_file: str | None) -> ssl.SSLContext | bool:
-    """What httpx verifies servers with: ``ca_file``, else ``$TENURE_CA_FILE``, else the system's trust store."""
+def verify_with(ca_file: str | None, client_cert: ClientCert | None = None) -> ssl.SSLContext:
+    """What httpx verifies servers with: ``ca_file``, else ``$TENURE_CA_FILE``, else the system's trust store; with
+    ``client_cert`` loaded into it."""
     ca = ca_file or os.environ.get(CA_ENV) or None
-    if ca is None:
-        return ssl.create_default_context()  # the system's store (httpx's own default is certifi's bundle)
     try:
-        return ssl.create_default_context(cafile=ca)
+        # without a CA file, the system's store (httpx's own default is certifi's bundle)
+        context = ssl.create_default_context(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
         raise TenureConfigError(f"cannot use the CA file {ca}: {getattr(exc, 'strerror', None) or exc}") from None
+    if client_cert is not None:
+        client_cert.load_into(context)
+    return context
+
+
+class ClientCert:
+    """A client certificate and its key (PEM files). :meth:`load_into` loads them into a context when their
+    content changed since it last did (a renewed certificate is used for the connections made after it; those
+    open keep theirs)."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.cert, self.key = cert, key
+        self._loaded: bytes | None = None
+
+    def load_into(self, context: ssl.SSLContext) -> bool:
+        """Load the pair if it changed; whether it did. :class:`TenureConfigError` if it cannot be used (the
+        context keeps the pair it had)."""
+        try:
+            digest = hashlib.sha256(open(self.cert, "rb").read() + b"\0" + open(self.key, "rb").read()).digest()
+            if digest == self._loaded:
+                return False
+            context.load_cert_chain(self.cert, self.key, password=_no_password)
+        except (ssl.SSLError, ValueError) as exc:  # (an SSLError is an OSError: first)
+            raise TenureConfigError(f"the client certificate {self.cert} and key {self.key} cannot be used "
+                                    f"together: {getattr(exc, 'reason', None) or exc}") from None
+        except OSError as exc:
+            raise TenureConfigError(f"cannot read {exc.filename or self.cert}: {exc.strerror or exc}") from None
+        self._loaded = digest
+        return True
+
+
+def _no_password() -> bytes:
+    raise ValueError("the key is encrypted: give an unencrypted key")
