@@ -323,6 +323,28 @@ def test_a_renewed_client_certificate_is_loaded_again_and_a_broken_one_is_not(tm
         pair.load_into(context)
 
 
+def test_a_half_written_renewal_leaves_the_agent_showing_its_old_certificate(with_client_ca: Api, ca_file: str,
+                                                                              clients_ca: trustme.CA,
+                                                                              tmp_path: Path) -> None:
+    import httpx
+
+    from tenure.client import ClientCert, TenureConfigError
+
+    cert, key = _pair(clients_ca.issue_cert("h1"), tmp_path, "h1")
+    pair = ClientCert(cert, key)
+    token = with_client_ca.token("agent", host="h1")
+    with TenureClient(str(with_client_ca.client.base_url), token, ca_file=ca_file, client_cert=pair) as c:
+        renewed, _ = _pair(clients_ca.issue_cert("h1"), tmp_path, "renewed")
+        Path(cert).write_bytes(Path(renewed).read_bytes())  # the new certificate is there, its key not yet
+        with pytest.raises(TenureConfigError, match="cannot be used together"):
+            c.reload_client_cert()
+        # A new connection with the same context still shows the old, whole pair.
+        with httpx.Client(base_url=str(with_client_ca.client.base_url), verify=c.tls, timeout=10,
+                          headers={"Authorization": f"Bearer {token}"}) as fresh:
+            r = fresh.post("/v1/agents", json={"host": "h1", "kinds": ["instance"], "version": "test"})
+            assert r.status_code in (200, 201), r.text
+
+
 def test_a_pair_that_does_not_match_is_refused_naming_both_files(tmp_path: Path, ca: trustme.CA) -> None:
     """(An ssl.SSLError is an OSError: it was once reported as a file that could not be read.)"""
     from tenure.api.tls import ServerTLS, TLSConfigError

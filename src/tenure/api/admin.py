@@ -94,10 +94,14 @@ async def take_backup(request: Request, who: Annotated[Principal, Depends(authen
     require_admin(who, "taking a backup")
     rt = request.app.state.tenure.require()
     now = rt.clock().astimezone(UTC)
+    starting = asyncio.ensure_future(asyncio.to_thread(Child, rt.engine, now))  # the snapshot is open once it is
     try:
-        child = await asyncio.to_thread(Child, rt.engine, now)  # the snapshot is open once it returns
+        child = await asyncio.shield(starting)
     except BackupError as exc:
         raise Unavailable(f"the backup could not start: {exc}") from None
+    except asyncio.CancelledError:  # (the server stops): the process it may yet start is ended when it has
+        starting.add_done_callback(lambda t: None if t.cancelled() or t.exception() else t.result().close())
+        raise
     revision = child.revision
     pipe = _Pipe()
 
@@ -106,6 +110,8 @@ async def take_backup(request: Request, who: Annotated[Principal, Depends(authen
         try:
             while data := child.stdout.read(CHUNK):
                 pipe.write(data)
+                if child.overdue():
+                    raise BackupError(f"the backup took longer than {child.LIMIT:.0f} s")
             child.finish()
         except _Abandoned:
             return

@@ -37,7 +37,8 @@ def verify_with(ca_file: str | None, client_cert: ClientCert | None = None) -> s
 class ClientCert:
     """A client certificate and its key (PEM files). :meth:`load_into` loads them into a context when their
     content changed since it last did (a renewed certificate is used for the connections made after it; those
-    open keep theirs)."""
+    open keep theirs). A renewal should keep the key's type: OpenSSL keeps one certificate per key type in a
+    context, so an RSA one would linger beside a new EC one."""
 
     def __init__(self, cert: str, key: str) -> None:
         self.cert, self.key = cert, key
@@ -50,6 +51,9 @@ class ClientCert:
             digest = hashlib.sha256(open(self.cert, "rb").read() + b"\0" + open(self.key, "rb").read()).digest()
             if digest == self._loaded:
                 return False
+            # First into a scratch context: a pair that does not load (a renewal half-written) must not reach the
+            # live one, where OpenSSL would already have replaced the certificate when the key fails.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(self.cert, self.key, password=_no_password)
             context.load_cert_chain(self.cert, self.key, password=_no_password)
         except (ssl.SSLError, ValueError) as exc:  # (an SSLError is an OSError: first)
             raise TenureConfigError(f"the client certificate {self.cert} and key {self.key} cannot be used "

@@ -91,11 +91,21 @@ class Child:
     def __init__(self, engine: Engine, now: datetime, out: int | None = None) -> None:
         self.started = time.monotonic()
         self._errors = tempfile.TemporaryFile()
-        read, write = os.pipe()
+        self._status = -1
+        self._said = b""
+        try:
+            read, write = os.pipe()
+        except OSError as exc:
+            self._errors.close()
+            raise BackupError(f"cannot start the backup process: {exc.strerror or exc}") from None
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tenure.store.backup_child"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE if out is None else out, stderr=self._errors, pass_fds=(write,))
+        except OSError as exc:  # too many processes or open files
+            os.close(read)
+            self._errors.close()
+            raise BackupError(f"cannot start the backup process: {exc.strerror or exc}") from None
         except BaseException:
             os.close(read)
             self._errors.close()
@@ -103,17 +113,32 @@ class Child:
         finally:
             os.close(write)
         self._status = read
-        self._said = b""
         try:
             assert self.proc.stdin is not None
             # the URL (its password too) by a pipe, not the command line that any user of the host can read
             self.proc.stdin.write(json.dumps({"url": engine.url.render_as_string(hide_password=False),
                                               "now": now.isoformat(), "status_fd": write}).encode() + b"\n")
             self.proc.stdin.flush()
-            self.revision = int(self._next("revision", self.OPEN))
+            self.revision = int(self._next("revision", self.OPEN))  # type: ignore[arg-type]
+        except BrokenPipeError:  # it ended before reading its request: its own words say why
+            error = self._ended()
+            self.close()
+            raise error from None
         except BaseException:
             self.close()
             raise
+
+    def _ended(self) -> BackupError:
+        """The process has ended: why, in its own words (its last line on standard error)."""
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._errors.seek(0)
+        said = self._errors.read().decode(errors="replace").strip().splitlines()
+        return BackupError(f"the backup process ended (exit status {self.proc.returncode})"
+                           + (f": {said[-1]}" if said else ""))
 
     @property
     def stdout(self) -> IO[bytes]:
@@ -123,29 +148,36 @@ class Child:
     def _next(self, key: str, within: float) -> object:
         """The next status line's ``key``; :class:`BackupError` with the child's own words if it says otherwise."""
         deadline = time.monotonic() + within
+        poller = select.poll()  # (not select.select: a busy server's descriptors go past 1023)
+        poller.register(self._status, select.POLLIN)
         while b"\n" not in self._said:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._status], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 raise BackupError(f"the backup process did not answer within {within:.0f} s")
             more = os.read(self._status, 4096)
             if not more:
-                self.proc.wait(10)
-                self._errors.seek(0)
-                said = self._errors.read().decode(errors="replace").strip().splitlines()
-                raise BackupError(f"the backup process ended (exit status {self.proc.returncode})"
-                                  + (f": {said[-1]}" if said else ""))
+                raise self._ended()
             self._said += more
         line, self._said = self._said.split(b"\n", 1)
-        status = json.loads(line)
-        if key not in status:
-            raise BackupError(str(status.get("error", status)))
+        try:
+            status = json.loads(line)
+        except ValueError:
+            raise BackupError(f"the backup process said something else than its status: {line[:200]!r}") from None
+        if not isinstance(status, dict) or key not in status:
+            raise BackupError(str(status.get("error", status) if isinstance(status, dict) else status))
         return status[key]
+
+    def overdue(self) -> bool:
+        """Whether the backup has run for longer than ``LIMIT``."""
+        return time.monotonic() - self.started > self.LIMIT
 
     def finish(self) -> None:
         """Wait for the backup to be written whole (after :attr:`stdout` is read to its end, if it is a pipe)."""
         try:
             self._next("done", max(1.0, self.LIMIT - (time.monotonic() - self.started)))
             self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise BackupError("the backup process did not end after its backup") from None
         finally:
             self.close()
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import threading
 from datetime import datetime
 from typing import IO
+
+NICE = 10
 
 
 def _end_with_parent() -> None:
@@ -31,12 +34,39 @@ def _end_with_parent() -> None:
     os._exit(3)
 
 
+class _Trickle:
+    """The backup file, its pages handed to the disk as they are written (``POSIX_FADV_DONTNEED`` every ``EVERY``
+    bytes starts their write-back without waiting for it): the parent's one fsync of the whole file at its end (130 MB
+    for a million claims) otherwise kept the disk busy long enough to hold up the server's next commit by 40-60 ms.
+    The pages also leave the cache: a backup does not push the store's own pages out of it."""
+
+    EVERY = 4 << 20
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.pending = 0
+
+    def write(self, data: bytes) -> int:
+        n = self.out.write(data)
+        self.pending += len(data)
+        if self.pending >= self.EVERY:
+            self.out.flush()
+            os.posix_fadvise(self.out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            self.pending = 0
+        return n
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def _say(status: IO[str], **what: object) -> None:
     status.write(json.dumps(what) + "\n")
     status.flush()
 
 
 def main() -> int:
+    # Below the server in the CPU's queue: a backup takes what the writer leaves, not the other way round.
+    os.nice(NICE)
     request = json.loads(sys.stdin.buffer.readline())
     status = os.fdopen(int(request["status_fd"]), "w", encoding="utf-8")
     threading.Thread(target=_end_with_parent, name="parent-watch", daemon=True).start()
@@ -48,7 +78,9 @@ def main() -> int:
         conn, revision = open_snapshot(engine)
         try:
             _say(status, revision=revision)
-            out = sys.stdout.buffer
+            out: IO[bytes] = sys.stdout.buffer
+            if stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+                out = _Trickle(out)  # type: ignore[assignment]
             header = backup.write(conn, revision, out, now=datetime.fromisoformat(request["now"]))
             out.flush()
         finally:
