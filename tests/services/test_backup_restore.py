@@ -513,3 +513,32 @@ child = Child(make_engine(sys.argv[1]), datetime.now(UTC))
 print(child.proc.pid, flush=True)
 threading.Event().wait()
 """
+
+
+def test_a_backup_process_that_hangs_is_ended_when_its_client_goes_away(served: Api,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Its output never comes, so nothing reads its pipe: a watcher ends it, and its snapshot with it.)"""
+    import select
+
+    from tenure.api import admin
+
+    started: list[backups.Child] = []
+
+    class Hung(backups.Child):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            os.kill(self.proc.pid, signal.SIGSTOP)  # its snapshot open, nothing written
+            started.append(self)
+
+    monkeypatch.setattr(admin, "Child", Hung)
+    with served.client.stream("GET", "/v1/admin/backup", headers=served.headers()) as r:
+        assert r.status_code == 200
+    assert len(started) == 1
+    try:
+        pidfd = os.pidfd_open(started[0].proc.pid)
+    except ProcessLookupError:  # already ended and reaped
+        return
+    try:
+        assert select.select([pidfd], [], [], 30)[0], "the hung backup process outlived its client"
+    finally:
+        os.close(pidfd)

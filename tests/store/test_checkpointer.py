@@ -16,13 +16,10 @@ from tenure.store.engine import open_snapshot
 from tenure.store.writer import Checkpointer
 
 
-def _frames(path: str) -> int:
-    """The frames in the log now, from its file (a 32-byte header, then frames of 24 bytes and a page), with no
-    checkpoint of the test's own."""
-    with sqlite3.connect(path) as c:
-        page = c.execute("PRAGMA page_size").fetchone()[0]
-    wal = Path(path + "-wal")
-    return max(0, (wal.stat().st_size - 32) // (24 + page)) if wal.exists() else 0
+def _starts(path: str) -> int:
+    """How many times the log has started over: the checkpoint sequence number of its header (bytes 12-15)."""
+    with open(path + "-wal", "rb") as f:
+        return int.from_bytes(f.read(16)[12:16], "big")
 
 
 @pytest.fixture
@@ -50,19 +47,28 @@ def test_the_writer_checkpoints_only_when_asked_and_the_log_starts_over(store: t
     a, path = store
     cp = a.runtime.writer._checkpointer
     assert cp is not None
+    before = _starts(path)
     _grow(a, 1100, "a")
-    grown = _frames(path)
-    assert grown > 1000  # past SQLite's own threshold: the writer's commits made no checkpoint
-    assert a.runtime.writer.checkpoints == 0
+    # Past SQLite's own threshold (1,000 frames), the log has not started over: the writer's commits made no
+    # checkpoint (with SQLite's default they would have, and the next write would have started it over).
+    assert _starts(path) == before and a.runtime.writer.checkpoints == 0
     _round(cp, path)
     assert cp.due.is_set()  # all of a grown log copied: the writer's turn
     a.claim("vlans", "one")  # the writer checkpoints after this batch (its callers are answered before)...
-    a.claim("vlans", "two")  # (answered after that checkpoint: one writer thread)
+    a.claim("vlans", "two")  # ...and this write starts the log over (answered after: one writer thread)
     assert a.runtime.writer.checkpoints == 1 and not cp.due.is_set()
-    _grow(a, 20, "b")  # ...and its next write starts the log over: the file is written from its start again
-    with sqlite3.connect(path) as c:
-        _, frames, _ = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    assert frames < 200 < grown  # the log's frames now (the file keeps its size: SQLite's default)
+    assert _starts(path) > before  # (twice here: with the writer idle, the round itself reached the log's end)
+
+
+def test_when_the_rounds_fail_the_writer_checkpoints_on_its_own(store: tuple[Allocator, str]) -> None:
+    a, path = store
+    cp = a.runtime.writer._checkpointer
+    assert cp is not None
+    before = _starts(path)
+    cp.last_round -= Checkpointer.STALE + 1  # (as if every round had failed since)
+    a.claim("vlans", "one")
+    a.claim("vlans", "two")
+    assert a.runtime.writer.checkpoints == 1 and _starts(path) > before
 
 
 def test_a_reader_on_an_old_snapshot_keeps_the_log_and_the_writer_goes_on(store: tuple[Allocator, str]) -> None:

@@ -104,6 +104,13 @@ async def take_backup(request: Request, who: Annotated[Principal, Depends(authen
         raise
     revision = child.revision
     pipe = _Pipe()
+    done = threading.Event()
+
+    def watch() -> None:  # a process that hangs (or a client gone while it does) must not keep its snapshot
+        while not done.wait(1.0):
+            if pipe.closed.is_set() or child.overdue():
+                child.kill()
+                return
 
     def run() -> None:
         error: BaseException | None = None
@@ -118,12 +125,14 @@ async def take_backup(request: Request, who: Annotated[Principal, Depends(authen
         except BaseException as exc:  # the stream ends without a trailer: the client sees a cut backup
             error = exc
         finally:
+            done.set()
             child.close()
         try:
             pipe.finish(error)
         except _Abandoned:
             pass
 
+    threading.Thread(target=watch, name="tenure-backup-watch", daemon=True).start()
     thread = threading.Thread(target=run, name="tenure-backup-stream", daemon=True)
     thread.start()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import tempfile
 
 from tenure.client._errors import TenureConfigError
 
@@ -48,18 +49,33 @@ class ClientCert:
         """Load the pair if it changed; whether it did. :class:`TenureConfigError` if it cannot be used (the
         context keeps the pair it had)."""
         try:
-            digest = hashlib.sha256(open(self.cert, "rb").read() + b"\0" + open(self.key, "rb").read()).digest()
-            if digest == self._loaded:
-                return False
-            # First into a scratch context: a pair that does not load (a renewal half-written) must not reach the
-            # live one, where OpenSSL would already have replaced the certificate when the key fails.
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(self.cert, self.key, password=_no_password)
-            context.load_cert_chain(self.cert, self.key, password=_no_password)
+            with open(self.cert, "rb") as f:
+                cert = f.read()
+            with open(self.key, "rb") as f:
+                key = f.read()
+        except OSError as exc:
+            raise TenureConfigError(f"cannot read {exc.filename or self.cert}: {exc.strerror or exc}") from None
+        digest = hashlib.sha256(cert + b"\0" + key).digest()
+        if digest == self._loaded:
+            return False
+        # The bytes read once, loaded from a private copy (OpenSSL loads from files): a renewal written meanwhile
+        # cannot give the two loads different pairs. First into a scratch context: a pair that does not load (a
+        # renewal half-written) must not reach the live one, where OpenSSL would already have replaced the
+        # certificate when the key fails.
+        try:
+            with tempfile.TemporaryDirectory(prefix="tenure-cert-") as private:  # 0700
+                copy_cert, copy_key = os.path.join(private, "cert.pem"), os.path.join(private, "key.pem")
+                for path, data in ((copy_cert, cert), (copy_key, key)):
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        out.write(data)
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(copy_cert, copy_key, password=_no_password)
+                context.load_cert_chain(copy_cert, copy_key, password=_no_password)
         except (ssl.SSLError, ValueError) as exc:  # (an SSLError is an OSError: first)
             raise TenureConfigError(f"the client certificate {self.cert} and key {self.key} cannot be used "
                                     f"together: {getattr(exc, 'reason', None) or exc}") from None
         except OSError as exc:
-            raise TenureConfigError(f"cannot read {exc.filename or self.cert}: {exc.strerror or exc}") from None
+            raise TenureConfigError(f"cannot load the client certificate {self.cert}: {exc.strerror or exc}") from None
         self._loaded = digest
         return True
 

@@ -90,9 +90,12 @@ class Child:
 
     def __init__(self, engine: Engine, now: datetime, out: int | None = None) -> None:
         self.started = time.monotonic()
-        self._errors = tempfile.TemporaryFile()
         self._status = -1
         self._said = b""
+        try:
+            self._errors = tempfile.TemporaryFile()
+        except OSError as exc:  # too many open files
+            raise BackupError(f"cannot start the backup process: {exc.strerror or exc}") from None
         try:
             read, write = os.pipe()
         except OSError as exc:
@@ -170,6 +173,12 @@ class Child:
     def overdue(self) -> bool:
         """Whether the backup has run for longer than ``LIMIT``."""
         return time.monotonic() - self.started > self.LIMIT
+
+    def kill(self) -> None:
+        """End the process now (from another thread: whoever reads :attr:`stdout` then finds its end)."""
+        with contextlib.suppress(OSError):
+            if self.proc.poll() is None:
+                self.proc.kill()
 
     def finish(self) -> None:
         """Wait for the backup to be written whole (after :attr:`stdout` is read to its end, if it is a pipe)."""

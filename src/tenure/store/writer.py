@@ -37,6 +37,7 @@ import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -78,13 +79,19 @@ class Checkpointer:
     INTERVAL = 1.0
     PASSES = 5
     RESTART_AT = 4096  # frames (pages): 16 MiB of log at SQLite's default page size
+    STALE = 10.0  # seconds without a round that worked: the writer checkpoints on its own (once a second)
 
     def __init__(self, engine: Engine, interval: float | None = None) -> None:
         self.path = engine.url.database or ""
         self.interval = interval if interval is not None else self.INTERVAL
         self.due = threading.Event()
+        self.last_round = time.monotonic()  # the last round that worked
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tenure-checkpoint", daemon=True)
+
+    def stale(self) -> bool:
+        """Whether the rounds have failed for ``STALE`` seconds (the writer then checkpoints as SQLite would)."""
+        return time.monotonic() - self.last_round > self.STALE
 
     def start(self) -> Checkpointer:
         self._thread.start()
@@ -100,6 +107,9 @@ class Checkpointer:
         file would drop the POSIX locks of every SQLite connection of this process.)"""
         for _ in range(self.PASSES):  # (its result cannot tell whether a pass reached the end: all of them)
             _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames < 0:
+            raise sqlite3.OperationalError(f"{self.path} is not in WAL mode")
+        self.last_round = time.monotonic()
         if frames > self.RESTART_AT and copied == frames:  # (not while a reader still needs part of it)
             self.due.set()
 
@@ -108,12 +118,15 @@ class Checkpointer:
         while not self._stop.wait(self.interval):
             try:
                 if conn is None:  # its own, outside the engine's pool; busy_timeout 0: it never waits for a lock
-                    conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+                    # mode=rw: the store's file, never a new empty one where it was (moved, or not yet there)
+                    conn = sqlite3.connect(f"file:{urllib.parse.quote(self.path)}?mode=rw", uri=True, timeout=0,
+                                           isolation_level=None, check_same_thread=False)
+                    conn.execute("PRAGMA synchronous=FULL")  # the file is flushed before the log may start over
                 self.checkpoint(conn)
-            except sqlite3.Error as exc:  # (a busy or vanished file): the next round tries again
+            except Exception as exc:  # (a busy or vanished file): the next round tries again; the writer, if stale
                 log.warning("checkpoint failed: %s", exc)
                 if conn is not None:
-                    with contextlib.suppress(sqlite3.Error):
+                    with contextlib.suppress(Exception):
                         conn.close()
                 conn = None
         if conn is not None:
@@ -338,6 +351,7 @@ class Writer:
         self.batches = 0
         self.commands = 0
         self.checkpoints = 0  # the writer's own (SQLite), when the Checkpointer asked
+        self._own_checkpoint = 0.0
         self.failure: BaseException | None = None  # set if the writer thread stopped on a bug
 
     def start(self) -> None:
@@ -372,14 +386,16 @@ class Writer:
                               code="outcome_unknown") from None
 
     def close(self, timeout: float = 30.0) -> None:
-        if self._checkpointer is not None:  # (the last connection to close checkpoints what is left)
-            self._checkpointer.stop(timeout)
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        try:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+            self._queue.put(None)
+            if self._thread.is_alive():
+                self._thread.join(timeout)
+        finally:  # after the writer's last batch (the last connection to close checkpoints what is left)
+            if self._checkpointer is not None:
+                self._checkpointer.stop(timeout)
 
     # -- the writer thread ---------------------------------------------------
 
@@ -403,7 +419,8 @@ class Writer:
                     items.append(nxt)
                 try:
                     conn = self._commit_batch(conn, items)
-                    if conn is not None and self._checkpointer is not None and self._checkpointer.due.is_set():
+                    cp = self._checkpointer
+                    if conn is not None and cp is not None and (cp.due.is_set() or self._stale_due(cp)):
                         self._checkpoint(conn)
                 except BaseException as exc:  # a bug in an undo or after-commit step, or an unknown outcome: stop
                     log.critical("writer stopped: %s", exc, exc_info=True)
@@ -420,8 +437,22 @@ class Writer:
         finally:
             self._drain_refused()
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
+                self._let_go(conn)
+
+    def _let_go(self, conn: Any) -> None:
+        """Close the writer's connection; on SQLite it leaves the pool too (its ``wal_autocheckpoint=0`` is the
+        writer's arrangement with the Checkpointer, not for whoever takes the connection next)."""
+        with contextlib.suppress(Exception):
+            if self._checkpointer is not None:
+                conn.invalidate()
+            conn.close()
+
+    def _stale_due(self, cp: Checkpointer) -> bool:
+        """The Checkpointer's rounds have failed for a while: the writer checkpoints itself, once a second."""
+        if not cp.stale() or time.monotonic() - self._own_checkpoint < 1.0:
+            return False
+        self._own_checkpoint = time.monotonic()
+        return True
 
     def _checkpoint(self, conn: Any) -> None:
         """The writer's own checkpoint, when the Checkpointer asks: what was committed since its last round."""
@@ -490,8 +521,7 @@ class Writer:
                         self.fence.fence(conn, self.epoch)
             except Exception as exc:
                 if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
+                    self._let_go(conn)
                 conn = None
                 verdict = self._verdict(exc, batch)
                 if verdict is True:
