@@ -139,14 +139,14 @@ class Page:
         def check(_: Any) -> Any:
             try:
                 return condition()
-            except (WebDriverException, AssertionError, LookupError, ValueError):
+            except (WebDriverException, AssertionError, LookupError, ValueError, TypeError):  # (int(None): not there)
                 return False
         return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(
             check, message=f"waited {timeout} s for {what}")
 
     def ready(self, view: str, timeout: float = WAIT) -> None:
         """Wait until ``view`` says its first data is drawn (app.js: main's data-ready)."""
-        self.wait(lambda: self.find("#main").get_attribute("data-ready") == view, f"the {view} view", timeout)
+        self.wait(lambda: self.attr("#main", "data-ready") == view, f"the {view} view", timeout)
 
     def link_shares(self) -> dict[str, float]:
         """The Topology view's busiest-links table: each link's reserved share as the page shows it."""
@@ -159,6 +159,17 @@ class Page:
 
     def finds(self, css: str) -> list[Any]:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def attr(self, css: str, name: str) -> str | None:
+        """An attribute of the first element ``css`` finds, read in one step in the page (a view that redraws
+        between finding an element and reading it would make the element stale). ``None``: no such element."""
+        return self.js("const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null",
+                       css, name)
+
+    def attrs(self, css: str, name: str) -> list[str | None]:
+        """The attribute ``name`` of every element ``css`` finds, read in one step in the page."""
+        return self.js("return Array.from(document.querySelectorAll(arguments[0]), e => e.getAttribute(arguments[1]))",
+                       css, name)
 
     def text(self, css: str) -> str:
         return self.find(css).text

@@ -29,12 +29,12 @@ def test_a_members_console_shows_nothing_of_another_project(page: Page, server: 
     page.sign_in(blue)
     assert page.text("#who") == "member · blue"
     page.ready("overview")
-    assert page.find("#reservations-card .big").get_attribute("data-total") == "1"
+    assert page.attr("#reservations-card .big", "data-total") == "1"
     nothing_of_red("the overview")
 
     page.go("#/reservations")
     page.ready("reservations")
-    assert [b.get_attribute("data-reservation") for b in page.finds("#res-table button[data-reservation]")] \
+    assert page.attrs("#res-table button[data-reservation]", "data-reservation") \
         == [mine["id"]]
     nothing_of_red("the reservations")
 
@@ -42,7 +42,7 @@ def test_a_members_console_shows_nothing_of_another_project(page: Page, server: 
     page.go(f"#/topology?link={link}")
     page.ready("topology")
     page.wait(lambda: page.finds("#link-panel tbody tr"), "the link's reservations")
-    assert [r.get_attribute("data-reservation") for r in page.finds("#link-panel tbody tr[data-reservation]")] \
+    assert page.attrs("#link-panel tbody tr[data-reservation]", "data-reservation") \
         == [mine["id"]]
     nothing_of_red("the topology")
 
@@ -65,8 +65,8 @@ def test_a_members_console_shows_nothing_of_another_project(page: Page, server: 
     red_secrets.append("red-secret-key-2")
     server.api("DELETE", f"/v1/reservations/{red['id']}")
     server.api("POST", "/v1/pools/vlans/claims", json={"key": "blue-key-2", "project": "blue"})
-    page.wait(lambda: [r.get_attribute("data-id") for r in page.finds("#events tbody tr[data-id]")]
+    page.wait(lambda: page.attrs("#events tbody tr[data-id]", "data-id")
               == ["vlans/blue-key-2"], "blue's own event")
-    assert {r.get_attribute("data-id") for r in page.finds("#events tbody tr[data-id]")} == {"vlans/blue-key-2"}
+    assert set(page.attrs("#events tbody tr[data-id]", "data-id")) == {"vlans/blue-key-2"}
     nothing_of_red("the event stream")
     page.screenshot("member-events")

@@ -7,7 +7,7 @@ from tests.browser.conftest import Console, Page
 
 
 def _used(page: Page, pool: str) -> int:
-    return int(page.find(f"#pools-card .util[data-pool='{pool}']").get_attribute("data-used"))
+    return int(page.attr(f"#pools-card .util[data-pool='{pool}']", "data-used"))
 
 
 def _percent(share: float) -> str:
@@ -27,7 +27,7 @@ def test_the_overview_follows_claims_and_reservations_and_agrees_with_the_api(pa
     page.sign_in()
     page.wait(lambda: page.find("#pools-card .util[data-pool='vlans']"), "the pools")
     before = _used(page, "vlans")
-    total = int(page.find("#reservations-card .big").get_attribute("data-total"))
+    total = int(page.attr("#reservations-card .big", "data-total"))
     for key in ("ov-a", "ov-b", "ov-c"):
         server.api("POST", "/v1/pools/vlans/claims", json={"key": key})
     page.wait(lambda: _used(page, "vlans") == before + 3, "the claims counted without a reload")
@@ -38,7 +38,7 @@ def test_the_overview_follows_claims_and_reservations_and_agrees_with_the_api(pa
     assert shown.text.strip() == _percent(pool["used"] / pool["size"])
     server.api("POST", "/v1/reservations", json={"kind": "bandwidth", "src": "h1", "dst": "h3", "rate": "1G",
                                                  "start": "now", "end": "+1h"})
-    page.wait(lambda: int(page.find("#reservations-card .big").get_attribute("data-total")) == total + 1,
+    page.wait(lambda: int(page.attr("#reservations-card .big", "data-total")) == total + 1,
               "the new reservation counted")
     assert page.not_reloaded()
 
@@ -54,14 +54,14 @@ def test_events_pause_and_resume_by_revision_without_losing_one(page: Page, serv
     page.find("#ev-pause").click()
     page.wait(lambda: "Paused" in page.text("#ev-info"), "paused")
     made = [server.api("POST", "/v1/pools/vlans/claims", json={"key": f"ev-{i}"})["revision"] for i in range(2, 7)]
-    assert page.find("#status").get_attribute("data-state") == "idle"  # paused: no stream open at all
+    assert page.attr("#status", "data-state") == "idle"  # paused: no stream open at all
     assert len(_event_ids(page)) == 1, "events were shown while paused"
     page.find("#ev-pause").click()
     page.wait(lambda: len(_event_ids(page)) == 6, "the events made while paused")
     shown = _event_ids(page)
     assert [oid for _, oid in shown] == [f"vlans/ev-{i}" for i in range(6, 0, -1)]  # newest first, each once
     assert [rev for rev, _ in shown][:5] == sorted(made, reverse=True)
-    assert all(row.get_attribute("data-kind") == "claim" for row in page.finds("#events tbody tr[data-id]"))
+    assert all(kind == "claim" for kind in page.attrs("#events tbody tr[data-id]", "data-kind"))
 
 
 def test_names_and_keys_with_markup_are_shown_as_text(page: Page, server: Console) -> None:
@@ -87,7 +87,7 @@ def test_the_page_reconnects_and_resumes_when_the_server_comes_back(page: Page, 
     server.api("POST", "/v1/pools/vlans/claims", json={"key": "rc-0"})
     page.wait(lambda: _event_ids(page), "the first event")
     server.proc.stop()
-    page.wait(lambda: page.find("#status").get_attribute("data-state") == "reconnecting", "the reconnecting notice")
+    page.wait(lambda: page.attr("#status", "data-state") == "reconnecting", "the reconnecting notice")
     assert "Reconnecting" in page.text("#status")
     server.proc.start()
     server.proc.wait_ready()
@@ -95,5 +95,5 @@ def test_the_page_reconnects_and_resumes_when_the_server_comes_back(page: Page, 
         server.api("POST", "/v1/pools/vlans/claims", json={"key": f"rc-{i}"})
     page.wait(lambda: len(_event_ids(page)) == 4, "the events made while the page reconnected", timeout=20)
     assert [oid for _, oid in _event_ids(page)] == [f"vlans/rc-{i}" for i in range(3, -1, -1)]
-    page.wait(lambda: page.find("#status").get_attribute("data-state") == "live", "live again")
+    page.wait(lambda: page.attr("#status", "data-state") == "live", "live again")
     assert page.not_reloaded()

@@ -41,7 +41,7 @@ def test_a_pools_claims_are_found_released_and_followed(page: Page, server: Cons
     page.find("#pool-confirm-yes").click()
     page.wait(lambda: "edge-1" not in _keys(page), "the released claim gone")
     assert server.admin.get("/v1/pools/vxlan-vnis/claims/edge-1").status_code == 404
-    page.wait(lambda: int(page.find("#pool-util").get_attribute("data-used"))
+    page.wait(lambda: int(page.attr("#pool-util", "data-used"))
               == server.api("GET", "/v1/pools/vxlan-vnis")["used"], "the utilisation after the release")
     page.screenshot("pools")
 
@@ -58,7 +58,7 @@ def test_instances_show_their_state_and_dependencies_and_agents_their_heartbeat(
     page.wait(lambda: len(page.finds("#inst-table button[data-instance]")) == 3, "h2's instances")
     app = next(b for b in page.finds("#inst-table button[data-instance]") if b.text == "app")
     app.click()
-    page.wait(lambda: page.find("#inst-graph").get_attribute("data-nodes") == "app base edge", "the dependency graph")
+    page.wait(lambda: page.attr("#inst-graph", "data-nodes") == "app base edge", "the dependency graph")
     assert page.text("#inst-detail [data-field='state']") == "pending"
     app_id = app.get_attribute("data-instance")
     assert page.text("#inst-detail [data-field='reason']") == server.api("GET", f"/v1/instances/{app_id}")["reason"]

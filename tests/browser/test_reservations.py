@@ -41,7 +41,7 @@ def test_a_form_booking_and_a_cli_booking_reach_the_timeline_and_the_colours_wit
         page: Page, server: Console) -> None:
     page.sign_in()
     page.go("#/topology")
-    page.wait(lambda: page.find("#topo-graph").get_attribute("data-ready") == "1", "the topology")
+    page.wait(lambda: page.attr("#topo-graph", "data-ready") == "1", "the topology")
     topology_window = page.driver.current_window_handle
     page.driver.switch_to.new_window("window")
     page.open("#/reservations")
@@ -51,12 +51,12 @@ def test_a_form_booking_and_a_cli_booking_reach_the_timeline_and_the_colours_wit
     _fill(page, kind="oneway", src="h1", dst="h4", rate="2G")
     page.find("#nf-preview-button").click()
     page.wait(lambda: "h1 → leaf1" in page.text("#nf-preview"), "the previewed path")
-    assert page.find("#nf-graph").get_attribute("data-path")  # drawn on the form's graph
+    assert page.attr("#nf-graph", "data-path")  # drawn on the form's graph
     with ThreadPoolExecutor(1) as pool:
         from_cli = pool.submit(_cli_reserve, server, "oneway", "h2", "h3", "--rate", "3G", "--end", "+1h")
         page.find("#nf-book").click()
         page.wait(lambda: page.find("#nf-booked"), "the booking's answer")
-        from_form = page.find("#nf-booked").get_attribute("data-reservation")
+        from_form = page.attr("#nf-booked", "data-reservation")
         cli_id = from_cli.result()
     page.wait(lambda: _on_timeline(page, from_form) and _on_timeline(page, cli_id), "both on the timeline",
               timeout=1.0)
@@ -98,13 +98,13 @@ def test_a_refusal_shows_the_link_and_instant_of_the_409(page: Page, server: Con
     shown = page.find("#nf-refused")
     assert shown.get_attribute("data-link") == expected["link"] == "h3-leaf2"
     assert shown.get_attribute("data-when") == expected["when"]
-    assert page.find("#nf-graph").get_attribute("data-refused") == expected["link"]
-    page.wait(lambda: page.find("#nf-chart").get_attribute("data-marker") == expected["when"], "the chart's marker")
+    assert page.attr("#nf-graph", "data-refused") == expected["link"]
+    page.wait(lambda: page.attr("#nf-chart", "data-marker") == expected["when"], "the chart's marker")
     page.screenshot("reservations-refused")
     page.find("#nf-refused a").click()  # the same on the topology, at that instant
     page.wait(lambda: page.find("#link-refusal"), "the topology's refusal notice")
-    assert page.find("#topo-graph").get_attribute("data-refused") == expected["link"]
-    assert page.find("#link-chart").get_attribute("data-marker") == expected["when"]
+    assert page.attr("#topo-graph", "data-refused") == expected["link"]
+    assert page.attr("#link-chart", "data-marker") == expected["when"]
     assert len(server.api("GET", "/v1/reservations")["reservations"]) == before  # the refusal booked nothing
 
 
@@ -113,7 +113,7 @@ def test_modify_and_cancel_from_the_details(page: Page, server: Console) -> None
                                                         "start": "+1h", "end": "+2h"})
     page.sign_in()
     page.go(f"#/reservations?id={made['id']}")
-    page.wait(lambda: page.find("#res-detail").get_attribute("data-reservation") == made["id"], "the details")
+    page.wait(lambda: page.attr("#res-detail", "data-reservation") == made["id"], "the details")
     page.find("#res-modify").click()
     rate = page.find("#mod-rate")
     rate.clear()

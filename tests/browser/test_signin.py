@@ -95,7 +95,7 @@ def test_a_link_opened_while_signed_in_asks_before_it_replaces_the_session(page:
     member = server.member("teal")
     page.driver.get(server.code_url(member))  # e.g. a link someone else sent
     page.wait(lambda: page.finds("#replace-no"), "the question")
-    assert page.find("#status").get_attribute("data-state") == "idle", "the old session's view is still live"
+    assert page.attr("#status", "data-state") == "idle", "the old session's view is still live"
     assert page.find("#nav").get_attribute("hidden") is not None
     assert "signed in as an admin" in page.text("#replace-message")
     page.find("#replace-no").click()

@@ -38,7 +38,7 @@ def _t(iso: str) -> datetime:
 def _open(page: Page) -> None:
     page.sign_in()
     page.go("#/topology")
-    page.wait(lambda: page.find("#topo-graph").get_attribute("data-ready") == "1", "the graph")
+    page.wait(lambda: page.attr("#topo-graph", "data-ready") == "1", "the graph")
 
 
 def test_a_booking_recolours_its_links_within_a_second_without_a_reload(page: Page, server: Console) -> None:
@@ -60,11 +60,11 @@ def test_the_slider_shows_the_shares_of_its_instant(page: Page, server: Console)
     server.api("POST", "/v1/reservations", json={"kind": "oneway", "src": "h2", "dst": "h4", "rate": "7G",
                                                  "start": "+3h", "end": "+5h"})
     _open(page)
-    before = page.find("#topo-graph").get_attribute("data-at")
+    before = page.attr("#topo-graph", "data-at")
     slider = page.find("#topo-at")
     slider.send_keys(*[Keys.ARROW_RIGHT] * 15)  # 15 steps of 15 minutes: 3 h 45 min ahead
-    page.wait(lambda: page.find("#topo-graph").get_attribute("data-at") != before, "the colours of the new instant")
-    at = page.find("#topo-graph").get_attribute("data-at")
+    page.wait(lambda: page.attr("#topo-graph", "data-at") != before, "the colours of the new instant")
+    at = page.attr("#topo-graph", "data-at")
     assert datetime.fromisoformat(at) - datetime.now(UTC) > timedelta(hours=3, minutes=30)
     expected = _expected(server, at)
     page.wait(lambda: {k: round(v, 6) for k, v in page.link_shares().items()}
