@@ -10,6 +10,7 @@ SQLAlchemy stores them (so reads through Core see the same values).
 
 from __future__ import annotations
 
+import operator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +20,16 @@ from tenure.store.schema import UTCDateTime
 
 
 class RawInsert:
-    __slots__ = ("table", "columns", "_times", "_sql", "_last")
+    __slots__ = ("table", "columns", "_times", "_get", "_time_at", "_sql", "_last")
 
     def __init__(self, table: Table) -> None:
         self.table = table
         self.columns = tuple(c.name for c in table.columns)
         self._times = frozenset(c.name for c in table.columns if isinstance(c.type, UTCDateTime))
+        one = self.columns[0]
+        # a row's values as a tuple, in one call (itemgetter of one name gives the value itself, not a tuple)
+        self._get = operator.itemgetter(*self.columns) if len(self.columns) > 1 else (lambda r: (r[one],))
+        self._time_at = tuple(i for i, c in enumerate(self.columns) if c in self._times)
         self._sql: dict[str, str] = {}
         self._last: tuple[datetime | None, str] = (None, "")
 
@@ -47,12 +52,15 @@ class RawInsert:
         return text
 
     def execute(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        cols, times = self.columns, self._times
-        if conn.dialect.name == "sqlite" and times:
-            params = [
-                tuple(self._sqlite_time(r[c]) if c in times and r[c] is not None else r[c] for c in cols)
-                for r in rows
-            ]
+        get = self._get
+        if conn.dialect.name == "sqlite" and self._time_at:
+            params: list[Any] = []
+            for r in rows:
+                row = list(get(r))
+                for i in self._time_at:
+                    if row[i] is not None:
+                        row[i] = self._sqlite_time(row[i])
+                params.append(tuple(row))  # (SQLAlchemy takes tuples or dicts)
         else:
-            params = [tuple(r[c] for c in cols) for r in rows]
+            params = [get(r) for r in rows]
         conn.exec_driver_sql(self._render(conn), params)

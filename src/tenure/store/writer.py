@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
+import orjson
 from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
@@ -159,9 +160,18 @@ class Event:
             "kind": self.kind,
             "object_id": self.object_id,
             "op": self.op,
-            "labels": json.dumps(self.labels, ensure_ascii=False, sort_keys=True),
-            "body": json.dumps(self.body, ensure_ascii=False),
+            "labels": _json(self.labels, orjson.OPT_SORT_KEYS),
+            "body": _json(self.body),
         }
+
+
+def _json(value: Any, option: int = 0) -> str:
+    """An event's JSON text: orjson (a sixth of a bulk claim's writer time went to the standard library's), or,
+    for what orjson does not take (an integer beyond 64 bits), the standard library's."""
+    try:
+        return orjson.dumps(value, option=option).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, sort_keys=bool(option & orjson.OPT_SORT_KEYS))
 
 
 class Command(Protocol):
