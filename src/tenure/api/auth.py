@@ -35,13 +35,15 @@ async def authenticate(request: Request) -> Principal:
     who = principal_of(state.require(), request.headers.get("authorization"), request.cookies.get(COOKIE),
                        request.method, request.headers.get(CONSOLE_HEADER), request.headers.get("origin"),
                        request.headers.get("host"))
-    if who.role == "agent" and state.config.agent_certs:
-        check_agent_cert(who, request.scope)
+    check_agent_cert(state, who, request.scope)
     return who
 
 
-def check_agent_cert(who: Principal, scope: Any) -> None:
-    """An agent's request must come with a client certificate naming its host (``--tls-client-ca``)."""
+def check_agent_cert(state: Any, who: Principal, scope: Any) -> None:
+    """On a server with ``--tls-client-ca``, an agent's request must come with a client certificate naming its
+    host (``state``: the app's ServerState)."""
+    if who.role != "agent" or not state.config.agent_certs:
+        return
     names = ((scope.get("extensions") or {}).get("tls") or {}).get(CERT_NAMES)
     if not names:
         raise Forbidden(f"the token of the agent of host {who.host!r} is accepted only with a client certificate "

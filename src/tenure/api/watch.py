@@ -223,8 +223,7 @@ class WatchEndpoint:
                 if name == b"authorization":
                     authorization = value.decode("latin-1")
             who = principal_of(rt, authorization, cookie_of(scope.get("headers", ())), "GET", None)
-            if who.role == "agent" and self.state.config.agent_certs:
-                check_agent_cert(who, scope)
+            check_agent_cert(self.state, who, scope)
             stream = prepare(self.state, who, scope)
         except TenureError as exc:
             await errors.error_response(errors.status_of(exc), exc.code, exc.message, **exc.details)(

@@ -138,7 +138,7 @@ def agent(
 
             pair = (str(client_cert), str(client_key))
             try:
-                ClientCert(*pair).load_into(ssl.create_default_context())  # a pair that cannot work fails the start
+                ClientCert(*pair).load_into(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))  # one that cannot work: refused
             except TenureConfigError as exc:
                 raise typer.BadParameter(exc.message, param_hint="--client-cert") from None
         sync = SyncConfig(host=host, server_url=server_url, token=token, types=itypes, heartbeat_interval=heartbeat,

@@ -19,6 +19,7 @@ segments that URL normalisation would remove, so their dots are escaped too.
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import httpx
 
 from tenure.client._errors import UNIX_PREFIX, TenureConfigError, api_error, created, decode, transport_error
 from tenure.client._locate import locate
+from tenure.client._tls import ClientCert
 from tenure.client._watch import Backoff, WatchQuery, WatchSession
 
 #: The largest page the server hands out; :meth:`TenureClient.iter_claims` asks for it.
@@ -170,6 +172,9 @@ class Call:
 
 class ClientBase(Generic[R]):
     """The routes of the /v1 API, each once; ``R`` is what ``_run`` returns (a dict, or an awaitable of one)."""
+
+    tls: ssl.SSLContext  # the context of https:// connections (set by each client)
+    client_cert: ClientCert | None = None  # the certificate it shows a server that asks for one
 
     def __init__(self, base_url: str | Sequence[str], token: str, timeout: float, http: Any, transport: Any) -> None:
         if http is not None and transport is not None:
@@ -373,8 +378,7 @@ class ClientBase(Generic[R]):
     def reload_client_cert(self) -> bool:
         """Load the client certificate again if its files changed (a renewal); whether they did. The connections
         made from then on show it."""
-        cert = getattr(self, "client_cert", None)
-        return cert is not None and cert.load_into(self.tls)  # type: ignore[attr-defined]
+        return self.client_cert is not None and self.client_cert.load_into(self.tls)
 
     def set_token(self, token: str) -> None:
         """Send ``token`` from now on (a rotated secret): requests already sent keep theirs; the watch's next

@@ -92,29 +92,20 @@ class Child:
         self.started = time.monotonic()
         self._status = -1
         self._said = b""
-        try:
-            self._errors = tempfile.TemporaryFile()
-        except OSError as exc:  # too many open files
-            raise BackupError(f"cannot start the backup process: {exc.strerror or exc}") from None
-        try:
-            read, write = os.pipe()
-        except OSError as exc:
-            self._errors.close()
-            raise BackupError(f"cannot start the backup process: {exc.strerror or exc}") from None
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tenure.store.backup_child"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE if out is None else out, stderr=self._errors, pass_fds=(write,))
-        except OSError as exc:  # too many processes or open files
-            os.close(read)
-            self._errors.close()
-            raise BackupError(f"cannot start the backup process: {exc.strerror or exc}") from None
-        except BaseException:
-            os.close(read)
-            self._errors.close()
-            raise
-        finally:
-            os.close(write)
+        with contextlib.ExitStack() as undo:  # what a start that fails lets go of
+            try:
+                self._errors = undo.enter_context(tempfile.TemporaryFile())
+                read, write = os.pipe()
+                undo.callback(os.close, read)
+                try:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-m", "tenure.store.backup_child"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE if out is None else out, stderr=self._errors, pass_fds=(write,))
+                finally:
+                    os.close(write)
+            except OSError as exc:  # too many processes or open files
+                raise BackupError(f"cannot start the backup process: {exc.strerror or exc}") from None
+            undo.pop_all()
         self._status = read
         try:
             assert self.proc.stdin is not None

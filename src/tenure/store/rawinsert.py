@@ -20,16 +20,15 @@ from tenure.store.schema import UTCDateTime
 
 
 class RawInsert:
-    __slots__ = ("table", "columns", "_times", "_get", "_time_at", "_sql", "_last")
+    __slots__ = ("table", "columns", "_get", "_time_at", "_sql", "_last")
 
     def __init__(self, table: Table) -> None:
         self.table = table
         self.columns = tuple(c.name for c in table.columns)
-        self._times = frozenset(c.name for c in table.columns if isinstance(c.type, UTCDateTime))
         one = self.columns[0]
         # a row's values as a tuple, in one call (itemgetter of one name gives the value itself, not a tuple)
         self._get = operator.itemgetter(*self.columns) if len(self.columns) > 1 else (lambda r: (r[one],))
-        self._time_at = tuple(i for i, c in enumerate(self.columns) if c in self._times)
+        self._time_at = tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, UTCDateTime))
         self._sql: dict[str, str] = {}
         self._last: tuple[datetime | None, str] = (None, "")
 

@@ -103,8 +103,8 @@ class Checkpointer:
 
         SQLite flushes the database file only after a pass that reached the log's end, which commits landing during
         a long pass prevent; the writer's checkpoint would then flush every page of the round (13–18 ms measured).
-        So a round makes up to ``PASSES`` passes, each copying only what came during the one before, until one
-        reaches the end and flushes, here. (Not a flush of a descriptor of our own: closing any descriptor of the
+        So a round makes ``PASSES`` passes, each copying only what came during the one before, so that one of
+        them reaches the end and flushes, here. (Not a flush of a descriptor of our own: closing any descriptor of the
         file would drop the POSIX locks of every SQLite connection of this process.)"""
         for _ in range(self.PASSES):  # (its result cannot tell whether a pass reached the end: all of them)
             _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -131,7 +131,7 @@ class Checkpointer:
                         conn.close()
                 conn = None
         if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(Exception):
                 conn.close()
 
     def stop(self, timeout: float = 30.0) -> None:
