@@ -289,3 +289,33 @@ def test_taken_values_are_stored_as_runs() -> None:
         ids.release(v)
     assert ids.run_count == 1 + 450  # [0, 199], then [201], [203], ... [1099]
     assert ids.pick() == 200
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=pool_shapes(), strategy=st.sampled_from(STRATEGIES), seed=st.integers(0, 2**32), data=st.data())
+def test_take_many_gives_what_one_pick_after_another_gives(
+    shape: tuple[list[list[int]], list[list[int]]], strategy: str, seed: int, data: st.DataObject
+) -> None:
+    """The bulk path (whole gaps at a time for lowest and next) against pick() and take() one by one, from the
+    same state and the same random stream: the same values in the same order, the same runs and cursor."""
+    ranges, reserved = shape
+    one = IdSpace(ranges, reserved, strategy=strategy, rng=random.Random(seed))
+    many = IdSpace(ranges, reserved, strategy=strategy, rng=random.Random(seed))
+    free = Model(ranges, reserved, strategy).free_values()
+    for v in data.draw(st.lists(st.sampled_from(free), unique=True)) if free else []:
+        one.take(v)  # some values taken already, by pinned claims: gaps of every size
+        many.take(v)
+    cursor = data.draw(st.sampled_from([lo for lo, _ in one.ranges] + [hi for _, hi in one.ranges]))
+    one.cursor = many.cursor = cursor
+    n = data.draw(st.integers(0, one.free))
+    expected = []
+    for _ in range(n):
+        v = one.pick()
+        assert v is not None
+        one.take(v, advance=True)
+        expected.append(v)
+    assert many.take_many(n) == expected
+    assert (many._taken.runs(), many.used, many.cursor) == (one._taken.runs(), one.used, one.cursor)
+    with pytest.raises(ValueError):
+        many.take_many(many.free + 1)
+    assert many._taken.runs() == one._taken.runs()  # refused: nothing taken

@@ -219,3 +219,36 @@ def test_any_unicode_key_up_to_256_characters_is_accepted(key: str) -> None:
     assert pool.get(key).value == value
     assert claim(pool, key) == value
     assert pool.release(key).key == key
+
+
+@pytest.mark.parametrize("strategy", ["lowest", "next", "random"])
+def test_claim_fresh_is_one_claim_after_another_and_undoes_whole(strategy: str) -> None:
+    import random
+
+    one = Pool.create("p", ranges=[[10, 40]], reserved=[[12, 13]], strategy=strategy, rng=random.Random(5))
+    many = Pool.create("p", ranges=[[10, 40]], reserved=[[12, 13]], strategy=strategy, rng=random.Random(5))
+    for pool in (one, many):
+        pool.claim("pinned", value=20, project="blue", revision=1)
+        pool.audit_begin()
+    keys = [f"k{i}" for i in range(12)]
+    expected = [one.claim(k, project="red", host="h", revision=10 + i).claim for i, k in enumerate(keys)]
+    before = (dict(many.claims), many.ids._taken.runs(), many.ids.cursor)
+    values = many.claim_fresh(keys, project="red", host="h", revision=10)
+    assert values == [c.value for c in expected]
+    assert dict(many.claims) == dict(one.claims)  # owner, mark and revision of each, as claim() records them
+    assert many.ids._taken.runs() == one.ids._taken.runs() and many.ids.cursor == one.ids.cursor
+    many.unclaim_fresh(keys, values, cursor=before[2])
+    assert (dict(many.claims), many.ids._taken.runs(), many.ids.cursor) == before
+
+
+def test_claim_fresh_refuses_held_repeated_or_too_many_keys_and_changes_nothing() -> None:
+    pool = make_pool()  # 9 free values
+    pool.claim("a", revision=1)
+    before = (dict(pool.claims), pool.ids._taken.runs())
+    for keys in (["b", "a"], ["b", "b"]):
+        with pytest.raises(ValueError):
+            pool.claim_fresh(keys, revision=2)
+    with pytest.raises(Conflict) as info:
+        pool.claim_fresh([f"k{i}" for i in range(9)], revision=2)
+    assert info.value.code == "pool_exhausted"
+    assert (dict(pool.claims), pool.ids._taken.runs()) == before

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tenure import Allocator
+from tenure.domain.access import Principal
 from tenure.domain.errors import Conflict, InvalidInput, NotFound, TenureError, Unavailable
 from tenure.domain.idspace import MAX_VALUE
 
@@ -107,3 +108,42 @@ def test_claims_after_a_key_no_store_can_hold_is_refused(alloc: Allocator, after
     with pytest.raises(InvalidInput) as info:
         alloc.claims("p", after=after)
     assert info.value.code == "invalid_key"
+
+
+def test_owners_marks_and_large_revisions_come_back_whole_after_a_restart(alloc: Allocator, db_url: str) -> None:
+    """The restore packs most claims in the database (no owner, no mark, a revision below 2**31) and reads
+    the rest as rows: each kind must come back with its owner, mark and revision, and act on them."""
+    svc, run = alloc.runtime.allocator, alloc.runtime.run
+    alloc.create_pool("p", ranges=[[0, 99]])
+    run(svc.claim_op("p", "plain"))
+    run(svc.claim_op("p", "old"))
+    run(svc.claim_op("p", "blue-1", project="blue"))
+    run(svc.claim_op("p", "blue-2", project="blue"))
+    run(svc.claim_op("p", "h1", host="h1"))
+    run(svc.claim_op("p", "blue-h1", project="blue", host="h1"))
+    alloc.audit_begin("p")
+    alloc.claim("p", "plain")  # marked in this audit: not a plain record any more
+    with alloc.runtime.engine.begin() as conn:  # a long-lived store: revisions past 2**31
+        conn.exec_driver_sql("UPDATE claims SET revision = revision + 3000000000 WHERE key IN ('old', 'blue-2')")
+    with alloc.runtime.engine.connect() as conn:
+        stored = sorted(conn.exec_driver_sql("SELECT key, value, project, host, mark, revision FROM claims").all())
+    alloc = reopen(alloc, db_url)
+    svc, run = alloc.runtime.allocator, alloc.runtime.run
+    try:
+        pool = svc._entries["p"].pool
+        assert sorted((c.key, c.value, c.project, c.host, c.mark, c.revision) for c in pool.claims.values()) == [
+            tuple(r) for r in stored
+        ]
+        assert pool.ids.used == 6 and alloc.pool("p").used == 6
+        other = run(svc.claim_op("p", "next", project="red"))
+        assert other.value == 6  # 0..5 are taken after the restore
+        with pytest.raises(Conflict) as info:  # blue's claim is not red's to take over
+            run(svc.claim_op("p", "blue-1", principal=Principal("member", project="red")))
+        assert info.value.code == "key_in_use"
+        _, released = alloc.audit_end("p")  # every claim but the marked one and the new one
+        assert {r.key: (r.project, r.host) for r in released} == {
+            "old": (None, None), "blue-1": ("blue", None), "blue-2": ("blue", None), "h1": (None, "h1"),
+            "blue-h1": ("blue", "h1"),
+        }
+    finally:
+        alloc.close()

@@ -73,3 +73,22 @@ def test_one_bad_command_does_not_fail_the_others_in_its_batch(db_url):
         assert ids.pool("p").used == 3
     with Allocator.open(db_url) as ids:
         assert {c.key for c in ids.claims("p")[0]} == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("strategy", ["lowest", "next", "random"])
+def test_a_failed_bulk_commit_is_undone_whole(db_url, strategy):
+    """A bulk claim of new keys (rows as tuples, one undo for all) whose commit fails leaves the pool as it was."""
+    with Allocator.open(db_url) as ids:
+        ids.create_pool("p", ranges=[[1, 50]], strategy=strategy)
+        ids.claim_many("p", ["a", "b", ("pinned", 30)])
+        entry = ids.runtime.allocator._entries["p"]
+        before = (dict(entry.pool.claims), entry.pool.ids._taken.runs(), entry.pool.ids.cursor, ids.runtime.revision)
+        FailNextInsertIntoClaims(ids.runtime.engine)
+        with pytest.raises(Unavailable):
+            ids.claim_many("p", [f"k{i}" for i in range(20)])
+        assert (dict(entry.pool.claims), entry.pool.ids._taken.runs(), entry.pool.ids.cursor,
+                ids.runtime.revision) == before
+        again = ids.claim_many("p", [f"k{i}" for i in range(20)])
+        assert len({r.value for r in again}) == 20 and 30 not in {r.value for r in again}
+    with Allocator.open(db_url) as ids:
+        assert ids.pool("p").used == 23

@@ -12,22 +12,25 @@ values, and a strategy for choosing a free value:
 
 Why runs and not a bitmap: Neutron builds a Python set of the whole VXLAN range
 (16.7M integers) at start-up and Kubernetes keeps a 2 MB bitmap. Here the taken
-values (claimed or reserved) are kept as maximal runs ``[start, end]`` in a
-sorted map, so memory and start-up time grow with the number of runs, which is
-at most the number of claims plus the number of reserved ranges, never with the
-size of the range. Finding the next free value at or after ``x`` is one
-``O(log n)`` look-up: if ``x`` lies in a run, the answer is that run's end + 1,
-which is free because runs are maximal.
+values (claimed or reserved) are kept as maximal runs ``[start, end]``, their
+starts and ends in sorted chunks of 32-bit arrays (8 bytes a run), so memory and
+start-up time grow with the number of runs, which is at most the number of
+claims plus the number of reserved ranges, never with the size of the range.
+Finding the next free value at or after ``x`` is two bisections: if ``x`` lies
+in a run, the answer is that run's end + 1, which is free because runs are
+maximal.
 """
 
 from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterable, Sequence
+from array import array
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import compress
+from operator import sub
 from typing import Literal
-
-from sortedcontainers import SortedDict
 
 from tenure.domain.errors import InvalidInput
 
@@ -38,30 +41,47 @@ Range = tuple[int, int]
 
 
 class RunSet:
-    """A set of integers stored as maximal runs of consecutive values."""
+    """A set of integers (0 .. 2**32-1) stored as maximal runs of consecutive values.
 
-    __slots__ = ("_runs", "_count")
+    The runs' starts and ends are kept in parallel ``array('I')`` chunks of at most
+    ``2 * load`` runs each, sorted, with each chunk's first start in ``_firsts``: 8 bytes
+    a run (a sorted map of Python ints took about 60), and a look-up is two bisections.
+    """
 
-    def __init__(self) -> None:
-        self._runs: SortedDict = SortedDict()  # start -> end (inclusive)
-        self._count = 0
+    __slots__ = ("_starts", "_ends", "_firsts", "_count", "_runs", "_load")
+
+    def __init__(self, *, load: int = 512) -> None:
+        if load < 1:
+            raise ValueError("load must be at least 1")
+        self._starts: list[array[int]] = []
+        self._ends: list[array[int]] = []
+        self._firsts: list[int] = []  # _firsts[c] == _starts[c][0]; no chunk is empty
+        self._count = 0  # values
+        self._runs = 0
+        self._load = load
 
     @classmethod
-    def from_sorted_values(cls, values: Iterable[int]) -> RunSet:
-        """Build from ascending, distinct values in one linear pass (the restore path: keep it lean)."""
-        starts: list[int] = []
-        ends: list[int] = []
-        count = 0
-        for v in values:
-            count += 1
-            if ends and v == ends[-1] + 1:
-                ends[-1] = v
-            else:
-                starts.append(v)
-                ends.append(v)
-        rs = cls()
-        rs._runs = SortedDict(zip(starts, ends))
-        rs._count = count
+    def from_sorted_values(cls, values: Sequence[int], *, load: int = 512) -> RunSet:
+        """Build from ascending, distinct values (the restore path: the run breaks are found in C loops)."""
+        rs = cls(load=load)
+        n = len(values)
+        if n == 0:
+            return rs
+        if not isinstance(values, list):
+            values = list(values)
+        # A run ends wherever the next value is not one more; every step below is a C loop.
+        ends_here = list(map((1).__ne__, map(sub, values[1:], values)))
+        starts = array("I", values[:1])
+        starts.extend(compress(values[1:], ends_here))
+        ends = array("I", compress(values, ends_here))
+        ends.append(values[-1])
+        step = rs._load
+        for lo in range(0, len(starts), step):
+            rs._starts.append(starts[lo:lo + step])
+            rs._ends.append(ends[lo:lo + step])
+            rs._firsts.append(starts[lo])
+        rs._runs = len(starts)
+        rs._count = n
         return rs
 
     def __len__(self) -> int:
@@ -69,39 +89,110 @@ class RunSet:
 
     @property
     def run_count(self) -> int:
-        return len(self._runs)
+        return self._runs
 
     def runs(self) -> list[Range]:
-        return list(self._runs.items())
+        return [r for s, e in zip(self._starts, self._ends) for r in zip(s, e)]
 
-    def _run_at(self, v: int) -> Range | None:
-        """The run containing ``v``, if any."""
-        i = self._runs.bisect_right(v) - 1
-        if i < 0:
-            return None
-        start, end = self._runs.peekitem(i)
-        return (start, end) if end >= v else None
+    def _locate(self, v: int) -> tuple[int, int]:
+        """(chunk, index) of the run with the greatest start ``<= v``; chunk -1 if there is none."""
+        c = bisect_right(self._firsts, v) - 1
+        if c < 0:
+            return -1, -1
+        return c, bisect_right(self._starts[c], v) - 1
 
     def __contains__(self, v: int) -> bool:
-        return self._run_at(v) is not None
+        c, i = self._locate(v)
+        return c >= 0 and self._ends[c][i] >= v
 
     def next_absent(self, x: int) -> int:
         """The smallest value ``>= x`` that is not in the set."""
-        run = self._run_at(x)
-        return x if run is None else run[1] + 1
+        c, i = self._locate(x)
+        if c >= 0:
+            end = self._ends[c][i]
+            if end >= x:
+                return end + 1
+        return x
+
+    def next_start_after(self, x: int) -> int | None:
+        """The start of the first run beginning above ``x``, or None."""
+        c, i = self._locate(x)
+        if c >= 0 and i + 1 < len(self._starts[c]):
+            return self._starts[c][i + 1]
+        return self._firsts[c + 1] if c + 1 < len(self._firsts) else None
+
+    def _insert(self, c: int, i: int, start: int, end: int) -> None:
+        """A new run at index ``i`` of chunk ``c`` (chunk 0 is made if there is none)."""
+        if not self._starts:
+            self._starts.append(array("I"))
+            self._ends.append(array("I"))
+            self._firsts.append(start)
+        starts, ends = self._starts[c], self._ends[c]
+        starts.insert(i, start)
+        ends.insert(i, end)
+        if i == 0:
+            self._firsts[c] = start
+        self._runs += 1
+        if len(starts) > 2 * self._load:  # split in two halves
+            half = len(starts) // 2
+            self._starts.insert(c + 1, starts[half:])
+            self._ends.insert(c + 1, ends[half:])
+            self._firsts.insert(c + 1, starts[half])
+            del starts[half:]
+            del ends[half:]
+
+    def _delete(self, c: int, i: int) -> None:
+        starts = self._starts[c]
+        del starts[i]
+        del self._ends[c][i]
+        self._runs -= 1
+        if not starts:
+            del self._starts[c], self._ends[c], self._firsts[c]
+        elif i == 0:
+            self._firsts[c] = starts[0]
 
     def add_range(self, lo: int, hi: int) -> None:
         """Add ``[lo, hi]``, which must be disjoint from the set."""
-        runs = self._runs
-        start, end = lo, hi
-        left = self._run_at(lo - 1)
-        if left is not None:
-            start = left[0]
-            del runs[left[0]]
-        right_end = runs.pop(hi + 1, None)
-        if right_end is not None:
-            end = right_end
-        runs[start] = end
+        c, i = self._locate(lo)
+        self._add_at(c, i, lo, hi)
+
+    def take_from(self, x: int, hi: int) -> int | None:
+        """Add and return the smallest absent value in ``[x, hi]``, or None if there is none (one look-up)."""
+        c, i = self._locate(x)
+        v = x
+        if c >= 0:
+            end = self._ends[c][i]
+            if end >= x:
+                v = end + 1  # the run ending at v - 1 stays the one with the greatest start <= v
+        if v > hi:
+            return None
+        self._add_at(c, i, v, v)
+        return v
+
+    def _add_at(self, c: int, i: int, lo: int, hi: int) -> None:
+        """Add ``[lo, hi]`` (disjoint from the set); ``(c, i)`` is the run with the greatest start ``<= lo``."""
+        # the run after it: where a new run would go
+        if c < 0:
+            nc, ni = 0, 0
+        elif i + 1 < len(self._starts[c]):
+            nc, ni = c, i + 1
+        else:
+            nc, ni = c + 1, 0
+        left = c >= 0 and self._ends[c][i] == lo - 1
+        right = nc < len(self._starts) and self._starts[nc][ni] == hi + 1
+        if left and right:
+            self._ends[c][i] = self._ends[nc][ni]
+            self._delete(nc, ni)
+        elif left:
+            self._ends[c][i] = hi
+        elif right:
+            self._starts[nc][ni] = lo
+            if ni == 0:
+                self._firsts[nc] = lo
+        elif c < 0:
+            self._insert(0, 0, lo, hi)
+        else:
+            self._insert(c, i + 1, lo, hi)  # at the end of chunk c rather than the head of the next
         self._count += hi - lo + 1
 
     def add(self, v: int) -> None:
@@ -110,15 +201,21 @@ class RunSet:
 
     def remove(self, v: int) -> None:
         """Remove ``v``, which must be in the set."""
-        run = self._run_at(v)
-        if run is None:
+        c, i = self._locate(v)
+        if c < 0 or self._ends[c][i] < v:
             raise KeyError(v)
-        start, end = run
-        del self._runs[start]
-        if start < v:
-            self._runs[start] = v - 1
-        if v < end:
-            self._runs[v + 1] = end
+        start, end = self._starts[c][i], self._ends[c][i]
+        if start == end:
+            self._delete(c, i)
+        elif v == start:
+            self._starts[c][i] = v + 1
+            if i == 0:
+                self._firsts[c] = v + 1
+        elif v == end:
+            self._ends[c][i] = v - 1
+        else:
+            self._ends[c][i] = v - 1
+            self._insert(c, i + 1, v + 1, end)
         self._count -= 1
 
 
@@ -226,6 +323,15 @@ class IdSpace:
                 return y
         return None
 
+    def _take_free_from(self, x: int) -> int | None:
+        """Take and return what :meth:`_first_free_from` would give."""
+        i = max(bisect.bisect_right(self._starts, x) - 1, 0)
+        for lo, hi in self.ranges[i:]:
+            v = self._taken.take_from(max(lo, x), hi)
+            if v is not None:
+                return v
+        return None
+
     def _next_free_wrapping(self, x: int) -> int | None:
         y = self._first_free_from(x)
         if y is None:
@@ -258,6 +364,43 @@ class IdSpace:
         self._taken.add(v)
         if advance and self.strategy == "next":
             self.cursor = v + 1 if v < self.ranges[-1][1] else self.ranges[0][0]
+
+    def take_many(self, n: int) -> list[int]:
+        """Pick and take ``n`` values: the ones ``n`` successive :meth:`pick` and ``take(v, advance=True)`` give.
+
+        ``lowest`` and ``next`` take whole free gaps at a time (one run each), ``random`` one value at a
+        time. The caller checks that ``n`` values are free (nothing is taken otherwise).
+        """
+        if not 0 <= n <= self.free:
+            raise ValueError(f"{n} values asked for, {self.free} free")
+        taken = self._taken
+        if self.strategy == "random":
+            out = []
+            first = self.ranges[0][0]
+            for _ in range(n):
+                v = self._take_free_from(self._random_point())
+                if v is None:
+                    v = self._take_free_from(first)
+                assert v is not None  # free > 0
+                out.append(v)
+            return out
+        out = []
+        top = self.ranges[-1][1]
+        x = self.ranges[0][0] if self.strategy == "lowest" else self.cursor
+        while len(out) < n:
+            y = self._next_free_wrapping(x)
+            assert y is not None  # free > 0
+            gap_end = self.ranges[bisect.bisect_right(self._starts, y) - 1][1]  # the end of y's range ...
+            nxt = taken.next_start_after(y)
+            if nxt is not None and nxt <= gap_end:  # ... or the next taken value, whichever comes first
+                gap_end = nxt - 1
+            last = min(gap_end, y + n - len(out) - 1)
+            taken.add_range(y, last)
+            out.extend(range(y, last + 1))
+            x = last + 1
+        if self.strategy == "next":
+            self.cursor = x if x - 1 < top else self.ranges[0][0]
+        return out
 
     def release(self, v: int) -> None:
         self._taken.remove(v)

@@ -19,6 +19,8 @@ import random
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, select, update
@@ -27,7 +29,7 @@ from tenure.domain.access import ADMIN, Principal, claim_scope, may_see_claim, m
 from tenure.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tenure.domain.idspace import MAX_VALUE, IdSpace
 from tenure.domain.names import validate_key
-from tenure.domain.pool import Claim, ClaimOutcome, Pool
+from tenure.domain.pool import Claim, ClaimOutcome, Pool, pack
 from tenure.store import schema
 from tenure.store.inlist import rows_in
 from tenure.store.rawinsert import RawInsert
@@ -41,6 +43,8 @@ PAGE_STREAM = 1000  # rows fetched at a time when a snapshot streams every claim
 
 _C = schema.claims.c
 INSERT_CLAIM = RawInsert(schema.claims)
+# _claim_fresh writes the claims' rows as tuples in this order
+assert INSERT_CLAIM.columns == ("pool_id", "key", "value", "project", "host", "mark", "created_at", "revision")
 DELETE_CLAIM = schema.claims.delete().where(and_(_C.pool_id == bindparam("b_pool"), _C.key == bindparam("b_key")))
 MARK_CLAIM = (
     update(schema.claims)
@@ -48,6 +52,10 @@ MARK_CLAIM = (
     .values(mark=bindparam("b_mark"), revision=bindparam("b_revision"))
 )
 INSERT_POOL = schema.pools.insert()
+# The claims whose record the database packs at restore: no owner, no audit mark, a revision below 2**31
+# (so value + revision * 2**32 fits a signed 64-bit integer).
+_PLAIN = "project IS NULL AND host IS NULL AND mark = 0 AND revision < 2147483648"
+_POOL_ID, _KEY_REC = itemgetter(0), itemgetter(1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +149,19 @@ def _labels(pool: str, project: str | None, host: str | None) -> dict[str, str]:
     return labels
 
 
+def _check_new_owner(pool: Pool, project: str | None, host: str | None) -> None:
+    """May a new claim in ``pool`` belong to (project, host)?"""
+    if pool.projects is None:
+        return
+    if project is None and host is not None:  # a host's claim where agents may not look (GET refuses)
+        raise InvalidInput(
+            f"pool {pool.name!r} is restricted to projects {', '.join(pool.projects)}, which agents may "
+            f"not use; a claim for host {host!r} in it needs one of those projects",
+            code="project_required", pool=pool.name)
+    if project is not None and project not in pool.projects:
+        raise Forbidden(f"pool {pool.name!r} is not open to project {project!r}")
+
+
 class AllocatorService:
     def __init__(self, *, writer: Writer, engine: Any, rng: random.Random | None = None) -> None:
         self.writer = writer
@@ -155,34 +176,35 @@ class AllocatorService:
     def load(self, conn: Connection) -> None:
         """Restore every pool and its claims from the store (before serving).
 
-        One sequential scan of the claims table through the raw driver cursor: a
-        million claims come back in about a second, where the (pool, value) index
-        walk plus SQLAlchemy rows took four times as long. Values are sorted here,
-        not by the database. The caller disables the garbage collector meanwhile.
+        One sequential scan of the claims table through the raw driver cursor, in two parts: the claims
+        with no owner and no audit mark (most of them) come with their record already packed by the
+        database (value + revision * 2**32, see :func:`~tenure.domain.pool.pack`), the others as rows.
+        No row object, no Claim: a million claims take about the memory of a plain dict of their keys
+        and values. Values are sorted here, not by the database. The caller disables the garbage
+        collector meanwhile.
         """
-        claims_of: dict[int, dict[str, Claim]] = {}
-        values_of: dict[int, list[int]] = {}
-        scan = "SELECT pool_id, key, value, project, host, mark, revision FROM claims"
-        if conn.dialect.name == "sqlite":
-            scan += " NOT INDEXED"  # a table scan, not a walk of the unique index with a row look-up each
+        for row in conn.execute(select(schema.pools).order_by(schema.pools.c.id)):
+            self._entries[row.name] = self._entry_from_row(row)
+            self._next_id = max(self._next_id, row.id + 1)
+        by_id = {e.id: e.pool for e in self._entries.values()}
+        held_of: dict[int, dict[str, int]] = {pool_id: {} for pool_id in by_id}
+        hint = " NOT INDEXED" if conn.dialect.name == "sqlite" else ""  # a table scan, not an index walk
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(scan)
-            for pool_id, key, value, project, host, mark, revision in cursor.fetchall():
-                claims = claims_of.get(pool_id)
-                if claims is None:
-                    claims = claims_of[pool_id] = {}
-                    values_of[pool_id] = []
-                claims[key] = Claim(key, value, project, host, mark, revision)
-                values_of[pool_id].append(value)
+            cursor.execute(f"SELECT pool_id, key, value + revision * 4294967296 FROM claims{hint} WHERE {_PLAIN}")
+            # Rows come in storage order: runs of one pool's claims, each added in one C loop.
+            for pool_id, rows in groupby(cursor, _POOL_ID):
+                held_of[pool_id].update(map(_KEY_REC, rows))
+            cursor.execute(f"SELECT pool_id, key, value, project, host, mark, revision FROM claims{hint} "
+                           f"WHERE NOT ({_PLAIN})")
+            for pool_id, key, value, project, host, mark, revision in cursor:
+                held_of[pool_id][key] = pack(value, revision, by_id[pool_id].owner(project, host), mark)
         finally:
             cursor.close()
-        for row in conn.execute(select(schema.pools).order_by(schema.pools.c.id)):
-            values = values_of.pop(row.id, [])
-            values.sort()
-            self._entries[row.name] = self._entry_from_row(row, claims_of.pop(row.id, {}), values)
-            self._publish(row.name)
-            self._next_id = max(self._next_id, row.id + 1)
+        for pool_id, pool in by_id.items():
+            pool.load(held_of.pop(pool_id))
+        for name in self._entries:
+            self._publish(name)
 
     # ------------------------------------------------------- a follower's tail
 
@@ -210,8 +232,10 @@ class AllocatorService:
             if row is None:
                 keys.pop(name, None)
             elif e is None:
-                stored = self._claims_in(conn, row.id, None)
-                self._entries[name] = self._entry_from_row(row, {c.key: c for c in stored}, [c.value for c in stored])
+                e = self._entries[name] = self._entry_from_row(row)
+                p = e.pool
+                p.load({c.key: pack(c.value, c.revision, p.owner(c.project, c.host), c.mark)
+                        for c in self._claims_in(conn, row.id, None)})
                 keys.pop(name, None)  # loaded whole, its claims included
             else:
                 e.pool.audit_epoch, e.pool.auditing, e.revision = row.audit_epoch, row.auditing, row.revision
@@ -235,25 +259,23 @@ class AllocatorService:
                 if old is None:
                     e.pool.reinstate(new)
                 else:
-                    e.pool.claims[key] = new
+                    e.pool.replace(new)
 
     @staticmethod
     def _claims_in(conn: Connection, pool_id: int, keys: Sequence[str] | None) -> list[Claim]:
-        """A pool's stored claims (only ``keys``, if given), sorted by value."""
+        """A pool's stored claims (only ``keys``, if given)."""
         q = select(_C.key, _C.value, _C.project, _C.host, _C.mark, _C.revision).where(_C.pool_id == pool_id)
         if keys is None:
-            return [Claim(*r) for r in conn.execute(q.order_by(_C.value))]
+            return [Claim(*r) for r in conn.execute(q)]
         return [Claim(*r) for r in rows_in(conn, q, _C.key, keys)]
 
-    def _entry_from_row(self, row: Any, claims: dict[str, Claim], values: list[int]) -> _Entry:
-        """A pool as restored from its row, its claims and their values (ascending)."""
+    def _entry_from_row(self, row: Any) -> _Entry:
+        """A pool as restored from its row, with no claims yet."""
         ids = IdSpace(
             json.loads(row.ranges), json.loads(row.reserved), strategy=row.strategy, cursor=row.cursor, rng=self.rng
         )
         projects = tuple(json.loads(row.projects)) if row.projects is not None else None
         pool = Pool(row.name, ids, projects=projects, audit_epoch=row.audit_epoch, auditing=row.auditing)
-        pool.claims = claims
-        ids.load(values)
         return _Entry(row.id, pool, row.created_at, row.revision)
 
     # ----------------------------------------------------------------- views
@@ -412,14 +434,8 @@ class AllocatorService:
             raise Conflict(
                 f"key {key!r} in pool {pool.name!r} is held by another owner", code="key_in_use", pool=pool.name
             )
-        if existing is None and pool.projects is not None:
-            if project is None and host is not None:  # a host's claim where agents may not look (GET refuses)
-                raise InvalidInput(
-                    f"pool {pool.name!r} is restricted to projects {', '.join(pool.projects)}, which agents may "
-                    f"not use; a claim for host {host!r} in it needs one of those projects",
-                    code="project_required", pool=pool.name)
-            if project is not None and project not in pool.projects:
-                raise Forbidden(f"pool {pool.name!r} is not open to project {project!r}")
+        if existing is None:
+            _check_new_owner(pool, project, host)
         cursor, mark, rev = pool.ids.cursor, (existing.mark if existing else 0), (existing.revision if existing else 0)
         try:
             out = pool.claim(key, value=value, project=project, host=host, revision=batch.next_revision())
@@ -455,6 +471,33 @@ class AllocatorService:
             _log_on_commit(batch, logging.DEBUG, "claim created" if out.created else "claim re-marked",
                            pool=pool.name, key=key, value=c.value, revision=c.revision)
         return out, result
+
+    def _claim_fresh(
+        self, batch: Batch, e: _Entry, keys: list[str], project: str | None, host: str | None
+    ) -> list[ClaimResult]:
+        """Claim new keys with picked values: what one :meth:`_claim_in` after another would do and write,
+        with the per-claim work in a few loops (rows as tuples, one undo for all)."""
+        pool = e.pool
+        _check_new_owner(pool, project, host)
+        first, cursor = batch.next_revision(), pool.ids.cursor
+        values = pool.claim_fresh(keys, project=project, host=host, revision=first)
+        batch.on_undo(lambda: pool.unclaim_fresh(keys, values, cursor=cursor))
+        now, mark, name = batch.now, pool.audit_epoch, pool.name
+        revisions = range(first, first + len(keys))
+        batch.write_rows(INSERT_CLAIM, [(e.id, k, v, project, host, mark, now, r)
+                                        for k, v, r in zip(keys, values, revisions)])
+        if pool.ids.strategy == "next":
+            batch.write_once(("cursor", e.id), lambda: self._cursor_write(e))
+        labels = _labels(name, project, host)
+        results = [ClaimResult(name, k, v, project, host, r, True) for k, v, r in zip(keys, values, revisions)]
+        emit = batch.emit
+        for res in results:
+            emit("claim", f"{name}/{res.key}", "created", labels, res.body())
+        if log.isEnabledFor(logging.DEBUG):
+            for res in results:
+                _log_on_commit(batch, logging.DEBUG, "claim created", pool=name, key=res.key, value=res.value,
+                               revision=res.revision)
+        return results
 
     def _cursor_write(self, e: _Entry) -> tuple[Any, dict[str, Any]]:
         stmt = update(schema.pools).where(schema.pools.c.id == e.id).values(cursor=e.pool.ids.cursor)
@@ -502,13 +545,18 @@ class AllocatorService:
                 raise InvalidInput(f"key {key!r} appears twice in the bulk claim", code="duplicate_key")
             seen.add(key)
         project, host = claim_scope(principal, project, host)
+        keys = [k for k, _ in items]
+        fresh = all(v is None for _, v in items)  # no value pinned: the bulk path, if no key is held yet
 
         def apply(batch: Batch) -> list[ClaimResult]:
             e = self._entry(pool, principal)
             used = e.pool.used
             # Any refusal raises; the writer then runs the undo of every claim made so far.
             try:
-                results = [self._claim_in(batch, e, k, v, project, host, principal)[1] for k, v in items]
+                if fresh and e.pool.holds_none(keys):
+                    results = self._claim_fresh(batch, e, keys, project, host)
+                else:
+                    results = [self._claim_in(batch, e, k, v, project, host, principal)[1] for k, v in items]
             except Conflict as exc:
                 if exc.code != "pool_exhausted":
                     raise

@@ -50,8 +50,10 @@ class RawInsert:
             self._last = (value, text)
         return text
 
-    def execute(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        get = self._get
+    def execute(self, conn: Connection, rows: list[dict[str, Any]] | list[tuple[Any, ...]], *,
+                ordered: bool = False) -> None:
+        """Insert ``rows``: dicts by column name, or (``ordered``) tuples in the table's column order."""
+        get = (lambda r: r) if ordered else self._get
         if conn.dialect.name == "sqlite" and self._time_at:
             params: list[Any] = []
             for r in rows:
@@ -61,5 +63,5 @@ class RawInsert:
                         row[i] = self._sqlite_time(row[i])
                 params.append(tuple(row))  # (SQLAlchemy takes tuples or dicts)
         else:
-            params = [get(r) for r in rows]
+            params = rows if ordered else [get(r) for r in rows]
         conn.exec_driver_sql(self._render(conn), params)

@@ -189,6 +189,12 @@ class Fence(Protocol):
         unless ``epoch`` (the writer's) still leads."""
 
 
+class Rows(list):  # type: ignore[type-arg]
+    """Rows for a :class:`RawInsert` already in its column order: see :meth:`Batch.write_rows`."""
+
+    __slots__ = ()
+
+
 class Batch:
     """What the commands of one transaction change: row writes, events, undo and after-commit steps."""
 
@@ -213,10 +219,14 @@ class Batch:
 
     def write(self, stmt: Executable | RawInsert, params: dict[str, Any]) -> None:
         """Queue one row write; consecutive writes of the same statement become one executemany."""
-        if self.writes and self.writes[-1][0] is stmt:
+        if self.writes and self.writes[-1][0] is stmt and type(self.writes[-1][1]) is list:
             self.writes[-1][1].append(params)
         else:
             self.writes.append((stmt, [params]))
+
+    def write_rows(self, stmt: RawInsert, rows: list[tuple[Any, ...]]) -> None:
+        """Queue many rows of one insert, each a tuple in the table's column order (no dict per row)."""
+        self.writes.append((stmt, Rows(rows)))
 
     def write_once(self, key: Any, build: Callable[[], tuple[Executable, dict[str, Any]]]) -> None:
         """A write done once at the end of the batch with the then-current state (e.g. a pool's cursor)."""
@@ -518,7 +528,7 @@ class Writer:
                 with conn.begin():
                     for stmt, params in batch.writes:
                         if isinstance(stmt, RawInsert):
-                            stmt.execute(conn, params)
+                            stmt.execute(conn, params, ordered=isinstance(params, Rows))
                         else:
                             conn.execute(stmt, params if len(params) > 1 else params[0])
                     for build in batch.end_of_batch.values():
