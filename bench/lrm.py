@@ -11,6 +11,16 @@ accepted and finished, as every client operation is), and a recurring monitor ev
 change (nothing written while the answer stays 0): ``--n`` cycles, minus ``--n`` intervals. Rounds
 alternate; medians of ``--runs``. Goal (issue 5): at most 15% overhead.
 
+The peer, in the same rounds: Pacemaker's executor (``pacemaker-remoted``, which is pacemaker-execd
+built standalone; Debian's pacemaker-remote) started in the work directory on its local IPC, driven
+through its own client library (liblrmd) by ``bench/execd/execd_monitor.c`` (built here with Debian's
+pacemaker-dev) over one connection kept for the round: the same Dummy, started, then ``--n`` monitors each
+waited for, and a recurring monitor every 0.1 s for ``--n`` runs (execd reports every run to its client).
+Executor CPU per operation: execd's own utime+stime from /proc (its agents excluded); the LRM's, the
+bench process's own CPU (getrusage, children excluded) over the LRM loop, the bench's loop included.
+Goals (issue 18): one-shot overhead through the LRM at most execd's; recurring CPU per run at most
+execd's. Without the packages the execd column is left out with a note.
+
 Scale: in a fresh process (so its CPU is the LRM's alone), ``--instances`` Dummy instances are added and
 started one by one, each given a recurring monitor every ``--interval`` seconds (report on change, the
 default) right after its start, as a host whose resources came up over time. After one interval of warm-up,
@@ -32,8 +42,11 @@ sys.path.append(str(HERE))
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -52,6 +65,8 @@ import benchkit  # noqa: E402
 from benchkit import Goal, Report, fmt, median  # noqa: E402
 
 DUMMY = "ocf:heartbeat:Dummy"
+REMOTED = Path("/usr/sbin/pacemaker-remoted")
+CLIENT_SRC = HERE / "execd" / "execd_monitor.c"
 AGENT = Path("/usr/lib/ocf/resource.d/heartbeat/Dummy")
 RECURRING_INTERVAL = 0.1  # the shortest the LRM accepts
 
@@ -70,10 +85,83 @@ async def _close(rt: Runtime, lrm: Lrm) -> None:
     await asyncio.to_thread(rt.close)
 
 
+# ------------------------------------------------------------------ the peer: pacemaker-execd
+
+
+def _proc_cpu(pid: int) -> float:
+    """A process's own CPU seconds (utime + stime; its children excluded)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Execd:
+    """pacemaker-remoted in ``work`` (local IPC; its TLS listener on a free port) and the liblrmd client."""
+
+    def __init__(self, work: Path) -> None:
+        missing = [str(p) for p in (REMOTED, Path("/usr/include/pacemaker/crm/lrmd.h")) if not p.exists()]
+        if missing:
+            raise RuntimeError(f"not installed: {', '.join(missing)} (scripts/system-deps installs them)")
+        self.client = work / "execd_monitor"
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "pacemaker-lrmd"], capture_output=True,
+                               text=True, check=True).stdout.split()
+        subprocess.run(["gcc", "-O2", "-o", str(self.client), str(CLIENT_SRC), *flags], check=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PCMK_remote_port": str(port),
+               "PCMK_logfile": str(work / "remoted.log"), "PCMK_logfacility": "none"}
+        self.log = open(work / "remoted.out", "wb")
+        self.proc = subprocess.Popen([str(REMOTED)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.state = work / "execd.state"
+        deadline = time.monotonic() + 30
+        while True:  # ready when its client can connect and run a start
+            r = subprocess.run([str(self.client), "oneshot", "1", str(self.state)], capture_output=True, text=True,
+                               timeout=60, check=False)
+            if r.returncode == 0:
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"pacemaker-remoted did not serve: {r.stderr.strip()}")
+            time.sleep(0.1)  # polling a daemon's readiness, not waiting for time to pass
+
+    def oneshot(self, n: int) -> tuple[float, float]:
+        """(seconds of n monitors, each waited for; execd's CPU seconds meanwhile)."""
+        c0 = _proc_cpu(self.proc.pid)
+        r = subprocess.run([str(self.client), "oneshot", str(n), str(self.state)], capture_output=True, text=True,
+                           timeout=600, check=True)
+        cpu = _proc_cpu(self.proc.pid) - c0
+        times = [float(x) for x in r.stdout.split()]
+        assert len(times) == n, r.stdout
+        return sum(times) / 1e6, cpu
+
+    def recurring(self, n: int, interval: float) -> tuple[float, float]:
+        """(seconds of n recurring runs every ``interval``; execd's CPU seconds meanwhile)."""
+        c0 = _proc_cpu(self.proc.pid)
+        r = subprocess.run([str(self.client), "recurring", str(n), str(self.state), str(int(interval * 1000))],
+                           capture_output=True, text=True, timeout=600, check=True)
+        return float(r.stdout) / 1e6, _proc_cpu(self.proc.pid) - c0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
 # ------------------------------------------------------------------ overhead
 
 
-async def overhead(work: Path, n: int, runs: int) -> dict[str, Any]:
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def overhead(work: Path, n: int, runs: int, execd: Execd | None) -> dict[str, Any]:
     rt, lrm = await _open(work)
     try:
         params = {"state": str(work / "d.state")}
@@ -85,6 +173,12 @@ async def overhead(work: Path, n: int, runs: int) -> dict[str, Any]:
         lrm_s: list[float] = []
         direct_s: list[float] = []
         rec_s: list[float] = []
+        lrm_cpu: list[float] = []
+        rec_cpu: list[float] = []
+        ex_s: list[float] = []
+        ex_cpu: list[float] = []
+        ex_rec_s: list[float] = []
+        ex_rec_cpu: list[float] = []
         for _ in range(runs):
             t0 = time.perf_counter()
             for _ in range(n):
@@ -92,12 +186,17 @@ async def overhead(work: Path, n: int, runs: int) -> dict[str, Any]:
                                    capture_output=True, start_new_session=True, cwd="/", check=False)
                 assert r.returncode == 0, r
             direct_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            if execd is not None:
+                secs, cpu = await asyncio.to_thread(execd.oneshot, n)
+                ex_s.append(secs)
+                ex_cpu.append(cpu)
+            t0, c0 = time.perf_counter(), _own_cpu()
             for _ in range(n):
                 op = await lrm.submit("d", "monitor")
                 res = (await lrm.operation("d", op["id"], wait=60))["result"]
                 assert res["rc"] == 0, res
             lrm_s.append(time.perf_counter() - t0)
+            lrm_cpu.append(_own_cpu() - c0)
             # The recurring path (how monitors run all day): a monitor every 0.1 s, results on change, so
             # nothing is written while Dummy keeps answering 0. A cycle is due + queue + run + bookkeeping;
             # minus the interval it is the LRM's cost of one monitor, next to the direct loop's per-op time.
@@ -115,20 +214,37 @@ async def overhead(work: Path, n: int, runs: int) -> dict[str, Any]:
                         got.set()
 
             lrm.listeners.append(seen)
+            c0 = _own_cpu()
             mon = await lrm.submit("d", "monitor", interval=RECURRING_INTERVAL)
             await got.wait()
+            rec_cpu.append(_own_cpu() - c0)
             await lrm.cancel("d", mon["id"])
             lrm.listeners.remove(seen)
             rec_s.append((t_first[1] - t_first[0]) - n * RECURRING_INTERVAL)
+            if execd is not None:
+                secs, cpu = await asyncio.to_thread(execd.recurring, n, RECURRING_INTERVAL)
+                ex_rec_s.append(secs - n * RECURRING_INTERVAL)
+                ex_rec_cpu.append(cpu)
+            peer = (f"; execd {ex_s[-1] / n * 1000:.2f} ms/op one-shot, {ex_rec_s[-1] / n * 1000:.2f} recurring"
+                    if execd is not None else "")
             print(f"  round: direct {direct_s[-1] / n * 1000:.2f} ms/op, LRM {lrm_s[-1] / n * 1000:.2f} ms/op "
-                  f"(one-shot, recorded), {rec_s[-1] / n * 1000:.2f} ms/op (recurring, beyond the interval)",
-                  flush=True)
-        return {"n": n, "runs": runs, "direct_s": direct_s, "lrm_s": lrm_s, "recurring_s": rec_s,
-                "recurring_ms_per_op": median(rec_s) / n * 1000,
-                "recurring_overhead_pct": (median(rec_s) / median(direct_s) - 1) * 100,
-                "direct_ms_per_op": median(direct_s) / n * 1000, "lrm_ms_per_op": median(lrm_s) / n * 1000,
-                "overhead_pct": (median(lrm_s) / median(direct_s) - 1) * 100,
-                "writer_commits": rt.writer.batches}
+                  f"(one-shot, recorded), {rec_s[-1] / n * 1000:.2f} ms/op (recurring, beyond the interval)"
+                  f"{peer}", flush=True)
+        out = {"n": n, "runs": runs, "direct_s": direct_s, "lrm_s": lrm_s, "recurring_s": rec_s,
+               "recurring_ms_per_op": median(rec_s) / n * 1000,
+               "recurring_overhead_pct": (median(rec_s) / median(direct_s) - 1) * 100,
+               "direct_ms_per_op": median(direct_s) / n * 1000, "lrm_ms_per_op": median(lrm_s) / n * 1000,
+               "overhead_pct": (median(lrm_s) / median(direct_s) - 1) * 100,
+               "lrm_cpu_ms_per_op": median(lrm_cpu) / n * 1000, "recurring_cpu_ms_per_op": median(rec_cpu) / n * 1000,
+               "writer_commits": rt.writer.batches}
+        if execd is not None:
+            out.update({"execd_s": ex_s, "execd_recurring_s": ex_rec_s,
+                        "execd_ms_per_op": median(ex_s) / n * 1000,
+                        "execd_overhead_pct": (median(ex_s) / median(direct_s) - 1) * 100,
+                        "execd_recurring_ms_per_op": median(ex_rec_s) / n * 1000,
+                        "execd_cpu_ms_per_op": median(ex_cpu) / n * 1000,
+                        "execd_recurring_cpu_ms_per_op": median(ex_rec_cpu) / n * 1000})
+        return out
     finally:
         await _close(rt, lrm)
 
@@ -186,6 +302,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--quick", action="store_true", help="n=50, runs=3, 100 instances, 10 s interval, 1 minute")
     ap.add_argument("--no-scale", dest="scale", action="store_false")
+    ap.add_argument("--no-execd", dest="execd", action="store_false", help="leave out pacemaker-execd")
     ap.add_argument("--child-scale", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--quiet-wait", type=float, default=60.0)
@@ -203,12 +320,40 @@ def main() -> None:
     try:
         con.print(f"overhead: {args.n} monitors of Dummy per round, {args.runs} rounds")
         (work / "overhead").mkdir()
-        ov = asyncio.run(overhead(work / "overhead", args.n, args.runs))
+        execd = None
+        if args.execd:
+            try:
+                execd = Execd(work)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                report.notes.append(f"pacemaker-execd not measured: {exc}")
+        try:
+            ov = asyncio.run(overhead(work / "overhead", args.n, args.runs, execd))
+        finally:
+            if execd is not None:
+                execd.close()
         report.results.append({"mode": "overhead", **ov})
-        benchkit.print_table("Monitor of Dummy, one at a time", ("mode", "ms/op (median)", "rounds"), [
-            ("direct loop (the limit)", f"{ov['direct_ms_per_op']:.2f}", args.runs),
-            ("LRM, one-shot (accepted and result committed)", f"{ov['lrm_ms_per_op']:.2f}", args.runs),
-            ("LRM, recurring (per cycle minus the interval)", f"{ov['recurring_ms_per_op']:.2f}", args.runs)])
+        rows = [("direct loop (the limit)", f"{ov['direct_ms_per_op']:.2f}", "", "", args.runs),
+                ("LRM, one-shot (accepted and result committed)", f"{ov['lrm_ms_per_op']:.2f}",
+                 f"{ov['overhead_pct']:+.0f} %", f"{ov['lrm_cpu_ms_per_op']:.2f}", args.runs),
+                ("LRM, recurring (per cycle minus the interval)", f"{ov['recurring_ms_per_op']:.2f}",
+                 f"{ov['recurring_overhead_pct']:+.0f} %", f"{ov['recurring_cpu_ms_per_op']:.2f}", args.runs)]
+        if execd is not None:
+            rows += [("pacemaker-execd, one-shot (liblrmd, one connection)", f"{ov['execd_ms_per_op']:.2f}",
+                      f"{ov['execd_overhead_pct']:+.0f} %", f"{ov['execd_cpu_ms_per_op']:.2f}", args.runs),
+                     ("pacemaker-execd, recurring (per cycle minus the interval)",
+                      f"{ov['execd_recurring_ms_per_op']:.2f}", "", f"{ov['execd_recurring_cpu_ms_per_op']:.2f}",
+                      args.runs)]
+        benchkit.print_table("Monitor of Dummy, one at a time",
+                             ("mode", "ms/op (median)", "over the loop", "executor CPU ms/op", "rounds"), rows)
+        if execd is not None:
+            report.goals.append(Goal("LRM one-shot overhead vs pacemaker-execd's (issue 18)",
+                                     ov["lrm_ms_per_op"] - ov["direct_ms_per_op"],
+                                     ov["execd_ms_per_op"] - ov["direct_ms_per_op"], "ms/op",
+                                     higher_is_better=False,
+                                     detail=f"{ov['lrm_ms_per_op']:.2f} vs {ov['execd_ms_per_op']:.2f} ms/op"))
+            report.goals.append(Goal("recurring monitor CPU per run vs pacemaker-execd's (issue 18)",
+                                     ov["recurring_cpu_ms_per_op"], ov["execd_recurring_cpu_ms_per_op"], "ms",
+                                     higher_is_better=False, detail="the executor's own CPU, agents excluded"))
         report.goals.append(Goal("LRM overhead, one-shot monitors (each recorded durably)", ov["overhead_pct"], 15.0,
                                  "%", higher_is_better=False,
                                  detail=f"{ov['lrm_ms_per_op']:.2f} vs {ov['direct_ms_per_op']:.2f} ms/op"))
