@@ -15,7 +15,8 @@ The peer, in the same rounds: Pacemaker's executor (``pacemaker-remoted``, which
 built standalone; Debian's pacemaker-remote) started in the work directory on its local IPC, driven
 through its own client library (liblrmd) by ``bench/execd/execd_monitor.c`` (built here with Debian's
 pacemaker-dev) over one connection kept for the round: the same Dummy, started, then ``--n`` monitors each
-waited for, and a recurring monitor every 0.1 s for ``--n`` runs (execd reports every run to its client).
+waited for, and a recurring monitor every 0.1 s: ``--n`` cycles from its first run's result (execd reports
+every run to its client), minus ``--n`` intervals.
 Executor CPU per operation: execd's own utime+stime from /proc (its agents excluded); the LRM's, the
 bench process's own CPU (getrusage, children excluded) over the LRM loop, the bench's loop included.
 Goals (issue 18): one-shot overhead through the LRM at most execd's; recurring CPU per run at most
@@ -101,6 +102,9 @@ class Execd:
         missing = [str(p) for p in (REMOTED, Path("/usr/include/pacemaker/crm/lrmd.h")) if not p.exists()]
         if missing:
             raise RuntimeError(f"not installed: {', '.join(missing)} (scripts/system-deps installs them)")
+        others = _executors_running()
+        if others:  # its local IPC name would be taken: the client would measure that one
+            raise RuntimeError(f"another Pacemaker executor is running ({', '.join(others)}): stop it first")
         self.client = work / "execd_monitor"
         flags = subprocess.run(["pkg-config", "--cflags", "--libs", "pacemaker-lrmd"], capture_output=True,
                                text=True, check=True).stdout.split()
@@ -111,46 +115,73 @@ class Execd:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PCMK_remote_port": str(port),
                "PCMK_logfile": str(work / "remoted.log"), "PCMK_logfacility": "none"}
         self.log = open(work / "remoted.out", "wb")
-        self.proc = subprocess.Popen([str(REMOTED)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.state = work / "execd.state"
-        deadline = time.monotonic() + 30
-        while True:  # ready when its client can connect and run a start
-            r = subprocess.run([str(self.client), "oneshot", "1", str(self.state)], capture_output=True, text=True,
-                               timeout=60, check=False)
-            if r.returncode == 0:
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"pacemaker-remoted did not serve: {r.stderr.strip()}")
-            time.sleep(0.1)  # polling a daemon's readiness, not waiting for time to pass
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self.proc = subprocess.Popen([str(REMOTED)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+            self.state = work / "execd.state"
+            deadline = time.monotonic() + 30
+            while True:  # ready when its client can connect and run a start
+                r = subprocess.run([str(self.client), "oneshot", "1", str(self.state)], capture_output=True,
+                                   text=True, timeout=60, check=False)
+                if r.returncode == 0 and self.proc.poll() is None:
+                    break
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"pacemaker-remoted did not serve: {r.stderr.strip()} "
+                                       f"(see {work / 'remoted.log'})")
+                time.sleep(0.1)  # polling a daemon's readiness, not waiting for time to pass
+        except BaseException:
+            self.close()
+            raise
+
+    def _pid(self) -> int:
+        assert self.proc is not None and self.proc.poll() is None, "pacemaker-remoted is gone"
+        return self.proc.pid
 
     def oneshot(self, n: int) -> tuple[float, float]:
         """(seconds of n monitors, each waited for; execd's CPU seconds meanwhile)."""
-        c0 = _proc_cpu(self.proc.pid)
+        c0 = _proc_cpu(self._pid())
         r = subprocess.run([str(self.client), "oneshot", str(n), str(self.state)], capture_output=True, text=True,
                            timeout=600, check=True)
-        cpu = _proc_cpu(self.proc.pid) - c0
+        cpu = _proc_cpu(self._pid()) - c0
         times = [float(x) for x in r.stdout.split()]
         assert len(times) == n, r.stdout
         return sum(times) / 1e6, cpu
 
     def recurring(self, n: int, interval: float) -> tuple[float, float]:
         """(seconds of n recurring runs every ``interval``; execd's CPU seconds meanwhile)."""
-        c0 = _proc_cpu(self.proc.pid)
+        c0 = _proc_cpu(self._pid())
         r = subprocess.run([str(self.client), "recurring", str(n), str(self.state), str(int(interval * 1000))],
                            capture_output=True, text=True, timeout=600, check=True)
-        return float(r.stdout) / 1e6, _proc_cpu(self.proc.pid) - c0
+        return float(r.stdout) / 1e6, _proc_cpu(self._pid()) - c0
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
             try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # gone meanwhile
+            proc.wait()
         self.log.close()
+
+
+def _executors_running() -> list[str]:
+    """Pacemaker executors already running on this machine (name and pid)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                name = (d / "comm").read_text().strip()
+            except OSError:
+                continue
+            if name.startswith(("pacemaker-execd", "pacemaker-remot")):  # comm is cut at 15 characters
+                found.append(f"{name} {d.name}")
+    return found
 
 
 # ------------------------------------------------------------------ overhead

@@ -6,9 +6,9 @@
  *                                          one after another, each waited for; print each monitor's wall
  *                                          time (exec() to its completion event) in microseconds, a line each
  *   execd_monitor recurring N STATE_FILE INTERVAL_MS
- *                                          start it, then one recurring monitor every INTERVAL_MS; wait for
- *                                          N completions (execd reports every run); print the wall time of
- *                                          the N runs in microseconds
+ *                                          start it, then one recurring monitor every INTERVAL_MS; print the
+ *                                          wall time from its first completion to its (N+1)th (execd reports
+ *                                          every run) in microseconds: N cycles
  *
  * Exits 0 on success; 1 with a message on stderr when the executor refuses or an operation fails.
  * Built by bench/lrm.py with the flags of pkg-config's pacemaker-lrmd (Debian: pacemaker-dev).
@@ -68,12 +68,13 @@ static void on_event(lrmd_event_data_t *e)
     }
     if (!started) {
         started = 1;
-        t_first = now_us();
         submit("monitor", recurring ? interval_ms : 0);
         return;
     }
-    if (recurring) {
-        if (++seen == wanted) {
+    if (recurring) {  /* from the first run's completion to the (N+1)th's: N whole cycles, as the LRM's side */
+        if (seen++ == 0) {
+            t_first = now_us();
+        } else if (seen == wanted + 1) {
             printf("%.1f\n", now_us() - t_first);
             g_main_loop_quit(loop);
         }
@@ -103,6 +104,10 @@ int main(int argc, char **argv)
 
     loop = g_main_loop_new(NULL, FALSE);
     conn = lrmd_api_new();
+    if (conn == NULL) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
     rc = conn->cmds->connect(conn, "tenure-bench", NULL);
     if (rc != pcmk_ok) {
         fprintf(stderr, "cannot connect to the executor: %d\n", rc);

@@ -407,3 +407,42 @@ class _NoBatch:
 def _snapshot(rt: Runtime) -> Any:
     conn, _ = rt.history.open_snapshot()
     return conn
+
+
+def test_a_follower_restores_one_state_while_its_leader_writes(db_url: str, monkeypatch: Any) -> None:
+    """The restore reads the pools, then the claims in two parts: the leader's commits in between must not show
+    (a pool the follower has not read, or a value passed from a plain claim to an owned one, would be a crash or a
+    value held twice). The follower restores the snapshot, then tails to the leader."""
+    from tenure.services.allocator import AllocatorService
+
+    clock = FakeClock()
+    leader = open_rt(db_url, clock)
+    follower = None
+    try:
+        leader.run(leader.allocator.create_pool_op("vlan", ranges=[[1, 10]]))
+        leader.run(leader.allocator.claim_op("vlan", "k0"))  # value 1, a plain record
+        entry_from_row = AllocatorService._entry_from_row
+        wrote = []
+
+        def meanwhile(self: Any, row: Any) -> Any:  # between the follower's read of the pools and of the claims
+            if not wrote:
+                wrote.append(True)
+                leader.run(leader.allocator.release_op("vlan", "k0"))
+                assert leader.run(leader.allocator.claim_op("vlan", "k1", project="p1")).value == 1
+                leader.run(leader.allocator.create_pool_op("late", ranges=[[1, 10]]))
+                leader.run(leader.allocator.claim_op("late", "x"))
+            return entry_from_row(self, row)
+
+        monkeypatch.setattr(AllocatorService, "_entry_from_row", meanwhile)
+        follower = open_rt(db_url, clock, follower=True)
+        monkeypatch.undo()
+        assert wrote
+        pool = follower.allocator._entries["vlan"].pool
+        assert {k: c.value for k, c in pool.claims.items()} == {"k0": 1} and pool.ids._taken.runs() == [(1, 1)]
+        assert "late" not in follower.allocator._entries and follower.revision == 2
+        follower.tailer.poll()
+        assert_same(digest(leader), digest(follower))
+    finally:
+        if follower is not None:
+            follower.close()
+        leader.close()

@@ -176,7 +176,9 @@ class AllocatorService:
     def load(self, conn: Connection) -> None:
         """Restore every pool and its claims from the store (before serving).
 
-        One sequential scan of the claims table through the raw driver cursor, in two parts: the claims
+        ``conn`` is the restore's snapshot (a follower restores while its leader writes: the pools and both
+        parts of the scan must see one state). One sequential scan of the claims table through the raw
+        driver cursor, in two parts: the claims
         with no owner and no audit mark (most of them) come with their record already packed by the
         database (value + revision * 2**32, see :func:`~tenure.domain.pool.pack`), the others as rows.
         No row object, no Claim: a million claims take about the memory of a plain dict of their keys
@@ -194,11 +196,14 @@ class AllocatorService:
             cursor.execute(f"SELECT pool_id, key, value + revision * 4294967296 FROM claims{hint} WHERE {_PLAIN}")
             # Rows come in storage order: runs of one pool's claims, each added in one C loop.
             for pool_id, rows in groupby(cursor, _POOL_ID):
-                held_of[pool_id].update(map(_KEY_REC, rows))
+                held = held_of.get(pool_id)
+                if held is not None:  # (a claim of no pool: nothing can hold it)
+                    held.update(map(_KEY_REC, rows))
             cursor.execute(f"SELECT pool_id, key, value, project, host, mark, revision FROM claims{hint} "
                            f"WHERE NOT ({_PLAIN})")
             for pool_id, key, value, project, host, mark, revision in cursor:
-                held_of[pool_id][key] = pack(value, revision, by_id[pool_id].owner(project, host), mark)
+                if pool_id in by_id:
+                    held_of[pool_id][key] = pack(value, revision, by_id[pool_id].owner(project, host), mark)
         finally:
             cursor.close()
         for pool_id, pool in by_id.items():
@@ -480,7 +485,12 @@ class AllocatorService:
         pool = e.pool
         _check_new_owner(pool, project, host)
         first, cursor = batch.next_revision(), pool.ids.cursor
-        values = pool.claim_fresh(keys, project=project, host=host, revision=first)
+        try:
+            values = pool.claim_fresh(keys, project=project, host=host, revision=first)
+        except Conflict as exc:
+            if exc.code == "pool_exhausted":
+                log.warning("pool exhausted", extra={"pool": pool.name, "key": keys[0], "size": pool.size})
+            raise
         batch.on_undo(lambda: pool.unclaim_fresh(keys, values, cursor=cursor))
         now, mark, name = batch.now, pool.audit_epoch, pool.name
         revisions = range(first, first + len(keys))

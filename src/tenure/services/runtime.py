@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from tenure.clock import Clock, utcnow
 from tenure.config import Settings
@@ -35,8 +35,7 @@ from tenure.services.sessions import SessionService
 from tenure.services.shaping import sync_shapers
 from tenure.services.tokens import TokenService
 from tenure.services.topology import TopologyService
-from tenure.store import schema
-from tenure.store.engine import acquire_owner_lock, check_schema, make_engine, migrate
+from tenure.store.engine import acquire_owner_lock, check_schema, make_engine, migrate, open_snapshot
 from tenure.store.history import History
 from tenure.store.writer import Batch, Fence, Op, Published, Writer
 
@@ -99,8 +98,11 @@ class Runtime:
                 check_schema(self.engine)
             else:
                 migrate(self.engine)
-            with self.engine.connect() as conn, _no_gc():
-                revision = conn.execute(select(schema.state.c.revision)).scalar_one()
+            # One snapshot for the whole restore (REPEATABLE READ on PostgreSQL, a read transaction on SQLite): a
+            # follower or replica restores while its leader writes, and every service must see the same state,
+            # the revision's.
+            snapshot, revision = open_snapshot(self.engine)
+            with snapshot as conn, _no_gc():
                 self.writer = Writer(self.engine, revision=revision, clock=clock, fence=fence, epoch=epoch)
                 self.allocator = AllocatorService(writer=self.writer, engine=self.engine, rng=rng)
                 self.tokens = TokenService(writer=self.writer, clock=clock)
