@@ -152,7 +152,8 @@ class Event:
     labels: dict[str, str]
     body: dict[str, Any]
 
-    def row(self, epoch: int | None = None) -> dict[str, Any]:
+    def row(self, epoch: int | None = None, labels: str | None = None) -> dict[str, Any]:
+        """The event's row; ``labels``: its labels' JSON if the caller has it (events of one bulk share one dict)."""
         return {
             "epoch": epoch,
             "revision": self.revision,
@@ -160,7 +161,7 @@ class Event:
             "kind": self.kind,
             "object_id": self.object_id,
             "op": self.op,
-            "labels": _json(self.labels, orjson.OPT_SORT_KEYS),
+            "labels": _json(self.labels, orjson.OPT_SORT_KEYS) if labels is None else labels,
             "body": _json(self.body),
         }
 
@@ -172,6 +173,18 @@ def _json(value: Any, option: int = 0) -> str:
         return orjson.dumps(value, option=option).decode()
     except TypeError:
         return json.dumps(value, ensure_ascii=False, sort_keys=bool(option & orjson.OPT_SORT_KEYS))
+
+
+def _event_rows(events: list[Event], epoch: int | None) -> list[dict[str, Any]]:
+    """The events' rows, each distinct labels dict (by identity: a bulk's events share one) encoded once."""
+    encoded: dict[int, str] = {}
+    rows = []
+    for e in events:
+        labels = encoded.get(id(e.labels))
+        if labels is None:
+            labels = encoded[id(e.labels)] = _json(e.labels, orjson.OPT_SORT_KEYS)
+        rows.append(e.row(epoch, labels))
+    return rows
 
 
 class Command(Protocol):
@@ -535,7 +548,7 @@ class Writer:
                         stmt, params = build()
                         conn.execute(stmt, params)
                     if batch.events:
-                        INSERT_EVENTS.execute(conn, [e.row(self.epoch) for e in batch.events])
+                        INSERT_EVENTS.execute(conn, _event_rows(batch.events, self.epoch))
                     conn.execute(UPDATE_REVISION, {"b_revision": batch.revision})
                     if self.fence is not None:  # last: the leadership row stays locked only until the commit
                         self.fence.fence(conn, self.epoch)
