@@ -158,9 +158,11 @@ class RunSet:
 
     def take_from(self, x: int, hi: int) -> int | None:
         """Add and return the smallest absent value in ``[x, hi]``, or None if there is none (one look-up)."""
-        c, i = self._locate(x)
+        c = bisect_right(self._firsts, x) - 1  # _locate, inlined: the bulk path calls this once per value
+        i = -1
         v = x
         if c >= 0:
+            i = bisect_right(self._starts[c], x) - 1
             end = self._ends[c][i]
             if end >= x:
                 v = end + 1  # the run ending at v - 1 stays the one with the greatest start <= v
@@ -379,6 +381,16 @@ class IdSpace:
         if self.strategy == "random":
             out = []
             first = self.ranges[0][0]
+            if len(self.ranges) == 1:  # the common shape (a VXLAN pool): _random_point and the scan inlined
+                last, span, rand, take_from = self.ranges[0][1], self.size + self._reserved_count, \
+                    self._rng.random, taken.take_from
+                for _ in range(n):
+                    v = take_from(first + int(rand() * span), last)
+                    if v is None:
+                        v = take_from(first, last)
+                    assert v is not None  # free > 0
+                    out.append(v)
+                return out
             for _ in range(n):
                 v = self._take_free_from(self._random_point())
                 if v is None:
