@@ -342,7 +342,7 @@ class IdSpace:
 
     def _random_point(self) -> int:
         # random() (53 bits, one C call) rather than randrange (a Python loop of calls): over at most 2**32 values
-        # the start point's unevenness is below one part in 2**21, and the scan from it takes the next free value.
+        # the start point's unevenness is of the order of one part in 2**21; the scan from it takes the next free value.
         offset = int(self._rng.random() * (self.size + self._reserved_count))
         for lo, hi in self.ranges:
             span = hi - lo + 1
