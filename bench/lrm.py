@@ -16,7 +16,9 @@ built standalone; Debian's pacemaker-remote) started in the work directory on it
 through its own client library (liblrmd) by ``bench/execd/execd_monitor.c`` (built here with Debian's
 pacemaker-dev) over one connection kept for the round: the same Dummy, started, then ``--n`` monitors each
 waited for, and a recurring monitor every 0.1 s: ``--n`` cycles from its first run's result (execd reports
-every run to its client), minus ``--n`` intervals.
+every run to its client), minus ``--n`` intervals. And ``tenure agent`` in its own process on loopback TCP,
+driven over its HTTP API by the Python client (one connection): ``--n`` monitors, each submitted and its result
+long-polled; the agent process's own CPU from /proc. Goal (issue 18): its overhead at most 1.5x execd's.
 Executor CPU per operation: execd's own utime+stime from /proc (its agents excluded); the LRM's, the
 bench process's own CPU (getrusage, children excluded) over the LRM loop, the bench's loop included.
 Goals (issue 18): one-shot overhead through the LRM at most execd's; recurring CPU per run at most
@@ -184,6 +186,79 @@ def _executors_running() -> list[str]:
     return found
 
 
+# ------------------------------------------------------------------ tenure agent, over its HTTP API
+
+
+class AgentApi:
+    """``tenure agent`` (its own process, TCP on loopback) and the Python client, as an operator's tool drives it."""
+
+    def __init__(self, work: Path) -> None:
+        from tenure.client import TenureClient
+
+        data = work / "agent"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.log = open(work / "agent.out", "wb")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client: Any = None
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tenure", "agent", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+                 "--rsctmp", str(work / "agent-rsctmp"), "--log-level", "warning"],
+                stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            token_file = data / "admin.token"
+            deadline = time.monotonic() + 60
+            while True:  # ready when its admin token is written and it answers with it
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"tenure agent did not serve (see {work / 'agent.out'})")
+                if token_file.exists():
+                    client = TenureClient(f"http://127.0.0.1:{port}", token_file.read_text().strip())
+                    try:
+                        client.resources()
+                        self.client = client
+                        break
+                    except Exception:
+                        client.close()
+                time.sleep(0.1)  # polling a daemon's readiness, not waiting for time to pass
+            self.client.add_resource("d", DUMMY, params={"state": str(work / "agent-d.state")})
+            self._wait(self.client.submit("d", "start"))
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait(self, op: dict[str, Any]) -> None:
+        while True:
+            got = self.client.operation("d", op["id"], wait=60)
+            if got.get("result") is not None:
+                assert got["result"]["rc"] == 0, got
+                return
+
+    def oneshot(self, n: int) -> tuple[float, float]:
+        """(seconds of n monitors submitted and waited for over HTTP; the agent's own CPU seconds meanwhile)."""
+        assert self.proc is not None
+        c0, t0 = _proc_cpu(self.proc.pid), time.perf_counter()
+        for _ in range(n):
+            self._wait(self.client.submit("d", "monitor"))
+        return time.perf_counter() - t0, _proc_cpu(self.proc.pid) - c0
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.log.close()
+
+
 # ------------------------------------------------------------------ overhead
 
 
@@ -192,7 +267,7 @@ def _own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def overhead(work: Path, n: int, runs: int, execd: Execd | None) -> dict[str, Any]:
+async def overhead(work: Path, n: int, runs: int, execd: Execd | None, api: AgentApi | None) -> dict[str, Any]:
     rt, lrm = await _open(work)
     try:
         params = {"state": str(work / "d.state")}
@@ -210,6 +285,8 @@ async def overhead(work: Path, n: int, runs: int, execd: Execd | None) -> dict[s
         ex_cpu: list[float] = []
         ex_rec_s: list[float] = []
         ex_rec_cpu: list[float] = []
+        api_s: list[float] = []
+        api_cpu: list[float] = []
         for _ in range(runs):
             t0 = time.perf_counter()
             for _ in range(n):
@@ -221,6 +298,10 @@ async def overhead(work: Path, n: int, runs: int, execd: Execd | None) -> dict[s
                 secs, cpu = await asyncio.to_thread(execd.oneshot, n)
                 ex_s.append(secs)
                 ex_cpu.append(cpu)
+            if api is not None:
+                secs, cpu = await asyncio.to_thread(api.oneshot, n)
+                api_s.append(secs)
+                api_cpu.append(cpu)
             t0, c0 = time.perf_counter(), _own_cpu()
             for _ in range(n):
                 op = await lrm.submit("d", "monitor")
@@ -258,6 +339,8 @@ async def overhead(work: Path, n: int, runs: int, execd: Execd | None) -> dict[s
                 ex_rec_cpu.append(cpu)
             peer = (f"; execd {ex_s[-1] / n * 1000:.2f} ms/op one-shot, {ex_rec_s[-1] / n * 1000:.2f} recurring"
                     if execd is not None else "")
+            if api is not None:
+                peer += f"; tenure agent over HTTP {api_s[-1] / n * 1000:.2f} ms/op"
             print(f"  round: direct {direct_s[-1] / n * 1000:.2f} ms/op, LRM {lrm_s[-1] / n * 1000:.2f} ms/op "
                   f"(one-shot, recorded), {rec_s[-1] / n * 1000:.2f} ms/op (recurring, beyond the interval)"
                   f"{peer}", flush=True)
@@ -268,6 +351,10 @@ async def overhead(work: Path, n: int, runs: int, execd: Execd | None) -> dict[s
                "overhead_pct": (median(lrm_s) / median(direct_s) - 1) * 100,
                "lrm_cpu_ms_per_op": median(lrm_cpu) / n * 1000, "recurring_cpu_ms_per_op": median(rec_cpu) / n * 1000,
                "writer_commits": rt.writer.batches}
+        if api is not None:
+            out.update({"api_s": api_s, "api_ms_per_op": median(api_s) / n * 1000,
+                        "api_overhead_pct": (median(api_s) / median(direct_s) - 1) * 100,
+                        "api_cpu_ms_per_op": median(api_cpu) / n * 1000})
         if execd is not None:
             out.update({"execd_s": ex_s, "execd_recurring_s": ex_rec_s,
                         "execd_ms_per_op": median(ex_s) / n * 1000,
@@ -334,6 +421,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="n=50, runs=3, 100 instances, 10 s interval, 1 minute")
     ap.add_argument("--no-scale", dest="scale", action="store_false")
     ap.add_argument("--no-execd", dest="execd", action="store_false", help="leave out pacemaker-execd")
+    ap.add_argument("--no-api", dest="api", action="store_false", help="leave out tenure agent over HTTP")
     ap.add_argument("--child-scale", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--quiet-wait", type=float, default=60.0)
@@ -351,23 +439,33 @@ def main() -> None:
     try:
         con.print(f"overhead: {args.n} monitors of Dummy per round, {args.runs} rounds")
         (work / "overhead").mkdir()
-        execd = None
-        if args.execd:
-            try:
-                execd = Execd(work)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                report.notes.append(f"pacemaker-execd not measured: {exc}")
+        execd = api = None
         try:
-            ov = asyncio.run(overhead(work / "overhead", args.n, args.runs, execd))
+            if args.execd:
+                try:
+                    execd = Execd(work)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    report.notes.append(f"pacemaker-execd not measured: {exc}")
+            if args.api:
+                try:
+                    api = AgentApi(work)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    report.notes.append(f"tenure agent over HTTP not measured: {exc}")
+            ov = asyncio.run(overhead(work / "overhead", args.n, args.runs, execd, api))
         finally:
-            if execd is not None:
-                execd.close()
+            for peer in (execd, api):
+                if peer is not None:
+                    peer.close()
         report.results.append({"mode": "overhead", **ov})
         rows = [("direct loop (the limit)", f"{ov['direct_ms_per_op']:.2f}", "", "", args.runs),
                 ("LRM, one-shot (accepted and result committed)", f"{ov['lrm_ms_per_op']:.2f}",
                  f"{ov['overhead_pct']:+.0f} %", f"{ov['lrm_cpu_ms_per_op']:.2f}", args.runs),
                 ("LRM, recurring (per cycle minus the interval)", f"{ov['recurring_ms_per_op']:.2f}",
                  f"{ov['recurring_overhead_pct']:+.0f} %", f"{ov['recurring_cpu_ms_per_op']:.2f}", args.runs)]
+        if api is not None:
+            rows.append(("tenure agent over HTTP, one-shot (Python client, one connection)",
+                         f"{ov['api_ms_per_op']:.2f}", f"{ov['api_overhead_pct']:+.0f} %",
+                         f"{ov['api_cpu_ms_per_op']:.2f}", args.runs))
         if execd is not None:
             rows += [("pacemaker-execd, one-shot (liblrmd, one connection)", f"{ov['execd_ms_per_op']:.2f}",
                       f"{ov['execd_overhead_pct']:+.0f} %", f"{ov['execd_cpu_ms_per_op']:.2f}", args.runs),
@@ -382,6 +480,12 @@ def main() -> None:
                                      ov["execd_ms_per_op"] - ov["direct_ms_per_op"], "ms/op",
                                      higher_is_better=False,
                                      detail=f"{ov['lrm_ms_per_op']:.2f} vs {ov['execd_ms_per_op']:.2f} ms/op"))
+            if api is not None:
+                report.goals.append(Goal("tenure agent over HTTP: one-shot overhead vs 1.5x execd's (issue 18)",
+                                         ov["api_ms_per_op"] - ov["direct_ms_per_op"],
+                                         1.5 * (ov["execd_ms_per_op"] - ov["direct_ms_per_op"]), "ms/op",
+                                         higher_is_better=False,
+                                         detail=f"{ov['api_ms_per_op']:.2f} vs {ov['execd_ms_per_op']:.2f} ms/op"))
             report.goals.append(Goal("recurring monitor CPU per run vs pacemaker-execd's (issue 18)",
                                      ov["recurring_cpu_ms_per_op"], ov["execd_recurring_cpu_ms_per_op"], "ms",
                                      higher_is_better=False, detail="the executor's own CPU, agents excluded"))
