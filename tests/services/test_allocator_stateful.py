@@ -396,6 +396,10 @@ BUDGET = {
 }
 
 
+# Alone this takes 22-40 s (CI=true, derandomized); inside the whole suite on CI it ran past the default 300 s twice
+# on 2026-12-06 after issue 18's second step, for a cause not found yet (the traces show ordinary work, only slow):
+# a bounded wait of 15 minutes until it is found, not a fix.
+@pytest.mark.timeout(900)
 def test_allocator_matches_the_model_across_restarts(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
