@@ -45,7 +45,6 @@ sys.path.append(str(HERE))
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -66,6 +65,7 @@ from tenure.services.runtime import Runtime  # noqa: E402
 
 import benchkit  # noqa: E402
 from benchkit import Goal, Report, fmt, median  # noqa: E402
+from benchkit.server import proc_cpu_seconds, stop_process  # noqa: E402
 
 DUMMY = "ocf:heartbeat:Dummy"
 REMOTED = Path("/usr/sbin/pacemaker-remoted")
@@ -89,12 +89,6 @@ async def _close(rt: Runtime, lrm: Lrm) -> None:
 
 
 # ------------------------------------------------------------------ the peer: pacemaker-execd
-
-
-def _proc_cpu(pid: int) -> float:
-    """A process's own CPU seconds (utime + stime; its children excluded)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Execd:
@@ -142,33 +136,24 @@ class Execd:
 
     def oneshot(self, n: int) -> tuple[float, float]:
         """(seconds of n monitors, each waited for; execd's CPU seconds meanwhile)."""
-        c0 = _proc_cpu(self._pid())
+        c0 = proc_cpu_seconds(self._pid())
         r = subprocess.run([str(self.client), "oneshot", str(n), str(self.state)], capture_output=True, text=True,
                            timeout=600, check=True)
-        cpu = _proc_cpu(self._pid()) - c0
+        cpu = proc_cpu_seconds(self._pid()) - c0
         times = [float(x) for x in r.stdout.split()]
         assert len(times) == n, r.stdout
         return sum(times) / 1e6, cpu
 
     def recurring(self, n: int, interval: float) -> tuple[float, float]:
         """(seconds of n recurring runs every ``interval``; execd's CPU seconds meanwhile)."""
-        c0 = _proc_cpu(self._pid())
+        c0 = proc_cpu_seconds(self._pid())
         r = subprocess.run([str(self.client), "recurring", str(n), str(self.state), str(int(interval * 1000))],
                            capture_output=True, text=True, timeout=600, check=True)
-        return float(r.stdout) / 1e6, _proc_cpu(self._pid()) - c0
+        return float(r.stdout) / 1e6, proc_cpu_seconds(self._pid()) - c0
 
     def close(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # gone meanwhile
-            proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, grace=30)
         self.log.close()
 
 
@@ -237,25 +222,16 @@ class AgentApi:
     def oneshot(self, n: int) -> tuple[float, float]:
         """(seconds of n monitors submitted and waited for over HTTP; the agent's own CPU seconds meanwhile)."""
         assert self.proc is not None
-        c0, t0 = _proc_cpu(self.proc.pid), time.perf_counter()
+        c0, t0 = proc_cpu_seconds(self.proc.pid), time.perf_counter()
         for _ in range(n):
             self._wait(self.client.submit("d", "monitor"))
-        return time.perf_counter() - t0, _proc_cpu(self.proc.pid) - c0
+        return time.perf_counter() - t0, proc_cpu_seconds(self.proc.pid) - c0
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, grace=30)
         self.log.close()
 
 

@@ -184,10 +184,6 @@ class Pool:
         """True if no key of ``keys`` holds a claim."""
         return self._held.keys().isdisjoint(keys)
 
-    def values(self) -> Iterator[int]:
-        """Every claimed value, in no order."""
-        return (rec & _VALUE for rec in self._held.values())
-
     def exhausted_error(self) -> Conflict:
         return Conflict(
             f"pool {self.name!r} is exhausted: {self.used} of {self.size} values in use",
