@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tenure.clock import RealClock
 from tenure.drivers.process import group_alive, wait_group_gone
@@ -178,3 +181,51 @@ def test_closing_stops_what_still_runs_and_the_next_start_reports_it_interrupted
             assert [(r.trigger, r.status) for r in probes] == [("restore", "timeout")]
 
     run_lrm(tmp_path, scenario, close_wait=10)
+
+
+def test_an_operation_that_ends_at_once_is_recorded_before_and_after_a_restart(tmp_path: Path) -> None:
+    """A client operation's pending row is queued a loop turn after its submit (so an idle instance's process is
+    spawned first); one that ends before then (its agent gone: no process at all) has that row written first and
+    then completed, so it is not reported interrupted by the next start."""
+    drivers = tmp_path / "drivers"
+    drivers.mkdir()
+    shutil.copy(Path(__file__).parent / "bin" / "exclusive", drivers / "vanishing")
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("v", "exec:vanishing")
+        (drivers / "vanishing").unlink()
+        r = await h.do("v", "start")
+        assert (r["status"], r["rc"]) == ("not_installed", 5)
+        await h.restart()
+        assert h.lrm is not None
+        await h.lrm.wait_idle()  # the probe
+        history = await h.lrm.history("v")
+        assert [(e["action"], e["result"]["status"]) for e in reversed(history)] == [
+            ("start", "not_installed"), ("monitor", "not_installed")]
+
+    run_lrm(tmp_path, scenario, exec_dirs=(drivers,))
+
+
+def test_a_submit_whose_caller_goes_away_still_records_the_operation(tmp_path: Path) -> None:
+    """The caller of submit is cancelled while it waits for the pending row (a client that hung up): the operation
+    is queued already, so it runs, and its row is written and completed all the same."""
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        await h.lrm.add("a", DUMMY, params={"state": str(tmp_path / "a.state")})
+        await h.do("a", "start")
+        caller = asyncio.get_running_loop().create_task(h.lrm.submit("a", "monitor"))
+        await asyncio.sleep(0)  # the submit runs up to its wait for the pending row
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await h.lrm.wait_idle()
+        await h.restart()
+        assert h.lrm is not None
+        await h.lrm.wait_idle()  # the probe
+        history = await h.lrm.history("a")
+        assert [(e["action"], e["interval"], e["result"]["status"], e["result"]["rc"]) for e in reversed(history)] == [
+            ("start", 0.0, "done", 0), ("monitor", 0.0, "done", 0), ("monitor", 0.0, "done", 0)]
+
+    run_lrm(tmp_path, scenario)

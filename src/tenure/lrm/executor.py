@@ -108,6 +108,8 @@ class _Op:
     state: str = "queued"  # queued | running | done | cancelled
     result: Result | None = None
     has_row: bool = False  # a client operation has a pending history row to complete
+    accept: Callable[[], Awaitable[Any]] | None = None  # that row's write, until it is queued (_queue_accept)
+    accepted: asyncio.Future[Any] | None = None  # its commit
     done: asyncio.Event = field(default_factory=asyncio.Event)
     pid: int | None = None  # while it runs, a process driver's process (group leader)
     interrupted: bool = False  # stopped by close(): no result, as after a crash
@@ -454,17 +456,24 @@ class Lrm:
         if len(inst.queue) >= MAX_QUEUE:
             raise Conflict(f"resource {inst.name!r} has {len(inst.queue)} operations queued; wait for some to end",
                            code="queue_full", resource=inst.name)
-        # Everything below happens before the first await, so the queue order is the order of submission
-        # and the writer sees "accepted" before the worker can record the result.
+        # Everything below happens before the first await, so the queue order is the order of submission.
         unscheduled = self._unschedule(inst, list(inst.recurring.values())) if action == "stop" else None
+        loop = asyncio.get_running_loop()
         op = _Op(id=str(uuid.uuid4()), action=action, interval=0.0, timeout=timeout, report=report, expect=expect,
-                 trigger="client", submitted=self.clock.now(), submitted_wall=self.clock.wall(), has_row=True)
+                 trigger="client", submitted=self.clock.now(), submitted_wall=self.clock.wall(), has_row=True,
+                 accepted=loop.create_future())
         view = self._op_view(inst, op)
-        accepted = self.store.accepted(inst.body(), view)
+        body = inst.body()
+        op.accept = lambda: self.store.accepted(body, view)
         self._enqueue(inst, op)
+        # The pending row is queued on the loop's next turn, after the worker's first step: on an idle instance the
+        # process is spawned first, and the commit runs while it does (before, the two contended for the GIL, and
+        # the spawn waited about 0.9 ms). _settle queues it first if the operation ends before then. Whatever
+        # happens to this task, the row is queued.
+        loop.call_soon(self._queue_accept, op)
         if unscheduled is not None:
             await unscheduled
-        await accepted
+        await op.accepted
         log.debug("operation queued", extra={"resource": inst.name, "action": action, "op": op.id})
         return view
 
@@ -505,6 +514,27 @@ class Lrm:
             return
         inst.queue.remove(op)
         await self._settle(inst, op, self._cancelled_result(op, "cancelled before it ran"))
+
+    def _queue_accept(self, op: _Op) -> None:
+        """Queue a client operation's pending history row, once: on the turn after its submit, or at its result."""
+        accept, op.accept = op.accept, None
+        if accept is None:
+            return
+        write = asyncio.ensure_future(accept())
+        done = op.accepted
+        assert done is not None
+
+        def settled(w: asyncio.Future[Any]) -> None:
+            if w.cancelled():
+                if not done.done():
+                    done.cancel()
+            elif w.exception() is not None:  # (retrieved here: the submitter may be gone)
+                if not done.done():
+                    done.set_exception(w.exception())  # type: ignore[arg-type]
+            elif not done.done():
+                done.set_result(w.result())
+
+        write.add_done_callback(settled)
 
     def _cancelled_result(self, op: _Op, reason: str) -> Result:
         return Result(op_id=op.id, run=op.run, action=op.action, interval=op.interval, rc=None, status="cancelled",
@@ -665,6 +695,8 @@ class Lrm:
         report = rec is None or rec.spec.report == "always" or not result.same_outcome(prev) or changed
         monitor_failed = report and op.action == "monitor" and result.failed
         write: Awaitable[Any] | None = None
+        if op.accept is not None:  # ended before its pending row was queued: that row first, then the result
+            self._queue_accept(op)
         if report:
             view = self._rec_view(inst, rec) if rec is not None else self._op_view(inst, op)
             write = self.store.record(inst.body(), view, result, key=key, state_changed=changed,
