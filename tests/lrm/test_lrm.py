@@ -9,6 +9,7 @@ Time is a fake clock moved by hand; processes are real.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -310,5 +311,34 @@ def test_forced_remove_while_an_operation_runs(tmp_path: Path) -> None:
         await h.until(lambda: h.events[-1].kind == "resource" and h.events[-1].op == "deleted")
         await h.restart()
         assert h.lrm is not None and h.lrm.list() == []
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_long_polls_answer_at_the_result_and_at_shutdown(tmp_path: Path) -> None:
+    """``operation(wait=...)`` answers once the operation has its result; at shutdown (``stop_waiting``) every
+    long poll still waiting answers at once with the operation as it stands."""
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        lrm = h.lrm
+        await lrm.add("q", "exec:slowstart")
+        t0 = h.clock.now()
+        first = await lrm.submit("q", "start", timeout=3)
+        second = await lrm.submit("q", "start", timeout=3)
+        loop = asyncio.get_running_loop()
+        polls = [loop.create_task(lrm.operation("q", op["id"], wait=600)) for op in (first, first, second)]
+        await h.clock.timer_armed(t0 + 3)
+        assert not any(p.done() for p in polls)
+        h.clock.advance(3)  # the first start times out: its two polls answer with its result
+        a, b = await asyncio.gather(polls[0], polls[1])
+        assert a["state"] == b["state"] == "done" and a["result"]["status"] == b["result"]["status"] == "timeout"
+        await h.clock.timer_armed(h.clock.now() + 3)  # the second start runs now
+        assert not polls[2].done()
+        lrm.stop_waiting()
+        view = await polls[2]
+        assert (view["id"], view["state"], view["result"]) == (second["id"], "running", None)
+        assert not lrm._polls
+        h.clock.advance(3)  # (it ends as a timeout, so the harness closes at once)
 
     run_lrm(tmp_path, scenario)

@@ -79,6 +79,25 @@ REAL_TIME_MARGIN = 5.0  # seconds: how much longer than its clock says a wait of
 RUNNING_STATES = frozenset({"running", "promoted", "degraded", "failed"})
 
 
+class _Done(asyncio.Event):
+    """An operation's end (or a recurring one's first result); it also wakes the long polls on it (a future each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        super().set()
+        _wake(self.polls)
+
+
+def _wake(polls: set[asyncio.Future[None]]) -> None:
+    for f in polls:
+        if not f.done():
+            f.set_result(None)
+    polls.clear()
+
+
 @dataclass(eq=False)
 class _Rec:
     spec: Recurring
@@ -88,7 +107,7 @@ class _Rec:
     last: Result | None = None
     cancelled: bool = False
     held: bool = False  # not scheduled until the restart probe is done
-    first: asyncio.Event = field(default_factory=asyncio.Event)  # set at its first result (long polls)
+    first: _Done = field(default_factory=_Done)  # set at its first result (long polls)
 
 
 @dataclass(eq=False)
@@ -110,7 +129,7 @@ class _Op:
     has_row: bool = False  # a client operation has a pending history row to complete
     accept: Callable[[], Awaitable[Any]] | None = None  # that row's write, until it is queued (_queue_accept)
     accepted: asyncio.Future[Any] | None = None  # its commit
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: _Done = field(default_factory=_Done)
     pid: int | None = None  # while it runs, a process driver's process (group leader)
     interrupted: bool = False  # stopped by close(): no result, as after a crash
 
@@ -182,6 +201,7 @@ class Lrm:
         self.grace = grace
         self.close_wait = close_wait
         self._stopping = asyncio.Event()  # set at shutdown: long polls answer at once
+        self._polls: set[asyncio.Future[None]] = set()  # the long polls waiting now (woken at shutdown)
         self.max_parallel = max_parallel
         self._slots = asyncio.Semaphore(max_parallel)
         self._by_id: dict[str, _Inst] = {}
@@ -275,13 +295,19 @@ class Lrm:
         if found is not None:
             done = found.done if isinstance(found, _Op) else found.first  # a recurring one: its first result
             if wait > 0 and not done.is_set() and not self._stopping.is_set():
-                # Ends at the result, after ``wait``, or when the agent shuts down (the answer as it stands).
-                waits = [asyncio.ensure_future(done.wait()), asyncio.ensure_future(self._stopping.wait())]
+                # Ends at the result, after ``wait``, or when the agent shuts down (the answer as it stands):
+                # one future that either wakes, no task of its own.
+                poll: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                done.polls.add(poll)
+                self._polls.add(poll)
                 try:
-                    await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                    async with asyncio.timeout(wait):
+                        await poll
+                except TimeoutError:
+                    pass
                 finally:
-                    for w in waits:
-                        w.cancel()
+                    done.polls.discard(poll)
+                    self._polls.discard(poll)
             return self._op_view(inst, found) if isinstance(found, _Op) else self._rec_view(inst, found)
         for entry in await asyncio.to_thread(self.store.read_history, inst.id, HISTORY_PER_INSTANCE):
             if entry["id"] == op_id:
@@ -701,10 +727,14 @@ class Lrm:
             view = self._rec_view(inst, rec) if rec is not None else self._op_view(inst, op)
             write = self.store.record(inst.body(), view, result, key=key, state_changed=changed,
                                       monitor_failed=monitor_failed, existing_row=op.has_row)
-            level = logging.WARNING if result.failed else logging.INFO
-            log.log(level, "operation finished", extra={
-                "resource": inst.name, "id": inst.id, "action": op.action, "interval": op.interval,
-                "rc": result.rc, "status": result.status, "reason": result.exit_reason, "run_ms": result.run_ms})
+            # A monitor that found what it expected is routine (a host runs thousands an hour): debug, as Pacemaker
+            # logs its monitors; everything else at info, and failures as warnings.
+            level = (logging.WARNING if result.failed else
+                     logging.DEBUG if op.action == "monitor" and result.rc == op.expect else logging.INFO)
+            if log.isEnabledFor(level):
+                log.log(level, "operation finished", extra={
+                    "resource": inst.name, "id": inst.id, "action": op.action, "interval": op.interval,
+                    "rc": result.rc, "status": result.status, "reason": result.exit_reason, "run_ms": result.run_ms})
         if changed:
             log.info("resource state changed", extra={"resource": inst.name, "from": old_state, "to": inst.state})
         return self._recorded(inst, op, result, write)
@@ -795,6 +825,7 @@ class Lrm:
     def stop_waiting(self) -> None:
         """The agent shuts down: long polls (``operation`` with ``wait``) answer now, with what they have."""
         self._stopping.set()
+        _wake(self._polls)
 
     async def close(self) -> None:
         """Stop scheduling, drop what is queued, wait for what runs, then stop what still runs.
