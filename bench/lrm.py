@@ -17,8 +17,8 @@ through its own client library (liblrmd) by ``bench/execd/execd_monitor.c`` (bui
 pacemaker-dev) over one connection kept for the round: the same Dummy, started, then ``--n`` monitors each
 waited for, and a recurring monitor every 0.1 s: ``--n`` cycles from its first run's result (execd reports
 every run to its client), minus ``--n`` intervals. And ``tenure agent`` in its own process on loopback TCP,
-driven over its HTTP API by the Python client (one connection): ``--n`` monitors, each submitted and its result
-long-polled; the agent process's own CPU from /proc. Goal (issue 18): its overhead at most 1.5x execd's.
+driven over its HTTP API by the Python client (one connection): ``--n`` monitors, each one request (submitted
+with ``wait``, answered with its result, as the CLI does); the agent process's own CPU from /proc. Goal (issue 18): its overhead at most 1.5x execd's.
 Executor CPU per operation: execd's own utime+stime from /proc (its agents excluded); the LRM's, the
 bench process's own CPU (getrusage, children excluded) over the LRM loop, the bench's loop included.
 Goals (issue 18): one-shot overhead through the LRM at most execd's; recurring CPU per run at most
@@ -213,18 +213,19 @@ class AgentApi:
             raise
 
     def _wait(self, op: dict[str, Any]) -> None:
-        while True:
-            got = self.client.operation("d", op["id"], wait=60)
-            if got.get("result") is not None:
-                assert got["result"]["rc"] == 0, got
-                return
+        while op.get("result") is None:
+            op = self.client.operation("d", op["id"], wait=60)
+        assert op["result"]["rc"] == 0, op
 
     def oneshot(self, n: int) -> tuple[float, float]:
-        """(seconds of n monitors submitted and waited for over HTTP; the agent's own CPU seconds meanwhile)."""
+        """(seconds of n monitors submitted and waited for over HTTP; the agent's own CPU seconds meanwhile).
+
+        Each is one request, as ``tenure resource monitor`` makes it: submitted with ``wait``, answered with its
+        result (a long poll follows only if it took longer than the wait)."""
         assert self.proc is not None
         c0, t0 = proc_cpu_seconds(self.proc.pid), time.perf_counter()
         for _ in range(n):
-            self._wait(self.client.submit("d", "monitor"))
+            self._wait(self.client.submit("d", "monitor", wait=60))
         return time.perf_counter() - t0, proc_cpu_seconds(self.proc.pid) - c0
 
     def close(self) -> None:

@@ -330,7 +330,8 @@ BEYOND_SCHEMA: dict[str, set[str]] = {
     "POST /v1/resources": {"invalid_driver", "driver_not_found", "unknown_parameter", "missing_parameter",
                            "invalid_parameter"},
     "GET /v1/drivers/{spec}/meta-data": {"invalid_driver"},  # the spec's grammar: DriverSpec
-    "POST /v1/resources/{ref}/operations": {"invalid_action", "invalid_interval"},
+    # unknown_action: the actions a resource has are its driver's (a monitor on a Dummy, not "rate_out")
+    "POST /v1/resources/{ref}/operations": {"invalid_action", "invalid_interval", "unknown_action"},
 }
 
 

@@ -175,3 +175,26 @@ def test_lone_surrogates_are_4xx(agent: Any) -> None:
         r = agent.client.post("/v1/resources", content=raw, headers={**h(agent), "Content-Type": "application/json"})
         assert 400 <= r.status_code < 500, r.text
     assert agent.client.get("/v1/resources", headers=h(agent)).json()["items"] == []
+
+
+def test_submit_with_wait_answers_with_the_result(agent: Any, tmp_path: Path) -> None:
+    """``POST .../operations?wait=S``: one request answers with the result (a recurring one: its first); a bad
+    ``wait`` is a 400 that queues nothing."""
+    c = agent.client
+    c.post("/v1/resources", json={"name": "sw", "driver": DUMMY, "params": {"state": str(tmp_path / "sw.s")}},
+           headers=h(agent))
+    for wait in (-1, 61, "soon"):
+        error(c.post("/v1/resources/sw/operations", params={"wait": wait}, json={"action": "start"},
+                     headers=h(agent)), 400, "invalid_request")
+    assert c.get("/v1/resources/sw/history", headers=h(agent)).json()["items"] == []
+    r = c.post("/v1/resources/sw/operations", params={"wait": 30}, json={"action": "start"}, headers=h(agent))
+    assert r.status_code == 202, r.text
+    assert (r.json()["state"], r.json()["result"]["rc"], r.json()["result"]["status"]) == ("done", 0, "done")
+    assert c.get("/v1/resources/sw", headers=h(agent)).json()["state"] == "running"
+    body = {"action": "monitor", "interval": 60}
+    first = c.post("/v1/resources/sw/operations", params={"wait": 30}, json=body, headers=h(agent)).json()
+    assert first["recurring"] and first["merged"] is False and first["result"]["rc"] == 0
+    again = c.post("/v1/resources/sw/operations", params={"wait": 30}, json=body, headers=h(agent)).json()
+    assert again["id"] == first["id"] and again["merged"] is True and again["result"]["rc"] == 0
+    error(c.post("/v1/resources/nobody/operations", params={"wait": 30}, json={"action": "start"},
+                 headers=h(agent)), 404, "resource_not_found")

@@ -295,6 +295,12 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.tenure = state
     app.state.metrics = metrics
     errors.install(app)
+    if config.extension is not None:
+        # E.g. a host agent: its own tokens, local IDs and events, and the resource manager. Its routes come first:
+        # a request is matched against the routes in order, and on an agent nearly every request is one of these
+        # (their paths are disjoint from the ones below).
+        for router in config.extension.routers:
+            app.include_router(router)
     app.include_router(routes.router)
     app.include_router(console.router)
     app.include_router(watch.router)
@@ -306,9 +312,6 @@ def create_app(config: ServerConfig) -> FastAPI:
         app.include_router(instances.router)
         app.include_router(ui.router)
         app.mount(ui.PREFIX, ui.ConsoleFiles(), name="ui")
-    else:  # e.g. a host agent: its own tokens, local IDs and events, and the resource manager
-        for router in config.extension.routers:
-            app.include_router(router)
 
     @app.get("/healthz", tags=["system"], response_class=JSONResponse, responses=HEALTH_RESPONSES)
     def healthz() -> Response:

@@ -190,10 +190,16 @@ def _one_shot(ctx: typer.Context, name: str, action: str, *, timeout: str | None
     finished: list[dict[str, Any]] = []
 
     def call(c: TenureClient) -> dict[str, Any]:
-        op = c.submit(name, action, timeout=seconds, expect=expect)
-        if not no_wait:
-            op = _wait(c, name, op)
-            finished.append(op)
+        if no_wait:
+            return c.submit(name, action, timeout=seconds, expect=expect)
+        try:  # the answer comes with the result when it takes less than POLL seconds: one request, not two
+            op = c.submit(name, action, timeout=seconds, expect=expect, wait=POLL)
+        except KeyboardInterrupt:
+            warn(f"interrupted: {action} may have been queued and goes on on the agent; see "
+                 f"`tenure resource status {name}`")
+            raise typer.Exit(130) from None
+        op = _wait(c, name, op)
+        finished.append(op)
         return op
 
     def show(op: dict[str, Any]) -> None:

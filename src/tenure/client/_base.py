@@ -626,16 +626,22 @@ class ClientBase(Generic[R]):
         timeout: float | None = None,
         report: str = "change",
         expect: int = 0,
+        wait: float = 0,
     ) -> R:
         """Queue ``action`` (``interval`` seconds > 0: recurring) and answer the operation at once (202).
 
         A recurring one that duplicates an existing one (same action and interval) answers that one with
-        ``merged``: True. The result comes later: :meth:`operation` with ``wait``, the history, the watch.
+        ``merged``: True. The result comes later: :meth:`operation` with ``wait``, the history, the watch; or,
+        with ``wait`` here (at most 60 s), in this answer once the operation has it (a recurring one: its
+        first), else the operation as it stands after ``wait`` seconds.
         """
         body: dict[str, Any] = {"action": action, "interval": interval, "report": report, "expect": expect}
         if timeout is not None:
             body["timeout"] = timeout
-        return self._run(Call("POST", f"/v1/resources/{segment(ref)}/operations", json=body))
+        path = f"/v1/resources/{segment(ref)}/operations"
+        if not wait:
+            return self._run(Call("POST", path, json=body))
+        return self._run(Call("POST", path, json=body, params={"wait": wait}, read_timeout=wait + self.timeout))
 
     def operations(self, ref: str) -> R:
         """``{"items": [...]}``: running, queued, recurring and recently finished operations of ``ref``."""
