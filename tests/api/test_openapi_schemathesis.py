@@ -18,7 +18,8 @@ Streams: ``GET /v1/watch`` (Server-Sent Events) never ends by itself. Its cases 
 generation and checks, but are sent by this module: the answer's status and headers are read, then the
 stream is closed, and the checks run on that answer (a 200 is ``text/event-stream`` with no schema; an
 error is JSON with its body). ``GET .../operations/{op_id}?wait=`` (a long poll) is fed only operations
-that already have a result, so it answers at once; a generated unknown id is a 404 at once.
+that already have a result, so it answers at once; a generated unknown id is a 404 at once. ``POST
+.../operations?wait=`` waits for the operation it queues: on the seeded Dummy resources that is milliseconds.
 """
 
 from __future__ import annotations

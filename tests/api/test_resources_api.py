@@ -198,3 +198,22 @@ def test_submit_with_wait_answers_with_the_result(agent: Any, tmp_path: Path) ->
     assert again["id"] == first["id"] and again["merged"] is True and again["result"]["rc"] == 0
     error(c.post("/v1/resources/nobody/operations", params={"wait": 30}, json={"action": "start"},
                  headers=h(agent)), 404, "resource_not_found")
+
+
+def test_the_agents_routes_overlap_none_of_the_servers() -> None:
+    """create_app puts an agent's routes first (they are nearly all its requests): that is only the same app if
+    no path of theirs is also one of the server's routes' paths."""
+    import re
+
+    from starlette.routing import compile_path
+
+    from tenure.api import admin, console, replicas, resources, routes, watch
+
+    base = [r for router in (routes.router, console.router, watch.router, replicas.router, admin.router)
+            for r in router.routes]
+    for mine in resources.router.routes:
+        sample = re.sub(r"\{[^}]+\}", "x", mine.path)
+        for other in base:
+            assert not compile_path(other.path)[0].match(sample), (mine.path, other.path)
+            other_sample = re.sub(r"\{[^}]+\}", "x", other.path)
+            assert not compile_path(mine.path)[0].match(other_sample), (mine.path, other.path)

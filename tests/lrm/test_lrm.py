@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -338,7 +339,102 @@ def test_long_polls_answer_at_the_result_and_at_shutdown(tmp_path: Path) -> None
         lrm.stop_waiting()
         view = await polls[2]
         assert (view["id"], view["state"], view["result"]) == (second["id"], "running", None)
-        assert not lrm._polls
+        again = await lrm.operation("q", second["id"], wait=600)  # after the shutdown began: at once
+        assert again["state"] == "running"
         h.clock.advance(3)  # (it ends as a timeout, so the harness closes at once)
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_submit_with_wait_and_a_recurring_first_result_that_never_comes(tmp_path: Path) -> None:
+    """``submit(wait=...)`` answers with the result; a wait for a recurring operation's first result ends when
+    that operation is cancelled before its first run."""
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        lrm = h.lrm
+        await lrm.add("d", DUMMY, params={"state": str(tmp_path / "d.state")})
+        done = await lrm.submit("d", "start", wait=600)
+        assert (done["state"], done["result"]["rc"]) == ("done", 0)
+        await lrm.add("q", "exec:slowstart")
+        t0 = h.clock.now()
+        running = await lrm.submit("q", "start", timeout=3)
+        waiting = asyncio.get_running_loop().create_task(lrm.submit("q", "monitor", interval=60, wait=600))
+        await h.until(lambda: bool(lrm.get("q")["recurring"]))  # added; its first run waits behind the start
+        mon = lrm.get("q")["recurring"][0]
+        await lrm.cancel("q", mon["id"])
+        view = await waiting
+        assert (view["id"], view["state"], view["result"], view["merged"]) == (mon["id"], "cancelled", None, False)
+        await h.clock.timer_armed(t0 + 3)
+        h.clock.advance(3)
+        await h.result_of("q", running)
+
+    run_lrm(tmp_path, scenario)
+
+
+def test_pending_rows_are_written_in_submission_order(tmp_path: Path) -> None:
+    """Operations submitted in one loop turn on two instances: their pending rows (``operation created``) are
+    written in the order of submission, even when the second ends first (its instance removed at once)."""
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        lrm = h.lrm
+        await lrm.add("x", DUMMY, params={"state": str(tmp_path / "x.state")})
+        await lrm.add("y", "exec:slowstart")
+        t0 = h.clock.now()
+        busy = await lrm.submit("y", "start", timeout=3)
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(lrm.submit("x", "monitor"))
+        second = loop.create_task(lrm.submit("y", "stop"))  # queued behind y's start
+        removal = loop.create_task(lrm.remove("y", force=True))  # settles it (cancelled) in the same turn
+        one, two, _ = await asyncio.gather(first, second, removal)
+
+        def created() -> list[str]:
+            return [e.body["id"] for e in h.events if (e.kind, e.op) == ("operation", "created")]
+
+        await h.until(lambda: {one["id"], two["id"]} <= set(created()))
+        order = created()
+        assert order.index(one["id"]) < order.index(two["id"]), order
+        await h.clock.timer_armed(t0 + 3)
+        h.clock.advance(3)
+        await lrm.wait_idle()
+        assert busy["id"]
+
+    run_lrm(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_pending_row_the_store_refuses(tmp_path: Path, busy: bool) -> None:
+    """The store refuses a client operation's pending row: one that has not started is taken off the queue and
+    never runs (the submit fails as the store did); one already running is answered ``outcome_unknown``."""
+    from tenure.domain.errors import TenureError, Unavailable
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        lrm = h.lrm
+        await lrm.add("q", "exec:slowstart")
+        t0 = h.clock.now()
+        ahead = await lrm.submit("q", "start", timeout=3) if busy else None
+
+        def refused(*_args: Any) -> asyncio.Future[Any]:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(Unavailable("the store failed to commit", code="store_error"))
+            return fut
+
+        lrm.store.accepted = refused  # type: ignore[method-assign]
+        with pytest.raises(TenureError) as exc:
+            await lrm.submit("q", "start", timeout=3)
+        if busy:
+            assert exc.value.code == "store_error"
+            assert lrm.get("q")["queued"] == []
+        else:
+            assert exc.value.code == "outcome_unknown"
+            assert lrm.get("q")["running"] is not None
+        await h.clock.timer_armed(t0 + 3)
+        h.clock.advance(3)
+        await lrm.wait_idle()
+        starts = [r for _, r in h.results if r.action == "start"]
+        assert len(starts) == 1, starts  # the refused one never ran (busy), or is the one that ran
+        assert ahead is None or starts[0].op_id == ahead["id"]
 
     run_lrm(tmp_path, scenario)

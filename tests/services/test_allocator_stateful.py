@@ -110,22 +110,15 @@ def check_bulk_refusal(m: PoolModel, items: list[tuple[str, int | None]], exc: T
     if len(set(keys)) != len(keys):
         assert isinstance(exc, InvalidInput) and exc.code == "duplicate_key", repr(exc)
         return
-    pinned = [v for _, v in items]
-    # A random pick may land on a value that a later item pins: that item is then refused, value_taken,
-    # whatever the model expects further on (the model picks around later pins, the store does not).
-    first_pick = next((i for i, (_, value) in enumerate(items) if value is None), len(items))
-    if (
-        m.strategy == "random" and isinstance(exc, Conflict) and exc.code == "value_taken"
-        and exc.details.get("value") in m.free_values() and exc.details.get("value") in pinned[first_pick + 1 :]
-    ):
-        return
-    # Otherwise: the first item the model refuses, picking for ``random`` a value no later item pins.
+    # The first item the model refuses, picking for ``random`` a value no later item pins.
     trial = copy.deepcopy(m)
+    pinned = [v for _, v in items]
     expected: Refusal | None = None
+    refused_at = len(items) - 1  # the last item the store can reach
     for i, (key, value) in enumerate(items):
         prediction = trial.predict(key, value)
         if isinstance(prediction, Refusal):
-            expected = prediction
+            expected, refused_at = prediction, i
             break
         got = prediction.value
         if got is None:
@@ -133,6 +126,13 @@ def check_bulk_refusal(m: PoolModel, items: list[tuple[str, int | None]], exc: T
             free = trial.free_values()
             got = next((v for v in free if v not in avoid), free[0])
         trial.apply(key, got, picked=value is None)
+    # Or earlier: a random pick may land on a free value that a later item pins, which is then refused
+    # (value_taken) before the store reaches the item the model refuses; the model picks around later pins.
+    if m.strategy == "random" and isinstance(exc, Conflict) and exc.code == "value_taken":
+        v = exc.details.get("value")
+        first_pick = next((i for i, (_, value) in enumerate(items) if value is None), len(items))
+        if v in m.free_values() and v in pinned[first_pick + 1 : refused_at + 1]:
+            return
     assert expected is not None, f"bulk {items} refused with {exc!r} {exc.code}; the model says granted"
     if expected.code == "pool_exhausted":
         # A refused bulk reports the pool as it stays (the bulk is undone), not as it was mid-way.
@@ -444,6 +444,11 @@ def test_a_random_pick_on_a_value_a_later_item_pins_explains_a_bulk_refusal() ->
     check_bulk_refusal(m, items, Conflict("value 6 is already claimed", code="value_taken", value=6))
     with pytest.raises(AssertionError):  # 5 is free and pinned by no item: nothing explains it
         check_bulk_refusal(m, items, Conflict("value 5 is already claimed", code="value_taken", value=5))
+    # An item the model refuses first (a key holding another value) cannot be passed to reach a later pin.
+    held = [("a", None), ("k" * 256, 3), ("c", 0)]
+    with pytest.raises(AssertionError):
+        check_bulk_refusal(m, held, Conflict("value 0 is already claimed", code="value_taken", value=0))
+    check_bulk_refusal(m, held, Conflict("k holds 6", code="key_holds_other_value", key="k" * 256, value=6))
     lowest = PoolModel.new("pool-lowest", "lowest", [[0, 7]], [[7, 7]])
     lowest.apply("k" * 256, 6, picked=True)
     with pytest.raises(AssertionError):  # lowest picks 0 and 1, so the pin of 0 must be refused... with value 0

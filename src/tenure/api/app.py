@@ -296,9 +296,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.metrics = metrics
     errors.install(app)
     if config.extension is not None:
-        # E.g. a host agent: its own tokens, local IDs and events, and the resource manager. Its routes come first:
-        # a request is matched against the routes in order, and on an agent nearly every request is one of these
-        # (their paths are disjoint from the ones below).
+        # E.g. a host agent's resource manager (the routes below serve its tokens, local IDs and events over the
+        # agent's store). Its routes come first: a request is matched against the routes in order, and on an agent
+        # nearly every request is one of these. Their paths must not overlap the ones below (a test checks).
         for router in config.extension.routers:
             app.include_router(router)
     app.include_router(routes.router)

@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, StrictFloat, StrictStr
 from tenure.api.fields import NO_NUL, coded, int_in
 from tenure.api.routes import Auth, StrictModel
 from tenure.domain.access import require_admin
-from tenure.domain.errors import NotFound, Unavailable
+from tenure.domain.errors import Unavailable
 from tenure.lrm.executor import Lrm
 from tenure.lrm.model import (
     MAX_INTERVAL,
@@ -110,15 +110,8 @@ async def submit(ref: str, body: OperationCreate, lrm: LRM,
                  wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0) -> dict[str, Any]:
     """Queue an operation. With ``wait``: answered once it has its result (a recurring one: its first), or after
     ``wait`` seconds, as it then stands: one request where a submit and a long poll take two."""
-    op = await lrm.submit(ref, body.action, interval=body.interval, timeout=body.timeout, report=body.report,
-                          expect=body.expect)
-    if not wait or op["result"] is not None:
-        return op
-    try:
-        view = await lrm.operation(op["resource_id"], op["id"], wait=wait)
-    except NotFound:  # the resource was removed meanwhile: the answer of the submit
-        return op
-    return {**view, "merged": op["merged"]} if "merged" in op else view
+    return await lrm.submit(ref, body.action, interval=body.interval, timeout=body.timeout, report=body.report,
+                            expect=body.expect, wait=wait)
 
 
 @router.get("/resources/{ref}/operations", tags=["resources"])

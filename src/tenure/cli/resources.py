@@ -37,7 +37,7 @@ from rich.text import Text
 from tenure.cli.common import JsonOption, err, fields, run, say, session, table, warn
 from tenure.cli.watch import _json_line, follow
 from tenure.cli.watch import _line as _note_line
-from tenure.client import TenureClient, TenureClientError, Watch, WatchEvent
+from tenure.client import TenureAPIError, TenureClient, TenureClientError, TenureConnectionError, Watch, WatchEvent
 from tenure.config import default_data_dir, local_admin_token, local_server_url
 
 app = typer.Typer(help="The host agent's resources: add, start, stop, monitor, inspect (see `tenure agent`).",
@@ -171,6 +171,18 @@ def _succeeded(r: dict[str, Any]) -> bool:
     return not r["failed"] and r["status"] != "cancelled"
 
 
+def submit_waiting(c: TenureClient, ref: str, action: str, *, timeout: float | None, expect: int) -> dict[str, Any]:
+    """Submit ``action``, answered with its result if that comes within POLL seconds: one request, not two.
+
+    An agent older than ``?wait=`` refuses the parameter before anything is queued: then without it."""
+    try:
+        return c.submit(ref, action, timeout=timeout, expect=expect, wait=POLL)
+    except TenureAPIError as exc:
+        if exc.status == 400 and exc.code == "invalid_request" and "query parameter 'wait'" in exc.message:
+            return c.submit(ref, action, timeout=timeout, expect=expect)
+        raise
+
+
 def _wait(c: TenureClient, ref: str, op: dict[str, Any]) -> dict[str, Any]:
     """Long-poll until the operation has a result (its timeout on the agent bounds the wait)."""
     try:
@@ -192,12 +204,16 @@ def _one_shot(ctx: typer.Context, name: str, action: str, *, timeout: str | None
     def call(c: TenureClient) -> dict[str, Any]:
         if no_wait:
             return c.submit(name, action, timeout=seconds, expect=expect)
-        try:  # the answer comes with the result when it takes less than POLL seconds: one request, not two
-            op = c.submit(name, action, timeout=seconds, expect=expect, wait=POLL)
+        try:
+            op = submit_waiting(c, name, action, timeout=seconds, expect=expect)
         except KeyboardInterrupt:
             warn(f"interrupted: {action} may have been queued and goes on on the agent; see "
                  f"`tenure resource status {name}`")
             raise typer.Exit(130) from None
+        except TenureConnectionError:
+            warn(f"the connection failed while waiting: {action} may have been queued and go on on the agent; see "
+                 f"`tenure resource status {name}`")
+            raise
         op = _wait(c, name, op)
         finished.append(op)
         return op

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -89,6 +90,25 @@ class _Done(asyncio.Event):
     def set(self) -> None:
         super().set()
         _wake(self.polls)
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # looked at: no "exception was never retrieved" when nobody awaits it any more
+
+
+def _pass_on(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    """``source``'s outcome to ``target`` (a cancelled write: its outcome is unknown)."""
+    if source.cancelled():
+        if not target.done():
+            target.set_exception(Unavailable("the store's answer was cancelled", code="outcome_unknown"))
+        return
+    exc = source.exception()
+    if not target.done():
+        if exc is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(source.result())
 
 
 def _wake(polls: set[asyncio.Future[None]]) -> None:
@@ -202,6 +222,7 @@ class Lrm:
         self.close_wait = close_wait
         self._stopping = asyncio.Event()  # set at shutdown: long polls answer at once
         self._polls: set[asyncio.Future[None]] = set()  # the long polls waiting now (woken at shutdown)
+        self._accepts: deque[_Op] = deque()  # client operations whose pending row is not queued yet, in order
         self.max_parallel = max_parallel
         self._slots = asyncio.Semaphore(max_parallel)
         self._by_id: dict[str, _Inst] = {}
@@ -294,26 +315,30 @@ class Lrm:
         found = self._find_op(inst, op_id)
         if found is not None:
             done = found.done if isinstance(found, _Op) else found.first  # a recurring one: its first result
-            if wait > 0 and not done.is_set() and not self._stopping.is_set():
-                # Ends at the result, after ``wait``, or when the agent shuts down (the answer as it stands):
-                # one future that either wakes, no task of its own.
-                poll: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                done.polls.add(poll)
-                self._polls.add(poll)
-                try:
-                    async with asyncio.timeout(wait):
-                        await poll
-                except TimeoutError:
-                    pass
-                finally:
-                    done.polls.discard(poll)
-                    self._polls.discard(poll)
+            await self._wait_done(done, wait)
             return self._op_view(inst, found) if isinstance(found, _Op) else self._rec_view(inst, found)
         for entry in await asyncio.to_thread(self.store.read_history, inst.id, HISTORY_PER_INSTANCE):
             if entry["id"] == op_id:
                 return entry
         raise NotFound(f"resource {inst.name!r} has no operation {op_id!r}", code="operation_not_found",
                        operation=op_id)
+
+    async def _wait_done(self, done: _Done, wait: float) -> None:
+        """Until ``done`` is set, ``wait`` seconds have passed, or the agent shuts down: one future that either
+        wakes, no task of its own."""
+        if wait <= 0 or done.is_set() or self._stopping.is_set():
+            return
+        poll: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.polls.add(poll)
+        self._polls.add(poll)
+        try:
+            async with asyncio.timeout(wait):
+                await poll
+        except TimeoutError:
+            pass
+        finally:
+            done.polls.discard(poll)
+            self._polls.discard(poll)
 
     async def history(self, ref: str, limit: int = 50) -> list[dict[str, Any]]:
         inst = self._get(ref)
@@ -454,8 +479,12 @@ class Lrm:
         return self.default_timeout
 
     async def submit(self, ref: str, action: str, *, interval: float = 0.0, timeout: float | None = None,
-                     report: str = "change", expect: int = 0) -> dict[str, Any]:
-        """Queue an operation and return it at once; its result comes as an event and in the history."""
+                     report: str = "change", expect: int = 0, wait: float = 0.0) -> dict[str, Any]:
+        """Queue an operation and return it at once; its result comes as an event and in the history.
+
+        With ``wait`` (seconds): return once the operation has its result (a recurring one: its first), after
+        ``wait`` seconds, or at shutdown, as it then stands.
+        """
         self._open()
         inst = self._get(ref)
         if not isinstance(action, str) or not ACTION_NAME.fullmatch(action):
@@ -478,7 +507,9 @@ class Lrm:
             inst.driver.validate_params(meta, inst.params)
         timeout = timeout or self._timeout_for(inst, action, interval)
         if interval:
-            return await self._add_recurring(inst, action, interval, timeout, report, expect)
+            rec, merged = await self._add_recurring(inst, action, interval, timeout, report, expect)
+            await self._wait_done(rec.first, wait)
+            return {**self._rec_view(inst, rec), "merged": merged}
         if len(inst.queue) >= MAX_QUEUE:
             raise Conflict(f"resource {inst.name!r} has {len(inst.queue)} operations queued; wait for some to end",
                            code="queue_full", resource=inst.name)
@@ -488,26 +519,40 @@ class Lrm:
         op = _Op(id=str(uuid.uuid4()), action=action, interval=0.0, timeout=timeout, report=report, expect=expect,
                  trigger="client", submitted=self.clock.now(), submitted_wall=self.clock.wall(), has_row=True,
                  accepted=loop.create_future())
+        op.accepted.add_done_callback(_retrieved)  # (its submitter may be gone when it fails)
         view = self._op_view(inst, op)
         body = inst.body()
         op.accept = lambda: self.store.accepted(body, view)
         self._enqueue(inst, op)
         # The pending row is queued on the loop's next turn, after the worker's first step: on an idle instance the
         # process is spawned first, and the commit runs while it does (before, the two contended for the GIL, and
-        # the spawn waited about 0.9 ms). _settle queues it first if the operation ends before then. Whatever
-        # happens to this task, the row is queued.
+        # the spawn waited about 0.9 ms). Pending rows are queued in submission order, each before its operation's
+        # result (_settle queues them first if the operation ends sooner). Whatever happens to this task, the row
+        # is queued and written.
+        self._accepts.append(op)
         loop.call_soon(self._queue_accept, op)
         if unscheduled is not None:
             await unscheduled
-        await op.accepted
+        try:
+            await asyncio.shield(op.accepted)
+        except TenureError:
+            if op in inst.queue:  # it has not started: it will not run, as if it had not been submitted
+                inst.queue.remove(op)
+                raise
+            raise Unavailable(f"{action} of {inst.name!r} runs (or ran), but the store did not record it; see the "
+                              "resource's state", code="outcome_unknown", resource=inst.name) from None
         log.debug("operation queued", extra={"resource": inst.name, "action": action, "op": op.id})
+        if wait > 0:
+            await self._wait_done(op.done, wait)
+            return self._op_view(inst, op)
         return view
 
     async def _add_recurring(self, inst: _Inst, action: str, interval: float, timeout: float, report: str,
-                             expect: int) -> dict[str, Any]:
+                             expect: int) -> tuple[_Rec, bool]:
+        """The recurring operation, and whether it merged into an existing one."""
         key = (action, round(interval * 1000))
         if (rec := inst.recurring.get(key)) is not None:  # a duplicate merges into the existing one
-            return {**self._rec_view(inst, rec), "merged": True}
+            return rec, True
         rec = _Rec(Recurring(op_id=str(uuid.uuid4()), action=action, interval=interval, timeout=timeout,
                              report=report, expect=expect, created_at=self.clock.wall()))
         inst.recurring[key] = rec
@@ -516,7 +561,7 @@ class Lrm:
         await added
         log.info("recurring operation added", extra={"resource": inst.name, "action": action,
                                                      "interval": interval, "op": rec.spec.op_id})
-        return {**self._rec_view(inst, rec), "merged": False}
+        return rec, False
 
     async def cancel(self, ref: str, op_id: str) -> dict[str, Any]:
         inst = self._get(ref)
@@ -542,25 +587,23 @@ class Lrm:
         await self._settle(inst, op, self._cancelled_result(op, "cancelled before it ran"))
 
     def _queue_accept(self, op: _Op) -> None:
-        """Queue a client operation's pending history row, once: on the turn after its submit, or at its result."""
-        accept, op.accept = op.accept, None
-        if accept is None:
+        """Queue the pending rows of client operations, in submission order, up to ``op``'s (each once)."""
+        if op.accept is None:
             return
-        write = asyncio.ensure_future(accept())
-        done = op.accepted
-        assert done is not None
-
-        def settled(w: asyncio.Future[Any]) -> None:
-            if w.cancelled():
-                if not done.done():
-                    done.cancel()
-            elif w.exception() is not None:  # (retrieved here: the submitter may be gone)
-                if not done.done():
-                    done.set_exception(w.exception())  # type: ignore[arg-type]
-            elif not done.done():
-                done.set_result(w.result())
-
-        write.add_done_callback(settled)
+        while self._accepts:
+            first = self._accepts.popleft()
+            accept, first.accept = first.accept, None
+            assert accept is not None and first.accepted is not None
+            try:
+                write = accept()
+            except Exception as exc:  # a bug: the submitter hears of it instead of waiting forever
+                log.exception("queueing a pending row failed", extra={"op": first.id})
+                write = asyncio.get_running_loop().create_future()
+                write.set_exception(Unavailable(f"the store refused the operation's record: {exc}",
+                                                code="store_error"))
+            asyncio.ensure_future(write).add_done_callback(functools.partial(_pass_on, first.accepted))
+            if first is op:
+                return
 
     def _cancelled_result(self, op: _Op, reason: str) -> Result:
         return Result(op_id=op.id, run=op.run, action=op.action, interval=op.interval, rc=None, status="cancelled",
@@ -580,6 +623,7 @@ class Lrm:
             return None
         for rec in live:
             rec.cancelled = True
+            rec.first.set()  # a long poll on its first result answers now (it will have none)
             if rec.timer is not None:
                 rec.timer.cancel()
                 rec.timer = None
@@ -727,14 +771,10 @@ class Lrm:
             view = self._rec_view(inst, rec) if rec is not None else self._op_view(inst, op)
             write = self.store.record(inst.body(), view, result, key=key, state_changed=changed,
                                       monitor_failed=monitor_failed, existing_row=op.has_row)
-            # A monitor that found what it expected is routine (a host runs thousands an hour): debug, as Pacemaker
-            # logs its monitors; everything else at info, and failures as warnings.
-            level = (logging.WARNING if result.failed else
-                     logging.DEBUG if op.action == "monitor" and result.rc == op.expect else logging.INFO)
-            if log.isEnabledFor(level):
-                log.log(level, "operation finished", extra={
-                    "resource": inst.name, "id": inst.id, "action": op.action, "interval": op.interval,
-                    "rc": result.rc, "status": result.status, "reason": result.exit_reason, "run_ms": result.run_ms})
+            level = logging.WARNING if result.failed else logging.INFO
+            log.log(level, "operation finished", extra={
+                "resource": inst.name, "id": inst.id, "action": op.action, "interval": op.interval,
+                "rc": result.rc, "status": result.status, "reason": result.exit_reason, "run_ms": result.run_ms})
         if changed:
             log.info("resource state changed", extra={"resource": inst.name, "from": old_state, "to": inst.state})
         return self._recorded(inst, op, result, write)
@@ -773,6 +813,8 @@ class Lrm:
             for spec in loaded.recurring.get(inst.id, []):
                 rec = _Rec(spec, held=True)
                 rec.last = inst.last.get(op_key(spec.action, spec.interval))
+                if rec.last is not None:  # it has had its first result
+                    rec.first.set()
                 inst.recurring[(spec.action, round(spec.interval * 1000))] = rec
             self._by_id[inst.id] = inst
             self._by_name[inst.name] = inst

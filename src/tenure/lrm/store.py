@@ -15,6 +15,7 @@ with ``ids=<instance>`` follows everything about one instance.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from collections.abc import Awaitable
@@ -105,10 +106,13 @@ class LrmStore:
 
     # -------------------------------------------------------------- commands
     # Each method queues its writer command *now* (the writer applies commands in the order they are
-    # queued) and returns an awaitable of the commit: the LRM fixes the order of its writes before it yields.
+    # queued) and returns an awaitable of the commit, so the LRM fixes the order of its writes when it calls
+    # them (a client operation's pending row: a loop turn after its submit, always before its result).
 
     def _go(self, op: Op) -> Awaitable[Any]:
-        return self.runtime.asubmit(op)
+        # Shielded: a caller cancelled while it waits (an HTTP client that hung up) does not cancel the write,
+        # which the LRM's memory already counts on.
+        return asyncio.shield(self.runtime.asubmit(op))
 
     def add_instance(self, body: dict[str, Any]) -> Awaitable[int]:
         def apply(batch: Batch) -> int:
