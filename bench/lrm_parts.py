@@ -56,10 +56,12 @@ class NoStore:
     """Every write of the LRM's store, done at once (nothing is committed)."""
 
     def __getattr__(self, name: str) -> Any:
-        async def done() -> int:
-            return 0
+        def done(*_args: Any, **_kwargs: Any) -> asyncio.Future[int]:  # (as the real store's: awaited, no task)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(0)
+            return fut
 
-        return lambda *args, **kwargs: done()
+        return done
 
 
 async def _lrm(work: Path, store: Any) -> Lrm:
@@ -83,9 +85,11 @@ async def _monitors(lrm: Lrm, n: int) -> float:
 async def parts(work: Path, n: int, runs: int) -> dict[str, list[float]]:
     (work / "rsctmp").mkdir(parents=True)
     rt = await asyncio.to_thread(Runtime.open, f"sqlite:///{work / 'agent.db'}")
+    lrms: list[Lrm] = []
     try:
-        stored = await _lrm(work, LrmStore(rt))
-        bare = await _lrm(work, NoStore())
+        lrms.append(await _lrm(work, LrmStore(rt)))
+        lrms.append(await _lrm(work, NoStore()))
+        stored, bare = lrms
         env = ocf_env(root=Path("/usr/lib/ocf"), spec=parse_spec(DUMMY), instance="d",
                       params={"state": str(work / "d.state")}, timeout=20.0, interval=0.0, rsctmp=work / "rsctmp")
         clock = RealClock()
@@ -104,10 +108,10 @@ async def parts(work: Path, n: int, runs: int) -> dict[str, list[float]]:
             out["runner"].append(time.perf_counter() - t0)
             out["lrm_no_store"].append(await _monitors(bare, n))
             out["lrm"].append(await _monitors(stored, n))
-        await bare.close()
-        await stored.close()
         return out
     finally:
+        for lrm in lrms:
+            await lrm.close()
         await asyncio.to_thread(rt.close)
 
 

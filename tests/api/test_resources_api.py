@@ -207,11 +207,15 @@ def test_the_agents_routes_overlap_none_of_the_servers() -> None:
 
     from starlette.routing import compile_path
 
-    from tenure.api import admin, console, replicas, resources, routes, watch
+    from tenure.agent.daemon import AgentConfig, AgentDaemon
+    from tenure.api import admin, console, replicas, routes, watch
 
     base = [r for router in (routes.router, console.router, watch.router, replicas.router, admin.router)
             for r in router.routes]
-    for mine in resources.router.routes:
+    base += [type("Route", (), {"path": p})() for p in ("/healthz", "/metrics", "/openapi.json", "/docs")]
+    agent_routes = [r for router in AgentDaemon(AgentConfig()).routers for r in router.routes]
+    assert agent_routes
+    for mine in agent_routes:
         sample = re.sub(r"\{[^}]+\}", "x", mine.path)
         for other in base:
             assert not compile_path(other.path)[0].match(sample), (mine.path, other.path)

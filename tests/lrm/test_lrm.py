@@ -328,7 +328,7 @@ def test_long_polls_answer_at_the_result_and_at_shutdown(tmp_path: Path) -> None
         first = await lrm.submit("q", "start", timeout=3)
         second = await lrm.submit("q", "start", timeout=3)
         loop = asyncio.get_running_loop()
-        polls = [loop.create_task(lrm.operation("q", op["id"], wait=600)) for op in (first, first, second)]
+        polls = [loop.create_task(lrm.operation("q", op["id"], wait=30)) for op in (first, first, second)]
         await h.clock.timer_armed(t0 + 3)
         assert not any(p.done() for p in polls)
         h.clock.advance(3)  # the first start times out: its two polls answer with its result
@@ -339,7 +339,7 @@ def test_long_polls_answer_at_the_result_and_at_shutdown(tmp_path: Path) -> None
         lrm.stop_waiting()
         view = await polls[2]
         assert (view["id"], view["state"], view["result"]) == (second["id"], "running", None)
-        again = await lrm.operation("q", second["id"], wait=600)  # after the shutdown began: at once
+        again = await lrm.operation("q", second["id"], wait=30)  # after the shutdown began: at once
         assert again["state"] == "running"
         h.clock.advance(3)  # (it ends as a timeout, so the harness closes at once)
 
@@ -354,12 +354,12 @@ def test_submit_with_wait_and_a_recurring_first_result_that_never_comes(tmp_path
         assert h.lrm is not None
         lrm = h.lrm
         await lrm.add("d", DUMMY, params={"state": str(tmp_path / "d.state")})
-        done = await lrm.submit("d", "start", wait=600)
+        done = await lrm.submit("d", "start", wait=30)
         assert (done["state"], done["result"]["rc"]) == ("done", 0)
         await lrm.add("q", "exec:slowstart")
         t0 = h.clock.now()
         running = await lrm.submit("q", "start", timeout=3)
-        waiting = asyncio.get_running_loop().create_task(lrm.submit("q", "monitor", interval=60, wait=600))
+        waiting = asyncio.get_running_loop().create_task(lrm.submit("q", "monitor", interval=60, wait=30))
         await h.until(lambda: bool(lrm.get("q")["recurring"]))  # added; its first run waits behind the start
         mon = lrm.get("q")["recurring"][0]
         await lrm.cancel("q", mon["id"])
@@ -433,8 +433,54 @@ def test_a_pending_row_the_store_refuses(tmp_path: Path, busy: bool) -> None:
         await h.clock.timer_armed(t0 + 3)
         h.clock.advance(3)
         await lrm.wait_idle()
-        starts = [r for _, r in h.results if r.action == "start"]
-        assert len(starts) == 1, starts  # the refused one never ran (busy), or is the one that ran
-        assert ahead is None or starts[0].op_id == ahead["id"]
+        ran = [r for _, r in h.results if r.action == "start" and r.status != "cancelled"]
+        assert len(ran) == 1, ran  # the refused one never ran (busy), or is the one that ran
+        assert ahead is None or ran[0].op_id == ahead["id"]
+        # Either way it ends, and its end is in the history in a row of its own (its pending row is not there).
+        history = [(e["action"], e["result"]["status"]) for e in reversed(await lrm.history("q"))]
+        assert history == ([("start", "cancelled"), ("start", "timeout")] if busy else [("start", "timeout")])
+        if busy:
+            refused = next(o for o in lrm.operations("q") if o["state"] == "cancelled")
+            assert "did not record it" in refused["result"]["exit_reason"]
+
+    run_lrm(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_an_add_whose_caller_goes_away_follows_its_write(tmp_path: Path, committed: bool) -> None:
+    """The caller of ``add`` is cancelled while the instance's write is in flight: the write is not cancelled with
+    it, and the instance shows once that write commits (or is dropped if it fails), as the store will have it."""
+    from tenure.domain.errors import NotFound, Unavailable
+
+    async def scenario(h: Harness) -> None:
+        assert h.lrm is not None
+        lrm = h.lrm
+        loop = asyncio.get_running_loop()
+        write: asyncio.Future[Any] = loop.create_future()
+        reached = asyncio.Event()
+
+        def add_instance(_body: Any) -> asyncio.Future[Any]:
+            reached.set()
+            return write
+
+        lrm.store.add_instance = add_instance  # type: ignore[method-assign]
+        caller = loop.create_task(lrm.add("a", DUMMY, params={"state": str(tmp_path / "a.state")}))
+        await reached.wait()  # (the meta-data ran; the write is in flight)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        with pytest.raises(NotFound):
+            lrm.get("a")  # hidden until committed
+        if committed:
+            write.set_result(1)
+        else:
+            write.set_exception(Unavailable("the store failed to commit", code="store_error"))
+        await asyncio.sleep(0)  # (one loop turn: the write's callbacks)
+        if committed:
+            assert lrm.get("a")["name"] == "a"
+        else:
+            with pytest.raises(NotFound):
+                lrm.get("a")
+            assert "a" not in lrm._by_name
 
     run_lrm(tmp_path, scenario)

@@ -114,7 +114,7 @@ def check_bulk_refusal(m: PoolModel, items: list[tuple[str, int | None]], exc: T
     trial = copy.deepcopy(m)
     pinned = [v for _, v in items]
     expected: Refusal | None = None
-    refused_at = len(items) - 1  # the last item the store can reach
+    refused_at = len(items)  # the store reaches every item before this one
     for i, (key, value) in enumerate(items):
         prediction = trial.predict(key, value)
         if isinstance(prediction, Refusal):
@@ -131,7 +131,7 @@ def check_bulk_refusal(m: PoolModel, items: list[tuple[str, int | None]], exc: T
     if m.strategy == "random" and isinstance(exc, Conflict) and exc.code == "value_taken":
         v = exc.details.get("value")
         first_pick = next((i for i, (_, value) in enumerate(items) if value is None), len(items))
-        if v in m.free_values() and v in pinned[first_pick + 1 : refused_at + 1]:
+        if v in m.free_values() and v in pinned[first_pick + 1 : refused_at]:
             return
     assert expected is not None, f"bulk {items} refused with {exc!r} {exc.code}; the model says granted"
     if expected.code == "pool_exhausted":

@@ -211,7 +211,7 @@ def _one_shot(ctx: typer.Context, name: str, action: str, *, timeout: str | None
                  f"`tenure resource status {name}`")
             raise typer.Exit(130) from None
         except TenureConnectionError:
-            warn(f"the connection failed while waiting: {action} may have been queued and go on on the agent; see "
+            warn(f"the connection failed: if the agent had received it, {action} is queued and goes on there; see "
                  f"`tenure resource status {name}`")
             raise
         op = _wait(c, name, op)

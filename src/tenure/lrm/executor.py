@@ -92,11 +92,6 @@ class _Done(asyncio.Event):
         _wake(self.polls)
 
 
-def _retrieved(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()  # looked at: no "exception was never retrieved" when nobody awaits it any more
-
-
 def _pass_on(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
     """``source``'s outcome to ``target`` (a cancelled write: its outcome is unknown)."""
     if source.cancelled():
@@ -149,6 +144,7 @@ class _Op:
     has_row: bool = False  # a client operation has a pending history row to complete
     accept: Callable[[], Awaitable[Any]] | None = None  # that row's write, until it is queued (_queue_accept)
     accepted: asyncio.Future[Any] | None = None  # its commit
+    refused: bool = False  # the store refused that row before the operation started: taken off the queue
     done: _Done = field(default_factory=_Done)
     pid: int | None = None  # while it runs, a process driver's process (group leader)
     interrupted: bool = False  # stopped by close(): no result, as after a crash
@@ -385,14 +381,25 @@ class Lrm:
                      labels=labels, created_at=self.clock.wall(), removing=True)  # hidden until committed
         self._by_id[inst.id] = inst
         self._by_name[name] = inst
+        write = asyncio.ensure_future(self.store.add_instance(inst.body()))
         try:
-            await self.store.add_instance(inst.body())
+            await asyncio.shield(write)
+        except asyncio.CancelledError:  # the write goes on: the instance shows once it is committed
+            write.add_done_callback(lambda w: self._added(inst, w))
+            raise
         except BaseException:
-            del self._by_id[inst.id], self._by_name[name]
+            self._added(inst, write)
             raise
         inst.removing = False
         log.info("resource added", extra={"resource": name, "id": inst.id, "driver": inst.driver_spec})
         return self.view(inst)
+
+    def _added(self, inst: _Inst, write: asyncio.Future[Any]) -> None:
+        """An add whose caller went away: the instance shows if its write committed, and is dropped if not."""
+        if not write.cancelled() and write.exception() is None:
+            inst.removing = False
+        elif self._by_id.get(inst.id) is inst:
+            del self._by_id[inst.id], self._by_name[inst.name]
 
     async def update(self, ref: str, params: dict[str, str]) -> dict[str, Any]:
         """Change an instance's parameters (for the next operation: a reload applies them). Runs nothing."""
@@ -404,12 +411,14 @@ class Lrm:
             return self.view(inst)
         before = inst.params
         inst.params = params  # before any await: an operation queued after this call sees the new ones
-        try:
-            await self.store.update_instance(inst.body())
-        except BaseException:
-            if inst.params is params:
+
+        def settled(w: asyncio.Future[Any]) -> None:  # not committed: the old ones again (unless changed since)
+            if (w.cancelled() or w.exception() is not None) and inst.params is params:
                 inst.params = before
-            raise
+
+        write = asyncio.ensure_future(self.store.update_instance(inst.body()))
+        write.add_done_callback(settled)
+        await asyncio.shield(write)  # (a caller that goes away leaves the write, and its outcome, to settled)
         log.info("resource updated", extra={"resource": inst.name, "id": inst.id})
         return self.view(inst)
 
@@ -450,8 +459,9 @@ class Lrm:
             task = asyncio.get_running_loop().create_task(self._forget_after(inst, running))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        for w in writes:
-            await w
+        failed = [r for r in await asyncio.gather(*writes, return_exceptions=True) if isinstance(r, BaseException)]
+        if failed:  # (every write awaited first: each cancelled operation ends, whatever the first one did)
+            raise failed[0]
         log.info("resource removed", extra={"resource": inst.name, "id": inst.id,
                                             "pending": running.action if running else None})
         return {**inst.body(), "deleted": True, "pending_operation": running.id if running is not None else None}
@@ -519,7 +529,7 @@ class Lrm:
         op = _Op(id=str(uuid.uuid4()), action=action, interval=0.0, timeout=timeout, report=report, expect=expect,
                  trigger="client", submitted=self.clock.now(), submitted_wall=self.clock.wall(), has_row=True,
                  accepted=loop.create_future())
-        op.accepted.add_done_callback(_retrieved)  # (its submitter may be gone when it fails)
+        op.accepted.add_done_callback(functools.partial(self._accept_settled, inst, op))
         view = self._op_view(inst, op)
         body = inst.body()
         op.accept = lambda: self.store.accepted(body, view)
@@ -536,8 +546,7 @@ class Lrm:
         try:
             await asyncio.shield(op.accepted)
         except TenureError:
-            if op in inst.queue:  # it has not started: it will not run, as if it had not been submitted
-                inst.queue.remove(op)
+            if op.refused:  # it had not started: taken off the queue, it does not run
                 raise
             raise Unavailable(f"{action} of {inst.name!r} runs (or ran), but the store did not record it; see the "
                               "resource's state", code="outcome_unknown", resource=inst.name) from None
@@ -585,6 +594,23 @@ class Lrm:
             return
         inst.queue.remove(op)
         await self._settle(inst, op, self._cancelled_result(op, "cancelled before it ran"))
+
+    def _accept_settled(self, inst: _Inst, op: _Op, fut: asyncio.Future[Any]) -> None:
+        """The pending row's write ended (whether or not anyone still waits for it). Refused: an operation that
+        has not started is taken off the queue and ends cancelled; one already running gets its own history row
+        for its result if the pending one surely is not there."""
+        if fut.cancelled() or (exc := fut.exception()) is None:
+            return
+        if op in inst.queue:
+            inst.queue.remove(op)
+            op.refused = True
+            op.has_row = False
+            task = asyncio.ensure_future(self._settle(inst, op, self._cancelled_result(
+                op, f"cancelled: the store did not record it ({getattr(exc, 'code', type(exc).__name__)})")))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        elif getattr(exc, "code", None) in ("store_error", "store_timeout", "store_closed"):
+            op.has_row = False
 
     def _queue_accept(self, op: _Op) -> None:
         """Queue the pending rows of client operations, in submission order, up to ``op``'s (each once)."""
@@ -879,6 +905,8 @@ class Lrm:
         real-time bound, so a close ends even if the clock it waits on does not move.
         """
         self._closing = True
+        if self._accepts:  # pending rows of operations submitted in this very turn: to the writer before it closes
+            self._queue_accept(self._accepts[-1])
         self.stop_waiting()
         for inst in self._by_id.values():
             for rec in inst.recurring.values():

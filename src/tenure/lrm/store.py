@@ -15,7 +15,6 @@ with ``ids=<instance>`` follows everything about one instance.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import deque
 from collections.abc import Awaitable
@@ -110,9 +109,9 @@ class LrmStore:
     # them (a client operation's pending row: a loop turn after its submit, always before its result).
 
     def _go(self, op: Op) -> Awaitable[Any]:
-        # Shielded: a caller cancelled while it waits (an HTTP client that hung up) does not cancel the write,
+        # Shielded: a caller cancelled while it waits (a task cancelled at shutdown) does not cancel the write,
         # which the LRM's memory already counts on.
-        return asyncio.shield(self.runtime.asubmit(op))
+        return self.runtime.asubmit(op, shielded=True)
 
     def add_instance(self, body: dict[str, Any]) -> Awaitable[int]:
         def apply(batch: Batch) -> int:

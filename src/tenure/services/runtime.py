@@ -220,15 +220,18 @@ class Runtime:
     async def arun(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
         return await self.asubmit(op, timeout=timeout)
 
-    def asubmit(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT) -> Awaitable[Any]:
-        """Queue ``op`` now (commands apply in the order they are queued); await the result later."""
-        return self._committed(self.writer.submit(op), timeout)
+    def asubmit(self, op: Op, *, timeout: float = DEFAULT_TIMEOUT, shielded: bool = False) -> Awaitable[Any]:
+        """Queue ``op`` now (commands apply in the order they are queued); await the result later.
 
-    async def _committed(self, cf: Future[Any], timeout: float) -> Any:
+        ``shielded``: a caller cancelled while it waits does not cancel the command (by default a command not
+        started yet is then dropped): for callers whose memory already counts on it."""
+        return self._committed(self.writer.submit(op), timeout, shielded)
+
+    async def _committed(self, cf: Future[Any], timeout: float, shielded: bool = False) -> Any:
         fut = asyncio.wrap_future(cf)
         try:
             async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
-                return await fut
+                return await (asyncio.shield(fut) if shielded else fut)
         except TimeoutError:
             # A still-queued command is cancelled and will not run; a running one may yet commit,
             # and the caller must know that (retry idempotently, then look).
