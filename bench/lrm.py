@@ -67,7 +67,7 @@ from tenure.lrm.store import LrmStore  # noqa: E402
 from tenure.services.runtime import Runtime  # noqa: E402
 
 import benchkit  # noqa: E402
-from benchkit import Goal, Report, fmt, median  # noqa: E402
+from benchkit import Goal, Report, fmt, median, paired_median  # noqa: E402
 from benchkit.server import proc_cpu_seconds, stop_process  # noqa: E402
 
 DUMMY = "ocf:heartbeat:Dummy"
@@ -244,7 +244,7 @@ class AgentApi:
 
 def _paired(xs: list[float], base: list[float], n: int) -> float:
     """The median over rounds of ``xs[i] - base[i]``, per operation, in ms."""
-    return median([x - b for x, b in zip(xs, base, strict=True)]) / n * 1000
+    return paired_median(xs, base) / n * 1000
 
 
 def _own_cpu() -> float:

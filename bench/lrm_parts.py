@@ -46,7 +46,7 @@ from tenure.services.runtime import Runtime  # noqa: E402
 from tenure.store import engine as engine_module  # noqa: E402
 
 import benchkit  # noqa: E402
-from benchkit import Report, median  # noqa: E402
+from benchkit import Report, median, paired_median  # noqa: E402
 
 DUMMY = "ocf:heartbeat:Dummy"
 AGENT = "/usr/lib/ocf/resource.d/heartbeat/Dummy"
@@ -175,7 +175,7 @@ def main() -> None:
         return median(out[mode]) / n * 1000
 
     def over(mode: str) -> float:
-        return median([x - b for x, b in zip(out[mode], out["loop"], strict=True)]) / n * 1000
+        return paired_median(out[mode], out["loop"]) / n * 1000
 
     rows = [(mode, f"{per_op(mode):.2f}", "" if mode == "loop" else f"{over(mode):+.2f}",
              " / ".join(f"{x / n * 1000:.2f}" for x in out[mode])) for mode in out]

@@ -33,6 +33,11 @@ def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def paired_median(xs: Sequence[float], base: Sequence[float]) -> float:
+    """The median over rounds of ``xs[i] - base[i]``: a mode against the limit measured in the same round."""
+    return median([x - b for x, b in zip(xs, base, strict=True)])
+
+
 def rss_bytes() -> int:
     """Resident set size of this process now (Linux)."""
     with open("/proc/self/status") as f:
