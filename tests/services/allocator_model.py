@@ -101,6 +101,11 @@ class PoolModel:
         return sorted(v for v in near if not self.in_range(v))
 
 
+def bulk_order(items: list[tuple[str, int | None]]) -> list[int]:
+    """The order a bulk claim takes its items in: every pinned value first, then the picks, each in request order."""
+    return [i for i, (_, v) in enumerate(items) if v is not None] + [i for i, (_, v) in enumerate(items) if v is None]
+
+
 def check_grant(grant: Grant, result: ClaimResult, model: PoolModel) -> None:
     assert result.created == grant.created, (result, grant)
     if grant.value is not None:

@@ -566,7 +566,11 @@ class AllocatorService:
                 if fresh and e.pool.holds_none(keys):
                     results = self._claim_fresh(batch, e, keys, project, host)
                 else:
-                    results = [self._claim_in(batch, e, k, v, project, host, principal)[1] for k, v in items]
+                    # Pinned values first, then the picks: a pick never takes a value a later item pins, so a
+                    # bulk claim that can be granted is, whatever the strategy picks. Answers keep the request's order.
+                    order = sorted(range(len(items)), key=lambda i: items[i][1] is None)
+                    done = {i: self._claim_in(batch, e, *items[i], project, host, principal)[1] for i in order}
+                    results = [done[i] for i in range(len(items))]
             except Conflict as exc:
                 if exc.code != "pool_exhausted":
                     raise
