@@ -114,9 +114,13 @@ def test_bulk_claim_is_all_or_nothing(api):
     before = api.get("/v1/pools/vlan").json()
     r = api.post("/v1/pools/vlan/claims:bulk", json={"claims": [{"key": "x"}, {"key": "y", "value": 2}]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "value_taken"
+    # Refused after some items were taken: z pins 3, x picks 1, w finds the pool exhausted.
+    r = api.post("/v1/pools/vlan/claims:bulk", json={"claims": [{"key": "x"}, {"key": "z", "value": 3}, {"key": "w"}]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "pool_exhausted"
     after = api.get("/v1/pools/vlan").json()
     assert after["used"] == before["used"] == 1
-    assert api.get("/v1/pools/vlan/claims/x").status_code == 404
+    for key in ("x", "z", "w"):
+        assert api.get(f"/v1/pools/vlan/claims/{key}").status_code == 404
     ok = api.post("/v1/pools/vlan/claims:bulk", json={"claims": [{"key": "x"}, {"key": "held"}]})
     body = ok.json()
     assert [c["created"] for c in body["claims"]] == [True, False]

@@ -298,13 +298,19 @@ def make_machine(new_url: Callable[[], str], drop_url: Callable[[str], None]) ->
             # Granted: replay the items on a copy, with the values actually handed out.
             trial = copy.deepcopy(m)
             assert len(results) == len(items), (items, results)
+            changed: list[int] = []  # the revisions of the items that changed something, in the order taken
             for i in bulk_order(items):
                 (key, value), result = items[i], results[i]
                 assert result.key == key, f"bulk answers out of the request's order: {items} -> {results}"
                 expected = trial.predict(key, value)
                 assert isinstance(expected, Grant), f"bulk item {key!r}={value} granted {result}; model: {expected}"
                 check_grant(expected, result, trial)
+                if expected.created or (trial.auditing and key not in trial.marked):
+                    changed.append(result.revision)
+                stored = self.a.get(m.name, key)
+                assert (stored.value, stored.revision) == (result.value, result.revision), (stored, result)
                 trial.apply(key, result.value, picked=value is None)
+            assert changed == sorted(set(changed)), f"bulk revisions not rising in the order taken: {items} -> {results}"
             self.models[m.name] = trial
 
         @rule(pool=st.sampled_from(STRATEGIES))
@@ -425,3 +431,17 @@ def test_allocator_matches_the_model_across_restarts(
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         ),
     )
+
+
+def test_the_bulk_check_takes_pins_first_and_accepts_no_other_refusal() -> None:
+    """The case CI found (2026-12-06), where a random pick took 0 before K0 pinned it: now only k12's pin of the
+    held 6 may refuse that bulk, and a bulk the model grants may not be refused at all."""
+    m = PoolModel.new("pool-random", "random", [[0, 7]], [[7, 7]])
+    m.apply("k" * 256, 6, picked=True)
+    items: list[tuple[str, int | None]] = [("k0", None), ("k5", None), ("K0", 0), ("k12", 6)]
+    check_bulk_refusal(m, items, Conflict("value 6 is already claimed", code="value_taken", value=6))
+    with pytest.raises(AssertionError):
+        check_bulk_refusal(m, items, Conflict("value 0 is already claimed", code="value_taken", value=0))
+    with pytest.raises(AssertionError):
+        check_bulk_refusal(m, items[:3], Conflict("value 0 is already claimed", code="value_taken", value=0))
+    assert bulk_order(items) == [2, 3, 0, 1]

@@ -167,7 +167,8 @@ def test_a_refused_command_in_a_batch_does_not_affect_the_others(alloc: Allocato
         futs = [
             rt.writer.submit(svc.claim_op("p", "a")),
             rt.writer.submit(svc.claim_op("p", "pinned-on-taken", value=0)),
-            rt.writer.submit(svc.claim_many_op("p", [("x", None), ("y", None), ("z", 0)])),
+            # Key by key (a value is pinned): z takes 9, x0..x6 take 2..8, and x7 finds the pool exhausted.
+            rt.writer.submit(svc.claim_many_op("p", [(f"x{i}", None) for i in range(8)] + [("z", 9)])),
             rt.writer.submit(svc.claim_op("p", "b")),
             rt.writer.submit(svc.release_op("p", "missing")),
             rt.writer.submit(svc.claim_op("p", "c", value=7)),
@@ -176,7 +177,7 @@ def test_a_refused_command_in_a_batch_does_not_affect_the_others(alloc: Allocato
     a, pinned, bulk, b, missing, c, released = (outcome(f) for f in futs)
     assert rt.writer.batches - batches_before == 2  # the holding command, then these seven together
     assert isinstance(pinned, Conflict) and pinned.code == "value_taken"
-    assert isinstance(bulk, Conflict) and bulk.code == "value_taken"
+    assert isinstance(bulk, Conflict) and bulk.code == "pool_exhausted"
     assert isinstance(missing, NotFound) and missing.code == "claim_not_found"
     # The refused commands neither took values nor moved the next-fit cursor.
     assert (a.value, b.value, c.value, released.value) == (1, 2, 7, 0)
@@ -206,17 +207,20 @@ def test_a_bulk_claim_failing_at_its_last_item_leaves_no_trace(alloc: Allocator,
     revision, events, view = alloc.runtime.revision, events_count(alloc), alloc.pool("p")
     before = stored_claims(alloc, "p")
 
-    # "old" would be re-marked, three new keys would take 13, 14, 16; the last item asks for a taken value.
-    items = [("old", None), ("n1", None), ("n2", None), ("n3", 16), ("last", 12)]
+    # n3 takes 16 (pins go first), "old" is re-marked, n1 and n2 take 13 and 14, x0..x12 take the other twelve
+    # free values and x13, the last pick, finds the pool exhausted.
+    items = [("old", None), ("n1", None), ("n2", None), ("n3", 16)] + [(f"x{i}", None) for i in range(14)]
     with pytest.raises(Conflict) as info:
         alloc.claim_many("p", items)
-    assert info.value.code == "value_taken" and info.value.details["value"] == 12
+    assert info.value.code == "pool_exhausted" and info.value.details == {
+        "pool": "p", "size": 19, "used": 3, "requested": len(items)
+    }
 
     assert stored_claims(alloc, "p") == before
     assert events_count(alloc) == events
     assert alloc.runtime.revision == revision
     assert alloc.pool("p") == view
-    for key in ("n1", "n2", "n3"):
+    for key in ("n1", "n2", "n3", "x0", "x12"):
         with pytest.raises(NotFound):
             alloc.get("p", key)
     with pytest.raises(NotFound):
