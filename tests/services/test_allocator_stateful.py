@@ -310,7 +310,7 @@ def make_machine(new_url: Callable[[], str], drop_url: Callable[[str], None]) ->
                 stored = self.a.get(m.name, key)
                 assert (stored.value, stored.revision) == (result.value, result.revision), (stored, result)
                 trial.apply(key, result.value, picked=value is None)
-            assert changed == sorted(set(changed)), f"bulk revisions not rising in the order taken: {items} -> {results}"
+            assert changed == sorted(set(changed)), f"bulk revisions not rising in order taken: {items} -> {results}"
             self.models[m.name] = trial
 
         @rule(pool=st.sampled_from(STRATEGIES))
