@@ -62,7 +62,7 @@ def test_lifecycle_over_http(agent: Any, tmp_path: Path) -> None:
     assert {"start", "stop", "monitor"} <= {a["name"] for a in meta["actions"]}
     metrics = c.get("/metrics", headers=h(agent)).text
     assert 'tenure_lrm_operations_total{action="start",status="done"} 1.0' in metrics
-    assert "tenure_lrm_in_flight 0.0" in metrics
+    assert "tenure_lrm_in_flight 0.0" in metrics and "tenure_lrm_long_polls 0.0" in metrics
 
 
 def test_events_on_the_watch(agent: Any, tmp_path: Path) -> None:

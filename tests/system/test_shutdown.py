@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tenure.client import TenureClient
 from tenure.drivers.process import group_alive
@@ -44,6 +46,14 @@ class Process:
 
     def client(self) -> TenureClient:
         return TenureClient(f"unix:{self.sock}", (self.data / "admin.token").read_text().strip(), timeout=30)
+
+    def metric(self, name: str) -> float:
+        """One sample of the process's /metrics, as Prometheus parses it."""
+        token = (self.data / "admin.token").read_text().strip()
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://tenure",
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            text = http.get("/metrics").raise_for_status().text
+        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
     def signal(self, sig: int) -> int:
         assert self.proc is not None
@@ -102,6 +112,9 @@ def test_the_agent_stops_what_runs_and_reports_it_interrupted_after_a_restart(
     assert group_alive(pid)
     with ThreadPoolExecutor(1) as pool, agent.client() as c:
         long_poll = pool.submit(c.operation, "stuck", op["id"], wait=60)  # waits for a result that will not come
+        # The signal only once the request waits in the agent: sent sooner, it could find the request unread.
+        wait_until(lambda: agent.metric("tenure_lrm_long_polls") == 1 or None, timeout=EXIT_DEADLINE,
+                   what="the long poll waiting in the agent")
         assert agent.signal(signal.SIGTERM) == 0, agent.log.read_text()[-3000:]
         answer = long_poll.result(timeout=EXIT_DEADLINE)  # answered at the shutdown, as it stands: no 500
         assert answer["id"] == op["id"] and answer["result"] is None

@@ -41,7 +41,9 @@ class _LrmCollector(Collector):
         out = [by_state]
         for name, doc, value in (("tenure_lrm_in_flight", "Operations running now", st["in_flight"]),
                                  ("tenure_lrm_queued", "Operations waiting in instance queues", st["queued"]),
-                                 ("tenure_lrm_recurring", "Recurring operations scheduled", st["recurring"])):
+                                 ("tenure_lrm_recurring", "Recurring operations scheduled", st["recurring"]),
+                                 ("tenure_lrm_long_polls", "Requests waiting for an operation's result (?wait=)",
+                                  st["long_polls"])):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
             out.append(g)

@@ -879,7 +879,7 @@ class Lrm:
             queued += len(inst.queue)
             recurring += len(inst.recurring)
         return {"states": states, "queued": queued, "recurring": recurring, "in_flight": self.in_flight,
-                "finished": dict(self.finished)}
+                "long_polls": len(self._polls), "finished": dict(self.finished)}
 
     def idle(self) -> bool:
         """Nothing running or queued on any instance (recurring schedules may still be armed)."""
