@@ -28,7 +28,8 @@ READY = 60.0  # seconds for a replica to answer /healthz ok
 
 
 # A replica set between roles answers 503s, cut connections and odd bodies: all of them mean "not yet".
-NOT_YET = (httpx.HTTPError, OSError, ValueError, KeyError, TenureAPIError, TenureClientError)
+NOT_YET = (httpx.HTTPError, OSError, ValueError, KeyError, TypeError,  # TypeError: health() is None (not up yet)
+           TenureAPIError, TenureClientError)
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
@@ -68,7 +69,7 @@ class Replica:
         if not self.alive or self.stopped or not (self.data / "server.json").exists():
             return None
         try:
-            return httpx.get(self.url + "/healthz", timeout=2).json()
+            return httpx.get(self.url + "/healthz", timeout=10).json()  # a bound on a busy machine, not a pause
         except (httpx.HTTPError, ValueError):
             return None
 

@@ -392,8 +392,11 @@ def test_steering_a_mirror_and_a_guarantee_at_once_across_agent_kill_9s(tmp_path
             rates["mirrored flow"] = iperf3(h1, h3, seconds=10, udp=True, bitrate="20M", length=1000,
                                             port=5204)
             (received, _), (copies, _) = udp_count(h3, 5204), udp_count(h4, 5204, device=tunnel)
-            assert rates["mirrored flow"] >= 19.8e6 and received > 24000, f"{received}{logs()}"
-            assert abs(copies - received) <= 0.01 * received, f"{received} received, {copies} copies{logs()}"
+            # 3 % for the flow and 2 % for its copies: a stalled iperf3 client catches up in a burst, which a busy
+            # CI machine's receiver (or the mirror's 30M bucket) may not take whole; a mirror that held the flow or
+            # copied a part of it still fails.
+            assert rates["mirrored flow"] >= 19.4e6 and received > 24000, f"{received}{logs()}"
+            assert abs(copies - received) <= 0.02 * received, f"{received} received, {copies} copies{logs()}"
             # A flow over the mirror's rate keeps its own rate (only the copies are held). Best of three: on this busy
             # 2-core machine a 60 Mbit/s UDP flow sometimes loses more than 1.7 % of its datagrams to the load alone
             # (seen once in CI); a mirror that held the flow itself would fail all three. Every try's copies count.

@@ -182,7 +182,7 @@ def server(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Itera
     yield from start_api(db_url, tmp_path / "data", **config)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # above its own waits (120 s + 120 s), so they say what was missing
 def test_a_watcher_cut_100_times_gets_every_matching_event_once_in_order(server: Api) -> None:
     api = server
     for pool in ("p1", "p2"):
