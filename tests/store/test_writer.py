@@ -207,7 +207,7 @@ def test_a_bulk_claim_failing_at_its_last_item_leaves_no_trace(alloc: Allocator,
     revision, events, view = alloc.runtime.revision, events_count(alloc), alloc.pool("p")
     before = stored_claims(alloc, "p")
 
-    # n3 takes 16 (pins go first), "old" is re-marked, n1 and n2 take 13 and 14, x0..x12 take the other twelve
+    # n3 takes 16 (pins go first), "old" is re-marked, n1 and n2 take 13 and 14, x0..x12 take the other thirteen
     # free values and x13, the last pick, finds the pool exhausted.
     items = [("old", None), ("n1", None), ("n2", None), ("n3", 16)] + [(f"x{i}", None) for i in range(14)]
     with pytest.raises(Conflict) as info:

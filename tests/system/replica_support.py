@@ -28,8 +28,7 @@ READY = 60.0  # seconds for a replica to answer /healthz ok
 
 
 # A replica set between roles answers 503s, cut connections and odd bodies: all of them mean "not yet".
-NOT_YET = (httpx.HTTPError, OSError, ValueError, KeyError, TypeError,  # TypeError: health() is None (not up yet)
-           TenureAPIError, TenureClientError)
+NOT_YET = (httpx.HTTPError, OSError, ValueError, KeyError, TenureAPIError, TenureClientError)
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float, what: str) -> Any:

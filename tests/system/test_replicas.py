@@ -26,7 +26,7 @@ from tenure.client import TenureAPIError, TenureClient, TenureClientError
 from tests.api.test_metrics_exposition import promtool_check
 from tests.topologies import SQUARE
 from tests.support.postgres import PostgresServer
-from tests.system.replica_support import TENURE, ReplicaSet, wait_for
+from tests.system.replica_support import TENURE, Replica, ReplicaSet, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -90,6 +90,12 @@ def test_one_leads_followers_forward_writes_and_read_them(replicas: ReplicaSet) 
 READS = ["/v1/pools", "/v1/pools/vlan", "/v1/pools/vlan/claims?limit=1000", "/v1/pools/vlan/claims/k3",
          "/v1/pools/vlan/values/4", "/v1/tokens", "/v1/topology", "/v1/reservations", "/v1/instances",
          "/v1/limits", "/v1/agents", "/v1/whoami", "/v1/types", "/v1/links/h1-s1/usage"]
+
+
+def _epoch(r: Replica) -> int:
+    """The epoch a replica reports; -1 while it does not answer (a stalled or starting replica: not yet)."""
+    h = r.health()
+    return -1 if h is None else h["replica"]["epoch"]
 
 
 def same_answers(rs: ReplicaSet) -> None:
@@ -325,7 +331,7 @@ def test_faults_lose_nothing_acknowledged_and_never_two_leaders(replicas: Replic
                                               "WHERE application_name = :app AND datname = current_database()"),
                                          {"app": f"tenure election {leader.name}"}).scalar_one()
                 assert ended == 1
-            wait_for(lambda e=epoch: replicas.leader().health()["replica"]["epoch"] > e, timeout=LEASE * 4 + 10,
+            wait_for(lambda e=epoch: _epoch(replicas.leader()) > e, timeout=LEASE * 4 + 10,
                      what=f"a new leader after {fault}")
             wait_for(lambda r=round_: _accepting_writes(replicas, f"probe-{r}"), timeout=30,
                      what=f"writes accepted again after {fault}")

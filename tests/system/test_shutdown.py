@@ -53,7 +53,9 @@ class Process:
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://tenure",
                           headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
             text = http.get("/metrics").raise_for_status().text
-        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+        found = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+        assert len(found) == 1, f"{name} in /metrics: {found}"
+        return found[0]
 
     def signal(self, sig: int) -> int:
         assert self.proc is not None
@@ -114,7 +116,8 @@ def test_the_agent_stops_what_runs_and_reports_it_interrupted_after_a_restart(
         long_poll = pool.submit(c.operation, "stuck", op["id"], wait=60)  # waits for a result that will not come
         # The signal only once the request waits in the agent: sent sooner, it could find the request unread.
         wait_until(lambda: agent.metric("tenure_lrm_long_polls") == 1 or None, timeout=EXIT_DEADLINE,
-                   what="the long poll waiting in the agent")
+                   what="the long poll waiting in the agent",
+                   context=lambda: f"; the long poll ended: {long_poll.exception()!r}" if long_poll.done() else "")
         assert agent.signal(signal.SIGTERM) == 0, agent.log.read_text()[-3000:]
         answer = long_poll.result(timeout=EXIT_DEADLINE)  # answered at the shutdown, as it stands: no 500
         assert answer["id"] == op["id"] and answer["result"] is None
