@@ -724,11 +724,11 @@ def test_a_steered_flow_goes_through_the_middlebox_over_ipv6_too() -> None:
         wire = routing(h1)
         assert shaper.start(first, ctx()) == 0 and routing(h1) == wire
         assert shaper.monitor(first, ctx()) == 0 and shaper.monitor(second, ctx()) == 0
-        steered = iperf3(h1, h3, seconds=1, port=5201, address=h3.address6)
+        steered = iperf3(h1, h3, seconds=2, port=5201, address=h3.address6)  # 2 s: a late end of 1 s is 10 %
         [rule] = h2.nft_rules("count")
         through = next(e["counter"]["bytes"] for e in rule["expr"] if "counter" in e)
         print(f"IPv6 steered {steered / 1e6:.1f} Mbit/s, {through} bytes through h2")
-        assert 17e6 <= steered <= 22e6 and through >= 0.9 * steered / 8
+        assert 17e6 <= steered <= 22e6 and through >= 0.9 * steered * 2 / 8
         assert shaper.stop(first, ctx()) == 0 and shaper.stop(second, ctx()) == 0
         assert f"{0x54450005:#x}" not in h1.run("ip", "-6", "rule").stdout
 
