@@ -427,6 +427,20 @@ class TcEvents:
         self.sock.close()
 
 
+def best_rate(measure: Callable[[], float], enough: float, tries: int = 3) -> float:
+    """The best rate of up to ``tries`` runs of ``measure``, stopping at the first that reaches ``enough``.
+
+    For a UDP flow's own rate on a busy 2-core machine, which can lose a few per cent of its datagrams to the
+    load alone (seen in CI); a fault that holds the flow fails every try. What every try must satisfy is
+    asserted inside ``measure``."""
+    best = 0.0
+    for _ in range(tries):
+        best = max(best, measure())
+        if best >= enough:
+            break
+    return best
+
+
 def side_by_side(*runs: Callable[[], float]) -> list[float]:
     """Run iperf3 measurements side by side (threads); their results in order."""
     out: list[float | BaseException] = [0.0] * len(runs)

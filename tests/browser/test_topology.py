@@ -1,10 +1,9 @@
 """The Topology view in a real browser (issue 16): links coloured by their reserved share now or at the slider's
-instant, recoloured after a booking without a reload (the time it took is printed: a bound is bench/'s, not a
-test's), and a link's chart equal to the API's usage."""
+instant, recoloured after a booking without a reload (waited for; the time it takes is bench/console.py's), and a
+link's chart equal to the API's usage."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,14 +45,10 @@ def _open(page: Page) -> None:
 def test_a_booking_recolours_its_links_without_a_reload(page: Page, server: Console) -> None:
     _open(page)
     assert set(page.link_shares().values()) == {0.0}
-    booked = time.monotonic()
     res = server.api("POST", "/v1/reservations", json={"kind": "bandwidth", "src": "h1", "dst": "h3", "rate": "4G",
                                                        "end": "+2h"})
     on_path = set(res["paths"][0]["links"])
-    # Waited for, not timed: the latency is printed (a timed bound belongs to bench/, and a busy CI machine
-    # missed one second here).
     page.wait(lambda: all(page.link_shares().get(link, 0) > 0 for link in on_path), "the path's links recoloured")
-    print(f"booking to recoloured links: {time.monotonic() - booked:.3f} s")
     shares = page.link_shares()
     expected = _expected(server)
     assert {k: round(v, 6) for k, v in shares.items() if v} == {k: round(v, 6) for k, v in expected.items() if v}

@@ -44,14 +44,17 @@ class Process:
                    context=lambda: "\n" + self.log.read_text()[-3000:])
         return self
 
+    @property
+    def token(self) -> str:
+        return (self.data / "admin.token").read_text().strip()
+
     def client(self) -> TenureClient:
-        return TenureClient(f"unix:{self.sock}", (self.data / "admin.token").read_text().strip(), timeout=30)
+        return TenureClient(f"unix:{self.sock}", self.token, timeout=30)
 
     def metric(self, name: str) -> float:
         """One sample of the process's /metrics, as Prometheus parses it."""
-        token = (self.data / "admin.token").read_text().strip()
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://tenure",
-                          headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+                          headers={"Authorization": f"Bearer {self.token}"}, timeout=30) as http:
             text = http.get("/metrics").raise_for_status().text
         found = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
         assert len(found) == 1, f"{name} in /metrics: {found}"
